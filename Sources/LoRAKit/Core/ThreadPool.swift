@@ -1,0 +1,178 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import Synchronization
+
+/// A persistent pool of worker threads. `run` hands one job to `threadCount` participants (the calling
+/// thread is participant 0) and returns when all are done. Threads are created once; between jobs they
+/// spin briefly (decode issues hundreds of small jobs per token) and then sleep on a condition variable.
+///
+/// Kernels receive `(index, count)` and take a contiguous range of the work with `partition`.
+/// One pool is used by one thread at a time (a context owns its pool); `run` is not reentrant.
+public final class ThreadPool: @unchecked Sendable {
+    public let threadCount: Int
+
+    private var workers: [pthread_t] = []
+    private let generation = Atomic<UInt64>(0)
+    private let remaining = Atomic<Int>(0)
+    private let sleepers = Atomic<Int>(0)
+    private var mutex = pthread_mutex_t()
+    private var cond = pthread_cond_t()
+    private var shuttingDown = false
+    // The current job; valid only while a `run` is in flight.
+    private var job: ((Int, Int) -> Void)? = nil
+
+    /// Spin iterations before a worker sleeps (≈ tens of microseconds).
+    private static let spinLimit = 20_000
+
+    /// The number of online CPUs.
+    public static var hardwareConcurrency: Int {
+        let n = sysconf(Int32(_SC_NPROCESSORS_ONLN))
+        return n > 0 ? n : 1
+    }
+
+    /// A pool shared by code that has no context (tests, the CLI's bench); sized to the CPU count.
+    public static let shared: ThreadPool = ThreadPool(threads: hardwareConcurrency)
+
+    /// Create a pool with `threads` participants (1 = run everything on the calling thread).
+    public init(threads: Int) {
+        threadCount = max(1, min(threads, 512))
+        pthread_mutex_init(&mutex, nil)
+        pthread_cond_init(&cond, nil)
+        scratchBuffers = Array(repeating: nil, count: threadCount)
+        scratchSizes = Array(repeating: 0, count: threadCount)
+        for i in 1..<threadCount {
+            let box = Unmanaged.passRetained(WorkerArg(pool: self, index: i))
+            var t = pthread_t()
+            let rc = pthread_create(&t, nil, { raw in
+                #if canImport(Darwin)
+                let arg = Unmanaged<WorkerArg>.fromOpaque(raw).takeRetainedValue()
+                #else
+                let arg = Unmanaged<WorkerArg>.fromOpaque(raw!).takeRetainedValue()
+                #endif
+                arg.pool.workerLoop(index: arg.index)
+                return nil
+            }, box.toOpaque())
+            if rc != 0 {
+                box.release()
+                break
+            }
+            workers.append(t)
+        }
+    }
+
+    deinit {
+        pthread_mutex_lock(&mutex)
+        shuttingDown = true
+        generation.add(1, ordering: .releasing)
+        pthread_cond_broadcast(&cond)
+        pthread_mutex_unlock(&mutex)
+        for t in workers { pthread_join(t, nil) }
+        for b in scratchBuffers { free(b) }
+        pthread_cond_destroy(&cond)
+        pthread_mutex_destroy(&mutex)
+    }
+
+    private final class WorkerArg {
+        unowned let pool: ThreadPool
+        let index: Int
+        init(pool: ThreadPool, index: Int) { self.pool = pool; self.index = index }
+    }
+
+    // Per-participant scratch buffers, grown on demand and reused across jobs (packing panels etc.).
+    private var scratchBuffers: [UnsafeMutableRawPointer?] = []
+    private var scratchSizes: [Int] = []
+
+    /// A 64-byte aligned scratch buffer of at least `bytes` bytes private to participant `index`. Valid
+    /// until the next call with the same index; contents are not preserved. Call only from inside `run`.
+    /// Allocation failure is fatal (the sizes asked for are small, bounded by the blocking parameters).
+    public func scratch(_ index: Int, bytes: Int) -> UnsafeMutableRawPointer {
+        let need = (max(bytes, 64) + 63) & ~63
+        if scratchSizes[index] < need {
+            free(scratchBuffers[index])
+            var p: UnsafeMutableRawPointer? = nil
+            if posix_memalign(&p, 64, need) != 0 || p == nil {
+                fatalError("LoRAKit: out of memory allocating \(need) bytes of kernel scratch")
+            }
+            scratchBuffers[index] = p
+            scratchSizes[index] = need
+        }
+        return scratchBuffers[index]!
+    }
+
+    /// Participants actually available (threads that failed to start are not counted).
+    public var activeCount: Int { workers.count + 1 }
+
+    /// Run `body(index, count)` for every index in `0..<count` where `count = min(activeCount, maxTasks)`,
+    /// in parallel, and wait for all. With `maxTasks` = 1 (or a 1-thread pool) the body runs inline.
+    public func run(maxTasks: Int = Int.max, _ body: (Int, Int) -> Void) {
+        let n = min(activeCount, max(1, maxTasks))
+        if n == 1 {
+            body(0, 1)
+            return
+        }
+        withoutActuallyEscaping(body) { escaping in
+            let used = n
+            job = { i, _ in if i < used { escaping(i, used) } }
+            remaining.store(workers.count, ordering: .relaxed)
+            // Sequentially consistent store/load pair with the worker's (sleepers, generation) pair:
+            // either we see its sleeper count or it sees our new generation.
+            generation.add(1, ordering: .sequentiallyConsistent)
+            if sleepers.load(ordering: .sequentiallyConsistent) > 0 {
+                pthread_mutex_lock(&mutex)
+                pthread_cond_broadcast(&cond)
+                pthread_mutex_unlock(&mutex)
+            }
+            escaping(0, used)
+            var spins = 0
+            while remaining.load(ordering: .acquiring) > 0 {
+                spins += 1
+                if spins > 1000 { sched_yield() }
+            }
+            job = nil
+        }
+    }
+
+    private func workerLoop(index: Int) {
+        var seen: UInt64 = 0
+        while true {
+            var spins = 0
+            var g = generation.load(ordering: .acquiring)
+            while g == seen {
+                spins += 1
+                if spins < ThreadPool.spinLimit {
+                    g = generation.load(ordering: .acquiring)
+                    continue
+                }
+                pthread_mutex_lock(&mutex)
+                sleepers.add(1, ordering: .sequentiallyConsistent)
+                g = generation.load(ordering: .sequentiallyConsistent)
+                while g == seen && !shuttingDown {
+                    pthread_cond_wait(&cond, &mutex)
+                    g = generation.load(ordering: .acquiring)
+                }
+                sleepers.subtract(1, ordering: .relaxed)
+                pthread_mutex_unlock(&mutex)
+                spins = 0
+            }
+            seen = g
+            if shuttingDown { return }
+            if let j = job { j(index, activeCount) }
+            remaining.subtract(1, ordering: .releasing)
+        }
+    }
+}
+
+/// The contiguous sub-range of `0..<total` that participant `index` of `count` takes, with range starts
+/// aligned to `align` (all but possibly the last range have a length that is a multiple of `align`).
+@inlinable
+public func partition(_ total: Int, index: Int, count: Int, align: Int = 1) -> Range<Int> {
+    let units = (total + align - 1) / align
+    let per = units / count
+    let extra = units % count
+    let startU = index * per + min(index, extra)
+    let endU = startU + per + (index < extra ? 1 : 0)
+    return min(total, startU * align)..<min(total, endU * align)
+}

@@ -1,0 +1,393 @@
+/// Packed, register-blocked matrix multiplication.
+///
+/// Computes `C[M×N] = alpha · A[M×K] · B[K×N] + beta · C` with
+/// - `A`: f32, any row/column stride (so `A` may be a transposed view, e.g. `Xᵀ` when computing `dW`);
+/// - `B`: f32 with any strides, or a weight matrix stored in any `DType` (f32, f16, bf16, q8_0, q4_0,
+///   q4_1), used either transposed (`X · Wᵀ`, the forward of a linear layer) or as is (`dY · W`, the
+///   backward of a linear layer with respect to its input);
+/// - `C`: f32 row-major with leading dimension `ldc`.
+///
+/// The structure is the classic one (Goto/BLIS): B is packed by blocks of `KC × NC` into panels of `NR`
+/// columns, A by blocks of `MC × KC` into panels of `MR` rows, and a `MR × NR` micro-kernel keeps the
+/// C tile in registers. Quantized weights are dequantized while packing, so a many-row product runs at
+/// the f32 GEMM's speed. Every C element is reduced over K in the same order whatever the thread count,
+/// so results are bitwise identical for 1 or N threads.
+///
+/// Threads split N into contiguous ranges (or M when N is too narrow), each packing its own panels.
+public enum GEMM {
+    public static let MR = 6
+    public static let NR = 16
+    public static let KC = 256
+    public static let MC = 144
+    public static let NC = 3072
+}
+
+/// The left operand: `A(i, k) = ptr[i * rowStride + k * colStride]`, f32.
+public struct GEMMLeft: @unchecked Sendable {
+    public var ptr: UnsafePointer<Float>
+    public var rowStride: Int
+    public var colStride: Int
+    public init(_ ptr: UnsafePointer<Float>, rowStride: Int, colStride: Int = 1) {
+        self.ptr = ptr; self.rowStride = rowStride; self.colStride = colStride
+    }
+    /// `A` is `Mᵀ` for a row-major `M` with leading dimension `ld`: `A(i, k) = M[k][i]`.
+    public static func transposed(_ ptr: UnsafePointer<Float>, ld: Int) -> GEMMLeft {
+        GEMMLeft(ptr, rowStride: 1, colStride: ld)
+    }
+}
+
+/// The right operand `B` (K × N).
+public enum GEMMRight: @unchecked Sendable {
+    /// `B(k, n) = ptr[k * rowStride + n * colStride]`, f32.
+    case f32(UnsafePointer<Float>, rowStride: Int, colStride: Int)
+    /// A weight `W` of `rows × cols` values in `dtype`, row-major, rows of `dtype.rowBytes(cols)` bytes.
+    /// `transposed: true` means `B = Wᵀ` (K = cols, N = rows): `B(k, n) = W[n][k]`.
+    /// `transposed: false` means `B = W` (K = rows, N = cols): `B(k, n) = W[k][n]`.
+    case weight(UnsafeRawPointer, dtype: DType, rows: Int, cols: Int, transposed: Bool)
+
+    /// The f32 matrix `B = Wᵀ` for a row-major f32 `W` with leading dimension `ld`.
+    public static func f32Transposed(_ ptr: UnsafePointer<Float>, ld: Int) -> GEMMRight {
+        .f32(ptr, rowStride: 1, colStride: ld)
+    }
+    public static func f32(_ ptr: UnsafePointer<Float>, ld: Int) -> GEMMRight {
+        .f32(ptr, rowStride: ld, colStride: 1)
+    }
+
+    /// (K, N) implied by a weight operand.
+    var weightKN: (Int, Int)? {
+        if case let .weight(_, _, rows, cols, t) = self { return t ? (cols, rows) : (rows, cols) }
+        return nil
+    }
+}
+
+extension GEMM {
+    /// `C = alpha · A · B + beta · C`. Validates sizes (throws instead of trapping) and runs on `pool`.
+    /// `beta` = 0 overwrites C without reading it (C may hold NaN garbage).
+    public static func multiply(
+        m: Int, n: Int, k: Int,
+        alpha: Float = 1,
+        a: GEMMLeft, b: GEMMRight,
+        beta: Float = 0,
+        c: UnsafeMutablePointer<Float>, ldc: Int,
+        pool: ThreadPool = .shared
+    ) throws(LKError) {
+        guard m >= 0, n >= 0, k >= 0 else { throw .invalidArgument("gemm: negative size m=\(m) n=\(n) k=\(k)") }
+        guard ldc >= n else { throw .invalidArgument("gemm: ldc \(ldc) < n \(n)") }
+        if case let .weight(_, dtype, rows, cols, t) = b {
+            let (wk, wn) = t ? (cols, rows) : (rows, cols)
+            guard wk == k, wn == n else {
+                throw .shapeMismatch("gemm: weight [\(rows), \(cols)]\(t ? "ᵀ" : "") does not give B of [\(k), \(n)]")
+            }
+            guard cols % dtype.blockSize == 0 else {
+                throw .shapeMismatch("gemm: weight row length \(cols) is not a multiple of the \(dtype) block size")
+            }
+        }
+        if m == 0 || n == 0 { return }
+        if k == 0 {
+            for i in 0..<m { for j in 0..<n { c[i * ldc + j] = beta == 0 ? 0 : beta * c[i * ldc + j] } }
+            return
+        }
+        multiplyUnchecked(m: m, n: n, k: k, alpha: alpha, a: a, b: b, beta: beta, c: c, ldc: ldc, pool: pool)
+    }
+
+    /// As `multiply`, with sizes already validated by the caller.
+    public static func multiplyUnchecked(
+        m: Int, n: Int, k: Int, alpha: Float, a: GEMMLeft, b: GEMMRight, beta: Float,
+        c: UnsafeMutablePointer<Float>, ldc: Int, pool: ThreadPool
+    ) {
+        // Column ranges must start on a block boundary when B's columns are quantized blocks.
+        var nAlign = NR
+        if case let .weight(_, dtype, _, _, false) = b, dtype.isQuantized { nAlign = 32 }
+        let minCols = 64
+        let maxByN = max(1, n / minCols)
+        let flops = Double(m) * Double(n) * Double(k)
+        let wanted = flops < 200_000 ? 1 : pool.activeCount
+        if maxByN >= min(wanted, pool.activeCount) || m < MR * 2 {
+            pool.run(maxTasks: min(wanted, maxByN)) { idx, cnt in
+                let cols = partition(n, index: idx, count: cnt, align: nAlign)
+                if cols.isEmpty { return }
+                serial(rows: 0..<m, cols: cols, k: k, alpha: alpha, a: a, b: b, beta: beta, c: c, ldc: ldc,
+                       pool: pool, index: idx)
+            }
+        } else {
+            pool.run(maxTasks: min(wanted, max(1, m / MR))) { idx, cnt in
+                let rows = partition(m, index: idx, count: cnt, align: MR)
+                if rows.isEmpty { return }
+                serial(rows: rows, cols: 0..<n, k: k, alpha: alpha, a: a, b: b, beta: beta, c: c, ldc: ldc,
+                       pool: pool, index: idx)
+            }
+        }
+    }
+
+    /// One participant's share: the C block `rows × cols`.
+    static func serial(
+        rows: Range<Int>, cols: Range<Int>, k: Int, alpha: Float, a: GEMMLeft, b: GEMMRight, beta: Float,
+        c: UnsafeMutablePointer<Float>, ldc: Int, pool: ThreadPool, index: Int
+    ) {
+        let ncMax = min(NC, (cols.count + NR - 1) / NR * NR)
+        let kcMax = min(KC, k)
+        let mcMax = min(MC, (rows.count + MR - 1) / MR * MR)
+        let bBytes = ncMax * kcMax * 4
+        let aBytes = mcMax * kcMax * 4
+        // Temporary row for dequantizing (up to max(KC, NC) values, plus a block of slack).
+        let tBytes = (max(kcMax, ncMax) + 64) * 4
+        let base = pool.scratch(index, bytes: bBytes + aBytes + tBytes + 256)
+        let bPack = base.assumingMemoryBound(to: Float.self)
+        let aPack = (base + ((bBytes + 63) & ~63)).assumingMemoryBound(to: Float.self)
+        let tmp = (base + ((bBytes + 63) & ~63) + ((aBytes + 63) & ~63)).assumingMemoryBound(to: Float.self)
+
+        var jc = cols.lowerBound
+        while jc < cols.upperBound {
+            let nc = min(NC, cols.upperBound - jc)
+            var pc = 0
+            while pc < k {
+                let kc = min(KC, k - pc)
+                packB(b, k0: pc, kc: kc, n0: jc, nc: nc, into: bPack, tmp: tmp)
+                let betaHere: Float = pc == 0 ? beta : 1
+                var ic = rows.lowerBound
+                while ic < rows.upperBound {
+                    let mc = min(MC, rows.upperBound - ic)
+                    packA(a, i0: ic, mc: mc, k0: pc, kc: kc, into: aPack)
+                    var jr = 0
+                    while jr < nc {
+                        let nr = min(NR, nc - jr)
+                        let bp = UnsafePointer(bPack + jr * kc)
+                        var ir = 0
+                        while ir < mc {
+                            let mr = min(MR, mc - ir)
+                            let cp = c + (ic + ir) * ldc + jc + jr
+                            let ap = UnsafePointer(aPack + ir * kc)
+                            if mr == MR && nr == NR {
+                                kernel6x16(kc, ap, bp, cp, ldc, alpha, betaHere)
+                            } else {
+                                kernelEdge(kc, ap, bp, cp, ldc, alpha, betaHere, mr, nr)
+                            }
+                            ir += MR
+                        }
+                        jr += NR
+                    }
+                    ic += MC
+                }
+                pc += KC
+            }
+            jc += NC
+        }
+    }
+
+    // MARK: Packing
+
+    /// Pack `A[i0 ..< i0+mc, k0 ..< k0+kc]` into panels of MR rows: panel p holds, for each k, the MR
+    /// values `A(i0 + p·MR + 0..<MR, k)` contiguously (zero-padded past `mc`).
+    @inline(__always)
+    static func packA(_ a: GEMMLeft, i0: Int, mc: Int, k0: Int, kc: Int, into dst: UnsafeMutablePointer<Float>) {
+        let rs = a.rowStride, cs = a.colStride
+        var p = 0
+        while p < mc {
+            let rowsHere = min(MR, mc - p)
+            let out = dst + p * kc
+            if cs == 1 {
+                // Rows contiguous in k: interleave MR rows.
+                if rowsHere == MR {
+                    let r0 = a.ptr + (i0 + p) * rs + k0
+                    let r1 = r0 + rs, r2 = r1 + rs, r3 = r2 + rs, r4 = r3 + rs, r5 = r4 + rs
+                    for kk in 0..<kc {
+                        let o = out + kk * MR
+                        o[0] = r0[kk]; o[1] = r1[kk]; o[2] = r2[kk]
+                        o[3] = r3[kk]; o[4] = r4[kk]; o[5] = r5[kk]
+                    }
+                } else {
+                    for kk in 0..<kc {
+                        let o = out + kk * MR
+                        for i in 0..<MR {
+                            o[i] = i < rowsHere ? a.ptr[(i0 + p + i) * rs + k0 + kk] : 0
+                        }
+                    }
+                }
+            } else if rs == 1 {
+                // Columns contiguous in i (A is a transposed view).
+                for kk in 0..<kc {
+                    let src = a.ptr + (k0 + kk) * cs + i0 + p
+                    let o = out + kk * MR
+                    for i in 0..<MR { o[i] = i < rowsHere ? src[i] : 0 }
+                }
+            } else {
+                for kk in 0..<kc {
+                    let o = out + kk * MR
+                    for i in 0..<MR {
+                        o[i] = i < rowsHere ? a.ptr[(i0 + p + i) * rs + (k0 + kk) * cs] : 0
+                    }
+                }
+            }
+            p += MR
+        }
+    }
+
+    /// Pack `B[k0 ..< k0+kc, n0 ..< n0+nc]` into panels of NR columns: panel q holds, for each k, the NR
+    /// values `B(k, n0 + q·NR + 0..<NR)` contiguously (zero-padded past `nc`).
+    static func packB(_ b: GEMMRight, k0: Int, kc: Int, n0: Int, nc: Int, into dst: UnsafeMutablePointer<Float>,
+                      tmp: UnsafeMutablePointer<Float>) {
+        let panels = (nc + NR - 1) / NR
+        switch b {
+        case let .f32(ptr, rs, cs):
+            if cs == 1 {
+                for q in 0..<panels {
+                    let colsHere = min(NR, nc - q * NR)
+                    let out = dst + q * NR * kc
+                    let src = ptr + k0 * rs + n0 + q * NR
+                    if colsHere == NR {
+                        for kk in 0..<kc {
+                            let s = UnsafeRawPointer(src + kk * rs)
+                            let o = UnsafeMutableRawPointer(out + kk * NR)
+                            o.storeBytes(of: s.loadUnaligned(as: SIMD8<Float>.self), as: SIMD8<Float>.self)
+                            (o + 32).storeBytes(of: (s + 32).loadUnaligned(as: SIMD8<Float>.self), as: SIMD8<Float>.self)
+                        }
+                    } else {
+                        for kk in 0..<kc {
+                            for j in 0..<NR { out[kk * NR + j] = j < colsHere ? src[kk * rs + j] : 0 }
+                        }
+                    }
+                }
+            } else if rs == 1 {
+                // Column n of B is contiguous in k: scatter each column into its panel slot.
+                for q in 0..<panels {
+                    let colsHere = min(NR, nc - q * NR)
+                    let out = dst + q * NR * kc
+                    for j in 0..<NR {
+                        if j < colsHere {
+                            let src = ptr + (n0 + q * NR + j) * cs + k0
+                            for kk in 0..<kc { out[kk * NR + j] = src[kk] }
+                        } else {
+                            for kk in 0..<kc { out[kk * NR + j] = 0 }
+                        }
+                    }
+                }
+            } else {
+                for q in 0..<panels {
+                    let colsHere = min(NR, nc - q * NR)
+                    let out = dst + q * NR * kc
+                    for kk in 0..<kc {
+                        for j in 0..<NR {
+                            out[kk * NR + j] = j < colsHere ? ptr[(k0 + kk) * rs + (n0 + q * NR + j) * cs] : 0
+                        }
+                    }
+                }
+            }
+        case let .weight(wp, dtype, _, cols, true):
+            // B = Wᵀ: column n of B is row n of W; dequantize W[n][k0 ..< k0+kc] and scatter.
+            let rb = (cols / dtype.blockSize) * dtype.blockBytes
+            let bs = dtype.blockSize
+            let kStart = k0 / bs * bs            // k0 is a multiple of KC, itself a multiple of 32
+            let kEnd = min(cols, (k0 + kc + bs - 1) / bs * bs)
+            let skip = k0 - kStart
+            for q in 0..<panels {
+                let colsHere = min(NR, nc - q * NR)
+                let out = dst + q * NR * kc
+                for j in 0..<NR {
+                    if j < colsHere {
+                        let row = wp + (n0 + q * NR + j) * rb + (kStart / bs) * dtype.blockBytes
+                        if dtype == .f32 && skip == 0 {
+                            let src = row.assumingMemoryBound(to: Float.self)
+                            for kk in 0..<kc { out[kk * NR + j] = src[kk] }
+                        } else {
+                            dequantize(row, dtype: dtype, count: kEnd - kStart, into: tmp)
+                            for kk in 0..<kc { out[kk * NR + j] = tmp[skip + kk] }
+                        }
+                    } else {
+                        for kk in 0..<kc { out[kk * NR + j] = 0 }
+                    }
+                }
+            }
+        case let .weight(wp, dtype, _, cols, false):
+            // B = W: row k of B is row k of W; dequantize W[k][n0 ..< n0+nc] (n0 is block-aligned).
+            let rb = (cols / dtype.blockSize) * dtype.blockBytes
+            let bs = dtype.blockSize
+            let nEnd = min(cols, (n0 + nc + bs - 1) / bs * bs)
+            for kk in 0..<kc {
+                let row = wp + (k0 + kk) * rb + (n0 / bs) * dtype.blockBytes
+                dequantize(row, dtype: dtype, count: nEnd - n0, into: tmp)
+                for q in 0..<panels {
+                    let colsHere = min(NR, nc - q * NR)
+                    let o = dst + q * NR * kc + kk * NR
+                    let s = tmp + q * NR
+                    if colsHere == NR {
+                        UnsafeMutableRawPointer(o).storeBytes(of: UnsafeRawPointer(s).loadUnaligned(as: SIMD8<Float>.self), as: SIMD8<Float>.self)
+                        UnsafeMutableRawPointer(o + 8).storeBytes(of: UnsafeRawPointer(s + 8).loadUnaligned(as: SIMD8<Float>.self), as: SIMD8<Float>.self)
+                    } else {
+                        for j in 0..<NR { o[j] = j < colsHere ? s[j] : 0 }
+                    }
+                }
+            }
+        }
+    }
+
+    // MARK: Micro-kernels
+
+    /// The 6 × 16 register tile: 12 accumulators of 8 lanes. `C = alpha·acc + beta·C` (beta 0: overwrite).
+    @inline(__always)
+    static func kernel6x16(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                           _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ alpha: Float, _ beta: Float) {
+        var c00 = SIMD8<Float>(), c01 = SIMD8<Float>()
+        var c10 = SIMD8<Float>(), c11 = SIMD8<Float>()
+        var c20 = SIMD8<Float>(), c21 = SIMD8<Float>()
+        var c30 = SIMD8<Float>(), c31 = SIMD8<Float>()
+        var c40 = SIMD8<Float>(), c41 = SIMD8<Float>()
+        var c50 = SIMD8<Float>(), c51 = SIMD8<Float>()
+        var ap = a
+        var bp = UnsafeRawPointer(b)
+        for _ in 0..<kc {
+            let b0 = bp.load(as: SIMD8<Float>.self)
+            let b1 = bp.load(fromByteOffset: 32, as: SIMD8<Float>.self)
+            var av = SIMD8<Float>(repeating: ap[0])
+            c00.addProduct(av, b0); c01.addProduct(av, b1)
+            av = SIMD8<Float>(repeating: ap[1])
+            c10.addProduct(av, b0); c11.addProduct(av, b1)
+            av = SIMD8<Float>(repeating: ap[2])
+            c20.addProduct(av, b0); c21.addProduct(av, b1)
+            av = SIMD8<Float>(repeating: ap[3])
+            c30.addProduct(av, b0); c31.addProduct(av, b1)
+            av = SIMD8<Float>(repeating: ap[4])
+            c40.addProduct(av, b0); c41.addProduct(av, b1)
+            av = SIMD8<Float>(repeating: ap[5])
+            c50.addProduct(av, b0); c51.addProduct(av, b1)
+            ap += 6
+            bp += 64
+        }
+        @inline(__always) func store(_ row: Int, _ v0: SIMD8<Float>, _ v1: SIMD8<Float>) {
+            let p = UnsafeMutableRawPointer(c + row * ldc)
+            let al = SIMD8<Float>(repeating: alpha)
+            if beta == 0 {
+                p.storeBytes(of: v0 * al, as: SIMD8<Float>.self)
+                (p + 32).storeBytes(of: v1 * al, as: SIMD8<Float>.self)
+            } else {
+                let be = SIMD8<Float>(repeating: beta)
+                var o0 = p.loadUnaligned(as: SIMD8<Float>.self) * be
+                var o1 = (p + 32).loadUnaligned(as: SIMD8<Float>.self) * be
+                o0.addProduct(v0, al)
+                o1.addProduct(v1, al)
+                p.storeBytes(of: o0, as: SIMD8<Float>.self)
+                (p + 32).storeBytes(of: o1, as: SIMD8<Float>.self)
+            }
+        }
+        store(0, c00, c01); store(1, c10, c11); store(2, c20, c21)
+        store(3, c30, c31); store(4, c40, c41); store(5, c50, c51)
+    }
+
+    /// Partial tile: compute the full 6 × 16 tile into a local buffer with the same arithmetic as
+    /// `kernel6x16` (so results do not depend on where tile edges fall) and write the `mr × nr` part.
+    @inline(never)
+    static func kernelEdge(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                           _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ alpha: Float, _ beta: Float,
+                           _ mr: Int, _ nr: Int) {
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: MR * NR) { buf in
+            let t = buf.baseAddress!
+            kernel6x16(kc, a, b, t, NR, 1, 0)
+            for i in 0..<mr {
+                for j in 0..<nr {
+                    let v = t[i * NR + j]
+                    let dst = c + i * ldc + j
+                    dst.pointee = beta == 0 ? v * alpha : (dst.pointee * beta).addingProduct(v, alpha)
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,91 @@
+import ArgumentParser
+import LoRAKit
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Measure kernels and models (figures for BENCHMARKS.md; not a test).",
+        subcommands: [BenchGEMM.self]
+    )
+}
+
+func nowSeconds() -> Double {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+}
+
+func fillRandom(_ p: UnsafeMutablePointer<Float>, _ n: Int, seed: UInt64) {
+    var rng = SplitMix64(seed: seed)
+    for i in 0..<n { p[i] = rng.nextFloat() * 2 - 1 }
+}
+
+struct BenchGEMM: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "gemm",
+        abstract: "C[M×N] = A[M×K] · B[K×N] with f32 A and B f32 (or a quantized weight Wᵀ with --dtype).")
+
+    @Option(help: "Rows of A and C.") var m: Int = 512
+    @Option(help: "Columns of B and C.") var n: Int = 1536
+    @Option(help: "Inner dimension.") var k: Int = 576
+    @Option(help: "Threads (default: all cores).") var threads: Int = ThreadPool.hardwareConcurrency
+    @Option(help: "Storage type of B: f32, f16, bf16, q8_0, q4_0, q4_1. Quantized B is a weight [N, K] used transposed.")
+    var dtype: String = "f32"
+    @Option(help: "Minimum seconds to run.") var seconds: Double = 1.0
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        guard m > 0, n > 0, k > 0 else { throw ValidationError("sizes must be positive") }
+        guard let dt = DType(name: dtype) else { throw ValidationError("unknown dtype \(dtype)") }
+        let pool = ThreadPool(threads: threads)
+        let a = try Tensor(zeros: [m, k])
+        let c = try Tensor(zeros: [m, n])
+        fillRandom(a.f32, m * k, seed: 1)
+        let bOperand: GEMMRight
+        let bTensor: Tensor
+        if dt == .f32 {
+            bTensor = try Tensor(zeros: [k, n])
+            fillRandom(bTensor.f32, k * n, seed: 2)
+            bOperand = .f32(UnsafePointer(bTensor.f32), ld: n)
+        } else {
+            let w = try Tensor(zeros: [n, k])
+            fillRandom(w.f32, n * k, seed: 2)
+            bTensor = w // TEMP
+            bOperand = .weight(UnsafeRawPointer(bTensor.rawPointer), dtype: dt, rows: n, cols: k, transposed: true)
+        }
+        let run = {
+            if m == 1 {
+                fatalError("TEMP")
+            } else {
+                try GEMM.multiply(m: m, n: n, k: k, a: GEMMLeft(UnsafePointer(a.f32), rowStride: k), b: bOperand,
+                                  c: c.f32, ldc: n, pool: pool)
+            }
+        }
+        try run()  // warm-up
+        var iters = 0
+        let t0 = nowSeconds()
+        var t = t0
+        repeat {
+            try run()
+            iters += 1
+            t = nowSeconds()
+        } while t - t0 < seconds
+        let per = (t - t0) / Double(iters)
+        let gflops = 2.0 * Double(m) * Double(n) * Double(k) / per / 1e9
+        let bBytes = Double(try Tensor.byteCount(shape: [n, k], dtype: dt))
+        let gbps = bBytes / per / 1e9
+        if json {
+            print("{\"m\": \(m), \"n\": \(n), \"k\": \(k), \"dtype\": \"\(dt)\", \"threads\": \(pool.activeCount), \"seconds_per_call\": \(per), \"gflops\": \(gflops), \"weight_gbps\": \(gbps)}")
+        } else {
+            print("gemm \(m)x\(k)x\(n) \(dt) threads=\(pool.activeCount): \(String(format6(gflops))) GFLOP/s, weights read at \(format6(gbps)) GB/s")
+        }
+    }
+}
+
+func format6(_ x: Double) -> String {
+    let r = (x * 100).rounded() / 100
+    return "\(r)"
+}

@@ -1,0 +1,12 @@
+import ArgumentParser
+import LoRAKit
+
+@main
+struct LoRAKitCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "lorakit",
+        abstract: "LoRA fine-tuning and inference for LLMs on the CPU.",
+        version: LoRAKitVersion.string,
+        subcommands: [BenchCommand.self]
+    )
+}
