@@ -10,7 +10,9 @@ import Synchronization
 /// spin briefly (decode issues hundreds of small jobs per token) and then sleep on a condition variable.
 ///
 /// Kernels receive `(index, count)` and take a contiguous range of the work with `partition`.
-/// One pool is used by one thread at a time (a context owns its pool); `run` is not reentrant.
+/// A pool is meant to be used by one thread at a time (a context owns its pool). If a second thread calls
+/// `run` while a job is in flight, that call runs all of its parts on its own thread instead of waiting.
+/// `run` must not be called from inside a job of the same pool (nested calls run serially too).
 public final class ThreadPool: @unchecked Sendable {
     public let threadCount: Int
 
@@ -18,6 +20,7 @@ public final class ThreadPool: @unchecked Sendable {
     private let generation = Atomic<UInt64>(0)
     private let remaining = Atomic<Int>(0)
     private let sleepers = Atomic<Int>(0)
+    private let busy = Atomic<Bool>(false)
     private var mutex = pthread_mutex_t()
     private var cond = pthread_cond_t()
     private var shuttingDown = false
@@ -41,8 +44,6 @@ public final class ThreadPool: @unchecked Sendable {
         threadCount = max(1, min(threads, 512))
         pthread_mutex_init(&mutex, nil)
         pthread_cond_init(&cond, nil)
-        scratchBuffers = Array(repeating: nil, count: threadCount)
-        scratchSizes = Array(repeating: 0, count: threadCount)
         for i in 1..<threadCount {
             let box = Unmanaged.passRetained(WorkerArg(pool: self, index: i))
             var t = pthread_t()
@@ -70,7 +71,6 @@ public final class ThreadPool: @unchecked Sendable {
         pthread_cond_broadcast(&cond)
         pthread_mutex_unlock(&mutex)
         for t in workers { pthread_join(t, nil) }
-        for b in scratchBuffers { free(b) }
         pthread_cond_destroy(&cond)
         pthread_mutex_destroy(&mutex)
     }
@@ -81,25 +81,12 @@ public final class ThreadPool: @unchecked Sendable {
         init(pool: ThreadPool, index: Int) { self.pool = pool; self.index = index }
     }
 
-    // Per-participant scratch buffers, grown on demand and reused across jobs (packing panels etc.).
-    private var scratchBuffers: [UnsafeMutableRawPointer?] = []
-    private var scratchSizes: [Int] = []
-
-    /// A 64-byte aligned scratch buffer of at least `bytes` bytes private to participant `index`. Valid
-    /// until the next call with the same index; contents are not preserved. Call only from inside `run`.
+    /// A 64-byte aligned scratch buffer of at least `bytes` bytes private to the calling OS thread (so
+    /// it is private to the participant running on it). Valid until the next `scratch` call on the same
+    /// thread; contents are not preserved. `index` is accepted for readability at call sites.
     /// Allocation failure is fatal (the sizes asked for are small, bounded by the blocking parameters).
     public func scratch(_ index: Int, bytes: Int) -> UnsafeMutableRawPointer {
-        let need = (max(bytes, 64) + 63) & ~63
-        if scratchSizes[index] < need {
-            free(scratchBuffers[index])
-            var p: UnsafeMutableRawPointer? = nil
-            if posix_memalign(&p, 64, need) != 0 || p == nil {
-                fatalError("LoRAKit: out of memory allocating \(need) bytes of kernel scratch")
-            }
-            scratchBuffers[index] = p
-            scratchSizes[index] = need
-        }
-        return scratchBuffers[index]!
+        ThreadScratch.get(bytes: bytes)
     }
 
     /// Participants actually available (threads that failed to start are not counted).
@@ -113,6 +100,13 @@ public final class ThreadPool: @unchecked Sendable {
             body(0, 1)
             return
         }
+        // If another thread is already running a job on this pool (two C callers sharing the default
+        // pool), run all `n` parts on this thread: same partition, same results, no data race.
+        guard busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else {
+            for i in 0..<n { body(i, n) }
+            return
+        }
+        defer { busy.store(false, ordering: .releasing) }
         withoutActuallyEscaping(body) { escaping in
             let used = n
             job = { i, _ in if i < used { escaping(i, used) } }
@@ -175,4 +169,50 @@ public func partition(_ total: Int, index: Int, count: Int, align: Int = 1) -> R
     let startU = index * per + min(index, extra)
     let endU = startU + per + (index < extra ? 1 : 0)
     return min(total, startU * align)..<min(total, endU * align)
+}
+
+/// Thread-local scratch memory (one growable buffer per OS thread, freed when the thread exits).
+enum ThreadScratch {
+    private struct Header { var size: Int; var ptr: UnsafeMutableRawPointer? }
+    private static let key: pthread_key_t = {
+        var k = pthread_key_t()
+        pthread_key_create(&k) { raw in
+            #if canImport(Darwin)
+            let h = raw.assumingMemoryBound(to: Header.self)
+            #else
+            guard let raw else { return }
+            let h = raw.assumingMemoryBound(to: Header.self)
+            #endif
+            free(h.pointee.ptr)
+            free(h)
+        }
+        return k
+    }()
+
+    static func get(bytes: Int) -> UnsafeMutableRawPointer {
+        let need = (max(bytes, 64) + 63) & ~63
+        var h: UnsafeMutablePointer<Header>
+        if let raw = pthread_getspecific(key) {
+            h = raw.assumingMemoryBound(to: Header.self)
+        } else {
+            guard let m = malloc(MemoryLayout<Header>.stride) else {
+                fatalError("LoRAKit: out of memory allocating kernel scratch")
+            }
+            h = m.bindMemory(to: Header.self, capacity: 1)
+            h.initialize(to: Header(size: 0, ptr: nil))
+            pthread_setspecific(key, h)
+        }
+        if h.pointee.size < need {
+            free(h.pointee.ptr)
+            h.pointee.ptr = nil
+            h.pointee.size = 0
+            var p: UnsafeMutableRawPointer? = nil
+            if posix_memalign(&p, 64, need) != 0 || p == nil {
+                fatalError("LoRAKit: out of memory allocating \(need) bytes of kernel scratch")
+            }
+            h.pointee.ptr = p
+            h.pointee.size = need
+        }
+        return h.pointee.ptr!
+    }
 }

@@ -1,0 +1,53 @@
+# LoRAKit build, test and install.
+#   make build                 build liblorakit.so and the lorakit CLI (release)
+#   make test                  build, then run the Swift, C and Python tests
+#   make install PREFIX=/usr/local   install library, headers, pkg-config file and CLI
+#   make bench                 run the benchmarks beside their peers and rewrite BENCHMARKS.md tables
+SHELL := /bin/bash
+PREFIX ?= /usr/local
+PYTHON ?= python3
+CC ?= cc
+# One configuration serves the library, the CLI and the tests (tests use @testable import).
+SWIFT_FLAGS ?= -c release -Xswiftc -enable-testing
+BUILD_DIR := $(shell swift build $(SWIFT_FLAGS) --show-bin-path 2>/dev/null)
+VERSION := $(shell sed -n 's/.*static let major = \([0-9]*\).*/\1/p' Sources/LoRAKit/Core/Version.swift).$(shell sed -n 's/.*static let minor = \([0-9]*\).*/\1/p' Sources/LoRAKit/Core/Version.swift).$(shell sed -n 's/.*static let patch = \([0-9]*\).*/\1/p' Sources/LoRAKit/Core/Version.swift)
+# A private install used by the C tests, so they build against the installed header and library.
+TEST_PREFIX := $(CURDIR)/.build/test-prefix
+
+.PHONY: all build test test-swift test-c test-python install uninstall bench clean model
+
+all: build
+
+build:
+	swift build $(SWIFT_FLAGS)
+
+test: build test-swift test-c test-python
+
+test-swift:
+	swift test $(SWIFT_FLAGS) --parallel --num-workers 2
+
+test-c: build
+	$(MAKE) --no-print-directory install PREFIX=$(TEST_PREFIX)
+	bash Tests/c/run.sh $(TEST_PREFIX)
+
+test-python: build
+	LORAKIT_LIBRARY=$(BUILD_DIR)/liblorakit.so $(PYTHON) -m pytest -q bindings/python/tests
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(BUILD_DIR)/liblorakit.so $(DESTDIR)$(PREFIX)/lib/liblorakit.so
+	install -m 0644 Include/lorakit.h $(DESTDIR)$(PREFIX)/include/lorakit.h
+	if [ -f Include/lorakit_plugin.h ]; then install -m 0644 Include/lorakit_plugin.h $(DESTDIR)$(PREFIX)/include/lorakit_plugin.h; fi
+	install -m 0755 $(BUILD_DIR)/lorakit-cli $(DESTDIR)$(PREFIX)/bin/lorakit
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' bindings/c/lorakit.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/lorakit.pc
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/lib/liblorakit.so $(DESTDIR)$(PREFIX)/include/lorakit.h \
+	      $(DESTDIR)$(PREFIX)/include/lorakit_plugin.h $(DESTDIR)$(PREFIX)/lib/pkgconfig/lorakit.pc \
+	      $(DESTDIR)$(PREFIX)/bin/lorakit
+
+bench: build
+	$(PYTHON) bench/run_benchmarks.py --cli $(BUILD_DIR)/lorakit-cli
+
+clean:
+	rm -rf .build

@@ -1,0 +1,32 @@
+/// Matrix products on tensors: validation and routing to the right kernel.
+///
+/// Shape legend: M = rows of activations (tokens), K = input features, N = output features.
+public enum Linear {
+    /// `out[M, N] = x[M, K] · wᵀ` (`transposeWeight`, w is `[N, K]`: the forward of a linear layer) or
+    /// `out[M, N] = x[M, K] · w` (w is `[K, N]`: e.g. the input gradient `dY · W`).
+    /// `x` and `out` are contiguous f32 matrices; `w` is a contiguous 2-D tensor of any dtype.
+    public static func matmul(x: Tensor, weight w: Tensor, transposeWeight: Bool, out: Tensor,
+                              pool: ThreadPool) throws(LKError) {
+        guard x.dtype == .f32, out.dtype == .f32 else {
+            throw .unsupported("x and out must be f32 (got \(x.dtype), \(out.dtype))")
+        }
+        guard x.rank == 2, w.rank == 2, out.rank == 2 else {
+            throw .shapeMismatch("x \(x.shape), w \(w.shape) and out \(out.shape) must be 2-D")
+        }
+        guard x.isContiguous, out.isContiguous, w.isContiguous else {
+            throw .unsupported("matmul needs contiguous tensors")
+        }
+        let m = x.shape[0], k = x.shape[1]
+        let (wk, n) = transposeWeight ? (w.shape[1], w.shape[0]) : (w.shape[0], w.shape[1])
+        guard wk == k else {
+            throw .shapeMismatch("x is [\(m), \(k)] but w\(transposeWeight ? "ᵀ" : "") is [\(wk), \(n)]")
+        }
+        guard out.shape == [m, n] else {
+            throw .shapeMismatch("out is \(out.shape), expected [\(m), \(n)]")
+        }
+        try GEMM.multiply(m: m, n: n, k: k, a: GEMMLeft(UnsafePointer(x.f32), rowStride: k),
+                          b: .weight(UnsafeRawPointer(w.rawPointer), dtype: w.dtype, rows: w.shape[0],
+                                     cols: w.shape[1], transposed: transposeWeight),
+                          c: out.f32, ldc: n, pool: pool)
+    }
+}
