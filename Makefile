@@ -21,21 +21,25 @@ all: build
 build:
 	swift build $(SWIFT_FLAGS)
 
-test: build test-swift test-c test-python
+test: build model test-swift test-c test-python
 
 test-swift:
-	swift test $(SWIFT_FLAGS) --parallel --num-workers 2
+	LORAKIT_MODEL=$$(cat .build/model-path 2>/dev/null) swift test $(SWIFT_FLAGS)
 
 test-c: build
 	$(MAKE) --no-print-directory install PREFIX=$(TEST_PREFIX)
 	bash Tests/c/run.sh $(TEST_PREFIX)
 
 test-python: build
-	LORAKIT_LIBRARY=$(BUILD_DIR)/liblorakit.so $(PYTHON) -m pytest -q bindings/python/tests
+	LORAKIT_MODEL=$$(cat .build/model-path 2>/dev/null) LORAKIT_LIBRARY=$(BUILD_DIR)/liblorakit.so $(PYTHON) -m pytest -q bindings/python/tests
 
 install: build
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(BUILD_DIR)/liblorakit.so $(DESTDIR)$(PREFIX)/lib/liblorakit.so
+	# The Swift runtime libraries liblorakit.so needs, found through its rpath $$ORIGIN/lorakit-swift.
+	install -d $(DESTDIR)$(PREFIX)/lib/lorakit-swift
+	for f in $$(ldd $(BUILD_DIR)/liblorakit.so | awk '/libswift|libdispatch|libBlocksRuntime|libFoundation/ {print $$3}'); do \
+	    install -m 0644 "$$f" $(DESTDIR)$(PREFIX)/lib/lorakit-swift/; done
 	install -m 0644 Include/lorakit.h $(DESTDIR)$(PREFIX)/include/lorakit.h
 	if [ -f Include/lorakit_plugin.h ]; then install -m 0644 Include/lorakit_plugin.h $(DESTDIR)$(PREFIX)/include/lorakit_plugin.h; fi
 	install -m 0755 $(BUILD_DIR)/lorakit-cli $(DESTDIR)$(PREFIX)/bin/lorakit
@@ -45,9 +49,16 @@ uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/lib/liblorakit.so $(DESTDIR)$(PREFIX)/include/lorakit.h \
 	      $(DESTDIR)$(PREFIX)/include/lorakit_plugin.h $(DESTDIR)$(PREFIX)/lib/pkgconfig/lorakit.pc \
 	      $(DESTDIR)$(PREFIX)/bin/lorakit
+	rm -rf $(DESTDIR)$(PREFIX)/lib/lorakit-swift
 
 bench: build
 	$(PYTHON) bench/run_benchmarks.py --cli $(BUILD_DIR)/lorakit-cli
+
+# Fetch and cache the real model (SmolLM2-135M-Instruct Q4_1). Tests that need it read LORAKIT_MODEL;
+# if the download fails they are skipped loudly.
+model:
+	@scripts/fetch_model.sh > .build/model-path 2>.build/model-error || { echo "WARNING: model download failed: $$(cat .build/model-error); model tests will be SKIPPED" >&2; : > .build/model-path; }
+	@echo "model: $$(cat .build/model-path)"
 
 clean:
 	rm -rf .build

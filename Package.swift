@@ -1,17 +1,32 @@
 // swift-tools-version:6.0
 // LoRAKit: LoRA fine-tuning and inference for LLMs on the CPU, as a Swift library with a C ABI.
 import PackageDescription
+import Foundation
 
-// Kernels are written with SIMD types. On x86_64 we compile for Haswell (AVX2 + FMA + F16C) so that
-// `addProduct` becomes a vfmadd instruction instead of a call to fmaf (≈80× faster). On arm64 NEON and FMA
-// are baseline and no flag is needed. Package.swift is evaluated on the build host, so `#if arch` picks the
-// host's architecture (cross-compiling to x86_64 from arm64 would need the flag added by hand).
+// Kernels are written with Swift SIMD types. On x86_64 we compile for the build machine's vector ISA,
+// as llama.cpp does by default (GGML_NATIVE): AVX2 + FMA + F16C at least (`-target-cpu haswell`: without
+// it `addProduct` is a call to fmaf, ≈80× slower), and AVX-512 kernels (SIMD16, 32 registers) when the
+// build host has AVX-512F/BW/DQ/VL. A binary built on an AVX-512 machine does not run on an AVX2-only one:
+// set LORAKIT_TARGET_CPU=haswell for a portable x86_64 build (or =native / any LLVM CPU name). On arm64
+// NEON and FMA are baseline and no flag is needed. Package.swift runs on the build host, so `#if arch`
+// and /proc/cpuinfo describe the host.
+func hostHasAVX512() -> Bool {
+    guard let info = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8) else { return false }
+    guard let flagsLine = info.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return false }
+    let flags = Set(flagsLine.split(separator: " ").map(String.init))
+    return ["avx512f", "avx512bw", "avx512dq", "avx512vl", "fma", "f16c"].allSatisfy(flags.contains)
+}
+
 #if arch(x86_64)
-let cpuFlags: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "haswell"])]
-let cpuCFlags: [CSetting] = [.unsafeFlags(["-mavx2", "-mfma", "-mf16c"])]
+let requestedCPU = ProcessInfo.processInfo.environment["LORAKIT_TARGET_CPU"]
+let targetCPU = requestedCPU ?? (hostHasAVX512() ? "skylake-avx512" : "haswell")
+let cpuIsAVX512 = ["skylake-avx512", "cascadelake", "cooperlake", "icelake-server", "icelake-client",
+                   "tigerlake", "sapphirerapids", "znver4", "znver5", "x86-64-v4"].contains(targetCPU)
+    || (targetCPU == "native" && hostHasAVX512())
+let cpuFlags: [SwiftSetting] = [.unsafeFlags(["-target-cpu", targetCPU])]
+    + (cpuIsAVX512 ? [.define("LORAKIT_AVX512")] : [])
 #else
 let cpuFlags: [SwiftSetting] = []
-let cpuCFlags: [CSetting] = []
 #endif
 
 let fastFlags: [SwiftSetting] = cpuFlags + [
@@ -42,7 +57,10 @@ let package = Package(
             name: "LoRAKitCABI",
             dependencies: ["LoRAKit"],
             path: "Sources/LoRAKitCABI",
-            swiftSettings: fastFlags
+            swiftSettings: fastFlags,
+            // `make install` copies the Swift runtime libraries next to liblorakit.so (lib/lorakit-swift/)
+            // so an installed library also loads on a machine without a Swift toolchain.
+            linkerSettings: [.unsafeFlags(["-Xlinker", "-rpath", "-Xlinker", "$ORIGIN/lorakit-swift"], .when(platforms: [.linux]))]
         ),
         // The `lorakit` command-line tool (built as lorakit-cli, installed as lorakit).
         .executableTarget(
@@ -52,7 +70,8 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/LoRAKitCLI",
-            swiftSettings: fastFlags
+            swiftSettings: fastFlags,
+            linkerSettings: [.unsafeFlags(["-Xlinker", "-rpath", "-Xlinker", "$ORIGIN/../lib/lorakit-swift"], .when(platforms: [.linux]))]
         ),
         .testTarget(
             name: "LoRAKitTests",

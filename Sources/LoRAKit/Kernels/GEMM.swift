@@ -15,8 +15,20 @@
 ///
 /// Threads split N into contiguous ranges (or M when N is too narrow), each packing its own panels.
 public enum GEMM {
+    #if LORAKIT_AVX512
+    /// The register vector of the micro-kernel (16 lanes: one zmm register).
+    public typealias Vec = SIMD16<Float>
+    #else
+    /// The register vector of the micro-kernel (8 lanes: one ymm register, or two NEON registers).
+    public typealias Vec = SIMD8<Float>
+    #endif
+    #if LORAKIT_AVX512
+    public static let MR = 12
+    #else
     public static let MR = 6
-    public static let NR = 16
+    #endif
+    /// Two vectors per tile row.
+    public static let NR = 2 * Vec.scalarCount
     public static let KC = 256
     public static let MC = 144
     public static let NC = 3072
@@ -158,7 +170,7 @@ extension GEMM {
                             let cp = c + (ic + ir) * ldc + jc + jr
                             let ap = UnsafePointer(aPack + ir * kc)
                             if mr == MR && nr == NR {
-                                kernel6x16(kc, ap, bp, cp, ldc, alpha, betaHere)
+                                kernelFull(kc, ap, bp, cp, ldc, alpha, betaHere)
                             } else {
                                 kernelEdge(kc, ap, bp, cp, ldc, alpha, betaHere, mr, nr)
                             }
@@ -187,20 +199,12 @@ extension GEMM {
             let out = dst + p * kc
             if cs == 1 {
                 // Rows contiguous in k: interleave MR rows.
-                if rowsHere == MR {
-                    let r0 = a.ptr + (i0 + p) * rs + k0
-                    let r1 = r0 + rs, r2 = r1 + rs, r3 = r2 + rs, r4 = r3 + rs, r5 = r4 + rs
-                    for kk in 0..<kc {
-                        let o = out + kk * MR
-                        o[0] = r0[kk]; o[1] = r1[kk]; o[2] = r2[kk]
-                        o[3] = r3[kk]; o[4] = r4[kk]; o[5] = r5[kk]
-                    }
-                } else {
-                    for kk in 0..<kc {
-                        let o = out + kk * MR
-                        for i in 0..<MR {
-                            o[i] = i < rowsHere ? a.ptr[(i0 + p + i) * rs + k0 + kk] : 0
-                        }
+                for i in 0..<MR {
+                    if i < rowsHere {
+                        let row = a.ptr + (i0 + p + i) * rs + k0
+                        for kk in 0..<kc { out[kk * MR + i] = row[kk] }
+                    } else {
+                        for kk in 0..<kc { out[kk * MR + i] = 0 }
                     }
                 }
             } else if rs == 1 {
@@ -238,8 +242,8 @@ extension GEMM {
                         for kk in 0..<kc {
                             let s = UnsafeRawPointer(src + kk * rs)
                             let o = UnsafeMutableRawPointer(out + kk * NR)
-                            o.storeBytes(of: s.loadUnaligned(as: SIMD8<Float>.self), as: SIMD8<Float>.self)
-                            (o + 32).storeBytes(of: (s + 32).loadUnaligned(as: SIMD8<Float>.self), as: SIMD8<Float>.self)
+                            o.storeBytes(of: s.loadUnaligned(as: Vec.self), as: Vec.self)
+                            (o + vecBytes).storeBytes(of: (s + vecBytes).loadUnaligned(as: Vec.self), as: Vec.self)
                         }
                     } else {
                         for kk in 0..<kc {
@@ -310,8 +314,8 @@ extension GEMM {
                     let o = dst + q * NR * kc + kk * NR
                     let s = tmp + q * NR
                     if colsHere == NR {
-                        UnsafeMutableRawPointer(o).storeBytes(of: UnsafeRawPointer(s).loadUnaligned(as: SIMD8<Float>.self), as: SIMD8<Float>.self)
-                        UnsafeMutableRawPointer(o + 8).storeBytes(of: UnsafeRawPointer(s + 8).loadUnaligned(as: SIMD8<Float>.self), as: SIMD8<Float>.self)
+                        UnsafeMutableRawPointer(o).storeBytes(of: UnsafeRawPointer(s).loadUnaligned(as: Vec.self), as: Vec.self)
+                        UnsafeMutableRawPointer(o + Vec.scalarCount).storeBytes(of: UnsafeRawPointer(s + Vec.scalarCount).loadUnaligned(as: Vec.self), as: Vec.self)
                     } else {
                         for j in 0..<NR { o[j] = j < colsHere ? s[j] : 0 }
                     }
@@ -322,65 +326,126 @@ extension GEMM {
 
     // MARK: Micro-kernels
 
-    /// The 6 × 16 register tile: 12 accumulators of 8 lanes. `C = alpha·acc + beta·C` (beta 0: overwrite).
+    static let vecBytes = MemoryLayout<Vec>.size
+
+    #if LORAKIT_AVX512
+    /// The MR × NR (12 × 2 vectors) register tile: 24 of the 32 zmm registers hold accumulators;
+    /// A values are broadcast straight from memory into the FMAs.
     @inline(__always)
-    static func kernel6x16(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+    static func kernelFull(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
                            _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ alpha: Float, _ beta: Float) {
-        var c00 = SIMD8<Float>(), c01 = SIMD8<Float>()
-        var c10 = SIMD8<Float>(), c11 = SIMD8<Float>()
-        var c20 = SIMD8<Float>(), c21 = SIMD8<Float>()
-        var c30 = SIMD8<Float>(), c31 = SIMD8<Float>()
-        var c40 = SIMD8<Float>(), c41 = SIMD8<Float>()
-        var c50 = SIMD8<Float>(), c51 = SIMD8<Float>()
+        var c0_0 = Vec(), c0_1 = Vec()
+        var c1_0 = Vec(), c1_1 = Vec()
+        var c2_0 = Vec(), c2_1 = Vec()
+        var c3_0 = Vec(), c3_1 = Vec()
+        var c4_0 = Vec(), c4_1 = Vec()
+        var c5_0 = Vec(), c5_1 = Vec()
+        var c6_0 = Vec(), c6_1 = Vec()
+        var c7_0 = Vec(), c7_1 = Vec()
+        var c8_0 = Vec(), c8_1 = Vec()
+        var c9_0 = Vec(), c9_1 = Vec()
+        var c10_0 = Vec(), c10_1 = Vec()
+        var c11_0 = Vec(), c11_1 = Vec()
         var ap = a
         var bp = UnsafeRawPointer(b)
         for _ in 0..<kc {
-            let b0 = bp.load(as: SIMD8<Float>.self)
-            let b1 = bp.load(fromByteOffset: 32, as: SIMD8<Float>.self)
-            var av = SIMD8<Float>(repeating: ap[0])
-            c00.addProduct(av, b0); c01.addProduct(av, b1)
-            av = SIMD8<Float>(repeating: ap[1])
-            c10.addProduct(av, b0); c11.addProduct(av, b1)
-            av = SIMD8<Float>(repeating: ap[2])
-            c20.addProduct(av, b0); c21.addProduct(av, b1)
-            av = SIMD8<Float>(repeating: ap[3])
-            c30.addProduct(av, b0); c31.addProduct(av, b1)
-            av = SIMD8<Float>(repeating: ap[4])
-            c40.addProduct(av, b0); c41.addProduct(av, b1)
-            av = SIMD8<Float>(repeating: ap[5])
-            c50.addProduct(av, b0); c51.addProduct(av, b1)
-            ap += 6
-            bp += 64
+            let b0 = bp.load(as: Vec.self)
+            let b1 = bp.load(fromByteOffset: vecBytes, as: Vec.self)
+            let a0 = Vec(repeating: ap[0]); c0_0.addProduct(a0, b0); c0_1.addProduct(a0, b1)
+            let a1 = Vec(repeating: ap[1]); c1_0.addProduct(a1, b0); c1_1.addProduct(a1, b1)
+            let a2 = Vec(repeating: ap[2]); c2_0.addProduct(a2, b0); c2_1.addProduct(a2, b1)
+            let a3 = Vec(repeating: ap[3]); c3_0.addProduct(a3, b0); c3_1.addProduct(a3, b1)
+            let a4 = Vec(repeating: ap[4]); c4_0.addProduct(a4, b0); c4_1.addProduct(a4, b1)
+            let a5 = Vec(repeating: ap[5]); c5_0.addProduct(a5, b0); c5_1.addProduct(a5, b1)
+            let a6 = Vec(repeating: ap[6]); c6_0.addProduct(a6, b0); c6_1.addProduct(a6, b1)
+            let a7 = Vec(repeating: ap[7]); c7_0.addProduct(a7, b0); c7_1.addProduct(a7, b1)
+            let a8 = Vec(repeating: ap[8]); c8_0.addProduct(a8, b0); c8_1.addProduct(a8, b1)
+            let a9 = Vec(repeating: ap[9]); c9_0.addProduct(a9, b0); c9_1.addProduct(a9, b1)
+            let a10 = Vec(repeating: ap[10]); c10_0.addProduct(a10, b0); c10_1.addProduct(a10, b1)
+            let a11 = Vec(repeating: ap[11]); c11_0.addProduct(a11, b0); c11_1.addProduct(a11, b1)
+            ap += 12
+            bp += 2 * vecBytes
         }
-        @inline(__always) func store(_ row: Int, _ v0: SIMD8<Float>, _ v1: SIMD8<Float>) {
+        @inline(__always) func store(_ row: Int, _ v0: Vec, _ v1: Vec) {
             let p = UnsafeMutableRawPointer(c + row * ldc)
-            let al = SIMD8<Float>(repeating: alpha)
+            let al = Vec(repeating: alpha)
             if beta == 0 {
-                p.storeBytes(of: v0 * al, as: SIMD8<Float>.self)
-                (p + 32).storeBytes(of: v1 * al, as: SIMD8<Float>.self)
+                p.storeBytes(of: v0 * al, as: Vec.self)
+                (p + vecBytes).storeBytes(of: v1 * al, as: Vec.self)
             } else {
-                let be = SIMD8<Float>(repeating: beta)
-                var o0 = p.loadUnaligned(as: SIMD8<Float>.self) * be
-                var o1 = (p + 32).loadUnaligned(as: SIMD8<Float>.self) * be
+                let be = Vec(repeating: beta)
+                var o0 = p.loadUnaligned(as: Vec.self) * be
+                var o1 = (p + vecBytes).loadUnaligned(as: Vec.self) * be
                 o0.addProduct(v0, al)
                 o1.addProduct(v1, al)
-                p.storeBytes(of: o0, as: SIMD8<Float>.self)
-                (p + 32).storeBytes(of: o1, as: SIMD8<Float>.self)
+                p.storeBytes(of: o0, as: Vec.self)
+                (p + vecBytes).storeBytes(of: o1, as: Vec.self)
+            }
+        }
+        store(0, c0_0, c0_1); store(1, c1_0, c1_1); store(2, c2_0, c2_1); store(3, c3_0, c3_1); store(4, c4_0, c4_1); store(5, c5_0, c5_1)
+        store(6, c6_0, c6_1); store(7, c7_0, c7_1); store(8, c8_0, c8_1); store(9, c9_0, c9_1); store(10, c10_0, c10_1); store(11, c11_0, c11_1)
+    }
+    #else
+    /// The MR × NR (6 × 2 vectors) register tile: 12 vector accumulators. `C = alpha·acc + beta·C` (beta 0: overwrite).
+    @inline(__always)
+    static func kernelFull(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                           _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ alpha: Float, _ beta: Float) {
+        var c00 = Vec(), c01 = Vec()
+        var c10 = Vec(), c11 = Vec()
+        var c20 = Vec(), c21 = Vec()
+        var c30 = Vec(), c31 = Vec()
+        var c40 = Vec(), c41 = Vec()
+        var c50 = Vec(), c51 = Vec()
+        var ap = a
+        var bp = UnsafeRawPointer(b)
+        for _ in 0..<kc {
+            let b0 = bp.load(as: Vec.self)
+            let b1 = bp.load(fromByteOffset: vecBytes, as: Vec.self)
+            var av = Vec(repeating: ap[0])
+            c00.addProduct(av, b0); c01.addProduct(av, b1)
+            av = Vec(repeating: ap[1])
+            c10.addProduct(av, b0); c11.addProduct(av, b1)
+            av = Vec(repeating: ap[2])
+            c20.addProduct(av, b0); c21.addProduct(av, b1)
+            av = Vec(repeating: ap[3])
+            c30.addProduct(av, b0); c31.addProduct(av, b1)
+            av = Vec(repeating: ap[4])
+            c40.addProduct(av, b0); c41.addProduct(av, b1)
+            av = Vec(repeating: ap[5])
+            c50.addProduct(av, b0); c51.addProduct(av, b1)
+            ap += 6
+            bp += 2 * vecBytes
+        }
+        @inline(__always) func store(_ row: Int, _ v0: Vec, _ v1: Vec) {
+            let p = UnsafeMutableRawPointer(c + row * ldc)
+            let al = Vec(repeating: alpha)
+            if beta == 0 {
+                p.storeBytes(of: v0 * al, as: Vec.self)
+                (p + vecBytes).storeBytes(of: v1 * al, as: Vec.self)
+            } else {
+                let be = Vec(repeating: beta)
+                var o0 = p.loadUnaligned(as: Vec.self) * be
+                var o1 = (p + vecBytes).loadUnaligned(as: Vec.self) * be
+                o0.addProduct(v0, al)
+                o1.addProduct(v1, al)
+                p.storeBytes(of: o0, as: Vec.self)
+                (p + vecBytes).storeBytes(of: o1, as: Vec.self)
             }
         }
         store(0, c00, c01); store(1, c10, c11); store(2, c20, c21)
         store(3, c30, c31); store(4, c40, c41); store(5, c50, c51)
     }
+    #endif
 
     /// Partial tile: compute the full 6 × 16 tile into a local buffer with the same arithmetic as
-    /// `kernel6x16` (so results do not depend on where tile edges fall) and write the `mr × nr` part.
+    /// `kernelFull` (so results do not depend on where tile edges fall) and write the `mr × nr` part.
     @inline(never)
     static func kernelEdge(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
                            _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ alpha: Float, _ beta: Float,
                            _ mr: Int, _ nr: Int) {
         withUnsafeTemporaryAllocation(of: Float.self, capacity: MR * NR) { buf in
             let t = buf.baseAddress!
-            kernel6x16(kc, a, b, t, NR, 1, 0)
+            kernelFull(kc, a, b, t, NR, 1, 0)
             for i in 0..<mr {
                 for j in 0..<nr {
                     let v = t[i * NR + j]
