@@ -43,6 +43,25 @@ public final class Storage: @unchecked Sendable {
         self.mapLength = 0
     }
 
+    /// Reserve `byteCount` zero bytes with an anonymous memory map: pages are not touched (and do not
+    /// count in the resident set) until first written. For KV caches and large activation buffers.
+    public init(lazyZeroedBytes byteCount: Int) throws(LKError) {
+        guard byteCount >= 0 else { throw .invalidArgument("negative allocation size \(byteCount)") }
+        guard byteCount <= Storage.maxAllocation else {
+            throw .outOfMemory("refusing to allocate \(byteCount) bytes (limit \(Storage.maxAllocation))")
+        }
+        let len = max(byteCount, 4096)
+        guard let m = mmap(nil, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), m != MAP_FAILED else {
+            throw .outOfMemory("could not map \(byteCount) bytes: \(String(cString: strerror(errno)))")
+        }
+        self.base = m
+        self.byteCount = byteCount
+        self.kind = .mapped
+        self.owner = nil
+        self.mapBase = m
+        self.mapLength = len
+    }
+
     /// View memory owned elsewhere. `owner` (if any) is retained for the lifetime of this storage.
     public init(borrowing base: UnsafeMutableRawPointer, byteCount: Int, owner: AnyObject? = nil) {
         self.base = base

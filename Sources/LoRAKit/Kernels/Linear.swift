@@ -29,4 +29,27 @@ public enum Linear {
                                      cols: w.shape[1], transposed: transposeWeight),
                           c: out.f32, ldc: n, pool: pool)
     }
+
+    /// The forward of a linear layer on raw rows: `y[T, N] = x[T, K] · Wᵀ` for a weight `[N, K]` of any
+    /// dtype. One row goes to the memory-bound mat-vec kernel, a few rows to the multi-row mat-vec (each
+    /// weight block read once for up to 8 rows), more rows to the packed GEMM (which dequantizes panels).
+    /// - x: [T, K] contiguous; y: [T, N] contiguous (overwritten).
+    public static func forward(x: UnsafePointer<Float>, rows: Int, weight w: Tensor, y: UnsafeMutablePointer<Float>,
+                               pool: ThreadPool) throws(LKError) {
+        guard w.rank == 2 else { throw .shapeMismatch("linear: weight must be 2-D, got \(w.shape)") }
+        let n = w.shape[0], k = w.shape[1]
+        if rows == 1 {
+            try matVec(weight: w, x: x, y: y, pool: pool)
+        } else if rows < smallRowLimit {
+            try matVecRows(weight: w, x: x, rows: rows, ldx: k, y: y, ldy: n, pool: pool)
+        } else {
+            try GEMM.multiply(m: rows, n: n, k: k, a: GEMMLeft(x, rowStride: k),
+                              b: .weight(UnsafeRawPointer(w.rawPointer), dtype: w.dtype, rows: n, cols: k, transposed: true),
+                              c: y, ldc: n, pool: pool)
+        }
+    }
+
+    /// Below this many rows the multi-row mat-vec beats the GEMM (it reads the weight once per 8 rows
+    /// without packing). Measured with `lorakit bench gemm --m R --dtype q4_1`.
+    public static let smallRowLimit = 12
 }
