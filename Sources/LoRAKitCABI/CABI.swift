@@ -310,6 +310,9 @@ public func lk_tensor_from_f32(_ data: UnsafePointer<Float>?, _ nValues: Int64, 
         let d = try dtypeArg(dtype)
         let s = try shapeArg(nDims, shape)
         let count = try checkedProduct(s, what: "shape")
+        guard nValues >= 0 else {
+            throw CError(status: LKStatus.invalidArgument, message: "n_values \(nValues) is negative")
+        }
         guard nValues == Int64(count) else {
             throw CError(status: LKStatus.shape, message: "n_values \(nValues) does not match shape \(s) (\(count) elements)")
         }

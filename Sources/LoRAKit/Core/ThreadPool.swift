@@ -15,20 +15,10 @@ import Synchronization
 /// `run` must not be called from inside a job of the same pool (nested calls run serially too).
 public final class ThreadPool: @unchecked Sendable {
     public let threadCount: Int
-
+    /// State shared with the workers. Workers retain the core, never the pool, so releasing the pool
+    /// runs its deinit, which stops and joins the workers.
+    private let core: PoolCore
     private var workers: [pthread_t] = []
-    private let generation = Atomic<UInt64>(0)
-    private let remaining = Atomic<Int>(0)
-    private let sleepers = Atomic<Int>(0)
-    private let busy = Atomic<Bool>(false)
-    private var mutex = pthread_mutex_t()
-    private var cond = pthread_cond_t()
-    private var shuttingDown = false
-    // The current job; valid only while a `run` is in flight.
-    private var job: ((Int, Int) -> Void)? = nil
-
-    /// Spin iterations before a worker sleeps (≈ tens of microseconds).
-    private static let spinLimit = 20_000
 
     /// The number of online CPUs.
     public static var hardwareConcurrency: Int {
@@ -42,10 +32,9 @@ public final class ThreadPool: @unchecked Sendable {
     /// Create a pool with `threads` participants (1 = run everything on the calling thread).
     public init(threads: Int) {
         threadCount = max(1, min(threads, 512))
-        pthread_mutex_init(&mutex, nil)
-        pthread_cond_init(&cond, nil)
+        core = PoolCore()
         for i in 1..<threadCount {
-            let box = Unmanaged.passRetained(WorkerArg(pool: self, index: i))
+            let box = Unmanaged.passRetained(WorkerArg(core: core, index: i))
             var t = pthread_t()
             let rc = pthread_create(&t, nil, { raw in
                 #if canImport(Darwin)
@@ -53,7 +42,7 @@ public final class ThreadPool: @unchecked Sendable {
                 #else
                 let arg = Unmanaged<WorkerArg>.fromOpaque(raw!).takeRetainedValue()
                 #endif
-                arg.pool.workerLoop(index: arg.index)
+                arg.core.workerLoop(index: arg.index)
                 return nil
             }, box.toOpaque())
             if rc != 0 {
@@ -62,23 +51,18 @@ public final class ThreadPool: @unchecked Sendable {
             }
             workers.append(t)
         }
+        core.workerCount = workers.count
     }
 
     deinit {
-        pthread_mutex_lock(&mutex)
-        shuttingDown = true
-        generation.add(1, ordering: .releasing)
-        pthread_cond_broadcast(&cond)
-        pthread_mutex_unlock(&mutex)
+        core.shutdown()
         for t in workers { pthread_join(t, nil) }
-        pthread_cond_destroy(&cond)
-        pthread_mutex_destroy(&mutex)
     }
 
     private final class WorkerArg {
-        unowned let pool: ThreadPool
+        let core: PoolCore
         let index: Int
-        init(pool: ThreadPool, index: Int) { self.pool = pool; self.index = index }
+        init(core: PoolCore, index: Int) { self.core = core; self.index = index }
     }
 
     /// A 64-byte aligned scratch buffer of at least `bytes` bytes private to the calling OS thread (so
@@ -100,6 +84,51 @@ public final class ThreadPool: @unchecked Sendable {
             body(0, 1)
             return
         }
+        core.run(n, body)
+    }
+}
+
+/// The synchronisation state of a pool, shared by its caller and its workers.
+final class PoolCore: @unchecked Sendable {
+    private let generation = Atomic<UInt64>(0)
+    private let remaining = Atomic<Int>(0)
+    private let sleepers = Atomic<Int>(0)
+    private let busy = Atomic<Bool>(false)
+    private let stopping = Atomic<Bool>(false)
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private let cond: UnsafeMutablePointer<pthread_cond_t>
+    var workerCount = 0
+    // The current job; valid only while a `run` is in flight.
+    private var job: ((Int, Int) -> Void)? = nil
+
+    /// Spin iterations before a worker sleeps (≈ tens of microseconds).
+    private static let spinLimit = 20_000
+
+    init() {
+        mutex = .allocate(capacity: 1)
+        mutex.initialize(to: pthread_mutex_t())
+        pthread_mutex_init(mutex, nil)
+        cond = .allocate(capacity: 1)
+        cond.initialize(to: pthread_cond_t())
+        pthread_cond_init(cond, nil)
+    }
+
+    deinit {
+        pthread_cond_destroy(cond)
+        pthread_mutex_destroy(mutex)
+        cond.deallocate()
+        mutex.deallocate()
+    }
+
+    func shutdown() {
+        pthread_mutex_lock(mutex)
+        stopping.store(true, ordering: .sequentiallyConsistent)
+        generation.add(1, ordering: .sequentiallyConsistent)
+        pthread_cond_broadcast(cond)
+        pthread_mutex_unlock(mutex)
+    }
+
+    func run(_ n: Int, _ body: (Int, Int) -> Void) {
         // If another thread is already running a job on this pool (two C callers sharing the default
         // pool), run all `n` parts on this thread: same partition, same results, no data race.
         guard busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else {
@@ -110,14 +139,14 @@ public final class ThreadPool: @unchecked Sendable {
         withoutActuallyEscaping(body) { escaping in
             let used = n
             job = { i, _ in if i < used { escaping(i, used) } }
-            remaining.store(workers.count, ordering: .relaxed)
+            remaining.store(workerCount, ordering: .relaxed)
             // Sequentially consistent store/load pair with the worker's (sleepers, generation) pair:
             // either we see its sleeper count or it sees our new generation.
             generation.add(1, ordering: .sequentiallyConsistent)
             if sleepers.load(ordering: .sequentiallyConsistent) > 0 {
-                pthread_mutex_lock(&mutex)
-                pthread_cond_broadcast(&cond)
-                pthread_mutex_unlock(&mutex)
+                pthread_mutex_lock(mutex)
+                pthread_cond_broadcast(cond)
+                pthread_mutex_unlock(mutex)
             }
             escaping(0, used)
             var spins = 0
@@ -129,31 +158,31 @@ public final class ThreadPool: @unchecked Sendable {
         }
     }
 
-    private func workerLoop(index: Int) {
+    func workerLoop(index: Int) {
         var seen: UInt64 = 0
         while true {
             var spins = 0
             var g = generation.load(ordering: .acquiring)
             while g == seen {
                 spins += 1
-                if spins < ThreadPool.spinLimit {
+                if spins < PoolCore.spinLimit {
                     g = generation.load(ordering: .acquiring)
                     continue
                 }
-                pthread_mutex_lock(&mutex)
+                pthread_mutex_lock(mutex)
                 sleepers.add(1, ordering: .sequentiallyConsistent)
                 g = generation.load(ordering: .sequentiallyConsistent)
-                while g == seen && !shuttingDown {
-                    pthread_cond_wait(&cond, &mutex)
+                while g == seen && !stopping.load(ordering: .sequentiallyConsistent) {
+                    pthread_cond_wait(cond, mutex)
                     g = generation.load(ordering: .acquiring)
                 }
                 sleepers.subtract(1, ordering: .relaxed)
-                pthread_mutex_unlock(&mutex)
+                pthread_mutex_unlock(mutex)
                 spins = 0
             }
             seen = g
-            if shuttingDown { return }
-            if let j = job { j(index, activeCount) }
+            if stopping.load(ordering: .sequentiallyConsistent) { return }
+            if let j = job { j(index, workerCount + 1) }
             remaining.subtract(1, ordering: .releasing)
         }
     }
