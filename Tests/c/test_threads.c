@@ -8,7 +8,19 @@
  */
 #include "lk_test.h"
 
+#include <dirent.h>
 #include <pthread.h>
+#include <time.h>
+
+/* Threads of this process right now. */
+static int thread_count(void) {
+    int n = 0;
+    DIR *d = opendir("/proc/self/task");
+    if (!d) return -1;
+    for (struct dirent *e; (e = readdir(d));) n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
 
 typedef struct { int64_t m, k, n; int transpose_w; } problem;
 
@@ -263,6 +275,23 @@ static void test_replace_default_pool(void) {
     CHECK(lk_get_default_threads() == 1);
 }
 
+/* A replaced pool's worker threads exit: replacing the pool repeatedly does not accumulate threads. */
+static void test_replaced_pools_release_their_threads(void) {
+    lk_tensor *x = lkt_zeros2(64, 64), *w = lkt_zeros2(64, 64), *o = lkt_zeros2(64, 64);
+    EXPECT_OK(lk_set_default_threads(4));
+    EXPECT_OK(lk_matmul(x, w, 1, o)); /* the workers are up */
+    int base = thread_count();
+    for (int i = 0; i < 20; i++) {
+        EXPECT_OK(lk_set_default_threads(4));
+        EXPECT_OK(lk_matmul(x, w, 1, o));
+    }
+    struct timespec pause = {0, 200 * 1000 * 1000};
+    nanosleep(&pause, NULL); /* give exiting workers time to go */
+    int now = thread_count();
+    CHECKF(now <= base + 1, "%d threads with one 4-thread pool, %d after replacing it 20 times", base, now);
+    lk_tensor_free(x); lk_tensor_free(w); lk_tensor_free(o);
+}
+
 typedef struct { volatile int stop; int flips; } flipper_arg;
 
 static void *flipper(void *p) {
@@ -299,4 +328,5 @@ LKT_MAIN("test_threads", NULL,
          TESTCASE(test_concurrent_create_and_free),
          TESTCASE(test_concurrent_reads_of_one_tensor),
          TESTCASE(test_replace_default_pool),
+         TESTCASE(test_replaced_pools_release_their_threads),
          TESTCASE(test_set_threads_while_matmul_runs))
