@@ -1,0 +1,379 @@
+#!/usr/bin/env python3
+"""Run LoRAKit's benchmarks beside their peers and rewrite the tables in BENCHMARKS.md.
+
+    python3 bench/run_benchmarks.py [--cli PATH] [--sections gemm] [--seconds 1.0] [--no-write]
+
+Each section measures one thing and owns one block of BENCHMARKS.md between
+`<!-- NAME:begin -->` and `<!-- NAME:end -->`; everything outside the blocks is kept. Sections:
+
+  gemm   f32 C = A·B at training/prefill shapes, LoRAKit (`lorakit-cli bench gemm --json`) vs numpy's
+         `A @ B` (OpenBLAS) at the same thread counts, plus the quantized decode product (M = 1, q4_1
+         weight) as weight-read GB/s against the machine's memory read bandwidth (bench/membw.c).
+
+Later sections (generate, train) register themselves in SECTIONS.
+
+Method: every figure is "warm up once, then repeat until at least --seconds have passed, report the
+mean time per call" (the CLI does the same internally). numpy runs in a subprocess per measurement, with
+its BLAS limited to the thread count through threadpoolctl (installed with pip if missing; without it,
+OPENBLAS_NUM_THREADS / OMP_NUM_THREADS), and with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE removed from
+that subprocess's environment only (they slow current numpy on this machine).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+DEFAULT_CLI = ".build/release/lorakit-cli"
+
+INTRO = """# Benchmarks
+
+Figures measured on the machine named in each section by `bench/run_benchmarks.py` (`make bench`).
+Every number is a mean over at least one second of repeated calls after a warm-up. Tables between
+`<!-- name:begin -->` / `<!-- name:end -->` markers are rewritten by the script; edit text outside them.
+"""
+
+# --------------------------------------------------------------------------------------------------
+# Machine information
+# --------------------------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    m = re.search(r"^model name\s*:\s*(.+)$", text, flags=re.M)
+    model = m.group(1).strip() if m else (platform.processor() or "unknown CPU")
+    flags = re.search(r"^flags\s*:\s*(.+)$", text, flags=re.M)
+    simd = []
+    if flags:
+        have = set(flags.group(1).split())
+        simd = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile")
+                if f in have]
+    return f"{model}, {os.cpu_count()} logical CPUs" + (f" ({' '.join(simd)})" if simd else "")
+
+
+def load_note() -> str:
+    try:
+        one, five, _ = os.getloadavg()
+    except OSError:
+        return ""
+    note = f"load average at start {one:.2f} (1 min) / {five:.2f} (5 min)"
+    if one > 0.5 * (os.cpu_count() or 1):
+        note += (" — other processes were running, so these figures (above all the 2-thread ones) are "
+                 "lower bounds; rerun on an idle machine for a fair comparison")
+    return note
+
+
+# --------------------------------------------------------------------------------------------------
+# numpy in a subprocess
+# --------------------------------------------------------------------------------------------------
+
+NUMPY_CHILD = r"""
+import json, sys, time
+import numpy as np
+m, k, n, threads, seconds = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+info = []
+try:
+    from threadpoolctl import threadpool_limits, threadpool_info
+    limiter = threadpool_limits(limits=threads)
+    info = threadpool_info()
+    how = "threadpoolctl"
+except ImportError:
+    limiter = None
+    how = "OPENBLAS_NUM_THREADS"
+rng = np.random.default_rng(0)
+a = rng.uniform(-1, 1, (m, k)).astype(np.float32)
+b = rng.uniform(-1, 1, (k, n)).astype(np.float32)
+c = a @ b  # warm-up
+iters = 0
+t0 = time.perf_counter()
+while True:
+    c = a @ b
+    iters += 1
+    t = time.perf_counter()
+    if t - t0 >= seconds:
+        break
+per = (t - t0) / iters
+print(json.dumps({"gflops": 2.0 * m * n * k / per / 1e9, "seconds_per_call": per, "iterations": iters,
+                  "limited_by": how, "numpy": np.__version__,
+                  "blas": [{key: d.get(key) for key in ("internal_api", "version", "architecture", "num_threads",
+                                                        "threading_layer", "filepath")} for d in info]}))
+"""
+
+
+def ensure_threadpoolctl() -> bool:
+    """True if threadpoolctl is importable (installing it with pip if needed)."""
+    probe = [sys.executable, "-c", "import threadpoolctl"]
+    if subprocess.run(probe, capture_output=True).returncode == 0:
+        return True
+    print("bench: threadpoolctl missing; installing it with pip ...", file=sys.stderr)
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "threadpoolctl"], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        print(f"bench: pip install threadpoolctl failed; falling back to OPENBLAS_NUM_THREADS\n{r.stderr[-500:]}",
+              file=sys.stderr)
+        return False
+    return subprocess.run(probe, capture_output=True).returncode == 0
+
+
+def numpy_env(threads: int) -> dict:
+    env = dict(os.environ)
+    env.pop("OPENBLAS_CORETYPE", None)
+    env.pop("OPENBLAS_L2_SIZE", None)
+    # Also set the variables: they bound the pool even before threadpoolctl acts, and they are the
+    # fallback when threadpoolctl is unavailable.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(threads)
+    return env
+
+
+def run_numpy(m: int, k: int, n: int, threads: int, seconds: float) -> dict:
+    r = subprocess.run([sys.executable, "-c", NUMPY_CHILD, str(m), str(k), str(n), str(threads), str(seconds)],
+                       env=numpy_env(threads), capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"numpy benchmark failed: {r.stderr.strip()[-500:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------------
+# lorakit-cli
+# --------------------------------------------------------------------------------------------------
+
+
+def run_cli(cli: str, args: list[str]) -> tuple[dict | None, str]:
+    """(parsed JSON, "") on success, (None, reason) on failure."""
+    env = dict(os.environ, SWIFT_BACKTRACE="enable=no")
+    try:
+        r = subprocess.run([cli, *args], capture_output=True, text=True, timeout=900, env=env)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return None, str(e)
+    if r.returncode != 0:
+        msg = (r.stderr.strip().splitlines() or ["(no output)"])[0]
+        return None, f"exit {r.returncode}: {msg}"
+    for line in reversed(r.stdout.strip().splitlines()):
+        try:
+            return json.loads(line), ""
+        except json.JSONDecodeError:
+            continue
+    return None, f"no JSON in output: {r.stdout[-200:]!r}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Memory bandwidth (bench/membw.c, optional)
+# --------------------------------------------------------------------------------------------------
+
+
+def measure_membw(threads: int) -> tuple[float | None, str]:
+    """Memory read bandwidth in GB/s from bench/membw.c, or (None, why not)."""
+    src = ROOT / "bench" / "membw.c"
+    if not src.exists():
+        return None, "bench/membw.c not present: memory bandwidth not measured"
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if not cc:
+        return None, "no C compiler for bench/membw.c"
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = Path(tmp) / "membw"
+        r = subprocess.run([cc, "-O3", "-pthread", "-o", str(exe), str(src)], capture_output=True, text=True)
+        if r.returncode != 0:
+            return None, f"bench/membw.c does not compile: {r.stderr.strip()[:200]}"
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MEMBW_THREADS=str(threads))
+        r = subprocess.run([str(exe), "--threads", str(threads)], capture_output=True, text=True, env=env,
+                           timeout=300)
+        if r.returncode != 0:  # maybe it takes no options
+            r = subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=300)
+        if r.returncode != 0:
+            return None, f"bench/membw failed: {r.stderr.strip()[:200]}"
+    out = r.stdout.strip()
+    for line in reversed(out.splitlines()):  # JSON {"read_gbps": ...} / {"gbps": ...}, else "... N GB/s"
+        try:
+            obj = json.loads(line)
+            for key in ("read_gbps", "gbps", "bandwidth_gbps"):
+                if key in obj:
+                    return float(obj[key]), ""
+        except (json.JSONDecodeError, TypeError, ValueError):
+            pass
+    m = re.findall(r"([0-9]+(?:\.[0-9]+)?)\s*GB/s", out)
+    if m:
+        return float(m[-1]), ""
+    return None, f"cannot read a GB/s figure from bench/membw output: {out[-200:]!r}"
+
+
+# --------------------------------------------------------------------------------------------------
+# gemm section
+# --------------------------------------------------------------------------------------------------
+
+GEMM_SHAPES = [(512, 576, 1536), (512, 1536, 576), (512, 576, 49152), (2048, 2048, 2048)]
+GEMM_THREADS = [1, 2]
+DECODE_ROWS = [(1, 576, 1536, "q4_1"), (1, 576, 49152, "q4_1")]
+
+
+def seconds_args(seconds: float) -> list[str]:
+    return [] if seconds == 1.0 else ["--seconds", str(seconds)]
+
+
+def fmt(x: float | None, digits: int = 1) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def section_gemm(cli: str, seconds: float, command: str) -> str:
+    have_tpc = ensure_threadpoolctl()
+    rows = []
+    blas_seen: dict[str, str] = {}
+    limited_by = set()
+    for (m, k, n) in GEMM_SHAPES:
+        for t in GEMM_THREADS:
+            lk, why = run_cli(cli, ["bench", "gemm", "--m", str(m), "--k", str(k), "--n", str(n), "--threads", str(t),
+                                    *seconds_args(seconds), "--json"])
+            lk_g = lk.get("gflops") if lk else None
+            try:
+                npres = run_numpy(m, k, n, t, seconds)
+                np_g = npres["gflops"]
+                limited_by.add(npres["limited_by"])
+                blas_seen.setdefault("numpy", npres["numpy"])
+                for b in npres["blas"]:
+                    if b.get("internal_api"):
+                        blas_seen.setdefault(
+                            "blas", f"{b['internal_api']} {b.get('version') or ''} "
+                                    f"(kernel/arch: {b.get('architecture') or 'unknown'}, "
+                                    f"threading: {b.get('threading_layer') or 'unknown'})")
+                        if b.get("num_threads") != t:
+                            print(f"bench: warning: BLAS reports {b.get('num_threads')} threads, wanted {t}",
+                                  file=sys.stderr)
+            except Exception as e:  # noqa: BLE001 - record and keep going
+                np_g = None
+                why = (why + "; " if why else "") + str(e)
+            ratio = f"{lk_g / np_g:.2f}" if lk_g and np_g else "n/a"
+            rows.append(f"| {m}×{k}×{n} | {t} | {fmt(lk_g)} | {fmt(np_g)} | {ratio} |")
+            print(f"gemm {m}x{k}x{n} threads={t}: lorakit {fmt(lk_g)} GFLOP/s, numpy {fmt(np_g)} GFLOP/s"
+                  + (f"  ({why})" if why else ""), file=sys.stderr)
+
+    decode_rows = []
+    bw_cache: dict[int, tuple[float | None, str]] = {}
+    notes = []
+    for (m, k, n, dtype) in DECODE_ROWS:
+        for t in GEMM_THREADS:
+            res, why = run_cli(cli, ["bench", "gemm", "--m", str(m), "--k", str(k), "--n", str(n), "--dtype", dtype,
+                                     "--threads", str(t), *seconds_args(seconds), "--json"])
+            if t not in bw_cache:
+                bw_cache[t] = measure_membw(t)
+                if bw_cache[t][1] and bw_cache[t][1] not in notes:
+                    notes.append(bw_cache[t][1])
+            bw, _ = bw_cache[t]
+            if res is None:
+                gbps_s = "n/a (quantizer not built)"
+                pct = "n/a"
+                print(f"decode {m}x{k}x{n} {dtype} threads={t}: failed ({why})", file=sys.stderr)
+                if why and f"`lorakit-cli bench gemm --dtype {dtype} --m 1`: {why}" not in notes:
+                    notes.append(f"`lorakit-cli bench gemm --dtype {dtype} --m 1`: {why}")
+            else:
+                g = res.get("weight_gbps")
+                gbps_s = fmt(g, 2)
+                pct = f"{100 * g / bw:.0f}%" if (g and bw) else "n/a"
+            decode_rows.append(f"| 1×{k}×{n} {dtype} (decode) | {t} | {gbps_s} | {fmt(bw, 1)} | {pct} |")
+
+    date = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    blas = blas_seen.get("blas", "BLAS not reported (threadpoolctl unavailable)")
+    how = ", ".join(sorted(limited_by)) or ("threadpoolctl" if have_tpc else "OPENBLAS_NUM_THREADS")
+    lines = [
+        "### GEMM (f32): LoRAKit vs numpy",
+        "",
+        f"- Date: {date}",
+        f"- CPU: {cpu_model()}" + (f"; {load}" if (load := load_note()) else ""),
+        f"- numpy {blas_seen.get('numpy', '?')} with {blas}; threads limited with {how}; "
+        "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for numpy",
+        f"- Command: `{command}`",
+        "",
+        "C[M×N] = A[M×K] · B[K×N], all f32. GFLOP/s = 2·M·N·K / time per call. Ratio = LoRAKit / numpy.",
+        "",
+        "| M×K×N | threads | LoRAKit GFLOP/s | numpy GFLOP/s | ratio |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
+        "",
+        "Quantized decode (one token: x [1, K] · Wᵀ with W [N, K] in q4_1): the rate at which weight bytes are "
+        "read, against the machine's memory read bandwidth.",
+        "",
+        "| product | threads | weights GB/s | memory read GB/s | % of bandwidth |",
+        "|---|---:|---:|---:|---:|",
+        *decode_rows,
+    ]
+    if notes:
+        lines += ["", *[f"Note: {x}" for x in notes]]
+    return "\n".join(lines)
+
+
+SECTIONS = {"gemm": section_gemm}
+
+# --------------------------------------------------------------------------------------------------
+# BENCHMARKS.md
+# --------------------------------------------------------------------------------------------------
+
+
+def write_block(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = path.read_text() if path.exists() else INTRO
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    if begin in text and end in text and text.index(begin) < text.index(end):
+        i, j = text.index(begin), text.index(end) + len(end)
+        text = text[:i] + block + text[j:]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def resolve_cli(cli: str) -> str:
+    p = Path(cli)
+    if not p.is_absolute() and not p.exists() and (ROOT / p).exists():
+        p = ROOT / p
+    if not p.exists():
+        hint = ""
+        try:
+            bin_path = subprocess.run(["swift", "build", "-c", "release", "-Xswiftc", "-enable-testing",
+                                       "--show-bin-path"], cwd=ROOT, capture_output=True, text=True,
+                                      timeout=120).stdout.strip()
+            if bin_path:
+                hint = f" (try --cli {bin_path}/lorakit-cli after `make build`)"
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        sys.exit(f"bench: no lorakit CLI at {cli}{hint}")
+    return str(p)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cli", default=DEFAULT_CLI, help=f"path to lorakit-cli (default: {DEFAULT_CLI})")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated sections to run")
+    ap.add_argument("--seconds", type=float, default=1.0, help="minimum seconds per measurement (default 1)")
+    ap.add_argument("--no-write", action="store_true", help="print the tables instead of updating BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    cli = resolve_cli(args.cli)
+    command = "python3 bench/run_benchmarks.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None
+                                                                                     else sys.argv[1:]))
+    for name in [s.strip() for s in args.sections.split(",") if s.strip()]:
+        if name not in SECTIONS:
+            sys.exit(f"bench: unknown section {name!r} (known: {', '.join(SECTIONS)})")
+        body = SECTIONS[name](cli, args.seconds, command.strip())
+        if args.no_write:
+            print(body)
+        else:
+            write_block(name, body)
+            print(f"bench: wrote the {name} section of {BENCHMARKS_MD}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
