@@ -53,12 +53,12 @@ struct BenchGEMM: ParsableCommand {
         } else {
             let w = try Tensor(zeros: [n, k])
             fillRandom(w.f32, n * k, seed: 2)
-            bTensor = w // TEMP
+            bTensor = try w.converted(to: dt)
             bOperand = .weight(UnsafeRawPointer(bTensor.rawPointer), dtype: dt, rows: n, cols: k, transposed: true)
         }
         let run = {
             if m == 1 {
-                fatalError("TEMP")
+                try matVec(weight: bTensor, x: UnsafePointer(a.f32), y: c.f32, pool: pool)
             } else {
                 try GEMM.multiply(m: m, n: n, k: k, a: GEMMLeft(UnsafePointer(a.f32), rowStride: k), b: bOperand,
                                   c: c.f32, ldc: n, pool: pool)

@@ -64,10 +64,9 @@ public func dequantize(_ src: UnsafeRawPointer, dtype: DType, count: Int, into d
             let o = dst + b * 32
             for g in 0..<2 {
                 let q = SIMD8<Int32>(truncatingIfNeeded: (blk + 4 + g * 8).loadUnaligned(as: SIMD8<UInt8>.self))
-                var lo = m
-                lo.addProduct(SIMD8<Float>(q & 0xF), d)
-                var hi = m
-                hi.addProduct(SIMD8<Float>(q &>> 4), d)
+                // d·q + m as a rounded multiply then a rounded add (no FMA), as gguf-py's dequantize.
+                let lo = d * SIMD8<Float>(q & 0xF) + m
+                let hi = d * SIMD8<Float>(q &>> 4) + m
                 UnsafeMutableRawPointer(o + g * 8).storeBytes(of: lo, as: SIMD8<Float>.self)
                 UnsafeMutableRawPointer(o + 16 + g * 8).storeBytes(of: hi, as: SIMD8<Float>.self)
             }
