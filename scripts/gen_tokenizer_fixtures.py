@@ -90,6 +90,22 @@ PRETOK_STRINGS = [
 ]
 PRETOKS = ["gpt2", "smollm", "llama3", "qwen2"]
 
+
+def random_strings(count=250, seed=1234):
+    """Fixed-seed random strings over an alphabet chosen to hit every regex branch: spaces, tabs, CR/LF,
+    other Unicode spaces, apostrophes and contraction letters in both cases, digits and other numbers,
+    punctuation, accents and combining marks, several scripts, emoji with ZWJ and skin tones."""
+    import random
+    rnd = random.Random(seed)
+    atoms = [" ", " ", " ", "  ", "\t", "\n", "\r\n", "\n\n", "\u00a0", "\u3000", "'", "'", "s", "t", "re", "VE",
+             "M", "ll", "D", "a", "Z", "word", "Hello", "0", "7", "42", "1234", "½", "²", "٣", ".", ",", "!", "?",
+             "(", ")", "{", "}", "_", "-", "+", "=", "#", "\"", "é", "e\u0301", "ß", "Ω", "ж", "中", "文", "の",
+             "한", "م", "👋", "🏽", "\u200d", "👨", "❤", "\ufe0f", "<|im_end|>", "<", "|", ">"]
+    out = []
+    for _ in range(count):
+        out.append("".join(rnd.choice(atoms) for _ in range(rnd.randint(1, 14))))
+    return out
+
 # ---------------------------------------------------------------------------------------------------
 # Case strings for the real vocabulary.
 CASES = [
@@ -167,7 +183,7 @@ def main():
     pretok = {"patterns": {"gpt2": GPT2, "llama3": LLAMA3, "qwen2": QWEN2,
                            "smollm": "Digits(individual_digits) then gpt2"},
               "cases": []}
-    for s in PRETOK_STRINGS:
+    for s in PRETOK_STRINGS + random_strings(150, seed=99):
         entry = {"text": s}
         for pre in PRETOKS:
             pieces = split(pre, s)
@@ -202,7 +218,8 @@ def main():
             [pt.Digits(individual_digits=True), pt.ByteLevel(add_prefix_space=False, use_regex=True)])
     tok.backend_tokenizer.save(os.path.join(HF_JSON_DIR, "tokenizer.json"))
     cases = []
-    for s in CASES:
+    n_hand = len(CASES)
+    for s in CASES + random_strings():
         ids = tok(s)["input_ids"]
         ids_ns = tok(s, add_special_tokens=False)["input_ids"]
         ids_split = tok(s, add_special_tokens=False, split_special_tokens=True)["input_ids"]
@@ -212,6 +229,8 @@ def main():
         if conv_ids != ids_ns:
             print(f"note: transformers' GGUF converter pre-tokenizer gives other ids for {s!r}", file=sys.stderr)
             entry["ids_gguf_converter"] = conv_ids
+        if len(cases) >= n_hand:
+            entry["random"] = True
         cases.append(entry)
     import transformers
     import tokenizers

@@ -143,6 +143,20 @@ func realTokenizer(_ test: String) throws -> Tokenizer? {
         #expect(t < .seconds(3))
     }
 
+    /// Pieces of hundreds of thousands of bytes (no spaces in CJK text, long punctuation or space runs)
+    /// are merged with the heap in O(n log n), not O(n²).
+    @Test func longPiecesAreFast() throws {
+        guard let tok = try realTokenizer("longPiecesAreFast") else { return }
+        let clock = ContinuousClock()
+        for text in [String(repeating: "中文", count: 50_000), String(repeating: "!", count: 200_000),
+                     String(repeating: " ", count: 200_000) + "a", String(repeating: "ab", count: 100_000)] {
+            var ids: [Int32] = []
+            let t = clock.measure { ids = tok.encode(text) }
+            #expect(t < .seconds(2), "\(text.prefix(4).debugDescription)… took \(t)")
+            #expect(try tok.decode(ids) == text)
+        }
+    }
+
     func format1(_ x: Double) -> String { String(Double(Int(x * 10)) / 10) }
 
     // MARK: Tiny hand-written tokenizer.json

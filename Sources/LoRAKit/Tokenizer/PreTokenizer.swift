@@ -98,9 +98,19 @@ enum CharClass {
         }
     }
 
+    /// Classes of the Basic Multilingual Plane, computed once (64 KiB) because Unicode property
+    /// look-ups cost far more than a table read.
+    static let bmp: [UInt8] = (0..<0x10000).map { lookup(UInt32($0)) }
+
     @inline(__always) static func of(_ cp: UInt32) -> UInt8 {
         if cp < 128 { return ascii[Int(cp)] }
-        guard let s = Unicode.Scalar(cp) else { return other }
+        if cp < 0x10000 { return bmp[Int(cp)] }
+        return lookup(cp)
+    }
+
+    static func lookup(_ cp: UInt32) -> UInt8 {
+        if cp < 128 { return ascii[Int(cp)] }
+        guard let s = Unicode.Scalar(cp) else { return other }  // surrogates: never in a String
         let p = s.properties
         if p.isWhitespace { return space }
         switch p.generalCategory {
