@@ -77,6 +77,7 @@ let package = Package(
             name: "LoRAKitTests",
             dependencies: ["LoRAKit"],
             path: "Tests/LoRAKitTests",
+            exclude: ["Fixtures"],  // data read by path at run time (tokenizer fixtures)
             swiftSettings: cpuFlags
         ),
     ]
