@@ -20,11 +20,10 @@ public struct LlamaConfig: Sendable, Equatable {
     public var normEps: Float
     /// Where RoPE pairs live: llama.cpp's converter permutes Q/K rows so GGUF models rotate adjacent
     /// pairs (`interleaved`); Hugging Face checkpoints rotate halves (`neox`).
-    public var ropeLayout: RopeLayout
+    public var ropeLayout: RoPELayout
     /// The output head reuses the token embedding.
     public var tiedEmbeddings: Bool
 
-    public enum RopeLayout: String, Sendable { case interleaved, neox }
 
     public var kvDim: Int { nKVHeads * headDim }
     public var qDim: Int { nHeads * headDim }

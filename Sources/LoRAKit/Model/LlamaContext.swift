@@ -206,7 +206,7 @@ public final class LlamaContext: @unchecked Sendable {
         let p0 = position
         for i in 0..<t { positions[i] = Int32(p0 + i) }
         let xp = f(x), xnp = f(xn), qp = f(q), attp = f(att), gp = f(hGate), up = f(hUp), tp = f(tmpOut)
-        let layout: RoPELayout = c.ropeLayout == .interleaved ? .interleaved : .neox
+        let layout = c.ropeLayout
         try positions.withUnsafeBufferPointer { (pos: UnsafeBufferPointer<Int32>) throws(LKError) in
             for l in 0..<c.nLayers {
                 let L = model.layers[l]
