@@ -16,8 +16,9 @@ Run (from anywhere; paths are resolved relative to the repository):
     python3 scripts/gen_model_fixtures.py            # everything
     python3 scripts/gen_model_fixtures.py --tiny-only  # only the tiny models (seconds, no big model)
 
-Takes about 2-3 minutes on 2 CPU cores (most of it: importing torch/transformers, dequantizing the
-GGUF and scoring ~3000 tokens with the 135M model); peak memory ~3 GB.
+Takes about 2-5 minutes on 2 (shared) CPU cores, most of it scoring ~3200 tokens with the 135M model in
+float32/eager attention, plus ~20 s to import torch/transformers and dequantize the GGUF; the tiny models
+alone take ~5 s. Peak memory (max RSS) ~2.2 GB. The output is byte-for-byte reproducible.
 
 Outputs (all deterministic for a given torch/transformers version; sizes printed at the end):
     smollm2_reference.json      reference numbers for the real SmolLM2 GGUF (scoring, logits, greedy)
