@@ -28,9 +28,20 @@ public final class LlamaModel: @unchecked Sendable {
     public let chatTemplate: String?
     /// The GGUF file kept open (its map backs the weights), if loaded from GGUF.
     public let gguf: GGUFFile?
+    /// The model's tokenizer, when its vocabulary is stored with it and supported.
+    public let tokenizer: Tokenizer?
+    /// Why `tokenizer` is nil (no vocabulary in the file, or an unsupported tokenizer type).
+    public let tokenizerError: String?
+
+    /// The tokenizer, or an error saying why there is none.
+    public func requireTokenizer() throws(LKError) -> Tokenizer {
+        guard let t = tokenizer else { throw .unsupported("\(source): no usable tokenizer: \(tokenizerError ?? "none stored")") }
+        return t
+    }
 
     init(config: LlamaConfig, tokenEmbedding: Tensor, layers: [Layer], outputNorm: Tensor, output: Tensor,
-         source: String, metadata: [String: GGUFValue], architecture: String, chatTemplate: String?, gguf: GGUFFile?) {
+         source: String, metadata: [String: GGUFValue], architecture: String, chatTemplate: String?, gguf: GGUFFile?,
+         tokenizer: Tokenizer? = nil, tokenizerError: String? = nil) {
         self.config = config
         self.tokenEmbedding = tokenEmbedding
         self.layers = layers
@@ -41,6 +52,8 @@ public final class LlamaModel: @unchecked Sendable {
         self.architecture = architecture
         self.chatTemplate = chatTemplate
         self.gguf = gguf
+        self.tokenizer = tokenizer
+        self.tokenizerError = tokenizer == nil ? (tokenizerError ?? "the model has no tokenizer") : nil
     }
 
     /// Architectures loaded by this class (GGUF `general.architecture`).
@@ -113,9 +126,25 @@ public final class LlamaModel: @unchecked Sendable {
             output = try f.tensor("output.weight")
             try expectShape(output, "output.weight", [cfg.vocabSize, cfg.dim])
         }
+        var tok: Tokenizer? = nil
+        var tokErr: String? = nil
+        if f.metadata["tokenizer.ggml.model"] != nil {
+            do throws(LKError) {
+                tok = try Tokenizer(gguf: f)
+                if let t = tok, t.vocabSize > cfg.vocabSize {
+                    tokErr = "tokenizer has \(t.vocabSize) tokens but the model \(cfg.vocabSize)"
+                    tok = nil
+                }
+            } catch {
+                tokErr = error.message
+            }
+        } else {
+            tokErr = "the file stores no tokenizer (tokenizer.ggml.* metadata)"
+        }
         self.init(config: cfg, tokenEmbedding: embd, layers: layers, outputNorm: outNorm, output: output,
                   source: path, metadata: f.metadata, architecture: arch,
-                  chatTemplate: f.metadata["tokenizer.chat_template"]?.string, gguf: f)
+                  chatTemplate: f.metadata["tokenizer.chat_template"]?.string, gguf: f,
+                  tokenizer: tok, tokenizerError: tokErr)
     }
 
     /// Total bytes of weights (as stored).
