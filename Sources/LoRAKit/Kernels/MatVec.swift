@@ -5,15 +5,13 @@
 /// - f32 / f16 / bf16 weights: each row is converted to f32 eight values at a time and multiplied with
 ///   `x` by FMA into two 8-lane accumulators (values `i ≡ 0..7` and `8..15 (mod 16)`), a last group of 8
 ///   into the first one, the `in mod 8` tail in a scalar, then `hsum(acc0 + acc1) + tail`.
-/// - q8_0 / q4_0 / q4_1 weights: `x` is quantized once per call, per 32-value block, to int16 with
-///   `dx = max|x_b| / 32767` (round to nearest even), so the block dot product is exact integer
-///   arithmetic (`vpmaddwd` on x86_64, `smull/saddl`-style code on arm64): per block
-///   `acc += f32(Σ q_w·q_x) · (d_w·dx)`, and for q4_1 `bias += m_w · (dx·Σ q_x)`; `y = hsum(acc) + bias`.
-///   (q4_0 subtracts 8 from the nibbles before the integer product, so it is exact as well.)
-///   Error: quantizing `x` changes each `x_i` by at most `dx/2 = max|x_b| / 65534`, so the result
-///   differs from the exact product of the dequantized weights by at most
-///   `Σ_b max|x_b| · Σ_{i∈b} |W[o][i]| / 65534` plus f32 rounding of the sums (≈ `2⁻²⁰ · Σ|W||x|`).
-///   (int16 rather than ggml's int8 activations: same instruction count with `vpmaddwd`, 256× finer.)
+/// - q8_0 / q4_0 / q4_1 weights: per 32-value block the codes are widened to f32 (`vpmovzxbd` +
+///   `vcvtdq2ps`) and `t = Σ q·x` is formed with one multiply and three FMAs, then `acc += t·d`; the
+///   offset (q4_1 `m`, q4_0 `−8·d`) is applied as `bias += m · Σx_b` with `Σx_b` computed once per call.
+///   `y = hsum(acc) + bias`. `x` stays f32 (no activation quantization), so the only error is f32
+///   rounding, bounded by about `(in/32 + 8) · 2⁻²³ · Σ_i (|d·q_i| + |m|)·|x_i|`.
+///   (An int16-activation variant with `vpmaddwd` was tried: LLVM scalarized the even/odd lane
+///   shuffles Swift's SIMD types need to express it, so it was 2× slower than this float path.)
 ///
 /// Every `y[o]` is reduced in this fixed order whatever the number of threads or rows processed
 /// together, so results are bitwise independent of the thread count, and `matVecRows` gives bitwise the
