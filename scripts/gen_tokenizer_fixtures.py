@@ -203,7 +203,7 @@ def main():
     # ByteLevel, while SmolLM2's own tokenizer.json (and llama.cpp's "smollm") isolate each \p{N} first:
     # Sequence[Digits(individual_digits=True), ByteLevel]. We use the model's real pre-tokenizer and keep
     # the converter's ids where they differ ("ids_gguf_converter"), which happens for non-ASCII numbers.
-    from tokenizers import pre_tokenizers as pt
+    from tokenizers import Regex, pre_tokenizers as pt
     import copy
     conv = copy.deepcopy(tok.backend_tokenizer)
     pre_type = None
@@ -217,6 +217,15 @@ def main():
         tok.backend_tokenizer.pre_tokenizer = pt.Sequence(
             [pt.Digits(individual_digits=True), pt.ByteLevel(add_prefix_space=False, use_regex=True)])
     tok.backend_tokenizer.save(os.path.join(HF_JSON_DIR, "tokenizer.json"))
+    # The same vocabulary with the llama3 and qwen2 splits (as transformers' GGUF converter sets them up,
+    # llama3 with ignore_merges as llama.cpp does), to test those pre-tokenizers end to end.
+    variants = {}
+    for name, pattern, ignore in (("llama3", LLAMA3, True), ("qwen2", QWEN2, False)):
+        v = copy.deepcopy(tok.backend_tokenizer)
+        v.pre_tokenizer = pt.Sequence([pt.Split(Regex(pattern), behavior="isolated"),
+                                       pt.ByteLevel(add_prefix_space=False, use_regex=False)])
+        v.model.ignore_merges = ignore
+        variants[name] = v
     cases = []
     n_hand = len(CASES)
     for s in CASES + random_strings():
@@ -225,6 +234,8 @@ def main():
         ids_split = tok(s, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         entry = {"text": s, "ids": ids, "ids_no_special": ids_ns, "ids_split_special": ids_split,
                  "decoded": tok.decode(ids_ns)}
+        for name, v in variants.items():
+            entry[f"ids_{name}"] = v.encode(s, add_special_tokens=False).ids
         conv_ids = conv.encode(s, add_special_tokens=False).ids
         if conv_ids != ids_ns:
             print(f"note: transformers' GGUF converter pre-tokenizer gives other ids for {s!r}", file=sys.stderr)

@@ -56,6 +56,29 @@ func realTokenizer(_ test: String) throws -> Tokenizer? {
         try checkCases(tok, label: "GGUF")
     }
 
+    /// The SmolLM2 vocabulary with the llama3 (with ignore_merges) and qwen2 splits, against HF.
+    @Test func llama3AndQwen2SplitsEndToEnd() throws {
+        guard let p = getenv("LORAKIT_MODEL"), !String(cString: p).isEmpty else {
+            print("SKIPPED llama3AndQwen2SplitsEndToEnd: LORAKIT_MODEL is not set (model download failed?)")
+            return
+        }
+        let f = try GGUFFile(path: String(cString: p))
+        let cases = try loadFixture("smollm2_cases.json")["cases"]?.array ?? []
+        for (name, pre) in [("llama3", PreTokenizer.llama3), ("qwen2", .qwen2)] {
+            let tok = try Tokenizer(gguf: f, preTokenizer: pre)
+            #expect(tok.ignoreMerges == (pre == .llama3))
+            var ok = 0
+            for c in cases {
+                let text = c["text"]?.string ?? ""
+                let got = tok.encode(text, addSpecial: false)
+                if got == int32s(c["ids_\(name)"]) { ok += 1 } else {
+                    Issue.record("\(name): \(text.debugDescription): got \(got), wanted \(int32s(c["ids_\(name)"]))")
+                }
+            }
+            print("\(name) split: \(ok)/\(cases.count) cases match Hugging Face")
+        }
+    }
+
     /// The HF tokenizer.json of the same tokenizer, saved by the fixture script (not committed).
     @Test func tokenizerJSONMatchesHuggingFace() throws {
         let env = getenv("LORAKIT_HF_TOKENIZER_JSON").map { String(cString: $0) }

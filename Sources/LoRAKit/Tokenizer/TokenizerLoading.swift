@@ -7,7 +7,8 @@ extension Tokenizer {
     /// (type 4) are always matched whole in the text.
     /// - Throws: `.unsupported` for other tokenizer models (SentencePiece "llama" included) and unknown
     ///   pre-tokenizers; `.format` for missing or inconsistent metadata.
-    public convenience init(gguf: GGUFFile) throws(LKError) {
+    /// - Parameter preTokenizer: use this split instead of the one `tokenizer.ggml.pre` names.
+    public convenience init(gguf: GGUFFile, preTokenizer override: PreTokenizer? = nil) throws(LKError) {
         let path = gguf.path
         let md = gguf.metadata
         guard let model = md["tokenizer.ggml.model"] else { throw .format("\(path): missing metadata tokenizer.ggml.model") }
@@ -63,7 +64,7 @@ extension Tokenizer {
             return Int32(i)
         }
         let preName = md["tokenizer.ggml.pre"]?.string
-        guard let pre = PreTokenizer.named(preName) else {
+        guard let pre = override ?? PreTokenizer.named(preName) else {
             throw .unsupported("\(path): pre-tokenizer \"\(preName ?? "")\" (tokenizer.ggml.pre) is not supported; supported: default, gpt2, smollm, starcoder, refact, command-r, llama3, llama-bpe, qwen2, stablelm2, and their aliases")
         }
         var added: [(id: Int32, lstrip: Bool, rstrip: Bool)] = []
