@@ -19,22 +19,22 @@ extension Tokenizer {
             if b == 0x20 { buf.append(contentsOf: [0xE2, 0x96, 0x81]) } else { buf.append(b) }
         }
         // Symbols: one per character.
-        var start: [Int32] = [], len: [Int32] = [], prev: [Int32] = [], next: [Int32] = []
+        var start: [Int] = [], len: [Int] = [], prev: [Int] = [], next: [Int] = []
         var i = 0
         while i < buf.count {
             let b = buf[i]
             let l = b < 0x80 ? 1 : b < 0xE0 ? 2 : b < 0xF0 ? 3 : 4
             let w = min(l, buf.count - i)
-            prev.append(Int32(start.count - 1))
-            start.append(Int32(i))
-            len.append(Int32(w))
+            prev.append(start.count - 1)
+            start.append(i)
+            len.append(w)
             i += w
-            next.append(i < buf.count ? Int32(start.count) : -1)
+            next.append(i < buf.count ? start.count : -1)
         }
         let n = start.count
         guard n > 0 else { return }
         // Max-heap on (score, -left): stored as entries compared by hand.
-        struct Bigram { var score: Float; var left: Int32; var right: Int32; var size: Int32 }
+        struct Bigram { var score: Float; var left: Int; var right: Int; var size: Int }
         var heap: [Bigram] = []
         func before(_ a: Bigram, _ b: Bigram) -> Bool { a.score > b.score || (a.score == b.score && a.left < b.left) }
         func push(_ e: Bigram) {
@@ -67,26 +67,26 @@ extension Tokenizer {
             return top
         }
         func lookup(_ from: Int, _ count: Int) -> Int32? { spmIDs[ByteKey(Array(buf[from..<(from + count)]))] }
-        func tryAdd(_ l: Int32, _ r: Int32) {
+        func tryAdd(_ l: Int, _ r: Int) {
             guard l >= 0, r >= 0 else { return }
-            let s = Int(start[Int(l)]), size = Int(len[Int(l)] + len[Int(r)])
+            let s = start[l], size = len[l] + len[r]
             guard let id = lookup(s, size) else { return }
-            push(Bigram(score: scores[Int(id)], left: l, right: r, size: Int32(size)))
+            push(Bigram(score: scores[Int(id)], left: l, right: r, size: size))
         }
-        for k in 1..<n { tryAdd(Int32(k - 1), Int32(k)) }
+        for k in 1..<n { tryAdd(k - 1, k) }
         while let bg = pop() {
-            let l = Int(bg.left), r = Int(bg.right)
+            let l = bg.left, r = bg.right
             guard len[l] > 0, len[r] > 0, len[l] + len[r] == bg.size, next[l] == bg.right else { continue }
             len[l] += len[r]
             len[r] = 0
             next[l] = next[r]
-            if next[r] >= 0 { prev[Int(next[r])] = Int32(l) }
-            tryAdd(prev[l], Int32(l))
-            tryAdd(Int32(l), next[l])
+            if next[r] >= 0 { prev[next[r]] = l }
+            tryAdd(prev[l], l)
+            tryAdd(l, next[l])
         }
-        var k: Int32 = 0
+        var k = 0
         while k >= 0 {
-            let s = Int(start[Int(k)]), c = Int(len[Int(k)])
+            let s = start[k], c = len[k]
             if let id = lookup(s, c) {
                 out.append(id)
             } else {
@@ -94,7 +94,7 @@ extension Tokenizer {
                     if byteFallbackID[Int(b)] >= 0 { out.append(byteFallbackID[Int(b)]) } else if let u = unk { out.append(u) }
                 }
             }
-            k = next[Int(k)]
+            k = next[k]
         }
     }
 }
