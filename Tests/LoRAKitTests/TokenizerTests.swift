@@ -87,7 +87,11 @@ func realTokenizer(_ test: String) throws -> Tokenizer? {
             print("SKIPPED tokenizerJSONMatchesHuggingFace: \(path) missing (run scripts/gen_tokenizer_fixtures.py)")
             return
         }
-        let tok = try Tokenizer(tokenizerJSON: path)
+        let clock = ContinuousClock()
+        var loaded: Tokenizer? = nil
+        let t = try clock.measure { loaded = try Tokenizer(tokenizerJSON: path) }
+        print("tokenizer.json (\(try readFile(path).count) bytes) loaded in \(t)")
+        let tok = try #require(loaded)
         #expect(tok.vocabSize == 49152)
         #expect(tok.preTokenizer == .digitsThenGPT2)
         try checkCases(tok, label: "tokenizer.json")
@@ -136,6 +140,42 @@ func realTokenizer(_ test: String) throws -> Tokenizer? {
             return String(validating: b, as: UTF8.self) == nil
         }
         #expect(partial, "expected some token to split a UTF-8 sequence")
+        // Streaming: one token at a time, never a broken character, same text in the end.
+        var dec = UTF8StreamDecoder()
+        var streamed = ""
+        for id in ids {
+            let piece = dec.append(tok.tokenBytes(id))
+            #expect(!piece.contains("\u{FFFD}"))
+            streamed += piece
+        }
+        streamed += dec.flush()
+        #expect(streamed == text)
+    }
+
+    @Test func utf8StreamDecoder() {
+        var d = UTF8StreamDecoder()
+        #expect(d.append([0x61, 0xE4, 0xB8]) == "a")
+        #expect(d.append([0xAD, 0xF0, 0x9F]) == "中")
+        #expect(d.append([0x98]) == "")
+        #expect(d.append([0x80, 0x62]) == "😀b")
+        #expect(d.append([0xFF, 0x63]) == "\u{FFFD}c")
+        #expect(d.append([0xE4]) == "")
+        #expect(d.flush() == "\u{FFFD}")
+        #expect(d.flush() == "")
+    }
+
+    /// A tokenizer is immutable: concurrent encodes give the serial results.
+    @Test func concurrentEncode() async throws {
+        let tok = try Tokenizer(tokenizerJSON: "\(tokenizerFixtureDir)/tiny_tokenizer.json")
+        let texts = (0..<64).map { i in String(repeating: "hello world abc café ", count: 1 + i % 7) + "\(i)" }
+        let serial = texts.map { tok.encode($0) }
+        let parallel = await withTaskGroup(of: (Int, [Int32]).self) { g in
+            for (i, t) in texts.enumerated() { g.addTask { (i, tok.encode(t)) } }
+            var r = [[Int32]](repeating: [], count: texts.count)
+            for await (i, ids) in g { r[i] = ids }
+            return r
+        }
+        #expect(parallel == serial)
     }
 
     /// Speed on 1 MB of mixed text (release build): printed, and bounded loosely.

@@ -487,3 +487,40 @@ struct AddedTokenMatcher: Sendable {
         return nil
     }
 }
+
+/// Turns a stream of token bytes (`Tokenizer.tokenBytes`) into text without splitting characters: bytes
+/// of an incomplete UTF-8 sequence at the end are held back until the next call. Invalid bytes become
+/// U+FFFD, as `String(decoding:as:)` does.
+public struct UTF8StreamDecoder: Sendable {
+    var pending: [UInt8] = []
+
+    public init() {}
+
+    /// Append `bytes` and return the text that is now complete.
+    public mutating func append(_ bytes: [UInt8]) -> String {
+        pending.append(contentsOf: bytes)
+        // Find where a trailing, possibly incomplete sequence starts (at most 3 bytes back).
+        var cut = pending.count
+        var k = pending.count - 1
+        var back = 0
+        while k >= 0 && back < 4 {
+            let b = pending[k]
+            if b & 0xC0 != 0x80 {  // a lead byte (or ASCII)
+                let need = b < 0x80 ? 1 : b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : b >= 0xC0 ? 2 : 1
+                if pending.count - k < need { cut = k }
+                break
+            }
+            k -= 1
+            back += 1
+        }
+        let text = String(decoding: pending[..<cut], as: UTF8.self)
+        pending.removeSubrange(..<cut)
+        return text
+    }
+
+    /// Return whatever is held back (invalid or incomplete bytes become U+FFFD) and reset.
+    public mutating func flush() -> String {
+        defer { pending.removeAll() }
+        return String(decoding: pending, as: UTF8.self)
+    }
+}
