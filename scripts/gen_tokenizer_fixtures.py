@@ -11,6 +11,9 @@ Writes (committed):
   pretok_cases.json   pre-tokenizer splits of tricky strings for each named pre-tokenizer, from the
                       Python `regex` module's findall with the real patterns (and checked against the
                       `tokenizers` library's own pre-tokenizers, which use Oniguruma).
+  tiny_spm.gguf       a tiny SentencePiece BPE vocabulary (tokenizer.ggml.model = "llama") trained here with
+                      the `sentencepiece` library (identity normalization, byte fallback), no tensors;
+  tiny_spm_cases.json the `sentencepiece` library's own ids for strings encoded with it;
   tiny_cases.json     expectations for the hand-written tiny tokenizer.json (tiny_tokenizer.json),
                       computed by the `tokenizers` library.
 and (not committed) /tmp/lorakit-smollm2-tokenizer/tokenizer.json: the HF tokenizer.json of the same
@@ -203,7 +206,7 @@ def main():
     # ByteLevel, while SmolLM2's own tokenizer.json (and llama.cpp's "smollm") isolate each \p{N} first:
     # Sequence[Digits(individual_digits=True), ByteLevel]. We use the model's real pre-tokenizer and keep
     # the converter's ids where they differ ("ids_gguf_converter"), which happens for non-ASCII numbers.
-    from tokenizers import pre_tokenizers as pt
+    from tokenizers import Regex, pre_tokenizers as pt
     import copy
     conv = copy.deepcopy(tok.backend_tokenizer)
     pre_type = None
@@ -217,6 +220,15 @@ def main():
         tok.backend_tokenizer.pre_tokenizer = pt.Sequence(
             [pt.Digits(individual_digits=True), pt.ByteLevel(add_prefix_space=False, use_regex=True)])
     tok.backend_tokenizer.save(os.path.join(HF_JSON_DIR, "tokenizer.json"))
+    # The same vocabulary with the llama3 and qwen2 splits (as transformers' GGUF converter sets them up,
+    # llama3 with ignore_merges as llama.cpp does), to test those pre-tokenizers end to end.
+    variants = {}
+    for name, pattern, ignore in (("llama3", LLAMA3, True), ("qwen2", QWEN2, False)):
+        v = copy.deepcopy(tok.backend_tokenizer)
+        v.pre_tokenizer = pt.Sequence([pt.Split(Regex(pattern), behavior="isolated"),
+                                       pt.ByteLevel(add_prefix_space=False, use_regex=False)])
+        v.model.ignore_merges = ignore
+        variants[name] = v
     cases = []
     n_hand = len(CASES)
     for s in CASES + random_strings():
@@ -225,6 +237,8 @@ def main():
         ids_split = tok(s, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         entry = {"text": s, "ids": ids, "ids_no_special": ids_ns, "ids_split_special": ids_split,
                  "decoded": tok.decode(ids_ns)}
+        for name, v in variants.items():
+            entry[f"ids_{name}"] = v.encode(s, add_special_tokens=False).ids
         conv_ids = conv.encode(s, add_special_tokens=False).ids
         if conv_ids != ids_ns:
             print(f"note: transformers' GGUF converter pre-tokenizer gives other ids for {s!r}", file=sys.stderr)
@@ -254,9 +268,69 @@ def main():
                        "decoded": tiny.decode(e2.ids, skip_special_tokens=False)})
     with open(os.path.join(OUT, "tiny_cases.json"), "w", encoding="utf-8") as f:
         json.dump({"cases": tcases}, f, ensure_ascii=False, indent=1)
-    print(f"wrote {len(cases)} cases, {len(pretok['cases'])} pre-tokenizer cases, {len(tcases)} tiny cases "
+    n_spm = make_spm_fixture()
+    print(f"wrote {len(cases)} cases, {len(pretok['cases'])} pre-tokenizer cases, {len(tcases)} tiny cases, {n_spm} SentencePiece cases "
           f"({how}); HF tokenizer.json in {HF_JSON_DIR}")
 
 
+def make_spm_fixture():
+    """Train a tiny SentencePiece BPE model, store it as a GGUF the way llama.cpp's converter does, and
+    record sentencepiece's ids."""
+    import random
+    import tempfile
+    import gguf
+    import sentencepiece as spm
+    from sentencepiece import sentencepiece_model_pb2 as pb
+    rnd = random.Random(5)
+    words = ("the quick brown fox jumps over lazy dog hello world tokenizer merges pieces score byte fallback "
+             "café naïve über straße 123 4567 don't it's I'm we'll").split()
+    lines = [" ".join(rnd.choice(words) for _ in range(rnd.randint(3, 12))) for _ in range(3000)]
+    with tempfile.TemporaryDirectory() as d:
+        with open(f"{d}/train.txt", "w") as f:
+            f.write("\n".join(lines))
+        spm.SentencePieceTrainer.train(
+            input=f"{d}/train.txt", model_prefix=f"{d}/tiny", vocab_size=420, model_type="bpe", byte_fallback=True,
+            character_coverage=1.0, normalization_rule_name="identity", add_dummy_prefix=True,
+            remove_extra_whitespaces=False, user_defined_symbols=["<think>"], unk_id=0, bos_id=1, eos_id=2,
+            pad_id=-1, num_threads=1, minloglevel=2)
+        sp = spm.SentencePieceProcessor(model_file=f"{d}/tiny.model")
+        m = pb.ModelProto()
+        with open(f"{d}/tiny.model", "rb") as f:
+            m.ParseFromString(f.read())
+    # sentencepiece piece types: 1 normal, 2 unknown, 3 control, 4 user defined, 5 unused, 6 byte (= GGUF's).
+    w = gguf.GGUFWriter(os.path.join(OUT, "tiny_spm.gguf"), "llama")
+    w.add_tokenizer_model("llama")
+    w.add_token_list([p.piece for p in m.pieces])
+    w.add_token_scores([p.score for p in m.pieces])
+    w.add_token_types([p.type for p in m.pieces])
+    w.add_bos_token_id(1)
+    w.add_eos_token_id(2)
+    w.add_unk_token_id(0)
+    w.add_add_bos_token(True)
+    w.add_add_eos_token(False)
+    w.add_add_space_prefix(True)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    texts = ["hello world", "Hello World", "the quick brown fox", "  two  spaces", " leading", "trailing ", "日本",
+             "café naïve über straße", "don't it's I'm we'll", "x<think>y", "1234567", "tokenizer merges pieces",
+             "", " ", "a", "\n", "emoji 👋🏽!", "über-café\tstraße", "ZZZ qqq", "lazy dogs jumped"]
+    for _ in range(40):
+        texts.append(" ".join(rnd.choice(words + ["日", "👋", "x", "Q", "!"]) for _ in range(rnd.randint(1, 6))))
+    cases = [{"text": t, "ids": sp.encode(t), "pieces": sp.encode(t, out_type=str)} for t in texts
+             if "<think>" not in t]
+    # sentencepiece itself does not cut user-defined symbols out of text; llama.cpp and HF do.
+    # llama.cpp cuts added tokens out first and gives the text after one a dummy prefix again.
+    cases.append({"text": "x<think>y", "ids": sp.encode("x") + [sp.piece_to_id("<think>")] + sp.encode("y"),
+                  "note": "user-defined token cut out of the text (llama.cpp): text after it gets the dummy prefix"})
+    with open(os.path.join(OUT, "tiny_spm_cases.json"), "w", encoding="utf-8") as f:
+        json.dump({"vocab_size": sp.get_piece_size(), "cases": cases}, f, ensure_ascii=False, indent=1)
+    return len(cases)
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--spm-only":
+        print(f"wrote {make_spm_fixture()} SentencePiece cases")
+        sys.exit(0)
     main()

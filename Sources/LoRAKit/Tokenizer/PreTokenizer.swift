@@ -62,20 +62,20 @@ public enum PreTokenizer: String, Sendable, CaseIterable {
                     var i = 0
                     switch self {
                     case .gpt2:
-                        while i < n { let j = sc.gpt2(i, n); body(Int(off[i])..<Int(off[j])); i = j }
+                        while i < n { let j = sc.gpt2(i, n); body(off[i]..<off[j]); i = j }
                     case .digitsThenGPT2:
                         while i < n {
                             if cls[i] == CharClass.number {
-                                body(Int(off[i])..<Int(off[i + 1])); i += 1; continue
+                                body(off[i]..<off[i + 1]); i += 1; continue
                             }
                             var end = i
                             while end < n && cls[end] != CharClass.number { end += 1 }
-                            while i < end { let j = sc.gpt2(i, end); body(Int(off[i])..<Int(off[j])); i = j }
+                            while i < end { let j = sc.gpt2(i, end); body(off[i]..<off[j]); i = j }
                         }
                     case .llama3:
-                        while i < n { let j = sc.llama3(i, n, maxDigits: 3); body(Int(off[i])..<Int(off[j])); i = j }
+                        while i < n { let j = sc.llama3(i, n, maxDigits: 3); body(off[i]..<off[j]); i = j }
                     case .qwen2:
-                        while i < n { let j = sc.llama3(i, n, maxDigits: 1); body(Int(off[i])..<Int(off[j])); i = j }
+                        while i < n { let j = sc.llama3(i, n, maxDigits: 1); body(off[i]..<off[j]); i = j }
                     }
                 }
             }
@@ -126,7 +126,7 @@ struct ScalarScratch {
     var cp: [UInt32] = []
     var cls: [UInt8] = []
     /// Byte offset of each scalar, plus one past the end.
-    var off: [Int32] = []
+    var off: [Int] = []
     var count = 0
 
     mutating func load(_ b: UnsafeBufferPointer<UInt8>) {
@@ -153,10 +153,10 @@ struct ScalarScratch {
             }
             cp.append(v)
             cls.append(CharClass.of(v))
-            off.append(Int32(i))
+            off.append(i)
             i += len
         }
-        off.append(Int32(n))
+        off.append(n)
         count = cp.count
     }
 }

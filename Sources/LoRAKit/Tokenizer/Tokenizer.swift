@@ -8,6 +8,14 @@
 ///
 /// Thread safety: a `Tokenizer` is immutable after `init`; every method may be called from any thread.
 public final class Tokenizer: Sendable {
+    /// The vocabulary's algorithm.
+    public enum Model: Sendable {
+        /// GPT-2-style byte-level BPE (GGUF "gpt2", HF BPE + ByteLevel): merges by rank.
+        case byteLevelBPE
+        /// SentencePiece BPE (GGUF "llama"): merges by score, "▁" for spaces, `<0xAB>` byte fallback.
+        case sentencePiece
+    }
+
     /// The role of a token, as GGUF's `tokenizer.ggml.token_type` numbers it.
     public enum TokenKind: UInt8, Sendable {
         case normal = 1, unknown = 2, control = 3, userDefined = 4, unused = 5, byte = 6
@@ -15,6 +23,9 @@ public final class Tokenizer: Sendable {
 
     /// Number of token ids (the largest id plus one).
     public let vocabSize: Int
+    public let model: Model
+    /// SentencePiece: prepend a space to the text (and after each added token), as llama.cpp does.
+    public let addSpacePrefix: Bool
     public let preTokenizer: PreTokenizer
     /// Beginning-of-sequence, end-of-sequence, end-of-turn, unknown and padding ids, when known.
     public let bos: Int32?
@@ -45,6 +56,9 @@ public final class Tokenizer: Sendable {
     /// `<0xAB>` tokens used for bytes without a byte-level token (HF `byte_fallback`), or -1.
     let byteFallbackID: [Int32]
     let matcher: AddedTokenMatcher
+    /// SentencePiece: score of each token, and ids by exact UTF-8 text (with "▁"), usable for merging.
+    let scores: [Float]
+    let spmIDs: [ByteKey: Int32]
 
     /// What the loaders extract before the common validation.
     struct Spec {
@@ -62,6 +76,9 @@ public final class Tokenizer: Sendable {
         var pre: PreTokenizer
         var ignoreMerges = false
         var byteFallback = false
+        var model: Model = .byteLevelBPE
+        var scores: [Float] = []
+        var addSpacePrefix = false
     }
 
     init(spec s: Spec) throws(LKError) {
@@ -69,6 +86,8 @@ public final class Tokenizer: Sendable {
         guard n > 0 else { throw .format("\(s.source): the vocabulary is empty") }
         guard n < Int(Int32.max) else { throw .format("\(s.source): vocabulary of \(n) tokens is too large") }
         vocabSize = n
+        model = s.model
+        addSpacePrefix = s.model == .sentencePiece && s.addSpacePrefix
         tokens = s.tokens
         kinds = s.kinds
         special = s.special
@@ -88,7 +107,14 @@ public final class Tokenizer: Sendable {
         var fallback = [Int32](repeating: -1, count: 256)
         for (i, t) in s.tokens.enumerated() {
             if map[t] == nil { map[t] = Int32(i) }
-            if s.raw[i] {
+            if s.model == .sentencePiece {
+                if s.kinds[i] == .byte, let v = Tokenizer.byteTokenValue(t) {
+                    bytes.append(v)
+                    if fallback[Int(v)] < 0 { fallback[Int(v)] = Int32(i) }
+                } else {
+                    bytes.append(contentsOf: t.replacingSPMSpaces())
+                }
+            } else if s.raw[i] {
                 bytes.append(contentsOf: t.utf8)
             } else if let b = ByteLevel.decode(t) {
                 bytes.append(contentsOf: b)
@@ -97,10 +123,7 @@ public final class Tokenizer: Sendable {
                 bytes.append(contentsOf: t.utf8)  // not byte-level spelled: take the text as it is
             }
             starts.append(Int32(truncatingIfNeeded: bytes.count))
-            if s.byteFallback, t.utf8.count == 6, t.hasPrefix("<0x"), t.hasSuffix(">"),
-               let v = UInt8(t.dropFirst(3).dropLast(), radix: 16) {
-                fallback[Int(v)] = Int32(i)
-            }
+            if s.byteFallback, let v = Tokenizer.byteTokenValue(t), fallback[Int(v)] < 0 { fallback[Int(v)] = Int32(i) }
         }
         guard bytes.count < Int(Int32.max) else { throw .format("\(s.source): vocabulary text is too large") }
         tokenToID = map
@@ -125,6 +148,18 @@ public final class Tokenizer: Sendable {
             if table[key] == nil { table[key] = UInt64(rank) << 32 | UInt64(UInt32(m)) }
         }
         merges = table
+        scores = s.scores
+        var spm: [ByteKey: Int32] = [:]
+        if s.model == .sentencePiece {
+            guard s.scores.count == n else {
+                throw .format("\(s.source): tokenizer.ggml.scores has \(s.scores.count) entries but the vocabulary has \(n)")
+            }
+            for i in 0..<n where s.kinds[i] == .normal || s.kinds[i] == .userDefined {
+                let k = ByteKey(Array(s.tokens[i].utf8))
+                if spm[k] == nil { spm[k] = Int32(i) }
+            }
+        }
+        spmIDs = spm
 
         var m = AddedTokenMatcher()
         for a in s.added {
@@ -191,6 +226,7 @@ public final class Tokenizer: Sendable {
         var s = text
         s.withUTF8 { buf in
             var state = EncodeState()
+            var afterAdded = true  // SentencePiece: the text at the start or after an added token gets "▁"
             var segStart = 0
             var i = 0
             let n = buf.count
@@ -201,13 +237,16 @@ public final class Tokenizer: Sendable {
                 }
                 var segEnd = i
                 if m.lstrip { while segEnd > segStart && isASCIISpace(buf[segEnd - 1]) { segEnd -= 1 } }
-                if segEnd > segStart { encodeText(UnsafeBufferPointer(rebasing: buf[segStart..<segEnd]), into: &out, state: &state) }
+                if segEnd > segStart {
+                    encodeText(UnsafeBufferPointer(rebasing: buf[segStart..<segEnd]), prefix: afterAdded, into: &out, state: &state)
+                }
                 out.append(m.id)
+                afterAdded = true
                 i += m.length
                 if m.rstrip { while i < n && isASCIISpace(buf[i]) { i += 1 } }
                 segStart = i
             }
-            if n > segStart { encodeText(UnsafeBufferPointer(rebasing: buf[segStart..<n]), into: &out, state: &state) }
+            if n > segStart { encodeText(UnsafeBufferPointer(rebasing: buf[segStart..<n]), prefix: afterAdded, into: &out, state: &state) }
         }
         if addEOS, let e = eos { out.append(e) }
         return out
@@ -216,7 +255,11 @@ public final class Tokenizer: Sendable {
     @inline(__always) func isASCIISpace(_ b: UInt8) -> Bool { b == 0x20 || (b >= 0x09 && b <= 0x0D) }
 
     /// Pre-tokenize and BPE-encode text containing no added tokens.
-    func encodeText(_ text: UnsafeBufferPointer<UInt8>, into out: inout [Int32], state: inout EncodeState) {
+    func encodeText(_ text: UnsafeBufferPointer<UInt8>, prefix: Bool, into out: inout [Int32], state: inout EncodeState) {
+        if model == .sentencePiece {
+            encodeSentencePiece(text, prefix: prefix && addSpacePrefix, into: &out)
+            return
+        }
         var scalars = ScalarScratch()
         swap(&scalars, &state.scalars)
         defer { swap(&scalars, &state.scalars) }
@@ -302,12 +345,19 @@ public final class Tokenizer: Sendable {
     public func decode(_ ids: [Int32], skipSpecial: Bool = false) throws(LKError) -> String {
         var out: [UInt8] = []
         out.reserveCapacity(ids.count * 4)
+        var stripSpace = addSpacePrefix  // SentencePiece: drop the space the encoder put in front
         for (k, id) in ids.enumerated() {
             guard id >= 0, Int(id) < vocabSize else {
                 throw .invalidArgument("decode: token id \(id) at position \(k) is outside the vocabulary (vocabSize \(vocabSize))")
             }
             if skipSpecial && isControl(id) { continue }
-            out.append(contentsOf: pieceBytes[Int(pieceStart[Int(id)])..<Int(pieceStart[Int(id) + 1])])
+            var a = Int(pieceStart[Int(id)])
+            let b = Int(pieceStart[Int(id) + 1])
+            if stripSpace && !isControl(id) {
+                if a < b && pieceBytes[a] == 0x20 { a += 1 }
+                stripSpace = false
+            }
+            out.append(contentsOf: pieceBytes[a..<b])
         }
         return String(decoding: out, as: UTF8.self)
     }
@@ -435,5 +485,42 @@ struct AddedTokenMatcher: Sendable {
             return (e.id, len, e.lstrip, e.rstrip)
         }
         return nil
+    }
+}
+
+/// Turns a stream of token bytes (`Tokenizer.tokenBytes`) into text without splitting characters: bytes
+/// of an incomplete UTF-8 sequence at the end are held back until the next call. Invalid bytes become
+/// U+FFFD, as `String(decoding:as:)` does.
+public struct UTF8StreamDecoder: Sendable {
+    var pending: [UInt8] = []
+
+    public init() {}
+
+    /// Append `bytes` and return the text that is now complete.
+    public mutating func append(_ bytes: [UInt8]) -> String {
+        pending.append(contentsOf: bytes)
+        // Find where a trailing, possibly incomplete sequence starts (at most 3 bytes back).
+        var cut = pending.count
+        var k = pending.count - 1
+        var back = 0
+        while k >= 0 && back < 4 {
+            let b = pending[k]
+            if b & 0xC0 != 0x80 {  // a lead byte (or ASCII)
+                let need = b < 0x80 ? 1 : b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : b >= 0xC0 ? 2 : 1
+                if pending.count - k < need { cut = k }
+                break
+            }
+            k -= 1
+            back += 1
+        }
+        let text = String(decoding: pending[..<cut], as: UTF8.self)
+        pending.removeSubrange(..<cut)
+        return text
+    }
+
+    /// Return whatever is held back (invalid or incomplete bytes become U+FFFD) and reset.
+    public mutating func flush() -> String {
+        defer { pending.removeAll() }
+        return String(decoding: pending, as: UTF8.self)
     }
 }

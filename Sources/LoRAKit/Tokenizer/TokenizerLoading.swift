@@ -7,18 +7,18 @@ extension Tokenizer {
     /// (type 4) are always matched whole in the text.
     /// - Throws: `.unsupported` for other tokenizer models (SentencePiece "llama" included) and unknown
     ///   pre-tokenizers; `.format` for missing or inconsistent metadata.
-    public convenience init(gguf: GGUFFile) throws(LKError) {
+    /// - Parameter preTokenizer: use this split instead of the one `tokenizer.ggml.pre` names.
+    public convenience init(gguf: GGUFFile, preTokenizer override: PreTokenizer? = nil) throws(LKError) {
         let path = gguf.path
         let md = gguf.metadata
         guard let model = md["tokenizer.ggml.model"] else { throw .format("\(path): missing metadata tokenizer.ggml.model") }
         guard let modelName = model.string else { throw .format("\(path): tokenizer.ggml.model is not a string") }
         switch modelName {
-        case "gpt2": break
-        case "llama":
-            throw .unsupported("\(path): SentencePiece vocabularies (tokenizer.ggml.model = \"llama\") are not supported yet; supported: \"gpt2\" (byte-level BPE)")
+        case "gpt2", "llama": break
         default:
-            throw .unsupported("\(path): tokenizer.ggml.model = \"\(modelName)\" is not supported; supported: \"gpt2\" (byte-level BPE)")
+            throw .unsupported("\(path): tokenizer.ggml.model = \"\(modelName)\" is not supported; supported: \"gpt2\" (byte-level BPE), \"llama\" (SentencePiece BPE)")
         }
+        let isSPM = modelName == "llama"
         guard let tokArr = md["tokenizer.ggml.tokens"]?.array else {
             throw .format("\(path): missing metadata tokenizer.ggml.tokens (the vocabulary)")
         }
@@ -43,7 +43,18 @@ extension Tokenizer {
                 kinds[i] = TokenKind(rawValue: UInt8(x)) ?? .normal  // 0 (undefined) counts as normal
             }
         }
-        guard let mArr = md["tokenizer.ggml.merges"]?.array else {
+        var scores: [Float] = []
+        if isSPM {
+            guard let sc = md["tokenizer.ggml.scores"]?.array else {
+                throw .format("\(path): missing metadata tokenizer.ggml.scores (required by a SentencePiece tokenizer)")
+            }
+            guard sc.count == n else { throw .format("\(path): tokenizer.ggml.scores has \(sc.count) entries but tokenizer.ggml.tokens has \(n)") }
+            for (i, v) in sc.enumerated() {
+                guard let x = v.double else { throw .format("\(path): tokenizer.ggml.scores[\(i)] is not a number") }
+                scores.append(Float(x))
+            }
+        }
+        guard let mArr = md["tokenizer.ggml.merges"]?.array ?? (isSPM ? [] : nil) else {
             throw .format("\(path): missing metadata tokenizer.ggml.merges (required by a gpt2 tokenizer)")
         }
         var merges: [(String, String)] = []
@@ -63,7 +74,7 @@ extension Tokenizer {
             return Int32(i)
         }
         let preName = md["tokenizer.ggml.pre"]?.string
-        guard let pre = PreTokenizer.named(preName) else {
+        guard let pre = override ?? (isSPM ? .gpt2 : PreTokenizer.named(preName)) else {
             throw .unsupported("\(path): pre-tokenizer \"\(preName ?? "")\" (tokenizer.ggml.pre) is not supported; supported: default, gpt2, smollm, starcoder, refact, command-r, llama3, llama-bpe, qwen2, stablelm2, and their aliases")
         }
         var added: [(id: Int32, lstrip: Bool, rstrip: Bool)] = []
@@ -74,6 +85,7 @@ extension Tokenizer {
             case .control: special[i] = true; raw[i] = true; added.append((Int32(i), false, false))
             case .userDefined: raw[i] = true; added.append((Int32(i), false, false))
             case .unknown, .unused: raw[i] = true
+            case .byte where isSPM: break
             case .normal, .byte: break
             }
         }
@@ -82,9 +94,11 @@ extension Tokenizer {
             bos: try optID("tokenizer.ggml.bos_token_id"), eos: try optID("tokenizer.ggml.eos_token_id"),
             eot: try optID("tokenizer.ggml.eot_token_id"), unk: try optID("tokenizer.ggml.unknown_token_id"),
             pad: try optID("tokenizer.ggml.padding_token_id"),
-            addBOS: md["tokenizer.ggml.add_bos_token"]?.bool ?? false,
+            addBOS: md["tokenizer.ggml.add_bos_token"]?.bool ?? isSPM,
             addEOS: md["tokenizer.ggml.add_eos_token"]?.bool ?? false,
-            pre: pre, ignoreMerges: pre == .llama3)
+            pre: pre, ignoreMerges: pre == .llama3 && !isSPM, byteFallback: isSPM,
+            model: isSPM ? .sentencePiece : .byteLevelBPE, scores: scores,
+            addSpacePrefix: md["tokenizer.ggml.add_space_prefix"]?.bool ?? true)
         try self.init(spec: spec)
     }
 
