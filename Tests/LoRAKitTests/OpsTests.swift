@@ -98,6 +98,10 @@ func expectThreadInvariant(_ what: String, sourceLocation: SourceLocation = #_so
 
 let oddSizes = [1, 7, 8, 33, 577]
 
+enum ProcessInfoLite {
+    static func env(_ name: String) -> String? { getenv(name).map { String(cString: $0) } }
+}
+
 // MARK: - Double references
 
 func rmsNormRef(_ x: [Double], _ w: [Double], rows: Int, dim: Int, eps: Double) -> [Double] {
@@ -734,6 +738,54 @@ func geluErfD(_ x: Double) -> Double { 0.5 * x * (1 + erf(x / 2.0.squareRoot()))
         }
     }
 
+    // MARK: speed (opt-in: LORAKIT_PERF=1, meaningful with -c release)
+
+    @Test(.enabled(if: ProcessInfoLite.env("LORAKIT_PERF") != nil)) func perfReport() throws {
+        let pool = testPools[1]
+        func time(_ what: String, reps: Int = 3, _ body: () throws -> Void) rethrows {
+            try body()
+            var ts = timespec(); clock_gettime(CLOCK_MONOTONIC, &ts)
+            let t0 = Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
+            for _ in 0..<reps { try body() }
+            clock_gettime(CLOCK_MONOTONIC, &ts)
+            let dt = (Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9 - t0) / Double(reps)
+            print("perf \(what): \(dt * 1e3) ms")
+        }
+        let (T, H, Hkv, D) = (512, 32, 8, 128)
+        let q = FBuf(randn(T * H * D, seed: 1)), k = FBuf(randn(T * Hkv * D, seed: 2)), v = FBuf(randn(T * Hkv * D, seed: 3))
+        let o = FBuf(T * H * D), lse = FBuf(T * H), dq = FBuf(T * H * D), dk = FBuf(T * Hkv * D), dv = FBuf(T * Hkv * D)
+        try time("attention fwd T=512 H=32/8 D=128") {
+            try Ops.attentionForward(q: q.p, k: k.p, v: v.p, out: o.p, lse: lse.p, rows: T, keys: T, heads: H, kvHeads: Hkv,
+                                     headDim: D, startPos: 0, pool: pool)
+        }
+        try time("attention bwd T=512 H=32/8 D=128", reps: 1) {
+            try Ops.attentionBackward(q: q.p, k: k.p, v: v.p, out: o.p, dout: q.p, lse: lse.p, dq: dq.p, dk: dk.p, dv: dv.p,
+                                      rows: T, keys: T, heads: H, kvHeads: Hkv, headDim: D, startPos: 0, pool: pool)
+        }
+        try time("attention decode S=512 H=32/8 D=128", reps: 50) {
+            try Ops.attentionForward(q: q.p, k: k.p, v: v.p, out: o.p, lse: nil, rows: 1, keys: T, heads: H, kvHeads: Hkv,
+                                     headDim: D, startPos: T - 1, pool: pool)
+        }
+        let V = 32_000, R = 64
+        let logits = FBuf(randn(R * V, seed: 4)), tg = IBuf((0..<R).map { Int32($0 * 97) }), losses = FBuf(R)
+        try time("cross-entropy in place 64x32000") {
+            try Ops.crossEntropyBackwardInPlace(logits: logits.p, rows: R, vocab: V, targets: tg.p, scale: 1, losses: losses.p, pool: pool)
+        }
+        let x = FBuf(randn(T * 4096, seed: 5)), w = FBuf(4096, 1), y = FBuf(T * 4096), rs = FBuf(T), dx = FBuf(T * 4096), dw = FBuf(4096)
+        try time("rmsNorm fwd+bwd 512x4096") {
+            try Ops.rmsNormForward(x: x.p, weight: w.p, out: y.p, rstd: rs.p, rows: T, dim: 4096, eps: 1e-5, pool: pool)
+            try Ops.rmsNormBackward(dout: x.p, x: x.p, weight: w.p, rstd: rs.p, dx: dx.p, dweight: dw.p, rows: T, dim: 4096, pool: pool)
+        }
+        try time("swiglu fwd+bwd 512x4096") {
+            try Ops.swigluForward(gate: x.p, up: x.p, out: y.p, count: T * 4096, pool: pool)
+            try Ops.swigluBackward(gate: x.p, up: x.p, dout: x.p, dgate: dx.p, dup: y.p, count: T * 4096, pool: pool)
+        }
+        let pos = IBuf((0..<T).map { Int32($0) })
+        try time("rope fwd 512 x 32 heads x 128") {
+            try Ops.ropeForward(x: q.p, out: o.p, rows: T, heads: H, headDim: D, positions: pos.p, layout: .neox, pool: pool)
+        }
+    }
+
     // MARK: invalid arguments
 
     @Test func invalidArgumentsThrow() throws {
@@ -790,6 +842,10 @@ func geluErfD(_ x: Double) -> Double { 0.5 * x * (1 + erf(x / 2.0.squareRoot()))
         // Zero sizes are valid no-ops.
         try Ops.add(a.p, b.p, out: c.p, count: 0)
         try Ops.softmaxForward(x: a.p, out: c.p, rows: 0, dim: 8)
+        try Ops.crossEntropyBackwardInPlace(logits: a.p, rows: 0, vocab: 8, targets: ids.p, scale: 1, losses: b.p)
+        try Ops.rmsNormBackward(dout: a.p, x: a.p, weight: a.p, rstd: a.p, dx: b.p, dweight: c.p, rows: 0, dim: 8)
+        try Ops.ropeForward(x: a.p, out: c.p, rows: 0, heads: 2, headDim: 8, positions: ids.p, layout: .neox)
+        #expect(try Ops.sumOfSquares(a.p, count: 0) == 0)
         try Ops.attentionForward(q: a.p, k: b.p, v: b.p, out: c.p, lse: nil, rows: 0, keys: 0, heads: 2, kvHeads: 1,
                                  headDim: 4, startPos: 0)
     }
