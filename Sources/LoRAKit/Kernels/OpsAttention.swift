@@ -32,6 +32,72 @@ extension Ops {
         while i < n { y[i] = y[i].addingProduct(alpha, x[i]); i += 1 }
     }
 
+    /// Four dot products sharing `x`: (x·y0, x·y1, x·y2, x·y3), each with its own accumulator (fixed order).
+    @inline(__always) static func dot4(_ x: UnsafePointer<Float>, _ y0: UnsafePointer<Float>, _ y1: UnsafePointer<Float>,
+                                       _ y2: UnsafePointer<Float>, _ y3: UnsafePointer<Float>, _ n: Int) -> SIMD4<Float> {
+        var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+        var i = 0
+        while i + 8 <= n {
+            let xv = ld8(x + i)
+            a0.addProduct(xv, ld8(y0 + i)); a1.addProduct(xv, ld8(y1 + i))
+            a2.addProduct(xv, ld8(y2 + i)); a3.addProduct(xv, ld8(y3 + i))
+            i += 8
+        }
+        var r = SIMD4<Float>(a0.sum(), a1.sum(), a2.sum(), a3.sum())
+        while i < n {
+            r[0] = r[0].addingProduct(x[i], y0[i]); r[1] = r[1].addingProduct(x[i], y1[i])
+            r[2] = r[2].addingProduct(x[i], y2[i]); r[3] = r[3].addingProduct(x[i], y3[i])
+            i += 1
+        }
+        return r
+    }
+
+    /// y += c0·x0 + c1·x1 + c2·x2 + c3·x3 (four fused multiply-adds per element, in that order).
+    @inline(__always) static func axpy4(_ c: SIMD4<Float>, _ x0: UnsafePointer<Float>, _ x1: UnsafePointer<Float>,
+                                        _ x2: UnsafePointer<Float>, _ x3: UnsafePointer<Float>,
+                                        _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+        let c0 = SIMD8<Float>(repeating: c[0]), c1 = SIMD8<Float>(repeating: c[1])
+        let c2 = SIMD8<Float>(repeating: c[2]), c3 = SIMD8<Float>(repeating: c[3])
+        var i = 0
+        while i + 8 <= n {
+            var v = ld8(y + i)
+            v.addProduct(c0, ld8(x0 + i)); v.addProduct(c1, ld8(x1 + i))
+            v.addProduct(c2, ld8(x2 + i)); v.addProduct(c3, ld8(x3 + i))
+            st8(v, y + i)
+            i += 8
+        }
+        while i < n {
+            y[i] = y[i].addingProduct(c[0], x0[i]).addingProduct(c[1], x1[i]).addingProduct(c[2], x2[i])
+                .addingProduct(c[3], x3[i])
+            i += 1
+        }
+    }
+
+    /// s[j] = scale · x·y_j for j < n, where y_j = y + j·ld; keys in blocks of four.
+    @inline(__always) static func scores(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, ld: Int, _ n: Int,
+                                         _ d: Int, _ scale: Float, _ s: UnsafeMutablePointer<Float>) {
+        var j = 0
+        while j + 4 <= n {
+            let b = y + j * ld
+            let r = scale * dot4(x, b, b + ld, b + 2 * ld, b + 3 * ld, d)
+            s[j] = r[0]; s[j + 1] = r[1]; s[j + 2] = r[2]; s[j + 3] = r[3]
+            j += 4
+        }
+        while j < n { s[j] = scale * dotF(x, y + j * ld, d); j += 1 }
+    }
+
+    /// o += Σ_j c[j] · y_j for j < n, where y_j = y + j·ld; rows in blocks of four.
+    @inline(__always) static func combine(_ c: UnsafePointer<Float>, _ y: UnsafePointer<Float>, ld: Int, _ n: Int,
+                                          _ d: Int, _ o: UnsafeMutablePointer<Float>) {
+        var j = 0
+        while j + 4 <= n {
+            let b = y + j * ld
+            axpy4(SIMD4(c[j], c[j + 1], c[j + 2], c[j + 3]), b, b + ld, b + 2 * ld, b + 3 * ld, o, d)
+            j += 4
+        }
+        while j < n { axpyF(c[j], y + j * ld, o, d); j += 1 }
+    }
+
     static func checkAttention(_ what: String, rows: Int, keys: Int, heads: Int, kvHeads: Int, headDim: Int,
                                startPos: Int) throws(LKError) {
         try checkDims(what, ("rows", rows), ("keys", keys), ("startPos", startPos))
@@ -74,11 +140,11 @@ extension Ops {
                 let t = item / H, h = item % H, g = h / rep
                 let n = startPos + t + 1
                 let qr = q + t * ldq + h * D, o = out + t * ldq + h * D
-                for j in 0..<n { s[j] = sc * dotF(qr, k + j * ldk + g * D, D) }
+                scores(qr, k + g * D, ld: ldk, n, D, sc, s)
                 let m = rowMax(s, n)
                 let sum = expShifted(s, s, n, m)
                 o.update(repeating: 0, count: D)
-                for j in 0..<n { axpyF(s[j], v + j * ldk + g * D, o, D) }
+                combine(s, v + g * D, ld: ldk, n, D, o)
                 let inv = Float(1 / sum)
                 for i in 0..<D { o[i] *= inv }
                 lse?[t * H + h] = Float(Double(m) + log(sum))
@@ -125,13 +191,12 @@ extension Ops {
                     let dl = dotF(gr, out + off, D)
                     delta[item] = dl
                     let l = lse[item]
-                    for j in 0..<n {
-                        p[j] = sc * dotF(qr, k + j * ldk + g * D, D)
-                        dp[j] = dotF(gr, v + j * ldk + g * D, D)
-                    }
+                    scores(qr, k + g * D, ld: ldk, n, D, sc, p)
+                    scores(gr, v + g * D, ld: ldk, n, D, 1, dp)
                     _ = expShifted(p, p, n, l)
-                    let dqr = dq + off
-                    for j in 0..<n { axpyF(sc * (p[j] * (dp[j] - dl)), k + j * ldk + g * D, dqr, D) }
+                    // dp[j] ← scale · dS_j
+                    for j in 0..<n { dp[j] = sc * (p[j] * (dp[j] - dl)) }
+                    combine(dp, k + g * D, ld: ldk, n, D, dq + off)
                     item += cnt
                 }
             }
@@ -144,13 +209,35 @@ extension Ops {
                     let kr = k + j * ldk + g * D, vr = v + j * ldk + g * D
                     let dkr = dk + j * ldk + g * D, dvr = dv + j * ldk + g * D
                     for h in (g * rep)..<((g + 1) * rep) {
-                        for t in stride(from: max(0, j - startPos), to: rows, by: 1) {
-                            let off = t * ldq + h * D
-                            let s = sc * dotF(q + off, kr, D)
-                            let pj = scalarExp(s - lse[t * H + h])
-                            let dpj = dotF(dout + off, vr, D)
-                            axpyF(sc * (pj * (dpj - delta[t * H + h])), q + off, dkr, D)
-                            axpyF(pj, dout + off, dvr, D)
+                        // Rows t0..<rows attend key j; blocks of four rows share the loads of k_j and v_j.
+                        var t = max(0, j - startPos)
+                        while t < rows {
+                            let nb = min(4, rows - t)
+                            if nb == 4 {
+                                let q0 = q + t * ldq + h * D, g0 = dout + t * ldq + h * D
+                                let qp = (q0, q0 + ldq, q0 + 2 * ldq, q0 + 3 * ldq)
+                                let gp = (g0, g0 + ldq, g0 + 2 * ldq, g0 + 3 * ldq)
+                                let s4 = sc * dot4(kr, qp.0, qp.1, qp.2, qp.3, D)
+                                let dp4 = dot4(vr, gp.0, gp.1, gp.2, gp.3, D)
+                                let l4 = SIMD4<Float>(lse[t * H + h], lse[(t + 1) * H + h], lse[(t + 2) * H + h],
+                                                      lse[(t + 3) * H + h])
+                                let d4 = SIMD4<Float>(delta[t * H + h], delta[(t + 1) * H + h], delta[(t + 2) * H + h],
+                                                      delta[(t + 3) * H + h])
+                                let ps = simdExp(SIMD8(lowHalf: s4 - l4, highHalf: .zero)).lowHalf
+                                let cs = sc * (ps * (dp4 - d4))
+                                axpy4(cs, qp.0, qp.1, qp.2, qp.3, dkr, D)
+                                axpy4(ps, gp.0, gp.1, gp.2, gp.3, dvr, D)
+                            } else {
+                                for u in 0..<nb {
+                                    let off = (t + u) * ldq + h * D
+                                    let s1 = sc * dotF(kr, q + off, D)
+                                    let pj = scalarExp(s1 - lse[(t + u) * H + h])
+                                    let dpj = dotF(vr, dout + off, D)
+                                    axpyF(sc * (pj * (dpj - delta[(t + u) * H + h])), q + off, dkr, D)
+                                    axpyF(pj, dout + off, dvr, D)
+                                }
+                            }
+                            t += nb
                         }
                     }
                     item += cnt

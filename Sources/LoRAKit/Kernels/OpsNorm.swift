@@ -326,7 +326,7 @@ extension Ops {
                                                    lse: UnsafeMutablePointer<Float>? = nil,
                                                    pool: ThreadPool = .shared) throws(LKError) {
         let ldv = ld ?? vocab
-        var l = [Float](repeating: 0, count: max(rows, 0))
+        var l = [Float](repeating: 0, count: max(rows, 1))
         try l.withUnsafeMutableBufferPointer { (lp) throws(LKError) in
             try crossEntropyForward(logits: logits, ld: ldv, rows: rows, vocab: vocab, targets: targets,
                                     ignoreIndex: ignoreIndex, losses: losses, lse: lp.baseAddress!, pool: pool)
