@@ -162,6 +162,188 @@ LK_API lk_status lk_tensor_copy_bytes(const lk_tensor *t, void *dst, int64_t cap
  * overwritten. out must not be x or w. */
 LK_API lk_status lk_matmul(const lk_tensor *x, const lk_tensor *w, int32_t transpose_w, lk_tensor *out);
 
+/* ---------------------------------------------------------------------------------------------------
+ * Models: loaded once, immutable, shared read-only by any number of contexts and threads.
+ * A GGUF file (llama.cpp) or a Hugging Face folder (config.json + *.safetensors [+ tokenizer.json]).
+ * ------------------------------------------------------------------------------------------------- */
+typedef struct lk_model lk_model;
+typedef struct lk_context lk_context;
+
+typedef struct lk_model_params {
+    uint32_t struct_size;   /* set by lk_model_params_init */
+    int32_t reserved;       /* 0 */
+} lk_model_params;
+
+/* Fill *p with defaults (and struct_size). */
+LK_API void lk_model_params_init(lk_model_params *p);
+
+/* Load a model. params may be NULL for defaults. Weights of a GGUF file are memory-mapped and used in
+ * place (quantized blocks are never expanded).
+ * Ownership: *out belongs to the caller; release with lk_model_free. Contexts (and adapters) created
+ * from the model keep its weights alive until they are freed, so lk_model_free may be called first. */
+LK_API lk_status lk_model_load(const char *path, const lk_model_params *params, lk_model **out);
+
+/* Release the caller's handle. NULL is a no-op. */
+LK_API lk_status lk_model_free(lk_model *model);
+
+typedef struct lk_model_info {
+    uint32_t struct_size;     /* caller sets sizeof(lk_model_info); fields past it are not written */
+    int32_t n_vocab;
+    int32_t n_ctx_train;      /* training context length */
+    int32_t n_embd;
+    int32_t n_ff;
+    int32_t n_layer;
+    int32_t n_head;
+    int32_t n_head_kv;
+    int32_t head_dim;
+    int32_t n_rot;            /* rotated dims per head */
+    float rope_base;
+    float norm_eps;
+    int32_t tied_embeddings;  /* 1 if the output head is the token embedding */
+    int32_t bos_token;        /* -1 if none */
+    int32_t eos_token;        /* -1 if none */
+    int32_t eot_token;        /* end-of-turn token, -1 if none */
+    int32_t has_tokenizer;
+    int32_t has_chat_template;
+    int64_t weight_bytes;     /* bytes of weights as stored */
+} lk_model_info;
+
+LK_API lk_status lk_model_get_info(const lk_model *model, lk_model_info *info);
+
+/* Strings out of a model, copied into buf (NUL-terminated) when capacity suffices; *needed receives the
+ * size including the NUL either way. capacity too small → LK_ERR_BUFFER_TOO_SMALL (buf untouched).
+ * lk_model_meta: a GGUF metadata value as text (arrays as JSON); LK_ERR_INVALID_ARGUMENT if absent. */
+LK_API lk_status lk_model_architecture(const lk_model *model, char *buf, int64_t capacity, int64_t *needed);
+LK_API lk_status lk_model_chat_template(const lk_model *model, char *buf, int64_t capacity, int64_t *needed);
+LK_API lk_status lk_model_meta(const lk_model *model, const char *key, char *buf, int64_t capacity, int64_t *needed);
+
+/* ---------------------------------------------------------------------------------------------------
+ * Tokenizer (the model's own; identical ids to Hugging Face tokenizers)
+ * ------------------------------------------------------------------------------------------------- */
+
+/* Tokenize text_len bytes of UTF-8 text (text need not be NUL-terminated).
+ * add_special: -1 = as the model's metadata says (BOS/EOS), 0 = never, 1 = always.
+ * parse_special: 1 = special-token text such as "<|im_start|>" becomes its id (Hugging Face default),
+ * 0 = plain text. *n_tokens receives the count; if capacity < count → LK_ERR_BUFFER_TOO_SMALL. */
+LK_API lk_status lk_tokenize(const lk_model *model, const char *text, int64_t text_len, int32_t add_special,
+                             int32_t parse_special, int32_t *tokens, int64_t capacity, int64_t *n_tokens);
+
+/* Text of n tokens (UTF-8, NUL-terminated; same buffer rules as above). Out-of-range ids are errors. */
+LK_API lk_status lk_detokenize(const lk_model *model, const int32_t *tokens, int64_t n_tokens, int32_t skip_special,
+                               char *buf, int64_t capacity, int64_t *needed);
+
+/* The raw bytes of one token (may be part of a UTF-8 sequence; not NUL-terminated). *needed = byte count. */
+LK_API lk_status lk_token_bytes(const lk_model *model, int32_t token, char *buf, int64_t capacity, int64_t *needed);
+
+typedef struct lk_chat_message {
+    const char *role;     /* "system", "user", "assistant", ... */
+    const char *content;
+} lk_chat_message;
+
+/* Render messages with the model's chat template (as transformers' apply_chat_template). */
+LK_API lk_status lk_chat_apply(const lk_model *model, const lk_chat_message *messages, int64_t n_messages,
+                               int32_t add_generation_prompt, char *buf, int64_t capacity, int64_t *needed);
+
+/* ---------------------------------------------------------------------------------------------------
+ * Contexts: a KV cache, a thread pool and sampler state over a shared model. One context is used by
+ * one thread at a time; different contexts may run concurrently on one model.
+ * ------------------------------------------------------------------------------------------------- */
+typedef struct lk_context_params {
+    uint32_t struct_size;
+    int32_t n_ctx;        /* positions (prompt + generated); 0 = min(model context, 4096) */
+    int32_t n_batch;      /* tokens per internal step; 0 = 512 */
+    int32_t n_threads;    /* 0 = lk_cpu_count() */
+} lk_context_params;
+
+LK_API void lk_context_params_init(lk_context_params *p);
+
+/* Ownership: *out belongs to the caller (lk_context_free); it keeps the model alive. */
+LK_API lk_status lk_context_new(lk_model *model, const lk_context_params *params, lk_context **out);
+LK_API lk_status lk_context_free(lk_context *ctx);
+
+/* Forget all positions (start a new sequence). */
+LK_API lk_status lk_context_reset(lk_context *ctx);
+
+/* Positions currently cached. */
+LK_API lk_status lk_context_position(const lk_context *ctx, int32_t *position);
+
+enum { LK_LOGITS_NONE = 0, LK_LOGITS_LAST = 1, LK_LOGITS_ALL = 2 };
+
+/* Evaluate n tokens at the next positions. logits_mode LAST writes n_vocab floats, ALL n·n_vocab
+ * (row-major), NONE nothing (logits may be NULL). capacity is in floats. On error the cache is left as
+ * it was (e.g. an out-of-range id or a context overflow). */
+LK_API lk_status lk_context_eval(lk_context *ctx, const int32_t *tokens, int64_t n_tokens, int32_t logits_mode,
+                                 float *logits, int64_t capacity);
+
+/* As lk_context_eval with caller-given input embeddings [n_rows, n_embd] instead of token ids (e.g.
+ * projected image features). Non-finite values are rejected. */
+LK_API lk_status lk_context_eval_embeddings(lk_context *ctx, const float *embeddings, int64_t n_rows,
+                                            int32_t logits_mode, float *logits, int64_t capacity);
+
+/* ---------------------------------------------------------------------------------------------------
+ * Generation
+ * ------------------------------------------------------------------------------------------------- */
+typedef struct lk_sampler_params {
+    uint32_t struct_size;
+    float temperature;      /* 0 = greedy; default 0.8 */
+    int32_t top_k;          /* 0 = off; default 40 */
+    float top_p;            /* 1 = off; default 0.95 */
+    float min_p;            /* 0 = off; default 0.05 */
+    float repeat_penalty;   /* 1 = off; default 1 */
+    int32_t repeat_last_n;  /* 0 = all; default 64 */
+    uint64_t seed;          /* default 0 */
+} lk_sampler_params;
+
+LK_API void lk_sampler_params_init(lk_sampler_params *p);
+
+/* Streaming callback: piece is new text (complete UTF-8; stop strings held back), not NUL-terminated.
+ * Return 0 to continue, non-zero to stop (lk_generate then returns LK_STOPPED). */
+typedef int32_t (*lk_token_callback)(const char *piece, int64_t piece_len, int32_t token, void *user_data);
+
+typedef struct lk_generate_params {
+    uint32_t struct_size;
+    int32_t max_tokens;                /* default 128 */
+    const lk_sampler_params *sampler;  /* NULL = defaults; borrowed for the call */
+    const char *const *stop;           /* n_stop stop strings (borrowed), may be NULL */
+    int32_t n_stop;
+    int32_t stop_at_eos;               /* default 1 */
+    lk_token_callback callback;        /* may be NULL */
+    void *user_data;
+} lk_generate_params;
+
+LK_API void lk_generate_params_init(lk_generate_params *p);
+
+enum { LK_STOP_EOS = 0, LK_STOP_STRING = 1, LK_STOP_LENGTH = 2, LK_STOP_CALLBACK = 3, LK_STOP_CONTEXT = 4 };
+
+typedef struct lk_generate_result {
+    uint32_t struct_size;      /* caller sets sizeof(lk_generate_result) */
+    int32_t n_prompt_tokens;
+    int32_t n_tokens;          /* generated (may exceed tokens_capacity; only capacity are written) */
+    int32_t stop_reason;       /* LK_STOP_* */
+    double prefill_seconds;
+    double decode_seconds;
+} lk_generate_result;
+
+/* Generate after n_prompt prompt tokens (appended to what the context holds).
+ * text_out (may be NULL): receives a NUL-terminated UTF-8 string the caller frees with lk_string_free.
+ * tokens_out (may be NULL): the first tokens_capacity generated ids. result (may be NULL).
+ * Returns LK_OK, LK_STOPPED if the callback stopped generation (outputs are still written), or an
+ * error. */
+LK_API lk_status lk_generate(lk_context *ctx, const int32_t *prompt, int64_t n_prompt, const lk_generate_params *params,
+                             char **text_out, int32_t *tokens_out, int64_t tokens_capacity, lk_generate_result *result);
+
+/* Free a string returned by the library. NULL is a no-op. */
+LK_API void lk_string_free(char *s);
+
+/* Sizes of the params/info structs this library was built with (bindings check them at import). */
+LK_API int64_t lk_sizeof_model_params(void);
+LK_API int64_t lk_sizeof_model_info(void);
+LK_API int64_t lk_sizeof_context_params(void);
+LK_API int64_t lk_sizeof_sampler_params(void);
+LK_API int64_t lk_sizeof_generate_params(void);
+LK_API int64_t lk_sizeof_generate_result(void);
+LK_API int64_t lk_sizeof_chat_message(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -8,7 +8,7 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure kernels and models (figures for BENCHMARKS.md; not a test).",
-        subcommands: [BenchGEMM.self]
+        subcommands: [BenchGEMM.self, BenchGenerate.self]
     )
 }
 
@@ -46,7 +46,7 @@ struct BenchGEMM: ParsableCommand {
         fillRandom(a.f32, m * k, seed: 1)
         let bOperand: GEMMRight
         let bTensor: Tensor
-        if dt == .f32 {
+        if dt == .f32 && m > 1 {
             bTensor = try Tensor(zeros: [k, n])
             fillRandom(bTensor.f32, k * n, seed: 2)
             bOperand = .f32(UnsafePointer(bTensor.f32), ld: n)
@@ -88,4 +88,56 @@ struct BenchGEMM: ParsableCommand {
 func format6(_ x: Double) -> String {
     let r = (x * 100).rounded() / 100
     return "\(r)"
+}
+
+struct BenchGenerate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "generate",
+        abstract: "Prefill and decode speed on a model, and peak memory (compare with llama-bench -p/-n).")
+    @Option(help: "GGUF file or Hugging Face folder.") var model: String
+    @Option(help: "Prompt tokens (evaluated as one batch).") var promptTokens: Int = 128
+    @Option(help: "Tokens generated one at a time after the prompt.") var genTokens: Int = 64
+    @Option(help: "Threads (default: all cores).") var threads: Int = ThreadPool.hardwareConcurrency
+    @Option(help: "Repetitions (the best is reported, as llama-bench reports a mean; see --json fields).") var repeats: Int = 3
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        try runReporting {
+            guard promptTokens >= 1, genTokens >= 0, repeats >= 1 else { throw LKError.invalidArgument("sizes must be positive") }
+            let m = try loadModel(model)
+            let ctx = try LlamaContext(model: m, maxPositions: promptTokens + genTokens + 1, threads: threads)
+            // Deterministic pseudo-random prompt tokens (as llama-bench does), avoiding control tokens.
+            var rng = SplitMix64(seed: 42)
+            let vocab = m.config.vocabSize
+            let prompt: [Int32] = (0..<promptTokens).map { _ in Int32(100 + Int(rng.next() % UInt64(vocab - 200))) }
+            var prefill: [Double] = [], decode: [Double] = []
+            for _ in 0..<repeats {
+                ctx.reset()
+                let t0 = monotonicSeconds()
+                var logits = try ctx.evaluate(.tokens(prompt))
+                let t1 = monotonicSeconds()
+                for _ in 0..<genTokens {
+                    let next = Sampler.argmax(logits)
+                    logits = try ctx.evaluate(.tokens([next]))
+                }
+                let t2 = monotonicSeconds()
+                prefill.append(Double(promptTokens) / (t1 - t0))
+                if genTokens > 0 { decode.append(Double(genTokens) / (t2 - t1)) }
+            }
+            let pMean = prefill.reduce(0, +) / Double(prefill.count)
+            let dMean = decode.isEmpty ? 0 : decode.reduce(0, +) / Double(decode.count)
+            let rss = peakRSSBytes()
+            if json {
+                printJSON(.object([
+                    ("model", .string(model)), ("threads", .number(Double(ctx.pool.activeCount))),
+                    ("prompt_tokens", .number(Double(promptTokens))), ("gen_tokens", .number(Double(genTokens))),
+                    ("prefill_tokens_per_s", .number(pMean)), ("decode_tokens_per_s", .number(dMean)),
+                    ("prefill_runs", .array(prefill.map { .number($0) })), ("decode_runs", .array(decode.map { .number($0) })),
+                    ("peak_rss_bytes", .number(Double(rss))),
+                ]))
+            } else {
+                print("prefill \(promptTokens) tokens: \(format6(pMean)) tok/s; decode \(genTokens) tokens: \(format6(dMean)) tok/s; peak RSS \(rss / 1_048_576) MiB")
+            }
+        }
+    }
 }
