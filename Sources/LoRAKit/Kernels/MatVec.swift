@@ -270,6 +270,86 @@ private func blockSums(_ x: UnsafePointer<Float>, nb: Int, into s: UnsafeMutable
     }
 }
 
+#if LORAKIT_AVX512
+/// Vector type of the quantized dot products: 16 lanes (one zmm register) with AVX-512.
+private typealias QV = SIMD16<Float>
+
+@inline(__always) private func hsumQ(_ v: QV) -> Float { hsum(v.lowHalf + v.highHalf) }
+@inline(__always) private func ld16(_ x: UnsafePointer<Float>, _ i: Int) -> QV {
+    UnsafeRawPointer(x + i).loadUnaligned(as: QV.self)
+}
+
+/// A quantized weight block as two groups of 16 f32 codes (values 0..15 and 16..31) with its scale `d`
+/// and offset `m`: the weights are `d·q + m`.
+private struct Unpacked {
+    var lo, hi: QV
+    var d: Float
+    var m: Float
+}
+
+private protocol QuantBlock {
+    static var bytes: Int { get }
+    static var hasOffset: Bool { get }
+    static func unpack(_ p: UnsafeRawPointer) -> Unpacked
+}
+
+@inline(__always)
+private func blockHalves(_ p: UnsafeRawPointer) -> SIMD4<Float> {
+    SIMD4<Float>(unsafeBitCast(p.loadUnaligned(as: SIMD4<UInt16>.self), to: SIMD4<Float16>.self))
+}
+
+private enum Q8_0Blk: QuantBlock {
+    static var bytes: Int { 34 }
+    static var hasOffset: Bool { false }
+    @inline(__always) static func unpack(_ p: UnsafeRawPointer) -> Unpacked {
+        @inline(__always) func g(_ o: Int) -> QV {
+            QV(SIMD16<Int32>(truncatingIfNeeded: p.loadUnaligned(fromByteOffset: o, as: SIMD16<Int8>.self)))
+        }
+        return Unpacked(lo: g(2), hi: g(18), d: blockHalves(p)[0], m: 0)
+    }
+}
+
+/// The 32 nibble codes of the 16 bytes at `p` (low nibbles are values 0..15, high nibbles 16..31).
+@inline(__always)
+private func nibbles(_ p: UnsafeRawPointer) -> (QV, QV) {
+    let a = SIMD16<Int32>(truncatingIfNeeded: p.loadUnaligned(as: SIMD16<UInt8>.self))
+    return (QV(a & 0xF), QV(a &>> 4))
+}
+
+private enum Q4_0Blk: QuantBlock {
+    static var bytes: Int { 18 }
+    static var hasOffset: Bool { true }
+    @inline(__always) static func unpack(_ p: UnsafeRawPointer) -> Unpacked {
+        let (a, b) = nibbles(p + 2)
+        let d = blockHalves(p)[0]
+        return Unpacked(lo: a, hi: b, d: d, m: -8 * d)
+    }
+}
+
+private enum Q4_1Blk: QuantBlock {
+    static var bytes: Int { 20 }
+    static var hasOffset: Bool { true }
+    @inline(__always) static func unpack(_ p: UnsafeRawPointer) -> Unpacked {
+        let (a, b) = nibbles(p + 4)
+        let h = blockHalves(p)
+        return Unpacked(lo: a, hi: b, d: h[0], m: h[1])
+    }
+}
+
+/// The per-(weight block, x block) step: `t = Σ q·x` (one multiply, one FMA), `acc += t·d`,
+/// `bias += m·Σx`.
+@inline(__always)
+private func step<B: QuantBlock>(_: B.Type, _ u: Unpacked, _ x: UnsafePointer<Float>, _ sx: Float,
+                                 _ acc: inout QV, _ bias: inout Float) {
+    var t = u.lo * ld16(x, 0)
+    t.addProduct(u.hi, ld16(x, 16))
+    acc.addProduct(t, QV(repeating: u.d))
+    if B.hasOffset { bias = bias.addingProduct(u.m, sx) }
+}
+#else
+private typealias QV = SIMD8<Float>
+@inline(__always) private func hsumQ(_ v: QV) -> Float { hsum(v) }
+
 /// A quantized weight block as four groups of 8 f32 codes (values 0..7, 8..15, 16..23, 24..31) with its
 /// scale `d` and offset `m`: the weights are `d·q + m`.
 private struct Unpacked {
@@ -337,7 +417,7 @@ private enum Q4_1Blk: QuantBlock {
 /// of the codes, 10× slower. Check `objdump -d` for `vcvtsi2ss` in `quantRows4` after edits here.)
 @inline(__always)
 private func step<B: QuantBlock>(_: B.Type, _ u: Unpacked, _ x: UnsafePointer<Float>, _ sx: Float,
-                                 _ acc: inout SIMD8<Float>, _ bias: inout Float) {
+                                 _ acc: inout QV, _ bias: inout Float) {
     var t = u.q0 * ld8(x, 0)
     t.addProduct(u.q1, ld8(x, 8))
     t.addProduct(u.q2, ld8(x, 16))
@@ -346,6 +426,8 @@ private func step<B: QuantBlock>(_: B.Type, _ u: Unpacked, _ x: UnsafePointer<Fl
     if B.hasOffset { bias = bias.addingProduct(u.m, sx) }
 }
 
+#endif
+
 /// Four weight rows (`rs` bytes apart) against one x row; same arithmetic per row as `quantRow1`. Kept
 /// out of line: small functions are where LLVM vectorizes the SIMD conversions cleanly.
 @inline(never)
@@ -353,7 +435,7 @@ private func quantRows4<B: QuantBlock>(_ kind: B.Type, _ w: UnsafeRawPointer, _ 
                                        _ x: UnsafePointer<Float>, _ sxs: UnsafePointer<Float>,
                                        _ y: UnsafeMutablePointer<Float>) {
     let p0 = w, p1 = w + rs, p2 = w + 2 * rs, p3 = w + 3 * rs
-    var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+    var a0 = QV(), a1 = QV(), a2 = QV(), a3 = QV()
     var b0: Float = 0, b1: Float = 0, b2: Float = 0, b3: Float = 0
     for b in 0..<nb {
         let xb = x + b * 32
@@ -363,21 +445,21 @@ private func quantRows4<B: QuantBlock>(_ kind: B.Type, _ w: UnsafeRawPointer, _ 
         step(kind, B.unpack(p2 + b * B.bytes), xb, sx, &a2, &b2)
         step(kind, B.unpack(p3 + b * B.bytes), xb, sx, &a3, &b3)
     }
-    y[0] = hsum(a0) + b0
-    y[1] = hsum(a1) + b1
-    y[2] = hsum(a2) + b2
-    y[3] = hsum(a3) + b3
+    y[0] = hsumQ(a0) + b0
+    y[1] = hsumQ(a1) + b1
+    y[2] = hsumQ(a2) + b2
+    y[3] = hsumQ(a3) + b3
 }
 
 @inline(never)
 private func quantRow1<B: QuantBlock>(_ kind: B.Type, _ p: UnsafeRawPointer, _ nb: Int,
                                       _ x: UnsafePointer<Float>, _ sxs: UnsafePointer<Float>) -> Float {
-    var a = SIMD8<Float>()
+    var a = QV()
     var bias: Float = 0
     for b in 0..<nb {
         step(kind, B.unpack(p + b * B.bytes), x + b * 32, sxs[b], &a, &bias)
     }
-    return hsum(a) + bias
+    return hsumQ(a) + bias
 }
 
 /// One weight row against `nr` ≤ 8 x rows, unpacking each weight block once.
@@ -385,17 +467,17 @@ private func quantRow1<B: QuantBlock>(_ kind: B.Type, _ p: UnsafeRawPointer, _ n
 private func quantRowMulti<B: QuantBlock>(_ kind: B.Type, _ p: UnsafeRawPointer, _ nb: Int,
                                           _ x: UnsafePointer<Float>, _ ldx: Int, _ nr: Int,
                                           _ sxs: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ ldy: Int) {
-    withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: 8) { accBuf in
+    withUnsafeTemporaryAllocation(of: QV.self, capacity: 8) { accBuf in
         withUnsafeTemporaryAllocation(of: Float.self, capacity: 8) { biasBuf in
             let acc = accBuf.baseAddress!, bias = biasBuf.baseAddress!
-            for r in 0..<nr { acc[r] = SIMD8<Float>(); bias[r] = 0 }
+            for r in 0..<nr { acc[r] = QV(); bias[r] = 0 }
             for b in 0..<nb {
                 let u = B.unpack(p + b * B.bytes)
                 for r in 0..<nr {
                     step(kind, u, x + r * ldx + b * 32, sxs[r * nb + b], &acc[r], &bias[r])
                 }
             }
-            for r in 0..<nr { y[r * ldy] = hsum(acc[r]) + bias[r] }
+            for r in 0..<nr { y[r * ldy] = hsumQ(acc[r]) + bias[r] }
         }
     }
 }
