@@ -314,7 +314,87 @@ def section_gemm(cli: str, seconds: float, command: str) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"gemm": section_gemm}
+
+def model_path() -> str | None:
+    """The real model (fetched and cached by scripts/fetch_model.sh), or None."""
+    env = os.environ.get("LORAKIT_MODEL")
+    if env and Path(env).exists():
+        return env
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "fetch_model.sh")], capture_output=True, text=True)
+    path = r.stdout.strip()
+    return path if r.returncode == 0 and path and Path(path).exists() else None
+
+
+def ensure_llama_cpp() -> tuple[bool, str]:
+    try:
+        import llama_cpp  # noqa: F401
+        return True, llama_cpp.__version__
+    except ImportError:
+        pass
+    print("bench: installing llama-cpp-python (builds llama.cpp from source; several minutes)", file=sys.stderr)
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "llama-cpp-python"],
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        return False, "pip install llama-cpp-python failed: " + r.stderr.strip().splitlines()[-1:][0] if r.stderr.strip() else "?"
+    import importlib
+    llama_cpp = importlib.import_module("llama_cpp")
+    return True, llama_cpp.__version__
+
+
+def section_generate(cli: str, seconds: float, command: str) -> str:
+    model = model_path()
+    lines = ["### Generation: LoRAKit vs llama.cpp on SmolLM2-135M-Instruct Q4_1", ""]
+    lines += [f"- Date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC",
+              f"- CPU: {cpu_model()}; {load_note()}"]
+    if not model:
+        lines += ["", "n/a: the model could not be fetched (scripts/fetch_model.sh)"]
+        return "\n".join(lines)
+    ok, ver = ensure_llama_cpp()
+    lines += [f"- Model: `{Path(model).name}`; peer: llama.cpp through llama-cpp-python {ver if ok else '(missing)'} "
+              "(`bench/llamacpp_generate.py`), built from source by pip for this CPU",
+              f"- Command: `{command}`",
+              "",
+              "Prefill: 128 prompt tokens evaluated as one batch; decode: 64 tokens generated one at a time "
+              "(greedy). tokens/s are means over 3 runs after model load; peak RSS is the whole process's "
+              "(each side runs in its own process).",
+              "",
+              "| threads | LoRAKit prefill tok/s | llama.cpp prefill tok/s | ratio | LoRAKit decode tok/s | "
+              "llama.cpp decode tok/s | ratio | LoRAKit peak RSS MiB | llama.cpp peak RSS MiB |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    notes = []
+    for t in (1, 2):
+        ours, err = run_cli(cli, ["bench", "generate", "--model", model, "--prompt-tokens", "128",
+                                  "--gen-tokens", "64", "--threads", str(t), "--json"])
+        if ours is None:
+            notes.append(f"LoRAKit at {t} threads: {err}")
+        peer = None
+        if ok:
+            r = subprocess.run([sys.executable, str(ROOT / "bench" / "llamacpp_generate.py"), "--model", model,
+                                "--prompt-tokens", "128", "--gen-tokens", "64", "--threads", str(t)],
+                               capture_output=True, text=True)
+            if r.returncode == 0:
+                peer = json.loads(r.stdout.strip().splitlines()[-1])
+            else:
+                notes.append(f"llama.cpp at {t} threads: exit {r.returncode}: {r.stderr.strip()[-300:]}")
+
+        def g(d, k):
+            return d.get(k) if d else None
+
+        def ratio(a, b):
+            return fmt(a / b, 2) if a and b else "n/a"
+
+        mib = lambda b: fmt(b / 1048576, 0) if b else "n/a"
+        lines.append(f"| {t} | {fmt(g(ours, 'prefill_tokens_per_s'))} | {fmt(g(peer, 'prefill_tokens_per_s'))} | "
+                     f"{ratio(g(ours, 'prefill_tokens_per_s'), g(peer, 'prefill_tokens_per_s'))} | "
+                     f"{fmt(g(ours, 'decode_tokens_per_s'))} | {fmt(g(peer, 'decode_tokens_per_s'))} | "
+                     f"{ratio(g(ours, 'decode_tokens_per_s'), g(peer, 'decode_tokens_per_s'))} | "
+                     f"{mib(g(ours, 'peak_rss_bytes'))} | {mib(g(peer, 'peak_rss_bytes'))} |")
+    for n in notes:
+        lines += ["", "Note: " + n]
+    return "\n".join(lines)
+
+
+SECTIONS = {"gemm": section_gemm, "generate": section_generate}
 
 # --------------------------------------------------------------------------------------------------
 # BENCHMARKS.md

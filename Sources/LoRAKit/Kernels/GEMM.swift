@@ -328,6 +328,25 @@ extension GEMM {
 
     static let vecBytes = MemoryLayout<Vec>.size
 
+    /// `row[0..<NR] = alpha·(v0, v1) + beta·row` (beta 0: overwrite without reading).
+    @inline(__always)
+    static func storeRow(_ row: UnsafeMutablePointer<Float>, _ v0: Vec, _ v1: Vec, _ alpha: Float, _ beta: Float) {
+        let p = UnsafeMutableRawPointer(row)
+        let al = Vec(repeating: alpha)
+        if beta == 0 {
+            p.storeBytes(of: v0 * al, as: Vec.self)
+            (p + vecBytes).storeBytes(of: v1 * al, as: Vec.self)
+        } else {
+            let be = Vec(repeating: beta)
+            var o0 = p.loadUnaligned(as: Vec.self) * be
+            var o1 = (p + vecBytes).loadUnaligned(as: Vec.self) * be
+            o0.addProduct(v0, al)
+            o1.addProduct(v1, al)
+            p.storeBytes(of: o0, as: Vec.self)
+            (p + vecBytes).storeBytes(of: o1, as: Vec.self)
+        }
+    }
+
     #if LORAKIT_AVX512
     /// The MR × NR (12 × 2 vectors) register tile: 24 of the 32 zmm registers hold accumulators;
     /// A values are broadcast straight from memory into the FMAs.
@@ -366,24 +385,8 @@ extension GEMM {
             ap += 12
             bp += 2 * vecBytes
         }
-        @inline(__always) func store(_ row: Int, _ v0: Vec, _ v1: Vec) {
-            let p = UnsafeMutableRawPointer(c + row * ldc)
-            let al = Vec(repeating: alpha)
-            if beta == 0 {
-                p.storeBytes(of: v0 * al, as: Vec.self)
-                (p + vecBytes).storeBytes(of: v1 * al, as: Vec.self)
-            } else {
-                let be = Vec(repeating: beta)
-                var o0 = p.loadUnaligned(as: Vec.self) * be
-                var o1 = (p + vecBytes).loadUnaligned(as: Vec.self) * be
-                o0.addProduct(v0, al)
-                o1.addProduct(v1, al)
-                p.storeBytes(of: o0, as: Vec.self)
-                (p + vecBytes).storeBytes(of: o1, as: Vec.self)
-            }
-        }
-        store(0, c0_0, c0_1); store(1, c1_0, c1_1); store(2, c2_0, c2_1); store(3, c3_0, c3_1); store(4, c4_0, c4_1); store(5, c5_0, c5_1)
-        store(6, c6_0, c6_1); store(7, c7_0, c7_1); store(8, c8_0, c8_1); store(9, c9_0, c9_1); store(10, c10_0, c10_1); store(11, c11_0, c11_1)
+        storeRow(c + 0 * ldc, c0_0, c0_1, alpha, beta); storeRow(c + 1 * ldc, c1_0, c1_1, alpha, beta); storeRow(c + 2 * ldc, c2_0, c2_1, alpha, beta); storeRow(c + 3 * ldc, c3_0, c3_1, alpha, beta); storeRow(c + 4 * ldc, c4_0, c4_1, alpha, beta); storeRow(c + 5 * ldc, c5_0, c5_1, alpha, beta)
+        storeRow(c + 6 * ldc, c6_0, c6_1, alpha, beta); storeRow(c + 7 * ldc, c7_0, c7_1, alpha, beta); storeRow(c + 8 * ldc, c8_0, c8_1, alpha, beta); storeRow(c + 9 * ldc, c9_0, c9_1, alpha, beta); storeRow(c + 10 * ldc, c10_0, c10_1, alpha, beta); storeRow(c + 11 * ldc, c11_0, c11_1, alpha, beta)
     }
     #else
     /// The MR × NR (6 × 2 vectors) register tile: 12 vector accumulators. `C = alpha·acc + beta·C` (beta 0: overwrite).
@@ -416,24 +419,8 @@ extension GEMM {
             ap += 6
             bp += 2 * vecBytes
         }
-        @inline(__always) func store(_ row: Int, _ v0: Vec, _ v1: Vec) {
-            let p = UnsafeMutableRawPointer(c + row * ldc)
-            let al = Vec(repeating: alpha)
-            if beta == 0 {
-                p.storeBytes(of: v0 * al, as: Vec.self)
-                (p + vecBytes).storeBytes(of: v1 * al, as: Vec.self)
-            } else {
-                let be = Vec(repeating: beta)
-                var o0 = p.loadUnaligned(as: Vec.self) * be
-                var o1 = (p + vecBytes).loadUnaligned(as: Vec.self) * be
-                o0.addProduct(v0, al)
-                o1.addProduct(v1, al)
-                p.storeBytes(of: o0, as: Vec.self)
-                (p + vecBytes).storeBytes(of: o1, as: Vec.self)
-            }
-        }
-        store(0, c00, c01); store(1, c10, c11); store(2, c20, c21)
-        store(3, c30, c31); store(4, c40, c41); store(5, c50, c51)
+        storeRow(c + 0 * ldc, c00, c01, alpha, beta); storeRow(c + 1 * ldc, c10, c11, alpha, beta); storeRow(c + 2 * ldc, c20, c21, alpha, beta)
+        storeRow(c + 3 * ldc, c30, c31, alpha, beta); storeRow(c + 4 * ldc, c40, c41, alpha, beta); storeRow(c + 5 * ldc, c50, c51, alpha, beta)
     }
     #endif
 

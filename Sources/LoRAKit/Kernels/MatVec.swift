@@ -270,6 +270,19 @@ private func blockSums(_ x: UnsafePointer<Float>, nb: Int, into s: UnsafeMutable
     }
 }
 
+private protocol QuantBlock {
+    static var bytes: Int { get }
+    static var hasOffset: Bool { get }
+    static func unpack(_ p: UnsafeRawPointer) -> Unpacked
+}
+
+/// The first four f16 values of a block (its `d`, then `m` for q4_1), converted with one vector load so
+/// no scalar half load (`vpinsrw`, which merges into a stale register) ties iterations together.
+@inline(__always)
+private func blockHalves(_ p: UnsafeRawPointer) -> SIMD4<Float> {
+    SIMD4<Float>(unsafeBitCast(p.loadUnaligned(as: SIMD4<UInt16>.self), to: SIMD4<Float16>.self))
+}
+
 #if LORAKIT_AVX512
 /// Vector type of the quantized dot products: 16 lanes (one zmm register) with AVX-512.
 private typealias QV = SIMD16<Float>
@@ -287,16 +300,7 @@ private struct Unpacked {
     var m: Float
 }
 
-private protocol QuantBlock {
-    static var bytes: Int { get }
-    static var hasOffset: Bool { get }
-    static func unpack(_ p: UnsafeRawPointer) -> Unpacked
-}
 
-@inline(__always)
-private func blockHalves(_ p: UnsafeRawPointer) -> SIMD4<Float> {
-    SIMD4<Float>(unsafeBitCast(p.loadUnaligned(as: SIMD4<UInt16>.self), to: SIMD4<Float16>.self))
-}
 
 private enum Q8_0Blk: QuantBlock {
     static var bytes: Int { 34 }
@@ -358,18 +362,6 @@ private struct Unpacked {
     var m: Float
 }
 
-private protocol QuantBlock {
-    static var bytes: Int { get }
-    static var hasOffset: Bool { get }
-    static func unpack(_ p: UnsafeRawPointer) -> Unpacked
-}
-
-/// The first four f16 values of a block (its `d`, then `m` for q4_1), converted with one vector load so
-/// no scalar half load (`vpinsrw`, which merges into a stale register) ties iterations together.
-@inline(__always)
-private func blockHalves(_ p: UnsafeRawPointer) -> SIMD4<Float> {
-    SIMD4<Float>(unsafeBitCast(p.loadUnaligned(as: SIMD4<UInt16>.self), to: SIMD4<Float16>.self))
-}
 
 private enum Q8_0Blk: QuantBlock {
     static var bytes: Int { 34 }
