@@ -28,7 +28,7 @@ test-swift:
 
 test-c: build
 	$(MAKE) --no-print-directory install PREFIX=$(TEST_PREFIX)
-	bash Tests/c/run.sh $(TEST_PREFIX)
+	LORAKIT_MODEL=$$(cat .build/model-path 2>/dev/null) bash Tests/c/run.sh $(TEST_PREFIX)
 
 test-python: build
 	LORAKIT_MODEL=$$(cat .build/model-path 2>/dev/null) LORAKIT_LIBRARY=$(BUILD_DIR)/liblorakit.so $(PYTHON) -m pytest -q bindings/python/tests

@@ -15,12 +15,31 @@
  *   LK_ERR_INVALID_HANDLE; it never crashes. Freeing NULL is a no-op.
  * - Params structs start with uint32_t struct_size, are filled by lk_<x>_params_init(&p), and only ever
  *   grow at the end. Set struct_size via the init function; the library reads only the fields that
- *   struct_size covers.
+ *   struct_size covers:
+ *     - a struct from an older header (smaller, but at least the struct's first version): fields it
+ *       lacks take their defaults;
+ *     - a struct from a newer header (larger): the fields this library knows are read, the rest ignored;
+ *     - struct_size smaller than the struct's first version (e.g. 0: not initialized) or above 4096
+ *       (garbage): LK_ERR_ABI, naming the struct and the size.
+ *   A params pointer may be NULL for all defaults.
+ * - Info/result structs (lk_model_info, lk_generate_result) are written only up to the caller's
+ *   struct_size (set it to sizeof(the struct)); struct_size itself is not changed; the same bounds apply.
+ *   lk_sizeof_<struct>() returns the size this library was built with (equal to sizeof in this header).
+ * - Strings returned in caller buffers (buf, capacity, needed): *needed (required) receives the size
+ *   including the NUL, also when the buffer is too small (LK_ERR_BUFFER_TOO_SMALL, buf untouched). buf
+ *   may be NULL when capacity is 0, to ask for the size. Text arguments must be valid UTF-8.
+ * - Flags documented as 0/1 (parse_special, skip_special, add_generation_prompt) reject other values;
+ *   stop_at_eos is a C boolean (non-zero = true).
  * - Sizes are int64_t; negative sizes and sizes whose product overflows are rejected.
  *
  * Thread safety
  * - Functions not tied to a handle (version, status strings, lk_last_error, thread defaults) may be
  *   called from any thread.
+ * - Models are immutable after load: every model, tokenizer and chat function may run concurrently on
+ *   one model from any number of threads.
+ * - A context is used by one thread at a time. Using one context from two threads at once, or from
+ *   inside lk_generate's callback on that context, fails with LK_ERR_INVALID_ARGUMENT ("in use") instead
+ *   of racing. Different contexts (on one model or several) run concurrently.
  * - Tensors: read-only functions (shape, dtype, copy_to_f32, matmul inputs) may run concurrently on the
  *   same tensor; a function that writes a tensor (matmul output) must not run concurrently with any
  *   other use of that tensor.
@@ -171,19 +190,21 @@ typedef struct lk_context lk_context;
 
 typedef struct lk_model_params {
     uint32_t struct_size;   /* set by lk_model_params_init */
-    int32_t reserved;       /* 0 */
+    int32_t reserved;       /* must be 0 (LK_ERR_INVALID_ARGUMENT otherwise) */
 } lk_model_params;
 
 /* Fill *p with defaults (and struct_size). */
 LK_API void lk_model_params_init(lk_model_params *p);
 
 /* Load a model. params may be NULL for defaults. Weights of a GGUF file are memory-mapped and used in
- * place (quantized blocks are never expanded).
+ * place (quantized blocks are never expanded). path: NUL-terminated UTF-8.
+ * Errors: LK_ERR_IO (cannot open), LK_ERR_FORMAT (malformed file), LK_ERR_UNSUPPORTED (architecture,
+ * or a Hugging Face folder while this build loads GGUF files only).
  * Ownership: *out belongs to the caller; release with lk_model_free. Contexts (and adapters) created
  * from the model keep its weights alive until they are freed, so lk_model_free may be called first. */
 LK_API lk_status lk_model_load(const char *path, const lk_model_params *params, lk_model **out);
 
-/* Release the caller's handle. NULL is a no-op. */
+/* Release the caller's handle. NULL is a no-op; a freed or foreign handle is LK_ERR_INVALID_HANDLE. */
 LK_API lk_status lk_model_free(lk_model *model);
 
 typedef struct lk_model_info {
@@ -208,11 +229,15 @@ typedef struct lk_model_info {
     int64_t weight_bytes;     /* bytes of weights as stored */
 } lk_model_info;
 
+/* Fill *info (up to info->struct_size). bos/eos/eot come from the tokenizer (-1 without one). */
 LK_API lk_status lk_model_get_info(const lk_model *model, lk_model_info *info);
 
 /* Strings out of a model, copied into buf (NUL-terminated) when capacity suffices; *needed receives the
  * size including the NUL either way. capacity too small → LK_ERR_BUFFER_TOO_SMALL (buf untouched).
- * lk_model_meta: a GGUF metadata value as text (arrays as JSON); LK_ERR_INVALID_ARGUMENT if absent. */
+ * lk_model_chat_template: LK_ERR_UNSUPPORTED if the model has none (has_chat_template == 0).
+ * lk_model_meta: a GGUF metadata value as text: integers in decimal, floats in their shortest
+ * round-tripping form ("1e-05", "100000.0"), booleans "true"/"false", strings raw (unquoted), arrays as
+ * compact JSON (floats shortest, strings escaped); LK_ERR_INVALID_ARGUMENT naming the key if absent. */
 LK_API lk_status lk_model_architecture(const lk_model *model, char *buf, int64_t capacity, int64_t *needed);
 LK_API lk_status lk_model_chat_template(const lk_model *model, char *buf, int64_t capacity, int64_t *needed);
 LK_API lk_status lk_model_meta(const lk_model *model, const char *key, char *buf, int64_t capacity, int64_t *needed);
@@ -222,13 +247,18 @@ LK_API lk_status lk_model_meta(const lk_model *model, const char *key, char *buf
  * ------------------------------------------------------------------------------------------------- */
 
 /* Tokenize text_len bytes of UTF-8 text (text need not be NUL-terminated).
- * add_special: -1 = as the model's metadata says (BOS/EOS), 0 = never, 1 = always.
+ * add_special: -1 = BOS/EOS as the model's metadata says, 0 = neither, 1 = BOS always (if the model has
+ * one) and EOS as the metadata says.
  * parse_special: 1 = special-token text such as "<|im_start|>" becomes its id (Hugging Face default),
- * 0 = plain text. *n_tokens receives the count; if capacity < count → LK_ERR_BUFFER_TOO_SMALL. */
+ * 0 = plain text. *n_tokens receives the count; if capacity < count → LK_ERR_BUFFER_TOO_SMALL (tokens
+ * untouched). tokens may be NULL when capacity is 0. text may be NULL when text_len is 0; invalid UTF-8
+ * is LK_ERR_INVALID_ARGUMENT. A model without a tokenizer (has_tokenizer == 0): LK_ERR_UNSUPPORTED here
+ * and in every tokenizer function below. */
 LK_API lk_status lk_tokenize(const lk_model *model, const char *text, int64_t text_len, int32_t add_special,
                              int32_t parse_special, int32_t *tokens, int64_t capacity, int64_t *n_tokens);
 
-/* Text of n tokens (UTF-8, NUL-terminated; same buffer rules as above). Out-of-range ids are errors. */
+/* Text of n tokens (UTF-8, NUL-terminated; same buffer rules as above). Out-of-range ids are errors.
+ * skip_special = 1 leaves out control/special tokens. Bytes that do not form UTF-8 become U+FFFD. */
 LK_API lk_status lk_detokenize(const lk_model *model, const int32_t *tokens, int64_t n_tokens, int32_t skip_special,
                                char *buf, int64_t capacity, int64_t *needed);
 
@@ -240,7 +270,10 @@ typedef struct lk_chat_message {
     const char *content;
 } lk_chat_message;
 
-/* Render messages with the model's chat template (as transformers' apply_chat_template). */
+/* Render messages with the model's chat template (as transformers' apply_chat_template(messages,
+ * tokenize=False, add_generation_prompt)); the template also sees bos_token and eos_token. messages may
+ * be NULL when n_messages is 0; role and content must be non-NULL UTF-8. NUL-terminated output in buf.
+ * LK_ERR_UNSUPPORTED without a chat template; LK_ERR_FORMAT for a template error while rendering. */
 LK_API lk_status lk_chat_apply(const lk_model *model, const lk_chat_message *messages, int64_t n_messages,
                                int32_t add_generation_prompt, char *buf, int64_t capacity, int64_t *needed);
 
@@ -250,14 +283,16 @@ LK_API lk_status lk_chat_apply(const lk_model *model, const lk_chat_message *mes
  * ------------------------------------------------------------------------------------------------- */
 typedef struct lk_context_params {
     uint32_t struct_size;
-    int32_t n_ctx;        /* positions (prompt + generated); 0 = min(model context, 4096) */
-    int32_t n_batch;      /* tokens per internal step; 0 = 512 */
-    int32_t n_threads;    /* 0 = lk_cpu_count() */
+    int32_t n_ctx;        /* positions (prompt + generated), 0...n_ctx_train; 0 = min(n_ctx_train, 4096) */
+    int32_t n_batch;      /* tokens per internal step, 0...65536; 0 = 512 */
+    int32_t n_threads;    /* 0...512; 0 = lk_cpu_count() */
 } lk_context_params;
 
 LK_API void lk_context_params_init(lk_context_params *p);
 
-/* Ownership: *out belongs to the caller (lk_context_free); it keeps the model alive. */
+/* Ownership: *out belongs to the caller (lk_context_free); it keeps the model alive. params may be NULL.
+ * The KV cache takes n_ctx · n_layer · 2 · n_head_kv · head_dim · 4 bytes of address space, touched
+ * as positions are used. */
 LK_API lk_status lk_context_new(lk_model *model, const lk_context_params *params, lk_context **out);
 LK_API lk_status lk_context_free(lk_context *ctx);
 
@@ -269,9 +304,10 @@ LK_API lk_status lk_context_position(const lk_context *ctx, int32_t *position);
 
 enum { LK_LOGITS_NONE = 0, LK_LOGITS_LAST = 1, LK_LOGITS_ALL = 2 };
 
-/* Evaluate n tokens at the next positions. logits_mode LAST writes n_vocab floats, ALL n·n_vocab
- * (row-major), NONE nothing (logits may be NULL). capacity is in floats. On error the cache is left as
- * it was (e.g. an out-of-range id or a context overflow). */
+/* Evaluate n tokens (n ≥ 1) at the next positions. logits_mode LAST writes n_vocab floats, ALL
+ * n·n_vocab (row-major), NONE nothing (logits may be NULL). capacity is in floats; a too-small capacity
+ * is LK_ERR_BUFFER_TOO_SMALL before anything is evaluated. On error the cache is left as it was (e.g.
+ * an out-of-range id or a context overflow: n > n_ctx - position is LK_ERR_INVALID_ARGUMENT). */
 LK_API lk_status lk_context_eval(lk_context *ctx, const int32_t *tokens, int64_t n_tokens, int32_t logits_mode,
                                  float *logits, int64_t capacity);
 
@@ -296,16 +332,20 @@ typedef struct lk_sampler_params {
 
 LK_API void lk_sampler_params_init(lk_sampler_params *p);
 
-/* Streaming callback: piece is new text (complete UTF-8; stop strings held back), not NUL-terminated.
- * Return 0 to continue, non-zero to stop (lk_generate then returns LK_STOPPED). */
+/* Streaming callback: piece is new text (complete UTF-8, never empty; text that could begin a stop
+ * string is held back), piece_len bytes, not NUL-terminated; the pointer is valid only during the call.
+ * token is the id that completed the piece. Return 0 to continue, non-zero to stop (lk_generate then
+ * returns LK_STOPPED); after a non-zero return the callback is not called again. The concatenated pieces
+ * equal text_out, except after a stop by the callback, where text_out also holds text held back so far.
+ * The callback must not use the context being generated on (LK_ERR_INVALID_ARGUMENT: in use). */
 typedef int32_t (*lk_token_callback)(const char *piece, int64_t piece_len, int32_t token, void *user_data);
 
 typedef struct lk_generate_params {
     uint32_t struct_size;
     int32_t max_tokens;                /* default 128 */
     const lk_sampler_params *sampler;  /* NULL = defaults; borrowed for the call */
-    const char *const *stop;           /* n_stop stop strings (borrowed), may be NULL */
-    int32_t n_stop;
+    const char *const *stop;           /* n_stop stop strings (borrowed, UTF-8), may be NULL if n_stop is 0 */
+    int32_t n_stop;                    /* 0...1024; an empty stop string never matches */
     int32_t stop_at_eos;               /* default 1 */
     lk_token_callback callback;        /* may be NULL */
     void *user_data;
@@ -324,15 +364,20 @@ typedef struct lk_generate_result {
     double decode_seconds;
 } lk_generate_result;
 
-/* Generate after n_prompt prompt tokens (appended to what the context holds).
+/* Generate after n_prompt (≥ 1) prompt tokens (appended to what the context holds). Generation stops at
+ * max_tokens, at the model's end-of-generation tokens (if stop_at_eos), when the text contains a stop
+ * string (not included in the output), when the callback asks, or when the context is full. Everything
+ * (params, sampler values, stop strings, buffers, result->struct_size, prompt ids) is validated before
+ * the first evaluation. A model without a tokenizer generates token ids only (empty text, no callback).
  * text_out (may be NULL): receives a NUL-terminated UTF-8 string the caller frees with lk_string_free.
- * tokens_out (may be NULL): the first tokens_capacity generated ids. result (may be NULL).
+ * tokens_out (may be NULL if tokens_capacity is 0): the first tokens_capacity generated ids (an EOS
+ * that ended generation included). result (may be NULL): written up to result->struct_size.
  * Returns LK_OK, LK_STOPPED if the callback stopped generation (outputs are still written), or an
  * error. */
 LK_API lk_status lk_generate(lk_context *ctx, const int32_t *prompt, int64_t n_prompt, const lk_generate_params *params,
                              char **text_out, int32_t *tokens_out, int64_t tokens_capacity, lk_generate_result *result);
 
-/* Free a string returned by the library. NULL is a no-op. */
+/* Free a string returned by the library (it is malloc'ed: free() is equivalent). NULL is a no-op. */
 LK_API void lk_string_free(char *s);
 
 /* Sizes of the params/info structs this library was built with (bindings check them at import). */

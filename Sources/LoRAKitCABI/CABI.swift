@@ -432,3 +432,78 @@ public func lk_matmul(_ x: OpaquePointer?, _ w: OpaquePointer?, _ transposeW: In
         return LKStatus.ok
     }
 }
+
+// MARK: - String helpers (model, tokenizer and chat functions)
+
+/// Copy `bytes` plus a NUL into a caller buffer of `capacity` bytes; `*needed` receives bytes + 1 either
+/// way. A too-small capacity returns LK_ERR_BUFFER_TOO_SMALL and leaves `buf` untouched. `buf` may be
+/// NULL when capacity is 0 (a size query). `terminate: false` copies the bytes only (lk_token_bytes).
+func copyBytes<C: Collection<UInt8>>(_ bytes: C, buf: UnsafeMutablePointer<CChar>?, capacity: Int64,
+                                     needed: UnsafeMutablePointer<Int64>?, terminate: Bool = true) throws -> Int32 {
+    let nd = try requirePointer(needed, "needed")
+    guard capacity >= 0 else { throw CError(status: LKStatus.invalidArgument, message: "capacity \(capacity) is negative") }
+    if capacity > 0 && buf == nil { throw CError(status: LKStatus.invalidArgument, message: "buf is NULL but capacity is \(capacity)") }
+    let count = bytes.count
+    let need = Int64(count) + (terminate ? 1 : 0)
+    nd.pointee = need
+    guard capacity >= need else {
+        throw CError(status: LKStatus.bufferTooSmall, message: "capacity \(capacity) is smaller than the \(need) bytes needed\(terminate ? " (including the NUL)" : "")")
+    }
+    if need == 0 { return LKStatus.ok }
+    let b = UnsafeMutableRawPointer(buf!).assumingMemoryBound(to: UInt8.self)
+    var i = 0
+    for x in bytes { b[i] = x; i += 1 }
+    if terminate { b[count] = 0 }
+    return LKStatus.ok
+}
+
+/// `copyBytes` of a string's UTF-8.
+func copyString(_ s: String, buf: UnsafeMutablePointer<CChar>?, capacity: Int64,
+                needed: UnsafeMutablePointer<Int64>?) throws -> Int32 {
+    try copyBytes(s.utf8, buf: buf, capacity: capacity, needed: needed)
+}
+
+/// A malloc'ed NUL-terminated copy of `s` (freed by the caller with lk_string_free, i.e. free()).
+func mallocString(_ s: String) throws -> UnsafeMutablePointer<CChar> {
+    let bytes = Array(s.utf8)
+    guard let p = malloc(bytes.count + 1)?.assumingMemoryBound(to: UInt8.self) else {
+        throw CError(status: LKStatus.outOfMemory, message: "cannot allocate \(bytes.count + 1) bytes for the text")
+    }
+    bytes.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: bytes.count) }
+    p[bytes.count] = 0
+    return UnsafeMutableRawPointer(p).assumingMemoryBound(to: CChar.self)
+}
+
+/// Byte offset of the first invalid UTF-8 sequence, or nil when `bytes` is valid UTF-8.
+func firstInvalidUTF8(_ bytes: UnsafeBufferPointer<UInt8>) -> Int? {
+    var parser = Unicode.UTF8.ForwardParser()
+    var it = bytes.makeIterator()
+    var offset = 0
+    while true {
+        switch parser.parseScalar(from: &it) {
+        case .valid(let enc): offset += enc.count
+        case .emptyInput: return nil
+        case .error: return offset
+        }
+    }
+}
+
+/// `len` bytes of UTF-8 text (NULL allowed when len is 0) as a String; invalid UTF-8 is an error
+/// naming the byte offset.
+func utf8Arg(_ p: UnsafePointer<CChar>?, _ len: Int64, _ name: String) throws -> String {
+    guard len >= 0 else { throw CError(status: LKStatus.invalidArgument, message: "\(name)_len \(len) is negative") }
+    if len == 0 { return "" }
+    guard let p else { throw CError(status: LKStatus.invalidArgument, message: "\(name) is NULL but \(name)_len is \(len)") }
+    guard len <= Int64(Int.max) else { throw CError(status: LKStatus.invalidArgument, message: "\(name)_len \(len) is too large") }
+    let buf = UnsafeBufferPointer(start: UnsafeRawPointer(p).assumingMemoryBound(to: UInt8.self), count: Int(len))
+    if let bad = firstInvalidUTF8(buf) {
+        throw CError(status: LKStatus.invalidArgument, message: "\(name) is not valid UTF-8 (at byte \(bad))")
+    }
+    return String(decoding: buf, as: UTF8.self)
+}
+
+/// A NUL-terminated UTF-8 C string argument (NULL and invalid UTF-8 are errors naming `name`).
+func cStringArg(_ p: UnsafePointer<CChar>?, _ name: String) throws -> String {
+    guard let p else { throw CError(status: LKStatus.invalidArgument, message: "\(name) is NULL") }
+    return try utf8Arg(p, Int64(strlen(p)), name)
+}

@@ -5,15 +5,26 @@
         y = lk.matmul(x, w)            # x · wᵀ, a new Tensor [2, 4]
         print(y.numpy())
 
-Errors raise LoRAKitError(status, message) with the library's lk_last_error() message. Tensors own a
-C handle: close() (or a `with` block) frees it at once, the garbage collector frees it otherwise; using a
-closed tensor raises LoRAKitError(LK_ERR_INVALID_HANDLE) instead of reaching C.
+Models, contexts and generation:
+
+    with lk.Model("SmolLM2-135M-Instruct.Q4_1.gguf") as m, lk.Context(m, n_ctx=512) as ctx:
+        ids = m.tokenize(m.chat([{"role": "user", "content": "Hi"}]), add_special=False)
+        text, tokens, reason = lk.generate(ctx, ids, max_tokens=32, temperature=0,
+                                           on_text=lambda piece, token: print(piece, end=""))
+
+Errors raise LoRAKitError(status, message) with the library's lk_last_error() message. Tensors, models
+and contexts own a C handle: close() (or a `with` block) frees it at once, the garbage collector frees it
+otherwise; using a closed object raises LoRAKitError(LK_ERR_INVALID_HANDLE) instead of reaching C. A
+context keeps its model's weights alive, so closing the Model first is fine.
 """
 from __future__ import annotations
 
 import ctypes
 import enum
-from ctypes import POINTER, byref, c_float, c_int32, c_int64
+import os
+from ctypes import POINTER, byref, c_float, c_int32, c_int64, c_void_p
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -21,8 +32,9 @@ from . import _lib
 from ._lib import ABI_VERSION
 
 __all__ = [
-    "ABI_VERSION", "DType", "LoRAKitError", "Status", "Tensor", "abi_version", "clear_error", "cpu_count",
-    "dtype_info", "get_threads", "last_error", "matmul", "set_threads", "status_string", "version",
+    "ABI_VERSION", "Context", "DType", "GenerationResult", "LoRAKitError", "Model", "ModelInfo", "Status",
+    "StopReason", "Tensor", "abi_version", "clear_error", "cpu_count", "dtype_info", "generate", "get_threads",
+    "last_error", "matmul", "set_threads", "status_string", "version",
 ]
 
 _c = _lib.lib
@@ -345,3 +357,359 @@ def matmul(x, w, transpose_w: bool = True, out: Tensor | None = None) -> Tensor:
     finally:
         if x_tmp:
             xt.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------------
+
+def _buffer_string(call, *, terminated: bool = True) -> bytes:
+    """Run a (buf, capacity, needed) C function, growing the buffer once if it is too small."""
+    need = c_int64()
+    buf = ctypes.create_string_buffer(256)
+    status = call(buf, len(buf), byref(need))
+    if status == _lib.LK_ERR_BUFFER_TOO_SMALL:
+        buf = ctypes.create_string_buffer(max(1, need.value))
+        status = call(buf, len(buf), byref(need))
+    _check(status)
+    n = need.value - 1 if terminated else need.value
+    return buf.raw[:n]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """lk_model_info as Python values (bos/eos/eot are None when the model has none)."""
+    n_vocab: int
+    n_ctx_train: int
+    n_embd: int
+    n_ff: int
+    n_layer: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_rot: int
+    rope_base: float
+    norm_eps: float
+    tied_embeddings: bool
+    bos_token: Optional[int]
+    eos_token: Optional[int]
+    eot_token: Optional[int]
+    has_tokenizer: bool
+    has_chat_template: bool
+    weight_bytes: int
+
+
+class _Handle:
+    """A C handle freed by `_free` on close() / `with` exit / garbage collection."""
+    __slots__ = ("_handle",)
+    _kind = "handle"
+    _free = None
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    @property
+    def handle(self) -> int:
+        if self._handle is None:
+            raise LoRAKitError(_lib.LK_ERR_INVALID_HANDLE, f"{self._kind} is closed")
+        return self._handle
+
+    def close(self) -> None:
+        """Free the C handle now. Idempotent."""
+        h, self._handle = self._handle, None
+        if h is not None:
+            _check(type(self)._free(h))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            h = self._handle
+        except AttributeError:
+            return
+        if h is not None:
+            self._handle = None
+            try:
+                type(self)._free(h)
+            except Exception:
+                pass
+
+
+def _text_arg(text) -> bytes:
+    if isinstance(text, str):
+        return text.encode("utf-8", "surrogatepass")
+    if isinstance(text, (bytes, bytearray, memoryview)):
+        return bytes(text)
+    raise TypeError(f"text must be str or bytes, got {type(text).__name__}")
+
+
+def _ids_arg(ids, name: str = "tokens") -> "np.ndarray":
+    a = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    if a.size and (a.min() < -2**31 or a.max() >= 2**31):
+        raise ValueError(f"{name}: token ids must fit in int32")
+    return a.astype(np.int32)
+
+
+class Model(_Handle):
+    """A loaded model (GGUF file). Immutable; may be used from many threads and shared by contexts.
+
+    Model(path) loads; use it as a context manager or call close(). Contexts created from it keep its
+    weights alive after close().
+    """
+    __slots__ = ()
+    _kind = "model"
+    _free = staticmethod(_c.lk_model_free)
+
+    def __init__(self, path):
+        self._handle = None
+        out = _lib.lk_model_p()
+        _check(_c.lk_model_load(os.fsencode(path), None, byref(out)))
+        self._handle = out.value
+
+    @property
+    def info(self) -> ModelInfo:
+        i = _lib.lk_model_info()
+        i.struct_size = ctypes.sizeof(i)
+        _check(_c.lk_model_get_info(self.handle, byref(i)))
+        opt = lambda v: None if v < 0 else v  # noqa: E731
+        return ModelInfo(
+            n_vocab=i.n_vocab, n_ctx_train=i.n_ctx_train, n_embd=i.n_embd, n_ff=i.n_ff, n_layer=i.n_layer,
+            n_head=i.n_head, n_head_kv=i.n_head_kv, head_dim=i.head_dim, n_rot=i.n_rot, rope_base=i.rope_base,
+            norm_eps=i.norm_eps, tied_embeddings=bool(i.tied_embeddings), bos_token=opt(i.bos_token),
+            eos_token=opt(i.eos_token), eot_token=opt(i.eot_token), has_tokenizer=bool(i.has_tokenizer),
+            has_chat_template=bool(i.has_chat_template), weight_bytes=i.weight_bytes)
+
+    @property
+    def architecture(self) -> str:
+        h = self.handle
+        return _buffer_string(lambda b, n, need: _c.lk_model_architecture(h, b, n, need)).decode()
+
+    @property
+    def chat_template(self) -> Optional[str]:
+        """The Jinja chat template, or None if the model has none."""
+        h = self.handle
+        if not self.info.has_chat_template:
+            return None
+        return _buffer_string(lambda b, n, need: _c.lk_model_chat_template(h, b, n, need)).decode()
+
+    def meta(self, key: str) -> str:
+        """A GGUF metadata value as text (numbers plainly, strings raw, arrays as JSON).
+        A missing key raises LoRAKitError(INVALID_ARGUMENT)."""
+        h, k = self.handle, key.encode()
+        return _buffer_string(lambda b, n, need: _c.lk_model_meta(h, k, b, n, need)).decode("utf-8", "replace")
+
+    def tokenize(self, text, add_special: Optional[bool] = None, parse_special: bool = True) -> list[int]:
+        """Token ids of text (str or UTF-8 bytes). add_special: None = as the model says, False = no
+        BOS/EOS, True = BOS always. parse_special: special-token text such as "<|im_start|>" becomes its id."""
+        h = self.handle
+        data = _text_arg(text)
+        mode = -1 if add_special is None else int(bool(add_special))
+        n = c_int64()
+        cap = len(data) + 8
+        buf = (c_int32 * cap)()
+        status = _c.lk_tokenize(h, data, len(data), mode, int(bool(parse_special)), buf, cap, byref(n))
+        if status == _lib.LK_ERR_BUFFER_TOO_SMALL:
+            cap = n.value
+            buf = (c_int32 * cap)()
+            status = _c.lk_tokenize(h, data, len(data), mode, int(bool(parse_special)), buf, cap, byref(n))
+        _check(status)
+        return list(buf[: n.value])
+
+    def detokenize(self, ids, skip_special: bool = False) -> str:
+        """The text of token ids."""
+        h = self.handle
+        a = _ids_arg(ids)
+        p = a.ctypes.data_as(POINTER(c_int32))
+        raw = _buffer_string(lambda b, n, need: _c.lk_detokenize(h, p, a.size, int(bool(skip_special)), b, n, need))
+        return raw.decode("utf-8", "replace")
+
+    def token_bytes(self, token: int) -> bytes:
+        """The raw bytes of one token (may be part of a UTF-8 sequence)."""
+        h = self.handle
+        return _buffer_string(lambda b, n, need: _c.lk_token_bytes(h, int(token), b, n, need), terminated=False)
+
+    def chat(self, messages, add_generation_prompt: bool = True) -> str:
+        """Render messages ([{"role": ..., "content": ...}] or [(role, content)]) with the model's chat template."""
+        h = self.handle
+        pairs = []
+        for i, msg in enumerate(messages):
+            if isinstance(msg, dict):
+                try:
+                    role, content = msg["role"], msg["content"]
+                except KeyError as e:
+                    raise ValueError(f"messages[{i}] has no {e.args[0]!r}") from None
+            else:
+                role, content = msg
+            if not isinstance(role, str) or not isinstance(content, str):
+                raise TypeError(f"messages[{i}]: role and content must be str")
+            pairs.append((role.encode(), content.encode("utf-8", "surrogatepass")))
+        arr = (_lib.lk_chat_message * max(1, len(pairs)))(*[_lib.lk_chat_message(r, c) for r, c in pairs])
+        raw = _buffer_string(lambda b, n, need: _c.lk_chat_apply(h, arr, len(pairs), int(bool(add_generation_prompt)),
+                                                                  b, n, need))
+        return raw.decode("utf-8", "replace")
+
+    def __repr__(self) -> str:
+        if self._handle is None:
+            return "Model(<closed>)"
+        i = self.info
+        return f"Model({self.architecture}, {i.n_layer} layers, n_embd {i.n_embd}, vocab {i.n_vocab})"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Contexts
+# ---------------------------------------------------------------------------------------------------
+
+_LOGITS = {"none": _lib.LK_LOGITS_NONE, "last": _lib.LK_LOGITS_LAST, "all": _lib.LK_LOGITS_ALL}
+
+
+class Context(_Handle):
+    """A KV cache and thread pool over a model. Use from one thread at a time.
+
+    Context(model, n_ctx=0, n_threads=0, n_batch=0): 0 = the library's defaults (n_ctx = min(model
+    context, 4096), n_threads = cpu_count(), n_batch = 512).
+    """
+    __slots__ = ("model", "n_vocab", "n_embd")
+    _kind = "context"
+    _free = staticmethod(_c.lk_context_free)
+
+    def __init__(self, model: Model, n_ctx: int = 0, n_threads: int = 0, n_batch: int = 0):
+        self._handle = None
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be a lorakit.Model, got {type(model).__name__}")
+        info = model.info
+        self.model = model
+        self.n_vocab, self.n_embd = info.n_vocab, info.n_embd
+        p = _lib.lk_context_params()
+        _c.lk_context_params_init(byref(p))
+        p.n_ctx, p.n_threads, p.n_batch = n_ctx, n_threads, n_batch
+        out = _lib.lk_context_p()
+        _check(_c.lk_context_new(model.handle, byref(p), byref(out)))
+        self._handle = out.value
+
+    def reset(self) -> None:
+        """Forget all positions."""
+        _check(_c.lk_context_reset(self.handle))
+
+    @property
+    def position(self) -> int:
+        """Positions currently cached."""
+        p = c_int32()
+        _check(_c.lk_context_position(self.handle, byref(p)))
+        return p.value
+
+    def _out(self, logits: str, rows: int):
+        if logits not in _LOGITS:
+            raise ValueError(f"logits must be one of {', '.join(map(repr, _LOGITS))}, got {logits!r}")
+        mode = _LOGITS[logits]
+        if mode == _lib.LK_LOGITS_LAST:
+            out = np.empty(self.n_vocab, dtype=np.float32)
+        elif mode == _lib.LK_LOGITS_ALL:
+            out = np.empty((rows, self.n_vocab), dtype=np.float32)
+        else:
+            return mode, None, None, 0
+        return mode, out, out.ctypes.data_as(POINTER(c_float)), out.size
+
+    def eval(self, tokens, logits: str = "last"):
+        """Evaluate token ids at the next positions. Returns logits: "last" → [n_vocab], "all" →
+        [n_tokens, n_vocab], "none" → None."""
+        a = _ids_arg(tokens)
+        mode, out, p, cap = self._out(logits, a.size)
+        _check(_c.lk_context_eval(self.handle, a.ctypes.data_as(POINTER(c_int32)), a.size, mode, p, cap))
+        return out
+
+    def eval_embeddings(self, embeddings, logits: str = "last"):
+        """Evaluate input embeddings [n_rows, n_embd] (float32) instead of token ids."""
+        e = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if e.ndim == 1:
+            e = e.reshape(1, -1)
+        if e.ndim != 2 or e.shape[1] != self.n_embd:
+            raise ValueError(f"embeddings must have shape [n_rows, {self.n_embd}], got {list(np.shape(embeddings))}")
+        mode, out, p, cap = self._out(logits, e.shape[0])
+        _check(_c.lk_context_eval_embeddings(self.handle, e.ctypes.data_as(POINTER(c_float)), e.shape[0], mode, p, cap))
+        return out
+
+    def __repr__(self) -> str:
+        return "Context(<closed>)" if self._handle is None else f"Context(position={self.position})"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------------
+
+class StopReason(enum.IntEnum):
+    """Why generation stopped (LK_STOP_*)."""
+    EOS = _lib.LK_STOP_EOS
+    STRING = _lib.LK_STOP_STRING
+    LENGTH = _lib.LK_STOP_LENGTH
+    CALLBACK = _lib.LK_STOP_CALLBACK
+    CONTEXT = _lib.LK_STOP_CONTEXT
+
+
+class GenerationResult(NamedTuple):
+    text: str
+    tokens: list
+    stop_reason: StopReason
+
+
+def generate(ctx: Context, prompt_tokens, max_tokens: int = 128, temperature: float = 0.8, top_k: int = 40,
+             top_p: float = 0.95, min_p: float = 0.05, repeat_penalty: float = 1.0, repeat_last_n: int = 64,
+             seed: int = 0, stop: Sequence[str] = (), stop_at_eos: bool = True,
+             on_text: Optional[Callable[[str, int], Optional[bool]]] = None) -> GenerationResult:
+    """Generate after prompt_tokens (appended to what ctx holds). Returns (text, tokens, stop_reason).
+
+    on_text(piece, token) receives each new piece of text; returning False stops generation
+    (stop_reason CALLBACK). An exception raised by on_text stops generation and is re-raised here.
+    """
+    if not isinstance(ctx, Context):
+        raise TypeError(f"ctx must be a lorakit.Context, got {type(ctx).__name__}")
+    if isinstance(stop, (str, bytes)):
+        stop = [stop]
+    a = _ids_arg(prompt_tokens, "prompt_tokens")
+    sp = _lib.lk_sampler_params()
+    _c.lk_sampler_params_init(byref(sp))
+    sp.temperature, sp.top_k, sp.top_p, sp.min_p = temperature, top_k, top_p, min_p
+    sp.repeat_penalty, sp.repeat_last_n, sp.seed = repeat_penalty, repeat_last_n, seed
+    gp = _lib.lk_generate_params()
+    _c.lk_generate_params_init(byref(gp))
+    gp.max_tokens = max_tokens
+    gp.sampler = ctypes.pointer(sp)
+    stops = [s.encode("utf-8", "surrogatepass") if isinstance(s, str) else bytes(s) for s in stop]
+    stop_arr = (ctypes.c_char_p * max(1, len(stops)))(*stops)
+    gp.stop = ctypes.cast(stop_arr, POINTER(ctypes.c_char_p))
+    gp.n_stop = len(stops)
+    gp.stop_at_eos = int(bool(stop_at_eos))
+    error: list = []
+    callback = None  # referenced until lk_generate returns
+    if on_text is not None:
+        def trampoline(piece, length, token, _user):
+            try:
+                if on_text(ctypes.string_at(piece, length).decode("utf-8", "replace"), token) is False:
+                    return 1
+                return 0
+            except BaseException as e:  # noqa: BLE001 - re-raised after generation stops
+                error.append(e)
+                return 1
+        callback = _lib.lk_token_callback(trampoline)
+        gp.callback = callback
+    cap = max(0, int(max_tokens))
+    ids = (c_int32 * max(1, cap))()
+    text = c_void_p()
+    res = _lib.lk_generate_result()
+    res.struct_size = ctypes.sizeof(res)
+    status = _c.lk_generate(ctx.handle, a.ctypes.data_as(POINTER(c_int32)), a.size, byref(gp), byref(text), ids, cap,
+                            byref(res))
+    del callback
+    try:
+        _check(status)
+        out = ctypes.string_at(text.value).decode("utf-8", "replace") if text.value else ""
+    finally:
+        if text.value:
+            _c.lk_string_free(text)
+    if error:
+        raise error[0]
+    return GenerationResult(out, list(ids[: min(res.n_tokens, cap)]), StopReason(res.stop_reason))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from ctypes import POINTER, c_char_p, c_float, c_int32, c_int64, c_void_p
+from ctypes import CFUNCTYPE, POINTER, Structure, c_char_p, c_double, c_float, c_int32, c_int64, c_uint32, c_uint64, c_void_p
 from pathlib import Path
 
 # #define LK_ABI_VERSION 1
@@ -175,12 +175,230 @@ _fn("lk_tensor_copy_bytes", lk_status, [lk_tensor_p, c_void_p, c_int64])
 # lk_status lk_matmul(const lk_tensor *x, const lk_tensor *w, int32_t transpose_w, lk_tensor *out);
 _fn("lk_matmul", lk_status, [lk_tensor_p, lk_tensor_p, c_int32, lk_tensor_p])
 
+# ---------------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------------
+
+# typedef struct lk_model lk_model;       (opaque: handled as void *)
+# typedef struct lk_context lk_context;   (opaque: handled as void *)
+lk_model_p = c_void_p
+lk_context_p = c_void_p
+
+
+# typedef struct lk_model_params {
+#     uint32_t struct_size;
+#     int32_t reserved;
+# } lk_model_params;
+class lk_model_params(Structure):
+    _fields_ = [("struct_size", c_uint32), ("reserved", c_int32)]
+
+
+# void lk_model_params_init(lk_model_params *p);
+_fn("lk_model_params_init", None, [POINTER(lk_model_params)])
+
+# lk_status lk_model_load(const char *path, const lk_model_params *params, lk_model **out);
+_fn("lk_model_load", lk_status, [c_char_p, POINTER(lk_model_params), POINTER(lk_model_p)])
+
+# lk_status lk_model_free(lk_model *model);
+_fn("lk_model_free", lk_status, [lk_model_p])
+
+
+# typedef struct lk_model_info { ... } lk_model_info;
+class lk_model_info(Structure):
+    _fields_ = [
+        ("struct_size", c_uint32), ("n_vocab", c_int32), ("n_ctx_train", c_int32), ("n_embd", c_int32),
+        ("n_ff", c_int32), ("n_layer", c_int32), ("n_head", c_int32), ("n_head_kv", c_int32),
+        ("head_dim", c_int32), ("n_rot", c_int32), ("rope_base", c_float), ("norm_eps", c_float),
+        ("tied_embeddings", c_int32), ("bos_token", c_int32), ("eos_token", c_int32), ("eot_token", c_int32),
+        ("has_tokenizer", c_int32), ("has_chat_template", c_int32), ("weight_bytes", c_int64),
+    ]
+
+
+# lk_status lk_model_get_info(const lk_model *model, lk_model_info *info);
+_fn("lk_model_get_info", lk_status, [lk_model_p, POINTER(lk_model_info)])
+
+# lk_status lk_model_architecture(const lk_model *model, char *buf, int64_t capacity, int64_t *needed);
+_fn("lk_model_architecture", lk_status, [lk_model_p, c_void_p, c_int64, POINTER(c_int64)])
+
+# lk_status lk_model_chat_template(const lk_model *model, char *buf, int64_t capacity, int64_t *needed);
+_fn("lk_model_chat_template", lk_status, [lk_model_p, c_void_p, c_int64, POINTER(c_int64)])
+
+# lk_status lk_model_meta(const lk_model *model, const char *key, char *buf, int64_t capacity, int64_t *needed);
+_fn("lk_model_meta", lk_status, [lk_model_p, c_char_p, c_void_p, c_int64, POINTER(c_int64)])
+
+# ---------------------------------------------------------------------------------------------------
+# Tokenizer
+# ---------------------------------------------------------------------------------------------------
+
+# lk_status lk_tokenize(const lk_model *model, const char *text, int64_t text_len, int32_t add_special,
+#                       int32_t parse_special, int32_t *tokens, int64_t capacity, int64_t *n_tokens);
+_fn("lk_tokenize", lk_status,
+    [lk_model_p, c_char_p, c_int64, c_int32, c_int32, POINTER(c_int32), c_int64, POINTER(c_int64)])
+
+# lk_status lk_detokenize(const lk_model *model, const int32_t *tokens, int64_t n_tokens, int32_t skip_special,
+#                         char *buf, int64_t capacity, int64_t *needed);
+_fn("lk_detokenize", lk_status,
+    [lk_model_p, POINTER(c_int32), c_int64, c_int32, c_void_p, c_int64, POINTER(c_int64)])
+
+# lk_status lk_token_bytes(const lk_model *model, int32_t token, char *buf, int64_t capacity, int64_t *needed);
+_fn("lk_token_bytes", lk_status, [lk_model_p, c_int32, c_void_p, c_int64, POINTER(c_int64)])
+
+
+# typedef struct lk_chat_message {
+#     const char *role;
+#     const char *content;
+# } lk_chat_message;
+class lk_chat_message(Structure):
+    _fields_ = [("role", c_char_p), ("content", c_char_p)]
+
+
+# lk_status lk_chat_apply(const lk_model *model, const lk_chat_message *messages, int64_t n_messages,
+#                         int32_t add_generation_prompt, char *buf, int64_t capacity, int64_t *needed);
+_fn("lk_chat_apply", lk_status,
+    [lk_model_p, POINTER(lk_chat_message), c_int64, c_int32, c_void_p, c_int64, POINTER(c_int64)])
+
+# ---------------------------------------------------------------------------------------------------
+# Contexts
+# ---------------------------------------------------------------------------------------------------
+
+
+# typedef struct lk_context_params {
+#     uint32_t struct_size;
+#     int32_t n_ctx;
+#     int32_t n_batch;
+#     int32_t n_threads;
+# } lk_context_params;
+class lk_context_params(Structure):
+    _fields_ = [("struct_size", c_uint32), ("n_ctx", c_int32), ("n_batch", c_int32), ("n_threads", c_int32)]
+
+
+# void lk_context_params_init(lk_context_params *p);
+_fn("lk_context_params_init", None, [POINTER(lk_context_params)])
+
+# lk_status lk_context_new(lk_model *model, const lk_context_params *params, lk_context **out);
+_fn("lk_context_new", lk_status, [lk_model_p, POINTER(lk_context_params), POINTER(lk_context_p)])
+
+# lk_status lk_context_free(lk_context *ctx);
+_fn("lk_context_free", lk_status, [lk_context_p])
+
+# lk_status lk_context_reset(lk_context *ctx);
+_fn("lk_context_reset", lk_status, [lk_context_p])
+
+# lk_status lk_context_position(const lk_context *ctx, int32_t *position);
+_fn("lk_context_position", lk_status, [lk_context_p, POINTER(c_int32)])
+
+# enum { LK_LOGITS_NONE = 0, LK_LOGITS_LAST = 1, LK_LOGITS_ALL = 2 };
+LK_LOGITS_NONE = 0
+LK_LOGITS_LAST = 1
+LK_LOGITS_ALL = 2
+
+# lk_status lk_context_eval(lk_context *ctx, const int32_t *tokens, int64_t n_tokens, int32_t logits_mode,
+#                           float *logits, int64_t capacity);
+_fn("lk_context_eval", lk_status, [lk_context_p, POINTER(c_int32), c_int64, c_int32, POINTER(c_float), c_int64])
+
+# lk_status lk_context_eval_embeddings(lk_context *ctx, const float *embeddings, int64_t n_rows,
+#                                      int32_t logits_mode, float *logits, int64_t capacity);
+_fn("lk_context_eval_embeddings", lk_status,
+    [lk_context_p, POINTER(c_float), c_int64, c_int32, POINTER(c_float), c_int64])
+
+# ---------------------------------------------------------------------------------------------------
+# Generation
+# ---------------------------------------------------------------------------------------------------
+
+
+# typedef struct lk_sampler_params { ... } lk_sampler_params;
+class lk_sampler_params(Structure):
+    _fields_ = [
+        ("struct_size", c_uint32), ("temperature", c_float), ("top_k", c_int32), ("top_p", c_float),
+        ("min_p", c_float), ("repeat_penalty", c_float), ("repeat_last_n", c_int32), ("seed", c_uint64),
+    ]
+
+
+# void lk_sampler_params_init(lk_sampler_params *p);
+_fn("lk_sampler_params_init", None, [POINTER(lk_sampler_params)])
+
+# typedef int32_t (*lk_token_callback)(const char *piece, int64_t piece_len, int32_t token, void *user_data);
+# (piece as a void pointer: it is not NUL-terminated; read piece_len bytes with ctypes.string_at)
+lk_token_callback = CFUNCTYPE(c_int32, c_void_p, c_int64, c_int32, c_void_p)
+
+
+# typedef struct lk_generate_params { ... } lk_generate_params;
+class lk_generate_params(Structure):
+    _fields_ = [
+        ("struct_size", c_uint32), ("max_tokens", c_int32), ("sampler", POINTER(lk_sampler_params)),
+        ("stop", POINTER(c_char_p)), ("n_stop", c_int32), ("stop_at_eos", c_int32),
+        ("callback", lk_token_callback), ("user_data", c_void_p),
+    ]
+
+
+# void lk_generate_params_init(lk_generate_params *p);
+_fn("lk_generate_params_init", None, [POINTER(lk_generate_params)])
+
+# enum { LK_STOP_EOS = 0, LK_STOP_STRING = 1, LK_STOP_LENGTH = 2, LK_STOP_CALLBACK = 3, LK_STOP_CONTEXT = 4 };
+LK_STOP_EOS = 0
+LK_STOP_STRING = 1
+LK_STOP_LENGTH = 2
+LK_STOP_CALLBACK = 3
+LK_STOP_CONTEXT = 4
+
+
+# typedef struct lk_generate_result { ... } lk_generate_result;
+class lk_generate_result(Structure):
+    _fields_ = [
+        ("struct_size", c_uint32), ("n_prompt_tokens", c_int32), ("n_tokens", c_int32), ("stop_reason", c_int32),
+        ("prefill_seconds", c_double), ("decode_seconds", c_double),
+    ]
+
+
+# lk_status lk_generate(lk_context *ctx, const int32_t *prompt, int64_t n_prompt, const lk_generate_params *params,
+#                       char **text_out, int32_t *tokens_out, int64_t tokens_capacity, lk_generate_result *result);
+# (text_out as void **: the string is read with ctypes.string_at, then released with lk_string_free)
+_fn("lk_generate", lk_status,
+    [lk_context_p, POINTER(c_int32), c_int64, POINTER(lk_generate_params), POINTER(c_void_p), POINTER(c_int32),
+     c_int64, POINTER(lk_generate_result)])
+
+# void lk_string_free(char *s);
+_fn("lk_string_free", None, [c_void_p])
+
+# int64_t lk_sizeof_model_params(void);
+_fn("lk_sizeof_model_params", c_int64, [])
+# int64_t lk_sizeof_model_info(void);
+_fn("lk_sizeof_model_info", c_int64, [])
+# int64_t lk_sizeof_context_params(void);
+_fn("lk_sizeof_context_params", c_int64, [])
+# int64_t lk_sizeof_sampler_params(void);
+_fn("lk_sizeof_sampler_params", c_int64, [])
+# int64_t lk_sizeof_generate_params(void);
+_fn("lk_sizeof_generate_params", c_int64, [])
+# int64_t lk_sizeof_generate_result(void);
+_fn("lk_sizeof_generate_result", c_int64, [])
+# int64_t lk_sizeof_chat_message(void);
+_fn("lk_sizeof_chat_message", c_int64, [])
+
+# Each ctypes Structure beside the library's lk_sizeof_*() (checked at import, and by the tests).
+STRUCTS = {
+    "lk_model_params": (lk_model_params, "lk_sizeof_model_params"),
+    "lk_model_info": (lk_model_info, "lk_sizeof_model_info"),
+    "lk_context_params": (lk_context_params, "lk_sizeof_context_params"),
+    "lk_sampler_params": (lk_sampler_params, "lk_sizeof_sampler_params"),
+    "lk_generate_params": (lk_generate_params, "lk_sizeof_generate_params"),
+    "lk_generate_result": (lk_generate_result, "lk_sizeof_generate_result"),
+    "lk_chat_message": (lk_chat_message, "lk_sizeof_chat_message"),
+}
+
 # Every function declared in lorakit.h, in header order (the tests check each is reachable).
 FUNCTIONS = (
     "lk_abi_version", "lk_version_string", "lk_last_error", "lk_clear_error", "lk_status_string",
     "lk_dtype_name", "lk_dtype_info", "lk_cpu_count", "lk_set_default_threads", "lk_get_default_threads",
     "lk_tensor_new", "lk_tensor_from_f32", "lk_tensor_convert", "lk_tensor_free", "lk_tensor_shape",
     "lk_tensor_dtype", "lk_tensor_size", "lk_tensor_copy_to_f32", "lk_tensor_copy_bytes", "lk_matmul",
+    "lk_model_params_init", "lk_model_load", "lk_model_free", "lk_model_get_info", "lk_model_architecture",
+    "lk_model_chat_template", "lk_model_meta", "lk_tokenize", "lk_detokenize", "lk_token_bytes", "lk_chat_apply",
+    "lk_context_params_init", "lk_context_new", "lk_context_free", "lk_context_reset", "lk_context_position",
+    "lk_context_eval", "lk_context_eval_embeddings", "lk_sampler_params_init", "lk_generate_params_init",
+    "lk_generate", "lk_string_free", "lk_sizeof_model_params", "lk_sizeof_model_info",
+    "lk_sizeof_context_params", "lk_sizeof_sampler_params", "lk_sizeof_generate_params",
+    "lk_sizeof_generate_result", "lk_sizeof_chat_message",
 )
 
 _abi = lib.lk_abi_version()
@@ -190,3 +408,10 @@ if _abi != ABI_VERSION:
         "(LK_ABI_VERSION in lorakit.h). Use the binding from the same LoRAKit checkout as the library."
     )
 
+for _name, (_struct, _sizeof) in STRUCTS.items():
+    _lib_size = getattr(lib, _sizeof)()
+    if ctypes.sizeof(_struct) != _lib_size:
+        raise ImportError(
+            f"lorakit: {path} says sizeof({_name}) is {_lib_size}, but this binding's ctypes mirror has "
+            f"{ctypes.sizeof(_struct)} bytes. Use the binding from the same LoRAKit checkout as the library."
+        )
