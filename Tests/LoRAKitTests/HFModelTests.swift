@@ -85,7 +85,8 @@ func setKey(_ cfg: inout [(String, JSONValue)], _ key: String, _ value: JSONValu
         #expect(m.outputNorm.dtype == .f32 && m.layers[0].attnNorm.dtype == .f32)
         let err = try maxLogitError(m, ref: "tied_bf16")
         print("HF tied bf16 folder: max |Δlogit| vs transformers \(err)")
-        #expect(err < 2e-4)
+        // transformers widens the bf16 weights exactly and computes in f32, as we do from the bf16 bytes.
+        #expect(err < 1e-4)
     }
 
     /// The GGUF stores Q/K rows permuted and rotates adjacent pairs; the HF folder rotates halves. The

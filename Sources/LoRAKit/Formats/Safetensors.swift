@@ -248,7 +248,8 @@ public final class SafetensorsFile: SafetensorsSource, @unchecked Sendable {
 
 /// A sharded checkpoint: `model.safetensors.index.json` (`{"metadata": {...}, "weight_map": {tensor:
 /// shard file}}`) and its shard files in the same folder, presented as one tensor namespace. Every shard
-/// is opened and validated on init, and every tensor the map names must be in its shard.
+/// is opened and validated on init, and every tensor the map names must be in its shard. The namespace
+/// is the `weight_map`: tensors a shard holds but the map does not name are not visible.
 public final class SafetensorsIndex: SafetensorsSource, @unchecked Sendable {
     /// Path of the index JSON.
     public let path: String
