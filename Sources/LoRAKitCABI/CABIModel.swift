@@ -66,11 +66,7 @@ func invalid(_ message: String) -> CError { CError(status: LKStatus.invalidArgum
 /// Switch point: when `LlamaModel.load(path:)` (GGUF files and Hugging Face folders) lands, this becomes
 /// `try LlamaModel.load(path: path)`.
 func loadModel(_ path: String) throws -> LlamaModel {
-    var st = stat()
-    if stat(path, &st) == 0 && (st.st_mode & 0o170000) == 0o040000 {
-        throw CError(status: LKStatus.unsupported, message: "\(path) is a directory: Hugging Face folders are not supported by this build yet (give a GGUF file)")
-    }
-    return try LlamaModel(gguf: path)
+    try LlamaModel.load(path: path)
 }
 
 @_cdecl("lk_model_params_init")

@@ -15,7 +15,7 @@ func runReporting(_ body: () throws -> Void) throws {
 }
 
 func loadModel(_ path: String) throws(LKError) -> LlamaModel {
-    try LlamaModel(gguf: path)
+    try LlamaModel.load(path: path)
 }
 
 func printJSON(_ v: JSONValue) { print(JSON.serialize(v)) }

@@ -73,10 +73,34 @@ extension LlamaModel {
         }
         let outNorm = try norm("model.norm.weight")
         let output = cfg.tiedEmbeddings ? embd : try load("lm_head.weight", [cfg.vocabSize, cfg.dim])
-        // tokenizer.json: loaded by the tokenizer work on LlamaModel (not here); the chat template
-        // (tokenizer_config.json `chat_template` / chat_template.jinja) belongs with it.
+        // Tokenizer (tokenizer.json) and chat template (tokenizer_config.json `chat_template`, or
+        // chat_template.jinja), when the folder has them.
+        var tok: Tokenizer? = nil
+        var tokErr: String? = "the folder has no tokenizer.json"
+        var eosName: String? = nil
+        var template: String? = nil
+        if let tc = try? JSON.parse(file: path + "/tokenizer_config.json") {
+            template = tc["chat_template"]?.string
+            eosName = tc["eos_token"]?.string ?? tc["eos_token"]?["content"]?.string
+        }
+        if template == nil, let bytes = try? readFile(path + "/chat_template.jinja") {
+            template = String(decoding: bytes, as: UTF8.self)
+        }
+        if access(path + "/tokenizer.json", F_OK) == 0 {
+            do throws(LKError) {
+                tok = try Tokenizer(tokenizerJSON: path + "/tokenizer.json", eos: eosName)
+                tokErr = nil
+                if let t = tok, t.vocabSize > cfg.vocabSize {
+                    tokErr = "tokenizer has \(t.vocabSize) tokens but the model \(cfg.vocabSize)"
+                    tok = nil
+                }
+            } catch {
+                tokErr = error.message
+            }
+        }
         self.init(config: cfg, tokenEmbedding: embd, layers: layers, outputNorm: outNorm, output: output,
-                  source: path, metadata: [:], architecture: modelType, chatTemplate: nil, gguf: nil)
+                  source: path, metadata: [:], architecture: modelType, chatTemplate: template, gguf: nil,
+                  tokenizer: tok, tokenizerError: tokErr)
     }
 
     /// The `LlamaConfig` described by a Hugging Face `config.json`, and its `model_type`. Errors name
