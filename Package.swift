@@ -25,8 +25,11 @@ let cpuIsAVX512 = ["skylake-avx512", "cascadelake", "cooperlake", "icelake-serve
     || (targetCPU == "native" && hostHasAVX512())
 let cpuFlags: [SwiftSetting] = [.unsafeFlags(["-target-cpu", targetCPU])]
     + (cpuIsAVX512 ? [.define("LORAKIT_AVX512")] : [])
+// The C kernels (integer dot products) need AVX2/FMA/F16C at least.
+let cpuCFlags: [CSetting] = [.unsafeFlags(["-O3", "-mavx2", "-mfma", "-mf16c"])]
 #else
 let cpuFlags: [SwiftSetting] = []
+let cpuCFlags: [CSetting] = [.unsafeFlags(["-O3"])]
 #endif
 
 let fastFlags: [SwiftSetting] = cpuFlags + [
@@ -46,9 +49,17 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
     ],
     targets: [
+        // The few kernels that need instructions Swift's SIMD types cannot express (widening integer
+        // multiply-add for quantized dot products), in C with intrinsics and a portable fallback.
+        .target(
+            name: "LoRAKitKernelsC",
+            path: "Sources/LoRAKitKernelsC",
+            cSettings: cpuCFlags
+        ),
         // Core: tensors, kernels, thread pool, models, adapters, training. No C-ABI code here.
         .target(
             name: "LoRAKit",
+            dependencies: ["LoRAKitKernelsC"],
             path: "Sources/LoRAKit",
             swiftSettings: fastFlags
         ),

@@ -21,27 +21,30 @@ private func makeWeight(out: Int, in n: Int, dtype: DType, seed: UInt64) throws 
 /// Bound: the kernels accumulate in f32 (per 32-value block for quantized weights: `Σ q·x` in 4 f32 ops,
 /// then `acc += t·d` and `bias += m·Σx`), so the rounding error is at most about
 /// `(chain length + 8) · 2⁻²³ · M` where `M = Σ_i (|d·q_i| + |m|)·|x_i|` ≤ `Σ_i (|w_i| + 2·max_b|w|)·|x_i|`
-/// for quantized weights (|m| ≤ max_b|w| for q4_0 and q4_1) and `M = Σ|w_i·x_i|` for plain ones. x is
-/// not quantized, so there is no other error term.
+/// for quantized weights (|m| ≤ max_b|w| for q4_0 and q4_1) and `M = Σ|w_i·x_i|` for plain ones.
+/// For quantized weights x is quantized per 32-block to int16 (`dx = max|x_b|/32767`, round to nearest),
+/// which moves each x_i by at most `dx/2`: a second term `Σ_b max|x_b|/65534 · Σ_{i∈b} |w_i|`.
 private func reference(_ w: Tensor, _ x: [Float]) -> (y: [Double], tol: [Double]) {
     let out = w.shape[0], n = w.shape[1]
     let wf = w.toFloats()
     var y = [Double](repeating: 0, count: out), tol = y
     let bs = w.dtype.blockSize
     for o in 0..<out {
-        var s = 0.0, m = 0.0
+        var s = 0.0, m = 0.0, q = 0.0
         for b in 0..<(n / bs) {
             let r = (o * n + b * bs)..<(o * n + (b + 1) * bs)
             let amax = w.dtype.isQuantized ? wf[r].map { Double(abs($0)) }.max()! : 0
+            let xmax = w.dtype.isQuantized ? r.map { Double(abs(x[$0 - o * n])) }.max()! : 0
             for i in r {
                 let xi = Double(x[i - o * n])
                 s += Double(wf[i]) * xi
                 m += (Double(abs(wf[i])) + 2 * amax) * abs(xi)
+                q += xmax / 65534 * Double(abs(wf[i]))
             }
         }
         y[o] = s
         let chain = w.dtype.isQuantized ? Double(n / 32) : Double(n) / 16
-        tol[o] = (chain + 8) * 0x1p-23 * m + 1e-30
+        tol[o] = (chain + 8) * 0x1p-23 * m + 1.001 * q + 1e-30
     }
     return (y, tol)
 }

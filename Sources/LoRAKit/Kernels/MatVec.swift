@@ -5,17 +5,20 @@
 /// - f32 / f16 / bf16 weights: each row is converted to f32 eight values at a time and multiplied with
 ///   `x` by FMA into two 8-lane accumulators (values `i ≡ 0..7` and `8..15 (mod 16)`), a last group of 8
 ///   into the first one, the `in mod 8` tail in a scalar, then `hsum(acc0 + acc1) + tail`.
-/// - q8_0 / q4_0 / q4_1 weights: per 32-value block the codes are widened to f32 (`vpmovzxbd` +
-///   `vcvtdq2ps`) and `t = Σ q·x` is formed with one multiply and three FMAs, then `acc += t·d`; the
-///   offset (q4_1 `m`, q4_0 `−8·d`) is applied as `bias += m · Σx_b` with `Σx_b` computed once per call.
-///   `y = hsum(acc) + bias`. `x` stays f32 (no activation quantization), so the only error is f32
-///   rounding, bounded by about `(in/32 + 8) · 2⁻²³ · Σ_i (|d·q_i| + |m|)·|x_i|`.
-///   (An int16-activation variant with `vpmaddwd` was tried: LLVM scalarized the even/odd lane
-///   shuffles Swift's SIMD types need to express it, so it was 2× slower than this float path.)
+/// - q8_0 / q4_0 / q4_1 weights: `x` is quantized once per call to int16 per 32-value block
+///   (`dx = max|x_b| / 32767`, round to nearest even) and each block's dot product is exact integer
+///   arithmetic in the C kernel `lk_qdot_rows` (Sources/LoRAKitKernelsC: `vpmaddwd` on x86_64, a portable
+///   loop elsewhere), scaled once: `acc += f32(Σ q·xq)·(d·dx)`; q4_1's offset is `bias += m·Σx_b`.
+///   Error: quantizing x moves each `x_i` by at most `max|x_b|/65534`, so the result differs from the
+///   exact product with the dequantized weights by at most `Σ_b max|x_b|/65534 · Σ_{i∈b} |w_i|` plus f32
+///   rounding. (Swift's SIMD types cannot express the widening multiply-add: an all-Swift float path
+///   ran at a third of the speed; see the history of this file.)
 ///
 /// Every `y[o]` is reduced in this fixed order whatever the number of threads or rows processed
 /// together, so results are bitwise independent of the thread count, and `matVecRows` gives bitwise the
 /// same values as `matVec` on each row. Threads take contiguous ranges of output rows.
+
+import LoRAKitKernelsC
 
 // MARK: - Public API
 
@@ -65,9 +68,9 @@ public func matVecRows(weight: Tensor, x: UnsafePointer<Float>, rows: Int, ldx: 
         case .f32: mvFloat(F32Row.self, w, rowStride, out, inner, xr, ldx, nr, yr, ldy, pool)
         case .f16: mvFloat(F16Row.self, w, rowStride, out, inner, xr, ldx, nr, yr, ldy, pool)
         case .bf16: mvFloat(BF16Row.self, w, rowStride, out, inner, xr, ldx, nr, yr, ldy, pool)
-        case .q8_0: mvQuant(Q8_0Blk.self, w, rowStride, out, inner, xr, ldx, nr, yr, ldy, pool)
-        case .q4_0: mvQuant(Q4_0Blk.self, w, rowStride, out, inner, xr, ldx, nr, yr, ldy, pool)
-        case .q4_1: mvQuant(Q4_1Blk.self, w, rowStride, out, inner, xr, ldx, nr, yr, ldy, pool)
+        case .q8_0: mvQuant(0, w, rowStride, out, inner, xr, ldx, nr, yr, ldy, pool)
+        case .q4_0: mvQuant(1, w, rowStride, out, inner, xr, ldx, nr, yr, ldy, pool)
+        case .q4_1: mvQuant(2, w, rowStride, out, inner, xr, ldx, nr, yr, ldy, pool)
         }
         r0 += nr
     }
@@ -262,246 +265,26 @@ private func mvFloat<R: FloatRow>(_ kind: R.Type, _ w: UnsafeRawPointer, _ rs: I
 
 // MARK: - Quantized weights
 
-/// Per 32-value block of `x`: `Σ x` in a fixed order (for the q4_0 / q4_1 offset terms).
-private func blockSums(_ x: UnsafePointer<Float>, nb: Int, into s: UnsafeMutablePointer<Float>) {
-    for b in 0..<nb {
-        let p = x + b * 32
-        s[b] = hsum((ld8(p, 0) + ld8(p, 8)) + (ld8(p, 16) + ld8(p, 24)))
-    }
-}
-
-private protocol QuantBlock {
-    static var bytes: Int { get }
-    static var hasOffset: Bool { get }
-    static func unpack(_ p: UnsafeRawPointer) -> Unpacked
-}
-
-/// The first four f16 values of a block (its `d`, then `m` for q4_1), converted with one vector load so
-/// no scalar half load (`vpinsrw`, which merges into a stale register) ties iterations together.
-@inline(__always)
-private func blockHalves(_ p: UnsafeRawPointer) -> SIMD4<Float> {
-    SIMD4<Float>(unsafeBitCast(p.loadUnaligned(as: SIMD4<UInt16>.self), to: SIMD4<Float16>.self))
-}
-
-#if LORAKIT_AVX512
-/// Vector type of the quantized dot products: 16 lanes (one zmm register) with AVX-512.
-private typealias QV = SIMD16<Float>
-
-@inline(__always) private func hsumQ(_ v: QV) -> Float { hsum(v.lowHalf + v.highHalf) }
-@inline(__always) private func ld16(_ x: UnsafePointer<Float>, _ i: Int) -> QV {
-    UnsafeRawPointer(x + i).loadUnaligned(as: QV.self)
-}
-
-/// A quantized weight block as two groups of 16 f32 codes (values 0..15 and 16..31) with its scale `d`
-/// and offset `m`: the weights are `d·q + m`.
-private struct Unpacked {
-    var lo, hi: QV
-    var d: Float
-    var m: Float
-}
-
-
-
-private enum Q8_0Blk: QuantBlock {
-    static var bytes: Int { 34 }
-    static var hasOffset: Bool { false }
-    @inline(__always) static func unpack(_ p: UnsafeRawPointer) -> Unpacked {
-        @inline(__always) func g(_ o: Int) -> QV {
-            QV(SIMD16<Int32>(truncatingIfNeeded: p.loadUnaligned(fromByteOffset: o, as: SIMD16<Int8>.self)))
-        }
-        return Unpacked(lo: g(2), hi: g(18), d: blockHalves(p)[0], m: 0)
-    }
-}
-
-/// The 32 nibble codes of the 16 bytes at `p` (low nibbles are values 0..15, high nibbles 16..31).
-@inline(__always)
-private func nibbles(_ p: UnsafeRawPointer) -> (QV, QV) {
-    let a = SIMD16<Int32>(truncatingIfNeeded: p.loadUnaligned(as: SIMD16<UInt8>.self))
-    return (QV(a & 0xF), QV(a &>> 4))
-}
-
-private enum Q4_0Blk: QuantBlock {
-    static var bytes: Int { 18 }
-    static var hasOffset: Bool { true }
-    @inline(__always) static func unpack(_ p: UnsafeRawPointer) -> Unpacked {
-        let (a, b) = nibbles(p + 2)
-        let d = blockHalves(p)[0]
-        return Unpacked(lo: a, hi: b, d: d, m: -8 * d)
-    }
-}
-
-private enum Q4_1Blk: QuantBlock {
-    static var bytes: Int { 20 }
-    static var hasOffset: Bool { true }
-    @inline(__always) static func unpack(_ p: UnsafeRawPointer) -> Unpacked {
-        let (a, b) = nibbles(p + 4)
-        let h = blockHalves(p)
-        return Unpacked(lo: a, hi: b, d: h[0], m: h[1])
-    }
-}
-
-/// The per-(weight block, x block) step: `t = Σ q·x` (one multiply, one FMA), `acc += t·d`,
-/// `bias += m·Σx`.
-@inline(__always)
-private func step<B: QuantBlock>(_: B.Type, _ u: Unpacked, _ x: UnsafePointer<Float>, _ sx: Float,
-                                 _ acc: inout QV, _ bias: inout Float) {
-    var t = u.lo * ld16(x, 0)
-    t.addProduct(u.hi, ld16(x, 16))
-    acc.addProduct(t, QV(repeating: u.d))
-    if B.hasOffset { bias = bias.addingProduct(u.m, sx) }
-}
-#else
-private typealias QV = SIMD8<Float>
-@inline(__always) private func hsumQ(_ v: QV) -> Float { hsum(v) }
-
-/// A quantized weight block as four groups of 8 f32 codes (values 0..7, 8..15, 16..23, 24..31) with its
-/// scale `d` and offset `m`: the weights are `d·q + m`.
-private struct Unpacked {
-    var q0, q1, q2, q3: SIMD8<Float>
-    var d: Float
-    var m: Float
-}
-
-
-private enum Q8_0Blk: QuantBlock {
-    static var bytes: Int { 34 }
-    static var hasOffset: Bool { false }
-    @inline(__always) static func unpack(_ p: UnsafeRawPointer) -> Unpacked {
-        @inline(__always) func g(_ o: Int) -> SIMD8<Float> {
-            SIMD8<Float>(SIMD8<Int32>(truncatingIfNeeded: p.loadUnaligned(fromByteOffset: o, as: SIMD8<Int8>.self)))
-        }
-        return Unpacked(q0: g(2), q1: g(10), q2: g(18), q3: g(26), d: blockHalves(p)[0], m: 0)
-    }
-}
-
-/// The 32 nibble codes of the 16 bytes at `p` (low nibbles are values 0..15, high nibbles 16..31).
-@inline(__always)
-private func nibbles(_ p: UnsafeRawPointer) -> (SIMD8<Float>, SIMD8<Float>, SIMD8<Float>, SIMD8<Float>) {
-    let a = SIMD8<Int32>(truncatingIfNeeded: p.loadUnaligned(as: SIMD8<UInt8>.self))
-    let b = SIMD8<Int32>(truncatingIfNeeded: p.loadUnaligned(fromByteOffset: 8, as: SIMD8<UInt8>.self))
-    return (SIMD8<Float>(a & 0xF), SIMD8<Float>(b & 0xF), SIMD8<Float>(a &>> 4), SIMD8<Float>(b &>> 4))
-}
-
-private enum Q4_0Blk: QuantBlock {
-    static var bytes: Int { 18 }
-    static var hasOffset: Bool { true }
-    @inline(__always) static func unpack(_ p: UnsafeRawPointer) -> Unpacked {
-        let (a, b, c, e) = nibbles(p + 2)
-        let d = blockHalves(p)[0]
-        // d·(q − 8) = d·q + (−8·d); −8·d is exact.
-        return Unpacked(q0: a, q1: b, q2: c, q3: e, d: d, m: -8 * d)
-    }
-}
-
-private enum Q4_1Blk: QuantBlock {
-    static var bytes: Int { 20 }
-    static var hasOffset: Bool { true }
-    @inline(__always) static func unpack(_ p: UnsafeRawPointer) -> Unpacked {
-        let (a, b, c, e) = nibbles(p + 4)
-        let h = blockHalves(p)
-        return Unpacked(q0: a, q1: b, q2: c, q3: e, d: h[0], m: h[1])
-    }
-}
-
-/// The per-(weight block, x block) step, identical wherever it is used:
-/// `t = Σ q·x` (one multiply and three FMAs), `acc += t·d`, `bias += m·Σx`.
-/// (One chain on purpose: with two chains LLVM's SLP vectorizer scalarized the byte → f32 conversions
-/// of the codes, 10× slower. Check `objdump -d` for `vcvtsi2ss` in `quantRows4` after edits here.)
-@inline(__always)
-private func step<B: QuantBlock>(_: B.Type, _ u: Unpacked, _ x: UnsafePointer<Float>, _ sx: Float,
-                                 _ acc: inout QV, _ bias: inout Float) {
-    var t = u.q0 * ld8(x, 0)
-    t.addProduct(u.q1, ld8(x, 8))
-    t.addProduct(u.q2, ld8(x, 16))
-    t.addProduct(u.q3, ld8(x, 24))
-    acc.addProduct(t, SIMD8<Float>(repeating: u.d))
-    if B.hasOffset { bias = bias.addingProduct(u.m, sx) }
-}
-
-#endif
-
-/// Four weight rows (`rs` bytes apart) against one x row; same arithmetic per row as `quantRow1`. Kept
-/// out of line: small functions are where LLVM vectorizes the SIMD conversions cleanly.
-@inline(never)
-private func quantRows4<B: QuantBlock>(_ kind: B.Type, _ w: UnsafeRawPointer, _ rs: Int, _ nb: Int,
-                                       _ x: UnsafePointer<Float>, _ sxs: UnsafePointer<Float>,
-                                       _ y: UnsafeMutablePointer<Float>) {
-    let p0 = w, p1 = w + rs, p2 = w + 2 * rs, p3 = w + 3 * rs
-    var a0 = QV(), a1 = QV(), a2 = QV(), a3 = QV()
-    var b0: Float = 0, b1: Float = 0, b2: Float = 0, b3: Float = 0
-    for b in 0..<nb {
-        let xb = x + b * 32
-        let sx = sxs[b]
-        step(kind, B.unpack(p0 + b * B.bytes), xb, sx, &a0, &b0)
-        step(kind, B.unpack(p1 + b * B.bytes), xb, sx, &a1, &b1)
-        step(kind, B.unpack(p2 + b * B.bytes), xb, sx, &a2, &b2)
-        step(kind, B.unpack(p3 + b * B.bytes), xb, sx, &a3, &b3)
-    }
-    y[0] = hsumQ(a0) + b0
-    y[1] = hsumQ(a1) + b1
-    y[2] = hsumQ(a2) + b2
-    y[3] = hsumQ(a3) + b3
-}
-
-@inline(never)
-private func quantRow1<B: QuantBlock>(_ kind: B.Type, _ p: UnsafeRawPointer, _ nb: Int,
-                                      _ x: UnsafePointer<Float>, _ sxs: UnsafePointer<Float>) -> Float {
-    var a = QV()
-    var bias: Float = 0
-    for b in 0..<nb {
-        step(kind, B.unpack(p + b * B.bytes), x + b * 32, sxs[b], &a, &bias)
-    }
-    return hsumQ(a) + bias
-}
-
-/// One weight row against `nr` ≤ 8 x rows, unpacking each weight block once.
-@inline(never)
-private func quantRowMulti<B: QuantBlock>(_ kind: B.Type, _ p: UnsafeRawPointer, _ nb: Int,
-                                          _ x: UnsafePointer<Float>, _ ldx: Int, _ nr: Int,
-                                          _ sxs: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ ldy: Int) {
-    withUnsafeTemporaryAllocation(of: QV.self, capacity: 8) { accBuf in
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: 8) { biasBuf in
-            let acc = accBuf.baseAddress!, bias = biasBuf.baseAddress!
-            for r in 0..<nr { acc[r] = QV(); bias[r] = 0 }
-            for b in 0..<nb {
-                let u = B.unpack(p + b * B.bytes)
-                for r in 0..<nr {
-                    step(kind, u, x + r * ldx + b * 32, sxs[r * nb + b], &acc[r], &bias[r])
-                }
-            }
-            for r in 0..<nr { y[r * ldy] = hsumQ(acc[r]) + bias[r] }
-        }
-    }
-}
-
-private func mvQuant<B: QuantBlock>(_ kind: B.Type, _ w: UnsafeRawPointer, _ rs: Int, _ out: Int, _ n: Int,
+private func mvQuant(_ type: Int32, _ w: UnsafeRawPointer, _ rs: Int, _ out: Int, _ n: Int,
                                     _ x: UnsafePointer<Float>, _ ldx: Int, _ nr: Int,
                                     _ y: UnsafeMutablePointer<Float>, _ ldy: Int, _ pool: ThreadPool) {
+    // Integer path (C kernel, vpmaddwd): x is quantized once per call to int16 blocks; each weight
+    // block is multiplied in integers and scaled once. Rows are split between threads; each x row is
+    // processed by the same per-row arithmetic, so matVecRows equals matVec row by row.
     let nb = n / 32
-    withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, nr * nb)) { sums in
-        let sxs = sums.baseAddress!
-        for i in 0..<max(1, nr * nb) { sxs[i] = 0 }
-        if B.hasOffset {
-            for r in 0..<nr { blockSums(x + r * ldx, nb: nb, into: sxs + r * nb) }
-        }
-        let tasks = mvTasks(out * rs * nr, out, pool)
-        pool.run(maxTasks: tasks) { idx, cnt in
-            let range = partition(out, index: idx, count: cnt, align: 4)
-            if range.isEmpty { return }
-            let s = UnsafePointer(sxs)
-            if nr == 1 {
-                var o = range.lowerBound
-                while o + 4 <= range.upperBound {
-                    quantRows4(kind, w + o * rs, rs, nb, x, s, y + o)
-                    o += 4
-                }
-                while o < range.upperBound {
-                    y[o] = quantRow1(kind, w + o * rs, nb, x, s)
-                    o += 1
-                }
-            } else {
-                for o in range {
-                    quantRowMulti(kind, w + o * rs, nb, x, ldx, nr, s, y + o, ldy)
+    withUnsafeTemporaryAllocation(of: Int16.self, capacity: max(1, nr * nb * 32)) { xqBuf in
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, 2 * nr * nb)) { sBuf in
+            let xq = xqBuf.baseAddress!, dx = sBuf.baseAddress!, xs = sBuf.baseAddress! + nr * nb
+            for r in 0..<nr {
+                lk_quantize_x16(x + r * ldx, Int64(nb), xq + r * nb * 32, dx + r * nb, xs + r * nb)
+            }
+            let tasks = mvTasks(out * rs * nr, out, pool)
+            pool.run(maxTasks: tasks) { idx, cnt in
+                let range = partition(out, index: idx, count: cnt, align: 4)
+                if range.isEmpty { return }
+                for r in 0..<nr {
+                    lk_qdot_rows(type, w + range.lowerBound * rs, rs, Int64(range.count), Int64(nb),
+                                 xq + r * nb * 32, dx + r * nb, xs + r * nb, y + r * ldy + range.lowerBound)
                 }
             }
         }
