@@ -421,6 +421,31 @@ import Foundation
         }
         var base = 0.0, lora = 0.0
         for _ in 0..<2 { base = try decodeTime([]); lora = try decodeTime([(a, 1)]) }
+        // The adapter work alone for one decode token (all 2·layers module forwards, rows = 1): less noisy
+        // than the end-to-end difference on a shared machine.
+        let mods = a.keys.map { a.modules[$0]! }
+        let pool = ThreadPool(threads: 1)
+        var xb = [Float](repeating: 0.01, count: c.hiddenDim + c.dim), yb = [Float](repeating: 0, count: c.hiddenDim + c.dim)
+        var wsb = [Float](repeating: 0, count: 64)
+        var adapterOnly = Double.infinity
+        try xb.withUnsafeMutableBufferPointer { xp in
+            try yb.withUnsafeMutableBufferPointer { yp in
+                try wsb.withUnsafeMutableBufferPointer { wp in
+                    for _ in 0..<5 {
+                        let t0 = DispatchTime.now().uptimeNanoseconds
+                        for _ in 0..<100 {
+                            for md in mods {
+                                try md.forward(x: xp.baseAddress!, rows: 1, y: yp.baseAddress!, scale: 1,
+                                               workspace: wp.baseAddress!, pool: pool)
+                            }
+                        }
+                        adapterOnly = min(adapterOnly, Double(DispatchTime.now().uptimeNanoseconds - t0) / 100e6)
+                    }
+                }
+            }
+        }
+        print("LoRA adapter forwards alone per decode token: \(String(format: "%.4f", adapterOnly)) ms = \(String(format: "%.2f", adapterOnly / base * 100))% of a base decode step")
+        #expect(adapterOnly / base < 0.05)
         print("LoRA decode overhead (r=8, q+v, \(c.nLayers) layers): base \(String(format: "%.3f", base)) ms/token, with adapter \(String(format: "%.3f", lora)) ms/token, +\(String(format: "%.1f", (lora / base - 1) * 100))%")
         // Rebuild cost: 4 all-linear adapters on every layer.
         let ads = try (0..<4).map { i in
