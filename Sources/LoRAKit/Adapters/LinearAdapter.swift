@@ -22,6 +22,7 @@ public struct AdapterStack: Sendable {
     public struct Entry: Sendable {
         public let adapter: LinearAdapter
         public let scale: Float
+        public init(adapter: LinearAdapter, scale: Float) { self.adapter = adapter; self.scale = scale }
     }
     /// Indexed by layer * LinearModule.allCases.count + module.rawValue.
     public private(set) var entries: [[Entry]]
@@ -41,6 +42,20 @@ public struct AdapterStack: Sendable {
 
     public mutating func append(_ layer: Int, _ module: LinearModule, _ e: Entry) {
         entries[layer * LinearModule.allCases.count + module.rawValue].append(e)
+    }
+
+    /// Remove every entry for which `drop` is true (order of the others kept).
+    public mutating func removeAll(where drop: (Entry) -> Bool) {
+        for i in entries.indices where !entries[i].isEmpty { entries[i].removeAll(where: drop) }
+    }
+
+    /// Set the scale of every entry for which `match` is true (positions kept).
+    public mutating func setScale(_ scale: Float, where match: (Entry) -> Bool) {
+        for i in entries.indices {
+            for j in entries[i].indices where match(entries[i][j]) {
+                entries[i][j] = Entry(adapter: entries[i][j].adapter, scale: scale)
+            }
+        }
     }
 
     /// Largest workspace any entry needs for `rows` rows.

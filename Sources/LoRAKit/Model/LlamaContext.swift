@@ -22,8 +22,14 @@ public final class LlamaContext: @unchecked Sendable {
     public private(set) var position = 0
     /// Adapters applied to every linear layer of this context.
     public var adapters: AdapterStack {
-        didSet { adapterWorkspace = nil }
+        didSet {
+            adapterWorkspace = nil
+            adapterWorkspaceFloats = adapters.workspaceFloats(rows: batchCapacity)
+        }
     }
+    /// LoRA adapters attached with `attach`, in attachment order (their entries live in `adapters`).
+    private var loraAttachments: [LoRAAttachment] = []
+    private var adapterWorkspaceFloats = 0
 
     // KV cache: per layer [maxPositions, KV] for keys and values (f32, pages touched only when used).
     private let kCache: [Storage]
@@ -190,7 +196,7 @@ public final class LlamaContext: @unchecked Sendable {
         try Linear.forward(x: x, rows: rows, weight: model.layers[layer].weight(m), y: y, pool: pool)
         let list = adapters.at(layer, m)
         if list.isEmpty { return }
-        let need = adapters.workspaceFloats(rows: batchCapacity)
+        let need = adapterWorkspaceFloats
         if adapterWorkspace == nil || adapterWorkspace!.byteCount < need * 4 {
             adapterWorkspace = try Storage(lazyZeroedBytes: max(need, 1) * 4)
         }
@@ -238,5 +244,73 @@ public final class LlamaContext: @unchecked Sendable {
                 try Ops.addInPlace(xp, tp, count: t * c.dim, pool: pool)
             }
         }
+    }
+}
+
+// MARK: - LoRA attachments
+
+struct LoRAAttachment {
+    let adapter: LoRAAdapter
+    var scale: Float
+    /// The `LinearAdapter` objects this attachment put into the stack.
+    let ids: Set<ObjectIdentifier>
+}
+
+extension LlamaContext {
+    /// Attach `adapter` with per-attachment multiplier `scale`: every (layer, module) it has adds
+    /// `scale · s · B(A x)` after the adapters already attached. Validates the adapter against the model
+    /// (sizes, shapes, finite values) and `scale` (finite); on error nothing changes. Attaching the same
+    /// adapter twice is an error (use `setScale`). The adapter is shared, not copied: one adapter may be
+    /// attached to many contexts at once. If its `rowLayout` differs from the model's, q/k B rows are
+    /// permuted once per adapter and layout (cached in the adapter).
+    public func attach(_ adapter: LoRAAdapter, scale: Float = 1) throws(LKError) {
+        guard scale.isFinite else { throw .invalidArgument("attach \(adapter.name): scale \(scale) is not finite") }
+        guard !loraAttachments.contains(where: { $0.adapter === adapter }) else {
+            throw .invalidArgument("attach \(adapter.name): this adapter is already attached to the context (use setScale)")
+        }
+        try adapter.check(against: model)
+        let mods = try adapter.modules(for: model.config.ropeLayout)
+        var stack = adapters
+        var ids = Set<ObjectIdentifier>()
+        for k in adapter.keys {
+            let m = mods[k]!
+            stack.append(k.layer, k.module, AdapterStack.Entry(adapter: m, scale: scale))
+            ids.insert(ObjectIdentifier(m))
+        }
+        loraAttachments.append(LoRAAttachment(adapter: adapter, scale: scale, ids: ids))
+        adapters = stack
+    }
+
+    /// Detach `adapter` (error if it is not attached). The other adapters keep their order and scales.
+    public func detach(_ adapter: LoRAAdapter) throws(LKError) {
+        guard let i = loraAttachments.firstIndex(where: { $0.adapter === adapter }) else {
+            throw .invalidArgument("detach \(adapter.name): the adapter is not attached to this context")
+        }
+        let ids = loraAttachments[i].ids
+        loraAttachments.remove(at: i)
+        adapters.removeAll { ids.contains(ObjectIdentifier($0.adapter)) }
+    }
+
+    /// Change the multiplier of an attached adapter (finite; 0 disables it without detaching).
+    public func setScale(_ scale: Float, for adapter: LoRAAdapter) throws(LKError) {
+        guard scale.isFinite else { throw .invalidArgument("setScale \(adapter.name): scale \(scale) is not finite") }
+        guard let i = loraAttachments.firstIndex(where: { $0.adapter === adapter }) else {
+            throw .invalidArgument("setScale \(adapter.name): the adapter is not attached to this context")
+        }
+        let ids = loraAttachments[i].ids
+        loraAttachments[i].scale = scale
+        adapters.setScale(scale) { ids.contains(ObjectIdentifier($0.adapter)) }
+    }
+
+    /// The attached LoRA adapters and their scales, in attachment order.
+    public var attachedAdapters: [(adapter: LoRAAdapter, scale: Float)] {
+        loraAttachments.map { ($0.adapter, $0.scale) }
+    }
+
+    /// Detach every LoRA adapter (other entries of `adapters`, e.g. plugin adapters, stay).
+    public func detachAll() {
+        let ids = loraAttachments.reduce(into: Set<ObjectIdentifier>()) { $0.formUnion($1.ids) }
+        loraAttachments.removeAll()
+        adapters.removeAll { ids.contains(ObjectIdentifier($0.adapter)) }
     }
 }
