@@ -186,14 +186,12 @@ def measure_membw(threads: int) -> tuple[float | None, str]:
         return None, "no C compiler for bench/membw.c"
     with tempfile.TemporaryDirectory() as tmp:
         exe = Path(tmp) / "membw"
-        r = subprocess.run([cc, "-O3", "-pthread", "-o", str(exe), str(src)], capture_output=True, text=True)
+        arch = ["-mavx2"] if platform.machine() in ("x86_64", "AMD64") else []
+        r = subprocess.run([cc, "-O3", *arch, "-pthread", "-o", str(exe), str(src)], capture_output=True, text=True)
         if r.returncode != 0:
             return None, f"bench/membw.c does not compile: {r.stderr.strip()[:200]}"
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MEMBW_THREADS=str(threads))
-        r = subprocess.run([str(exe), "--threads", str(threads)], capture_output=True, text=True, env=env,
-                           timeout=300)
-        if r.returncode != 0:  # maybe it takes no options
-            r = subprocess.run([str(exe)], capture_output=True, text=True, env=env, timeout=300)
+        r = subprocess.run([str(exe), str(threads)], capture_output=True, text=True, env=env, timeout=300)
         if r.returncode != 0:
             return None, f"bench/membw failed: {r.stderr.strip()[:200]}"
     out = r.stdout.strip()
@@ -332,8 +330,12 @@ def ensure_llama_cpp() -> tuple[bool, str]:
     except ImportError:
         pass
     print("bench: installing llama-cpp-python (builds llama.cpp from source; several minutes)", file=sys.stderr)
-    r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "llama-cpp-python"],
-                       capture_output=True, text=True)
+    # Built for this CPU (GGML_NATIVE) but without AMX: AMX tiles need the OS to grant the feature
+    # (arch_prctl), which virtual machines here do not, and ggml's AMX path then dies with SIGILL.
+    no_amx = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+    env = dict(os.environ, CMAKE_ARGS=f"-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='{no_amx}' -DCMAKE_CXX_FLAGS='{no_amx}'")
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-cache-dir", "llama-cpp-python"],
+                       capture_output=True, text=True, env=env)
     if r.returncode != 0:
         return False, "pip install llama-cpp-python failed: " + r.stderr.strip().splitlines()[-1:][0] if r.stderr.strip() else "?"
     import importlib
