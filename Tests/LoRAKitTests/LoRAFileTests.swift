@@ -189,6 +189,24 @@ import Glibc
         #expect(!DirectoryReplace.listDirectory(parent).contains { $0.hasPrefix(".lorakit-new-") || $0.hasPrefix(".lorakit-old-") })
     }
 
+    /// With LORAKIT_LORA_EXPORT=<dir>, writes PEFT folders for scripts/check_peft_export.py (which loads
+    /// them with PEFT and compares the logits with reference.json): each fixture re-written, and each
+    /// fixture after a trip through a GGUF file (interleaved rows, folded scalings).
+    @Test func exportForPEFTCheck() throws {
+        guard let d = getenv("LORAKIT_LORA_EXPORT") else { return }
+        let out = String(cString: d)
+        mkdir(out, 0o755)
+        let cfg = LoRAFileTests.config
+        for name in LoRAFileTests.adapters {
+            let t = try LoRATensors(peftDirectory: LoRAFileTests.dir + name)
+            try t.writePEFT(directory: out + "/" + name, config: cfg)
+            let g = out + "/\(name).gguf"
+            try t.writeGGUF(path: g, config: cfg)
+            try LoRATensors(ggufFile: g).writePEFT(directory: out + "/\(name)_via_gguf", config: cfg)
+        }
+        try LoRATensors(ggufFile: LoRAFileTests.dir + "lora_a.gguf").writePEFT(directory: out + "/r4_all_from_python_gguf", config: cfg)
+    }
+
     // MARK: GGUF
 
     @Test func readsPythonWrittenGGUF() throws {
