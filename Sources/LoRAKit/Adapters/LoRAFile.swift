@@ -105,7 +105,10 @@ public struct LoRATensors: Sendable {
     /// Checks every entry against a model: layer in range, A = [r, IN], B = [OUT, r].
     public func check(_ config: LlamaConfig) throws(LKError) {
         for e in entries {
-            guard e.layer < config.nLayers else {
+            guard e.a.rank == 2, e.b.rank == 2, e.a.shape[0] == e.b.shape[1] else {
+                throw .shapeMismatch("LoRA: \(e.what): lora_A \(e.a.shape) and lora_B \(e.b.shape) are not [r, in] and [out, r]")
+            }
+            guard e.layer >= 0, e.layer < config.nLayers else {
                 throw .shapeMismatch("LoRA: \(e.what): layer \(e.layer) does not exist (the model has \(config.nLayers) layers)")
             }
             let (o, i) = e.module.shape(config)
