@@ -1,7 +1,9 @@
 /// Perplexity scoring: next-token negative log-likelihood over a token sequence cut into consecutive,
 /// non-overlapping windows, each evaluated alone from position 0; every position but the first of each
 /// window is predicted (as llama.cpp's perplexity tool and the usual transformers loop do).
-/// The output head is computed for `chunk` rows at a time, so [window, V] logits are never held at once.
+/// The output head is computed for all rows of a window and `vocabChunk` vocabulary entries at a time
+/// (an online log-sum-exp folds the chunks), so [window, V] logits are never held at once and each
+/// (quantized) output-head panel is dequantized once per window.
 public struct ScoreResult: Sendable {
     /// Predicted tokens.
     public var tokens: Int
@@ -14,7 +16,7 @@ public struct ScoreResult: Sendable {
 }
 
 public func score(context ctx: LlamaContext, tokens: [Int32], window: Int, maxTokens: Int? = nil,
-                  chunk: Int = 64) throws(LKError) -> ScoreResult {
+                  vocabChunk: Int = 4096) throws(LKError) -> ScoreResult {
     guard window >= 2 else { throw .invalidArgument("score: window \(window) must be ≥ 2") }
     guard window <= ctx.maxPositions else {
         throw .invalidArgument("score: window \(window) exceeds the context size \(ctx.maxPositions)")
@@ -30,9 +32,14 @@ public func score(context ctx: LlamaContext, tokens: [Int32], window: Int, maxTo
     guard ids.count >= 2 else { throw .invalidArgument("score: need at least 2 tokens, got \(ids.count)") }
     let model = ctx.model
     let V = model.config.vocabSize, C = model.config.dim
-    let logits = try Storage(lazyZeroedBytes: chunk * V * 4)
+    let head = model.output
+    let headRowBytes = try head.dtype.rowBytes(C)
+    let vc = min(vocabChunk, V)
+    let logits = try Storage(lazyZeroedBytes: window * vc * 4)
     let lp = logits.base.assumingMemoryBound(to: Float.self)
-    var losses = [Float](repeating: 0, count: chunk)
+    let state = try Storage(lazyZeroedBytes: 4 * window * 4)
+    let runMax = state.base.assumingMemoryBound(to: Float.self)
+    let runSum = runMax + window, tgtLogit = runMax + 2 * window, losses = runMax + 3 * window
     var total = 0.0
     var count = 0
     var windows: [(start: Int, predicted: Int, nllSum: Double)] = []
@@ -44,25 +51,32 @@ public func score(context ctx: LlamaContext, tokens: [Int32], window: Int, maxTo
         ctx.reset()
         _ = try ctx.evaluate(.tokens(w), logits: .none)
         let hidden = try ctx.lastHidden(rows: w.count)
-        var wsum = 0.0
-        var r = 0
-        let predicted = w.count - 1
-        while r < predicted {
-            let n = min(chunk, predicted - r)
-            try Linear.forward(x: hidden + r * C, rows: n, weight: model.output, y: lp, pool: ctx.pool)
-            let targets = Array(w[(r + 1)...(r + n)])
+        let n = w.count - 1
+        let targets = Array(w[1...])
+        try Ops.crossEntropyBegin(rows: n, runningMax: runMax, runningSum: runSum, targetLogit: tgtLogit)
+        var v0 = 0
+        while v0 < V {
+            let cols = min(vc, V - v0)
+            let panel = try Tensor(storage: head.storage, offset: head.offset + v0 * headRowBytes, shape: [cols, C],
+                                   dtype: head.dtype)
+            try Linear.forward(x: hidden, rows: n, weight: panel, y: lp, pool: ctx.pool)
             try targets.withUnsafeBufferPointer { (tp: UnsafeBufferPointer<Int32>) throws(LKError) in
-                try losses.withUnsafeMutableBufferPointer { (lo: inout UnsafeMutableBufferPointer<Float>) throws(LKError) in
-                    try Ops.crossEntropyForward(logits: lp, rows: n, vocab: V, targets: tp.baseAddress!,
-                                                losses: lo.baseAddress!, lse: nil, pool: ctx.pool)
-                }
+                try Ops.crossEntropyChunk(logits: lp, ld: cols, rows: n, cols: cols, vocabStart: v0,
+                                          targets: tp.baseAddress!, runningMax: runMax, runningSum: runSum,
+                                          targetLogit: tgtLogit, pool: ctx.pool)
             }
-            for i in 0..<n { wsum += Double(losses[i]) }
-            r += n
+            v0 += cols
         }
-        windows.append((start, predicted, wsum))
+        try targets.withUnsafeBufferPointer { (tp: UnsafeBufferPointer<Int32>) throws(LKError) in
+            try Ops.crossEntropyFinish(rows: n, vocab: V, targets: tp.baseAddress!, ignoreIndex: -100,
+                                       runningMax: runMax, runningSum: runSum, targetLogit: tgtLogit,
+                                       losses: losses, lse: nil)
+        }
+        var wsum = 0.0
+        for i in 0..<n { wsum += Double(losses[i]) }
+        windows.append((start, n, wsum))
         total += wsum
-        count += predicted
+        count += n
         start += window
     }
     ctx.reset()
