@@ -380,6 +380,85 @@ LK_API lk_status lk_generate(lk_context *ctx, const int32_t *prompt, int64_t n_p
 /* Free a string returned by the library (it is malloc'ed: free() is equivalent). NULL is a no-op. */
 LK_API void lk_string_free(char *s);
 
+/* ---------------------------------------------------------------------------------------------------
+ * LoRA adapters. An adapter is made for one model (the lk_model it was loaded or created with) and
+ * holds a strong reference to it (lk_model_free may be called first). It is immutable: it may be
+ * attached to many contexts of that model at once, and used from any thread.
+ * Thread safety: attach/detach/set_scale/detach_all use the context (one thread at a time, "in use"
+ * otherwise, as lk_context_eval); load, create, save and merge may run concurrently.
+ * ------------------------------------------------------------------------------------------------- */
+typedef struct lk_adapter lk_adapter;
+
+/* Load a LoRA adapter for `model`: a PEFT folder (adapter_config.json + adapter_model.safetensors) or a
+ * llama.cpp GGUF LoRA file. It is checked against the model (layers, widths, every A/B shape, finite
+ * values). Errors: LK_ERR_IO (cannot open), LK_ERR_FORMAT (malformed file, naming file and field),
+ * LK_ERR_SHAPE (made for a model of other sizes, naming layer, module and tensor), LK_ERR_UNSUPPORTED.
+ * Ownership: *out belongs to the caller (lk_adapter_free); it keeps the model alive. */
+LK_API lk_status lk_adapter_load(lk_model *model, const char *path, lk_adapter **out);
+
+/* Release the caller's handle. NULL is a no-op; a freed or foreign handle is LK_ERR_INVALID_HANDLE.
+ * An adapter attached to contexts stays alive (and attached) until it is detached from them
+ * (lk_context_detach_all; lk_context_detach_adapter needs the handle, so detach first) or those
+ * contexts are freed. */
+LK_API lk_status lk_adapter_free(lk_adapter *adapter);
+
+enum { LK_LORA_INIT_PEFT = 0, LK_LORA_INIT_GAUSSIAN = 1, LK_LORA_INIT_RANDOM = 2 };
+
+typedef struct lk_lora_params {
+    uint32_t struct_size;  /* set by lk_lora_params_init */
+    int32_t rank;          /* 1...4096; default 8 */
+    float alpha;           /* finite, > 0; default 16. Scaling s = alpha/rank (alpha/sqrt(rank) with rsLoRA) */
+    int32_t use_rslora;    /* 0 or 1; default 0 */
+    const char *targets;   /* comma-separated modules: "q,k,v,o,gate,up,down" (also "q_proj", "attn_q"), or
+                              "all-linear"; NULL = "q,v" (default). Borrowed for the call. */
+    float dropout;         /* [0, 1); default 0 (stored in the adapter; not used at inference) */
+    int32_t init;          /* LK_LORA_INIT_PEFT (default: A uniform(±1/sqrt(in)), B = 0, so ΔW = 0),
+                              LK_LORA_INIT_GAUSSIAN (A ~ N(0, 1/rank), B = 0), LK_LORA_INIT_RANDOM (A and B
+                              both random, ΔW != 0: for tests) */
+    uint64_t seed;         /* random seed; default 0 */
+} lk_lora_params;
+
+LK_API void lk_lora_params_init(lk_lora_params *p);
+
+/* A new adapter for `model` (every layer, the target modules). params may be NULL for defaults.
+ * Errors: LK_ERR_INVALID_ARGUMENT naming the field. Ownership as lk_adapter_load. */
+LK_API lk_status lk_adapter_create(lk_model *model, const lk_lora_params *params, lk_adapter **out);
+
+enum { LK_ADAPTER_PEFT = 0, LK_ADAPTER_GGUF = 1 };
+
+/* Save an adapter: format LK_ADAPTER_PEFT writes a folder `path` (created if needed) with
+ * adapter_config.json + adapter_model.safetensors, loadable by PEFT's PeftModel.from_pretrained;
+ * LK_ADAPTER_GGUF writes a llama.cpp GGUF LoRA file. Files are written atomically. */
+LK_API lk_status lk_adapter_save(const lk_adapter *adapter, const char *path, int32_t format);
+
+/* Attach `adapter` to `ctx` with multiplier `scale`: every module it has adds scale · s · B(A x). The
+ * adapter must have been loaded/created for ctx's model (the same lk_model load; otherwise
+ * LK_ERR_INVALID_ARGUMENT). scale must be finite (NaN/Inf: LK_ERR_INVALID_ARGUMENT); attaching an
+ * adapter that is already attached to ctx is LK_ERR_INVALID_ARGUMENT (use lk_context_set_adapter_scale).
+ * On error nothing changes. Cached positions are kept (they were computed without the adapter: call
+ * lk_context_reset to re-evaluate). The context holds the adapter until it is detached or ctx is freed. */
+LK_API lk_status lk_context_attach_adapter(lk_context *ctx, lk_adapter *adapter, float scale);
+
+/* Detach an attached adapter (LK_ERR_INVALID_ARGUMENT if it is not attached to ctx). Other adapters keep
+ * their order and scales. */
+LK_API lk_status lk_context_detach_adapter(lk_context *ctx, lk_adapter *adapter);
+
+/* Change the multiplier of an attached adapter (finite; 0 disables it without detaching). On error
+ * nothing changes. */
+LK_API lk_status lk_context_set_adapter_scale(lk_context *ctx, lk_adapter *adapter, float scale);
+
+/* Detach every adapter from ctx (also those whose handle was already freed). */
+LK_API lk_status lk_context_detach_all(lk_context *ctx);
+
+/* Write model's GGUF file with W + Σ scales[i] · s_i · B_i·A_i folded into every weight the n (≥ 1)
+ * adapters touch, to `path` (atomically): all metadata (tokenizer included) and other tensors are
+ * copied as they are. The model must have been loaded from a GGUF file (else LK_ERR_UNSUPPORTED).
+ * adapters: n distinct adapters made for `model`; scales: n finite floats. out_type: LK_DTYPE_F32,
+ * LK_DTYPE_F16, LK_DTYPE_Q8_0, or -1 = the base weight's own type (re-quantized after merging). Load the
+ * result with lk_model_load. */
+LK_API lk_status lk_model_merge_to_file(lk_model *model, lk_adapter *const *adapters, const float *scales, int32_t n,
+                                        int32_t out_type, const char *path);
+
 /* Sizes of the params/info structs this library was built with (bindings check them at import). */
 LK_API int64_t lk_sizeof_model_params(void);
 LK_API int64_t lk_sizeof_model_info(void);
@@ -388,6 +467,7 @@ LK_API int64_t lk_sizeof_sampler_params(void);
 LK_API int64_t lk_sizeof_generate_params(void);
 LK_API int64_t lk_sizeof_generate_result(void);
 LK_API int64_t lk_sizeof_chat_message(void);
+LK_API int64_t lk_sizeof_lora_params(void);
 
 #ifdef __cplusplus
 }

@@ -32,7 +32,7 @@ from . import _lib
 from ._lib import ABI_VERSION
 
 __all__ = [
-    "ABI_VERSION", "Context", "DType", "GenerationResult", "LoRAKitError", "Model", "ModelInfo", "Status",
+    "ABI_VERSION", "Adapter", "AdapterFormat", "Context", "DType", "GenerationResult", "LoRAKitError", "Model", "ModelInfo", "Status",
     "StopReason", "Tensor", "abi_version", "clear_error", "cpu_count", "dtype_info", "generate", "get_threads",
     "last_error", "matmul", "set_threads", "status_string", "version",
 ]
@@ -553,6 +553,35 @@ class Model(_Handle):
                                                                   b, n, need))
         return raw.decode("utf-8", "replace")
 
+    def merge_to_file(self, adapters, path, out_type=None) -> None:
+        """Write this model's GGUF file with adapters merged into the weights (lk_model_merge_to_file).
+
+        adapters: an Adapter, or a sequence of Adapters and/or (Adapter, scale) pairs (scale 1.0 when
+        omitted), all made for this model. out_type: None (the base weight's own type), or DType.F32 /
+        F16 / Q8_0 (or their names). Load the result with Model(path).
+        """
+        if isinstance(adapters, Adapter) or (
+                isinstance(adapters, tuple) and len(adapters) == 2 and isinstance(adapters[0], Adapter)
+                and not isinstance(adapters[1], Adapter)):
+            adapters = [adapters]
+        pairs = []
+        for i, item in enumerate(adapters):
+            if isinstance(item, Adapter):
+                a, scale = item, 1.0
+            else:
+                try:
+                    a, scale = item
+                except (TypeError, ValueError):
+                    raise TypeError(f"adapters[{i}] must be an Adapter or an (Adapter, scale) pair") from None
+            if not isinstance(a, Adapter):
+                raise TypeError(f"adapters[{i}] must be a lorakit.Adapter, got {type(a).__name__}")
+            pairs.append((a.handle, float(scale)))
+        n = len(pairs)
+        handles = (_lib.lk_adapter_p * max(1, n))(*[h for h, _ in pairs])
+        scales = (c_float * max(1, n))(*[s for _, s in pairs])
+        t = -1 if out_type is None else _dtype_arg(out_type)
+        _check(_c.lk_model_merge_to_file(self.handle, handles, scales, n, t, os.fsencode(path)))
+
     def __repr__(self) -> str:
         if self._handle is None:
             return "Model(<closed>)"
@@ -633,8 +662,104 @@ class Context(_Handle):
         _check(_c.lk_context_eval_embeddings(self.handle, e.ctypes.data_as(POINTER(c_float)), e.shape[0], mode, p, cap))
         return out
 
+    def attach(self, adapter: "Adapter", scale: float = 1.0) -> None:
+        """Attach an adapter made for this context's model with multiplier `scale` (finite). Cached
+        positions are kept: call reset() to re-evaluate with the adapter."""
+        if not isinstance(adapter, Adapter):
+            raise TypeError(f"adapter must be a lorakit.Adapter, got {type(adapter).__name__}")
+        _check(_c.lk_context_attach_adapter(self.handle, adapter.handle, float(scale)))
+
+    def detach(self, adapter: "Adapter") -> None:
+        """Detach an attached adapter."""
+        if not isinstance(adapter, Adapter):
+            raise TypeError(f"adapter must be a lorakit.Adapter, got {type(adapter).__name__}")
+        _check(_c.lk_context_detach_adapter(self.handle, adapter.handle))
+
+    def set_scale(self, adapter: "Adapter", scale: float) -> None:
+        """Change the multiplier of an attached adapter (0 disables it without detaching)."""
+        if not isinstance(adapter, Adapter):
+            raise TypeError(f"adapter must be a lorakit.Adapter, got {type(adapter).__name__}")
+        _check(_c.lk_context_set_adapter_scale(self.handle, adapter.handle, float(scale)))
+
+    def detach_all(self) -> None:
+        """Detach every adapter."""
+        _check(_c.lk_context_detach_all(self.handle))
+
     def __repr__(self) -> str:
         return "Context(<closed>)" if self._handle is None else f"Context(position={self.position})"
+
+
+# ---------------------------------------------------------------------------------------------------
+# LoRA adapters
+# ---------------------------------------------------------------------------------------------------
+
+class AdapterFormat(enum.IntEnum):
+    """lk_adapter_save formats."""
+    PEFT = _lib.LK_ADAPTER_PEFT
+    GGUF = _lib.LK_ADAPTER_GGUF
+
+
+_INITS = {"peft": _lib.LK_LORA_INIT_PEFT, "gaussian": _lib.LK_LORA_INIT_GAUSSIAN, "random": _lib.LK_LORA_INIT_RANDOM}
+
+
+class Adapter(_Handle):
+    """A LoRA adapter made for one Model (kept alive by the adapter). Attach it to any number of
+    contexts of that model with Context.attach. Build with Adapter.load or Adapter.create."""
+    __slots__ = ("model",)
+    _kind = "adapter"
+    _free = staticmethod(_c.lk_adapter_free)
+
+    def __init__(self):
+        raise TypeError("use Adapter.load(model, path) or Adapter.create(model, ...)")
+
+    @classmethod
+    def _wrap(cls, model: "Model", handle: int) -> "Adapter":
+        a = object.__new__(cls)
+        a._handle = handle
+        a.model = model
+        return a
+
+    @classmethod
+    def load(cls, model: "Model", path) -> "Adapter":
+        """Load a PEFT folder or a llama.cpp GGUF LoRA file for `model`."""
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be a lorakit.Model, got {type(model).__name__}")
+        out = _lib.lk_adapter_p()
+        _check(_c.lk_adapter_load(model.handle, os.fsencode(path), byref(out)))
+        return cls._wrap(model, out.value)
+
+    @classmethod
+    def create(cls, model: "Model", rank: int = 8, alpha: float = 16.0, targets: "str | Sequence[str]" = "q,v",
+               use_rslora: bool = False, dropout: float = 0.0, init: str = "peft", seed: int = 0) -> "Adapter":
+        """A new adapter for every layer of `model`. targets: "q,v", "all-linear", or a list of module
+        names. init: "peft" (B = 0: no effect until trained), "gaussian", or "random" (A and B random,
+        for tests)."""
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be a lorakit.Model, got {type(model).__name__}")
+        if init not in _INITS:
+            raise ValueError(f"init must be one of {', '.join(map(repr, _INITS))}, got {init!r}")
+        if not isinstance(targets, str):
+            targets = ",".join(targets)
+        p = _lib.lk_lora_params()
+        _c.lk_lora_params_init(byref(p))
+        tb = targets.encode("utf-8")
+        p.rank, p.alpha, p.use_rslora = int(rank), float(alpha), int(bool(use_rslora))
+        p.targets, p.dropout, p.init, p.seed = tb, float(dropout), _INITS[init], int(seed)
+        out = _lib.lk_adapter_p()
+        _check(_c.lk_adapter_create(model.handle, byref(p), byref(out)))
+        return cls._wrap(model, out.value)
+
+    def save(self, path, format: "AdapterFormat | str" = AdapterFormat.PEFT) -> None:
+        """Save as a PEFT folder ("peft") or a GGUF LoRA file ("gguf")."""
+        if isinstance(format, str):
+            try:
+                format = AdapterFormat[format.upper()]
+            except KeyError:
+                raise ValueError(f"format must be 'peft' or 'gguf', got {format!r}") from None
+        _check(_c.lk_adapter_save(self.handle, os.fsencode(path), int(format)))
+
+    def __repr__(self) -> str:
+        return "Adapter(<closed>)" if self._handle is None else f"Adapter(handle=0x{self._handle:x})"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -360,6 +360,66 @@ _fn("lk_generate", lk_status,
 # void lk_string_free(char *s);
 _fn("lk_string_free", None, [c_void_p])
 
+# ---------------------------------------------------------------------------------------------------
+# LoRA adapters
+# ---------------------------------------------------------------------------------------------------
+
+# typedef struct lk_adapter lk_adapter;   (opaque: handled as void *)
+lk_adapter_p = c_void_p
+
+# lk_status lk_adapter_load(lk_model *model, const char *path, lk_adapter **out);
+_fn("lk_adapter_load", lk_status, [lk_model_p, c_char_p, POINTER(lk_adapter_p)])
+
+# lk_status lk_adapter_free(lk_adapter *adapter);
+_fn("lk_adapter_free", lk_status, [lk_adapter_p])
+
+# enum { LK_LORA_INIT_PEFT = 0, LK_LORA_INIT_GAUSSIAN = 1, LK_LORA_INIT_RANDOM = 2 };
+LK_LORA_INIT_PEFT = 0
+LK_LORA_INIT_GAUSSIAN = 1
+LK_LORA_INIT_RANDOM = 2
+
+
+# typedef struct lk_lora_params {
+#     uint32_t struct_size; int32_t rank; float alpha; int32_t use_rslora; const char *targets;
+#     float dropout; int32_t init; uint64_t seed;
+# } lk_lora_params;
+class lk_lora_params(Structure):
+    _fields_ = [
+        ("struct_size", c_uint32), ("rank", c_int32), ("alpha", c_float), ("use_rslora", c_int32),
+        ("targets", c_char_p), ("dropout", c_float), ("init", c_int32), ("seed", c_uint64),
+    ]
+
+
+# void lk_lora_params_init(lk_lora_params *p);
+_fn("lk_lora_params_init", None, [POINTER(lk_lora_params)])
+
+# lk_status lk_adapter_create(lk_model *model, const lk_lora_params *params, lk_adapter **out);
+_fn("lk_adapter_create", lk_status, [lk_model_p, POINTER(lk_lora_params), POINTER(lk_adapter_p)])
+
+# enum { LK_ADAPTER_PEFT = 0, LK_ADAPTER_GGUF = 1 };
+LK_ADAPTER_PEFT = 0
+LK_ADAPTER_GGUF = 1
+
+# lk_status lk_adapter_save(const lk_adapter *adapter, const char *path, int32_t format);
+_fn("lk_adapter_save", lk_status, [lk_adapter_p, c_char_p, c_int32])
+
+# lk_status lk_context_attach_adapter(lk_context *ctx, lk_adapter *adapter, float scale);
+_fn("lk_context_attach_adapter", lk_status, [lk_context_p, lk_adapter_p, c_float])
+
+# lk_status lk_context_detach_adapter(lk_context *ctx, lk_adapter *adapter);
+_fn("lk_context_detach_adapter", lk_status, [lk_context_p, lk_adapter_p])
+
+# lk_status lk_context_set_adapter_scale(lk_context *ctx, lk_adapter *adapter, float scale);
+_fn("lk_context_set_adapter_scale", lk_status, [lk_context_p, lk_adapter_p, c_float])
+
+# lk_status lk_context_detach_all(lk_context *ctx);
+_fn("lk_context_detach_all", lk_status, [lk_context_p])
+
+# lk_status lk_model_merge_to_file(lk_model *model, lk_adapter *const *adapters, const float *scales, int32_t n,
+#                                  int32_t out_type, const char *path);
+_fn("lk_model_merge_to_file", lk_status,
+    [lk_model_p, POINTER(lk_adapter_p), POINTER(c_float), c_int32, c_int32, c_char_p])
+
 # int64_t lk_sizeof_model_params(void);
 _fn("lk_sizeof_model_params", c_int64, [])
 # int64_t lk_sizeof_model_info(void);
@@ -374,6 +434,8 @@ _fn("lk_sizeof_generate_params", c_int64, [])
 _fn("lk_sizeof_generate_result", c_int64, [])
 # int64_t lk_sizeof_chat_message(void);
 _fn("lk_sizeof_chat_message", c_int64, [])
+# int64_t lk_sizeof_lora_params(void);
+_fn("lk_sizeof_lora_params", c_int64, [])
 
 # Each ctypes Structure beside the library's lk_sizeof_*() (checked at import, and by the tests).
 STRUCTS = {
@@ -384,6 +446,7 @@ STRUCTS = {
     "lk_generate_params": (lk_generate_params, "lk_sizeof_generate_params"),
     "lk_generate_result": (lk_generate_result, "lk_sizeof_generate_result"),
     "lk_chat_message": (lk_chat_message, "lk_sizeof_chat_message"),
+    "lk_lora_params": (lk_lora_params, "lk_sizeof_lora_params"),
 }
 
 # Every function declared in lorakit.h, in header order (the tests check each is reachable).
@@ -396,9 +459,11 @@ FUNCTIONS = (
     "lk_model_chat_template", "lk_model_meta", "lk_tokenize", "lk_detokenize", "lk_token_bytes", "lk_chat_apply",
     "lk_context_params_init", "lk_context_new", "lk_context_free", "lk_context_reset", "lk_context_position",
     "lk_context_eval", "lk_context_eval_embeddings", "lk_sampler_params_init", "lk_generate_params_init",
-    "lk_generate", "lk_string_free", "lk_sizeof_model_params", "lk_sizeof_model_info",
+    "lk_generate", "lk_string_free", "lk_adapter_load", "lk_adapter_free", "lk_lora_params_init",
+    "lk_adapter_create", "lk_adapter_save", "lk_context_attach_adapter", "lk_context_detach_adapter",
+    "lk_context_set_adapter_scale", "lk_context_detach_all", "lk_model_merge_to_file", "lk_sizeof_model_params", "lk_sizeof_model_info",
     "lk_sizeof_context_params", "lk_sizeof_sampler_params", "lk_sizeof_generate_params",
-    "lk_sizeof_generate_result", "lk_sizeof_chat_message",
+    "lk_sizeof_generate_result", "lk_sizeof_chat_message", "lk_sizeof_lora_params",
 )
 
 _abi = lib.lk_abi_version()
