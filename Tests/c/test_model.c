@@ -228,7 +228,8 @@ static void test_model_load_errors(void) {
     EXPECT_STATUS(lk_model_load("", NULL, &m), LK_ERR_INVALID_ARGUMENT, "path");
     EXPECT_STATUS(lk_model_load(tiny_path, NULL, NULL), LK_ERR_INVALID_ARGUMENT, "out");
     EXPECT_STATUS(lk_model_load("/nonexistent/model.gguf", NULL, &m), LK_ERR_IO, "/nonexistent/model.gguf");
-    EXPECT_STATUS(lk_model_load("/tmp", NULL, &m), LK_ERR_UNSUPPORTED, "/tmp");
+    /* A folder is read as a Hugging Face checkpoint: without config.json it is an I/O error naming it. */
+    EXPECT_STATUS(lk_model_load("/tmp", NULL, &m), LK_ERR_IO, "config.json");
     /* A file that is not GGUF: this source file. */
     EXPECT_STATUS(lk_model_load(__FILE__, NULL, &m), LK_ERR_FORMAT, NULL);
     CHECK(m == (lk_model *)0x1); /* out untouched on error */

@@ -103,7 +103,7 @@ def test_tiny_tokenizer_calls_fail_clearly(tiny):
 def test_model_load_errors():
     expect_error(Status.IO, "/nonexistent.gguf", Model, "/nonexistent.gguf")
     expect_error(Status.FORMAT, None, Model, __file__)
-    expect_error(Status.UNSUPPORTED, "directory", Model, HERE)
+    expect_error(Status.IO, "config.json", Model, HERE)  # a folder without config.json
 
 
 def test_closed_handles_raise(tiny):
