@@ -396,7 +396,36 @@ def section_generate(cli: str, seconds: float, command: str) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"gemm": section_gemm, "generate": section_generate}
+def section_adapters(cli: str, seconds: float, command: str) -> str:
+    model = model_path()
+    lines = ["### LoRA adapters: decode cost of unmerged adapters, and hot-swap time", ""]
+    lines += [f"- Date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC",
+              f"- CPU: {cpu_model()}; {load_note()}"]
+    if not model:
+        return "\n".join(lines + ["", "n/a: the model could not be fetched"])
+    lines += [f"- Model: `{Path(model).name}`, 2 threads, 128 prompt + 64 generated tokens, random adapters "
+              "(`lorakit bench generate --lora-adapters N --lora-rank 8 --lora-targets q,v`)",
+              f"- Command: `{command}`", "",
+              "| adapters | decode tok/s | vs no adapter | prefill tok/s | attach ms (each) | detach ms (each) |",
+              "|---|---:|---:|---:|---:|---:|"]
+    base = None
+    for n, targets in ((0, "q,v"), (1, "q,v"), (4, "q,v"), (1, "all-linear")):
+        out, err = run_cli(cli, ["bench", "generate", "--model", model, "--threads", "2", "--json",
+                                 "--lora-adapters", str(n), "--lora-targets", targets])
+        if out is None:
+            lines.append(f"| {n} × r=8 {targets} | n/a | | | | |")
+            continue
+        d = out["decode_tokens_per_s"]
+        if n == 0:
+            base = d
+        ms = lambda k: fmt(out[k] * 1000, 3) if out.get(k) is not None else "–"
+        label = "none" if n == 0 else f"{n} × r=8 {targets}"
+        lines.append(f"| {label} | {fmt(d)} | {fmt(d / base, 2) if base else 'n/a'} | "
+                     f"{fmt(out['prefill_tokens_per_s'])} | {ms('attach_seconds')} | {ms('detach_seconds')} |")
+    return "\n".join(lines)
+
+
+SECTIONS = {"gemm": section_gemm, "generate": section_generate, "adapters": section_adapters}
 
 # --------------------------------------------------------------------------------------------------
 # BENCHMARKS.md

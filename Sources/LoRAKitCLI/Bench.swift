@@ -99,6 +99,9 @@ struct BenchGenerate: ParsableCommand {
     @Option(help: "Tokens generated one at a time after the prompt.") var genTokens: Int = 64
     @Option(help: "Threads (default: all cores).") var threads: Int = ThreadPool.hardwareConcurrency
     @Option(help: "Repetitions (the best is reported, as llama-bench reports a mean; see --json fields).") var repeats: Int = 3
+    @Option(help: "Attach this many random LoRA adapters (stacked) to measure their cost.") var loraAdapters: Int = 0
+    @Option(help: "Rank of the random adapters.") var loraRank: Int = 8
+    @Option(help: "Targets of the random adapters (e.g. q,v or all-linear).") var loraTargets: String = "q,v"
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
@@ -106,6 +109,27 @@ struct BenchGenerate: ParsableCommand {
             guard promptTokens >= 1, genTokens >= 0, repeats >= 1 else { throw LKError.invalidArgument("sizes must be positive") }
             let m = try loadModel(model)
             let ctx = try LlamaContext(model: m, maxPositions: promptTokens + genTokens + 1, threads: threads)
+            var attachSeconds: [Double] = [], detachSeconds: [Double] = []
+            if loraAdapters > 0 {
+                var cfg = LoRAConfig(rank: loraRank, alpha: Float(2 * loraRank))
+                cfg.targets = try LoRAConfig.parseTargets(loraTargets)
+                var made: [LoRAAdapter] = []
+                for i in 0..<loraAdapters {
+                    made.append(try LoRAAdapter.create(for: m, config: cfg, initialization: .random(seed: UInt64(i + 1)),
+                                                       name: "bench\(i)"))
+                }
+                // Hot-swap cost: attach all, detach all, a few times; then leave them attached.
+                for _ in 0..<5 {
+                    let t0 = monotonicSeconds()
+                    for a in made { try ctx.attach(a, scale: 1) }
+                    let t1 = monotonicSeconds()
+                    for a in made { try ctx.detach(a) }
+                    let t2 = monotonicSeconds()
+                    attachSeconds.append((t1 - t0) / Double(made.count))
+                    detachSeconds.append((t2 - t1) / Double(made.count))
+                }
+                for a in made { try ctx.attach(a, scale: 1) }
+            }
             // Deterministic pseudo-random prompt tokens (as llama-bench does), avoiding control tokens.
             var rng = SplitMix64(seed: 42)
             let vocab = m.config.vocabSize
@@ -134,6 +158,10 @@ struct BenchGenerate: ParsableCommand {
                     ("prefill_tokens_per_s", .number(pMean)), ("decode_tokens_per_s", .number(dMean)),
                     ("prefill_runs", .array(prefill.map { .number($0) })), ("decode_runs", .array(decode.map { .number($0) })),
                     ("peak_rss_bytes", .number(Double(rss))),
+                    ("lora_adapters", .number(Double(loraAdapters))), ("lora_rank", .number(Double(loraRank))),
+                    ("lora_targets", .string(loraTargets)),
+                    ("attach_seconds", attachSeconds.isEmpty ? .null : .number(attachSeconds.min()!)),
+                    ("detach_seconds", detachSeconds.isEmpty ? .null : .number(detachSeconds.min()!)),
                 ]))
             } else {
                 print("prefill \(promptTokens) tokens: \(format6(pMean)) tok/s; decode \(genTokens) tokens: \(format6(dMean)) tok/s; peak RSS \(rss / 1_048_576) MiB")

@@ -336,6 +336,7 @@ public final class LoRAAdapter: @unchecked Sendable {
     public let modules: [Key: LoRAModule]
 
     private let layoutCache = Locked<[RoPELayout: [Key: LoRAModule]]>([:])
+    private let valuesChecked = Locked<Bool>(false)
 
     /// For loaders: modules built from (layer, module, A, B, rank, alpha) tensors.
     /// Checks keys and shapes against `modelConfig` (not values: see `check(against:)`).
@@ -430,7 +431,11 @@ public final class LoRAAdapter: @unchecked Sendable {
         try same(c.nKVHeads, mc.nKVHeads, "KV heads")
         try same(c.headDim, mc.headDim, "head dimension")
         try checkShapes(c, against: model.source)
-        for k in keys { try modules[k]!.checkFinite() }
+        // Module tensors are immutable once built, so their values are scanned for NaN/Inf once.
+        if !valuesChecked.withLock({ $0 }) {
+            for k in keys { try modules[k]!.checkFinite() }
+            valuesChecked.withLock { $0 = true }
+        }
     }
 
     /// The modules with q/k B rows in `layout` order (built once per layout, then cached).
