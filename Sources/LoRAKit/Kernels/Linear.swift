@@ -49,7 +49,6 @@ public enum Linear {
         }
     }
 
-    /// Below this many rows the multi-row mat-vec beats the GEMM (it reads the weight once per 8 rows
-    /// without packing). Measured with `lorakit bench gemm --m R --dtype q4_1`.
+    /// Below this many rows the mat-vec kernels beat the GEMM (no packing of the weight panels).
     public static let smallRowLimit = 12
 }

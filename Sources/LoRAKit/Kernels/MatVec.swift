@@ -31,9 +31,9 @@ public func matVec(weight: Tensor, x: UnsafePointer<Float>, y: UnsafeMutablePoin
 }
 
 /// `y[r·ldy + o] = Σ_i weight[o][i] · x[r·ldx + i]` for `rows` activation rows (meant for 2–8, e.g. a few
-/// tokens of speculative decoding or a small batch). Each weight block is read once for up to 8 rows
-/// (larger `rows` are processed 8 at a time). Row `r` of the result is bitwise equal to `matVec` on
-/// row `r` of `x`.
+/// tokens of speculative decoding or a small batch). Plain-dtype weights are read once for up to 8 rows
+/// (larger `rows` are processed 8 at a time); quantized weights are read once per row by the integer
+/// kernel (its rows are few). Row `r` of the result is bitwise equal to `matVec` on row `r` of `x`.
 public func matVecRows(weight: Tensor, x: UnsafePointer<Float>, rows: Int, ldx: Int,
                        y: UnsafeMutablePointer<Float>, ldy: Int, pool: ThreadPool) throws(LKError) {
     guard weight.rank == 2 else {
