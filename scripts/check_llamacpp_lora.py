@@ -8,9 +8,15 @@ Needs llama-cpp-python (bench/run_benchmarks.py installs it). Creates random ada
 them with LoRAKit as GGUF LoRA, and compares the perplexity of 256 tokens of the score text: base and
 with the adapter, LoRAKit vs llama.cpp (which loads the file with lora_path). Run by hand; not a test.
 """
-import sys, numpy as np, lorakit, llama_cpp
+import sys
+from pathlib import Path
+
+import llama_cpp
+import lorakit
+import numpy as np
+
 M = sys.argv[1]
-text = open('/work/main/Tests/LoRAKitTests/Fixtures/model/score_text.txt').read()[:2000]
+text = (Path(__file__).resolve().parents[1] / 'Tests/LoRAKitTests/Fixtures/model/score_text.txt').read_text()[:2000]
 with lorakit.Model(M) as model:
     ids = model.tokenize(text, add_special=False)[:256]
     for targets, rslora in (("q,v", False), ("all-linear", True)):
