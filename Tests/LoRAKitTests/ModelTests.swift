@@ -164,6 +164,33 @@ final class RealModel: @unchecked Sendable {
     }
 }
 
+/// Σ NLL over `ids` cut into windows of 512 evaluated alone (every position but each window's first
+/// predicted), the number of predictions, and how many top-1 predictions equal `referenceArgmax`.
+func windowedNLL(model: LlamaModel, adapters: [(LoRAAdapter, Float)] = [], ids: [Int32],
+                 referenceArgmax: [Int32]? = nil) throws -> (Double, Int, Int) {
+    let ctx = try LlamaContext(model: model, maxPositions: 512, threads: 2)
+    for (a, s) in adapters { try ctx.attach(a, scale: s) }
+    var nllSum = 0.0, count = 0, agree = 0
+    var start = 0
+    let V = model.config.vocabSize
+    while start < ids.count {
+        let window = Array(ids[start..<min(start + 512, ids.count)])
+        ctx.reset()
+        let logits = try ctx.evaluate(.tokens(window), logits: .all)
+        for j in 0..<(window.count - 1) {
+            let row = logits[(j * V)..<((j + 1) * V)]
+            let m = Double(row.max()!)
+            var s = 0.0
+            for v in row { s += exp(Double(v) - m) }
+            nllSum += m + log(s) - Double(row[row.startIndex + Int(window[j + 1])])
+            count += 1
+            if let ra = referenceArgmax, Sampler.argmax(Array(row)) == ra[start + j] { agree += 1 }
+        }
+        start += 512
+    }
+    return (nllSum, count, agree)
+}
+
 @Suite(.serialized) struct RealModelTests {
     static let reference: JSONValue? = try? JSON.parse(file: fixturePath("model/smollm2_reference.json"))
 
@@ -173,29 +200,8 @@ final class RealModel: @unchecked Sendable {
         let sc = ref["scoring"]!
         let ids = ints(sc["ids"])
         let refArgmax = ints(sc["argmax"])
-        let ctx = try LlamaContext(model: model, maxPositions: 512, threads: 2)
-        var nllSum = 0.0, count = 0, agree = 0, scored = 0
-        var start = 0
-        let V = model.config.vocabSize
-        while start < ids.count {
-            let window = Array(ids[start..<min(start + 512, ids.count)])
-            ctx.reset()
-            let logits = try ctx.evaluate(.tokens(window), logits: .all)
-            for j in 0..<window.count {
-                let row = logits[(j * V)..<((j + 1) * V)]
-                let am = Sampler.argmax(Array(row))
-                if j + 1 < window.count {
-                    let m = Double(row.max()!)
-                    var s = 0.0
-                    for v in row { s += exp(Double(v) - m) }
-                    nllSum += m + log(s) - Double(row[row.startIndex + Int(window[j + 1])])
-                    count += 1
-                    scored += 1
-                    if am == refArgmax[start + j] { agree += 1 }
-                }
-            }
-            start += 512
-        }
+        let (nllSum, count, agree) = try windowedNLL(model: model, ids: ids, referenceArgmax: refArgmax)
+        let scored = count
         let ppl = exp(nllSum / Double(count))
         let refPPL = sc["perplexity"]!.double!
         #expect(count == sc["predicted_count"]!.int!)
@@ -240,5 +246,25 @@ final class RealModel: @unchecked Sendable {
         // differ by a similar amount.
         #expect(worst < 0.05, "max |Δlogit| \(worst)")
         print("real model: last-position max |Δlogit| \(worst)")
+    }
+
+    /// A PEFT adapter on the Q4_1 model: attached (unmerged) and merged to f32 weights, against the
+    /// perplexity PEFT computes on the dequantized base (transformers' token ids, windows of 512).
+    @Test func loraOnQuantizedModelMatchesPEFTPerplexity() throws {
+        guard let model = RealModel.shared, let ref = RealModelTests.reference else { return }
+        let lref = try JSON.parse(file: fixturePath("lora_real/reference.json"))
+        let ids = ints(ref["scoring"]!["ids"])
+        let adapter = try LoRAAdapter.load(path: fixturePath("lora_real/smollm2_qv"), model: model)
+        let (s1, n1, _) = try windowedNLL(model: model, adapters: [(adapter, 1)], ids: ids)
+        let attached = exp(s1 / Double(n1))
+        let merged = try LoRAKit.merged(model: model, adapters: [(adapter, 1)], outType: .f32)
+        let (s2, n2, _) = try windowedNLL(model: merged, ids: ids)
+        let mergedPPL = exp(s2 / Double(n2))
+        let pa = lref["perplexity_adapter"]!.double!, pm = lref["perplexity_merged"]!.double!
+        let pb = lref["perplexity_base"]!.double!
+        #expect(abs(pa - pb) / pb > 0.005, "the adapter must change the perplexity for this test to mean anything")
+        #expect(abs(attached - pa) / pa < 0.0005, "attached: \(attached) vs PEFT \(pa)")
+        #expect(abs(mergedPPL - pm) / pm < 0.0005, "merged to f32: \(mergedPPL) vs PEFT \(pm)")
+        print("real model + PEFT r=8 q,v: attached ppl \(attached), merged \(mergedPPL); PEFT \(pa) / \(pm)")
     }
 }
