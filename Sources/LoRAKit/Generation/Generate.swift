@@ -25,33 +25,24 @@ public struct GenerationResult: Sendable {
     public var decodeSeconds: Double
 }
 
-/// Streams text pieces as complete UTF-8 and holds back any tail that could start a stop string.
+/// Streams text pieces as complete UTF-8 (through `UTF8StreamDecoder`) and holds back any tail that
+/// could start a stop string.
 struct TextStream {
-    var pending: [UInt8] = []
+    var decoder = UTF8StreamDecoder()
+    /// Complete text held back because it may be the start of a stop string.
+    var held = ""
     var emitted = ""
     let stops: [String]
 
     /// Add bytes; returns newly safe text, and whether a stop string matched (text then excludes it).
     mutating func push(_ bytes: [UInt8]) -> (String, Bool) {
-        pending += bytes
-        // Longest prefix of `pending` that is complete UTF-8.
-        var end = pending.count
-        var i = pending.count - 1
-        var back = 0
-        while i >= 0 && back < 4 {
-            let b = pending[i]
-            if b & 0xC0 == 0x80 { i -= 1; back += 1; continue }
-            let need = b < 0x80 ? 1 : (b & 0xE0 == 0xC0 ? 2 : (b & 0xF0 == 0xE0 ? 3 : 4))
-            if pending.count - i < need { end = i }
-            break
-        }
-        let full = emitted + String(decoding: pending[0..<end], as: UTF8.self)
+        let full = emitted + held + decoder.append(bytes)
         for s in stops where !s.isEmpty {
             if let r = full.firstRange(of: s) {
                 let before = String(full[..<r.lowerBound])
                 let new = String(before.dropFirst(emitted.count))
                 emitted = before
-                pending = []
+                held = ""
                 return (new, true)
             }
         }
@@ -65,25 +56,21 @@ struct TextStream {
                 break
             }
         }
-        let safeCount = full.count - hold
-        let safe = String(full.prefix(max(safeCount, emitted.count)))
+        let safe = String(full.prefix(max(full.count - hold, emitted.count)))
         let new = String(safe.dropFirst(emitted.count))
         emitted = safe
-        // Keep unsafe characters and incomplete bytes pending.
-        let tailText = String(full.dropFirst(safe.count))
-        pending = Array(tailText.utf8) + Array(pending[end...])
+        held = String(full.dropFirst(safe.count))
         return (new, false)
     }
 
     /// Everything still held back (at the end of generation).
     mutating func flush() -> String {
-        let s = String(decoding: pending, as: UTF8.self)
-        pending = []
+        let s = held + decoder.flush()
+        held = ""
         emitted += s
         return s
     }
 }
-
 
 /// Generate from prompt tokens. `onText` receives each new piece of text (complete UTF-8, stop strings
 /// held back) and the token that produced it; returning false stops generation (`StopReason.callback`).
