@@ -420,6 +420,13 @@ public struct TrainDataset: Sendable {
         try load(path: path, encoder: try TrainEncoder(model: model), options: options)
     }
 
+    /// Read, parse and tokenize a JSONL file with a tokenizer and an optional chat template (needed only by
+    /// `messages` records).
+    public static func load(path: String, tokenizer: Tokenizer, chatTemplate: ChatTemplate?,
+                            options: TrainDataOptions = TrainDataOptions()) throws(LKError) -> TrainDataset {
+        try load(path: path, encoder: TrainEncoder(tokenizer: tokenizer, chatTemplate: chatTemplate), options: options)
+    }
+
     /// Read, parse and tokenize a JSONL file with `encoder`.
     /// - Throws: `.io` when the file cannot be read; `.format` listing bad lines; `.invalidArgument` for
     ///   invalid options or a file without a usable example.
