@@ -67,4 +67,50 @@ import Foundation
         for (a, b) in zip(g, want) { worst = max(worst, abs(a - b)) }
         #expect(worst / maxAbs < 1e-4, "input-embedding gradient max |Δ| \(worst) (max |g| \(maxAbs))")
     }
+
+    /// The three fixture runs end to end through `TrainingSession` (data files → tokenization → batches →
+    /// forward/backward → clipping → AdamW → schedule): every step's loss, learning rate and gradient
+    /// norm, and the final adapter, against PyTorch + PEFT.
+    @Test(arguments: ["text_all", "pc_qv_rslora", "chat_ov"])
+    func trainingRunMatchesPEFT(_ run: String) throws {
+        let model = try LlamaModel.load(path: Self.dir + "model")
+        let ref = try #require(try Self.reference()["runs"]?[run])
+        let s = ref["settings"]!
+        var o = TrainingOptions()
+        o.initAdapter = Self.dir + run + "/init"
+        o.shuffle = false
+        o.batchSize = s["batch"]!.int!
+        o.gradAccum = s["grad_accum"]!.int!
+        o.steps = s["steps"]!.int!
+        o.data = TrainDataOptions(seq: s["seq"]!.int!)
+        o.threads = 2
+        let clip = s["max_grad_norm"]!.double!
+        o.optimizer = OptimizerConfig(lr: s["lr"]!.double!, weightDecay: s["weight_decay"]!.double!,
+                                      maxGradNorm: clip > 0 ? clip : nil)
+        let sched = s["schedule"]!
+        o.schedule = try LRScheduleKind(parsing: sched["type"]!.string!)
+        o.warmupSteps = sched["warmup_steps"]?.int ?? 0
+        let session = try TrainingSession(model: model, trainPath: Self.dir + s["data"]!.string!, options: o)
+        let steps = ref["steps"]!.array!
+        #expect(session.totalSteps == steps.count)
+        for want in steps {
+            let got = try session.trainStep()
+            let i = want["step"]!.int!
+            #expect(got.predicted == want["n_target_tokens"]!.int!, "\(run) step \(i): predicted tokens")
+            let wl = want["loss"]!.double!, wlr = want["lr"]!.double!, wg = want["grad_norm"]!.double!
+            #expect(abs(got.loss - wl) / wl < 1e-4, "\(run) step \(i): loss \(got.loss) vs PEFT \(wl)")
+            #expect(abs(got.lr - wlr) <= 1e-12 * max(1, wlr), "\(run) step \(i): lr \(got.lr) vs \(wlr)")
+            #expect(abs(got.gradNorm - wg) / wg < 1e-4, "\(run) step \(i): grad norm \(got.gradNorm) vs PEFT \(wg)")
+        }
+        // Final adapter vs PEFT's (both read as PEFT files in the same row order).
+        let mine = try session.adapter()
+        let theirs = try LoRAAdapter.load(path: Self.dir + run + "/final", model: model)
+        #expect(Set(mine.keys) == Set(theirs.keys))
+        var worst: Float = 0
+        for k in theirs.keys {
+            let a = try mine.modules(for: theirs.rowLayout)[k]!, b = theirs.module(k.layer, k.module)!
+            for (x, y) in zip(a.a.toFloats() + a.b.toFloats(), b.a.toFloats() + b.b.toFloats()) { worst = max(worst, abs(x - y)) }
+        }
+        #expect(worst < 1e-4, "\(run): final adapter max |Δ| \(worst) vs PEFT")
+    }
 }

@@ -34,6 +34,13 @@ public final class TrainableTensor: @unchecked Sendable {
 
     public func zeroGrad() { grad.update(repeating: 0, count: count) }
 
+    /// The values and the gradient as f32 tensors sharing this storage (writes go through), for the
+    /// optimizer.
+    public func tensors() throws(LKError) -> (value: Tensor, grad: Tensor) {
+        (try Tensor(storage: valueStorage, offset: 0, shape: shape, dtype: .f32),
+         try Tensor(storage: gradStorage, offset: 0, shape: shape, dtype: .f32))
+    }
+
     /// A copy of the values.
     public var array: [Float] { Array(UnsafeBufferPointer(start: values, count: count)) }
     /// A copy of the gradient.
