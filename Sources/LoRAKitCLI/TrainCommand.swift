@@ -1,0 +1,178 @@
+import ArgumentParser
+import LoRAKit
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct TrainCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Train a LoRA adapter on a frozen (possibly quantized) model from JSONL data.",
+        discussion: """
+        Data: one JSON object per line: {"text"}, {"prompt","completion"} (loss on the completion) or \
+        {"messages":[...]} (rendered with the model's chat template; loss on the assistant turns). \
+        Examples longer than --seq are cut to their first --seq tokens (--truncate error refuses them). \
+        One step = --grad-accum micro-batches of --batch examples; the loss is the mean cross-entropy \
+        over all predicted tokens of the step. --out DIR receives checkpoint-N/ folders (adapter, optimizer \
+        state, trainer state; the last --keep kept, written atomically) and the final adapter: DIR/adapter/ \
+        (PEFT) or DIR/adapter.gguf.
+        """)
+
+    @Option(help: "GGUF file or Hugging Face folder.") var model: String
+    @Option(help: "Training data (JSONL).") var data: String
+    @Option(help: "Validation data (JSONL).") var valid: String?
+    @Option(help: "LoRA rank.") var rank: Int = 8
+    @Option(help: "LoRA alpha.") var alpha: Float = 16
+    @Flag(help: "rsLoRA scaling alpha/√r.") var rslora = false
+    @Option(help: "Target modules: q,k,v,o,gate,up,down or all-linear.") var targets: String = "q,v"
+    @Option(help: "Layers to adapt, comma-separated (default: all).") var layers: String?
+    @Option(help: "LoRA dropout.") var dropout: Float = 0
+    @Option(help: "Start from this adapter (PEFT folder or GGUF LoRA) instead of a new one.") var `init`: String?
+    @Option(help: "Peak learning rate.") var lr: Double = 2e-4
+    @Option(help: "AdamW decoupled weight decay.") var weightDecay: Double = 0.01
+    @Option(help: "Clip the global gradient norm to this (0: off).") var maxGradNorm: Double = 1.0
+    @Option(help: "Learning-rate schedule: constant, linear or cosine.") var schedule: String = "constant"
+    @Option(help: "Warm-up steps (linear from 0).") var warmup: Int = 0
+    @Option(help: "Optimizer steps (default: from --epochs).") var steps: Int?
+    @Option(help: "Passes over the data when --steps is not given.") var epochs: Double = 1
+    @Option(help: "Examples per micro-batch.") var batch: Int = 4
+    @Option(help: "Tokens per example (longer ones are cut).") var seq: Int = 512
+    @Option(help: "Micro-batches per optimizer step.") var gradAccum: Int = 1
+    @Option(help: "Seed (data order, adapter init, dropout).") var seed: UInt64 = 0
+    @OptionGroup var threadOpt: ThreadOption
+    @Option(help: "Shuffle the examples each epoch (true/false).") var shuffle: Bool = true
+    @Option(help: "Loss only on completions / assistant turns (true/false).") var completionOnly: Bool = true
+    @Flag(help: "Pack examples into rows of exactly --seq tokens.") var packing = false
+    @Option(help: "Examples longer than --seq: cut or error.") var truncate: String = "cut"
+    @Option(help: "Output folder.") var out: String?
+    @Option(help: "Final adapter format: peft or gguf.") var format: String = "peft"
+    @Option(help: "Checkpoint every N steps (0: only at the end).") var saveEvery: Int = 0
+    @Option(help: "Checkpoints kept.") var keep: Int = 2
+    @Option(help: "Validate every N steps (0: only at the end).") var validEvery: Int = 0
+    @Option(help: "Resume from the latest checkpoint in this folder.") var resume: String?
+    @Option(help: "Append one JSON line per step to this file.") var log: String?
+    @Flag(help: "No progress bar (one plain line per step).") var quiet = false
+    @Flag(help: "Print a JSON summary at the end.") var json = false
+
+    func options() throws(LKError) -> TrainingOptions {
+        var o = TrainingOptions()
+        var lora = LoRAConfig(rank: rank, alpha: alpha, useRSLoRA: rslora, targets: try LoRAConfig.parseTargets(targets),
+                              dropout: dropout)
+        if let ls = layers {
+            var list: [Int] = []
+            for p in ls.split(separator: ",") {
+                guard let v = Int(String(p.filter { !$0.isWhitespace })) else {
+                    throw .invalidArgument("--layers: \"\(p)\" is not a layer number")
+                }
+                list.append(v)
+            }
+            lora.layers = list
+        }
+        o.lora = lora
+        o.initAdapter = `init`
+        o.optimizer = OptimizerConfig(lr: lr, weightDecay: weightDecay, maxGradNorm: maxGradNorm > 0 ? maxGradNorm : nil)
+        o.schedule = try LRScheduleKind(parsing: schedule)
+        o.warmupSteps = warmup
+        o.steps = steps
+        o.epochs = epochs
+        o.batchSize = batch
+        o.gradAccum = gradAccum
+        o.seed = seed
+        o.threads = threadOpt.threads
+        o.shuffle = shuffle
+        let trunc: TrainTruncation
+        switch truncate {
+        case "cut", "keep-first": trunc = .keepFirst
+        case "error": trunc = .error
+        default: throw .invalidArgument("--truncate \(truncate): expected cut or error")
+        }
+        o.data = TrainDataOptions(seq: seq, completionOnlyLoss: completionOnly, truncation: trunc, packing: packing)
+        o.outDir = out
+        guard let f = AdapterFormat(rawValue: format) else { throw .invalidArgument("--format \(format): expected peft or gguf") }
+        o.format = f
+        o.saveEvery = saveEvery
+        o.keep = keep
+        o.validEvery = validEvery
+        o.resume = resume
+        o.logPath = log
+        return o
+    }
+
+    func run() throws {
+        try runReporting {
+            let m = try loadModel(model)
+            let session = try TrainingSession(model: m, trainPath: data, validPath: valid, options: try options())
+            for n in session.notes { writeStderr(n + "\n") }
+            if session.step == 0, let v = try session.validationLoss() {
+                writeStderr("valid loss before training: \(fmt(v, 4))\n")
+            }
+            let tty = isatty(2) != 0 && !quiet
+            let summary = try session.run { p in
+                if tty {
+                    writeStderr("\r" + progressBar(p) + "\u{1B}[K")
+                    if p.step == p.totalSteps || p.validLoss != nil { writeStderr("\n") }
+                } else if !quiet || p.validLoss != nil {
+                    writeStderr(progressLine(p) + "\n")
+                }
+                return true
+            }
+            if json {
+                var o: [(String, JSONValue)] = [("steps", .number(Double(summary.steps))),
+                                                ("stopped", .bool(summary.stoppedByCallback))]
+                if let l = summary.finalLoss { o.append(("final_loss", .number(l))) }
+                if let v = summary.validLoss { o.append(("valid_loss", .number(v))) }
+                if let a = summary.adapterPath { o.append(("adapter", .string(a))) }
+                o.append(("losses", .array(summary.losses.map { .number($0) })))
+                printJSON(.object(o))
+            } else if let a = summary.adapterPath {
+                print("wrote \(a)")
+            }
+        }
+    }
+}
+
+func fmt(_ x: Double, _ digits: Int) -> String {
+    guard x.isFinite else { return "\(x)" }
+    var p = 1.0
+    for _ in 0..<digits { p *= 10 }
+    let v = (x * p).rounded() / p
+    var s = "\(v)"
+    if let dot = s.firstIndex(of: "."), s.distance(from: dot, to: s.endIndex) - 1 < digits {
+        s += String(repeating: "0", count: digits - s.distance(from: dot, to: s.endIndex) + 1)
+    }
+    return s
+}
+
+func duration(_ s: Double) -> String {
+    guard s.isFinite, s >= 0 else { return "?" }
+    let t = Int(s.rounded())
+    return t >= 3600 ? "\(t / 3600)h\(format2(t % 3600 / 60))m" : "\(t / 60)m\(format2(t % 60))s"
+}
+
+func format2(_ v: Int) -> String { v < 10 ? "0\(v)" : "\(v)" }
+
+/// `[#####.....] 12/100 loss 2.3456 lr 2.0e-04 412 tok/s ETA 3m12s`
+func progressBar(_ p: TrainProgress) -> String {
+    let width = 24
+    let done = p.totalSteps > 0 ? min(width, width * p.step / p.totalSteps) : 0
+    let bar = String(repeating: "#", count: done) + String(repeating: ".", count: width - done)
+    let eta = p.step > 0 ? p.elapsed / Double(p.step) * Double(p.totalSteps - p.step) : .nan
+    var s = "[\(bar)] \(p.step)/\(p.totalSteps) loss \(fmt(p.loss, 4)) lr \(sci(p.lr)) \(Int(p.tokensPerSecond)) tok/s ETA \(duration(eta))"
+    if let v = p.validLoss { s += " valid \(fmt(v, 4))" }
+    return s
+}
+
+func progressLine(_ p: TrainProgress) -> String {
+    var s = "step \(p.step)/\(p.totalSteps) loss \(fmt(p.loss, 4)) lr \(sci(p.lr)) grad_norm \(fmt(p.gradNorm, 3)) \(Int(p.tokensPerSecond)) tok/s"
+    if let v = p.validLoss { s += " valid_loss \(fmt(v, 4))" }
+    return s
+}
+
+func sci(_ x: Double) -> String {
+    guard x != 0, x.isFinite else { return "\(x)" }
+    var e = 0
+    var m = abs(x)
+    while m >= 10 { m /= 10; e += 1 }
+    while m < 1 { m *= 10; e -= 1 }
+    return "\(x < 0 ? "-" : "")\(fmt(m, 1))e\(e < 0 ? "-" : "+")\(format2(abs(e)))"
+}
