@@ -136,6 +136,8 @@ import Foundation
         for line in [2, 4, 5, 7, 8, 9] { fails(Self.options(), data: Self.dir + "data/bad.jsonl", "bad.jsonl:\(line):") }
         o = Self.options(); o.resume = tmp
         fails(o, "no checkpoint")
+        o = Self.options(); o.data = TrainDataOptions(seq: 1000)
+        fails(o, "context of 256")
         o = Self.options(); o.data = TrainDataOptions(seq: 16, truncation: .error)
         fails(o, "16")
         // A model without a tokenizer cannot read text data.

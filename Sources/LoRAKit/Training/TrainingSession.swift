@@ -153,6 +153,9 @@ public final class TrainingSession: @unchecked Sendable {
     /// checkpoint there. Nothing is written yet.
     public init(model: LlamaModel, trainPath: String, validPath: String? = nil, options: TrainingOptions) throws(LKError) {
         try options.validate()
+        guard options.data.seq <= model.config.contextLength else {
+            throw .invalidArgument("training: seq \(options.data.seq) is longer than the model's context of \(model.config.contextLength) tokens")
+        }
         self.model = model
         self.options = options
         train = try TrainDataset.load(path: trainPath, model: model, options: options.data)
