@@ -555,7 +555,8 @@ typedef int32_t (*lk_train_callback)(const lk_train_progress *progress, void *us
 
 /* Load the data, create the adapter (or load init_adapter) and, with resume_dir, restore the latest
  * checkpoint there (the step, adapter, optimizer state and data position). Nothing is written yet.
- * train_path: JSONL (required); valid_path: JSONL or NULL. params may be NULL for defaults.
+ * train_path: JSONL, or NULL for a trainer without training data, driven by the low-level calls
+ * (lk_trainer_forward_backward, below); valid_path: JSONL or NULL. params may be NULL for defaults.
  * Errors: LK_ERR_INVALID_ARGUMENT naming the params field; LK_ERR_IO (a missing file, naming it);
  * LK_ERR_FORMAT (malformed data, naming the file and its line numbers); LK_ERR_SHAPE (init_adapter or a
  * checkpoint made for another model). Ownership: *out belongs to the caller (lk_trainer_free); it keeps
@@ -597,6 +598,42 @@ LK_API lk_status lk_trainer_adapter(lk_trainer *trainer, lk_adapter **out);
 
 /* Steps done so far (including those restored by resume_dir) and the total. Either pointer may be NULL. */
 LK_API lk_status lk_trainer_steps(lk_trainer *trainer, int64_t *steps_done, int64_t *total_steps);
+
+/* Low-level training, for callers that make their own sequences (e.g. projected image features as
+ * prefix rows before text tokens). A trainer created with train_path NULL has no training data and is
+ * driven by these three calls (lk_trainer_step and lk_trainer_run refuse it); a trainer with training
+ * data refuses them. Everything else works for both: valid_path and lk_trainer_validation_loss,
+ * lk_trainer_save_checkpoint, resume_dir, lk_trainer_adapter, lk_trainer_steps (total_steps is
+ * params->steps). One optimizer step over sequences with N predicted tokens in all:
+ *     lk_trainer_zero_grad(t);
+ *     for each sequence: lk_trainer_forward_backward(t, ..., 1.0f / N, ...);
+ *     lk_trainer_optimizer_step(t, lr, &grad_norm);
+ * is the update lk_trainer_step makes for the same rows; the step's loss is Σ sum_nll / N. */
+
+/* Set the adapter gradients to zero. */
+LK_API lk_status lk_trainer_zero_grad(lk_trainer *trainer);
+
+/* Forward and backward of one sequence: n_prefix caller-given input rows (prefix: [n_prefix, n_embd] f32,
+ * finite; may be NULL when n_prefix is 0) followed by n_tokens token ids; 1 <= n_prefix + n_tokens <= the
+ * model's context length. Token j is a target (predicted from the rows before it) when is_target[j] is 1
+ * (0: not; is_target NULL: every token); token 0 can be predicted only after a prefix.
+ * Adds d(loss_scale · Σ NLL)/dθ to the adapter gradients (loss_scale finite: 1/N for the mean over the
+ * N predicted tokens of a step). Outputs, each may be NULL: *sum_nll = Σ NLL of the predicted tokens
+ * (natural log), *predicted = their number, input_grad = d(loss_scale · Σ NLL)/d(input rows)
+ * [(n_prefix + n_tokens), n_embd] (token rows: with respect to their embedding rows), where
+ * input_grad_capacity (floats) must hold them (else LK_ERR_BUFFER_TOO_SMALL before anything runs).
+ * Dropout masks are keyed by (seed, step, call within the step). On error the gradients may hold a
+ * partial sum: zero them before the next step. */
+LK_API lk_status lk_trainer_forward_backward(lk_trainer *trainer, const int32_t *tokens, const uint8_t *is_target,
+                                             int64_t n_tokens, const float *prefix, int64_t n_prefix,
+                                             float loss_scale, double *sum_nll, int64_t *predicted,
+                                             float *input_grad, int64_t input_grad_capacity);
+
+/* Apply the accumulated gradients: clip them to params->max_grad_norm (when not 0), AdamW with learning
+ * rate lr (finite, >= 0; the caller's schedule), count the step. *grad_norm (may be NULL) = the global
+ * norm before clipping. A non-finite gradient: LK_ERR_INVALID_ARGUMENT naming the step, nothing updated.
+ * The gradients are not zeroed. */
+LK_API lk_status lk_trainer_optimizer_step(lk_trainer *trainer, double lr, double *grad_norm);
 
 /* Sizes of the params/info structs this library was built with (bindings check them at import). */
 LK_API int64_t lk_sizeof_model_params(void);

@@ -108,17 +108,61 @@ public func lk_sizeof_train_progress() -> Int64 { Int64(MemoryLayout<CTrainProgr
 
 // MARK: - Handle object
 
-/// What an lk_trainer handle refers to. Holds its ModelBox (and so the model) strongly: freeing the
-/// model handle first is legal. `busy` turns concurrent or re-entrant use (which the header forbids)
-/// into an error instead of a data race.
+/// What an lk_trainer handle refers to: a TrainingSession (created with training data) or a
+/// ManualTraining (train_path NULL: driven by lk_trainer_forward_backward / lk_trainer_optimizer_step).
+/// Holds its ModelBox (and so the model) strongly: freeing the model handle first is legal. `busy` turns
+/// concurrent or re-entrant use (which the header forbids) into an error instead of a data race.
 final class TrainerBox: @unchecked Sendable {
-    let session: TrainingSession
+    enum Core {
+        case session(TrainingSession)
+        case manual(ManualTraining)
+    }
+    let core: Core
     let modelBox: ModelBox
     let busy = Atomic<Bool>(false)
 
-    init(_ s: TrainingSession, _ m: ModelBox) {
-        session = s
+    init(_ core: Core, _ m: ModelBox) {
+        self.core = core
         modelBox = m
+    }
+
+    var options: TrainingOptions {
+        switch core { case .session(let s): s.options; case .manual(let t): t.options }
+    }
+    var hasValidation: Bool {
+        switch core { case .session(let s): s.valid != nil; case .manual(let t): t.valid != nil }
+    }
+    var stepsDone: Int {
+        switch core { case .session(let s): s.step; case .manual(let t): t.step }
+    }
+    /// The session's total; a manual trainer's params->steps (0 when not given).
+    var totalSteps: Int {
+        switch core { case .session(let s): s.totalSteps; case .manual(let t): t.options.steps ?? 0 }
+    }
+    func validationLoss() throws -> Double? {
+        switch core { case .session(let s): try s.validationLoss(); case .manual(let t): try t.validationLoss() }
+    }
+    func saveCheckpoint() throws {
+        switch core { case .session(let s): try s.saveCheckpoint(); case .manual(let t): try t.saveCheckpoint() }
+    }
+    func adapter() throws -> LoRAAdapter {
+        switch core { case .session(let s): try s.adapter(); case .manual(let t): try t.adapter() }
+    }
+
+    /// The session, or an error for a trainer without training data.
+    func requireSession(_ function: String) throws -> TrainingSession {
+        guard case .session(let s) = core else {
+            throw invalid("the trainer has no training data (train_path was NULL): drive it with lk_trainer_zero_grad, lk_trainer_forward_backward and lk_trainer_optimizer_step, not \(function)")
+        }
+        return s
+    }
+
+    /// The manual trainer, or an error for a trainer with training data.
+    func requireManual(_ function: String) throws -> ManualTraining {
+        guard case .manual(let t) = core else {
+            throw invalid("\(function) is for trainers created without training data (train_path NULL); this trainer reads its data: use lk_trainer_step or lk_trainer_run")
+        }
+        return t
     }
 }
 
@@ -254,12 +298,16 @@ public func lk_trainer_create(_ model: OpaquePointer?, _ trainPath: UnsafePointe
     guarded("lk_trainer_create") {
         let o = try requirePointer(out, "out")
         let box = try modelArg(model)
-        let train = try cStringArg(trainPath, "train_path")
-        guard !train.isEmpty else { throw invalid("train_path is empty") }
+        let train = try optionalPath(trainPath, "train_path")
         let valid = try optionalPath(validPath, "valid_path")
         let options = try trainingOptions(params, model: box.model)
-        let session = try TrainingSession(model: box.model, trainPath: train, validPath: valid, options: options)
-        o.pointee = Handles.shared.register(TrainerBox(session, box), kind: .trainer)
+        let tb: TrainerBox
+        if let train {
+            tb = TrainerBox(.session(try TrainingSession(model: box.model, trainPath: train, validPath: valid, options: options)), box)
+        } else {
+            tb = TrainerBox(.manual(try ManualTraining(model: box.model, validPath: valid, options: options)), box)
+        }
+        o.pointee = Handles.shared.register(tb, kind: .trainer)
         return LKStatus.ok
     }
 }
@@ -281,7 +329,7 @@ public func lk_trainer_free(_ trainer: OpaquePointer?) -> Int32 {
 public func lk_trainer_step(_ trainer: OpaquePointer?, _ progress: UnsafeMutableRawPointer?) -> Int32 {
     guarded("lk_trainer_step") {
         try withTrainer(trainer) { box in
-            let s = box.session
+            let s = try box.requireSession("lk_trainer_step")
             if let progress { try CTrainProgress.checkOut(progress, "progress") }
             guard s.step < s.totalSteps else {
                 throw invalid("all \(s.totalSteps) steps are done (raise params->steps for more)")
@@ -298,7 +346,7 @@ public func lk_trainer_run(_ trainer: OpaquePointer?, _ callback: CTrainCallback
                            _ last: UnsafeMutableRawPointer?) -> Int32 {
     guarded("lk_trainer_run") {
         try withTrainer(trainer) { box in
-            let s = box.session
+            let s = try box.requireSession("lk_trainer_run")
             if let last { try CTrainProgress.checkOut(last, "last") }
             var lastProgress: CTrainProgress? = nil
             let summary = try s.run { pr in
@@ -325,10 +373,10 @@ public func lk_trainer_validation_loss(_ trainer: OpaquePointer?, _ loss: Unsafe
     guarded("lk_trainer_validation_loss") {
         let out = try requirePointer(loss, "loss")
         let v = try withTrainer(trainer) { box in
-            guard box.session.valid != nil else {
+            guard box.hasValidation else {
                 throw invalid("the trainer has no validation data (valid_path was NULL)")
             }
-            guard let v = try box.session.validationLoss() else {
+            guard let v = try box.validationLoss() else {
                 throw invalid("the validation data has no target tokens")
             }
             return v
@@ -342,10 +390,10 @@ public func lk_trainer_validation_loss(_ trainer: OpaquePointer?, _ loss: Unsafe
 public func lk_trainer_save_checkpoint(_ trainer: OpaquePointer?) -> Int32 {
     guarded("lk_trainer_save_checkpoint") {
         try withTrainer(trainer) { box in
-            guard box.session.options.outDir != nil else {
+            guard box.options.outDir != nil else {
                 throw invalid("the trainer has no output folder (params->out_dir was NULL)")
             }
-            try box.session.saveCheckpoint()
+            try box.saveCheckpoint()
         }
         return LKStatus.ok
     }
@@ -355,7 +403,7 @@ public func lk_trainer_save_checkpoint(_ trainer: OpaquePointer?) -> Int32 {
 public func lk_trainer_adapter(_ trainer: OpaquePointer?, _ out: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
     guarded("lk_trainer_adapter") {
         let o = try requirePointer(out, "out")
-        let (a, m) = try withTrainer(trainer) { box in (try box.session.adapter(), box.modelBox) }
+        let (a, m) = try withTrainer(trainer) { box in (try box.adapter(), box.modelBox) }
         return returnAdapter(a, m, o)
     }
 }
@@ -364,9 +412,89 @@ public func lk_trainer_adapter(_ trainer: OpaquePointer?, _ out: UnsafeMutablePo
 public func lk_trainer_steps(_ trainer: OpaquePointer?, _ stepsDone: UnsafeMutablePointer<Int64>?,
                              _ totalSteps: UnsafeMutablePointer<Int64>?) -> Int32 {
     guarded("lk_trainer_steps") {
-        let (done, total) = try withTrainer(trainer) { box in (box.session.step, box.session.totalSteps) }
+        let (done, total) = try withTrainer(trainer) { box in (box.stepsDone, box.totalSteps) }
         stepsDone?.pointee = Int64(done)
         totalSteps?.pointee = Int64(total)
+        return LKStatus.ok
+    }
+}
+
+// MARK: - Low-level training
+
+@_cdecl("lk_trainer_zero_grad")
+public func lk_trainer_zero_grad(_ trainer: OpaquePointer?) -> Int32 {
+    guarded("lk_trainer_zero_grad") {
+        try withTrainer(trainer) { box in try box.requireManual("lk_trainer_zero_grad").zeroGradients() }
+        return LKStatus.ok
+    }
+}
+
+@_cdecl("lk_trainer_forward_backward")
+public func lk_trainer_forward_backward(_ trainer: OpaquePointer?, _ tokens: UnsafePointer<Int32>?,
+                                        _ isTarget: UnsafePointer<UInt8>?, _ nTokens: Int64,
+                                        _ prefix: UnsafePointer<Float>?, _ nPrefix: Int64, _ lossScale: Float,
+                                        _ sumNLL: UnsafeMutablePointer<Double>?, _ predicted: UnsafeMutablePointer<Int64>?,
+                                        _ inputGrad: UnsafeMutablePointer<Float>?, _ inputGradCapacity: Int64) -> Int32 {
+    guarded("lk_trainer_forward_backward") {
+        try withTrainer(trainer) { box in
+            let t = try box.requireManual("lk_trainer_forward_backward")
+            let c = t.model.config
+            guard nTokens >= 0 else { throw invalid("n_tokens \(nTokens) is negative") }
+            guard nPrefix >= 0 else { throw invalid("n_prefix \(nPrefix) is negative") }
+            let ctxLen = Int64(c.contextLength)
+            guard nTokens <= ctxLen, nPrefix <= ctxLen, nTokens + nPrefix >= 1, nTokens + nPrefix <= ctxLen else {
+                throw invalid("n_prefix \(nPrefix) + n_tokens \(nTokens) must be in 1...\(c.contextLength) (the model's context length)")
+            }
+            guard lossScale.isFinite else { throw invalid("loss_scale \(lossScale) is not finite") }
+            let rows = Int(nTokens + nPrefix)
+            let gradCount = rows * c.dim
+            guard inputGradCapacity >= 0 else { throw invalid("input_grad_capacity \(inputGradCapacity) is negative") }
+            if let _ = inputGrad {
+                guard inputGradCapacity >= Int64(gradCount) else {
+                    throw CError(status: LKStatus.bufferTooSmall, message: "input_grad_capacity \(inputGradCapacity) is smaller than the \(gradCount) floats of (n_prefix + n_tokens) × n_embd (\(rows) × \(c.dim))")
+                }
+            }
+            let ids = try tokenArray(tokens, nTokens, "tokens", allowEmpty: true)
+            var flags = [Bool](repeating: true, count: ids.count)
+            if let isTarget {
+                for j in 0..<ids.count {
+                    let v = isTarget[j]
+                    guard v <= 1 else { throw invalid("is_target[\(j)] is \(v), must be 0 or 1") }
+                    flags[j] = v == 1
+                }
+            }
+            var pre: [Float] = []
+            if nPrefix > 0 {
+                guard let prefix else { throw invalid("prefix is NULL but n_prefix is \(nPrefix)") }
+                pre = Array(UnsafeBufferPointer(start: prefix, count: Int(nPrefix) * c.dim))
+                for (i, v) in pre.enumerated() where !v.isFinite {
+                    throw invalid("prefix[\(i / c.dim)][\(i % c.dim)] is not finite (\(v))")
+                }
+            }
+            let r = try t.forwardBackward(TrainSequence(tokens: ids, isTarget: flags, prefixEmbeddings: pre),
+                                          lossScale: lossScale, inputGradients: inputGrad != nil)
+            sumNLL?.pointee = r.sumNLL
+            predicted?.pointee = Int64(r.predicted)
+            if let inputGrad {
+                guard let g = r.inputGradients?.first, g.count == gradCount else {
+                    throw CError(status: LKStatus.internal, message: "the pass returned no input gradient of \(gradCount) floats")
+                }
+                g.withUnsafeBufferPointer { inputGrad.update(from: $0.baseAddress!, count: gradCount) }
+            }
+        }
+        return LKStatus.ok
+    }
+}
+
+@_cdecl("lk_trainer_optimizer_step")
+public func lk_trainer_optimizer_step(_ trainer: OpaquePointer?, _ lr: Double, _ gradNorm: UnsafeMutablePointer<Double>?) -> Int32 {
+    guarded("lk_trainer_optimizer_step") {
+        let norm = try withTrainer(trainer) { box in
+            let t = try box.requireManual("lk_trainer_optimizer_step")
+            guard lr.isFinite, lr >= 0 else { throw invalid("lr \(lr) must be a finite number ≥ 0") }
+            return try t.optimizerStep(lr: lr)
+        }
+        gradNorm?.pointee = Double(norm)
         return LKStatus.ok
     }
 }

@@ -640,7 +640,6 @@ static void test_bad_handles_and_files(void) {
 
     /* NULLs and wrong kinds. */
     EXPECT_STATUS(lk_trainer_create(NULL, text_path, NULL, &p, &t), LK_ERR_INVALID_HANDLE, "model");
-    EXPECT_STATUS(lk_trainer_create(m, NULL, NULL, &p, &t), LK_ERR_INVALID_ARGUMENT, "train_path");
     EXPECT_STATUS(lk_trainer_create(m, "", NULL, &p, &t), LK_ERR_INVALID_ARGUMENT, "train_path");
     EXPECT_STATUS(lk_trainer_create(m, text_path, "", &p, &t), LK_ERR_INVALID_ARGUMENT, "valid_path");
     EXPECT_STATUS(lk_trainer_create(m, text_path, NULL, &p, NULL), LK_ERR_INVALID_ARGUMENT, "out");
@@ -761,6 +760,299 @@ static void test_callback_cannot_use_its_trainer(void) {
     lk_model_free(m);
 }
 
+/* ------------------------------------------------------------------------------------------------ */
+/* Low-level training (train_path NULL): lk_trainer_zero_grad / forward_backward / optimizer_step      */
+/* ------------------------------------------------------------------------------------------------ */
+
+static char *reference_json;
+
+static const char *reference(void) {
+    if (!reference_json) {
+        char p[4300];
+        snprintf(p, sizeof p, "%s/reference.json", fx);
+        reference_json = read_file(p, NULL);
+        if (!reference_json) { fprintf(stderr, "setup: cannot read %s\n", p); exit(2); }
+    }
+    return reference_json;
+}
+
+/* The text just after the next occurrence of `key` at or after p (exits when missing: fixture setup). */
+static const char *after(const char *p, const char *key) {
+    const char *q = p ? strstr(p, key) : NULL;
+    if (!q) { fprintf(stderr, "setup: reference.json: %s not found\n", key); exit(2); }
+    return q + strlen(key);
+}
+
+/* Up to cap numbers of the (possibly nested) JSON array starting at p ('['); returns the count. */
+static int64_t parse_numbers(const char *p, double *out, int64_t cap) {
+    int depth = 0;
+    int64_t n = 0;
+    for (;;) {
+        char c = *p;
+        if (c == '[') { depth++; p++; continue; }
+        if (c == ']') { if (--depth == 0) return n; p++; continue; }
+        if (c == ',' || c == ' ' || c == '\n') { p++; continue; }
+        char *end = NULL;
+        double v = strtod(p, &end);
+        if (end == p || n >= cap) return -1;
+        out[n++] = v;
+        p = end;
+    }
+}
+
+/* Row `token` of the model's embedding table (model.safetensors, F32 [512, 64]). */
+static void embedding_row(int32_t token, float *out) {
+    char p[4300];
+    size_t n = 0;
+    snprintf(p, sizeof p, "%s/model.safetensors", model_dir);
+    unsigned char *st = (unsigned char *)read_file(p, &n);
+    if (!st) { fprintf(stderr, "setup: cannot read %s\n", p); exit(2); }
+    uint64_t header = 0;
+    for (int i = 7; i >= 0; i--) header = header << 8 | st[i];
+    char *h = malloc(header + 1);
+    memcpy(h, st + 8, header);
+    h[header] = 0;
+    const char *e = strstr(h, "\"model.embed_tokens.weight\"");
+    const char *f32 = e ? strstr(e, "\"F32\"") : NULL;
+    const char *off = e ? strstr(e, "\"data_offsets\":") : NULL;
+    long start = off ? strtol(strchr(off, '[') + 1, NULL, 10) : -1;
+    if (!f32 || start < 0) { fprintf(stderr, "setup: no F32 model.embed_tokens.weight in %s\n", p); exit(2); }
+    memcpy(out, st + 8 + header + (size_t)start + (size_t)token * 64 * sizeof(float), 64 * sizeof(float));
+    free(h);
+    free(st);
+}
+
+static lk_trainer *manual_trainer(lk_model *m, const lk_train_params *p) {
+    lk_trainer *t = NULL;
+    lk_status s = lk_trainer_create(m, NULL, NULL, p, &t);
+    if (s != LK_OK || !t) {
+        fprintf(stderr, "setup: lk_trainer_create(train_path NULL) failed (%d): %s\n", s, lk_last_error());
+        exit(2);
+    }
+    return t;
+}
+
+/* PyTorch's loss and dLoss/d(inputs_embeds) for example 0 cut to 24 tokens with the text_all initial adapter
+ * (reference.json → runs.text_all.embedding_grad_check); then the same with token 0 given as a prefix
+ * embedding row (its row of the embedding table) instead of an id. */
+static void test_low_level_input_gradient_matches_pytorch(void) {
+    lk_model *m = load_model();
+    char init[4300];
+    snprintf(init, sizeof init, "%s/text_all/init", fx);
+    lk_train_params p;
+    lk_train_params_init(&p);
+    p.init_adapter = init;
+    p.threads = 2;
+    lk_trainer *t = manual_trainer(m, &p);
+
+    const char *check = after(after(after(reference(), "\"runs\""), "\"text_all\""), "\"embedding_grad_check\"");
+    double v[24 * 64];
+    CHECK(parse_numbers(after(check, "\"ids\": ") - 0, v, 64) == 24);
+    int32_t ids[24];
+    for (int i = 0; i < 24; i++) ids[i] = (int32_t)v[i];
+    const double want_loss = strtod(after(check, "\"loss\": "), NULL);
+    const double max_abs = strtod(after(check, "\"grad_inputs_embeds_max_abs\": "), NULL);
+    static double want[24 * 64];
+    CHECK(parse_numbers(after(check, "\"grad_inputs_embeds\": "), want, 24 * 64) == 24 * 64);
+
+    static float grad[24 * 64], grad2[24 * 64];
+    double sum = 0;
+    int64_t predicted = 0;
+    EXPECT_OK(lk_trainer_zero_grad(t));
+    EXPECT_OK(lk_trainer_forward_backward(t, ids, NULL, 24, NULL, 0, 1.0f / 23, &sum, &predicted, grad, 24 * 64));
+    CHECK(predicted == 23);
+    printf("    loss %.7f (PyTorch %.7f)\n", sum / 23, want_loss);
+    CHECKF(fabs(sum / 23 - want_loss) <= 1e-5 * want_loss, "loss %.7f vs PyTorch %.7f", sum / 23, want_loss);
+    double worst = 0;
+    for (int i = 0; i < 24 * 64; i++) worst = fmax(worst, fabs(grad[i] - want[i]));
+    printf("    input gradient max |Δ| vs PyTorch %.3g (max |g| %.4f)\n", worst, max_abs);
+    CHECKF(worst <= 1e-4 * max_abs, "input gradient max |Δ| %g vs PyTorch (max |g| %g)", worst, max_abs);
+
+    /* Token 0 as a prefix row: the same rows, so the same loss and input gradient; token 0 of the tokens
+     * (ids[1]) is now predicted from the prefix. */
+    float row0[64];
+    embedding_row(ids[0], row0);
+    uint8_t all[23];
+    memset(all, 1, sizeof all);
+    double sum2 = 0;
+    int64_t predicted2 = 0;
+    EXPECT_OK(lk_trainer_forward_backward(t, ids + 1, all, 23, row0, 1, 1.0f / 23, &sum2, &predicted2, grad2, 24 * 64));
+    CHECK(predicted2 == 23);
+    CHECKF(fabs(sum2 - sum) <= 1e-6 * sum, "with a prefix row: Σ NLL %.9g vs %.9g", sum2, sum);
+    float d2 = 0;
+    for (int i = 0; i < 24 * 64; i++) d2 = fmaxf(d2, fabsf(grad2[i] - grad[i]));
+    CHECKF(d2 <= 1e-6f, "with a prefix row: input gradient max |Δ| %g", d2);
+    /* is_target 0 leaves a token out of the loss. */
+    all[22] = 0;
+    double sum3 = 0;
+    int64_t predicted3 = 0;
+    EXPECT_OK(lk_trainer_forward_backward(t, ids + 1, all, 23, row0, 1, 0.0f, &sum3, &predicted3, NULL, 0));
+    CHECK(predicted3 == 22 && sum3 < sum2 && sum3 > 0);
+    lk_trainer_free(t);
+    lk_model_free(m);
+}
+
+/* The text_all run of reference.json (PyTorch + PEFT, 20 steps: r 4, α 8, all modules, batch 2 × seq 24,
+ * cosine 2e-3 with 3 warm-up steps, clipping 1.0, wd 0.01), made of low-level calls: the examples of each
+ * step from examples.json, its learning rate from reference.json. Steps 1-10, a checkpoint, a new trainer
+ * resuming from it, steps 11-20; every loss and gradient norm and the final adapter against PyTorch's. */
+static void test_low_level_run_matches_pytorch(void) {
+    load_examples();
+    lk_model *m = load_model();
+    const char *out = make_tmp();
+    char init[4300];
+    snprintf(init, sizeof init, "%s/text_all/init", fx);
+    lk_train_params p;
+    lk_train_params_init(&p);
+    p.init_adapter = init;
+    p.threads = 2;
+    p.lr = 2e-3;
+    p.weight_decay = 0.01;
+    p.max_grad_norm = 1.0;
+    p.steps = 20;
+    p.out_dir = out;
+    lk_trainer *t = manual_trainer(m, &p);
+    int64_t done = -1, total = -1;
+    EXPECT_OK(lk_trainer_steps(t, &done, &total));
+    CHECK(done == 0 && total == 20);
+
+    const char *step = after(after(after(reference(), "\"runs\""), "\"text_all\""), "\"steps\": [");
+    double worst_loss = 0, worst_norm = 0;
+    for (int s = 0; s < 20; s++) {
+        if (s == 10) {  /* resume in a new trainer */
+            EXPECT_OK(lk_trainer_save_checkpoint(t));
+            EXPECT_OK(lk_trainer_free(t));
+            p.resume_dir = out;
+            t = manual_trainer(m, &p);
+            EXPECT_OK(lk_trainer_steps(t, &done, NULL));
+            CHECKF(done == 10, "resumed at step %lld", (long long)done);
+        }
+        step = after(step, "\"step\": ");
+        CHECK(strtol(step, NULL, 10) == s);
+        double want_loss = strtod(after(step, "\"loss\": "), NULL);
+        double lr = strtod(after(step, "\"lr\": "), NULL);
+        double want_norm = strtod(after(step, "\"grad_norm\": "), NULL);
+        double ex[8];
+        int64_t n_ex = parse_numbers(after(step, "\"examples\": "), ex, 8);
+        CHECK(n_ex == 2);  /* one micro-batch of 2 examples */
+        int32_t rows[2][24];
+        int64_t len[2], n_pred = 0;
+        for (int k = 0; k < 2; k++) {
+            int e = (int)ex[k];
+            len[k] = ex_len[e] < 24 ? ex_len[e] : 24;
+            memcpy(rows[k], ex_ids[e], sizeof(int32_t) * (size_t)len[k]);
+            n_pred += len[k] - 1;
+        }
+        EXPECT_OK(lk_trainer_zero_grad(t));
+        double sum = 0;
+        for (int k = 0; k < 2; k++) {
+            double part = 0;
+            int64_t pred = 0;
+            EXPECT_OK(lk_trainer_forward_backward(t, rows[k], NULL, len[k], NULL, 0, 1.0f / (float)n_pred, &part, &pred, NULL, 0));
+            CHECK(pred == len[k] - 1);
+            sum += part;
+        }
+        double norm = 0;
+        EXPECT_OK(lk_trainer_optimizer_step(t, lr, &norm));
+        double loss = sum / (double)n_pred;
+        worst_loss = fmax(worst_loss, fabs(loss - want_loss) / want_loss);
+        worst_norm = fmax(worst_norm, fabs(norm - want_norm) / want_norm);
+        CHECKF(fabs(loss - want_loss) <= 1e-4 * want_loss, "step %d: loss %.8g, PyTorch %.8g", s + 1, loss, want_loss);
+        CHECKF(fabs(norm - want_norm) <= 1e-4 * want_norm, "step %d: grad norm %.7g, PyTorch %.7g", s + 1, norm, want_norm);
+    }
+    printf("    20 steps: max relative |Δ| vs PyTorch: loss %.2g, grad norm %.2g\n", worst_loss, worst_norm);
+    EXPECT_OK(lk_trainer_steps(t, &done, NULL));
+    CHECK(done == 20);
+
+    /* The final adapter: logits with it vs with PEFT's final adapter (text_all/final). */
+    char final_path[4300];
+    snprintf(final_path, sizeof final_path, "%s/text_all/final", fx);
+    lk_adapter *ours = NULL, *theirs = NULL;
+    EXPECT_OK(lk_trainer_adapter(t, &ours));
+    EXPECT_OK(lk_adapter_load(m, final_path, &theirs));
+    if (ours && theirs) {
+        float *a = logits_with(m, ours), *b = logits_with(m, theirs);
+        float d = 0;
+        for (int64_t i = 0; i < (int64_t)ex_len[0] * VOCAB; i++) d = fmaxf(d, fabsf(a[i] - b[i]));
+        printf("    final adapter: logits max |Δ| vs PEFT's %.3g\n", d);
+        CHECKF(d <= 1e-4f, "final adapter: logits max |Δ| %g vs PEFT's", d);
+        free(a); free(b);
+    }
+    lk_adapter_free(ours);
+    lk_adapter_free(theirs);
+    lk_trainer_free(t);
+    lk_model_free(m);
+    remove_tmp();
+}
+
+static void test_low_level_bad_input(void) {
+    lk_model *m = load_model();
+    lk_train_params p;
+    base_params(&p);
+    p.steps = 2;
+    lk_trainer *data = new_trainer(m, NULL, &p);
+    lk_trainer *t = NULL;
+    EXPECT_OK(lk_trainer_create(m, NULL, text_path, &p, &t));  /* no training data, validation data */
+    int32_t ids[4] = {298, 509, 265, 268};
+    uint8_t flags[4] = {0, 1, 1, 1};
+    float g[8 * 64];
+    double sum = 0, norm = 0;
+    int64_t pred = 0;
+
+    /* Each kind of trainer refuses the other's calls. */
+    EXPECT_STATUS(lk_trainer_forward_backward(data, ids, NULL, 4, NULL, 0, 1, &sum, &pred, NULL, 0), LK_ERR_INVALID_ARGUMENT, "train_path NULL");
+    EXPECT_STATUS(lk_trainer_optimizer_step(data, 1e-3, &norm), LK_ERR_INVALID_ARGUMENT, "lk_trainer_step");
+    EXPECT_STATUS(lk_trainer_zero_grad(data), LK_ERR_INVALID_ARGUMENT, "train_path NULL");
+    EXPECT_STATUS(lk_trainer_step(t, NULL), LK_ERR_INVALID_ARGUMENT, "no training data");
+    EXPECT_STATUS(lk_trainer_run(t, NULL, NULL, NULL), LK_ERR_INVALID_ARGUMENT, "lk_trainer_forward_backward");
+
+    /* Arguments. */
+    EXPECT_STATUS(lk_trainer_forward_backward(NULL, ids, NULL, 4, NULL, 0, 1, NULL, NULL, NULL, 0), LK_ERR_INVALID_HANDLE, "trainer");
+    EXPECT_STATUS(lk_trainer_forward_backward(t, NULL, NULL, 4, NULL, 0, 1, NULL, NULL, NULL, 0), LK_ERR_INVALID_ARGUMENT, "tokens");
+    EXPECT_STATUS(lk_trainer_forward_backward(t, ids, NULL, -1, NULL, 0, 1, NULL, NULL, NULL, 0), LK_ERR_INVALID_ARGUMENT, "n_tokens");
+    EXPECT_STATUS(lk_trainer_forward_backward(t, ids, NULL, 4, NULL, -1, 1, NULL, NULL, NULL, 0), LK_ERR_INVALID_ARGUMENT, "n_prefix");
+    EXPECT_STATUS(lk_trainer_forward_backward(t, ids, NULL, 0, NULL, 0, 1, NULL, NULL, NULL, 0), LK_ERR_INVALID_ARGUMENT, "1...256");
+    EXPECT_STATUS(lk_trainer_forward_backward(t, ids, NULL, 300, NULL, 0, 1, NULL, NULL, NULL, 0), LK_ERR_INVALID_ARGUMENT, "1...256");
+    EXPECT_STATUS(lk_trainer_forward_backward(t, ids, NULL, INT64_MAX, NULL, INT64_MAX, 1, NULL, NULL, NULL, 0), LK_ERR_INVALID_ARGUMENT, "n_prefix");
+    EXPECT_STATUS(lk_trainer_forward_backward(t, ids, NULL, 4, NULL, 1, 1, NULL, NULL, NULL, 0), LK_ERR_INVALID_ARGUMENT, "prefix is NULL");
+    EXPECT_STATUS(lk_trainer_forward_backward(t, ids, NULL, 4, NULL, 0, NAN, NULL, NULL, NULL, 0), LK_ERR_INVALID_ARGUMENT, "loss_scale");
+    EXPECT_STATUS(lk_trainer_forward_backward(t, ids, NULL, 4, NULL, 0, 1, NULL, NULL, g, 4 * 64 - 1), LK_ERR_BUFFER_TOO_SMALL, "input_grad_capacity");
+    EXPECT_STATUS(lk_trainer_forward_backward(t, ids, NULL, 4, NULL, 0, 1, NULL, NULL, g, -1), LK_ERR_INVALID_ARGUMENT, "input_grad_capacity");
+    flags[2] = 2;
+    EXPECT_STATUS(lk_trainer_forward_backward(t, ids, flags, 4, NULL, 0, 1, NULL, NULL, NULL, 0), LK_ERR_INVALID_ARGUMENT, "is_target[2]");
+    flags[2] = 1;
+    int32_t bad_ids[4] = {298, 512, 265, 268};
+    EXPECT_STATUS(lk_trainer_forward_backward(t, bad_ids, NULL, 4, NULL, 0, 1, NULL, NULL, NULL, 0), LK_ERR_INVALID_ARGUMENT, "512");
+    float pre[64] = {0};
+    pre[5] = NAN;
+    EXPECT_STATUS(lk_trainer_forward_backward(t, ids, NULL, 4, pre, 1, 1, NULL, NULL, NULL, 0), LK_ERR_INVALID_ARGUMENT, "prefix[0][5]");
+    EXPECT_STATUS(lk_trainer_optimizer_step(t, NAN, &norm), LK_ERR_INVALID_ARGUMENT, "lr");
+    EXPECT_STATUS(lk_trainer_optimizer_step(t, -1e-3, &norm), LK_ERR_INVALID_ARGUMENT, "lr");
+    int64_t done = -1;
+    EXPECT_OK(lk_trainer_steps(t, &done, NULL));
+    CHECK(done == 0);
+
+    /* And a valid step: outputs written, a finite norm; validation data works on this trainer. */
+    EXPECT_OK(lk_trainer_zero_grad(t));
+    EXPECT_OK(lk_trainer_forward_backward(t, ids, flags, 4, NULL, 0, 1.0f / 3, &sum, &pred, g, 8 * 64));
+    CHECK(pred == 3 && isfinite(sum) && sum > 0);
+    EXPECT_OK(lk_trainer_optimizer_step(t, 1e-2, NULL));
+    EXPECT_OK(lk_trainer_optimizer_step(t, 0, &norm));  /* the gradients stay until zeroed */
+    CHECK(isfinite(norm) && norm > 0);
+    EXPECT_OK(lk_trainer_steps(t, &done, NULL));
+    CHECK(done == 2);
+    double vloss = 0;
+    EXPECT_OK(lk_trainer_validation_loss(t, &vloss));
+    lk_adapter *a = NULL;
+    EXPECT_OK(lk_trainer_adapter(t, &a));
+    double ref = reference_loss(m, a);
+    CHECKF(fabs(vloss - ref) <= 1e-4 * ref, "manual trainer: validation loss %.7f vs inference %.7f", vloss, ref);
+    lk_adapter_free(a);
+    lk_trainer_free(t);
+    lk_trainer_free(data);
+    lk_model_free(m);
+}
+
 LKT_MAIN("test_train", setup,
          TESTCASE(test_params_defaults_and_sizes),
          TESTCASE(test_training_reduces_loss),
@@ -770,4 +1062,7 @@ LKT_MAIN("test_train", setup,
          TESTCASE(test_bad_params),
          TESTCASE(test_bad_handles_and_files),
          TESTCASE(test_model_freed_first),
-         TESTCASE(test_callback_cannot_use_its_trainer))
+         TESTCASE(test_callback_cannot_use_its_trainer),
+         TESTCASE(test_low_level_input_gradient_matches_pytorch),
+         TESTCASE(test_low_level_run_matches_pytorch),
+         TESTCASE(test_low_level_bad_input))

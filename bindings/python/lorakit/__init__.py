@@ -820,6 +820,9 @@ class Trainer(_Handle):
                              steps=100, out_dir="run/") as t:
             t.run(lambda p: print(p.step, p.loss))     # then run/adapter/ holds the PEFT adapter
 
+    train=None makes a trainer without training data, driven by zero_grad / forward_backward /
+    optimizer_step (the caller makes the sequences, e.g. image features as prefix rows).
+
     Keyword arguments are the fields of lk_train_params (see lorakit.h) with Python values: targets as
     "q,v" / "all-linear" / a list of names, layers as a list of ints (None: all), init "peft" /
     "gaussian" / "random", schedule "constant" / "linear" / "cosine", format "peft" / "gguf", flags as
@@ -827,7 +830,7 @@ class Trainer(_Handle):
     until the first step (or save_checkpoint); with resume_dir the trainer continues from the latest
     checkpoint there.
     """
-    __slots__ = ("model",)
+    __slots__ = ("model", "n_embd")
     _kind = "trainer"
     _free = staticmethod(_c.lk_trainer_free)
 
@@ -851,6 +854,7 @@ class Trainer(_Handle):
         if not isinstance(targets, str):
             targets = ",".join(targets)
         self.model = model
+        self.n_embd = model.info.n_embd
         p = _lib.lk_train_params()
         _c.lk_train_params_init(byref(p))
         p.rank, p.alpha, p.use_rslora, p.targets = int(rank), float(alpha), int(bool(use_rslora)), targets.encode()
@@ -868,7 +872,7 @@ class Trainer(_Handle):
         p.out_dir, p.resume_dir = _opt_path(out_dir), _opt_path(resume_dir)
         p.init_adapter, p.log_path = _opt_path(init_adapter), _opt_path(log_path)
         out = _lib.lk_trainer_p()
-        _check(_c.lk_trainer_create(model.handle, os.fsencode(train), _opt_path(valid), byref(p), byref(out)))
+        _check(_c.lk_trainer_create(model.handle, _opt_path(train), _opt_path(valid), byref(p), byref(out)))
         self._handle = out.value
 
     def step(self) -> TrainProgress:
@@ -919,6 +923,55 @@ class Trainer(_Handle):
         out = _lib.lk_adapter_p()
         _check(_c.lk_trainer_adapter(self.handle, byref(out)))
         return Adapter._wrap(self.model, out.value)
+
+    # -- low-level training (a Trainer made with train=None) --
+
+    def zero_grad(self) -> None:
+        """Set the adapter gradients to zero (before the first forward_backward of a step)."""
+        _check(_c.lk_trainer_zero_grad(self.handle))
+
+    def forward_backward(self, tokens, targets=None, prefix=None, loss_scale: float = 1.0,
+                         input_grad: bool = False):
+        """Forward and backward of one sequence: optional prefix rows ([P, n_embd] float32, e.g. projected
+        image features) followed by token ids; targets: per-token 0/1 (None: every token; token 0 is
+        predicted only after a prefix). Adds d(loss_scale · Σ NLL)/dθ to the gradients. Returns
+        (sum_nll, predicted, grad) with grad = d(loss_scale · Σ NLL)/d(input rows) [P + T, n_embd] when
+        input_grad, else None. Only for a Trainer created with train=None."""
+        h = self.handle
+        ids = _ids_arg(tokens)
+        tp = None
+        if targets is not None:
+            t = np.ascontiguousarray(targets).reshape(-1)
+            if t.size != ids.size:
+                raise ValueError(f"targets has {t.size} flags for {ids.size} tokens")
+            if t.size and (t.min() < 0 or t.max() > 255):
+                raise ValueError("targets must be 0 or 1")
+            tflags = t.astype(np.uint8)
+            tp = tflags.ctypes.data_as(POINTER(ctypes.c_uint8))
+        n_embd = self.n_embd
+        pre, n_pre = None, 0
+        if prefix is not None:
+            parr = np.ascontiguousarray(prefix, dtype=np.float32)
+            if parr.ndim == 1:
+                parr = parr.reshape(1, -1)
+            if parr.ndim != 2 or parr.shape[1] != n_embd:
+                raise ValueError(f"prefix must have shape [rows, {n_embd}], got {list(np.shape(prefix))}")
+            pre, n_pre = parr.ctypes.data_as(POINTER(c_float)), parr.shape[0]
+        grad, gp, cap = None, None, 0
+        if input_grad:
+            grad = np.empty((n_pre + ids.size, n_embd), dtype=np.float32)
+            gp, cap = grad.ctypes.data_as(POINTER(c_float)), grad.size
+        s, n = ctypes.c_double(), c_int64()
+        _check(_c.lk_trainer_forward_backward(h, ids.ctypes.data_as(POINTER(c_int32)), tp, ids.size, pre, n_pre,
+                                              float(loss_scale), byref(s), byref(n), gp, cap))
+        return s.value, n.value, grad
+
+    def optimizer_step(self, lr: float) -> float:
+        """Clip (to max_grad_norm), AdamW with learning rate lr, count the step; returns the gradient norm
+        before clipping. The gradients are not zeroed."""
+        norm = ctypes.c_double()
+        _check(_c.lk_trainer_optimizer_step(self.handle, float(lr), byref(norm)))
+        return norm.value
 
     def _steps(self) -> tuple[int, int]:
         done, total = c_int64(), c_int64()

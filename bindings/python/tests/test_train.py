@@ -192,3 +192,37 @@ def test_peft_loads_the_trained_adapter(model, examples, tmp_path):
     print(f"LoRAKit vs PEFT max abs diff {d:.3g}, effect of the adapter {effect:.3g}")
     assert d <= 2e-4, f"LoRAKit vs PEFT max |Δ| {d}"
     assert effect > 0.05, f"training barely changed the logits ({effect}): the comparison would prove little"
+
+
+def test_low_level_input_gradient_matches_pytorch(model):
+    """A Trainer without training data (train=None), driven by forward_backward / optimizer_step: the loss
+    and dLoss/d(inputs_embeds) of PyTorch (reference.json → runs.text_all.embedding_grad_check, with the
+    text_all initial adapter); then token 0 given as a prefix embedding row instead of an id."""
+    import struct
+    ref = json.loads((FX / "reference.json").read_text())["runs"]["text_all"]["embedding_grad_check"]
+    ids = ref["ids"]
+    want = np.asarray(ref["grad_inputs_embeds"], dtype=np.float64)
+    with Trainer(model, None, init_adapter=FX / "text_all" / "init", threads=2) as t:
+        assert t.steps_done == 0
+        t.zero_grad()
+        s, n, g = t.forward_backward(ids, loss_scale=1 / 23, input_grad=True)
+        assert n == 23 and abs(s / 23 - ref["loss"]) <= 1e-5 * ref["loss"]
+        assert g.shape == (24, 64)
+        assert float(np.max(np.abs(g - want))) <= 1e-4 * ref["grad_inputs_embeds_max_abs"]
+        # Token 0 as a prefix row (its row of the embedding table, read from model.safetensors).
+        raw = (MODEL / "model.safetensors").read_bytes()
+        (hlen,) = struct.unpack("<Q", raw[:8])
+        meta = json.loads(raw[8:8 + hlen])["model.embed_tokens.weight"]
+        table = np.frombuffer(raw, dtype=np.float32, offset=8 + hlen + meta["data_offsets"][0],
+                              count=512 * 64).reshape(512, 64)
+        s2, n2, g2 = t.forward_backward(ids[1:], targets=[1] * 23, prefix=table[ids[0]], loss_scale=1 / 23,
+                                        input_grad=True)
+        assert n2 == 23 and abs(s2 - s) <= 1e-6 * s and float(np.max(np.abs(g2 - g))) <= 1e-6
+        norm = t.optimizer_step(1e-3)
+        assert math.isfinite(norm) and norm > 0 and t.steps_done == 1
+        expect_error(Status.INVALID_ARGUMENT, "lr", t.optimizer_step, float("nan"))
+        expect_error(Status.INVALID_ARGUMENT, "no training data", t.step)
+        with pytest.raises(ValueError, match="targets"):
+            t.forward_backward(ids, targets=[1, 0])
+    with Trainer(model, TEXT, steps=2, **FAST) as t:
+        expect_error(Status.INVALID_ARGUMENT, "train_path NULL", t.forward_backward, ids)
