@@ -22,8 +22,9 @@
  *     - struct_size smaller than the struct's first version (e.g. 0: not initialized) or above 4096
  *       (garbage): LK_ERR_ABI, naming the struct and the size.
  *   A params pointer may be NULL for all defaults.
- * - Info/result structs (lk_model_info, lk_generate_result) are written only up to the caller's
- *   struct_size (set it to sizeof(the struct)); struct_size itself is not changed; the same bounds apply.
+ * - Info/result structs (lk_model_info, lk_generate_result, lk_train_progress) are written only up to
+ *   the caller's struct_size (set it to sizeof(the struct)); struct_size itself is not changed; the same
+ *   bounds apply.
  *   lk_sizeof_<struct>() returns the size this library was built with (equal to sizeof in this header).
  * - Strings returned in caller buffers (buf, capacity, needed): *needed (required) receives the size
  *   including the NUL, also when the buffer is too small (LK_ERR_BUFFER_TOO_SMALL, buf untouched). buf
@@ -40,6 +41,8 @@
  * - A context is used by one thread at a time. Using one context from two threads at once, or from
  *   inside lk_generate's callback on that context, fails with LK_ERR_INVALID_ARGUMENT ("in use") instead
  *   of racing. Different contexts (on one model or several) run concurrently.
+ * - A trainer is used by one thread at a time, like a context ("in use" otherwise, also from inside
+ *   lk_trainer_run's callback); trainers and contexts of one model run concurrently.
  * - Tensors: read-only functions (shape, dtype, copy_to_f32, matmul inputs) may run concurrently on the
  *   same tensor; a function that writes a tensor (matmul output) must not run concurrently with any
  *   other use of that tensor.

@@ -10,6 +10,7 @@
 #include "lk_test.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <sys/stat.h>
 
 #define SEQ 64
@@ -760,6 +761,52 @@ static void test_callback_cannot_use_its_trainer(void) {
     lk_model_free(m);
 }
 
+/* Two trainers on one model, each on its own thread, train as they do alone (same losses, bit for bit). */
+typedef struct {
+    lk_model *m;
+    uint64_t seed;
+    lk_status status;
+    double loss[6];
+} job;
+
+static void *train_job(void *arg) {
+    job *j = arg;
+    lk_train_params p;
+    base_params(&p);
+    p.steps = 6;
+    p.seed = j->seed;
+    p.dropout = 0.05f;
+    lk_trainer *t = NULL;
+    j->status = lk_trainer_create(j->m, text_path, NULL, &p, &t);
+    for (int i = 0; i < 6 && j->status == LK_OK; i++) {
+        lk_train_progress pr = {.struct_size = sizeof pr};
+        j->status = lk_trainer_step(t, &pr);
+        j->loss[i] = pr.loss;
+    }
+    lk_trainer_free(t);
+    return NULL;
+}
+
+static void test_two_trainers_concurrently(void) {
+    lk_model *m = load_model();
+    job alone[2] = {{.m = m, .seed = 1}, {.m = m, .seed = 2}};
+    train_job(&alone[0]);
+    train_job(&alone[1]);
+    job together[2] = {{.m = m, .seed = 1}, {.m = m, .seed = 2}};
+    pthread_t th[2];
+    for (int i = 0; i < 2; i++) CHECK(pthread_create(&th[i], NULL, train_job, &together[i]) == 0);
+    for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+    for (int i = 0; i < 2; i++) {
+        CHECKF(alone[i].status == LK_OK && together[i].status == LK_OK, "trainer %d: %d / %d", i, alone[i].status,
+               together[i].status);
+        for (int k = 0; k < 6; k++)
+            CHECKF(alone[i].loss[k] == together[i].loss[k], "trainer %d step %d: %.9g alone, %.9g concurrently", i,
+                   k + 1, alone[i].loss[k], together[i].loss[k]);
+    }
+    CHECK(alone[0].loss[1] != alone[1].loss[1]);  /* the seeds give different runs */
+    lk_model_free(m);
+}
+
 /* ------------------------------------------------------------------------------------------------ */
 /* Low-level training (train_path NULL): lk_trainer_zero_grad / forward_backward / optimizer_step      */
 /* ------------------------------------------------------------------------------------------------ */
@@ -1063,6 +1110,7 @@ LKT_MAIN("test_train", setup,
          TESTCASE(test_bad_handles_and_files),
          TESTCASE(test_model_freed_first),
          TESTCASE(test_callback_cannot_use_its_trainer),
+         TESTCASE(test_two_trainers_concurrently),
          TESTCASE(test_low_level_input_gradient_matches_pytorch),
          TESTCASE(test_low_level_run_matches_pytorch),
          TESTCASE(test_low_level_bad_input))

@@ -12,6 +12,11 @@ Models, contexts and generation:
         text, tokens, reason = lk.generate(ctx, ids, max_tokens=32, temperature=0,
                                            on_text=lambda piece, token: print(piece, end=""))
 
+LoRA training (Trainer: a context manager over lk_trainer_*):
+
+    with lk.Trainer(m, "train.jsonl", rank=8, targets="all-linear", lr=1e-4, steps=100, out_dir="run") as t:
+        t.run(lambda p: print(p.step, p.loss))       # run/adapter/ is a PEFT folder; t.adapter() a snapshot
+
 Errors raise LoRAKitError(status, message) with the library's lk_last_error() message. Tensors, models
 and contexts own a C handle: close() (or a `with` block) frees it at once, the garbage collector frees it
 otherwise; using a closed object raises LoRAKitError(LK_ERR_INVALID_HANDLE) instead of reaching C. A
