@@ -22,8 +22,9 @@
  *     - struct_size smaller than the struct's first version (e.g. 0: not initialized) or above 4096
  *       (garbage): LK_ERR_ABI, naming the struct and the size.
  *   A params pointer may be NULL for all defaults.
- * - Info/result structs (lk_model_info, lk_generate_result) are written only up to the caller's
- *   struct_size (set it to sizeof(the struct)); struct_size itself is not changed; the same bounds apply.
+ * - Info/result structs (lk_model_info, lk_generate_result, lk_train_progress) are written only up to
+ *   the caller's struct_size (set it to sizeof(the struct)); struct_size itself is not changed; the same
+ *   bounds apply.
  *   lk_sizeof_<struct>() returns the size this library was built with (equal to sizeof in this header).
  * - Strings returned in caller buffers (buf, capacity, needed): *needed (required) receives the size
  *   including the NUL, also when the buffer is too small (LK_ERR_BUFFER_TOO_SMALL, buf untouched). buf
@@ -40,6 +41,8 @@
  * - A context is used by one thread at a time. Using one context from two threads at once, or from
  *   inside lk_generate's callback on that context, fails with LK_ERR_INVALID_ARGUMENT ("in use") instead
  *   of racing. Different contexts (on one model or several) run concurrently.
+ * - A trainer is used by one thread at a time, like a context ("in use" otherwise, also from inside
+ *   lk_trainer_run's callback); trainers and contexts of one model run concurrently.
  * - Tensors: read-only functions (shape, dtype, copy_to_f32, matmul inputs) may run concurrently on the
  *   same tensor; a function that writes a tensor (matmul output) must not run concurrently with any
  *   other use of that tensor.
@@ -459,6 +462,182 @@ LK_API lk_status lk_context_detach_all(lk_context *ctx);
 LK_API lk_status lk_model_merge_to_file(lk_model *model, lk_adapter *const *adapters, const float *scales, int32_t n,
                                         int32_t out_type, const char *path);
 
+/* ---------------------------------------------------------------------------------------------------
+ * LoRA training. A trainer trains one new (or loaded) LoRA adapter of a model on a JSONL file:
+ * tokenization, batches, forward/backward, gradient clipping, AdamW, learning-rate schedule, validation,
+ * checkpoints (crash-safe; resumable with identical losses) and a JSONL log. Deterministic: the same
+ * params and data give the same losses for any thread count.
+ *
+ * Data (train_path, valid_path): JSON Lines, one object per line, one of
+ *   {"text": "..."}                                      every token but the first is a target;
+ *   {"prompt": "...", "completion": "..."}               completion tokens (+ EOS) are targets;
+ *   {"messages": [{"role": "...", "content": "..."}, ...]}  rendered with the model's chat template;
+ *                                                        assistant turns are targets.
+ * (completion_only_loss = 0 makes every token but the first a target.) Rows longer than seq are cut.
+ *
+ * A step's loss is Σ NLL of its predicted tokens / their number (over grad_accum micro-batches of batch
+ * examples), computed before its update; its gradient is that loss's gradient.
+ *
+ * Output folder (out_dir): out_dir/checkpoint-<step>/ (PEFT adapter + optimizer state + trainer state),
+ * out_dir/latest (the newest checkpoint's name; the `keep` newest are kept), and after lk_trainer_run the
+ * final adapter: out_dir/adapter/ (format LK_ADAPTER_PEFT, loadable by PEFT) or out_dir/adapter.gguf
+ * (LK_ADAPTER_GGUF). Every file is written atomically.
+ *
+ * A trainer holds a strong reference to its model (lk_model_free may be called first). Thread safety:
+ * a trainer is used by one thread at a time; using it from two threads at once, or from inside
+ * lk_trainer_run's callback, fails with LK_ERR_INVALID_ARGUMENT ("in use"). Different trainers (on one
+ * model or several) and contexts of the same model run concurrently.
+ * ------------------------------------------------------------------------------------------------- */
+typedef struct lk_trainer lk_trainer;
+
+enum { LK_SCHEDULE_CONSTANT = 0, LK_SCHEDULE_LINEAR = 1, LK_SCHEDULE_COSINE = 2 };
+
+typedef struct lk_train_params {
+    uint32_t struct_size;          /* set by lk_train_params_init */
+    /* The new adapter (ignored, except dropout, when init_adapter is set). */
+    int32_t rank;                  /* 1...4096; default 8 */
+    float alpha;                   /* finite, > 0; default 16 (s = alpha/rank, alpha/sqrt(rank) with rsLoRA) */
+    int32_t use_rslora;            /* 0 or 1; default 0 */
+    const char *targets;           /* as lk_lora_params.targets; NULL = "q,v" */
+    const int32_t *layers;         /* n_layers layer indices that get an adapter; NULL (n_layers 0) = all */
+    int32_t n_layers;              /* 0...4096 */
+    float dropout;                 /* LoRA dropout on the adapter inputs, [0, 1); default 0 */
+    int32_t init;                  /* LK_LORA_INIT_*; default LK_LORA_INIT_PEFT (B = 0) */
+    /* Optimizer (AdamW, betas 0.9/0.999, eps 1e-8) and schedule. */
+    double lr;                     /* peak learning rate, finite, in (0, 10]; default 2e-4 */
+    double weight_decay;           /* finite, >= 0; default 0.01 */
+    double max_grad_norm;          /* clip the global gradient norm to this; 0 = off; default 1 */
+    int32_t schedule;              /* LK_SCHEDULE_*; default CONSTANT (transformers' schedules) */
+    int32_t warmup_steps;          /* >= 0; default 0 (step 1 of a warm-up has lr 0) */
+    /* Length. */
+    int32_t steps;                 /* optimizer steps, 0...100000000; 0 (default) = from epochs */
+    int32_t batch;                 /* examples per micro-batch, 1...65536; default 4 */
+    double epochs;                 /* passes over the data when steps is 0: finite, in (0, 1e6]; default 1 */
+    int32_t seq;                   /* tokens per example (longer ones are cut), 2...1048576; default 512 */
+    int32_t grad_accum;            /* micro-batches per optimizer step, 1...65536; default 1 */
+    uint64_t seed;                 /* data order, adapter initialization, dropout; default 0 */
+    int32_t threads;               /* 0...512; 0 (default) = lk_cpu_count() */
+    int32_t shuffle;               /* 0 or 1: shuffle the examples every epoch; default 1 */
+    int32_t completion_only_loss;  /* 0 or 1: only completions / assistant turns are targets; default 1 */
+    int32_t packing;               /* 0 or 1: pack examples into rows of seq tokens; default 0 */
+    /* Output. */
+    int32_t save_every;            /* checkpoint every this many steps, >= 0; 0 (default) = only at the end */
+    int32_t keep;                  /* checkpoints kept, >= 1; default 2 */
+    int32_t valid_every;           /* validate every this many steps, >= 0; 0 (default) = at the last step */
+    int32_t format;                /* final adapter: LK_ADAPTER_PEFT (default) or LK_ADAPTER_GGUF */
+    const char *out_dir;           /* NULL (default): nothing is written */
+    const char *resume_dir;        /* continue from the latest checkpoint in this folder (usually out_dir) */
+    const char *init_adapter;      /* start from this adapter (PEFT folder or GGUF LoRA) instead of a new one */
+    const char *log_path;          /* append one JSON object per step to this file (opened at the first step) */
+} lk_train_params;
+
+/* Fill *p with defaults (and struct_size). */
+LK_API void lk_train_params_init(lk_train_params *p);
+
+/* What a step reports. Result struct: written up to the caller's struct_size (set it to
+ * sizeof(lk_train_progress)). To the callback it is passed with struct_size = the library's size. */
+typedef struct lk_train_progress {
+    uint32_t struct_size;
+    int64_t step;                  /* steps done, 1-based (the first step reports 1) */
+    int64_t total_steps;
+    double loss;                   /* the step's loss, before its update */
+    double lr;                     /* learning rate of the step's update */
+    double grad_norm;              /* global gradient norm before clipping */
+    double tokens_per_s;           /* input tokens of the step / its wall time */
+    int64_t tokens;                /* input tokens of the step */
+    int64_t predicted;             /* target tokens of the step (the loss's denominator) */
+    double epoch;                  /* epochs done (fractional) */
+    double elapsed_s;              /* seconds since the trainer's first step */
+    double valid_loss;             /* validation loss computed after this step; NaN when none was */
+} lk_train_progress;
+
+/* Progress callback of lk_trainer_run, called after every step (after its validation, log line and
+ * checkpoint). `progress` is valid only during the call. Return 0 to continue, non-zero to stop. The
+ * callback must not use the trainer (LK_ERR_INVALID_ARGUMENT: in use). */
+typedef int32_t (*lk_train_callback)(const lk_train_progress *progress, void *user_data);
+
+/* Load the data, create the adapter (or load init_adapter) and, with resume_dir, restore the latest
+ * checkpoint there (the step, adapter, optimizer state and data position). Nothing is written yet.
+ * train_path: JSONL, or NULL for a trainer without training data, driven by the low-level calls
+ * (lk_trainer_forward_backward, below); valid_path: JSONL or NULL. params may be NULL for defaults.
+ * Errors: LK_ERR_INVALID_ARGUMENT naming the params field; LK_ERR_IO (a missing file, naming it);
+ * LK_ERR_FORMAT (malformed data, naming the file and its line numbers); LK_ERR_SHAPE (init_adapter or a
+ * checkpoint made for another model). Ownership: *out belongs to the caller (lk_trainer_free); it keeps
+ * the model alive. */
+LK_API lk_status lk_trainer_create(lk_model *model, const char *train_path, const char *valid_path,
+                                   const lk_train_params *params, lk_trainer **out);
+
+/* Release the trainer. NULL is a no-op; a freed or foreign handle is LK_ERR_INVALID_HANDLE. Nothing is
+ * saved (call lk_trainer_save_checkpoint first to keep the state). Adapters from lk_trainer_adapter
+ * stay valid. */
+LK_API lk_status lk_trainer_free(lk_trainer *trainer);
+
+/* One step of lk_trainer_run: one optimizer step, then the validation, log line and periodic checkpoint
+ * due after it (no final adapter: see lk_trainer_run). progress (may be NULL) is written up to its
+ * struct_size. When all total_steps are done: LK_ERR_INVALID_ARGUMENT. A step whose loss or gradient is
+ * not finite fails (LK_ERR_INVALID_ARGUMENT naming the step) without updating the adapter; checkpoints
+ * on disk stay as they were. */
+LK_API lk_status lk_trainer_step(lk_trainer *trainer, lk_train_progress *progress);
+
+/* Train to total_steps: steps as lk_trainer_step, the callback (may be NULL) after each; then, with an
+ * out_dir, a last checkpoint and the final adapter. Returns LK_OK, or LK_STOPPED when the callback asked
+ * to stop (the checkpoint and final adapter are still written), or an error (a failing step leaves the
+ * checkpoints on disk as they were). last (may be NULL): the progress of the last step this call ran
+ * (when it ran none: step and total_steps, and NaN/0 elsewhere). */
+LK_API lk_status lk_trainer_run(lk_trainer *trainer, lk_train_callback callback, void *user_data,
+                                lk_train_progress *last);
+
+/* Mean NLL over every target token of the validation data (valid_path), with the current adapter.
+ * LK_ERR_INVALID_ARGUMENT when the trainer has no validation data. */
+LK_API lk_status lk_trainer_validation_loss(lk_trainer *trainer, double *loss);
+
+/* Write a checkpoint of the current state into out_dir (LK_ERR_INVALID_ARGUMENT without an out_dir). */
+LK_API lk_status lk_trainer_save_checkpoint(lk_trainer *trainer);
+
+/* A new adapter handle holding a copy of the current adapter values (later steps do not change it), for
+ * lk_context_attach_adapter, lk_adapter_save, lk_model_merge_to_file with the trainer's model.
+ * Ownership as lk_adapter_load. */
+LK_API lk_status lk_trainer_adapter(lk_trainer *trainer, lk_adapter **out);
+
+/* Steps done so far (including those restored by resume_dir) and the total. Either pointer may be NULL. */
+LK_API lk_status lk_trainer_steps(lk_trainer *trainer, int64_t *steps_done, int64_t *total_steps);
+
+/* Low-level training, for callers that make their own sequences (e.g. projected image features as
+ * prefix rows before text tokens). A trainer created with train_path NULL has no training data and is
+ * driven by these three calls (lk_trainer_step and lk_trainer_run refuse it); a trainer with training
+ * data refuses them. Everything else works for both: valid_path and lk_trainer_validation_loss,
+ * lk_trainer_save_checkpoint, resume_dir, lk_trainer_adapter, lk_trainer_steps (total_steps is
+ * params->steps). One optimizer step over sequences with N predicted tokens in all:
+ *     lk_trainer_zero_grad(t);
+ *     for each sequence: lk_trainer_forward_backward(t, ..., 1.0f / N, ...);
+ *     lk_trainer_optimizer_step(t, lr, &grad_norm);
+ * is the update lk_trainer_step makes for the same rows; the step's loss is Σ sum_nll / N. */
+
+/* Set the adapter gradients to zero. */
+LK_API lk_status lk_trainer_zero_grad(lk_trainer *trainer);
+
+/* Forward and backward of one sequence: n_prefix caller-given input rows (prefix: [n_prefix, n_embd] f32,
+ * finite; may be NULL when n_prefix is 0) followed by n_tokens token ids; 1 <= n_prefix + n_tokens <= the
+ * model's context length. Token j is a target (predicted from the rows before it) when is_target[j] is 1
+ * (0: not; is_target NULL: every token); token 0 can be predicted only after a prefix.
+ * Adds d(loss_scale · Σ NLL)/dθ to the adapter gradients (loss_scale finite: 1/N for the mean over the
+ * N predicted tokens of a step). Outputs, each may be NULL: *sum_nll = Σ NLL of the predicted tokens
+ * (natural log), *predicted = their number, input_grad = d(loss_scale · Σ NLL)/d(input rows)
+ * [(n_prefix + n_tokens), n_embd] (token rows: with respect to their embedding rows), where
+ * input_grad_capacity (floats) must hold them (else LK_ERR_BUFFER_TOO_SMALL before anything runs).
+ * Dropout masks are keyed by (seed, step, call within the step). On error the gradients may hold a
+ * partial sum: zero them before the next step. */
+LK_API lk_status lk_trainer_forward_backward(lk_trainer *trainer, const int32_t *tokens, const uint8_t *is_target,
+                                             int64_t n_tokens, const float *prefix, int64_t n_prefix,
+                                             float loss_scale, double *sum_nll, int64_t *predicted,
+                                             float *input_grad, int64_t input_grad_capacity);
+
+/* Apply the accumulated gradients: clip them to params->max_grad_norm (when not 0), AdamW with learning
+ * rate lr (finite, >= 0; the caller's schedule), count the step. *grad_norm (may be NULL) = the global
+ * norm before clipping. A non-finite gradient: LK_ERR_INVALID_ARGUMENT naming the step, nothing updated.
+ * The gradients are not zeroed. */
+LK_API lk_status lk_trainer_optimizer_step(lk_trainer *trainer, double lr, double *grad_norm);
+
 /* Sizes of the params/info structs this library was built with (bindings check them at import). */
 LK_API int64_t lk_sizeof_model_params(void);
 LK_API int64_t lk_sizeof_model_info(void);
@@ -468,6 +647,8 @@ LK_API int64_t lk_sizeof_generate_params(void);
 LK_API int64_t lk_sizeof_generate_result(void);
 LK_API int64_t lk_sizeof_chat_message(void);
 LK_API int64_t lk_sizeof_lora_params(void);
+LK_API int64_t lk_sizeof_train_params(void);
+LK_API int64_t lk_sizeof_train_progress(void);
 
 #ifdef __cplusplus
 }

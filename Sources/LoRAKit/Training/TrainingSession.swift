@@ -148,6 +148,9 @@ public final class TrainingSession: @unchecked Sendable {
     /// Messages worth showing the user (data summary, checkpoint fallbacks).
     public private(set) var notes: [String] = []
     private var iterator: TrainDataIterator
+    /// The JSONL log (opened by the first `runStep`) and when that step started.
+    private var log: LogFile? = nil
+    private var runStart: Double? = nil
 
     /// Load the data, create (or load) the adapter, and — with `options.resume` — restore the latest
     /// checkpoint there. Nothing is written yet.
@@ -276,44 +279,59 @@ public final class TrainingSession: @unchecked Sendable {
                              elapsed: 0, validLoss: nil)
     }
 
+    /// One step of `run`: `trainStep`, then what is due after it — the validation (every `validEvery`
+    /// steps and at the last step, when there is validation data), the log line, and the periodic
+    /// checkpoint (every `saveEvery` steps before the last). A loop of `runStep` until `totalSteps`,
+    /// then `finish()`, is what `run` does without a callback. `elapsed` counts from the session's first
+    /// `runStep`.
+    public func runStep() throws(LKError) -> TrainProgress {
+        let start = runStart ?? monotonicSeconds()
+        runStart = start
+        if log == nil, let p = options.logPath { log = try LogFile(path: p) }
+        var pr = try trainStep()
+        pr.elapsed = monotonicSeconds() - start
+        let validNow = valid != nil && ((options.validEvery ?? 0) > 0 && step % options.validEvery! == 0
+                                        || step == totalSteps)
+        if validNow {
+            pr.validLoss = try validationLoss()
+        }
+        var line: [(String, JSONValue)] = [
+            ("step", .number(Double(pr.step))), ("loss", .number(pr.loss)), ("lr", .number(pr.lr)),
+            ("grad_norm", .number(pr.gradNorm)), ("tokens_per_s", .number(pr.tokensPerSecond)),
+            ("tokens", .number(Double(pr.tokens))), ("predicted", .number(Double(pr.predicted))),
+            ("epoch", .number(pr.epoch)), ("elapsed_s", .number(pr.elapsed)),
+        ]
+        if let v = pr.validLoss { line.append(("valid_loss", .number(v))) }
+        try log?.append(JSON.serialize(.object(line)))
+        if let s = options.saveEvery, s > 0, step % s == 0, step < totalSteps { try saveCheckpoint() }
+        return pr
+    }
+
+    /// What `run` does after its last step: with an output folder, a last checkpoint and the final
+    /// adapter (`outDir/adapter` for PEFT, `outDir/adapter.gguf` for GGUF), whose path is returned.
+    @discardableResult
+    public func finish() throws(LKError) -> String? {
+        guard let dir = options.outDir else { return nil }
+        try saveCheckpoint()
+        let a = try trainer.adapter()
+        let path = options.format == .gguf ? dir + "/adapter.gguf" : dir + "/adapter"
+        try a.save(path: path, format: options.format)
+        return path
+    }
+
     /// Train until `totalSteps` (or until `progress` returns false), with validation, checkpoints and the
-    /// log as configured; then write the final adapter and a last checkpoint into `outDir`.
-    /// When a step fails (non-finite loss or gradient), the last checkpoint on disk stays as it was and
-    /// the error names the step.
+    /// log as configured (`runStep`); then write the final adapter and a last checkpoint into `outDir`
+    /// (`finish`). When a step fails (non-finite loss or gradient), the last checkpoint on disk stays as
+    /// it was and the error names the step.
     public func run(progress: ((TrainProgress) -> Bool)? = nil) throws(LKError) -> TrainSummary {
-        let start = monotonicSeconds()
-        var log: LogFile? = nil
-        if let p = options.logPath { log = try LogFile(path: p) }
         var stopped = false
         var lastValid: Double? = nil
         while step < totalSteps {
-            var pr = try trainStep()
-            pr.elapsed = monotonicSeconds() - start
-            let validNow = valid != nil && ((options.validEvery ?? 0) > 0 && step % options.validEvery! == 0
-                                            || step == totalSteps)
-            if validNow {
-                pr.validLoss = try validationLoss()
-                lastValid = pr.validLoss
-            }
-            var line: [(String, JSONValue)] = [
-                ("step", .number(Double(pr.step))), ("loss", .number(pr.loss)), ("lr", .number(pr.lr)),
-                ("grad_norm", .number(pr.gradNorm)), ("tokens_per_s", .number(pr.tokensPerSecond)),
-                ("tokens", .number(Double(pr.tokens))), ("predicted", .number(Double(pr.predicted))),
-                ("epoch", .number(pr.epoch)), ("elapsed_s", .number(pr.elapsed)),
-            ]
-            if let v = pr.validLoss { line.append(("valid_loss", .number(v))) }
-            try log?.append(JSON.serialize(.object(line)))
-            if let s = options.saveEvery, s > 0, step % s == 0, step < totalSteps { try saveCheckpoint() }
+            let pr = try runStep()
+            if let v = pr.validLoss { lastValid = v }
             if let cb = progress, !cb(pr) { stopped = true; break }
         }
-        var adapterPath: String? = nil
-        if let dir = options.outDir {
-            try saveCheckpoint()
-            let a = try trainer.adapter()
-            let path = options.format == .gguf ? dir + "/adapter.gguf" : dir + "/adapter"
-            try a.save(path: path, format: options.format)
-            adapterPath = path
-        }
+        let adapterPath = try finish()
         return TrainSummary(steps: step, stoppedByCallback: stopped, finalLoss: losses.last, validLoss: lastValid,
                             adapterPath: adapterPath, losses: losses)
     }

@@ -12,6 +12,11 @@ Models, contexts and generation:
         text, tokens, reason = lk.generate(ctx, ids, max_tokens=32, temperature=0,
                                            on_text=lambda piece, token: print(piece, end=""))
 
+LoRA training (Trainer: a context manager over lk_trainer_*):
+
+    with lk.Trainer(m, "train.jsonl", rank=8, targets="all-linear", lr=1e-4, steps=100, out_dir="run") as t:
+        t.run(lambda p: print(p.step, p.loss))       # run/adapter/ is a PEFT folder; t.adapter() a snapshot
+
 Errors raise LoRAKitError(status, message) with the library's lk_last_error() message. Tensors, models
 and contexts own a C handle: close() (or a `with` block) frees it at once, the garbage collector frees it
 otherwise; using a closed object raises LoRAKitError(LK_ERR_INVALID_HANDLE) instead of reaching C. A
@@ -33,7 +38,7 @@ from ._lib import ABI_VERSION
 
 __all__ = [
     "ABI_VERSION", "Adapter", "AdapterFormat", "Context", "DType", "GenerationResult", "LoRAKitError", "Model", "ModelInfo", "Status",
-    "StopReason", "Tensor", "abi_version", "clear_error", "cpu_count", "dtype_info", "generate", "get_threads",
+    "StopReason", "Tensor", "TrainProgress", "TrainRun", "Trainer", "abi_version", "clear_error", "cpu_count", "dtype_info", "generate", "get_threads",
     "last_error", "matmul", "set_threads", "status_string", "version",
 ]
 
@@ -760,6 +765,238 @@ class Adapter(_Handle):
 
     def __repr__(self) -> str:
         return "Adapter(<closed>)" if self._handle is None else f"Adapter(handle=0x{self._handle:x})"
+
+
+# ---------------------------------------------------------------------------------------------------
+# LoRA training
+# ---------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """What a training step reports (lk_train_progress). valid_loss is None when the step did not
+    validate; loss/lr/grad_norm are NaN in the report of a run that ran no step."""
+    step: int
+    total_steps: int
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens_per_s: float
+    tokens: int
+    predicted: int
+    epoch: float
+    elapsed_s: float
+    valid_loss: Optional[float]
+
+    @classmethod
+    def _from_c(cls, p: "_lib.lk_train_progress") -> "TrainProgress":
+        v = p.valid_loss
+        return cls(step=p.step, total_steps=p.total_steps, loss=p.loss, lr=p.lr, grad_norm=p.grad_norm,
+                   tokens_per_s=p.tokens_per_s, tokens=p.tokens, predicted=p.predicted, epoch=p.epoch,
+                   elapsed_s=p.elapsed_s, valid_loss=None if v != v else v)
+
+
+class TrainRun(NamedTuple):
+    """What Trainer.run returns: the last step's progress, and whether the callback stopped the run."""
+    last: TrainProgress
+    stopped: bool
+
+
+_SCHEDULES = {"constant": _lib.LK_SCHEDULE_CONSTANT, "linear": _lib.LK_SCHEDULE_LINEAR,
+              "cosine": _lib.LK_SCHEDULE_COSINE}
+
+
+def _format_arg(format) -> int:
+    if isinstance(format, str):
+        try:
+            return int(AdapterFormat[format.upper()])
+        except KeyError:
+            raise ValueError(f"format must be 'peft' or 'gguf', got {format!r}") from None
+    return int(format)
+
+
+def _opt_path(p) -> Optional[bytes]:
+    return None if p is None else os.fsencode(p)
+
+
+class Trainer(_Handle):
+    """Trains a LoRA adapter of `model` on a JSONL file (lk_trainer_*). Use from one thread at a time.
+
+        with lorakit.Trainer(model, "train.jsonl", "valid.jsonl", rank=8, targets="all-linear", lr=1e-3,
+                             steps=100, out_dir="run/") as t:
+            t.run(lambda p: print(p.step, p.loss))     # then run/adapter/ holds the PEFT adapter
+
+    train=None makes a trainer without training data, driven by zero_grad / forward_backward /
+    optimizer_step (the caller makes the sequences, e.g. image features as prefix rows).
+
+    Keyword arguments are the fields of lk_train_params (see lorakit.h) with Python values: targets as
+    "q,v" / "all-linear" / a list of names, layers as a list of ints (None: all), init "peft" /
+    "gaussian" / "random", schedule "constant" / "linear" / "cosine", format "peft" / "gguf", flags as
+    bools, steps None (or 0) = from epochs, paths as str / os.PathLike or None. Nothing is written
+    until the first step (or save_checkpoint); with resume_dir the trainer continues from the latest
+    checkpoint there.
+    """
+    __slots__ = ("model", "n_embd")
+    _kind = "trainer"
+    _free = staticmethod(_c.lk_trainer_free)
+
+    def __init__(self, model: Model, train, valid=None, *, rank: int = 8, alpha: float = 16.0,
+                 targets: "str | Sequence[str]" = "q,v", use_rslora: bool = False,
+                 layers: Optional[Sequence[int]] = None, dropout: float = 0.0, init: str = "peft",
+                 lr: float = 2e-4, weight_decay: float = 0.01, max_grad_norm: float = 1.0,
+                 schedule: str = "constant", warmup_steps: int = 0, steps: Optional[int] = None,
+                 epochs: float = 1.0, batch: int = 4, seq: int = 512, grad_accum: int = 1, seed: int = 0,
+                 threads: int = 0, shuffle: bool = True, completion_only_loss: bool = True,
+                 packing: bool = False, save_every: int = 0, keep: int = 2, valid_every: int = 0,
+                 format: "AdapterFormat | str" = AdapterFormat.PEFT, out_dir=None, resume_dir=None,
+                 init_adapter=None, log_path=None):
+        self._handle = None
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be a lorakit.Model, got {type(model).__name__}")
+        if init not in _INITS:
+            raise ValueError(f"init must be one of {', '.join(map(repr, _INITS))}, got {init!r}")
+        if schedule not in _SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(map(repr, _SCHEDULES))}, got {schedule!r}")
+        if not isinstance(targets, str):
+            targets = ",".join(targets)
+        self.model = model
+        self.n_embd = model.info.n_embd
+        p = _lib.lk_train_params()
+        _c.lk_train_params_init(byref(p))
+        p.rank, p.alpha, p.use_rslora, p.targets = int(rank), float(alpha), int(bool(use_rslora)), targets.encode()
+        if layers is not None:
+            ls = [int(x) for x in layers]
+            arr = (c_int32 * max(1, len(ls)))(*ls)
+            p.layers, p.n_layers = ctypes.cast(arr, POINTER(c_int32)), len(ls)
+        p.dropout, p.init = float(dropout), _INITS[init]
+        p.lr, p.weight_decay, p.max_grad_norm = float(lr), float(weight_decay), float(max_grad_norm)
+        p.schedule, p.warmup_steps = _SCHEDULES[schedule], int(warmup_steps)
+        p.steps, p.epochs, p.batch, p.seq = int(steps or 0), float(epochs), int(batch), int(seq)
+        p.grad_accum, p.seed, p.threads = int(grad_accum), int(seed), int(threads)
+        p.shuffle, p.completion_only_loss, p.packing = int(bool(shuffle)), int(bool(completion_only_loss)), int(bool(packing))
+        p.save_every, p.keep, p.valid_every, p.format = int(save_every), int(keep), int(valid_every), _format_arg(format)
+        p.out_dir, p.resume_dir = _opt_path(out_dir), _opt_path(resume_dir)
+        p.init_adapter, p.log_path = _opt_path(init_adapter), _opt_path(log_path)
+        out = _lib.lk_trainer_p()
+        _check(_c.lk_trainer_create(model.handle, _opt_path(train), _opt_path(valid), byref(p), byref(out)))
+        self._handle = out.value
+
+    def step(self) -> TrainProgress:
+        """One optimizer step, with the validation, log line and periodic checkpoint due after it."""
+        pr = _lib.lk_train_progress()
+        pr.struct_size = ctypes.sizeof(pr)
+        _check(_c.lk_trainer_step(self.handle, byref(pr)))
+        return TrainProgress._from_c(pr)
+
+    def run(self, callback: Optional[Callable[[TrainProgress], Optional[bool]]] = None) -> TrainRun:
+        """Train to the last step, then write the last checkpoint and the final adapter (with out_dir).
+        callback(progress) is called after every step; returning False stops the run (stopped=True; the
+        checkpoint and adapter are still written). An exception raised by the callback stops the run the
+        same way and is re-raised afterwards."""
+        error: list = []
+        cb = None  # referenced until lk_trainer_run returns
+        if callback is not None:
+            def trampoline(progress, _user):
+                try:
+                    return 1 if callback(TrainProgress._from_c(progress.contents)) is False else 0
+                except BaseException as e:  # noqa: BLE001 - re-raised after the run stops
+                    error.append(e)
+                    return 1
+            cb = _lib.lk_train_callback(trampoline)
+        else:
+            cb = _lib.lk_train_callback()
+        last = _lib.lk_train_progress()
+        last.struct_size = ctypes.sizeof(last)
+        status = _check(_c.lk_trainer_run(self.handle, cb, None, byref(last)))
+        del cb
+        if error:
+            raise error[0]
+        return TrainRun(TrainProgress._from_c(last), status == _lib.LK_STOPPED)
+
+    def validation_loss(self) -> float:
+        """Mean NLL over the validation data's target tokens with the current adapter (raises without
+        validation data)."""
+        v = ctypes.c_double()
+        _check(_c.lk_trainer_validation_loss(self.handle, byref(v)))
+        return v.value
+
+    def save_checkpoint(self) -> None:
+        """Write a checkpoint of the current state into out_dir."""
+        _check(_c.lk_trainer_save_checkpoint(self.handle))
+
+    def adapter(self) -> Adapter:
+        """A new Adapter holding a copy of the current values (attach it, save it, merge it)."""
+        out = _lib.lk_adapter_p()
+        _check(_c.lk_trainer_adapter(self.handle, byref(out)))
+        return Adapter._wrap(self.model, out.value)
+
+    # -- low-level training (a Trainer made with train=None) --
+
+    def zero_grad(self) -> None:
+        """Set the adapter gradients to zero (before the first forward_backward of a step)."""
+        _check(_c.lk_trainer_zero_grad(self.handle))
+
+    def forward_backward(self, tokens, targets=None, prefix=None, loss_scale: float = 1.0,
+                         input_grad: bool = False):
+        """Forward and backward of one sequence: optional prefix rows ([P, n_embd] float32, e.g. projected
+        image features) followed by token ids; targets: per-token 0/1 (None: every token; token 0 is
+        predicted only after a prefix). Adds d(loss_scale · Σ NLL)/dθ to the gradients. Returns
+        (sum_nll, predicted, grad) with grad = d(loss_scale · Σ NLL)/d(input rows) [P + T, n_embd] when
+        input_grad, else None. Only for a Trainer created with train=None."""
+        h = self.handle
+        ids = _ids_arg(tokens)
+        tp = None
+        if targets is not None:
+            t = np.ascontiguousarray(targets).reshape(-1)
+            if t.size != ids.size:
+                raise ValueError(f"targets has {t.size} flags for {ids.size} tokens")
+            if t.size and (t.min() < 0 or t.max() > 255):
+                raise ValueError("targets must be 0 or 1")
+            tflags = t.astype(np.uint8)
+            tp = tflags.ctypes.data_as(POINTER(ctypes.c_uint8))
+        n_embd = self.n_embd
+        pre, n_pre = None, 0
+        if prefix is not None:
+            parr = np.ascontiguousarray(prefix, dtype=np.float32)
+            if parr.ndim == 1:
+                parr = parr.reshape(1, -1)
+            if parr.ndim != 2 or parr.shape[1] != n_embd:
+                raise ValueError(f"prefix must have shape [rows, {n_embd}], got {list(np.shape(prefix))}")
+            pre, n_pre = parr.ctypes.data_as(POINTER(c_float)), parr.shape[0]
+        grad, gp, cap = None, None, 0
+        if input_grad:
+            grad = np.empty((n_pre + ids.size, n_embd), dtype=np.float32)
+            gp, cap = grad.ctypes.data_as(POINTER(c_float)), grad.size
+        s, n = ctypes.c_double(), c_int64()
+        _check(_c.lk_trainer_forward_backward(h, ids.ctypes.data_as(POINTER(c_int32)), tp, ids.size, pre, n_pre,
+                                              float(loss_scale), byref(s), byref(n), gp, cap))
+        return s.value, n.value, grad
+
+    def optimizer_step(self, lr: float) -> float:
+        """Clip (to max_grad_norm), AdamW with learning rate lr, count the step; returns the gradient norm
+        before clipping. The gradients are not zeroed."""
+        norm = ctypes.c_double()
+        _check(_c.lk_trainer_optimizer_step(self.handle, float(lr), byref(norm)))
+        return norm.value
+
+    def _steps(self) -> tuple[int, int]:
+        done, total = c_int64(), c_int64()
+        _check(_c.lk_trainer_steps(self.handle, byref(done), byref(total)))
+        return done.value, total.value
+
+    @property
+    def steps_done(self) -> int:
+        """Steps done so far (including those restored from a checkpoint)."""
+        return self._steps()[0]
+
+    @property
+    def total_steps(self) -> int:
+        return self._steps()[1]
+
+    def __repr__(self) -> str:
+        if self._handle is None:
+            return "Trainer(<closed>)"
+        done, total = self._steps()
+        return f"Trainer(step {done} of {total})"
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -420,6 +420,101 @@ _fn("lk_context_detach_all", lk_status, [lk_context_p])
 _fn("lk_model_merge_to_file", lk_status,
     [lk_model_p, POINTER(lk_adapter_p), POINTER(c_float), c_int32, c_int32, c_char_p])
 
+# ---------------------------------------------------------------------------------------------------
+# LoRA training
+# ---------------------------------------------------------------------------------------------------
+
+# typedef struct lk_trainer lk_trainer;   (opaque: handled as void *)
+lk_trainer_p = c_void_p
+
+# enum { LK_SCHEDULE_CONSTANT = 0, LK_SCHEDULE_LINEAR = 1, LK_SCHEDULE_COSINE = 2 };
+LK_SCHEDULE_CONSTANT = 0
+LK_SCHEDULE_LINEAR = 1
+LK_SCHEDULE_COSINE = 2
+
+
+# typedef struct lk_train_params {
+#     uint32_t struct_size; int32_t rank; float alpha; int32_t use_rslora; const char *targets;
+#     const int32_t *layers; int32_t n_layers; float dropout; int32_t init;
+#     double lr; double weight_decay; double max_grad_norm; int32_t schedule; int32_t warmup_steps;
+#     int32_t steps; int32_t batch; double epochs; int32_t seq; int32_t grad_accum; uint64_t seed;
+#     int32_t threads; int32_t shuffle; int32_t completion_only_loss; int32_t packing;
+#     int32_t save_every; int32_t keep; int32_t valid_every; int32_t format;
+#     const char *out_dir; const char *resume_dir; const char *init_adapter; const char *log_path;
+# } lk_train_params;
+class lk_train_params(Structure):
+    _fields_ = [
+        ("struct_size", c_uint32), ("rank", c_int32), ("alpha", c_float), ("use_rslora", c_int32),
+        ("targets", c_char_p), ("layers", POINTER(c_int32)), ("n_layers", c_int32), ("dropout", c_float),
+        ("init", c_int32), ("lr", c_double), ("weight_decay", c_double), ("max_grad_norm", c_double),
+        ("schedule", c_int32), ("warmup_steps", c_int32), ("steps", c_int32), ("batch", c_int32),
+        ("epochs", c_double), ("seq", c_int32), ("grad_accum", c_int32), ("seed", c_uint64),
+        ("threads", c_int32), ("shuffle", c_int32), ("completion_only_loss", c_int32), ("packing", c_int32),
+        ("save_every", c_int32), ("keep", c_int32), ("valid_every", c_int32), ("format", c_int32),
+        ("out_dir", c_char_p), ("resume_dir", c_char_p), ("init_adapter", c_char_p), ("log_path", c_char_p),
+    ]
+
+
+# void lk_train_params_init(lk_train_params *p);
+_fn("lk_train_params_init", None, [POINTER(lk_train_params)])
+
+
+# typedef struct lk_train_progress {
+#     uint32_t struct_size; int64_t step; int64_t total_steps; double loss; double lr; double grad_norm;
+#     double tokens_per_s; int64_t tokens; int64_t predicted; double epoch; double elapsed_s; double valid_loss;
+# } lk_train_progress;
+class lk_train_progress(Structure):
+    _fields_ = [
+        ("struct_size", c_uint32), ("step", c_int64), ("total_steps", c_int64), ("loss", c_double),
+        ("lr", c_double), ("grad_norm", c_double), ("tokens_per_s", c_double), ("tokens", c_int64),
+        ("predicted", c_int64), ("epoch", c_double), ("elapsed_s", c_double), ("valid_loss", c_double),
+    ]
+
+
+# typedef int32_t (*lk_train_callback)(const lk_train_progress *progress, void *user_data);
+lk_train_callback = CFUNCTYPE(c_int32, POINTER(lk_train_progress), c_void_p)
+
+# lk_status lk_trainer_create(lk_model *model, const char *train_path, const char *valid_path,
+#                             const lk_train_params *params, lk_trainer **out);
+_fn("lk_trainer_create", lk_status,
+    [lk_model_p, c_char_p, c_char_p, POINTER(lk_train_params), POINTER(lk_trainer_p)])
+
+# lk_status lk_trainer_free(lk_trainer *trainer);
+_fn("lk_trainer_free", lk_status, [lk_trainer_p])
+
+# lk_status lk_trainer_step(lk_trainer *trainer, lk_train_progress *progress);
+_fn("lk_trainer_step", lk_status, [lk_trainer_p, POINTER(lk_train_progress)])
+
+# lk_status lk_trainer_run(lk_trainer *trainer, lk_train_callback callback, void *user_data,
+#                          lk_train_progress *last);
+_fn("lk_trainer_run", lk_status, [lk_trainer_p, lk_train_callback, c_void_p, POINTER(lk_train_progress)])
+
+# lk_status lk_trainer_validation_loss(lk_trainer *trainer, double *loss);
+_fn("lk_trainer_validation_loss", lk_status, [lk_trainer_p, POINTER(c_double)])
+
+# lk_status lk_trainer_save_checkpoint(lk_trainer *trainer);
+_fn("lk_trainer_save_checkpoint", lk_status, [lk_trainer_p])
+
+# lk_status lk_trainer_adapter(lk_trainer *trainer, lk_adapter **out);
+_fn("lk_trainer_adapter", lk_status, [lk_trainer_p, POINTER(lk_adapter_p)])
+
+# lk_status lk_trainer_steps(lk_trainer *trainer, int64_t *steps_done, int64_t *total_steps);
+_fn("lk_trainer_steps", lk_status, [lk_trainer_p, POINTER(c_int64), POINTER(c_int64)])
+
+# lk_status lk_trainer_zero_grad(lk_trainer *trainer);
+_fn("lk_trainer_zero_grad", lk_status, [lk_trainer_p])
+
+# lk_status lk_trainer_forward_backward(lk_trainer *trainer, const int32_t *tokens, const uint8_t *is_target,
+#                                       int64_t n_tokens, const float *prefix, int64_t n_prefix,
+#                                       float loss_scale, double *sum_nll, int64_t *predicted,
+#                                       float *input_grad, int64_t input_grad_capacity);
+_fn("lk_trainer_forward_backward", lk_status,
+    [lk_trainer_p, POINTER(c_int32), POINTER(ctypes.c_uint8), c_int64, POINTER(c_float), c_int64, c_float,
+     POINTER(c_double), POINTER(c_int64), POINTER(c_float), c_int64])
+
+# lk_status lk_trainer_optimizer_step(lk_trainer *trainer, double lr, double *grad_norm);
+_fn("lk_trainer_optimizer_step", lk_status, [lk_trainer_p, c_double, POINTER(c_double)])
+
 # int64_t lk_sizeof_model_params(void);
 _fn("lk_sizeof_model_params", c_int64, [])
 # int64_t lk_sizeof_model_info(void);
@@ -436,6 +531,10 @@ _fn("lk_sizeof_generate_result", c_int64, [])
 _fn("lk_sizeof_chat_message", c_int64, [])
 # int64_t lk_sizeof_lora_params(void);
 _fn("lk_sizeof_lora_params", c_int64, [])
+# int64_t lk_sizeof_train_params(void);
+_fn("lk_sizeof_train_params", c_int64, [])
+# int64_t lk_sizeof_train_progress(void);
+_fn("lk_sizeof_train_progress", c_int64, [])
 
 # Each ctypes Structure beside the library's lk_sizeof_*() (checked at import, and by the tests).
 STRUCTS = {
@@ -447,6 +546,8 @@ STRUCTS = {
     "lk_generate_result": (lk_generate_result, "lk_sizeof_generate_result"),
     "lk_chat_message": (lk_chat_message, "lk_sizeof_chat_message"),
     "lk_lora_params": (lk_lora_params, "lk_sizeof_lora_params"),
+    "lk_train_params": (lk_train_params, "lk_sizeof_train_params"),
+    "lk_train_progress": (lk_train_progress, "lk_sizeof_train_progress"),
 }
 
 # Every function declared in lorakit.h, in header order (the tests check each is reachable).
@@ -461,9 +562,14 @@ FUNCTIONS = (
     "lk_context_eval", "lk_context_eval_embeddings", "lk_sampler_params_init", "lk_generate_params_init",
     "lk_generate", "lk_string_free", "lk_adapter_load", "lk_adapter_free", "lk_lora_params_init",
     "lk_adapter_create", "lk_adapter_save", "lk_context_attach_adapter", "lk_context_detach_adapter",
-    "lk_context_set_adapter_scale", "lk_context_detach_all", "lk_model_merge_to_file", "lk_sizeof_model_params", "lk_sizeof_model_info",
+    "lk_context_set_adapter_scale", "lk_context_detach_all", "lk_model_merge_to_file",
+    "lk_train_params_init", "lk_trainer_create", "lk_trainer_free", "lk_trainer_step", "lk_trainer_run",
+    "lk_trainer_validation_loss", "lk_trainer_save_checkpoint", "lk_trainer_adapter", "lk_trainer_steps",
+    "lk_trainer_zero_grad", "lk_trainer_forward_backward", "lk_trainer_optimizer_step",
+    "lk_sizeof_model_params", "lk_sizeof_model_info",
     "lk_sizeof_context_params", "lk_sizeof_sampler_params", "lk_sizeof_generate_params",
-    "lk_sizeof_generate_result", "lk_sizeof_chat_message", "lk_sizeof_lora_params",
+    "lk_sizeof_generate_result", "lk_sizeof_chat_message", "lk_sizeof_lora_params", "lk_sizeof_train_params",
+    "lk_sizeof_train_progress",
 )
 
 _abi = lib.lk_abi_version()
