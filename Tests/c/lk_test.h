@@ -20,6 +20,30 @@
 
 #include <lorakit.h>
 
+/* Whole file as a NUL-terminated buffer (caller frees), or NULL; *len (if given) receives its size. */
+static inline char *lk_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    size_t got = fread(buf, 1, (size_t)n, f);
+    fclose(f);
+    buf[got] = 0;
+    if (len) *len = got;
+    return buf;
+}
+
+/* Write n bytes to path; 0 on success. */
+static inline int lk_write_file(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    size_t w = fwrite(data, 1, n, f);
+    fclose(f);
+    return w == n ? 0 : -1;
+}
+
 static int lkt_passed, lkt_failed, lkt_skipped;
 static int lkt_cur_failures;
 static int lkt_cur_skipped;

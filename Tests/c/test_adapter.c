@@ -36,35 +36,13 @@ static void setup(void) {
 /* Helpers                                                                                           */
 /* ------------------------------------------------------------------------------------------------ */
 
-static char *read_text(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    size_t got = fread(buf, 1, (size_t)n, f);
-    fclose(f);
-    buf[got] = 0;
-    if (len) *len = got;
-    return buf;
-}
-
-static int write_bytes(const char *path, const char *data, size_t n) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return -1;
-    size_t w = fwrite(data, 1, n, f);
-    fclose(f);
-    return w == n ? 0 : -1;
-}
-
 static char *ref_json;
 
 static const char *ref(void) {
     if (!ref_json) {
         char p[4200];
         snprintf(p, sizeof p, "%s/reference.json", lora_dir);
-        ref_json = read_text(p, NULL);
+        ref_json = lk_read_file(p, NULL);
         if (!ref_json) { fprintf(stderr, "setup: cannot read %s\n", p); exit(2); }
     }
     return ref_json;
@@ -498,14 +476,14 @@ static void test_bad_input(void) {
     snprintf(st, sizeof st, "%s/adapter_model.safetensors", dir);
     snprintf(src, sizeof src, "%s/r4_all/adapter_model.safetensors", lora_dir);
     size_t len = 0;
-    char *bytes = read_text(src, &len);
-    CHECK(bytes && write_bytes(st, bytes, len) == 0);
+    char *bytes = lk_read_file(src, &len);
+    CHECK(bytes && lk_write_file(st, bytes, len) == 0);
     free(bytes);
     const char *bad_cfg = "{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": ";
-    CHECK(write_bytes(cfg, bad_cfg, strlen(bad_cfg)) == 0);
+    CHECK(lk_write_file(cfg, bad_cfg, strlen(bad_cfg)) == 0);
     EXPECT_STATUS(lk_adapter_load(m, dir, &out), LK_ERR_FORMAT, "adapter_config.json");
     const char *not_lora = "{\"peft_type\": \"PREFIX_TUNING\"}";
-    CHECK(write_bytes(cfg, not_lora, strlen(not_lora)) == 0);
+    CHECK(lk_write_file(cfg, not_lora, strlen(not_lora)) == 0);
     EXPECT_STATUS(lk_adapter_load(m, dir, &out), LK_ERR_UNSUPPORTED, "PREFIX_TUNING");
     lk_status s = lk_adapter_load(m, tiny_path, &out);  /* a model, not an adapter */
     CHECKF(s < 0, "loading a model file as an adapter returned %d", s);

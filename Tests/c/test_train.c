@@ -36,28 +36,6 @@ static void setup(void) {
 /* Helpers                                                                                           */
 /* ------------------------------------------------------------------------------------------------ */
 
-static char *read_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    size_t got = fread(buf, 1, (size_t)n, f);
-    fclose(f);
-    buf[got] = 0;
-    if (len) *len = got;
-    return buf;
-}
-
-static int write_file(const char *path, const void *data, size_t n) {
-    FILE *f = fopen(path, "wb");
-    if (!f) return -1;
-    size_t w = fwrite(data, 1, n, f);
-    fclose(f);
-    return w == n ? 0 : -1;
-}
-
 static int exists(const char *path) {
     struct stat st;
     return stat(path, &st) == 0;
@@ -134,7 +112,7 @@ static void load_examples(void) {
     if (n_examples) return;
     char p[4300];
     snprintf(p, sizeof p, "%s/examples.json", fx);
-    char *json = read_file(p, NULL);
+    char *json = lk_read_file(p, NULL);
     if (!json) { fprintf(stderr, "setup: cannot read %s\n", p); exit(2); }
     char *cur = strstr(json, "\"text.jsonl\"");
     char *end = cur ? strstr(cur, "\"pc.jsonl\"") : NULL;
@@ -311,12 +289,12 @@ static void test_training_reduces_loss(void) {
         free(a); free(b);
     }
     snprintf(path, sizeof path, "%s/latest", out);
-    char *latest = read_file(path, NULL);
+    char *latest = lk_read_file(path, NULL);
     CHECKF(latest && strcmp(latest, "checkpoint-30\n") == 0, "latest = \"%s\"", latest ? latest : "(missing)");
     free(latest);
 
     /* The log: one JSON object per step, with the reported losses. */
-    char *log = read_file(log_path, NULL);
+    char *log = lk_read_file(log_path, NULL);
     CHECK(log != NULL);
     int lines = 0;
     for (char *line = log; line && *line; lines++) {
@@ -369,7 +347,7 @@ static void test_callback_stops(void) {
     CHECK(done == 3);
     char path[400];
     snprintf(path, sizeof path, "%s/latest", out);
-    char *latest = read_file(path, NULL);
+    char *latest = lk_read_file(path, NULL);
     CHECKF(latest && strcmp(latest, "checkpoint-3\n") == 0, "latest = \"%s\"", latest ? latest : "(missing)");
     free(latest);
     snprintf(path, sizeof path, "%s/checkpoint-3/adapter_model.safetensors", out);
@@ -477,19 +455,19 @@ static void write_exploding_adapter(const char *dst) {
     char src[4400], path[600];
     size_t n = 0;
     snprintf(src, sizeof src, "%s/text_all/init/adapter_config.json", fx);
-    char *cfg = read_file(src, &n);
+    char *cfg = lk_read_file(src, &n);
     snprintf(path, sizeof path, "%s/adapter_config.json", dst);
-    if (!cfg || write_file(path, cfg, n) != 0) { fprintf(stderr, "setup: cannot copy %s\n", src); exit(2); }
+    if (!cfg || lk_write_file(path, cfg, n) != 0) { fprintf(stderr, "setup: cannot copy %s\n", src); exit(2); }
     free(cfg);
     snprintf(src, sizeof src, "%s/text_all/init/adapter_model.safetensors", fx);
-    unsigned char *st = (unsigned char *)read_file(src, &n);
+    unsigned char *st = (unsigned char *)lk_read_file(src, &n);
     if (!st || n < 8) { fprintf(stderr, "setup: cannot read %s\n", src); exit(2); }
     uint64_t header = 0;
     for (int i = 7; i >= 0; i--) header = header << 8 | st[i];
     float big = 1e20f;
     for (size_t off = 8 + (size_t)header; off + 4 <= n; off += 4) memcpy(st + off, &big, 4);
     snprintf(path, sizeof path, "%s/adapter_model.safetensors", dst);
-    if (write_file(path, st, n) != 0) { fprintf(stderr, "setup: cannot write %s\n", path); exit(2); }
+    if (lk_write_file(path, st, n) != 0) { fprintf(stderr, "setup: cannot write %s\n", path); exit(2); }
     free(st);
 }
 
@@ -511,7 +489,7 @@ static void test_nonfinite_loss_keeps_checkpoint(void) {
     snprintf(latest_path, sizeof latest_path, "%s/latest", out);
     snprintf(st_path, sizeof st_path, "%s/checkpoint-4/adapter_model.safetensors", out);
     size_t n_before = 0;
-    char *before = read_file(st_path, &n_before);
+    char *before = lk_read_file(st_path, &n_before);
     CHECK(before != NULL);
 
     write_exploding_adapter(bad);
@@ -528,11 +506,11 @@ static void test_nonfinite_loss_keeps_checkpoint(void) {
     CHECK(done == 0);
     EXPECT_STATUS(lk_trainer_step(t, NULL), LK_ERR_INVALID_ARGUMENT, "step 1");
 
-    char *latest = read_file(latest_path, NULL);
+    char *latest = lk_read_file(latest_path, NULL);
     CHECKF(latest && strcmp(latest, "checkpoint-4\n") == 0, "latest = \"%s\"", latest ? latest : "(missing)");
     free(latest);
     size_t n_after = 0;
-    char *after = read_file(st_path, &n_after);
+    char *after = lk_read_file(st_path, &n_after);
     CHECK(after && n_after == n_before && memcmp(before, after, n_before) == 0);
     char path[400];
     snprintf(path, sizeof path, "%s/adapter", out);
@@ -817,7 +795,7 @@ static const char *reference(void) {
     if (!reference_json) {
         char p[4300];
         snprintf(p, sizeof p, "%s/reference.json", fx);
-        reference_json = read_file(p, NULL);
+        reference_json = lk_read_file(p, NULL);
         if (!reference_json) { fprintf(stderr, "setup: cannot read %s\n", p); exit(2); }
     }
     return reference_json;
@@ -852,7 +830,7 @@ static void embedding_row(int32_t token, float *out) {
     char p[4300];
     size_t n = 0;
     snprintf(p, sizeof p, "%s/model.safetensors", model_dir);
-    unsigned char *st = (unsigned char *)read_file(p, &n);
+    unsigned char *st = (unsigned char *)lk_read_file(p, &n);
     if (!st) { fprintf(stderr, "setup: cannot read %s\n", p); exit(2); }
     uint64_t header = 0;
     for (int i = 7; i >= 0; i--) header = header << 8 | st[i];

@@ -36,21 +36,7 @@ public final class ManualTraining: @unchecked Sendable {
             try TrainDataset.load(path: p, model: model, options: options.data)
         }
         if let v = valid { notes.append("valid: \(v.summary)") }
-        let adapter: LoRAAdapter
-        if let path = options.initAdapter {
-            adapter = try LoRAAdapter.load(path: path, model: model)
-        } else {
-            adapter = try LoRAAdapter.create(for: model, config: options.lora, initialization: options.initialization,
-                                             seed: options.seed, name: "lora")
-        }
-        trainer = try LoRATrainer(model: model, adapter: adapter, threads: options.threads,
-                                  dropout: options.lora.dropout, dropoutSeed: options.seed)
-        var params: [OptimizerParameter] = []
-        for p in trainer.parameters {
-            let (v, g) = try p.tensors()
-            params.append(try OptimizerParameter(name: p.name, value: v, grad: g))
-        }
-        optimizer = try AdamW(parameters: params, config: options.optimizer)
+        (trainer, optimizer) = try TrainingOptions.makeTrainer(model: model, options: options)
         if let dir = options.resume {
             guard let ck = try Checkpoint.loadLatest(dir: dir, model: model) else {
                 throw .invalidArgument("resume: no checkpoint in \(dir)")

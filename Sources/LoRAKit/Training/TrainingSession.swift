@@ -78,6 +78,25 @@ public struct TrainingOptions: Sendable {
         try data.validate()
     }
 
+    /// The adapter (loaded from `initAdapter` or created), its trainer and an AdamW over its tensors.
+    static func makeTrainer(model: LlamaModel, options: TrainingOptions) throws(LKError) -> (LoRATrainer, AdamW) {
+        let adapter: LoRAAdapter
+        if let path = options.initAdapter {
+            adapter = try LoRAAdapter.load(path: path, model: model)
+        } else {
+            adapter = try LoRAAdapter.create(for: model, config: options.lora, initialization: options.initialization,
+                                             seed: options.seed, name: "lora")
+        }
+        let trainer = try LoRATrainer(model: model, adapter: adapter, threads: options.threads,
+                                      dropout: options.lora.dropout, dropoutSeed: options.seed)
+        var params: [OptimizerParameter] = []
+        for p in trainer.parameters {
+            let (v, g) = try p.tensors()
+            params.append(try OptimizerParameter(name: p.name, value: v, grad: g))
+        }
+        return (trainer, try AdamW(parameters: params, config: options.optimizer))
+    }
+
     /// The options as JSON (written into checkpoints and the log header).
     public var json: JSONValue {
         var o: [(String, JSONValue)] = [
@@ -170,21 +189,7 @@ public final class TrainingSession: @unchecked Sendable {
         }
         notes.append("train: \(train.summary)")
         if let v = valid { notes.append("valid: \(v.summary)") }
-        let adapter: LoRAAdapter
-        if let path = options.initAdapter {
-            adapter = try LoRAAdapter.load(path: path, model: model)
-        } else {
-            adapter = try LoRAAdapter.create(for: model, config: options.lora, initialization: options.initialization,
-                                             seed: options.seed, name: "lora")
-        }
-        trainer = try LoRATrainer(model: model, adapter: adapter, threads: options.threads,
-                                  dropout: options.lora.dropout, dropoutSeed: options.seed)
-        var params: [OptimizerParameter] = []
-        for p in trainer.parameters {
-            let (v, g) = try p.tensors()
-            params.append(try OptimizerParameter(name: p.name, value: v, grad: g))
-        }
-        optimizer = try AdamW(parameters: params, config: options.optimizer)
+        (trainer, optimizer) = try TrainingOptions.makeTrainer(model: model, options: options)
         iterator = try TrainDataIterator(examples: train.examples, batchSize: options.batchSize,
                                          shuffle: options.shuffle, seed: options.seed)
         if let s = options.steps {
