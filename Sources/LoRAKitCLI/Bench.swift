@@ -93,7 +93,15 @@ func format6(_ x: Double) -> String {
 struct BenchGenerate: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "generate",
-        abstract: "Prefill and decode speed on a model, and peak memory (compare with llama-bench -p/-n).")
+        abstract: "Prefill and decode speed on a model, and peak memory (compare with llama-bench -p/-n).",
+        discussion: """
+        With --compare-adapters (and --lora-adapters N ≥ 1) the base model and the model with the N adapters \
+        attached are measured in this one process, interleaved on the same context: every round runs the same \
+        prompt and the same number of decode steps once with the adapters detached and once attached (the \
+        order alternates between rounds), and the ratio adapted/base of that round's tokens/s is kept. The \
+        median and the spread of the per-round ratios are reported, so load from other processes, which hits \
+        both halves of a round alike, cancels out far better than between separate runs.
+        """)
     @Option(help: "GGUF file or Hugging Face folder.") var model: String
     @Option(help: "Prompt tokens (evaluated as one batch).") var promptTokens: Int = 128
     @Option(help: "Tokens generated one at a time after the prompt.") var genTokens: Int = 64
@@ -102,40 +110,54 @@ struct BenchGenerate: ParsableCommand {
     @Option(help: "Attach this many random LoRA adapters (stacked) to measure their cost.") var loraAdapters: Int = 0
     @Option(help: "Rank of the random adapters.") var loraRank: Int = 8
     @Option(help: "Targets of the random adapters (e.g. q,v or all-linear).") var loraTargets: String = "q,v"
+    @Flag(help: "Measure the base model and the adapted one interleaved in this process and report per-round speed ratios (needs --lora-adapters ≥ 1).")
+    var compareAdapters = false
+    @Option(help: "Rounds (base + adapted) with --compare-adapters.") var rounds: Int = 10
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
         try runReporting {
-            guard promptTokens >= 1, genTokens >= 0, repeats >= 1 else { throw LKError.invalidArgument("sizes must be positive") }
+            guard promptTokens >= 1, genTokens >= 0, repeats >= 1, rounds >= 1, loraAdapters >= 0 else {
+                throw LKError.invalidArgument("sizes must be positive")
+            }
+            if compareAdapters && loraAdapters < 1 {
+                throw LKError.invalidArgument("--compare-adapters needs --lora-adapters 1 or more")
+            }
             let m = try loadModel(model)
             let ctx = try LlamaContext(model: m, maxPositions: promptTokens + genTokens + 1, threads: threads)
             var attachSeconds: [Double] = [], detachSeconds: [Double] = []
+            var made: [LoRAAdapter] = []
+            /// Attach (or detach) all adapters, recording the time per adapter.
+            func attachAll() throws(LKError) {
+                let t0 = monotonicSeconds()
+                for a in made { try ctx.attach(a, scale: 1) }
+                attachSeconds.append((monotonicSeconds() - t0) / Double(made.count))
+            }
+            func detachAll() throws(LKError) {
+                let t0 = monotonicSeconds()
+                for a in made { try ctx.detach(a) }
+                detachSeconds.append((monotonicSeconds() - t0) / Double(made.count))
+            }
             if loraAdapters > 0 {
                 var cfg = LoRAConfig(rank: loraRank, alpha: Float(2 * loraRank))
                 cfg.targets = try LoRAConfig.parseTargets(loraTargets)
-                var made: [LoRAAdapter] = []
                 for i in 0..<loraAdapters {
                     made.append(try LoRAAdapter.create(for: m, config: cfg, initialization: .random(seed: UInt64(i + 1)),
                                                        name: "bench\(i)"))
                 }
                 // Hot-swap cost: attach all, detach all, a few times; then leave them attached.
                 for _ in 0..<5 {
-                    let t0 = monotonicSeconds()
-                    for a in made { try ctx.attach(a, scale: 1) }
-                    let t1 = monotonicSeconds()
-                    for a in made { try ctx.detach(a) }
-                    let t2 = monotonicSeconds()
-                    attachSeconds.append((t1 - t0) / Double(made.count))
-                    detachSeconds.append((t2 - t1) / Double(made.count))
+                    try attachAll()
+                    try detachAll()
                 }
-                for a in made { try ctx.attach(a, scale: 1) }
+                try attachAll()
             }
             // Deterministic pseudo-random prompt tokens (as llama-bench does), avoiding control tokens.
             var rng = SplitMix64(seed: 42)
             let vocab = m.config.vocabSize
             let prompt: [Int32] = (0..<promptTokens).map { _ in Int32(100 + Int(rng.next() % UInt64(vocab - 200))) }
-            var prefill: [Double] = [], decode: [Double] = []
-            for _ in 0..<repeats {
+            /// One prefill + decode run: (prefill tok/s, decode tok/s or nil without decode steps).
+            func once() throws(LKError) -> (Double, Double?) {
                 ctx.reset()
                 let t0 = monotonicSeconds()
                 var logits = try ctx.evaluate(.tokens(prompt))
@@ -145,14 +167,41 @@ struct BenchGenerate: ParsableCommand {
                     logits = try ctx.evaluate(.tokens([next]))
                 }
                 let t2 = monotonicSeconds()
-                prefill.append(Double(promptTokens) / (t1 - t0))
-                if genTokens > 0 { decode.append(Double(genTokens) / (t2 - t1)) }
+                return (Double(promptTokens) / (t1 - t0), genTokens > 0 ? Double(genTokens) / (t2 - t1) : nil)
+            }
+            var prefill: [Double] = [], decode: [Double] = []
+            var basePrefill: [Double] = [], baseDecode: [Double] = []
+            if compareAdapters {
+                _ = try once()                       // warm-up with the adapters attached
+                try detachAll()
+                _ = try once()                       // and without
+                for r in 0..<rounds {
+                    // Alternate the order (base first on even rounds) so drift within a round cancels.
+                    for attached in (r % 2 == 0 ? [false, true] : [true, false]) {
+                        if attached { try attachAll() }
+                        let (p, d) = try once()
+                        if attached {
+                            try detachAll()
+                            prefill.append(p); if let d { decode.append(d) }
+                        } else {
+                            basePrefill.append(p); if let d { baseDecode.append(d) }
+                        }
+                    }
+                }
+            } else {
+                for _ in 0..<repeats {
+                    let (p, d) = try once()
+                    prefill.append(p)
+                    if let d { decode.append(d) }
+                }
             }
             let pMean = prefill.reduce(0, +) / Double(prefill.count)
             let dMean = decode.isEmpty ? 0 : decode.reduce(0, +) / Double(decode.count)
             let rss = peakRSSBytes()
+            let decodeRatios = zip(decode, baseDecode).map { $0 / $1 }
+            let prefillRatios = zip(prefill, basePrefill).map { $0 / $1 }
             if json {
-                printJSON(.object([
+                var fields: [(String, JSONValue)] = [
                     ("model", .string(model)), ("threads", .number(Double(ctx.pool.activeCount))),
                     ("prompt_tokens", .number(Double(promptTokens))), ("gen_tokens", .number(Double(genTokens))),
                     ("prefill_tokens_per_s", .number(pMean)), ("decode_tokens_per_s", .number(dMean)),
@@ -162,10 +211,42 @@ struct BenchGenerate: ParsableCommand {
                     ("lora_targets", .string(loraTargets)),
                     ("attach_seconds", attachSeconds.isEmpty ? .null : .number(attachSeconds.min()!)),
                     ("detach_seconds", detachSeconds.isEmpty ? .null : .number(detachSeconds.min()!)),
-                ]))
+                    ("attach_seconds_median", attachSeconds.isEmpty ? .null : .number(median(attachSeconds))),
+                    ("detach_seconds_median", detachSeconds.isEmpty ? .null : .number(median(detachSeconds))),
+                    ("attach_seconds_max", attachSeconds.isEmpty ? .null : .number(attachSeconds.max()!)),
+                    ("detach_seconds_max", detachSeconds.isEmpty ? .null : .number(detachSeconds.max()!)),
+                ]
+                if compareAdapters {
+                    func spread(_ v: [Double]) -> JSONValue {
+                        v.isEmpty ? .null : .object([("min", .number(v.min()!)), ("median", .number(median(v))),
+                                                     ("max", .number(v.max()!))])
+                    }
+                    fields += [
+                        ("rounds", .number(Double(rounds))),
+                        ("base_prefill_runs", .array(basePrefill.map { .number($0) })),
+                        ("base_decode_runs", .array(baseDecode.map { .number($0) })),
+                        ("base_decode_tokens_per_s", baseDecode.isEmpty ? .null : .number(median(baseDecode))),
+                        ("adapted_decode_tokens_per_s", decode.isEmpty ? .null : .number(median(decode))),
+                        ("decode_ratios", .array(decodeRatios.map { .number($0) })),
+                        ("decode_ratio", spread(decodeRatios)),
+                        ("prefill_ratios", .array(prefillRatios.map { .number($0) })),
+                        ("prefill_ratio", spread(prefillRatios)),
+                    ]
+                }
+                printJSON(.object(fields))
+            } else if compareAdapters {
+                func f3(_ x: Double) -> String { "\((x * 1000).rounded() / 1000)" }
+                print("decode adapted/base over \(rounds) rounds: median \(f3(median(decodeRatios))) (min \(f3(decodeRatios.min() ?? 0)), max \(f3(decodeRatios.max() ?? 0))); base \(format6(median(baseDecode))) tok/s, adapted \(format6(median(decode))) tok/s; prefill ratio median \(f3(median(prefillRatios)))")
             } else {
                 print("prefill \(promptTokens) tokens: \(format6(pMean)) tok/s; decode \(genTokens) tokens: \(format6(dMean)) tok/s; peak RSS \(rss / 1_048_576) MiB")
             }
         }
     }
+}
+
+/// The median (mean of the two middle values for an even count; 0 for none).
+func median(_ v: [Double]) -> Double {
+    if v.isEmpty { return 0 }
+    let s = v.sorted()
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
 }
