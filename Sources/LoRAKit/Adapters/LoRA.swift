@@ -171,8 +171,8 @@ public final class LoRAModule: LinearAdapter, @unchecked Sendable {
     public let alpha: Float
     /// s (alpha/r or alpha/√r), applied on top of the per-attachment scale.
     public let scaling: Float
-    /// Bᵀ in panels for the direct path (copied from B at init, like the old Bᵀ copy: B must not be
-    /// mutated in place after init): the panel of outputs o0 ..< o0 + w
+    /// Bᵀ in panels for the direct path (a copy made at init, so B must not be changed in place
+    /// afterwards): the panel of outputs o0 ..< o0 + w
     /// (o0 a multiple of `panelWidth`, w = min(panelWidth, OUT − o0)) starts at o0·r and holds
     /// Bᵀ[j, o0 + i] = B[o0 + i, j] at j·w + i, so one panel update reads one contiguous block. [OUT·r]
     private let bPanels: UnsafeMutablePointer<Float>
