@@ -10,6 +10,10 @@ Each section measures one thing and owns one block of BENCHMARKS.md between
          `A @ B` (OpenBLAS) at the same thread counts, plus the quantized decode product (M = 1, q4_1
          weight) as weight-read GB/s against the machine's memory read bandwidth (bench/membw.c).
 
+  adapters  decode/prefill speed with unmerged LoRA adapters attached relative to none, measured in one
+         process with base and adapted decode steps interleaved (`lorakit-cli bench generate
+         --compare-adapters`), at 1 and 2 threads, plus attach/detach/swap times.
+
 Later sections (generate, train) register themselves in SECTIONS.
 
 Method: every figure is "warm up once, then repeat until at least --seconds have passed, report the
@@ -396,32 +400,59 @@ def section_generate(cli: str, seconds: float, command: str) -> str:
     return "\n".join(lines)
 
 
+ADAPTER_CONFIGS = ((1, "q,v"), (4, "q,v"), (1, "all-linear"))
+ADAPTER_THREADS = (1, 2)
+ADAPTER_ROUNDS = 8
+
+
 def section_adapters(cli: str, seconds: float, command: str) -> str:
+    """Decode/prefill speed with unmerged LoRA adapters attached relative to none, measured interleaved in
+    one process (`lorakit bench generate --compare-adapters`: every decode step evaluated at the same
+    position with and without the adapters, attach/detach between), plus attach/detach/swap times."""
     model = model_path()
     lines = ["### LoRA adapters: decode cost of unmerged adapters, and hot-swap time", ""]
     lines += [f"- Date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC",
               f"- CPU: {cpu_model()}; {load_note()}"]
     if not model:
         return "\n".join(lines + ["", "n/a: the model could not be fetched"])
-    lines += [f"- Model: `{Path(model).name}`, 2 threads, 128 prompt + 64 generated tokens, random adapters "
-              "(`lorakit bench generate --lora-adapters N --lora-rank 8 --lora-targets q,v`)",
+    lines += [f"- Model: `{Path(model).name}`, 128 prompt + 64 generated tokens, random r = 8 adapters, "
+              f"{ADAPTER_ROUNDS} rounds per row (`lorakit bench generate --lora-adapters N --lora-rank 8 "
+              f"--lora-targets T --compare-adapters --rounds {ADAPTER_ROUNDS}`)",
+              "- Method: base and adapted are measured in one process on one context, interleaved: each round "
+              "evaluates the prompt both ways, then every decode step's token at the same position both ways "
+              "(cache truncated in between, order alternating, adapters detached/attached between the timed "
+              "calls). A round's ratio is base time / adapted time (= adapted/base tokens/s); the table gives "
+              "the median over rounds and, in brackets, the lowest and highest round. Other processes' load "
+              "hits both halves of a pair alike, so the ratios are far steadier than the tokens/s.",
+              "- Attach / detach: per adapter, median over all calls of the run (N adapters attached or "
+              "detached one after another); swap: detach one adapter and attach another in its place "
+              "(the other N − 1 stay attached), median.",
               f"- Command: `{command}`", "",
-              "| adapters | decode tok/s | vs no adapter | prefill tok/s | attach ms (each) | detach ms (each) |",
-              "|---|---:|---:|---:|---:|---:|"]
-    base = None
-    for n, targets in ((0, "q,v"), (1, "q,v"), (4, "q,v"), (1, "all-linear")):
-        out, err = run_cli(cli, ["bench", "generate", "--model", model, "--threads", "2", "--json",
-                                 "--lora-adapters", str(n), "--lora-targets", targets])
-        if out is None:
-            lines.append(f"| {n} × r=8 {targets} | n/a | | | | |")
-            continue
-        d = out["decode_tokens_per_s"]
-        if n == 0:
-            base = d
-        ms = lambda k: fmt(out[k] * 1000, 3) if out.get(k) is not None else "–"
-        label = "none" if n == 0 else f"{n} × r=8 {targets}"
-        lines.append(f"| {label} | {fmt(d)} | {fmt(d / base, 2) if base else 'n/a'} | "
-                     f"{fmt(out['prefill_tokens_per_s'])} | {ms('attach_seconds')} | {ms('detach_seconds')} |")
+              "| threads | adapters | decode adapted/base | decode tok/s base → adapted | prefill adapted/base | "
+              "attach ms | detach ms | swap ms |",
+              "|---:|---|---|---:|---|---:|---:|---:|"]
+    notes = []
+    for t in ADAPTER_THREADS:
+        for n, targets in ADAPTER_CONFIGS:
+            label = f"{n} × r=8 {targets}"
+            out, err = run_cli(cli, ["bench", "generate", "--model", model, "--threads", str(t), "--json",
+                                     "--lora-adapters", str(n), "--lora-rank", "8", "--lora-targets", targets,
+                                     "--compare-adapters", "--rounds", str(ADAPTER_ROUNDS)])
+            if out is None:
+                lines.append(f"| {t} | {label} | n/a | | | | | |")
+                notes.append(f"{label} at {t} threads: {err}")
+                continue
+
+            def spread(d):
+                return f"{d['median']:.3f} ({d['min']:.3f}–{d['max']:.3f})" if d else "n/a"
+
+            ms = lambda k: fmt(out[k] * 1000, 3) if out.get(k) is not None else "–"
+            lines.append(f"| {t} | {label} | {spread(out.get('decode_ratio'))} | "
+                         f"{fmt(out.get('base_decode_tokens_per_s'))} → {fmt(out.get('adapted_decode_tokens_per_s'))} | "
+                         f"{spread(out.get('prefill_ratio'))} | {ms('attach_seconds_median')} | "
+                         f"{ms('detach_seconds_median')} | {ms('swap_seconds_median')} |")
+    for n in notes:
+        lines += ["", "Note: " + n]
     return "\n".join(lines)
 
 

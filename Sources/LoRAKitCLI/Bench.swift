@@ -93,7 +93,17 @@ func format6(_ x: Double) -> String {
 struct BenchGenerate: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "generate",
-        abstract: "Prefill and decode speed on a model, and peak memory (compare with llama-bench -p/-n).")
+        abstract: "Prefill and decode speed on a model, and peak memory (compare with llama-bench -p/-n).",
+        discussion: """
+        With --compare-adapters (and --lora-adapters N ≥ 1) the base model and the model with the N adapters \
+        attached are measured in this one process on the same context, interleaved: every round evaluates the \
+        same prompt once with the adapters detached and once attached, then for every decode step evaluates \
+        the step's token at the same position both ways (truncating the cache in between; which goes first \
+        alternates), detaching and attaching the adapters as needed (outside the timed calls). A round's ratio \
+        is base time / adapted time over its steps (= adapted/base tokens/s); the median and spread of the \
+        per-round ratios are reported. Load from other processes hits both halves of a pair alike, so this is \
+        far steadier than comparing separate runs.
+        """)
     @Option(help: "GGUF file or Hugging Face folder.") var model: String
     @Option(help: "Prompt tokens (evaluated as one batch).") var promptTokens: Int = 128
     @Option(help: "Tokens generated one at a time after the prompt.") var genTokens: Int = 64
@@ -102,57 +112,129 @@ struct BenchGenerate: ParsableCommand {
     @Option(help: "Attach this many random LoRA adapters (stacked) to measure their cost.") var loraAdapters: Int = 0
     @Option(help: "Rank of the random adapters.") var loraRank: Int = 8
     @Option(help: "Targets of the random adapters (e.g. q,v or all-linear).") var loraTargets: String = "q,v"
+    @Flag(help: "Measure the base model and the adapted one interleaved in this process and report per-round speed ratios (needs --lora-adapters ≥ 1).")
+    var compareAdapters = false
+    @Option(help: "Rounds (prompt + decode steps, each measured base and adapted) with --compare-adapters.")
+    var rounds: Int = 8
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
         try runReporting {
-            guard promptTokens >= 1, genTokens >= 0, repeats >= 1 else { throw LKError.invalidArgument("sizes must be positive") }
+            guard promptTokens >= 1, genTokens >= 0, repeats >= 1, rounds >= 1, loraAdapters >= 0 else {
+                throw LKError.invalidArgument("sizes must be positive")
+            }
+            if compareAdapters && (loraAdapters < 1 || genTokens < 1) {
+                throw LKError.invalidArgument("--compare-adapters needs --lora-adapters 1 or more and --gen-tokens 1 or more")
+            }
             let m = try loadModel(model)
             let ctx = try LlamaContext(model: m, maxPositions: promptTokens + genTokens + 1, threads: threads)
-            var attachSeconds: [Double] = [], detachSeconds: [Double] = []
+            var attachSeconds: [Double] = [], detachSeconds: [Double] = [], swapSeconds: [Double] = []
+            var made: [LoRAAdapter] = []
+            var attached = false
+            /// Attach or detach all adapters, recording the time per adapter.
+            func setAttached(_ on: Bool) throws(LKError) {
+                if on == attached { return }
+                let t0 = monotonicSeconds()
+                if on { for a in made { try ctx.attach(a, scale: 1) } } else { for a in made { try ctx.detach(a) } }
+                let per = (monotonicSeconds() - t0) / Double(made.count)
+                if on { attachSeconds.append(per) } else { detachSeconds.append(per) }
+                attached = on
+            }
             if loraAdapters > 0 {
                 var cfg = LoRAConfig(rank: loraRank, alpha: Float(2 * loraRank))
                 cfg.targets = try LoRAConfig.parseTargets(loraTargets)
-                var made: [LoRAAdapter] = []
-                for i in 0..<loraAdapters {
+                for i in 0...loraAdapters {
                     made.append(try LoRAAdapter.create(for: m, config: cfg, initialization: .random(seed: UInt64(i + 1)),
                                                        name: "bench\(i)"))
                 }
-                // Hot-swap cost: attach all, detach all, a few times; then leave them attached.
+                // The last one is the spare for the swap measurement.
+                let spare = made.removeLast()
+                // Hot-swap cost: attach all, detach all, a few times; swap the last for the spare (detach +
+                // attach) a few times; then leave them attached.
                 for _ in 0..<5 {
-                    let t0 = monotonicSeconds()
-                    for a in made { try ctx.attach(a, scale: 1) }
-                    let t1 = monotonicSeconds()
-                    for a in made { try ctx.detach(a) }
-                    let t2 = monotonicSeconds()
-                    attachSeconds.append((t1 - t0) / Double(made.count))
-                    detachSeconds.append((t2 - t1) / Double(made.count))
+                    try setAttached(true)
+                    for (out, inn) in [(made[made.count - 1], spare), (spare, made[made.count - 1])] {
+                        let t0 = monotonicSeconds()
+                        try ctx.detach(out)
+                        try ctx.attach(inn, scale: 1)
+                        swapSeconds.append(monotonicSeconds() - t0)
+                    }
+                    try setAttached(false)
                 }
-                for a in made { try ctx.attach(a, scale: 1) }
+                try setAttached(true)
             }
             // Deterministic pseudo-random prompt tokens (as llama-bench does), avoiding control tokens.
             var rng = SplitMix64(seed: 42)
             let vocab = m.config.vocabSize
             let prompt: [Int32] = (0..<promptTokens).map { _ in Int32(100 + Int(rng.next() % UInt64(vocab - 200))) }
             var prefill: [Double] = [], decode: [Double] = []
-            for _ in 0..<repeats {
-                ctx.reset()
-                let t0 = monotonicSeconds()
-                var logits = try ctx.evaluate(.tokens(prompt))
-                let t1 = monotonicSeconds()
-                for _ in 0..<genTokens {
-                    let next = Sampler.argmax(logits)
-                    logits = try ctx.evaluate(.tokens([next]))
+            var basePrefill: [Double] = [], baseDecode: [Double] = []
+            var decodeRatios: [Double] = [], prefillRatios: [Double] = []
+            if compareAdapters {
+                // Warm-up: one prompt each way.
+                for on in [true, false] {
+                    try setAttached(on)
+                    ctx.reset()
+                    _ = try ctx.evaluate(.tokens(prompt))
                 }
-                let t2 = monotonicSeconds()
-                prefill.append(Double(promptTokens) / (t1 - t0))
-                if genTokens > 0 { decode.append(Double(genTokens) / (t2 - t1)) }
+                for r in 0..<rounds {
+                    // Prompt, both ways (base first on even rounds); decode continues from the adapted one.
+                    var pTime = (base: 0.0, adapted: 0.0)
+                    var logits: [Float] = []
+                    for on in (r % 2 == 0 ? [false, true] : [true, false]) {
+                        try setAttached(on)
+                        ctx.reset()
+                        let t0 = monotonicSeconds()
+                        let l = try ctx.evaluate(.tokens(prompt))
+                        let dt = monotonicSeconds() - t0
+                        if on { pTime.adapted = dt; logits = l } else { pTime.base = dt }
+                    }
+                    // Decode steps: each token at the same position both ways, starting with the current
+                    // state (so the order alternates per step and there is one attach or detach per step);
+                    // the adapted logits pick the next token. (Which way the cache was filled does not
+                    // change the work.)
+                    var dTime = (base: 0.0, adapted: 0.0)
+                    for _ in 0..<genTokens {
+                        let next = Sampler.argmax(logits)
+                        let pos = ctx.position
+                        for (k, on) in [attached, !attached].enumerated() {
+                            try setAttached(on)
+                            if k == 1 { try ctx.truncate(to: pos) }
+                            let t0 = monotonicSeconds()
+                            let l = try ctx.evaluate(.tokens([next]))
+                            let dt = monotonicSeconds() - t0
+                            if on { dTime.adapted += dt; logits = l } else { dTime.base += dt }
+                        }
+                    }
+                    basePrefill.append(Double(promptTokens) / pTime.base)
+                    prefill.append(Double(promptTokens) / pTime.adapted)
+                    baseDecode.append(Double(genTokens) / dTime.base)
+                    decode.append(Double(genTokens) / dTime.adapted)
+                    prefillRatios.append(pTime.base / pTime.adapted)
+                    decodeRatios.append(dTime.base / dTime.adapted)
+                }
+                try setAttached(true)
+            } else {
+                for _ in 0..<repeats {
+                    ctx.reset()
+                    let t0 = monotonicSeconds()
+                    var logits = try ctx.evaluate(.tokens(prompt))
+                    let t1 = monotonicSeconds()
+                    for _ in 0..<genTokens {
+                        let next = Sampler.argmax(logits)
+                        logits = try ctx.evaluate(.tokens([next]))
+                    }
+                    let t2 = monotonicSeconds()
+                    prefill.append(Double(promptTokens) / (t1 - t0))
+                    if genTokens > 0 { decode.append(Double(genTokens) / (t2 - t1)) }
+                }
             }
             let pMean = prefill.reduce(0, +) / Double(prefill.count)
             let dMean = decode.isEmpty ? 0 : decode.reduce(0, +) / Double(decode.count)
             let rss = peakRSSBytes()
+            func stat(_ v: [Double], _ f: ([Double]) -> Double) -> JSONValue { v.isEmpty ? .null : .number(f(v)) }
             if json {
-                printJSON(.object([
+                var fields: [(String, JSONValue)] = [
                     ("model", .string(model)), ("threads", .number(Double(ctx.pool.activeCount))),
                     ("prompt_tokens", .number(Double(promptTokens))), ("gen_tokens", .number(Double(genTokens))),
                     ("prefill_tokens_per_s", .number(pMean)), ("decode_tokens_per_s", .number(dMean)),
@@ -160,12 +242,48 @@ struct BenchGenerate: ParsableCommand {
                     ("peak_rss_bytes", .number(Double(rss))),
                     ("lora_adapters", .number(Double(loraAdapters))), ("lora_rank", .number(Double(loraRank))),
                     ("lora_targets", .string(loraTargets)),
-                    ("attach_seconds", attachSeconds.isEmpty ? .null : .number(attachSeconds.min()!)),
-                    ("detach_seconds", detachSeconds.isEmpty ? .null : .number(detachSeconds.min()!)),
-                ]))
+                    // Per adapter: the best, the median and the worst of all attach/detach calls made.
+                    ("attach_seconds", stat(attachSeconds) { $0.min()! }),
+                    ("detach_seconds", stat(detachSeconds) { $0.min()! }),
+                    ("attach_seconds_median", stat(attachSeconds, median)),
+                    ("detach_seconds_median", stat(detachSeconds, median)),
+                    ("attach_seconds_max", stat(attachSeconds) { $0.max()! }),
+                    ("detach_seconds_max", stat(detachSeconds) { $0.max()! }),
+                    // Detach one adapter and attach another in its place (N − 1 others stay attached).
+                    ("swap_seconds_median", stat(swapSeconds, median)),
+                    ("swap_seconds_max", stat(swapSeconds) { $0.max()! }),
+                ]
+                if compareAdapters {
+                    func spread(_ v: [Double]) -> JSONValue {
+                        v.isEmpty ? .null : .object([("min", .number(v.min()!)), ("median", .number(median(v))),
+                                                     ("max", .number(v.max()!))])
+                    }
+                    fields += [
+                        ("rounds", .number(Double(rounds))),
+                        ("base_prefill_runs", .array(basePrefill.map { .number($0) })),
+                        ("base_decode_runs", .array(baseDecode.map { .number($0) })),
+                        ("base_decode_tokens_per_s", .number(median(baseDecode))),
+                        ("adapted_decode_tokens_per_s", .number(median(decode))),
+                        ("decode_ratios", .array(decodeRatios.map { .number($0) })),
+                        ("decode_ratio", spread(decodeRatios)),
+                        ("prefill_ratios", .array(prefillRatios.map { .number($0) })),
+                        ("prefill_ratio", spread(prefillRatios)),
+                    ]
+                }
+                printJSON(.object(fields))
+            } else if compareAdapters {
+                func f3(_ x: Double) -> String { "\((x * 1000).rounded() / 1000)" }
+                print("decode adapted/base over \(rounds) rounds: median \(f3(median(decodeRatios))) (min \(f3(decodeRatios.min()!)), max \(f3(decodeRatios.max()!))); base \(format6(median(baseDecode))) tok/s, adapted \(format6(median(decode))) tok/s; prefill ratio median \(f3(median(prefillRatios))); attach \(f3(median(attachSeconds) * 1000)) ms, detach \(f3(median(detachSeconds) * 1000)) ms, swap \(f3(median(swapSeconds) * 1000)) ms")
             } else {
                 print("prefill \(promptTokens) tokens: \(format6(pMean)) tok/s; decode \(genTokens) tokens: \(format6(dMean)) tok/s; peak RSS \(rss / 1_048_576) MiB")
             }
         }
     }
+}
+
+/// The median (mean of the two middle values for an even count; 0 for none).
+func median(_ v: [Double]) -> Double {
+    if v.isEmpty { return 0 }
+    let s = v.sorted()
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
 }

@@ -105,6 +105,53 @@ import Foundation
         }
     }
 
+    /// `LoRAModule.forward` alone on every path — direct loops on the calling thread (decode), direct loops
+    /// on the pool split by token rows and by groups of A rows, the GEMM (rank > 32) — with ranks that are
+    /// not multiples of 4 and widths that are not multiples of the Bᵀ panel: against a float64 reference,
+    /// and bitwise the same for 1, 2 and 3 threads.
+    @Test func moduleForwardPathsMatchReferenceAndThreadCounts() throws {
+        // (rows, rank, IN, OUT)
+        let cases = [(1, 8, 576, 192), (3, 5, 64, 33), (13, 8, 96, 70), (40, 33, 64, 50), (100, 7, 200, 200),
+                     (5, 30, 1000, 900), (2, 1, 17, 9)]
+        var rng = SplitMix64(seed: 77)
+        func rand(_ n: Int) -> [Float] { (0..<n).map { _ in rng.nextFloat() * 2 - 1 } }
+        for (rows, r, nIn, nOut) in cases {
+            let A = rand(r * nIn), B = rand(nOut * r), x = rand(rows * nIn), y0 = rand(rows * nOut)
+            let mod = try LoRAModule(layer: 0, module: .q, a: try Tensor(A, shape: [r, nIn]),
+                                     b: try Tensor(B, shape: [nOut, r]), alpha: 3)
+            let scale: Float = 0.6
+            var ref = [Float](repeating: 0, count: rows * nOut)
+            let c = Double(scale) * Double(mod.scaling)
+            for t in 0..<rows {
+                var ax = [Double](repeating: 0, count: r)
+                for j in 0..<r { for i in 0..<nIn { ax[j] += Double(A[j * nIn + i]) * Double(x[t * nIn + i]) } }
+                for o in 0..<nOut {
+                    var acc = Double(y0[t * nOut + o])
+                    for j in 0..<r { acc += c * Double(B[o * r + j]) * ax[j] }
+                    ref[t * nOut + o] = Float(acc)
+                }
+            }
+            var outs: [[Float]] = []
+            for threads in [1, 2, 3] {
+                var y = y0
+                var ws = [Float](repeating: .nan, count: mod.workspaceFloats(rows: rows))
+                try x.withUnsafeBufferPointer { xp in
+                    try y.withUnsafeMutableBufferPointer { yp in
+                        try ws.withUnsafeMutableBufferPointer { wp in
+                            try mod.forward(x: xp.baseAddress!, rows: rows, y: yp.baseAddress!, scale: scale,
+                                            workspace: wp.baseAddress!, pool: ThreadPool(threads: threads))
+                        }
+                    }
+                }
+                let e = LoRATests.rel(y, ref)
+                #expect(e < 1e-5, "rows \(rows) r \(r) \(nIn)→\(nOut), \(threads) threads: rel \(e)")
+                outs.append(y)
+            }
+            #expect(outs[1] == outs[0] && outs[2] == outs[0],
+                    "rows \(rows) r \(r) \(nIn)→\(nOut): results differ between thread counts")
+        }
+    }
+
     @Test(arguments: [false, true]) func stackingThreeAdaptersMatchesDenseReference(q8: Bool) throws {
         let m = try LlamaModel(gguf: q8 ? LoRATests.q8Path : LoRATests.f32Path)
         let a1 = try LoRATests.randomAdapter(m, targets: [.q, .v], rank: 8, alpha: 16, seed: 1, name: "a1")

@@ -23,7 +23,8 @@ public final class LlamaContext: @unchecked Sendable {
     /// Adapters applied to every linear layer of this context.
     public var adapters: AdapterStack {
         didSet {
-            adapterWorkspace = nil
+            // The workspace is kept (`project` grows it when the new stack needs more), so attaching or
+            // swapping adapters does not make the next forward allocate and fault in fresh pages.
             adapterWorkspaceFloats = adapters.workspaceFloats(rows: batchCapacity)
         }
     }
