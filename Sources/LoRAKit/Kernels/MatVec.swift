@@ -5,23 +5,23 @@
 /// - f32 / f16 / bf16 weights: each row is converted to f32 eight values at a time and multiplied with
 ///   `x` by FMA into two 8-lane accumulators (values `i ≡ 0..7` and `8..15 (mod 16)`), a last group of 8
 ///   into the first one, the `in mod 8` tail in a scalar, then `hsum(acc0 + acc1) + tail`.
-/// - q8_0 / q4_0 / q4_1 weights: `x` is quantized once per call to int8 per 32-value block, as
-///   llama.cpp's q8_1 (`dx = max|x_b| / 127`, `q = round(x / dx)` to nearest even, and the block sum
-///   `xs = dx · Σq`), and each weight block's dot product is exact integer arithmetic in the C kernel
-///   `lk_qdot_rows` (Sources/LoRAKitKernelsC: `vpdpbusd` with AVX-VNNI or AVX512-VNNI, `vpmaddubsw` +
-///   `vpmaddwd` with AVX2, chosen at run time; a portable loop elsewhere), scaled once per block:
-///   `acc += f32(Σ q_w·q_x)·(d·dx)`; the offset of q4_1 (and q4_0's −8) is `bias += m·xs`. All kernel
-///   paths give bitwise the same results (`QuantKernel`). With `ActivationQuantization.int16`, x is
-///   quantized to `|q| ≤ 16256` instead (`dx = max|x_b| / 16256`), stored as two int8 digits
-///   (`q = 128·hi + lo`) that the same kernels multiply one after the other.
+/// - q8_0 / q4_0 / q4_1 weights: `x` is quantized once per call per 32-value block (`ActivationQuantization`):
+///   `.int8` as llama.cpp's q8_1 (`dx = max|x_b| / 127`, `q = round(x / dx)` to nearest even, and the
+///   block sum `xs = dx·Σq`), or `.int16` (the default) with `dx = max|x_b| / 16256`, `q` stored as two
+///   int8 digits `q = 128·hi + lo`. Each weight block's dot product is exact integer arithmetic in the C
+///   kernel `lk_qdot_rows` (Sources/LoRAKitKernelsC: `vpdpbusd` with AVX-VNNI or AVX512-VNNI,
+///   `vpmaddubsw` + `vpmaddwd` with AVX2, chosen at run time; a portable loop elsewhere; int16 multiplies
+///   both digits), scaled once per block: `acc += f32(Σ q_w·q_x)·(d·dx)`; the offset of q4_1 (and q4_0's
+///   −8) is `bias += m·xs`. All kernel paths give bitwise the same results (`QuantKernel`); the kernel
+///   prefetches the weights 4 KiB ahead, as decode streams the whole model from memory.
 ///   Error: the product is exact for the dequantized weights and the dequantized `x̂ = dx·q` (up to f32
 ///   rounding), and quantizing moves each `x_i` by at most `dx_b / 2` (`max|x_b| / 254` for int8,
 ///   `max|x_b| / 32512` for int16), so the result differs from the exact product with the dequantized
 ///   weights by at most `Σ_b dx_b/2 · Σ_{i∈b} |w_i|` plus f32 rounding. With int8 this is llama.cpp's
 ///   error (its decode quantizes activations to q8_0/q8_1 the same way); on SmolLM2-135M it moves decode
-///   logits by ~0.6 (up to 1.4), against ~0.01 with int16. (Swift's SIMD types cannot express the
-///   widening multiply-add: an all-Swift float path ran at a third of the speed; see the history of
-///   this file.)
+///   logits by ~0.6 (up to 1.4), against ~0.006 (up to 0.014) with int16. (Swift's SIMD types cannot
+///   express the widening multiply-add: an all-Swift float path ran at a third of the speed; see the
+///   history of this file.)
 ///
 /// Every `y[o]` is reduced in this fixed order whatever the number of threads or rows processed
 /// together, so results are bitwise independent of the thread count, `matVecRows` gives bitwise the

@@ -22,7 +22,7 @@ public final class LlamaContext: @unchecked Sendable {
     public private(set) var position = 0
     /// How the linear layers quantize their input when they meet quantized weights in decode (one token)
     /// and small batches (below `Linear.smallRowLimit` rows; larger batches compute in f32). `.int16`
-    /// keeps SmolLM2-135M's decode logits within ~0.01 of f32 math (greedy output identical to
+    /// keeps SmolLM2-135M's decode logits within 0.015 of f32 math (greedy output identical to
     /// transformers); `.int8`, llama.cpp's scheme, is faster but moves them by ~0.6 (up to 1.4), enough to
     /// change greedy continuations at top-2 margins below ~1. The output head always uses `.int16`.
     /// The initial value is `.int16`, or `.int8` if the environment variable LORAKIT_ACTIVATIONS is `int8`.
