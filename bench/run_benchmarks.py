@@ -157,9 +157,9 @@ def run_numpy(m: int, k: int, n: int, threads: int, seconds: float) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
-def run_cli(cli: str, args: list[str]) -> tuple[dict | None, str]:
+def run_cli(cli: str, args: list[str], extra_env: dict | None = None) -> tuple[dict | None, str]:
     """(parsed JSON, "") on success, (None, reason) on failure."""
-    env = dict(os.environ, SWIFT_BACKTRACE="enable=no")
+    env = dict(os.environ, SWIFT_BACKTRACE="enable=no", **(extra_env or {}))
     try:
         r = subprocess.run([cli, *args], capture_output=True, text=True, timeout=900, env=env)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -347,6 +347,15 @@ def ensure_llama_cpp() -> tuple[bool, str]:
     return True, llama_cpp.__version__
 
 
+GENERATE_ROUNDS = 3
+# LoRAKit variants measured beside llama.cpp: name, environment, what it is.
+GENERATE_VARIANTS = [
+    ("default", {}, "16-bit activations (the default), fastest kernel path of this CPU"),
+    ("int8", {"LORAKIT_ACTIVATIONS": "int8"}, "int8 activations (llama.cpp's q8_1 precision)"),
+    ("avx2", {"LORAKIT_QDOT": "avx2"}, "16-bit activations, AVX2 kernel path forced (what an AVX2-only CPU runs)"),
+]
+
+
 def section_generate(cli: str, seconds: float, command: str) -> str:
     model = model_path()
     lines = ["### Generation: LoRAKit vs llama.cpp on SmolLM2-135M-Instruct Q4_1", ""]
@@ -361,40 +370,68 @@ def section_generate(cli: str, seconds: float, command: str) -> str:
               f"- Command: `{command}`",
               "",
               "Prefill: 128 prompt tokens evaluated as one batch; decode: 64 tokens generated one at a time "
-              "(greedy). tokens/s are means over 3 runs after model load; peak RSS is the whole process's "
-              "(each side runs in its own process).",
+              "(greedy). Each process reports the mean tokens/s of 3 runs after model load; the processes run "
+              f"{GENERATE_ROUNDS} times, interleaved (LoRAKit, its variants, llama.cpp, per round), and the "
+              "table gives the median of the rounds; peak RSS is the whole process's (each side runs in its "
+              "own process).",
               "",
               "| threads | LoRAKit prefill tok/s | llama.cpp prefill tok/s | ratio | LoRAKit decode tok/s | "
               "llama.cpp decode tok/s | ratio | LoRAKit peak RSS MiB | llama.cpp peak RSS MiB |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     notes = []
+    extra_rows = []
+
+    def g(d, k):
+        return d.get(k) if d else None
+
+    def ratio(a, b):
+        return fmt(a / b, 2) if a and b else "n/a"
+
+    def median(xs):
+        xs = sorted(x for x in xs if x is not None)
+        if not xs:
+            return None
+        n = len(xs)
+        return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+    mib = lambda b: fmt(b / 1048576, 0) if b else "n/a"
     for t in (1, 2):
-        ours, err = run_cli(cli, ["bench", "generate", "--model", model, "--prompt-tokens", "128",
-                                  "--gen-tokens", "64", "--threads", str(t), "--json"])
-        if ours is None:
-            notes.append(f"LoRAKit at {t} threads: {err}")
-        peer = None
-        if ok:
-            r = subprocess.run([sys.executable, str(ROOT / "bench" / "llamacpp_generate.py"), "--model", model,
-                                "--prompt-tokens", "128", "--gen-tokens", "64", "--threads", str(t)],
-                               capture_output=True, text=True)
-            if r.returncode == 0:
-                peer = json.loads(r.stdout.strip().splitlines()[-1])
-            else:
-                notes.append(f"llama.cpp at {t} threads: exit {r.returncode}: {r.stderr.strip()[-300:]}")
+        runs = {name: [] for name, _, _ in GENERATE_VARIANTS}
+        peers = []
+        for _ in range(GENERATE_ROUNDS):
+            for name, env, _ in GENERATE_VARIANTS:
+                ours, err = run_cli(cli, ["bench", "generate", "--model", model, "--prompt-tokens", "128",
+                                          "--gen-tokens", "64", "--threads", str(t), "--json"], extra_env=env)
+                if ours is None:
+                    notes.append(f"LoRAKit ({name}) at {t} threads: {err}")
+                runs[name].append(ours)
+            if ok:
+                r = subprocess.run([sys.executable, str(ROOT / "bench" / "llamacpp_generate.py"), "--model", model,
+                                    "--prompt-tokens", "128", "--gen-tokens", "64", "--threads", str(t)],
+                                   capture_output=True, text=True)
+                if r.returncode == 0:
+                    peers.append(json.loads(r.stdout.strip().splitlines()[-1]))
+                else:
+                    notes.append(f"llama.cpp at {t} threads: exit {r.returncode}: {r.stderr.strip()[-300:]}")
 
-        def g(d, k):
-            return d.get(k) if d else None
+        def med(items, key):
+            return median([g(d, key) for d in items])
 
-        def ratio(a, b):
-            return fmt(a / b, 2) if a and b else "n/a"
-
-        mib = lambda b: fmt(b / 1048576, 0) if b else "n/a"
-        lines.append(f"| {t} | {fmt(g(ours, 'prefill_tokens_per_s'))} | {fmt(g(peer, 'prefill_tokens_per_s'))} | "
-                     f"{ratio(g(ours, 'prefill_tokens_per_s'), g(peer, 'prefill_tokens_per_s'))} | "
-                     f"{fmt(g(ours, 'decode_tokens_per_s'))} | {fmt(g(peer, 'decode_tokens_per_s'))} | "
-                     f"{ratio(g(ours, 'decode_tokens_per_s'), g(peer, 'decode_tokens_per_s'))} | "
-                     f"{mib(g(ours, 'peak_rss_bytes'))} | {mib(g(peer, 'peak_rss_bytes'))} |")
+        ours = runs["default"]
+        op, od = med(ours, "prefill_tokens_per_s"), med(ours, "decode_tokens_per_s")
+        pp, pd = med(peers, "prefill_tokens_per_s"), med(peers, "decode_tokens_per_s")
+        lines.append(f"| {t} | {fmt(op)} | {fmt(pp)} | {ratio(op, pp)} | {fmt(od)} | {fmt(pd)} | {ratio(od, pd)} | "
+                     f"{mib(med(ours, 'peak_rss_bytes'))} | {mib(med(peers, 'peak_rss_bytes'))} |")
+        for name, env, what in GENERATE_VARIANTS[1:]:
+            vd = med(runs[name], "decode_tokens_per_s")
+            how = " ".join(f"{k}={v}" for k, v in env.items())
+            extra_rows.append(f"| {t} | {what} (`{how}`) | {fmt(vd)} | {fmt(pd)} | {ratio(vd, pd)} |")
+        print(f"generate threads={t}: LoRAKit decode {fmt(od)} tok/s (rounds "
+              f"{[fmt(g(d, 'decode_tokens_per_s')) for d in ours]}), llama.cpp {fmt(pd)} "
+              f"({[fmt(g(d, 'decode_tokens_per_s')) for d in peers]})", file=sys.stderr)
+    lines += ["", "Decode with other LoRAKit settings, from the same rounds:", "",
+              "| threads | LoRAKit setting | LoRAKit decode tok/s | llama.cpp decode tok/s | ratio |",
+              "|---:|---|---:|---:|---:|", *extra_rows]
     for n in notes:
         lines += ["", "Note: " + n]
     return "\n".join(lines)

@@ -1,167 +1,357 @@
-/* Integer dot products of ggml-quantized rows with int16 activations. See include/lk_qdot.h. */
+/* Integer dot products of ggml-quantized rows with int8 activations. See include/lk_qdot.h for the
+ * activation format and the exact arithmetic every path performs. */
 #include "lk_qdot.h"
+#include <float.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
-#if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
+
+/* The paths must round exactly as written (no fused a·b + c unless spelled fmaf). */
+#pragma STDC FP_CONTRACT OFF
+
+#if (defined(__x86_64__) || defined(_M_X64)) && defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
 #include <immintrin.h>
+#include <cpuid.h>
 #define LK_X86 1
 #endif
-
-static inline float half_to_float(uint16_t h) {
-#if LK_X86
-    return _cvtsh_ss(h);
-#else
-    __fp16 v;
-    memcpy(&v, &h, 2);
-    return (float)v;
-#endif
-}
-
-void lk_quantize_x16(const float *x, int64_t n_blocks, int16_t *xq, float *dx, float *xs) {
-    for (int64_t b = 0; b < n_blocks; b++) {
-        const float *p = x + 32 * b;
-        float amax = 0.0f, sum = 0.0f;
-        for (int i = 0; i < 32; i++) {
-            float a = fabsf(p[i]);
-            amax = a > amax ? a : amax;
-            sum += p[i];
-        }
-        float d = amax / 32767.0f;
-        float id = d > 0.0f ? 1.0f / d : 0.0f;
-        for (int i = 0; i < 32; i++) {
-            float v = nearbyintf(p[i] * id);
-            v = v > 32767.0f ? 32767.0f : (v < -32767.0f ? -32767.0f : v);
-            xq[32 * b + i] = (int16_t)v;
-        }
-        dx[b] = d;
-        xs[b] = sum;
-    }
-}
 
 /* Block layouts (ggml-common.h): q8_0 {f16 d; int8 qs[32]} 34 B; q4_0 {f16 d; u8 qs[16]} 18 B;
  * q4_1 {f16 d; f16 m; u8 qs[16]} 20 B. Nibbles: low = values 0..15, high = values 16..31. */
 
+static inline float half_to_float(uint16_t h) {
 #if LK_X86
-/* Sum of the 8 int32 lanes of madd(w16 lo, x lo) + madd(w16 hi, x hi), as 8 floats. */
-static inline __m256 dot32(__m256i wlo, __m256i whi, const int16_t *x) {
-    __m256i xlo = _mm256_loadu_si256((const __m256i *)x);
-    __m256i xhi = _mm256_loadu_si256((const __m256i *)(x + 16));
-    __m256i p = _mm256_add_epi32(_mm256_madd_epi16(wlo, xlo), _mm256_madd_epi16(whi, xhi));
-    return _mm256_cvtepi32_ps(p);
-}
-
-static inline float hsum256(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-static inline void unpack_q4(const uint8_t *qs, __m256i *lo, __m256i *hi, int sub8) {
-    __m128i bytes = _mm_loadu_si128((const __m128i *)qs);
-    __m128i m = _mm_set1_epi8(0x0F);
-    __m128i l = _mm_and_si128(bytes, m);
-    __m128i h = _mm_and_si128(_mm_srli_epi16(bytes, 4), m);
-    if (sub8) {
-        __m128i e = _mm_set1_epi8(8);
-        *lo = _mm256_cvtepi8_epi16(_mm_sub_epi8(l, e));
-        *hi = _mm256_cvtepi8_epi16(_mm_sub_epi8(h, e));
-    } else {
-        *lo = _mm256_cvtepu8_epi16(l);
-        *hi = _mm256_cvtepu8_epi16(h);
-    }
-}
-
-static inline void unpack_q8(const int8_t *qs, __m256i *lo, __m256i *hi) {
-    *lo = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)qs));
-    *hi = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(qs + 16)));
-}
-
-/* One block of one row: acc += f32(Σ q·xq)·(d·dx); bias += m·xs. */
-#define BLOCK_STEP(TYPE, blk, b, acc, bias)                                                              \
-    do {                                                                                                \
-        __m256i wl, wh;                                                                                 \
-        float d = half_to_float(*(const uint16_t *)(blk));                                              \
-        if ((TYPE) == 0) {                                                                              \
-            unpack_q8((const int8_t *)(blk) + 2, &wl, &wh);                                             \
-        } else if ((TYPE) == 1) {                                                                       \
-            unpack_q4((const uint8_t *)(blk) + 2, &wl, &wh, 1);                                         \
-        } else {                                                                                        \
-            unpack_q4((const uint8_t *)(blk) + 4, &wl, &wh, 0);                                         \
-            bias += half_to_float(*(const uint16_t *)((const uint8_t *)(blk) + 2)) * xs[b];              \
-        }                                                                                               \
-        acc = _mm256_fmadd_ps(dot32(wl, wh, xq + 32 * (b)), _mm256_set1_ps(d * dx[b]), acc);            \
-    } while (0)
-
-static inline __attribute__((always_inline)) void rows_x86(int32_t type, const uint8_t *w, size_t rs, int64_t n_rows, int64_t nb, size_t bb,
-                            const int16_t *xq, const float *dx, const float *xs, float *y) {
-    int64_t r = 0;
-    for (; r + 4 <= n_rows; r += 4) {
-        const uint8_t *p0 = w + r * rs, *p1 = p0 + rs, *p2 = p1 + rs, *p3 = p2 + rs;
-        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        float b0 = 0, b1 = 0, b2 = 0, b3 = 0;
-        for (int64_t b = 0; b < nb; b++) {
-            BLOCK_STEP(type, p0 + b * bb, b, a0, b0);
-            BLOCK_STEP(type, p1 + b * bb, b, a1, b1);
-            BLOCK_STEP(type, p2 + b * bb, b, a2, b2);
-            BLOCK_STEP(type, p3 + b * bb, b, a3, b3);
-        }
-        y[r] = hsum256(a0) + b0;
-        y[r + 1] = hsum256(a1) + b1;
-        y[r + 2] = hsum256(a2) + b2;
-        y[r + 3] = hsum256(a3) + b3;
-    }
-    for (; r < n_rows; r++) {
-        const uint8_t *p = w + r * rs;
-        __m256 a = _mm256_setzero_ps();
-        float bias = 0;
-        for (int64_t b = 0; b < nb; b++) BLOCK_STEP(type, p + b * bb, b, a, bias);
-        y[r] = hsum256(a) + bias;
-    }
-}
+    return _cvtsh_ss(h);
+#elif defined(__aarch64__) || defined(__arm__)
+    __fp16 v;
+    memcpy(&v, &h, 2);
+    return (float)v;
 #else
-/* Portable version: the same arithmetic per row (integer block sums, then f32 accumulation in the same
- * lane pattern is not reproduced; results equal the x86 version up to f32 summation order). */
-static void rows_portable(int32_t type, const uint8_t *w, size_t rs, int64_t n_rows, int64_t nb, size_t bb,
-                          const int16_t *xq, const float *dx, const float *xs, float *y) {
-    for (int64_t r = 0; r < n_rows; r++) {
-        const uint8_t *p = w + r * rs;
-        float acc = 0, bias = 0;
-        for (int64_t b = 0; b < nb; b++) {
-            const uint8_t *blk = p + b * bb;
-            const int16_t *x = xq + 32 * b;
-            float d = half_to_float((uint16_t)(blk[0] | (blk[1] << 8)));
-            int32_t s = 0;
-            if (type == 0) {
-                const int8_t *q = (const int8_t *)(blk + 2);
-                for (int i = 0; i < 32; i++) s += (int32_t)q[i] * x[i];
-            } else {
-                const uint8_t *q = blk + (type == 1 ? 2 : 4);
-                int off = type == 1 ? 8 : 0;
-                for (int i = 0; i < 16; i++) {
-                    s += ((int32_t)(q[i] & 15) - off) * x[i];
-                    s += ((int32_t)(q[i] >> 4) - off) * x[i + 16];
-                }
-                if (type == 2) bias += half_to_float((uint16_t)(blk[2] | (blk[3] << 8))) * xs[b];
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, e = (h >> 10) & 31, m = h & 1023, bits;
+    if (e == 31) bits = sign | 0x7F800000u | (m << 13);
+    else if (e) bits = sign | ((e + 112) << 23) | (m << 13);
+    else if (!m) bits = sign;
+    else {  /* subnormal half: normalize */
+        e = 113;
+        while (!(m & 1024)) { m <<= 1; e--; }
+        bits = sign | (e << 23) | ((m & 1023) << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+#endif
+}
+
+/* MARK: - Path selection */
+
+#if LK_X86
+static uint64_t xcr0(void) {
+    uint32_t a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return 0;  /* OSXSAVE */
+    uint32_t lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+static int cpu_has(int32_t path) {
+    uint32_t a, b, c, d;
+    uint64_t x = xcr0();
+    int ymm = (x & 0x6) == 0x6, zmm = (x & 0xE6) == 0xE6;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    int fma = (c >> 12) & 1, f16c = (c >> 29) & 1;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    int avx2 = (b >> 5) & 1, avx512f = (b >> 16) & 1, avx512vl = (b >> 31) & 1, avx512vnni = (c >> 11) & 1;
+    int base = ymm && avx2 && fma && f16c;
+    switch (path) {
+    case LK_QDOT_AVX2: return base;
+    case LK_QDOT_AVXVNNI:
+        if (!__get_cpuid_count(7, 1, &a, &b, &c, &d)) return 0;
+        return base && ((a >> 4) & 1);
+    case LK_QDOT_AVX512VNNI: return base && zmm && avx512f && avx512vl && avx512vnni;
+    default: return 0;
+    }
+}
+#endif
+
+int32_t lk_qdot_path_supported(int32_t path) {
+    if (path == LK_QDOT_AUTO || path == LK_QDOT_SCALAR) return 1;
+#if LK_X86
+    static int known[5] = {-1, -1, -1, -1, -1};  /* benign race: every thread computes the same value */
+    if (path < 0 || path > 4) return 0;
+    int v = __atomic_load_n(&known[path], __ATOMIC_RELAXED);
+    if (v < 0) {
+        v = cpu_has(path);
+        __atomic_store_n(&known[path], v, __ATOMIC_RELAXED);
+    }
+    return v;
+#else
+    return 0;
+#endif
+}
+
+const char *lk_qdot_path_name(int32_t path) {
+    switch (path) {
+    case LK_QDOT_AUTO: return "auto";
+    case LK_QDOT_SCALAR: return "scalar";
+    case LK_QDOT_AVX2: return "avx2";
+    case LK_QDOT_AVXVNNI: return "avxvnni";
+    case LK_QDOT_AVX512VNNI: return "avx512vnni";
+    default: return "unknown";
+    }
+}
+
+int32_t lk_qdot_default_path(void) {
+    static int32_t chosen = -1;
+    int32_t v = __atomic_load_n(&chosen, __ATOMIC_RELAXED);
+    if (v >= 0) return v;
+    v = LK_QDOT_SCALAR;
+    const int32_t order[] = {LK_QDOT_AVXVNNI, LK_QDOT_AVX512VNNI, LK_QDOT_AVX2};
+    for (int i = 0; i < 3; i++) {
+        if (lk_qdot_path_supported(order[i])) { v = order[i]; break; }
+    }
+    const char *env = getenv("LORAKIT_QDOT");
+    if (env) {
+        for (int32_t p = LK_QDOT_SCALAR; p <= LK_QDOT_AVX512VNNI; p++) {
+            if (strcmp(env, lk_qdot_path_name(p)) == 0 && lk_qdot_path_supported(p)) v = p;
+        }
+    }
+    __atomic_store_n(&chosen, v, __ATOMIC_RELAXED);
+    return v;
+}
+
+static inline int32_t resolve(int32_t path) {
+    if (path == LK_QDOT_AUTO) return lk_qdot_default_path();
+    return lk_qdot_path_supported(path) ? path : LK_QDOT_SCALAR;
+}
+
+/* MARK: - Activation quantization */
+
+/* One 32-value block: q[0..31] (natural order) with |q| ≤ levels, dx = max|x| / levels, xs = dx·Σq. */
+static void quantize_block_scalar(const float *x, float levels, int32_t *q, float *dx, float *xs) {
+    uint32_t amax_bits = 0;
+    for (int i = 0; i < 32; i++) {
+        uint32_t u;
+        memcpy(&u, x + i, 4);
+        u &= 0x7FFFFFFFu;
+        amax_bits = u > amax_bits ? u : amax_bits;
+    }
+    if (amax_bits >= 0x7F800000u) {  /* NaN or ±inf in the block */
+        memset(q, 0, 32 * sizeof(int32_t));
+        *dx = NAN;
+        *xs = NAN;
+        return;
+    }
+    float amax;
+    memcpy(&amax, &amax_bits, 4);
+    float d = amax / levels;
+    float id = d >= FLT_MIN ? 1.0f / d : 0.0f;
+    int32_t sum = 0;
+    for (int i = 0; i < 32; i++) {
+        q[i] = (int32_t)nearbyintf(x[i] * id);   /* |x·id| ≤ levels (rounded) */
+        sum += q[i];
+    }
+    *dx = d;
+    *xs = d * (float)sum;
+}
+
+#if LK_X86
+/* The same arithmetic as quantize_block_scalar, 8 lanes at a time. */
+static void quantize_block_avx2(const float *x, float levels, int32_t *q, float *dx, float *xs) {
+    const __m256i absmask = _mm256_set1_epi32(0x7FFFFFFF);
+    __m256i v[4];
+    for (int k = 0; k < 4; k++) v[k] = _mm256_loadu_si256((const __m256i *)(x + 8 * k));
+    __m256i m = _mm256_max_epu32(_mm256_max_epu32(_mm256_and_si256(v[0], absmask), _mm256_and_si256(v[1], absmask)),
+                                 _mm256_max_epu32(_mm256_and_si256(v[2], absmask), _mm256_and_si256(v[3], absmask)));
+    __m128i h = _mm_max_epu32(_mm256_castsi256_si128(m), _mm256_extracti128_si256(m, 1));
+    h = _mm_max_epu32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(1, 0, 3, 2)));
+    h = _mm_max_epu32(h, _mm_shuffle_epi32(h, _MM_SHUFFLE(2, 3, 0, 1)));
+    uint32_t amax_bits = (uint32_t)_mm_cvtsi128_si32(h);
+    if (amax_bits >= 0x7F800000u) {
+        memset(q, 0, 32 * sizeof(int32_t));
+        *dx = NAN;
+        *xs = NAN;
+        return;
+    }
+    float amax;
+    memcpy(&amax, &amax_bits, 4);
+    float d = amax / levels;
+    float id = d >= FLT_MIN ? 1.0f / d : 0.0f;
+    const __m256 vid = _mm256_set1_ps(id);
+    __m256i s = _mm256_setzero_si256();
+    for (int k = 0; k < 4; k++) {
+        /* cvtps_epi32 rounds with the current mode (to nearest even), as nearbyintf does. */
+        __m256i i = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_castsi256_ps(v[k]), vid));
+        _mm256_storeu_si256((__m256i *)(q + 8 * k), i);
+        s = _mm256_add_epi32(s, i);
+    }
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(1, 0, 3, 2)));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, _MM_SHUFFLE(2, 3, 0, 1)));
+    *dx = d;
+    *xs = d * (float)_mm_cvtsi128_si32(s4);
+}
+#endif
+
+/* Store block k (0, 1) of a pair: `plane` gets digit values in the pair order of lk_qdot.h. */
+static inline void store_pair_half(int8_t *plane, int k, const int8_t *v32) {
+    memcpy(plane + 16 * k, v32, 16);
+    memcpy(plane + 32 + 16 * k, v32 + 16, 16);
+}
+
+void lk_quantize_x8(int32_t path, int32_t wide, const float *x, int64_t n_blocks, int8_t *xq, float *xf) {
+    const float levels = wide ? 16256.0f : 127.0f;
+    const int64_t stride = wide ? 128 : 64;
+#if LK_X86
+    const int vec = resolve(path) != LK_QDOT_SCALAR;
+#else
+    const int vec = 0;
+    (void)path;
+#endif
+    for (int64_t p = 0; p < (n_blocks + 1) / 2; p++) {
+        int8_t *o = xq + stride * p;
+        for (int k = 0; k < 2; k++) {
+            int64_t b = 2 * p + k;
+            int32_t q[32];
+            float dx = 0, xs = 0;
+            if (b >= n_blocks) memset(q, 0, sizeof q);
+#if LK_X86
+            else if (vec) quantize_block_avx2(x + 32 * b, levels, q, &dx, &xs);
+#endif
+            else quantize_block_scalar(x + 32 * b, levels, q, &dx, &xs);
+            (void)vec;
+            int8_t hi[32], lo[32];
+            for (int i = 0; i < 32; i++) {
+                /* wide: q = 128·hi + lo with hi in −127..127, lo in 0..127 (|q| ≤ 127·128) */
+                hi[i] = (int8_t)(wide ? q[i] >> 7 : q[i]);
+                lo[i] = (int8_t)(q[i] & 127);
             }
-            acc += (float)s * (d * dx[b]);
+            store_pair_half(o, k, hi);
+            if (wide) store_pair_half(o + 64, k, lo);
+            xf[4 * p + 2 * k] = dx;
+            xf[4 * p + 2 * k + 1] = xs;
         }
-        y[r] = acc + bias;
     }
 }
+
+/* MARK: - Scalar path (the reference: every other path computes exactly this) */
+
+static void rows_scalar(int32_t wide, int32_t type, const uint8_t *w, size_t rs, int64_t n_rows, int64_t nb,
+                        const int8_t *xq, const float *xf, float *y) {
+    const size_t bb = type == 0 ? 34 : (type == 1 ? 18 : 20);
+    const int64_t stride = wide ? 128 : 64;
+    for (int64_t r = 0; r < n_rows; r++) {
+        const uint8_t *row = w + r * rs;
+        float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0}, bias[4] = {0, 0, 0, 0};
+        for (int64_t p = 0; p < (nb + 1) / 2; p++) {
+            /* x values of the pair in the kernels' order: [b 0..15, b+1 0..15, b 16..31, b+1 16..31] */
+            const int8_t *hi = xq + stride * p, *lo = hi + 64;
+            int32_t xv[64];
+            for (int i = 0; i < 64; i++) xv[i] = wide ? 128 * hi[i] + lo[i] : hi[i];
+            int32_t lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+            float hdr[4] = {0, 0, 0, 0};
+            for (int k = 0; k < 2 && 2 * p + k < nb; k++) {
+                const uint8_t *blk = row + (size_t)(2 * p + k) * bb;
+                int32_t v[32];
+                if (type == 0) {
+                    for (int i = 0; i < 32; i++) v[i] = (int8_t)blk[2 + i];
+                } else {
+                    const uint8_t *qs = blk + (type == 2 ? 4 : 2);
+                    for (int i = 0; i < 16; i++) {
+                        v[i] = qs[i] & 15;
+                        v[i + 16] = qs[i] >> 4;
+                    }
+                }
+                /* lane 4k + j: positions 4j..4j+3 of values 0..15 and of values 16..31 */
+                for (int j = 0; j < 4; j++) {
+                    int32_t s = 0;
+                    for (int t = 0; t < 4; t++) {
+                        s += v[4 * j + t] * xv[16 * k + 4 * j + t];
+                        s += v[16 + 4 * j + t] * xv[32 + 16 * k + 4 * j + t];
+                    }
+                    lanes[4 * k + j] = s;
+                }
+                float d = half_to_float((uint16_t)(blk[0] | (blk[1] << 8)));
+                hdr[2 * k] = d;
+                hdr[2 * k + 1] = type == 2 ? half_to_float((uint16_t)(blk[2] | (blk[3] << 8))) : d;
+            }
+            float prod[4];
+            for (int i = 0; i < 4; i++) prod[i] = hdr[i] * xf[4 * p + i];
+            for (int j = 0; j < 8; j++) acc[j] = fmaf((float)lanes[j], prod[j < 4 ? 0 : 2], acc[j]);
+            if (type != 0) {
+                for (int i = 0; i < 4; i++) bias[i] = bias[i] + prod[i];
+            }
+        }
+        float h[4];
+        for (int i = 0; i < 4; i++) h[i] = acc[i] + acc[i + 4];
+        float t0 = h[0] + h[2], t1 = h[1] + h[3];
+        float s = t0 + t1;
+        if (type != 0) {
+            float b = bias[1] + bias[3];
+            s = type == 1 ? s + -8.0f * b : s + b;
+        }
+        y[r] = s;
+    }
+}
+
+/* MARK: - x86 paths */
+
+#if LK_X86
+/* Software prefetch distance in bytes (0: none); see rows_t in qdot_x86.h. */
+#ifndef LK_PREFETCH
+#define LK_PREFETCH 4096
 #endif
 
-void lk_qdot_rows(int32_t type, const void *w, size_t row_stride, int64_t n_rows, int64_t n_blocks,
-                  const int16_t *xq, const float *dx, const float *xs, float *y) {
-    size_t bb = type == 0 ? 34 : (type == 1 ? 18 : 20);
-#if LK_X86
-    /* Constant `type` per call site so each variant is compiled without the type branches. */
-    switch (type) {
-    case 0: rows_x86(0, (const uint8_t *)w, row_stride, n_rows, n_blocks, bb, xq, dx, xs, y); break;
-    case 1: rows_x86(1, (const uint8_t *)w, row_stride, n_rows, n_blocks, bb, xq, dx, xs, y); break;
-    default: rows_x86(2, (const uint8_t *)w, row_stride, n_rows, n_blocks, bb, xq, dx, xs, y); break;
-    }
-#else
-    rows_portable(type, (const uint8_t *)w, row_stride, n_rows, n_blocks, bb, xq, dx, xs, y);
+/* AVX2: u8×s8 pairs to s16 (vpmaddubsw), then pairs to s32 (vpmaddwd with ones). Nibbles: two
+ * products ≤ 2·15·128 each, so the two halves can be added in 16 bits first; general u8 ≤ 128 times
+ * |s8| ≤ 127: 2·128·127 < 2¹⁵ per vpmaddubsw lane (no saturation), widened separately. */
+#define LK_FN(name) name##_avx2
+#define LK_TARGET __attribute__((target("avx2,fma,f16c")))
+#define LK_DOT_Q4(u0, s0, u1, s1)                                                                     \
+    _mm256_madd_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(u0, s0), _mm256_maddubs_epi16(u1, s1)),    \
+                      _mm256_set1_epi16(1))
+#define LK_DOT_US(u0, s0, u1, s1)                                                                     \
+    _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(u0, s0), _mm256_set1_epi16(1)),            \
+                     _mm256_madd_epi16(_mm256_maddubs_epi16(u1, s1), _mm256_set1_epi16(1)))
+#include "qdot_x86.h"
+#undef LK_FN
+#undef LK_TARGET
+#undef LK_DOT_Q4
+#undef LK_DOT_US
+
+/* AVX-VNNI: vpdpbusd (u8×s8, four products summed into each s32 lane), VEX-encoded. */
+#define LK_FN(name) name##_avxvnni
+#define LK_TARGET __attribute__((target("avx2,fma,f16c,avxvnni")))
+#define LK_DOT_Q4(u0, s0, u1, s1)                                                                     \
+    _mm256_dpbusd_avx_epi32(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u0, s0), u1, s1)
+#define LK_DOT_US(u0, s0, u1, s1) LK_DOT_Q4(u0, s0, u1, s1)
+#include "qdot_x86.h"
+#undef LK_FN
+#undef LK_TARGET
+#undef LK_DOT_Q4
+#undef LK_DOT_US
+
+/* AVX512-VNNI with AVX512VL: the same instruction EVEX-encoded on 256-bit registers. */
+#define LK_FN(name) name##_avx512vnni
+#define LK_TARGET __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512vnni")))
+#define LK_DOT_Q4(u0, s0, u1, s1)                                                                     \
+    _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u0, s0), u1, s1)
+#define LK_DOT_US(u0, s0, u1, s1) LK_DOT_Q4(u0, s0, u1, s1)
+#include "qdot_x86.h"
+#undef LK_FN
+#undef LK_TARGET
+#undef LK_DOT_Q4
+#undef LK_DOT_US
 #endif
+
+void lk_qdot_rows(int32_t path, int32_t wide, int32_t type, const void *w, size_t row_stride, int64_t n_rows,
+                  int64_t n_blocks, const int8_t *xq, const float *xf, float *y) {
+    const uint8_t *wb = (const uint8_t *)w;
+    wide = wide != 0;
+    switch (resolve(path)) {
+#if LK_X86
+    case LK_QDOT_AVX2: rows_avx2(wide, type, wb, row_stride, n_rows, n_blocks, xq, xf, y); return;
+    case LK_QDOT_AVXVNNI: rows_avxvnni(wide, type, wb, row_stride, n_rows, n_blocks, xq, xf, y); return;
+    case LK_QDOT_AVX512VNNI: rows_avx512vnni(wide, type, wb, row_stride, n_rows, n_blocks, xq, xf, y); return;
+#endif
+    default: rows_scalar(wide, type, wb, row_stride, n_rows, n_blocks, xq, xf, y); return;
+    }
 }

@@ -18,13 +18,22 @@ private func makeWeight(out: Int, in n: Int, dtype: DType, seed: UInt64) throws 
 
 /// f64 reference on the dequantized weights, and the error bound for one output.
 ///
-/// Bound: the kernels accumulate in f32 (per 32-value block for quantized weights: `Σ q·x` in 4 f32 ops,
-/// then `acc += t·d` and `bias += m·Σx`), so the rounding error is at most about
-/// `(chain length + 8) · 2⁻²³ · M` where `M = Σ_i (|d·q_i| + |m|)·|x_i|` ≤ `Σ_i (|w_i| + 2·max_b|w|)·|x_i|`
-/// for quantized weights (|m| ≤ max_b|w| for q4_0 and q4_1) and `M = Σ|w_i·x_i|` for plain ones.
-/// For quantized weights x is quantized per 32-block to int16 (`dx = max|x_b|/32767`, round to nearest),
-/// which moves each x_i by at most `dx/2`: a second term `Σ_b max|x_b|/65534 · Σ_{i∈b} |w_i|`.
-private func reference(_ w: Tensor, _ x: [Float]) -> (y: [Double], tol: [Double]) {
+/// Bound, quantized weights. The kernel computes `Σ_b (d_b·dx_b · Σ_{i∈b} q_i·qx_i + m_b·xs_b)` with
+/// `xs_b = dx_b·Σ qx_i` (q4_0: m = −8d): in exact arithmetic that is `Σ_i w_i·x̂_i`, the product of the
+/// dequantized weights with the dequantized activations `x̂_i = dx_b·qx_i`. Two error sources:
+/// 1. Quantizing x: `dx_b = max|x_b| / 127` and `qx_i = round(x_i / dx_b)`, so `|x_i − x̂_i| ≤ dx_b / 2`
+///    (plus f32 rounding of `x_i / dx_b`, below 2⁻²³·127 relative), and
+///    `|Σ_i w_i·x_i − Σ_i w_i·x̂_i| ≤ Σ_b (max|x_b| / 254) · Σ_{i∈b} |w_i|` (times 1.001 for that rounding).
+/// 2. f32 rounding: the integer sums are exact; per block pair one `d·dx` product, one FMA per lane,
+///    `m·xs` (with `xs` itself rounded) and one add, then 3 + 2 adds to finish: a relative error of at
+///    most `(pairs + 8)·2⁻²⁴` of `M = Σ_b |d_b·dx_b|·Σ|q_i·qx_i| + |m_b·xs_b|`, and since `|d·q_i| ≤ |w_i|
+///    + |m|`, `|m| ≤ max_b|w|` and `|x̂_i| ≤ |x_i| + max|x_b|/254`: `M ≤ Σ_i (|w_i| + 2·max_b|w|)·|x̂_i|`.
+///    The bound below uses `(blocks + 8)·2⁻²³·M` (twice that, for slack).
+/// With `.int16` activations the same holds with 16256 levels: `|x_i − x̂_i| ≤ max|x_b| / 32512` (the
+/// integer lanes stay exact: 8·128·16256 < 2²⁴).
+/// Plain weights: `x` is not quantized; the f32 FMA chains of length `in/16` give `(in/16 + 8)·2⁻²³·Σ|w·x|`.
+private func reference(_ w: Tensor, _ x: [Float], _ activations: ActivationQuantization = .int8) -> (y: [Double], tol: [Double]) {
+    let halfStep: Double = activations == .int8 ? 254 : 32512
     let out = w.shape[0], n = w.shape[1]
     let wf = w.toFloats()
     var y = [Double](repeating: 0, count: out), tol = y
@@ -38,8 +47,8 @@ private func reference(_ w: Tensor, _ x: [Float]) -> (y: [Double], tol: [Double]
             for i in r {
                 let xi = Double(x[i - o * n])
                 s += Double(wf[i]) * xi
-                m += (Double(abs(wf[i])) + 2 * amax) * abs(xi)
-                q += xmax / 65534 * Double(abs(wf[i]))
+                m += (Double(abs(wf[i])) + 2 * amax) * (abs(xi) + xmax / halfStep)
+                q += xmax / halfStep * Double(abs(wf[i]))
             }
         }
         y[o] = s
@@ -53,16 +62,28 @@ private func reference(_ w: Tensor, _ x: [Float]) -> (y: [Double], tol: [Double]
 /// (a worker reads its `unowned` pool after the pool was freed; see the report on branch `quant`).
 private let pools: [ThreadPool] = [ThreadPool(threads: 1), ThreadPool(threads: 2), ThreadPool(threads: 3)]
 
-private func run(_ w: Tensor, _ x: [Float], threads: Int) throws -> [Float] {
+private func run(_ w: Tensor, _ x: [Float], threads: Int, _ activations: ActivationQuantization = .int8,
+                 kernel: QuantKernel = .auto) throws -> [Float] {
     var y = [Float](repeating: .nan, count: w.shape[0])
     let pool = pools[threads - 1]
     try x.withUnsafeBufferPointer { xp in
         try y.withUnsafeMutableBufferPointer { yp in
-            try matVec(weight: w, x: xp.baseAddress!, y: yp.baseAddress!, pool: pool)
+            try matVec(weight: w, x: xp.baseAddress!, y: yp.baseAddress!, pool: pool, activations: activations,
+                       kernel: kernel)
         }
     }
     return y
 }
+
+private let bothActivations: [ActivationQuantization] = [.int8, .int16]
+
+/// The quantized-kernel paths this machine runs (always `.scalar`; on x86_64 `.avx2` and the VNNI
+/// paths the CPU has). Printed so a test log says which paths were covered.
+private let kernelPaths: [QuantKernel] = {
+    let paths = QuantKernel.allCases.filter { $0 != .auto && $0.isSupported }
+    print("MatVec: quantized kernel paths tested: \(paths.map(\.description)), default \(QuantKernel.resolvedDefault)")
+    return paths
+}()
 
 private let quantShapes: [(Int, Int)] = [(1, 32), (7, 64), (33, 96), (1000, 64), (7, 4096), (33, 32), (1, 4096)]
 private let plainShapes: [(Int, Int)] = [(1, 1), (7, 13), (33, 577), (1000, 13), (7, 32), (1, 577), (33, 96), (5, 4096)]
@@ -71,19 +92,23 @@ private let plainShapes: [(Int, Int)] = [(1, 1), (7, 13), (33, 577), (1000, 13),
     @Test(arguments: DType.allCases)
     func matchesReference(_ dtype: DType) throws {
         let shapes = dtype.isQuantized ? quantShapes : plainShapes
-        for (k, (out, n)) in shapes.enumerated() {
-            let w = try makeWeight(out: out, in: n, dtype: dtype, seed: UInt64(10 + k))
-            let x = randomValues(n, seed: UInt64(100 + k), scale: 2)
-            let y = try run(w, x, threads: 2)
-            let (ref, tol) = reference(w, x)
+        for act in bothActivations {
             var worst = 0.0
-            for o in 0..<out {
-                let err = abs(Double(y[o]) - ref[o])
-                #expect(err <= tol[o], "\(dtype) [\(out), \(n)] row \(o): \(y[o]) vs \(ref[o]) (tol \(tol[o]))")
-                worst = max(worst, err / tol[o])
+            for (k, (out, n)) in shapes.enumerated() {
+                let w = try makeWeight(out: out, in: n, dtype: dtype, seed: UInt64(10 + k))
+                let x = randomValues(n, seed: UInt64(100 + k), scale: 2)
+                let y = try run(w, x, threads: 2, act)
+                let (ref, tol) = reference(w, x, act)
+                for o in 0..<out {
+                    let err = abs(Double(y[o]) - ref[o])
+                    #expect(err <= tol[o], "\(dtype) \(act) [\(out), \(n)] row \(o): \(y[o]) vs \(ref[o]) (tol \(tol[o]))")
+                    worst = max(worst, err / tol[o])
+                }
+                // Outputs are real sums, not zeros.
+                #expect(y.contains { abs($0) > 1e-3 })
             }
-            // Outputs are real sums, not zeros.
-            #expect(y.contains { abs($0) > 1e-3 })
+            // The bound is not vacuous: the observed error is a sizeable fraction of it.
+            if dtype.isQuantized { #expect(worst > 0.05, "\(dtype) \(act): worst error / bound \(worst)") }
         }
     }
 
@@ -93,11 +118,13 @@ private let plainShapes: [(Int, Int)] = [(1, 1), (7, 13), (33, 577), (1000, 13),
         for out in [1, 7, 33, 1000] {
             let w = try makeWeight(out: out, in: n, dtype: dtype, seed: 5)
             let x = randomValues(n, seed: 6)
-            let y1 = try run(w, x, threads: 1)
-            let y2 = try run(w, x, threads: 2)
-            let y3 = try run(w, x, threads: 3)
-            #expect(y1.map(\.bitPattern) == y2.map(\.bitPattern), "\(dtype) out=\(out) 1 vs 2 threads")
-            #expect(y1.map(\.bitPattern) == y3.map(\.bitPattern), "\(dtype) out=\(out) 1 vs 3 threads")
+            for act in bothActivations {
+                let y1 = try run(w, x, threads: 1, act)
+                let y2 = try run(w, x, threads: 2, act)
+                let y3 = try run(w, x, threads: 3, act)
+                #expect(y1.map(\.bitPattern) == y2.map(\.bitPattern), "\(dtype) \(act) out=\(out) 1 vs 2 threads")
+                #expect(y1.map(\.bitPattern) == y3.map(\.bitPattern), "\(dtype) \(act) out=\(out) 1 vs 3 threads")
+            }
         }
     }
 
@@ -108,21 +135,24 @@ private let plainShapes: [(Int, Int)] = [(1, 1), (7, 13), (33, 577), (1000, 13),
         let w = try makeWeight(out: out, in: n, dtype: dtype, seed: 9)
         let pool = pools[1]
         for rows in [2, 3, 5, 8, 9] {
-            let ldx = n + 5, ldy = out + 3
-            let x = randomValues(rows * ldx, seed: UInt64(rows))
-            var y = [Float](repeating: .nan, count: rows * ldy)
-            try x.withUnsafeBufferPointer { xp in
-                try y.withUnsafeMutableBufferPointer { yp in
-                    try matVecRows(weight: w, x: xp.baseAddress!, rows: rows, ldx: ldx, y: yp.baseAddress!, ldy: ldy, pool: pool)
+            for act in bothActivations {
+                let ldx = n + 5, ldy = out + 3
+                let x = randomValues(rows * ldx, seed: UInt64(rows))
+                var y = [Float](repeating: .nan, count: rows * ldy)
+                try x.withUnsafeBufferPointer { xp in
+                    try y.withUnsafeMutableBufferPointer { yp in
+                        try matVecRows(weight: w, x: xp.baseAddress!, rows: rows, ldx: ldx, y: yp.baseAddress!, ldy: ldy,
+                                       pool: pool, activations: act)
+                    }
                 }
-            }
-            for r in 0..<rows {
-                let xr = Array(x[r * ldx..<(r * ldx + n)])
-                let single = try run(w, xr, threads: 1)
-                #expect(Array(y[r * ldy..<(r * ldy + out)]).map(\.bitPattern) == single.map(\.bitPattern),
-                        "\(dtype) rows=\(rows) row \(r)")
-                // Padding between output rows is untouched.
-                #expect(y[r * ldy + out].isNaN)
+                for r in 0..<rows {
+                    let xr = Array(x[r * ldx..<(r * ldx + n)])
+                    let single = try run(w, xr, threads: 1, act)
+                    #expect(Array(y[r * ldy..<(r * ldy + out)]).map(\.bitPattern) == single.map(\.bitPattern),
+                            "\(dtype) \(act) rows=\(rows) row \(r)")
+                    // Padding between output rows is untouched.
+                    #expect(y[r * ldy + out].isNaN)
+                }
             }
         }
     }
@@ -138,11 +168,102 @@ private let plainShapes: [(Int, Int)] = [(1, 1), (7, 13), (33, 577), (1000, 13),
     }
 
     @Test func nonFiniteInputsPropagate() throws {
-        let w = try makeWeight(out: 4, in: 64, dtype: .q4_1, seed: 1)
-        var x = randomValues(64, seed: 2)
-        x[40] = .nan
-        let y = try run(w, x, threads: 1)
-        #expect(y.allSatisfy { $0.isNaN })
+        for dtype in DType.allCases {
+            let w = try makeWeight(out: 5, in: 64, dtype: dtype, seed: 1)
+            for bad in [Float.nan, .infinity, -.infinity] {
+                var x = randomValues(64, seed: 2)
+                x[40] = bad
+                for kernel in kernelPaths {
+                    for act in bothActivations {
+                        let y = try run(w, x, threads: 1, act, kernel: kernel)
+                        // Quantized weights: the block's scale becomes NaN. Plain weights: w·±inf is ±inf or NaN.
+                        #expect(y.allSatisfy { !$0.isFinite }, "\(dtype) x[40] = \(bad) \(act) \(kernel): \(y)")
+                        if dtype.isQuantized || bad.isNaN {
+                            #expect(y.allSatisfy { $0.isNaN }, "\(dtype) \(bad) \(act) \(kernel)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every compiled kernel path the CPU supports gives bitwise the scalar path's results, and the scalar
+    /// path is within the bound of the f64 reference, for both activation quantizations, all quantized
+    /// dtypes, odd and even block counts, row counts that are not multiples of 4, an all-zero block and a
+    /// block of tiny values.
+    @Test(arguments: [DType.q8_0, .q4_0, .q4_1])
+    func kernelPathsAgreeBitwise(_ dtype: DType) throws {
+        for (k, (out, n)) in (quantShapes + [(13, 576), (6, 1536), (9, 160)]).enumerated() {
+            let w = try makeWeight(out: out, in: n, dtype: dtype, seed: UInt64(40 + k))
+            var x = randomValues(n, seed: UInt64(70 + k), scale: 3)
+            if n >= 64 { for i in 32..<64 { x[i] = 0 } }          // an all-zero block (dx = 0)
+            if n >= 96 { for i in 64..<96 { x[i] *= 1e-30 } }     // a block of tiny values
+            for act in bothActivations {
+                let scalar = try run(w, x, threads: 2, act, kernel: .scalar)
+                let (ref, tol) = reference(w, x, act)
+                for o in 0..<out {
+                    #expect(abs(Double(scalar[o]) - ref[o]) <= tol[o], "\(dtype) \(act) [\(out), \(n)] scalar row \(o)")
+                }
+                for kernel in kernelPaths where kernel != .scalar {
+                    let y = try run(w, x, threads: 2, act, kernel: kernel)
+                    #expect(y.map(\.bitPattern) == scalar.map(\.bitPattern),
+                            "\(dtype) \(act) [\(out), \(n)] \(kernel) vs scalar")
+                }
+            }
+        }
+    }
+
+    /// `matVecShared` equals one `matVec` per weight, bitwise, at every thread count: quantized weights
+    /// of mixed types (x quantized once), plain weights of one dtype, and a plain/quantized mix (computed
+    /// one by one).
+    @Test func sharedEqualsSeparate() throws {
+        let n = 96
+        let groups: [[(Int, DType)]] = [
+            [(37, .q4_1), (12, .q4_1), (5, .q4_1)],
+            [(9, .q8_0), (33, .q4_0), (6, .q4_1), (1, .q8_0)],
+            [(7, .f16), (18, .f16)],
+            [(4, .f32), (9, .q4_1)],
+            [(0, .q4_1), (3, .q4_1)],
+        ]
+        for (g, group) in groups.enumerated() {
+            let ws = try group.enumerated().map { try makeWeight(out: $1.0, in: n, dtype: $1.1, seed: UInt64(90 + 7 * g + $0)) }
+            let x = randomValues(n, seed: UInt64(200 + g))
+            for kernel in kernelPaths {
+                for act in bothActivations {
+                    for threads in 1...3 {
+                        // One buffer per weight with a NaN sentinel after its rows.
+                        let ptrs = ws.map { w in
+                            let p = UnsafeMutablePointer<Float>.allocate(capacity: w.shape[0] + 1)
+                            p.initialize(repeating: .nan, count: w.shape[0] + 1)
+                            return p
+                        }
+                        defer { ptrs.forEach { $0.deallocate() } }
+                        try x.withUnsafeBufferPointer { xp in
+                            try matVecShared(weights: ws, x: xp.baseAddress!, ys: ptrs, pool: pools[threads - 1],
+                                             activations: act, kernel: kernel)
+                        }
+                        for (j, w) in ws.enumerated() {
+                            let got = Array(UnsafeBufferPointer(start: ptrs[j], count: w.shape[0]))
+                            let single = try run(w, x, threads: 1, act, kernel: kernel)
+                            #expect(got.map(\.bitPattern) == single.map(\.bitPattern),
+                                    "group \(g) weight \(j) \(kernel) \(act) threads \(threads)")
+                            #expect(ptrs[j][w.shape[0]].isNaN, "group \(g) weight \(j): wrote past its rows")
+                        }
+                    }
+                }
+            }
+        }
+        // Mismatched inputs are rejected.
+        let a = try makeWeight(out: 4, in: 64, dtype: .q4_1, seed: 1), b = try makeWeight(out: 4, in: 96, dtype: .q4_1, seed: 2)
+        var y = [Float](repeating: 0, count: 8)
+        let x = randomValues(96, seed: 3)
+        x.withUnsafeBufferPointer { xp in
+            y.withUnsafeMutableBufferPointer { yp in
+                let p = yp.baseAddress!
+                #expect(throws: LKError.self) { try matVecShared(weights: [a, b], x: xp.baseAddress!, ys: [p, p + 4], pool: pools[0]) }
+                #expect(throws: LKError.self) { try matVecShared(weights: [a], x: xp.baseAddress!, ys: [p, p + 4], pool: pools[0]) }
+            }
+        }
     }
 
     @Test func badArgumentsThrow() throws {

@@ -5,29 +5,75 @@
 /// - f32 / f16 / bf16 weights: each row is converted to f32 eight values at a time and multiplied with
 ///   `x` by FMA into two 8-lane accumulators (values `i ≡ 0..7` and `8..15 (mod 16)`), a last group of 8
 ///   into the first one, the `in mod 8` tail in a scalar, then `hsum(acc0 + acc1) + tail`.
-/// - q8_0 / q4_0 / q4_1 weights: `x` is quantized once per call to int16 per 32-value block
-///   (`dx = max|x_b| / 32767`, round to nearest even) and each block's dot product is exact integer
-///   arithmetic in the C kernel `lk_qdot_rows` (Sources/LoRAKitKernelsC: `vpmaddwd` on x86_64, a portable
-///   loop elsewhere), scaled once: `acc += f32(Σ q·xq)·(d·dx)`; q4_1's offset is `bias += m·Σx_b`.
-///   Error: quantizing x moves each `x_i` by at most `max|x_b|/65534`, so the result differs from the
-///   exact product with the dequantized weights by at most `Σ_b max|x_b|/65534 · Σ_{i∈b} |w_i|` plus f32
-///   rounding. (Swift's SIMD types cannot express the widening multiply-add: an all-Swift float path
-///   ran at a third of the speed; see the history of this file.)
+/// - q8_0 / q4_0 / q4_1 weights: `x` is quantized once per call per 32-value block (`ActivationQuantization`):
+///   `.int8` as llama.cpp's q8_1 (`dx = max|x_b| / 127`, `q = round(x / dx)` to nearest even, and the
+///   block sum `xs = dx·Σq`), or `.int16` (the default) with `dx = max|x_b| / 16256`, `q` stored as two
+///   int8 digits `q = 128·hi + lo`. Each weight block's dot product is exact integer arithmetic in the C
+///   kernel `lk_qdot_rows` (Sources/LoRAKitKernelsC: `vpdpbusd` with AVX-VNNI or AVX512-VNNI,
+///   `vpmaddubsw` + `vpmaddwd` with AVX2, chosen at run time; a portable loop elsewhere; int16 multiplies
+///   both digits), scaled once per block: `acc += f32(Σ q_w·q_x)·(d·dx)`; the offset of q4_1 (and q4_0's
+///   −8) is `bias += m·xs`. All kernel paths give bitwise the same results (`QuantKernel`); the kernel
+///   prefetches the weights 4 KiB ahead, as decode streams the whole model from memory.
+///   Error: the product is exact for the dequantized weights and the dequantized `x̂ = dx·q` (up to f32
+///   rounding), and quantizing moves each `x_i` by at most `dx_b / 2` (`max|x_b| / 254` for int8,
+///   `max|x_b| / 32512` for int16), so the result differs from the exact product with the dequantized
+///   weights by at most `Σ_b dx_b/2 · Σ_{i∈b} |w_i|` plus f32 rounding. With int8 this is llama.cpp's
+///   error (its decode quantizes activations to q8_0/q8_1 the same way); on SmolLM2-135M it moves decode
+///   logits by ~0.6 (up to 1.4), against ~0.006 (up to 0.014) with int16. (Swift's SIMD types cannot
+///   express the widening multiply-add: an all-Swift float path ran at a third of the speed; see the
+///   history of this file.)
 ///
 /// Every `y[o]` is reduced in this fixed order whatever the number of threads or rows processed
-/// together, so results are bitwise independent of the thread count, and `matVecRows` gives bitwise the
-/// same values as `matVec` on each row. Threads take contiguous ranges of output rows.
+/// together, so results are bitwise independent of the thread count, `matVecRows` gives bitwise the
+/// same values as `matVec` on each row, and `matVecShared` the same values as one `matVec` per weight.
+/// Threads take contiguous ranges of output rows.
 
 import LoRAKitKernelsC
 
 // MARK: - Public API
 
+/// The paths of the quantized-weight kernel. `.auto` is the fastest path the CPU supports, or the one
+/// named by the environment variable `LORAKIT_QDOT` (`scalar`, `avx2`, `avxvnni`, `avx512vnni`) when
+/// that one is supported. The others force a path (for tests and benchmarks); forcing an unsupported
+/// path runs the scalar code. Every path gives bitwise the same results.
+public enum QuantKernel: Int32, CaseIterable, Sendable, CustomStringConvertible {
+    case auto = 0
+    /// Portable C (the reference the others reproduce).
+    case scalar = 1
+    /// x86_64 AVX2: `vpmaddubsw` + `vpmaddwd`.
+    case avx2 = 2
+    /// x86_64 AVX-VNNI: `vpdpbusd` (VEX).
+    case avxVNNI = 3
+    /// x86_64 AVX512-VNNI + AVX512VL: `vpdpbusd` on 256-bit registers (EVEX).
+    case avx512VNNI = 4
+
+    /// Whether this path is compiled in and the CPU supports it.
+    public var isSupported: Bool { lk_qdot_path_supported(rawValue) != 0 }
+    /// The path `.auto` stands for.
+    public static var resolvedDefault: QuantKernel { QuantKernel(rawValue: lk_qdot_default_path()) ?? .scalar }
+    public var description: String { String(cString: lk_qdot_path_name(rawValue)) }
+}
+
+/// How `x` is quantized for the integer products with quantized weights (plain weights ignore it).
+public enum ActivationQuantization: Sendable, CustomStringConvertible {
+    /// int8 per 32-value block (llama.cpp's q8_1: `|q| ≤ 127`): error up to `max|x_b|/254` per value.
+    /// The fastest.
+    case int8
+    /// 16-bit per 32-value block (`|q| ≤ 16256 = 127·128`, multiplied as two int8 digits): error up to
+    /// `max|x_b|/32512` per value, 128× smaller than `.int8`, for about 1.2–1.3× the integer work (which
+    /// matters little when the weights stream from memory).
+    case int16
+
+    public var description: String { self == .int8 ? "int8" : "int16" }
+}
+
 /// `y[o] = Σ_i weight[o][i] · x[i]` for `weight` of shape `[out, in]` (any dtype), `x` of `in` floats and
 /// `y` of `out` floats. Plain-dtype weights may be row-strided views (`strides[1] == 1`).
 public func matVec(weight: Tensor, x: UnsafePointer<Float>, y: UnsafeMutablePointer<Float>,
-                   pool: ThreadPool) throws(LKError) {
+                   pool: ThreadPool, activations: ActivationQuantization = .int16,
+                   kernel: QuantKernel = .auto) throws(LKError) {
     try matVecRows(weight: weight, x: x, rows: 1, ldx: weight.shape.last ?? 0, y: y,
-                   ldy: weight.shape.first ?? 0, pool: pool)
+                   ldy: weight.shape.first ?? 0, pool: pool, activations: activations, kernel: kernel)
 }
 
 /// `y[r·ldy + o] = Σ_i weight[o][i] · x[r·ldx + i]` for `rows` activation rows (meant for 2–8, e.g. a few
@@ -35,44 +81,123 @@ public func matVec(weight: Tensor, x: UnsafePointer<Float>, y: UnsafeMutablePoin
 /// (larger `rows` are processed 8 at a time); quantized weights are read once per row by the integer
 /// kernel (its rows are few). Row `r` of the result is bitwise equal to `matVec` on row `r` of `x`.
 public func matVecRows(weight: Tensor, x: UnsafePointer<Float>, rows: Int, ldx: Int,
-                       y: UnsafeMutablePointer<Float>, ldy: Int, pool: ThreadPool) throws(LKError) {
+                       y: UnsafeMutablePointer<Float>, ldy: Int, pool: ThreadPool,
+                       activations: ActivationQuantization = .int16, kernel: QuantKernel = .auto) throws(LKError) {
+    guard rows >= 0 else { throw .invalidArgument("matVec: negative row count \(rows)") }
+    let seg = try segment(weight, start: 0, y: y, what: "matVec")
+    if rows > 1 {
+        guard ldx >= seg.inner else { throw .invalidArgument("matVec: ldx \(ldx) < in \(seg.inner)") }
+        guard ldy >= seg.out else { throw .invalidArgument("matVec: ldy \(ldy) < out \(seg.out)") }
+    }
+    if rows == 0 || seg.out == 0 { return }
+    withUnsafeTemporaryAllocation(of: Segment.self, capacity: 1) { buf in
+        buf.baseAddress!.initialize(to: seg)
+        let segs = UnsafeBufferPointer(buf)
+        var r0 = 0
+        while r0 < rows {
+            let nr = min(8, rows - r0)
+            run(segs, dtype: seg.dtype, inner: seg.inner, x: x + r0 * ldx, ldx: ldx, nr: nr, yOffset: r0 * ldy,
+                ldy: ldy, pool: pool, activations: activations, kernel: kernel)
+            r0 += nr
+        }
+    }
+}
+
+/// `ys[j][o] = Σ_i weights[j][o][i] · x[i]` for several weights that read the same `x` (e.g. the q, k and
+/// v projections of one token): one hand-out to the thread pool for all of them (threads take
+/// contiguous ranges of the concatenated output rows) and, for quantized weights, `x` quantized once.
+/// Each `ys[j]` is bitwise equal to `matVec(weight: weights[j], ...)`. The weights need the same `in`;
+/// if they mix plain and quantized dtypes, or different plain dtypes, they are computed one by one.
+public func matVecShared(weights: [Tensor], x: UnsafePointer<Float>, ys: [UnsafeMutablePointer<Float>],
+                         pool: ThreadPool, activations: ActivationQuantization = .int16,
+                         kernel: QuantKernel = .auto) throws(LKError) {
+    guard weights.count == ys.count else {
+        throw .invalidArgument("matVecShared: \(weights.count) weights but \(ys.count) outputs")
+    }
+    guard let first = weights.first else { return }
+    var segs: [Segment] = []
+    segs.reserveCapacity(weights.count)
+    var start = 0
+    for (j, w) in weights.enumerated() {
+        let s = try segment(w, start: start, y: ys[j], what: "matVecShared: weight \(j)")
+        guard s.inner == segs.first?.inner ?? s.inner else {
+            throw .shapeMismatch("matVecShared: weight \(j) has \(s.inner) inputs, weight 0 has \(segs[0].inner)")
+        }
+        segs.append(s)
+        start += s.out
+    }
+    let quantized = first.dtype.isQuantized
+    if !segs.allSatisfy({ $0.dtype.isQuantized == quantized && (quantized || $0.dtype == first.dtype) }) {
+        for (j, w) in weights.enumerated() {
+            try matVec(weight: w, x: x, y: ys[j], pool: pool, activations: activations, kernel: kernel)
+        }
+        return
+    }
+    if start == 0 { return }
+    segs.withUnsafeBufferPointer { b in
+        run(b, dtype: first.dtype, inner: segs[0].inner, x: x, ldx: segs[0].inner, nr: 1, yOffset: 0, ldy: 0,
+            pool: pool, activations: activations, kernel: kernel)
+    }
+}
+
+// MARK: - Segments
+
+/// One weight's rows within the concatenated output rows of a call: rows `start ..< start + out`.
+private struct Segment {
+    var w: UnsafeRawPointer
+    var rowStride: Int      // bytes between weight rows
+    var out: Int
+    var inner: Int
+    var start: Int
+    var y: UnsafeMutablePointer<Float>
+    var dtype: DType
+}
+
+/// Validate a weight for the mat-vec kernels.
+private func segment(_ weight: Tensor, start: Int, y: UnsafeMutablePointer<Float>,
+                     what: String) throws(LKError) -> Segment {
     guard weight.rank == 2 else {
-        throw .shapeMismatch("matVec: weight must have shape [out, in], got \(weight.shape)")
+        throw .shapeMismatch("\(what): weight must have shape [out, in], got \(weight.shape)")
     }
     let out = weight.shape[0], inner = weight.shape[1]
     let dtype = weight.dtype
-    guard rows >= 0 else { throw .invalidArgument("matVec: negative row count \(rows)") }
     guard inner % dtype.blockSize == 0 else {
-        throw .shapeMismatch("matVec: weight row length \(inner) is not a multiple of the \(dtype) block size \(dtype.blockSize)")
+        throw .shapeMismatch("\(what): weight row length \(inner) is not a multiple of the \(dtype) block size \(dtype.blockSize)")
     }
-    if rows > 1 {
-        guard ldx >= inner else { throw .invalidArgument("matVec: ldx \(ldx) < in \(inner)") }
-        guard ldy >= out else { throw .invalidArgument("matVec: ldy \(ldy) < out \(out)") }
-    }
-    let rowStride: Int   // bytes between weight rows
+    let rowStride: Int
     if dtype.isQuantized {
         rowStride = try dtype.rowBytes(inner)
     } else {
         guard inner <= 1 || weight.strides[1] == 1 else {
-            throw .unsupported("matVec: weight rows must be contiguous (strides \(weight.strides))")
+            throw .unsupported("\(what): weight rows must be contiguous (strides \(weight.strides))")
         }
         rowStride = weight.strides[0] * dtype.blockBytes
     }
-    if rows == 0 || out == 0 { return }
-    let w = UnsafeRawPointer(weight.rawPointer)
-    var r0 = 0
-    while r0 < rows {
-        let nr = min(8, rows - r0)
-        let xr = x + r0 * ldx, yr = y + r0 * ldy
-        switch dtype {
-        case .f32: mvFloat(F32Row.self, w, rowStride, out, inner, xr, ldx, nr, yr, ldy, pool)
-        case .f16: mvFloat(F16Row.self, w, rowStride, out, inner, xr, ldx, nr, yr, ldy, pool)
-        case .bf16: mvFloat(BF16Row.self, w, rowStride, out, inner, xr, ldx, nr, yr, ldy, pool)
-        case .q8_0: mvQuant(0, w, rowStride, out, inner, xr, ldx, nr, yr, ldy, pool)
-        case .q4_0: mvQuant(1, w, rowStride, out, inner, xr, ldx, nr, yr, ldy, pool)
-        case .q4_1: mvQuant(2, w, rowStride, out, inner, xr, ldx, nr, yr, ldy, pool)
-        }
-        r0 += nr
+    return Segment(w: UnsafeRawPointer(weight.rawPointer), rowStride: rowStride, out: out, inner: inner,
+                   start: start, y: y, dtype: dtype)
+}
+
+/// `body(segment, rows)` for the part of `range` (of the concatenated rows) in each segment, with
+/// `rows` relative to the segment.
+@inline(__always)
+private func forEachPiece(_ segs: UnsafeBufferPointer<Segment>, _ range: Range<Int>,
+                          _ body: (Segment, Range<Int>) -> Void) {
+    for s in segs {
+        let lo = max(range.lowerBound, s.start), hi = min(range.upperBound, s.start + s.out)
+        if lo < hi { body(s, (lo - s.start)..<(hi - s.start)) }
+    }
+}
+
+/// `nr` ≤ 8 x rows (`ldx` apart) against all segments (one dtype family: all quantized, or all the same
+/// plain dtype); results of x row r go to `segment.y + yOffset + r·ldy`.
+private func run(_ segs: UnsafeBufferPointer<Segment>, dtype: DType, inner: Int, x: UnsafePointer<Float>,
+                 ldx: Int, nr: Int, yOffset: Int, ldy: Int, pool: ThreadPool, activations: ActivationQuantization,
+                 kernel: QuantKernel) {
+    switch dtype {
+    case .f32: mvFloat(F32Row.self, segs, inner, x, ldx, nr, yOffset, ldy, pool)
+    case .f16: mvFloat(F16Row.self, segs, inner, x, ldx, nr, yOffset, ldy, pool)
+    case .bf16: mvFloat(BF16Row.self, segs, inner, x, ldx, nr, yOffset, ldy, pool)
+    case .q8_0, .q4_0, .q4_1: mvQuant(segs, inner, x, ldx, nr, yOffset, ldy, pool, kernel, activations)
     }
 }
 
@@ -82,6 +207,17 @@ public func matVecRows(weight: Tensor, x: UnsafePointer<Float>, rows: Int, ldx: 
 @inline(__always)
 private func mvTasks(_ weightBytes: Int, _ out: Int, _ pool: ThreadPool) -> Int {
     max(1, min(pool.activeCount, weightBytes / 65536, (out + 3) / 4))
+}
+
+/// Total output rows and weight bytes of the segments.
+@inline(__always)
+private func totals(_ segs: UnsafeBufferPointer<Segment>) -> (rows: Int, bytes: Int) {
+    var rows = 0, bytes = 0
+    for s in segs {
+        rows += s.out
+        bytes += s.out * s.rowStride
+    }
+    return (rows, bytes)
 }
 
 // MARK: - Shared helpers
@@ -235,28 +371,32 @@ private func dotRowMulti<R: FloatRow>(_: R.Type, _ w: UnsafeRawPointer, _ n: Int
     }
 }
 
-private func mvFloat<R: FloatRow>(_ kind: R.Type, _ w: UnsafeRawPointer, _ rs: Int, _ out: Int, _ n: Int,
-                                  _ x: UnsafePointer<Float>, _ ldx: Int, _ nr: Int,
-                                  _ y: UnsafeMutablePointer<Float>, _ ldy: Int, _ pool: ThreadPool) {
-    let tasks = mvTasks(out * n * R.elementBytes * nr, out, pool)
+private func mvFloat<R: FloatRow>(_ kind: R.Type, _ segs: UnsafeBufferPointer<Segment>, _ n: Int,
+                                  _ x: UnsafePointer<Float>, _ ldx: Int, _ nr: Int, _ yOffset: Int, _ ldy: Int,
+                                  _ pool: ThreadPool) {
+    let total = totals(segs).rows
+    let tasks = mvTasks(total * n * R.elementBytes * nr, total, pool)
     pool.run(maxTasks: tasks) { idx, cnt in
-        let range = partition(out, index: idx, count: cnt, align: 4)
+        let range = partition(total, index: idx, count: cnt, align: 4)
         if range.isEmpty { return }
-        if nr == 1 {
-            var o = range.lowerBound
-            while o + 4 <= range.upperBound {
-                dotRows4(kind, w + o * rs, rs, n, x, y + o)
-                o += 4
-            }
-            while o < range.upperBound {
-                y[o] = dotRow(kind, w + o * rs, n, x)
-                o += 1
-            }
-        } else {
-            withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: 16) { buf in
-                let acc = buf.baseAddress!
-                for o in range {
-                    dotRowMulti(kind, w + o * rs, n, x, ldx, nr, y + o, ldy, acc)
+        forEachPiece(segs, range) { s, rows in
+            let w = s.w, rs = s.rowStride, y = s.y + yOffset
+            if nr == 1 {
+                var o = rows.lowerBound
+                while o + 4 <= rows.upperBound {
+                    dotRows4(kind, w + o * rs, rs, n, x, y + o)
+                    o += 4
+                }
+                while o < rows.upperBound {
+                    y[o] = dotRow(kind, w + o * rs, n, x)
+                    o += 1
+                }
+            } else {
+                withUnsafeTemporaryAllocation(of: SIMD8<Float>.self, capacity: 16) { buf in
+                    let acc = buf.baseAddress!
+                    for o in rows {
+                        dotRowMulti(kind, w + o * rs, n, x, ldx, nr, y + o, ldy, acc)
+                    }
                 }
             }
         }
@@ -265,26 +405,43 @@ private func mvFloat<R: FloatRow>(_ kind: R.Type, _ w: UnsafeRawPointer, _ rs: I
 
 // MARK: - Quantized weights
 
-private func mvQuant(_ type: Int32, _ w: UnsafeRawPointer, _ rs: Int, _ out: Int, _ n: Int,
-                                    _ x: UnsafePointer<Float>, _ ldx: Int, _ nr: Int,
-                                    _ y: UnsafeMutablePointer<Float>, _ ldy: Int, _ pool: ThreadPool) {
-    // Integer path (C kernel, vpmaddwd): x is quantized once per call to int16 blocks; each weight
-    // block is multiplied in integers and scaled once. Rows are split between threads; each x row is
-    // processed by the same per-row arithmetic, so matVecRows equals matVec row by row.
-    let nb = n / 32
-    withUnsafeTemporaryAllocation(of: Int16.self, capacity: max(1, nr * nb * 32)) { xqBuf in
-        withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, 2 * nr * nb)) { sBuf in
-            let xq = xqBuf.baseAddress!, dx = sBuf.baseAddress!, xs = sBuf.baseAddress! + nr * nb
+/// The C kernel's weight type code.
+@inline(__always)
+private func qdotType(_ d: DType) -> Int32 {
+    switch d {
+    case .q8_0: return 0
+    case .q4_0: return 1
+    default: return 2
+    }
+}
+
+private func mvQuant(_ segs: UnsafeBufferPointer<Segment>, _ n: Int, _ x: UnsafePointer<Float>, _ ldx: Int,
+                     _ nr: Int, _ yOffset: Int, _ ldy: Int, _ pool: ThreadPool, _ kernel: QuantKernel,
+                     _ activations: ActivationQuantization) {
+    // Integer path (C kernel): each x row is quantized once per call (block pairs of 64 int8 digits, or
+    // 128 for int16 as two digits, and 4 floats; see lk_qdot.h); each weight block is multiplied in
+    // integers and scaled once. Rows are split between threads; every row gets the same arithmetic, so
+    // results do not depend on the split.
+    let nb = n / 32, np = (nb + 1) / 2
+    let wide: Int32 = activations == .int16 ? 1 : 0
+    let xqStride = wide == 1 ? 128 : 64
+    let (total, bytes) = totals(segs)
+    let path = kernel.rawValue
+    withUnsafeTemporaryAllocation(of: Int8.self, capacity: max(1, nr * np * xqStride)) { xqBuf in
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, nr * np * 4)) { xfBuf in
+            let xq = xqBuf.baseAddress!, xf = xfBuf.baseAddress!
             for r in 0..<nr {
-                lk_quantize_x16(x + r * ldx, Int64(nb), xq + r * nb * 32, dx + r * nb, xs + r * nb)
+                lk_quantize_x8(path, wide, x + r * ldx, Int64(nb), xq + r * np * xqStride, xf + r * np * 4)
             }
-            let tasks = mvTasks(out * rs * nr, out, pool)
-            pool.run(maxTasks: tasks) { idx, cnt in
-                let range = partition(out, index: idx, count: cnt, align: 4)
+            pool.run(maxTasks: mvTasks(bytes * nr, total, pool)) { idx, cnt in
+                let range = partition(total, index: idx, count: cnt, align: 4)
                 if range.isEmpty { return }
-                for r in 0..<nr {
-                    lk_qdot_rows(type, w + range.lowerBound * rs, rs, Int64(range.count), Int64(nb),
-                                 xq + r * nb * 32, dx + r * nb, xs + r * nb, y + r * ldy + range.lowerBound)
+                forEachPiece(segs, range) { s, rows in
+                    let w = s.w + rows.lowerBound * s.rowStride, type = qdotType(s.dtype)
+                    for r in 0..<nr {
+                        lk_qdot_rows(path, wide, type, w, s.rowStride, Int64(rows.count), Int64(nb),
+                                     xq + r * np * xqStride, xf + r * np * 4, s.y + yOffset + r * ldy + rows.lowerBound)
+                    }
                 }
             }
         }

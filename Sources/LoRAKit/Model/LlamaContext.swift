@@ -20,6 +20,18 @@ public final class LlamaContext: @unchecked Sendable {
     public let batchCapacity: Int
     /// Positions currently in the KV cache.
     public private(set) var position = 0
+    /// How the linear layers quantize their input when they meet quantized weights in decode (one token)
+    /// and small batches (below `Linear.smallRowLimit` rows; larger batches compute in f32). `.int16`
+    /// keeps SmolLM2-135M's decode logits within 0.015 of f32 math (greedy output identical to
+    /// transformers); `.int8`, llama.cpp's scheme, is faster but moves them by ~0.6 (up to 1.4), enough to
+    /// change greedy continuations at top-2 margins below ~1. The output head always uses `.int16`.
+    /// The initial value is `.int16`, or `.int8` if the environment variable LORAKIT_ACTIVATIONS is `int8`.
+    public var activations: ActivationQuantization = LlamaContext.defaultActivations
+
+    static let defaultActivations: ActivationQuantization = {
+        guard let v = getenv("LORAKIT_ACTIVATIONS") else { return .int16 }
+        return String(cString: v) == "int8" ? .int8 : .int16
+    }()
     /// Adapters applied to every linear layer of this context.
     public var adapters: AdapterStack {
         didSet {
@@ -154,7 +166,7 @@ public final class LlamaContext: @unchecked Sendable {
                     try finalNorm(rows: t)
                     try out.withUnsafeMutableBufferPointer { (o: inout UnsafeMutableBufferPointer<Float>) throws(LKError) in
                         try Linear.forward(x: UnsafePointer(f(xn) + (t - 1) * c.dim), rows: 1, weight: model.output,
-                                           y: o.baseAddress!, pool: pool)
+                                           y: o.baseAddress!, pool: pool, activations: .int16)
                     }
                 case .last: break
                 case .all:
@@ -163,7 +175,7 @@ public final class LlamaContext: @unchecked Sendable {
                     out.append(contentsOf: repeatElement(0, count: t * c.vocabSize))
                     try out.withUnsafeMutableBufferPointer { (o: inout UnsafeMutableBufferPointer<Float>) throws(LKError) in
                         try Linear.forward(x: UnsafePointer(f(xn)), rows: t, weight: model.output,
-                                           y: o.baseAddress! + base, pool: pool)
+                                           y: o.baseAddress! + base, pool: pool, activations: .int16)
                     }
                 }
             }
@@ -194,7 +206,25 @@ public final class LlamaContext: @unchecked Sendable {
     /// y = x · Wᵀ plus every attached adapter's term for (layer, module).
     private func project(_ layer: Int, _ m: LinearModule, x: UnsafePointer<Float>, rows: Int,
                          y: UnsafeMutablePointer<Float>) throws(LKError) {
-        try Linear.forward(x: x, rows: rows, weight: model.layers[layer].weight(m), y: y, pool: pool)
+        try Linear.forward(x: x, rows: rows, weight: model.layers[layer].weight(m), y: y, pool: pool,
+                           activations: activations)
+        try applyAdapters(layer, m, x: x, rows: rows, y: y)
+    }
+
+    /// `project` for several modules that read the same x (q/k/v, gate/up): the base products in one
+    /// call (for one token: one hand-out to the thread pool, x quantized once), then each module's
+    /// adapters in the order of `ms`. Same results as one `project` per module.
+    private func projectShared(_ layer: Int, _ ms: [LinearModule], x: UnsafePointer<Float>, rows: Int,
+                               ys: [UnsafeMutablePointer<Float>]) throws(LKError) {
+        let L = model.layers[layer]
+        try Linear.forwardShared(x: x, rows: rows, weights: ms.map { L.weight($0) }, ys: ys, pool: pool,
+                                 activations: activations)
+        for (m, y) in zip(ms, ys) { try applyAdapters(layer, m, x: x, rows: rows, y: y) }
+    }
+
+    /// y += every attached adapter's term for (layer, module).
+    private func applyAdapters(_ layer: Int, _ m: LinearModule, x: UnsafePointer<Float>, rows: Int,
+                               y: UnsafeMutablePointer<Float>) throws(LKError) {
         let list = adapters.at(layer, m)
         if list.isEmpty { return }
         let need = adapterWorkspaceFloats
@@ -221,10 +251,8 @@ public final class LlamaContext: @unchecked Sendable {
                 // Attention.
                 try Ops.rmsNormForward(x: xp, weight: L.attnNorm.f32, out: xnp, rstd: nil, rows: t, dim: c.dim,
                                        eps: c.normEps, pool: pool)
-                try project(l, .q, x: xnp, rows: t, y: qp)
                 let kRows = kc + p0 * c.kvDim, vRows = vc + p0 * c.kvDim
-                try project(l, .k, x: xnp, rows: t, y: kRows)
-                try project(l, .v, x: xnp, rows: t, y: vRows)
+                try projectShared(l, [.q, .k, .v], x: xnp, rows: t, ys: [qp, kRows, vRows])
                 try Ops.ropeForward(x: qp, out: qp, rows: t, heads: c.nHeads, headDim: c.headDim, nRot: c.ropeDims,
                                     base: c.ropeBase, positions: pos.baseAddress!, layout: layout, pool: pool)
                 try Ops.ropeForward(x: kRows, out: kRows, rows: t, heads: c.nKVHeads, headDim: c.headDim,
@@ -238,8 +266,7 @@ public final class LlamaContext: @unchecked Sendable {
                 // MLP.
                 try Ops.rmsNormForward(x: xp, weight: L.ffnNorm.f32, out: xnp, rstd: nil, rows: t, dim: c.dim,
                                        eps: c.normEps, pool: pool)
-                try project(l, .gate, x: xnp, rows: t, y: gp)
-                try project(l, .up, x: xnp, rows: t, y: up)
+                try projectShared(l, [.gate, .up], x: xnp, rows: t, ys: [gp, up])
                 try Ops.swigluForward(gate: gp, up: up, out: gp, count: t * c.hiddenDim, pool: pool)
                 try project(l, .down, x: gp, rows: t, y: tp)
                 try Ops.addInPlace(xp, tp, count: t * c.dim, pool: pool)

@@ -1,14 +1,32 @@
 /*
- * lk_qdot.h — integer dot products of ggml-quantized weight rows with int16-quantized activations.
+ * lk_qdot.h — integer dot products of ggml-quantized weight rows with quantized activations.
  *
  * Internal to LoRAKit (not part of the public C API). These few kernels are written in C with
- * intrinsics because they need the widening integer multiply-add instructions (vpmaddwd) that Swift's
- * SIMD types cannot express: with them the decode mat-vec reads weights at memory speed.
+ * intrinsics because they need widening integer multiply-adds (u8×s8 → s32: vpdpbusd with AVX-VNNI or
+ * AVX512-VNNI, vpmaddubsw + vpmaddwd with plain AVX2) that Swift's SIMD types cannot express.
  *
- * Activations: x is cut into 32-value blocks; block b is stored as int16 xq[32b .. 32b+31] with
- * x ≈ dx[b]·xq (dx[b] = max|x_b| / 32767, round to nearest even) and xs[b] = Σ x over the block (in f32,
- * used by the offset term of q4_0/q4_1). Every row's result is reduced block by block in a fixed order,
- * so results do not depend on how rows are split between threads.
+ * Activations: x is cut into 32-value blocks; block b is stored as integers q with x ≈ dx[b]·q,
+ * dx[b] = max|x_b| / L, q = round-to-nearest-even(x / dx[b]) (so |q| ≤ L), and xs[b] = dx[b]·Σq (the block
+ * sum of the quantized x, used by the offset term of q4_0 and q4_1). Two widths:
+ *   int8 (wide = 0): L = 127, q stored as one int8 (llama.cpp's q8_1);
+ *   wide (wide = 1): L = 16256 = 127·128, q stored as two int8 digits q = 128·hi + lo, hi in −127..127,
+ *                    lo in 0..127; the kernels multiply both digits (twice the integer work) and combine.
+ * A block holding a NaN or an infinity gets dx = xs = NaN (and q = 0), so the outputs become NaN.
+ * Blocks are stored in pairs (b = 2p, 2p+1), in the order the kernels read them; per pair:
+ *   xq[S·p ..< S·p+64]       = hi of x_b[0..15], x_b+1[0..15], x_b[16..31], x_b+1[16..31]   (int8)
+ *   xq[S·p+64 ..< S·p+128]   = lo in the same order (wide only)
+ *   xf[4p ..< 4p+4]          = dx[b], xs[b], dx[b+1], xs[b+1]                                (f32)
+ * with S = 64 (int8) or 128 (wide). An odd last block is paired with a zero block (q = 0, dx = xs = 0).
+ *
+ * Result of one weight row (d, m: the weight block's f16 scale and offset; for q4_0 m = −8d, for q8_0
+ * m = 0): per pair, 8 int32 lanes I (lanes 0–3: partial sums of block b, 4–7: of block b+1, each lane
+ * Σ w·q over 4 + 4 fixed positions, exact: |I| ≤ 8·128·16256 < 2²⁴), acc[j] = fma(f32(I[j]), d·dx, acc[j])
+ * with the block's d·dx, and bias[k] += (d, m)·(dx, xs) in 4 lanes; finally
+ *   y = ((acc0+acc4) + (acc2+acc6)) + ((acc1+acc5) + (acc3+acc7)) + (bias1 + bias3)
+ * (q4_0: + −8·(bias1 + bias3) with m replaced by d; q8_0: no bias). Every path (scalar, AVX2, AVX-VNNI,
+ * AVX512-VNNI) computes exactly these operations — the integer sums are exact (no saturation in
+ * vpmaddubsw: each pair of products is at most 2·128·127 < 2¹⁵) — so all paths give bitwise the same y,
+ * and a row's result does not depend on which rows are processed with it (so not on the thread count).
  */
 #ifndef LK_QDOT_H
 #define LK_QDOT_H
@@ -19,13 +37,35 @@
 extern "C" {
 #endif
 
-/* Quantize n_blocks·32 floats to int16 blocks as described above. */
-void lk_quantize_x16(const float *x, int64_t n_blocks, int16_t *xq, float *dx, float *xs);
+/* Kernel paths. LK_QDOT_AUTO is the default path: the fastest one this CPU supports, unless the
+ * environment variable LORAKIT_QDOT (scalar | avx2 | avxvnni | avx512vnni) names another supported path. */
+enum {
+    LK_QDOT_AUTO = 0,
+    LK_QDOT_SCALAR = 1,      /* portable C, every architecture */
+    LK_QDOT_AVX2 = 2,        /* vpmaddubsw + vpmaddwd (x86_64 with AVX2, FMA, F16C) */
+    LK_QDOT_AVXVNNI = 3,     /* vpdpbusd, VEX encoding (Alder Lake, Sapphire Rapids, Zen 5) */
+    LK_QDOT_AVX512VNNI = 4,  /* vpdpbusd on 256-bit registers, EVEX (Ice Lake, Cascade Lake, Zen 4) */
+};
 
-/* y[r] = Σ_b (dot of weight row r's block b with xq block b), for n_rows rows of n_blocks blocks each,
- * consecutive rows row_stride bytes apart. type: 0 = q8_0, 1 = q4_0, 2 = q4_1. */
-void lk_qdot_rows(int32_t type, const void *w, size_t row_stride, int64_t n_rows, int64_t n_blocks,
-                  const int16_t *xq, const float *dx, const float *xs, float *y);
+/* 1 if `path` is compiled in and this CPU (and OS) supports it; LK_QDOT_AUTO is always supported. */
+int32_t lk_qdot_path_supported(int32_t path);
+
+/* The path LK_QDOT_AUTO stands for (never LK_QDOT_AUTO itself). */
+int32_t lk_qdot_default_path(void);
+
+/* Short name of a path ("scalar", "avx2", "avxvnni", "avx512vnni", "auto"), or "unknown". */
+const char *lk_qdot_path_name(int32_t path);
+
+/* Quantize n_blocks·32 floats as described above. xq: (wide ? 128 : 64)·⌈n_blocks/2⌉ bytes;
+ * xf: 4·⌈n_blocks/2⌉ floats. The result does not depend on `path` (an unsupported path runs the scalar
+ * code). */
+void lk_quantize_x8(int32_t path, int32_t wide, const float *x, int64_t n_blocks, int8_t *xq, float *xf);
+
+/* y[r] = the dot product of weight row r with the quantized x (of the same `wide`), for n_rows rows of
+ * n_blocks blocks each, consecutive rows row_stride bytes apart. type: 0 = q8_0, 1 = q4_0, 2 = q4_1. An
+ * unsupported path runs the scalar code (same results). */
+void lk_qdot_rows(int32_t path, int32_t wide, int32_t type, const void *w, size_t row_stride, int64_t n_rows,
+                  int64_t n_blocks, const int8_t *xq, const float *xf, float *y);
 
 #ifdef __cplusplus
 }
