@@ -473,22 +473,26 @@ extension GEMM {
 
     static let vecBytes = MemoryLayout<Vec>.size
 
-    /// `row[0..<NR] = alpha·(v0, v1) + beta·row` (beta 0: overwrite without reading).
+    /// `row[0..<NR] = alpha·(v0, v1) + beta·row` (beta 0: overwrite without reading); without `both`,
+    /// only the first vector `row[0..<Vec.scalarCount]`.
     @inline(__always)
-    static func storeRow(_ row: UnsafeMutablePointer<Float>, _ v0: Vec, _ v1: Vec, _ alpha: Float, _ beta: Float) {
+    static func storeRow(_ row: UnsafeMutablePointer<Float>, _ v0: Vec, _ v1: Vec, _ alpha: Float, _ beta: Float,
+                         both: Bool = true) {
         let p = UnsafeMutableRawPointer(row)
         let al = Vec(repeating: alpha)
         if beta == 0 {
             p.storeBytes(of: v0 * al, as: Vec.self)
-            (p + vecBytes).storeBytes(of: v1 * al, as: Vec.self)
+            if both { (p + vecBytes).storeBytes(of: v1 * al, as: Vec.self) }
         } else {
             let be = Vec(repeating: beta)
             var o0 = p.loadUnaligned(as: Vec.self) * be
-            var o1 = (p + vecBytes).loadUnaligned(as: Vec.self) * be
             o0.addProduct(v0, al)
-            o1.addProduct(v1, al)
             p.storeBytes(of: o0, as: Vec.self)
-            (p + vecBytes).storeBytes(of: o1, as: Vec.self)
+            if both {
+                var o1 = (p + vecBytes).loadUnaligned(as: Vec.self) * be
+                o1.addProduct(v1, al)
+                (p + vecBytes).storeBytes(of: o1, as: Vec.self)
+            }
         }
     }
 
@@ -569,14 +573,165 @@ extension GEMM {
     }
     #endif
 
-    /// Partial tile: compute the full MR × NR tile into `t` (MR·NR floats, the caller's scratch) with
-    /// the same arithmetic as `kernelFull` (so results do not depend on where tile edges fall) and write
-    /// the `mr × nr` part.
+    #if LORAKIT_AVX512
+    /// The register tile of `kernelFull` restricted to its first `R.rows` (< 12) rows and, without
+    /// `both`, to its first vector of columns: the same FMA chain per element, so the same values, for
+    /// fewer operations. A generic so that each row count gets its own copy with the unused rows removed.
+    /// Writes full rows of NR (or one vector of) columns: `C = alpha·acc + beta·C` (beta 0: overwrite).
+    @inline(__always)
+    static func kernelRows<R: TileRows>(_: R.Type, _ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                                        _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ alpha: Float, _ beta: Float,
+                                        both: Bool) {
+        let rows = R.rows
+        var c0_0 = Vec(), c0_1 = Vec()
+        var c1_0 = Vec(), c1_1 = Vec()
+        var c2_0 = Vec(), c2_1 = Vec()
+        var c3_0 = Vec(), c3_1 = Vec()
+        var c4_0 = Vec(), c4_1 = Vec()
+        var c5_0 = Vec(), c5_1 = Vec()
+        var c6_0 = Vec(), c6_1 = Vec()
+        var c7_0 = Vec(), c7_1 = Vec()
+        var c8_0 = Vec(), c8_1 = Vec()
+        var c9_0 = Vec(), c9_1 = Vec()
+        var c10_0 = Vec(), c10_1 = Vec()
+        var ap = a
+        var bp = UnsafeRawPointer(b)
+        for _ in 0..<kc {
+            let b0 = bp.load(as: Vec.self)
+            let b1 = both ? bp.load(fromByteOffset: vecBytes, as: Vec.self) : Vec()
+            if rows > 0 { let a0 = Vec(repeating: ap[0]); c0_0.addProduct(a0, b0); if both { c0_1.addProduct(a0, b1) } }
+            if rows > 1 { let a1 = Vec(repeating: ap[1]); c1_0.addProduct(a1, b0); if both { c1_1.addProduct(a1, b1) } }
+            if rows > 2 { let a2 = Vec(repeating: ap[2]); c2_0.addProduct(a2, b0); if both { c2_1.addProduct(a2, b1) } }
+            if rows > 3 { let a3 = Vec(repeating: ap[3]); c3_0.addProduct(a3, b0); if both { c3_1.addProduct(a3, b1) } }
+            if rows > 4 { let a4 = Vec(repeating: ap[4]); c4_0.addProduct(a4, b0); if both { c4_1.addProduct(a4, b1) } }
+            if rows > 5 { let a5 = Vec(repeating: ap[5]); c5_0.addProduct(a5, b0); if both { c5_1.addProduct(a5, b1) } }
+            if rows > 6 { let a6 = Vec(repeating: ap[6]); c6_0.addProduct(a6, b0); if both { c6_1.addProduct(a6, b1) } }
+            if rows > 7 { let a7 = Vec(repeating: ap[7]); c7_0.addProduct(a7, b0); if both { c7_1.addProduct(a7, b1) } }
+            if rows > 8 { let a8 = Vec(repeating: ap[8]); c8_0.addProduct(a8, b0); if both { c8_1.addProduct(a8, b1) } }
+            if rows > 9 { let a9 = Vec(repeating: ap[9]); c9_0.addProduct(a9, b0); if both { c9_1.addProduct(a9, b1) } }
+            if rows > 10 { let a10 = Vec(repeating: ap[10]); c10_0.addProduct(a10, b0); if both { c10_1.addProduct(a10, b1) } }
+            ap += 12
+            bp += 2 * vecBytes
+        }
+        if rows > 0 { storeRow(c + 0 * ldc, c0_0, c0_1, alpha, beta, both: both) }
+        if rows > 1 { storeRow(c + 1 * ldc, c1_0, c1_1, alpha, beta, both: both) }
+        if rows > 2 { storeRow(c + 2 * ldc, c2_0, c2_1, alpha, beta, both: both) }
+        if rows > 3 { storeRow(c + 3 * ldc, c3_0, c3_1, alpha, beta, both: both) }
+        if rows > 4 { storeRow(c + 4 * ldc, c4_0, c4_1, alpha, beta, both: both) }
+        if rows > 5 { storeRow(c + 5 * ldc, c5_0, c5_1, alpha, beta, both: both) }
+        if rows > 6 { storeRow(c + 6 * ldc, c6_0, c6_1, alpha, beta, both: both) }
+        if rows > 7 { storeRow(c + 7 * ldc, c7_0, c7_1, alpha, beta, both: both) }
+        if rows > 8 { storeRow(c + 8 * ldc, c8_0, c8_1, alpha, beta, both: both) }
+        if rows > 9 { storeRow(c + 9 * ldc, c9_0, c9_1, alpha, beta, both: both) }
+        if rows > 10 { storeRow(c + 10 * ldc, c10_0, c10_1, alpha, beta, both: both) }
+    }
+
+    /// `kernelRows` for a run-time `rows` in 1..<MR: one specialised copy per row count.
+    @inline(never)
+    static func kernelPartial(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                              _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ alpha: Float, _ beta: Float,
+                              rows: Int, both: Bool) {
+        switch (rows, both) {
+        case (1, true): kernelRows(Rows1.self, kc, a, b, c, ldc, alpha, beta, both: true)
+        case (1, false): kernelRows(Rows1.self, kc, a, b, c, ldc, alpha, beta, both: false)
+        case (2, true): kernelRows(Rows2.self, kc, a, b, c, ldc, alpha, beta, both: true)
+        case (2, false): kernelRows(Rows2.self, kc, a, b, c, ldc, alpha, beta, both: false)
+        case (3, true): kernelRows(Rows3.self, kc, a, b, c, ldc, alpha, beta, both: true)
+        case (3, false): kernelRows(Rows3.self, kc, a, b, c, ldc, alpha, beta, both: false)
+        case (4, true): kernelRows(Rows4.self, kc, a, b, c, ldc, alpha, beta, both: true)
+        case (4, false): kernelRows(Rows4.self, kc, a, b, c, ldc, alpha, beta, both: false)
+        case (5, true): kernelRows(Rows5.self, kc, a, b, c, ldc, alpha, beta, both: true)
+        case (5, false): kernelRows(Rows5.self, kc, a, b, c, ldc, alpha, beta, both: false)
+        case (6, true): kernelRows(Rows6.self, kc, a, b, c, ldc, alpha, beta, both: true)
+        case (6, false): kernelRows(Rows6.self, kc, a, b, c, ldc, alpha, beta, both: false)
+        case (7, true): kernelRows(Rows7.self, kc, a, b, c, ldc, alpha, beta, both: true)
+        case (7, false): kernelRows(Rows7.self, kc, a, b, c, ldc, alpha, beta, both: false)
+        case (8, true): kernelRows(Rows8.self, kc, a, b, c, ldc, alpha, beta, both: true)
+        case (8, false): kernelRows(Rows8.self, kc, a, b, c, ldc, alpha, beta, both: false)
+        case (9, true): kernelRows(Rows9.self, kc, a, b, c, ldc, alpha, beta, both: true)
+        case (9, false): kernelRows(Rows9.self, kc, a, b, c, ldc, alpha, beta, both: false)
+        case (10, true): kernelRows(Rows10.self, kc, a, b, c, ldc, alpha, beta, both: true)
+        case (10, false): kernelRows(Rows10.self, kc, a, b, c, ldc, alpha, beta, both: false)
+        case (11, true): kernelRows(Rows11.self, kc, a, b, c, ldc, alpha, beta, both: true)
+        case (11, false): kernelRows(Rows11.self, kc, a, b, c, ldc, alpha, beta, both: false)
+        default: preconditionFailure("kernelPartial: rows \(rows) not in 1..<\(MR)")
+        }
+    }
+    #else
+    /// The register tile of `kernelFull` restricted to its first `R.rows` (< 6) rows and, without
+    /// `both`, to its first vector of columns: the same FMA chain per element, so the same values, for
+    /// fewer operations. A generic so that each row count gets its own copy with the unused rows removed.
+    /// Writes full rows of NR (or one vector of) columns: `C = alpha·acc + beta·C` (beta 0: overwrite).
+    @inline(__always)
+    static func kernelRows<R: TileRows>(_: R.Type, _ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                                        _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ alpha: Float, _ beta: Float,
+                                        both: Bool) {
+        let rows = R.rows
+        var c0_0 = Vec(), c0_1 = Vec()
+        var c1_0 = Vec(), c1_1 = Vec()
+        var c2_0 = Vec(), c2_1 = Vec()
+        var c3_0 = Vec(), c3_1 = Vec()
+        var c4_0 = Vec(), c4_1 = Vec()
+        var ap = a
+        var bp = UnsafeRawPointer(b)
+        for _ in 0..<kc {
+            let b0 = bp.load(as: Vec.self)
+            let b1 = both ? bp.load(fromByteOffset: vecBytes, as: Vec.self) : Vec()
+            if rows > 0 { let a0 = Vec(repeating: ap[0]); c0_0.addProduct(a0, b0); if both { c0_1.addProduct(a0, b1) } }
+            if rows > 1 { let a1 = Vec(repeating: ap[1]); c1_0.addProduct(a1, b0); if both { c1_1.addProduct(a1, b1) } }
+            if rows > 2 { let a2 = Vec(repeating: ap[2]); c2_0.addProduct(a2, b0); if both { c2_1.addProduct(a2, b1) } }
+            if rows > 3 { let a3 = Vec(repeating: ap[3]); c3_0.addProduct(a3, b0); if both { c3_1.addProduct(a3, b1) } }
+            if rows > 4 { let a4 = Vec(repeating: ap[4]); c4_0.addProduct(a4, b0); if both { c4_1.addProduct(a4, b1) } }
+            ap += 6
+            bp += 2 * vecBytes
+        }
+        if rows > 0 { storeRow(c + 0 * ldc, c0_0, c0_1, alpha, beta, both: both) }
+        if rows > 1 { storeRow(c + 1 * ldc, c1_0, c1_1, alpha, beta, both: both) }
+        if rows > 2 { storeRow(c + 2 * ldc, c2_0, c2_1, alpha, beta, both: both) }
+        if rows > 3 { storeRow(c + 3 * ldc, c3_0, c3_1, alpha, beta, both: both) }
+        if rows > 4 { storeRow(c + 4 * ldc, c4_0, c4_1, alpha, beta, both: both) }
+    }
+
+    /// `kernelRows` for a run-time `rows` in 1..<MR: one specialised copy per row count.
+    @inline(never)
+    static func kernelPartial(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
+                              _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ alpha: Float, _ beta: Float,
+                              rows: Int, both: Bool) {
+        switch (rows, both) {
+        case (1, true): kernelRows(Rows1.self, kc, a, b, c, ldc, alpha, beta, both: true)
+        case (1, false): kernelRows(Rows1.self, kc, a, b, c, ldc, alpha, beta, both: false)
+        case (2, true): kernelRows(Rows2.self, kc, a, b, c, ldc, alpha, beta, both: true)
+        case (2, false): kernelRows(Rows2.self, kc, a, b, c, ldc, alpha, beta, both: false)
+        case (3, true): kernelRows(Rows3.self, kc, a, b, c, ldc, alpha, beta, both: true)
+        case (3, false): kernelRows(Rows3.self, kc, a, b, c, ldc, alpha, beta, both: false)
+        case (4, true): kernelRows(Rows4.self, kc, a, b, c, ldc, alpha, beta, both: true)
+        case (4, false): kernelRows(Rows4.self, kc, a, b, c, ldc, alpha, beta, both: false)
+        case (5, true): kernelRows(Rows5.self, kc, a, b, c, ldc, alpha, beta, both: true)
+        case (5, false): kernelRows(Rows5.self, kc, a, b, c, ldc, alpha, beta, both: false)
+        default: preconditionFailure("kernelPartial: rows \(rows) not in 1..<\(MR)")
+        }
+    }
+    #endif
+
+    /// Partial tile `mr × nr` (mr < MR or nr < NR). Full-width tiles (nr = NR) with fewer rows go straight
+    /// to C through `kernelRows`; narrower ones compute `mr` rows of one or two vectors of columns into
+    /// `t` (MR·NR floats, the caller's scratch) and write the `mr × nr` part. The same FMA chain per element
+    /// as `kernelFull`, and the same final `alpha·acc + beta·C`, so results do not depend on where tile
+    /// edges fall.
     @inline(never)
     static func kernelEdge(_ kc: Int, _ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>,
                            _ c: UnsafeMutablePointer<Float>, _ ldc: Int, _ alpha: Float, _ beta: Float,
                            _ mr: Int, _ nr: Int, _ t: UnsafeMutablePointer<Float>) {
-        kernelFull(kc, a, b, t, NR, 1, 0)
+        if nr == NR {
+            kernelPartial(kc, a, b, c, ldc, alpha, beta, rows: mr, both: true)
+            return
+        }
+        let both = nr > Vec.scalarCount
+        if mr == MR {
+            kernelFull(kc, a, b, t, NR, 1, 0)
+        } else {
+            kernelPartial(kc, a, b, t, NR, 1, 0, rows: mr, both: both)
+        }
         for i in 0..<mr {
             for j in 0..<nr {
                 let v = t[i * NR + j]
@@ -716,3 +871,17 @@ struct VecBlock {
     }
 }
 #endif
+
+/// A row count of `GEMM.kernelRows` as a type (so the generic is specialised per count).
+protocol TileRows { static var rows: Int { get } }
+enum Rows1: TileRows { static var rows: Int { 1 } }
+enum Rows2: TileRows { static var rows: Int { 2 } }
+enum Rows3: TileRows { static var rows: Int { 3 } }
+enum Rows4: TileRows { static var rows: Int { 4 } }
+enum Rows5: TileRows { static var rows: Int { 5 } }
+enum Rows6: TileRows { static var rows: Int { 6 } }
+enum Rows7: TileRows { static var rows: Int { 7 } }
+enum Rows8: TileRows { static var rows: Int { 8 } }
+enum Rows9: TileRows { static var rows: Int { 9 } }
+enum Rows10: TileRows { static var rows: Int { 10 } }
+enum Rows11: TileRows { static var rows: Int { 11 } }
