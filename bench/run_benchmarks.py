@@ -10,11 +10,13 @@ Each section measures one thing and owns one block of BENCHMARKS.md between
          `A @ B` (OpenBLAS) at the same thread counts, plus the quantized decode product (M = 1, q4_1
          weight) as weight-read GB/s against the machine's memory read bandwidth (bench/membw.c).
 
+  generate  prefill/decode speed and peak RSS on the real model vs llama.cpp (bench/llamacpp_generate.py).
   adapters  decode/prefill speed with unmerged LoRA adapters attached relative to none, measured in one
          process with base and adapted decode steps interleaved (`lorakit-cli bench generate
          --compare-adapters`), at 1 and 2 threads, plus attach/detach/swap times.
-
-Later sections (generate, train) register themselves in SECTIONS.
+  train     LoRA training steps (4 × 128 tokens, r=8 q,v) vs PEFT + PyTorch (bench/peft_train.py):
+            tokens/s and peak RSS. Threads from LORAKIT_BENCH_TRAIN_THREADS (default "1,2"), timed
+            steps from LORAKIT_BENCH_TRAIN_STEPS (default 5).
 
 Method: every figure is "warm up once, then repeat until at least --seconds have passed, report the
 mean time per call" (the CLI does the same internally). numpy runs in a subprocess per measurement, with
@@ -493,7 +495,88 @@ def section_adapters(cli: str, seconds: float, command: str) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"gemm": section_gemm, "generate": section_generate, "adapters": section_adapters}
+TRAIN_ARGS = ["--rank", "8", "--alpha", "16", "--targets", "q,v", "--batch", "4", "--seq", "128"]
+
+
+def train_threads() -> list[int]:
+    """Thread counts of the train section: LORAKIT_BENCH_TRAIN_THREADS (e.g. "2" or "1,2"), default 1 and 2."""
+    env = os.environ.get("LORAKIT_BENCH_TRAIN_THREADS", "1,2")
+    return [int(t) for t in env.split(",") if t.strip()]
+
+
+def section_train(cli: str, seconds: float, command: str) -> str:
+    model = model_path()
+    steps = os.environ.get("LORAKIT_BENCH_TRAIN_STEPS", "5")
+    lines = ["### LoRA training: LoRAKit vs PEFT on SmolLM2-135M-Instruct Q4_1", ""]
+    lines += [f"- Date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC",
+              f"- CPU: {cpu_model()}; {load_note()}"]
+    if not model:
+        return "\n".join(lines + ["", "n/a: the model could not be fetched (scripts/fetch_model.sh)"])
+    shape = " ".join(TRAIN_ARGS) + f" --steps {steps} --warmup-steps 1"
+    lines += [f"- Model: `{Path(model).name}`. LoRAKit trains on the quantized weights (dequantized inside its "
+              "GEMM panels); the peer is PEFT + PyTorch on the same GGUF loaded by transformers and dequantized "
+              "to f32 (`bench/peft_train.py`)",
+              f"- Command: `{command}`; each side alone: `lorakit-cli bench train --model M {shape} --threads T "
+              f"--json` and `python3 bench/peft_train.py --model M {shape} --threads T`",
+              "",
+              f"One step = zero gradients + forward + backward + AdamW update on a batch of 4 sequences × 128 "
+              f"random tokens (the same tokens on both sides), LoRA r=8, alpha=16 on q,v of every layer. "
+              f"tokens/s = 4·128·{steps} / time of {steps} steps after 1 warm-up step. Peak RSS is the whole "
+              "process's (getrusage ru_maxrss; each side in its own process, model load included); the steps-only "
+              "peak is VmHWM reset after the load (/proc/self/clear_refs), so it is the peak while training, "
+              "weights included. "
+              "Loss = the first step's mean NLL (the base model's, B = 0) on both sides, a cross-check that "
+              "the two compute the same thing.",
+              "",
+              "| threads | LoRAKit tok/s | PEFT tok/s | ratio | LoRAKit step ms (median) | PEFT step ms (median) | "
+              "LoRAKit peak RSS MiB | PEFT peak RSS MiB | RSS ratio | steps-only peak RSS MiB, LoRAKit / PEFT | "
+              "first loss LoRAKit / PEFT |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
+    notes = []
+    for t in train_threads():
+        args = [*TRAIN_ARGS, "--steps", steps, "--warmup-steps", "1", "--threads", str(t)]
+        ours, err = run_cli(cli, ["bench", "train", "--model", model, *args, "--json"])
+        if ours is None:
+            notes.append(f"LoRAKit at {t} threads: {err}")
+        peer = None
+        r = subprocess.run([sys.executable, str(ROOT / "bench" / "peft_train.py"), "--model", model, *args],
+                           capture_output=True, text=True)
+        if r.returncode == 0:
+            peer = json.loads(r.stdout.strip().splitlines()[-1])
+        else:
+            notes.append(f"PEFT at {t} threads: exit {r.returncode}: {r.stderr.strip()[-300:]}")
+
+        def g(d, k):
+            return d.get(k) if d else None
+
+        def ratio(a, b):
+            return fmt(a / b, 2) if a and b else "n/a"
+
+        mib = lambda b: fmt(b / 1048576, 0) if b else "n/a"
+        loss = lambda d: fmt(g(d, "loss_first"), 4)
+        lines.append(f"| {t} | {fmt(g(ours, 'tokens_per_s'))} | {fmt(g(peer, 'tokens_per_s'))} | "
+                     f"{ratio(g(ours, 'tokens_per_s'), g(peer, 'tokens_per_s'))} | "
+                     f"{fmt(g(ours, 'step_ms_median'), 0)} | {fmt(g(peer, 'step_ms_median'), 0)} | "
+                     f"{mib(g(ours, 'peak_rss_bytes'))} | {mib(g(peer, 'peak_rss_bytes'))} | "
+                     f"{ratio(g(ours, 'peak_rss_bytes'), g(peer, 'peak_rss_bytes'))} | "
+                     f"{mib(g(ours, 'peak_rss_training_bytes'))} / {mib(g(peer, 'peak_rss_training_bytes'))} | "
+                     f"{loss(ours)} / {loss(peer)} |")
+        print(f"train threads={t}: lorakit {fmt(g(ours, 'tokens_per_s'))} tok/s {mib(g(ours, 'peak_rss_bytes'))} MiB, "
+              f"peft {fmt(g(peer, 'tokens_per_s'))} tok/s {mib(g(peer, 'peak_rss_bytes'))} MiB", file=sys.stderr)
+        if peer and t == train_threads()[0]:
+            lines.insert(4, f"- Peer versions: torch {peer['torch']}, transformers {peer['transformers']}, "
+                            f"peft {peer['peft']}")
+        if ours and t == train_threads()[0]:
+            act = ours.get("activation_bytes_estimate")
+            if act:
+                notes.append(f"LoRAKit's activation buffers for 512 rows: ≈ {act / 1048576:.0f} MiB "
+                             "(`LoRATrainer.activationBytes`); the model's weights stay quantized (≈ 90 MiB).")
+    for n in notes:
+        lines += ["", "Note: " + n]
+    return "\n".join(lines)
+
+
+SECTIONS = {"gemm": section_gemm, "generate": section_generate, "adapters": section_adapters, "train": section_train}
 
 # --------------------------------------------------------------------------------------------------
 # BENCHMARKS.md

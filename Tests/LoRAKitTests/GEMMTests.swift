@@ -141,6 +141,109 @@ func closeness(_ x: [Float], _ y: [Float], rtol: Float, atol: Float) -> Float {
         }
     }
 
+    /// C = alpha·A·B + beta·C through `GEMM.multiply` on arrays.
+    static func run(m: Int, n: Int, k: Int, alpha: Float = 1, a: [Float], rowStride: Int, b: (UnsafePointer<Float>) -> GEMMRight,
+                    bValues: [Float], beta: Float = 0, c0: [Float]? = nil, pool: ThreadPool = .shared) throws -> [Float] {
+        var c = c0 ?? [Float](repeating: .nan, count: m * n)
+        try a.withUnsafeBufferPointer { ap in
+            try bValues.withUnsafeBufferPointer { bp in
+                try c.withUnsafeMutableBufferPointer { cp in
+                    try GEMM.multiply(m: m, n: n, k: k, alpha: alpha, a: GEMMLeft(ap.baseAddress!, rowStride: rowStride),
+                                      b: b(bp.baseAddress!), beta: beta, c: cp.baseAddress!, ldc: n, pool: pool)
+                }
+            }
+        }
+        return c
+    }
+
+    /// A weight W [n, k] stored in `dtype` and used transposed (B = Wᵀ) gives bitwise the product with
+    /// B = Wᵀ given as f32 strided views of the dequantized values — both the transposed view of W and
+    /// a materialised Wᵀ [k, n] — whatever the dtype, with partial panels (n not a multiple of NR), k not
+    /// a multiple of KC or of the vector width, and a row count on either side of MC (one row block,
+    /// packed panel by panel, or several). The packings are pure data movement (register transposes,
+    /// in-register dequantization with `dequantize`'s arithmetic), so any difference is a bug.
+    @Test(arguments: DType.allCases)
+    func transposedWeightPackingIsExact(dtype: DType) throws {
+        let ks = dtype.isQuantized ? [32, 96, 320, 608] : [5, 17, 32, 96, 320, 608]
+        for k in ks {
+            for (m, n) in [(1, 33), (7, 70), (13, 64), (GEMM.MC + 6, 97)] {
+                let w = try Tensor(randomFloats(n * k, seed: UInt64(k * 31 + n)), shape: [n, k]).converted(to: dtype)
+                let wDeq = w.toFloats()
+                var wt = [Float](repeating: 0, count: k * n)
+                for j in 0..<n { for p in 0..<k { wt[p * n + j] = wDeq[j * k + p] } }
+                let a = randomFloats(m * k, seed: 21)
+                let c0 = randomFloats(m * n, seed: 22)
+                for (alpha, beta) in [(Float(1), Float(0)), (0.5, 1)] {
+                    let quant = try Self.run(m: m, n: n, k: k, alpha: alpha, a: a, rowStride: k, b: { _ in
+                        .weight(UnsafeRawPointer(w.rawPointer), dtype: dtype, rows: n, cols: k, transposed: true)
+                    }, bValues: [0], beta: beta, c0: c0)
+                    let view = try Self.run(m: m, n: n, k: k, alpha: alpha, a: a, rowStride: k,
+                                            b: { .f32Transposed($0, ld: k) }, bValues: wDeq, beta: beta, c0: c0)
+                    let plain = try Self.run(m: m, n: n, k: k, alpha: alpha, a: a, rowStride: k,
+                                             b: { .f32($0, ld: n) }, bValues: wt, beta: beta, c0: c0)
+                    #expect(quant == plain, "\(dtype) Wᵀ m=\(m) k=\(k) n=\(n) alpha=\(alpha) beta=\(beta)")
+                    #expect(view == plain, "f32 view of \(dtype) Wᵀ m=\(m) k=\(k) n=\(n) alpha=\(alpha) beta=\(beta)")
+                    let ref = referenceGEMM(m: m, n: n, k: k, alpha: alpha, a: { a[$0 * k + $1] }, b: { wt[$0 * n + $1] },
+                                            beta: beta, c: c0)
+                    #expect(closeness(quant, ref, rtol: 1e-5, atol: 1e-5 * Float(k).squareRoot()) <= 1,
+                            "\(dtype) Wᵀ m=\(m) k=\(k) n=\(n) vs f64")
+                }
+            }
+        }
+    }
+
+    /// Rows computed in one product or split into several (down to one row at a time) are bitwise
+    /// equal, for every kind of B: a batch's loss must not depend on how it is split into products.
+    @Test func rowSplitDoesNotChangeResults() throws {
+        let (m, k, n) = (2 * GEMM.MC + 30, 320, 75)
+        let nq = 96  // a multiple of 32 for a quantized W used as is
+        let a = randomFloats(m * k, seed: 31)
+        let bf = randomFloats(k * n, seed: 32)
+        let wT = try Tensor(randomFloats(n * k, seed: 33), shape: [n, k]).converted(to: .q4_1)
+        let wN = try Tensor(randomFloats(k * nq, seed: 34), shape: [k, nq]).converted(to: .q8_0)
+        typealias Operand = (String, Int, (UnsafePointer<Float>) -> GEMMRight, [Float])
+        let operands: [Operand] = [
+            ("f32", n, { .f32($0, ld: n) }, bf),
+            ("f32 transposed", n, { .f32Transposed($0, ld: k) }, bf),
+            ("q4_1 Wᵀ", n, { _ in .weight(UnsafeRawPointer(wT.rawPointer), dtype: .q4_1, rows: n, cols: k, transposed: true) }, [0]),
+            ("q8_0 W", nq, { _ in .weight(UnsafeRawPointer(wN.rawPointer), dtype: .q8_0, rows: k, cols: nq, transposed: false) }, [0]),
+        ]
+        for (name, cols, b, values) in operands {
+            let whole = try Self.run(m: m, n: cols, k: k, alpha: 0.75, a: a, rowStride: k, b: b, bValues: values)
+            for chunk in [1, 7, GEMM.MC, GEMM.MC + 1] {
+                var split: [Float] = []
+                var i0 = 0
+                while i0 < m {
+                    let rows = min(chunk, m - i0)
+                    split += try Self.run(m: rows, n: cols, k: k, alpha: 0.75, a: Array(a[(i0 * k)..<((i0 + rows) * k)]),
+                                          rowStride: k, b: b, bValues: values)
+                    i0 += rows
+                }
+                #expect(split == whole, "\(name): rows in chunks of \(chunk)")
+            }
+        }
+    }
+
+    /// Weight operands (transposed and as is) give bitwise the same result on 1, 2 or 3 threads.
+    @Test(arguments: [DType.q8_0, .q4_1, .f16])
+    func weightThreadCountDoesNotChangeResults(dtype: DType) throws {
+        let pools = [ThreadPool(threads: 1), ThreadPool(threads: 2), ThreadPool(threads: 3)]
+        for (m, k, n) in [(64, 320, 1000), (300, 256, 200), (5, 96, 130)] {
+            let w = try Tensor(randomFloats(n * k, seed: 41), shape: [n, k]).converted(to: dtype)
+            let x = randomFloats(m * k, seed: 42)
+            let dy = randomFloats(m * n, seed: 43)
+            var fwd: [[Float]] = [], bwd: [[Float]] = []
+            for pool in pools {
+                fwd.append(try Self.run(m: m, n: n, k: k, a: x, rowStride: k, b: { _ in
+                    .weight(UnsafeRawPointer(w.rawPointer), dtype: dtype, rows: n, cols: k, transposed: true) }, bValues: [0], pool: pool))
+                bwd.append(try Self.run(m: m, n: k, k: n, a: dy, rowStride: n, b: { _ in
+                    .weight(UnsafeRawPointer(w.rawPointer), dtype: dtype, rows: n, cols: k, transposed: false) }, bValues: [0], pool: pool))
+            }
+            #expect(fwd[0] == fwd[1] && fwd[0] == fwd[2], "\(dtype) Wᵀ m=\(m) k=\(k) n=\(n)")
+            #expect(bwd[0] == bwd[1] && bwd[0] == bwd[2], "\(dtype) W m=\(m) k=\(n) n=\(k)")
+        }
+    }
+
     @Test func badArgumentsThrow() throws {
         var c = [Float](repeating: 0, count: 4)
         let a = [Float](repeating: 1, count: 4)

@@ -67,8 +67,11 @@ public final class LoRATrainer: @unchecked Sendable {
     public var dropout: Float
     /// Seed of the dropout masks.
     public var dropoutSeed: UInt64
-    /// Rows of the output head and loss computed at once.
-    public var lossChunkRows = 64
+    /// Rows of the output head and loss computed at once. Each chunk reads (and dequantizes) the whole
+    /// [V, C] head twice, forward and backward, so larger chunks amortise that over more rows: 256 rows
+    /// cost V·256·4 bytes of logits (48 MiB at V = 49152) and run the two head products ≈ 25–35 % faster
+    /// than 64 rows. Values do not depend on it (every row's products and loss are computed alike).
+    public var lossChunkRows = 256
 
     private let byLayer: [[TrainableLoRAModule?]]
     private let lowestLayer: Int
@@ -434,7 +437,7 @@ public final class LoRATrainer: @unchecked Sendable {
 
     /// Bytes of activation memory the trainer holds for batches of up to `rows` rows.
     public static func activationBytes(config c: LlamaConfig, rows n: Int, maxRank: Int, adapterModules: Int,
-                                       chunkRows: Int = 64) -> Int {
+                                       chunkRows: Int = 256) -> Int {
         let perLayer = n * (4 * c.dim + 2 * c.qDim + 2 * c.kvDim + 2 * c.hiddenDim + c.nHeads + 2)
         let shared = n * ((c.nLayers + 1) * c.dim + 4 * c.dim + 4 * c.qDim + 3 * c.kvDim + 5 * c.hiddenDim
                           + maxRank + 1) + chunkRows * (c.vocabSize + 2 * c.dim + 2)
