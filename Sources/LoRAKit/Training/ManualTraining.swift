@@ -28,8 +28,10 @@ public final class ManualTraining: @unchecked Sendable {
 
     /// Create (or load, with `options.initAdapter`) the adapter and, with `options.resume`, restore the
     /// latest checkpoint there. Nothing is written.
-    public init(model: LlamaModel, validPath: String? = nil, options: TrainingOptions) throws(LKError) {
-        try options.validate()
+    public init(model: LlamaModel, validPath: String? = nil, options requested: TrainingOptions) throws(LKError) {
+        try requested.validate()
+        let (options, capNote) = requested.fitted(to: model)
+        if let n = capNote { notes.append(n) }
         self.model = model
         self.options = options
         valid = try validPath.map { (p: String) throws(LKError) -> TrainDataset in

@@ -78,6 +78,16 @@ public struct TrainingOptions: Sendable {
         try data.validate()
     }
 
+    /// `seq` capped at the model's context length (examples are cut to it like to any `seq`), and the note
+    /// saying so when it was.
+    func fitted(to model: LlamaModel) -> (TrainingOptions, String?) {
+        let ctx = model.config.contextLength
+        guard data.seq > ctx else { return (self, nil) }
+        var o = self
+        o.data.seq = ctx
+        return (o, "seq \(data.seq) capped at the model's context of \(ctx) tokens")
+    }
+
     /// The adapter (loaded from `initAdapter` or created), its trainer and an AdamW over its tensors.
     static func makeTrainer(model: LlamaModel, options: TrainingOptions) throws(LKError) -> (LoRATrainer, AdamW) {
         let adapter: LoRAAdapter
@@ -173,11 +183,10 @@ public final class TrainingSession: @unchecked Sendable {
 
     /// Load the data, create (or load) the adapter, and — with `options.resume` — restore the latest
     /// checkpoint there. Nothing is written yet.
-    public init(model: LlamaModel, trainPath: String, validPath: String? = nil, options: TrainingOptions) throws(LKError) {
-        try options.validate()
-        guard options.data.seq <= model.config.contextLength else {
-            throw .invalidArgument("training: seq \(options.data.seq) is longer than the model's context of \(model.config.contextLength) tokens")
-        }
+    public init(model: LlamaModel, trainPath: String, validPath: String? = nil, options requested: TrainingOptions) throws(LKError) {
+        try requested.validate()
+        let (options, capNote) = requested.fitted(to: model)
+        if let n = capNote { notes.append(n) }
         self.model = model
         self.options = options
         train = try TrainDataset.load(path: trainPath, model: model, options: options.data)
