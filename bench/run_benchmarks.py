@@ -16,7 +16,8 @@ Each section measures one thing and owns one block of BENCHMARKS.md between
          --compare-adapters`), at 1 and 2 threads, plus attach/detach/swap times.
   train     LoRA training steps (4 × 128 tokens, r=8 q,v) vs PEFT + PyTorch (bench/peft_train.py):
             tokens/s and peak RSS. Threads from LORAKIT_BENCH_TRAIN_THREADS (default "1,2"), timed
-            steps from LORAKIT_BENCH_TRAIN_STEPS (default 5).
+            steps from LORAKIT_BENCH_TRAIN_STEPS (default 5), runs per side from
+            LORAKIT_BENCH_TRAIN_REPEATS (default 3, alternating the two sides; medians reported).
 
 Method: every figure is "warm up once, then repeat until at least --seconds have passed, report the
 mean time per call" (the CLI does the same internally). numpy runs in a subprocess per measurement, with
@@ -504,9 +505,34 @@ def train_threads() -> list[int]:
     return [int(t) for t in env.split(",") if t.strip()]
 
 
+def _median(xs: list[float]) -> float | None:
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    n = len(xs)
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])
+
+
+def _merge_runs(runs: list[dict]) -> dict | None:
+    """One figure set from repeated runs of one side: medians of tokens/s and of all step times, the
+    largest peak RSS, the first run's first loss, and the per-run tokens/s."""
+    runs = [r for r in runs if r]
+    if not runs:
+        return None
+    out = dict(runs[0])
+    out["tokens_per_s"] = _median([r["tokens_per_s"] for r in runs])
+    out["runs_tokens_per_s"] = [r["tokens_per_s"] for r in runs]
+    out["step_ms_median"] = _median([x for r in runs for x in r["step_ms"]])
+    for key in ("peak_rss_bytes", "peak_rss_training_bytes"):
+        vals = [r.get(key) for r in runs if r.get(key)]
+        out[key] = max(vals) if vals else None
+    return out
+
+
 def section_train(cli: str, seconds: float, command: str) -> str:
     model = model_path()
     steps = os.environ.get("LORAKIT_BENCH_TRAIN_STEPS", "5")
+    repeats = int(os.environ.get("LORAKIT_BENCH_TRAIN_REPEATS", "3"))
     lines = ["### LoRA training: LoRAKit vs PEFT on SmolLM2-135M-Instruct Q4_1", ""]
     lines += [f"- Date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC",
               f"- CPU: {cpu_model()}; {load_note()}"]
@@ -521,30 +547,38 @@ def section_train(cli: str, seconds: float, command: str) -> str:
               "",
               f"One step = zero gradients + forward + backward + AdamW update on a batch of 4 sequences × 128 "
               f"random tokens (the same tokens on both sides), LoRA r=8, alpha=16 on q,v of every layer. "
-              f"tokens/s = 4·128·{steps} / time of {steps} steps after 1 warm-up step. Peak RSS is the whole "
-              "process's (getrusage ru_maxrss; each side in its own process, model load included); the steps-only "
-              "peak is VmHWM reset after the load (/proc/self/clear_refs), so it is the peak while training, "
-              "weights included. "
-              "Loss = the first step's mean NLL (the base model's, B = 0) on both sides, a cross-check that "
-              "the two compute the same thing.",
+              f"tokens/s = 4·128·{steps} / time of {steps} steps after 1 warm-up step; each side runs {repeats} "
+              "times per thread count, alternating with the other, and the table gives the median run (all runs "
+              "in brackets) and the median step over all runs. Peak RSS is the whole process's (getrusage "
+              "ru_maxrss; each side in its own process, model load included; the largest over the runs); the "
+              "steps-only peak is VmHWM reset after the load (/proc/self/clear_refs), so it is the peak while "
+              "training, weights included. Loss = the first step's mean NLL (the base model's, B = 0) on both "
+              "sides, a cross-check that the two compute the same thing.",
               "",
               "| threads | LoRAKit tok/s | PEFT tok/s | ratio | LoRAKit step ms (median) | PEFT step ms (median) | "
               "LoRAKit peak RSS MiB | PEFT peak RSS MiB | RSS ratio | steps-only peak RSS MiB, LoRAKit / PEFT | "
               "first loss LoRAKit / PEFT |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]
     notes = []
+    peer_versions = None
+    activation = None
     for t in train_threads():
         args = [*TRAIN_ARGS, "--steps", steps, "--warmup-steps", "1", "--threads", str(t)]
-        ours, err = run_cli(cli, ["bench", "train", "--model", model, *args, "--json"])
-        if ours is None:
-            notes.append(f"LoRAKit at {t} threads: {err}")
-        peer = None
-        r = subprocess.run([sys.executable, str(ROOT / "bench" / "peft_train.py"), "--model", model, *args],
-                           capture_output=True, text=True)
-        if r.returncode == 0:
-            peer = json.loads(r.stdout.strip().splitlines()[-1])
-        else:
-            notes.append(f"PEFT at {t} threads: exit {r.returncode}: {r.stderr.strip()[-300:]}")
+        our_runs, peer_runs = [], []
+        for _ in range(repeats):
+            ours, err = run_cli(cli, ["bench", "train", "--model", model, *args, "--json"])
+            if ours is None:
+                notes.append(f"LoRAKit at {t} threads: {err}")
+            our_runs.append(ours)
+            r = subprocess.run([sys.executable, str(ROOT / "bench" / "peft_train.py"), "--model", model, *args],
+                               capture_output=True, text=True)
+            if r.returncode == 0:
+                peer_runs.append(json.loads(r.stdout.strip().splitlines()[-1]))
+            else:
+                notes.append(f"PEFT at {t} threads: exit {r.returncode}: {r.stderr.strip()[-300:]}")
+            print(f"train threads={t}: lorakit {fmt(ours and ours['tokens_per_s'])} tok/s, "
+                  f"peft {fmt(peer_runs[-1]['tokens_per_s'] if r.returncode == 0 else None)} tok/s", file=sys.stderr)
+        ours, peer = _merge_runs(our_runs), _merge_runs(peer_runs)
 
         def g(d, k):
             return d.get(k) if d else None
@@ -552,25 +586,32 @@ def section_train(cli: str, seconds: float, command: str) -> str:
         def ratio(a, b):
             return fmt(a / b, 2) if a and b else "n/a"
 
+        def tps(d):
+            if not d:
+                return "n/a"
+            return f"{fmt(d['tokens_per_s'])} ({', '.join(fmt(x) for x in d['runs_tokens_per_s'])})"
+
         mib = lambda b: fmt(b / 1048576, 0) if b else "n/a"
         loss = lambda d: fmt(g(d, "loss_first"), 4)
-        lines.append(f"| {t} | {fmt(g(ours, 'tokens_per_s'))} | {fmt(g(peer, 'tokens_per_s'))} | "
+        lines.append(f"| {t} | {tps(ours)} | {tps(peer)} | "
                      f"{ratio(g(ours, 'tokens_per_s'), g(peer, 'tokens_per_s'))} | "
                      f"{fmt(g(ours, 'step_ms_median'), 0)} | {fmt(g(peer, 'step_ms_median'), 0)} | "
                      f"{mib(g(ours, 'peak_rss_bytes'))} | {mib(g(peer, 'peak_rss_bytes'))} | "
                      f"{ratio(g(ours, 'peak_rss_bytes'), g(peer, 'peak_rss_bytes'))} | "
                      f"{mib(g(ours, 'peak_rss_training_bytes'))} / {mib(g(peer, 'peak_rss_training_bytes'))} | "
                      f"{loss(ours)} / {loss(peer)} |")
-        print(f"train threads={t}: lorakit {fmt(g(ours, 'tokens_per_s'))} tok/s {mib(g(ours, 'peak_rss_bytes'))} MiB, "
-              f"peft {fmt(g(peer, 'tokens_per_s'))} tok/s {mib(g(peer, 'peak_rss_bytes'))} MiB", file=sys.stderr)
-        if peer and t == train_threads()[0]:
-            lines.insert(4, f"- Peer versions: torch {peer['torch']}, transformers {peer['transformers']}, "
-                            f"peft {peer['peft']}")
-        if ours and t == train_threads()[0]:
-            act = ours.get("activation_bytes_estimate")
-            if act:
-                notes.append(f"LoRAKit's activation buffers for 512 rows: ≈ {act / 1048576:.0f} MiB "
-                             "(`LoRATrainer.activationBytes`); the model's weights stay quantized (≈ 90 MiB).")
+        if peer and not peer_versions:
+            peer_versions = f"- Peer versions: torch {peer['torch']}, transformers {peer['transformers']}, peft {peer['peft']}"
+        if ours and activation is None:
+            activation = (ours.get("activation_bytes_estimate"), ours.get("loss_chunk_rows"))
+    if peer_versions:
+        lines.insert(4, peer_versions)
+    if activation and activation[0]:
+        notes.append(f"LoRAKit's activation buffers for 512 rows: ≈ {activation[0] / 1048576:.0f} MiB "
+                     f"(`LoRATrainer.activationBytes`, loss chunks of {activation[1]} rows); the model's weights "
+                     "stay quantized (≈ 92 MiB).")
+    lines.append("")
+    lines.append(f"- Load average at the end: {' / '.join(f'{x:.2f}' for x in os.getloadavg()[:2])} (1 / 5 min)")
     for n in notes:
         lines += ["", "Note: " + n]
     return "\n".join(lines)

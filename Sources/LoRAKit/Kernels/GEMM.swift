@@ -144,7 +144,8 @@ extension GEMM {
         let kcMax = min(KC, k)
         let mcMax = min(MC, (rows.count + MR - 1) / MR * MR)
         let bBytes = ncMax * kcMax * 4
-        let aBytes = mcMax * kcMax * 4
+        // (+ one vector of slack for the overlapping stores of `packA`.)
+        let aBytes = (mcMax * kcMax + Vec.scalarCount) * 4
         // Temporary row for dequantizing (up to max(KC, NC) values, plus a block of slack).
         let tBytes = (max(kcMax, ncMax) + 64) * 4
         let eBytes = MR * NR * 4
@@ -244,14 +245,26 @@ extension GEMM {
             let rowsHere = min(MR, mc - p)
             let out = dst + p * kc
             if cs == 1 {
-                // Rows contiguous in k: interleave MR rows.
-                for i in 0..<MR {
-                    if i < rowsHere {
-                        let row = a.ptr + (i0 + p + i) * rs + k0
-                        for kk in 0..<kc { out[kk * MR + i] = row[kk] }
-                    } else {
-                        for kk in 0..<kc { out[kk * MR + i] = 0 }
-                    }
+                // Rows contiguous in k: w × w blocks (w = Vec.scalarCount ≥ MR; rows past the panel are
+                // zeros) transposed in registers; column t of a block (k = kk + t, lanes = rows) is stored
+                // as a whole vector at `out + (kk + t)·MR`, in increasing order, so the w − MR lanes that
+                // spill past each MR-slot are overwritten by the next store (the last spill lands in the
+                // next panel, packed after this one, or in the buffer's slack: see `serial`).
+                let w = Vec.scalarCount
+                let base = a.ptr + (i0 + p) * rs + k0
+                var kk = 0
+                while kk + w <= kc {
+                    let src = base + kk
+                    var v = rowsHere == MR
+                        ? VecBlock { $0 < MR ? UnsafeRawPointer(src + $0 * rs).loadUnaligned(as: Vec.self) : Vec() }
+                        : VecBlock { $0 < rowsHere ? UnsafeRawPointer(src + $0 * rs).loadUnaligned(as: Vec.self) : Vec() }
+                    v.transpose()
+                    v.store(out + kk * MR, ld: MR)
+                    kk += w
+                }
+                while kk < kc {
+                    for i in 0..<MR { out[kk * MR + i] = i < rowsHere ? base[i * rs + kk] : 0 }
+                    kk += 1
                 }
             } else if rs == 1 {
                 // Columns contiguous in i (A is a transposed view).
