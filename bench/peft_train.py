@@ -24,16 +24,7 @@ import resource
 import sys
 import time
 
-
-def splitmix64(seed):
-    state = seed
-    mask = (1 << 64) - 1
-    while True:
-        state = (state + 0x9E3779B97F4A7C15) & mask
-        z = state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
-        yield z ^ (z >> 31)
+from benchutil import splitmix64
 
 
 def reset_peak_rss() -> bool:

@@ -99,7 +99,7 @@ import Foundation
         for i in prefix.indices { prefix[i] = (rng.nextFloat() * 2 - 1) * 0.5 }
         let ids: [Int32] = [3, 99, 250, 17, 400, 8, 77, 301, 12, 45]
         var seq = TrainSequence(tokens: ids, isTarget: [Bool](repeating: true, count: ids.count), prefixEmbeddings: prefix)
-        #expect(seq.predictedCount(hasPrefix: true) == ids.count)
+        #expect(seq.predictedCount == ids.count)
         let r = try tr.pass([seq], gradients: false, inputGradients: true)
         #expect(r.predicted == ids.count)
         let g = try #require(r.inputGradients?.first)

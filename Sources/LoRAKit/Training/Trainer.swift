@@ -29,12 +29,13 @@ public struct TrainSequence: Sendable {
         self.tokens = tokens; self.isTarget = isTarget; self.prefixEmbeddings = prefixEmbeddings
     }
 
-    /// Number of target tokens that can be predicted (token 0 counts only with a prefix).
-    public func predictedCount(hasPrefix: Bool) -> Int {
-        var n = 0
-        for (j, t) in isTarget.enumerated() where t && (j > 0 || hasPrefix) { n += 1 }
-        return n
+    /// Whether token j is predicted: a target with something before it (token 0 only after prefix rows).
+    @inline(__always) public func isPredicted(_ j: Int) -> Bool {
+        isTarget[j] && (j > 0 || !prefixEmbeddings.isEmpty)
     }
+
+    /// Number of predicted tokens.
+    public var predictedCount: Int { isTarget.indices.reduce(0) { $0 + (isPredicted($1) ? 1 : 0) } }
 }
 
 /// What one forward (and backward) pass over a batch returns.
@@ -77,8 +78,6 @@ public final class LoRATrainer: @unchecked Sendable {
     private let lowestLayer: Int
     private let maxRank: Int
     private var buffers: TrainBuffers?
-    /// Whether the running pass accumulates parameter gradients (false: input gradients only).
-    private var paramGrads = true
 
     /// A trainer starting from `adapter`'s values (which are copied; the adapter is not modified).
     /// The adapter is checked against the model (sizes, shapes, finite values).
@@ -180,7 +179,7 @@ public final class LoRATrainer: @unchecked Sendable {
             guard len <= c.contextLength else {
                 throw .invalidArgument("train: sequence \(s) has \(len) rows, more than the model's context of \(c.contextLength)")
             }
-            for (j, t) in seq.isTarget.enumerated() where t && (j > 0 || p > 0) {
+            for j in seq.isTarget.indices where seq.isPredicted(j) {
                 predRows.append(Int32(n + p + j - 1))
                 predTargets.append(seq.tokens[j])
             }
@@ -192,7 +191,6 @@ public final class LoRATrainer: @unchecked Sendable {
         guard scale.isFinite else { throw .invalidArgument("train: loss scale \(scale) is not finite") }
         let buf = try buffers(rows: n)
         let backward = gradients || inputGradients
-        paramGrads = gradients
 
         // Input rows and positions.
         for (s, seq) in batch.enumerated() {
@@ -264,7 +262,8 @@ public final class LoRATrainer: @unchecked Sendable {
         let stop = inputGradients ? 0 : lowestLayer
         for l in stride(from: c.nLayers - 1, through: stop, by: -1) {
             let needInput = l > stop || inputGradients
-            try backwardLayer(l, rows: n, seqs: seqs, buf: buf, needInput: needInput, step: step, micro: microBatch)
+            try backwardLayer(l, rows: n, seqs: seqs, buf: buf, needInput: needInput, parameters: gradients, step: step,
+                              micro: microBatch)
         }
         if inputGradients {
             var grads: [[Float]] = []
@@ -303,7 +302,7 @@ public final class LoRATrainer: @unchecked Sendable {
     /// `dx` nil: only the parameter gradients.
     private func projectBackward(_ l: Int, _ m: LinearModule, x: UnsafePointer<Float>, dy: UnsafePointer<Float>,
                                  rows n: Int, dx: UnsafeMutablePointer<Float>?, beta: Float, buf: TrainBuffers,
-                                 step: Int, micro: Int) throws(LKError) {
+                                 parameters: Bool, step: Int, micro: Int) throws(LKError) {
         let w = model.layers[l].weight(m)
         let (nOut, nIn) = (w.shape[0], w.shape[1])
         if let dx {
@@ -317,14 +316,14 @@ public final class LoRATrainer: @unchecked Sendable {
             let key = LoRADropout.key(seed: dropoutSeed, step: step, micro: micro, layer: l, module: m)
             LoRADropout.apply(x, out: buf.xDrop, count: n * nIn, p: dropout, key: key, pool: pool)
             try tm.backward(x: UnsafePointer(buf.xDrop), t: UnsafePointer(buf.t(l, m)), dy: dy, rows: n, u: buf.u,
-                            dx: dx == nil ? nil : buf.tmp, dxBeta: 0, parameters: paramGrads, pool: pool)
+                            dx: dx == nil ? nil : buf.tmp, dxBeta: 0, parameters: parameters, pool: pool)
             if let dx {
                 LoRADropout.apply(UnsafePointer(buf.tmp), out: buf.tmp, count: n * nIn, p: dropout, key: key, pool: pool)
                 try Ops.addInPlace(dx, buf.tmp, count: n * nIn, pool: pool)
             }
         } else {
             try tm.backward(x: x, t: UnsafePointer(buf.t(l, m)), dy: dy, rows: n, u: buf.u, dx: dx, dxBeta: 1,
-                            parameters: paramGrads, pool: pool)
+                            parameters: parameters, pool: pool)
         }
     }
 
@@ -361,8 +360,9 @@ public final class LoRATrainer: @unchecked Sendable {
     }
 
     /// On entry buf.dX = dLoss/d(layer output); on exit dLoss/d(layer input) (when `needInput`).
+    /// `parameters`: accumulate the LoRA parameter gradients (false: input gradients only).
     private func backwardLayer(_ l: Int, rows n: Int, seqs: [(Int, Int)], buf: TrainBuffers, needInput: Bool,
-                               step: Int, micro: Int) throws(LKError) {
+                               parameters: Bool, step: Int, micro: Int) throws(LKError) {
         let c = model.config
         let L = model.layers[l], S = buf.layers[l]
         let mods = byLayer[l]
@@ -374,7 +374,7 @@ public final class LoRATrainer: @unchecked Sendable {
         if attnPart || has(.gate, .up, .down) {
             try Ops.swigluForward(gate: S.gate, up: S.up, out: buf.h, count: n * c.hiddenDim, pool: pool)
             let needDh = attnPart || has(.gate, .up)
-            try projectBackward(l, .down, x: buf.h, dy: dX, rows: n, dx: needDh ? buf.dh : nil, beta: 0, buf: buf,
+            try projectBackward(l, .down, x: buf.h, dy: dX, rows: n, dx: needDh ? buf.dh : nil, beta: 0, buf: buf, parameters: parameters,
                                 step: step, micro: micro)
             if needDh {
                 buf.dGate.update(repeating: 0, count: n * c.hiddenDim)
@@ -382,9 +382,9 @@ public final class LoRATrainer: @unchecked Sendable {
                 try Ops.swigluBackward(gate: S.gate, up: S.up, dout: buf.dh, dgate: buf.dGate, dup: buf.dUp,
                                        count: n * c.hiddenDim, pool: pool)
                 try projectBackward(l, .gate, x: S.xn2, dy: buf.dGate, rows: n, dx: attnPart ? buf.dxn : nil, beta: 0,
-                                    buf: buf, step: step, micro: micro)
+                                    buf: buf, parameters: parameters, step: step, micro: micro)
                 try projectBackward(l, .up, x: S.xn2, dy: buf.dUp, rows: n, dx: attnPart ? buf.dxn : nil, beta: 1,
-                                    buf: buf, step: step, micro: micro)
+                                    buf: buf, parameters: parameters, step: step, micro: micro)
                 if attnPart {
                     try Ops.rmsNormBackward(dout: buf.dxn, x: S.xMid, weight: L.ffnNorm.f32, rstd: S.rstd2, dx: dX,
                                             dweight: nil, rows: n, dim: c.dim, pool: pool)
@@ -393,7 +393,7 @@ public final class LoRATrainer: @unchecked Sendable {
         }
         guard attnPart else { return }
         // Attention: xMid = xIn + o(attention(rope(q(xn1)), rope(k(xn1)), v(xn1))).
-        try projectBackward(l, .o, x: S.att, dy: dX, rows: n, dx: buf.dAtt, beta: 0, buf: buf, step: step,
+        try projectBackward(l, .o, x: S.att, dy: dX, rows: n, dx: buf.dAtt, beta: 0, buf: buf, parameters: parameters, step: step,
                             micro: micro)
         let needQKV = needInput || has(.q, .k, .v)
         guard needQKV else { return }
@@ -414,9 +414,9 @@ public final class LoRATrainer: @unchecked Sendable {
         try Ops.ropeBackward(dout: buf.dk, dx: buf.dkr, rows: n, heads: c.nKVHeads, headDim: c.headDim,
                              nRot: c.ropeDims, base: c.ropeBase, positions: pos, layout: c.ropeLayout, pool: pool)
         let dxn: UnsafeMutablePointer<Float>? = needInput ? buf.dxn : nil
-        try projectBackward(l, .q, x: S.xn1, dy: buf.dqr, rows: n, dx: dxn, beta: 0, buf: buf, step: step, micro: micro)
-        try projectBackward(l, .k, x: S.xn1, dy: buf.dkr, rows: n, dx: dxn, beta: 1, buf: buf, step: step, micro: micro)
-        try projectBackward(l, .v, x: S.xn1, dy: buf.dv, rows: n, dx: dxn, beta: 1, buf: buf, step: step, micro: micro)
+        try projectBackward(l, .q, x: S.xn1, dy: buf.dqr, rows: n, dx: dxn, beta: 0, buf: buf, parameters: parameters, step: step, micro: micro)
+        try projectBackward(l, .k, x: S.xn1, dy: buf.dkr, rows: n, dx: dxn, beta: 1, buf: buf, parameters: parameters, step: step, micro: micro)
+        try projectBackward(l, .v, x: S.xn1, dy: buf.dv, rows: n, dx: dxn, beta: 1, buf: buf, parameters: parameters, step: step, micro: micro)
         if needInput {
             try Ops.rmsNormBackward(dout: buf.dxn, x: buf.xs[l], weight: L.attnNorm.f32, rstd: S.rstd1, dx: dX,
                                     dweight: nil, rows: n, dim: c.dim, pool: pool)
