@@ -28,6 +28,8 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "Learning rate of the AdamW update.") var lr: Float = 2e-4
     @Option(help: "Seed of the random tokens (and of the adapter's A initialisation).") var seed: UInt64 = 42
     @Option(help: "Rows of the output head and loss computed at once (default: the trainer's).") var lossChunkRows: Int?
+    @Flag(help: "Also time every part of the timed steps (forward, backward, head, loss, optimizer) and print where the time goes.")
+    var profile = false
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
@@ -48,7 +50,13 @@ struct BenchTrain: ParsableCommand {
                 guard r >= 1 else { throw LKError.invalidArgument("bench train: loss-chunk-rows \(r) must be ≥ 1") }
                 trainer.lossChunkRows = r
             }
-            let opt = BenchAdamW(parameters: trainer.parameters, lr: lr)
+            var params: [OptimizerParameter] = []
+            for p in trainer.parameters {
+                let (v, g) = try p.tensors()
+                params.append(try OptimizerParameter(name: p.name, value: v, grad: g))
+            }
+            // torch.optim.AdamW's defaults (the peer's optimizer), no clipping.
+            let opt = try AdamW(parameters: params, config: OptimizerConfig(lr: Double(lr), maxGradNorm: nil))
             let trainable = trainer.parameters.reduce(0) { $0 + $1.count }
 
             var rng = SplitMix64(seed: seed)
@@ -63,16 +71,25 @@ struct BenchTrain: ParsableCommand {
             let loadRSS = peakRSSBytes()
             let resetHWM = resetPeakRSS()
             var stepSeconds: [Double] = [], losses: [Double] = []
+            let prof = TrainProfile()
+            var optimizerSeconds = 0.0
             for s in 0..<(warmupSteps + steps) {
                 let b = nextBatch()
+                if profile && s == warmupSteps { trainer.profile = prof }
                 let t0 = monotonicSeconds()
                 trainer.zeroGradients()
+                let tp = monotonicSeconds()
                 let r = try trainer.pass(b, gradients: true, step: s)
-                opt.step()
+                let tq = monotonicSeconds()
+                try opt.step(lr: Double(lr))
                 let t1 = monotonicSeconds()
                 losses.append(r.meanNLL)
-                if s >= warmupSteps { stepSeconds.append(t1 - t0) }
+                if s >= warmupSteps {
+                    stepSeconds.append(t1 - t0)
+                    optimizerSeconds += (tp - t0) + (t1 - tq)
+                }
             }
+            trainer.profile = nil
             let total = stepSeconds.reduce(0, +)
             let tokensPerS = Double(batch * seq * steps) / total
             // The whole run's peak: ru_maxrss may follow the reset mark, so take the larger with the load's.
@@ -83,6 +100,15 @@ struct BenchTrain: ParsableCommand {
                                                   chunkRows: trainer.lossChunkRows)
             let stepMs = stepSeconds.map { $0 * 1000 }
             let median = stepMs.sorted()[stepMs.count / 2]
+            // The profile: per part, ms per step, share of the step and GFLOP/s where counted.
+            var parts: [(String, Double, Double)] = []
+            if profile {
+                for p in TrainProfile.Part.allCases {
+                    parts.append((p.label, prof.seconds[p.rawValue], prof.flops[p.rawValue]))
+                }
+                parts.append(("zero gradients + AdamW", optimizerSeconds, 0))
+                parts.append(("not attributed", max(0, total - prof.totalSeconds - optimizerSeconds), 0))
+            }
             if json {
                 printJSON(.object([
                     ("model", .string(model)), ("threads", .number(Double(trainer.pool.activeCount))),
@@ -99,47 +125,25 @@ struct BenchTrain: ParsableCommand {
                     ("peak_rss_training_bytes", trainRSS.map { .number(Double($0)) } ?? .null),
                     ("activation_bytes_estimate", .number(Double(act))),
                     ("loss_chunk_rows", .number(Double(trainer.lossChunkRows))),
-                ]))
+                ] + (profile ? [("profile", .array(parts.map { p in
+                    .object([("part", .string(p.0)), ("ms_per_step", .number(p.1 * 1000 / Double(steps))),
+                             ("share", .number(p.1 / total)),
+                             ("gflop_per_s", p.2 > 0 ? .number(p.2 / p.1 / 1e9) : .null)])
+                }))] : [])))
             } else {
                 print("train \(batch)×\(seq) r=\(rank) \(targets) threads=\(trainer.pool.activeCount): "
                       + "\(format6(tokensPerS)) tokens/s, median step \(format6(median)) ms, "
                       + "loss \(format6(losses.first!)) → \(format6(losses.last!)), peak RSS \(rss / 1_048_576) MiB, "
                       + "activations ≈ \(act / 1_048_576) MiB")
-            }
-        }
-    }
-}
-
-/// A plain in-place AdamW (decoupled weight decay, bias-corrected moments) on the trainer's parameters,
-/// with torch.optim.AdamW's defaults, so the benchmark's step includes an optimizer update like the
-/// peer's. Local to the benchmark: the library's optimizer will replace it once merged.
-final class BenchAdamW {
-    let parameters: [TrainableTensor]
-    let lr: Float, beta1: Float = 0.9, beta2: Float = 0.999, eps: Float = 1e-8, weightDecay: Float = 0.01
-    private var m: [[Float]], v: [[Float]]
-    private var t = 0
-
-    init(parameters: [TrainableTensor], lr: Float) {
-        self.parameters = parameters
-        self.lr = lr
-        m = parameters.map { [Float](repeating: 0, count: $0.count) }
-        v = parameters.map { [Float](repeating: 0, count: $0.count) }
-    }
-
-    func step() {
-        t += 1
-        let bc1 = 1 - Float(Double(beta1).power(t)), bc2 = 1 - Float(Double(beta2).power(t))
-        let (b1, b2, e, lr, wd) = (beta1, beta2, eps, lr, weightDecay)
-        for (pi, p) in parameters.enumerated() {
-            let x = p.values, g = p.grad
-            m[pi].withUnsafeMutableBufferPointer { mb in
-                v[pi].withUnsafeMutableBufferPointer { vb in
-                    for i in 0..<p.count {
-                        let gi = g[i]
-                        mb[i] = b1 * mb[i] + (1 - b1) * gi
-                        vb[i] = b2 * vb[i] + (1 - b2) * gi * gi
-                        x[i] -= lr * wd * x[i]
-                        x[i] -= lr * (mb[i] / bc1) / ((vb[i] / bc2).squareRoot() + e)
+                if profile {
+                    print(padded("part", 36) + padded("ms/step", 10, left: true) + padded("share", 8, left: true)
+                          + padded("GFLOP/s", 9, left: true))
+                    for p in parts {
+                        let name = padded(p.0, 36)
+                        let ms = padded(fixed(p.1 * 1000 / Double(steps), 1), 10, left: true)
+                        let share = padded(fixed(100 * p.1 / total, 1) + "%", 8, left: true)
+                        let gf = padded(p.2 > 0 ? fixed(p.2 / p.1 / 1e9, 1) : "", 9, left: true)
+                        print("\(name) \(ms) \(share) \(gf)")
                     }
                 }
             }
@@ -147,12 +151,22 @@ final class BenchAdamW {
     }
 }
 
-private extension Double {
-    func power(_ n: Int) -> Double {
-        var r = 1.0
-        for _ in 0..<n { r *= self }
-        return r
-    }
+/// `s` padded with spaces to `width` characters (on the left when `left`).
+func padded(_ s: String, _ width: Int, left: Bool = false) -> String {
+    let pad = String(repeating: " ", count: max(0, width - s.count))
+    return left ? pad + s : s + pad
+}
+
+/// `x` with `digits` decimals.
+func fixed(_ x: Double, _ digits: Int) -> String {
+    guard x.isFinite else { return "\(x)" }
+    var p = 1.0
+    for _ in 0..<digits { p *= 10 }
+    let v = (abs(x) * p).rounded()
+    let ip = Int(v / p), fp = Int(v) - ip * Int(p)
+    let frac = String(fp)
+    let body = digits > 0 ? "\(ip)." + String(repeating: "0", count: digits - frac.count) + frac : "\(ip)"
+    return (x < 0 && v != 0 ? "-" : "") + body
 }
 
 /// Reset the kernel's peak-RSS mark of this process (VmHWM) so that `vmHWMBytes` then reports the peak

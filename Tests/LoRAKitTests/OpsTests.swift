@@ -467,11 +467,33 @@ func geluErfD(_ x: Double) -> Double { 0.5 * x * (1 + erf(x / 2.0.squareRoot()))
                                    layout: layout, inverse: true).map { $0 + 0.5 }
                 for t in 0..<c.rows { for j in (c.heads * c.D)..<ld { bref[t * ld + j] = 0.5 } }   // padding untouched
                 expectClose(dx.a, bref, atol: 1e-6, rtol: 1e-6, "rope backward \(layout) \(c)")
+                // A precomputed table (covering only some of the positions) gives the same bits, and the
+                // overwriting backward equals the accumulating one into zeros (padding columns untouched).
+                let table = try RoPETable(nRot: c.nRot, base: c.base, positions: Int(pos[c.rows / 2]) + 1)
+                let yt = FBuf(x.a)
+                try Ops.ropeForward(x: x.p, out: yt.p, rows: c.rows, heads: c.heads, headDim: c.D, ld: ld, nRot: c.nRot,
+                                    base: c.base, positions: pb.p, layout: layout, table: table, pool: pool)
+                #expect(yt.a == y.a, "rope with table \(layout) \(c)")
+                let dz = FBuf(c.rows * ld, 0), dw = FBuf(c.rows * ld, .nan)
+                for t in 0..<c.rows { for j in (c.heads * c.D)..<ld { dw.p[t * ld + j] = 0 } }
+                try Ops.ropeBackward(dout: dy.p, dx: dz.p, rows: c.rows, heads: c.heads, headDim: c.D, ld: ld, nRot: c.nRot,
+                                     base: c.base, positions: pb.p, layout: layout, pool: pool)
+                try Ops.ropeBackward(dout: dy.p, dx: dw.p, rows: c.rows, heads: c.heads, headDim: c.D, ld: ld, nRot: c.nRot,
+                                     base: c.base, positions: pb.p, layout: layout, accumulate: false, table: table,
+                                     pool: pool)
+                #expect(dw.a == dz.a, "rope backward overwrite/table \(layout) \(c)")
                 var lhs = 0.0, rhs = 0.0
                 for t in 0..<c.rows { for j in 0..<(c.heads * c.D) {
                     lhs += dy[d: t * ld + j] * ref[t * ld + j]; rhs += (Double(dx.a[t * ld + j]) - 0.5) * x[d: t * ld + j] } }
                 #expect(abs(lhs - rhs) <= 1e-4 * max(1, abs(lhs)), "rope adjoint \(lhs) vs \(rhs)")
             }
+        }
+        // A table made for other rotation settings is refused.
+        let wrong = try RoPETable(nRot: 4, base: 10_000, positions: 2)
+        let xw = FBuf(8), yw = FBuf(8), pw = IBuf([0, 1])
+        #expect(throws: LKError.self) {
+            try Ops.ropeForward(x: xw.p, out: yw.p, rows: 2, heads: 1, headDim: 4, nRot: 4, base: 500_000, positions: pw.p,
+                                layout: .neox, table: wrong, pool: pool)
         }
         // Known values: D = 2, pos = 1, θ = 1 rad: (1, 0) → (cos 1, sin 1); pos 0 is the identity.
         let x = FBuf([1, 0, 0.5, -2]), y = FBuf(4), pb = IBuf([1, 0])
@@ -522,6 +544,12 @@ func geluErfD(_ x: Double) -> Double { 0.5 * x * (1 + erf(x / 2.0.squareRoot()))
             try Ops.swigluBackward(gate: x.p, up: up.p, dout: dy.p, dgate: dg.p, dup: du.p, count: n, pool: pool)
             expectClose(dg.a, (0..<n).map { 0.5 + dy[d: $0] * up[d: $0] * siluGrad[$0] }, atol: 2e-6, rtol: 4e-6, "swiglu dgate n=\(n)")
             expectClose(du.a, (0..<n).map { -1 + dy[d: $0] * siluD(xd[$0]) }, atol: 2e-6, rtol: 4e-6, "swiglu dup n=\(n)")
+            // Overwriting: what the buffers held (here NaN) is neither read nor kept.
+            let og = FBuf(n, .nan), ou = FBuf(n, .nan)
+            try Ops.swigluBackward(gate: x.p, up: up.p, dout: dy.p, dgate: og.p, dup: ou.p, count: n,
+                                   accumulate: false, pool: pool)
+            expectClose(og.a, (0..<n).map { dy[d: $0] * up[d: $0] * siluGrad[$0] }, atol: 2e-6, rtol: 4e-6, "swiglu dgate (overwrite) n=\(n)")
+            expectClose(ou.a, (0..<n).map { dy[d: $0] * siluD(xd[$0]) }, atol: 2e-6, rtol: 4e-6, "swiglu dup (overwrite) n=\(n)")
             // GELU (both variants)
             for (mode, f) in [(GELUApproximation.tanh, geluTanhD), (.erf, geluErfD)] as [(GELUApproximation, (Double) -> Double)] {
                 try Ops.geluForward(x.p, out: out.p, count: n, approximation: mode, pool: pool)

@@ -81,27 +81,28 @@ extension Ops {
     }
 
     /// dgate += dout ⊙ up ⊙ silu'(gate),  dup += dout ⊙ silu(gate).   gate, up, dout, dgate, dup: [N].
+    /// With `accumulate: false` dgate and dup are overwritten (not read: they may hold garbage).
     public static func swigluBackward(gate: UnsafePointer<Float>, up: UnsafePointer<Float>,
                                       dout: UnsafePointer<Float>, dgate: UnsafeMutablePointer<Float>,
-                                      dup: UnsafeMutablePointer<Float>, count n: Int,
+                                      dup: UnsafeMutablePointer<Float>, count n: Int, accumulate: Bool = true,
                                       pool: ThreadPool = .shared) throws(LKError) {
         try checkCount(n, "swigluBackward")
         parallelFlat(n, pool) { r in
             var i = r.lowerBound
             while i + 8 <= r.upperBound {
                 let g = ld8(gate + i), s = sigmoid8(g), dy = ld8(dout + i)
-                var dg = ld8(dgate + i)
+                var dg = accumulate ? ld8(dgate + i) : SIMD8()
                 dg.addProduct(dy * ld8(up + i), s * (1 + g * (1 - s)))
                 st8(dg, dgate + i)
-                var du = ld8(dup + i)
+                var du = accumulate ? ld8(dup + i) : SIMD8()
                 du.addProduct(dy, g * s)
                 st8(du, dup + i)
                 i += 8
             }
             while i < r.upperBound {
                 let g = gate[i], s = sigmoid1(g), dy = dout[i]
-                dgate[i] = dgate[i].addingProduct(dy * up[i], s * (1 + g * (1 - s)))
-                dup[i] = dup[i].addingProduct(dy, g * s)
+                dgate[i] = (accumulate ? dgate[i] : 0).addingProduct(dy * up[i], s * (1 + g * (1 - s)))
+                dup[i] = (accumulate ? dup[i] : 0).addingProduct(dy, g * s)
                 i += 1
             }
         }

@@ -156,6 +156,35 @@ extension Ops {
         return s
     }
 
+    /// Σ exp(x[i] − m) for i < n in Double, writing the exps to `y` when given (y may alias x).
+    /// Float SIMD partial sums over blocks of 256 values, each block added in Double: converting every
+    /// value to Double (as `expShifted` does) costs more than the exp itself on long rows.
+    @inline(__always) static func expSum(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>?, _ n: Int,
+                                         _ m: Float) -> Double {
+        let mv = SIMD8<Float>(repeating: m)
+        var s = 0.0
+        var i = 0
+        while i + 8 <= n {
+            let end = min(n, i + 256) & ~7
+            var a0 = SIMD8<Float>(), a1 = SIMD8<Float>()
+            while i + 16 <= end {
+                let e0 = simdExp(ld8(x + i) - mv), e1 = simdExp(ld8(x + i + 8) - mv)
+                if let y { st8(e0, y + i); st8(e1, y + i + 8) }
+                a0 += e0; a1 += e1
+                i += 16
+            }
+            if i + 8 <= end {
+                let e0 = simdExp(ld8(x + i) - mv)
+                if let y { st8(e0, y + i) }
+                a0 += e0
+                i += 8
+            }
+            s += Double((a0 + a1).sum())
+        }
+        while i < n { let e = scalarExp(x[i] - m); y?[i] = e; s += Double(e); i += 1 }
+        return s
+    }
+
     @inline(__always) static func softmaxRow(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
         if n == 0 { return }
         let m = rowMax(x, n)
@@ -233,12 +262,7 @@ extension Ops {
                 let m = rowMax(lr, cols)
                 let newMax = max(runningMax[t], m)
                 // Σ exp(l − newMax) over the chunk, without storing the exps.
-                let mv = SIMD8<Float>(repeating: newMax)
-                var acc = SIMD8<Double>()
-                var i = 0
-                while i + 8 <= cols { acc += SIMD8<Double>(simdExp(ld8(lr + i) - mv)); i += 8 }
-                var s = acc.sum()
-                while i < cols { s += Double(scalarExp(lr[i] - newMax)); i += 1 }
+                let s = expSum(lr, nil, cols, newMax)
                 let old = runningSum[t] == 0 ? 0 : Double(runningSum[t]) * exp(Double(runningMax[t] - newMax))
                 runningSum[t] = Float(old + s)
                 runningMax[t] = newMax
@@ -280,12 +304,7 @@ extension Ops {
             for t in partition(rows, index: idx, count: cnt) {
                 let lr = logits + t * ldv
                 let m = rowMax(lr, vocab)
-                let mv = SIMD8<Float>(repeating: m)
-                var acc = SIMD8<Double>()
-                var i = 0
-                while i + 8 <= vocab { acc += SIMD8<Double>(simdExp(ld8(lr + i) - mv)); i += 8 }
-                var s = acc.sum()
-                while i < vocab { s += Double(scalarExp(lr[i] - m)); i += 1 }
+                let s = expSum(lr, nil, vocab, m)
                 let l = Float(Double(m) + log(s))
                 lse?[t] = l
                 losses[t] = targets[t] == ignoreIndex ? 0 : l - lr[Int(targets[t])]
@@ -325,24 +344,36 @@ extension Ops {
                                                    losses: UnsafeMutablePointer<Float>,
                                                    lse: UnsafeMutablePointer<Float>? = nil,
                                                    pool: ThreadPool = .shared) throws(LKError) {
+        try checkDims("crossEntropyBackwardInPlace", ("rows", rows), ("vocab", vocab))
+        guard vocab > 0 || rows == 0 else { throw .invalidArgument("crossEntropyBackwardInPlace: empty vocabulary") }
+        try checkTargets(targets, rows: rows, vocab: vocab, ignoreIndex: ignoreIndex, "crossEntropyBackwardInPlace")
         let ldv = ld ?? vocab
-        var l = [Float](repeating: 0, count: max(rows, 1))
-        try l.withUnsafeMutableBufferPointer { (lp) throws(LKError) in
-            try crossEntropyForward(logits: logits, ld: ldv, rows: rows, vocab: vocab, targets: targets,
-                                    ignoreIndex: ignoreIndex, losses: losses, lse: lp.baseAddress!, pool: pool)
-            let lb = lp.baseAddress!
-            pool.run(maxTasks: tasks(rows * vocab, pool, grain: 8192)) { idx, cnt in
-                for t in partition(rows, index: idx, count: cnt) {
-                    if targets[t] == ignoreIndex {
-                        (logits + t * ldv).update(repeating: 0, count: vocab)
-                    } else {
-                        ceGradRow(logits + t * ldv, logits + t * ldv, vocab, lb[t], scale,
-                                  target: Int(targets[t]), accumulate: false)
-                    }
+        guard ldv >= vocab else { throw .invalidArgument("crossEntropyBackwardInPlace: ld \(ldv) < vocab \(vocab)") }
+        // One row at a time: max, then e = exp(logit − max) stored in place while summing, then
+        // e · scale/Σe − scale·onehot. Two passes over the row instead of three, one exp per value.
+        pool.run(maxTasks: tasks(rows * vocab, pool, grain: 8192)) { idx, cnt in
+            for t in partition(rows, index: idx, count: cnt) {
+                let lr = logits + t * ldv
+                let m = rowMax(lr, vocab)
+                let y = Int(targets[t])
+                let target = targets[t] == ignoreIndex ? 0 : lr[y]
+                let s = expSum(lr, lr, vocab, m)
+                let l = Float(Double(m) + log(s))
+                lse?[t] = l
+                if targets[t] == ignoreIndex {
+                    losses[t] = 0
+                    lr.update(repeating: 0, count: vocab)
+                    continue
                 }
+                losses[t] = l - target
+                let f = Float(Double(scale) / s)
+                let fv = SIMD8<Float>(repeating: f)
+                var i = 0
+                while i + 8 <= vocab { st8(ld8(lr + i) * fv, lr + i); i += 8 }
+                while i < vocab { lr[i] *= f; i += 1 }
+                lr[y] -= scale
             }
         }
-        if let lse { for t in 0..<rows { lse[t] = l[t] } }
     }
 
     /// d[i] (+)= scale · (exp(l[i] − lse) − [i == target]) for i < n.

@@ -20,6 +20,39 @@ public enum RoPELayout: Sendable, Equatable {
     case neox
 }
 
+/// cos and sin of every rotation angle for positions 0..<positions, computed once (exactly as `Ops.rope`
+/// computes them per row) so that kernels called many times on the same positions — training runs RoPE
+/// forward and backward on q and k in every layer — skip the per-row cos/sin.
+public final class RoPETable: @unchecked Sendable {
+    public let nRot: Int
+    public let base: Float
+    public let positions: Int
+    /// [positions, nRot]: cos of the nRot/2 angles, then their sin.
+    let values: [Float]
+
+    public init(nRot: Int, base: Float, positions: Int) throws(LKError) {
+        guard nRot >= 2, nRot % 2 == 0 else { throw .invalidArgument("RoPETable: rotated dims \(nRot) must be even and ≥ 2") }
+        guard base.isFinite, base > 1 else { throw .invalidArgument("RoPETable: base \(base) must be finite and > 1") }
+        guard positions >= 0, positions <= 1 << 24 else {
+            throw .invalidArgument("RoPETable: positions \(positions) must be in 0...\(1 << 24)")
+        }
+        self.nRot = nRot
+        self.base = base
+        self.positions = positions
+        let half = nRot / 2
+        let inv = Ops.ropeInverseFrequencies(nRot: nRot, base: base)
+        var v = [Float](repeating: 0, count: positions * nRot)
+        for p in 0..<positions {
+            for i in 0..<half {
+                let a = Double(Float(p) * inv[i])
+                v[p * nRot + i] = Float(cos(a))
+                v[p * nRot + half + i] = Float(sin(a))
+            }
+        }
+        values = v
+    }
+}
+
 extension Ops {
     /// The float32 inverse frequencies (nRot/2 values), as Hugging Face computes them.
     public static func ropeInverseFrequencies(nRot: Int, base: Float) -> [Float] {
@@ -43,34 +76,46 @@ extension Ops {
     /// angle pos[t]·invFreq[i]; dims nRot..<D are copied unchanged.
     /// - x, out: [T, ld] with H heads of D values at the start of each row (ld defaults to H·D; out may
     ///   alias x); positions: [T].
+    /// `table` (same nRot and base) supplies cos/sin for positions below its size (same values).
     public static func ropeForward(x: UnsafePointer<Float>, out: UnsafeMutablePointer<Float>, rows: Int,
                                    heads: Int, headDim: Int, ld: Int? = nil, nRot: Int? = nil,
                                    base: Float = 10_000, positions: UnsafePointer<Int32>,
-                                   layout: RoPELayout, pool: ThreadPool = .shared) throws(LKError) {
+                                   layout: RoPELayout, table: RoPETable? = nil,
+                                   pool: ThreadPool = .shared) throws(LKError) {
         try rope(src: x, dst: out, rows: rows, heads: heads, headDim: headDim, ld: ld ?? heads * headDim,
                  nRot: nRot ?? headDim, base: base, positions: positions, layout: layout, backward: false,
-                 pool: pool, "ropeForward")
+                 accumulate: false, table: table, pool: pool, "ropeForward")
     }
 
     /// Backward of `ropeForward`: dx += Rᵀ·dout (rotation by −angle); dims nRot..<D: dx += dout.
+    /// With `accumulate: false`, dx = Rᵀ·dout (dx is not read).
     /// - dout, dx: [T, ld]; positions: [T]; other parameters as in the forward.
     public static func ropeBackward(dout: UnsafePointer<Float>, dx: UnsafeMutablePointer<Float>, rows: Int,
                                     heads: Int, headDim: Int, ld: Int? = nil, nRot: Int? = nil,
                                     base: Float = 10_000, positions: UnsafePointer<Int32>,
-                                    layout: RoPELayout, pool: ThreadPool = .shared) throws(LKError) {
+                                    layout: RoPELayout, accumulate: Bool = true, table: RoPETable? = nil,
+                                    pool: ThreadPool = .shared) throws(LKError) {
         try rope(src: dout, dst: dx, rows: rows, heads: heads, headDim: headDim, ld: ld ?? heads * headDim,
                  nRot: nRot ?? headDim, base: base, positions: positions, layout: layout, backward: true,
-                 pool: pool, "ropeBackward")
+                 accumulate: accumulate, table: table, pool: pool, "ropeBackward")
     }
 
     static func rope(src: UnsafePointer<Float>, dst: UnsafeMutablePointer<Float>, rows: Int, heads: Int,
                      headDim: Int, ld: Int, nRot: Int, base: Float, positions: UnsafePointer<Int32>,
-                     layout: RoPELayout, backward: Bool, pool: ThreadPool, _ what: String) throws(LKError) {
+                     layout: RoPELayout, backward: Bool, accumulate: Bool, table: RoPETable?, pool: ThreadPool,
+                     _ what: String) throws(LKError) {
         try checkRoPE(what, rows: rows, heads: heads, headDim: headDim, ld: ld, nRot: nRot, base: base,
                       positions: positions)
+        if let tb = table, tb.nRot != nRot || tb.base != base {
+            throw .invalidArgument("\(what): table for nRot \(tb.nRot), base \(tb.base) used with nRot \(nRot), base \(base)")
+        }
         let half = nRot / 2
+        let add = backward && accumulate
         let invFreq = ropeInverseFrequencies(nRot: nRot, base: base)
+        let tableValues = table?.values ?? []
+        let tablePositions = table?.positions ?? 0
         invFreq.withUnsafeBufferPointer { ifb in
+          tableValues.withUnsafeBufferPointer { tvb in
             let inv = ifb.baseAddress!
             pool.run(maxTasks: tasks(rows * heads * headDim, pool, grain: 8192)) { idx, cnt in
                 let r = partition(rows, index: idx, count: cnt)
@@ -79,12 +124,21 @@ extension Ops {
                 let cs = pool.scratch(idx, bytes: nRot * 4).assumingMemoryBound(to: Float.self)
                 let sn = cs + half
                 for t in r {
-                    let p = Float(positions[t])
-                    for i in 0..<half {
-                        let a = Double(p * inv[i])
-                        cs[i] = Float(cos(a))
-                        // The backward rotates by −angle.
-                        sn[i] = backward ? -Float(sin(a)) : Float(sin(a))
+                    let pi = Int(positions[t])
+                    if pi < tablePositions {
+                        let row = tvb.baseAddress! + pi * nRot
+                        for i in 0..<half {
+                            cs[i] = row[i]
+                            sn[i] = backward ? -row[half + i] : row[half + i]
+                        }
+                    } else {
+                        let p = Float(positions[t])
+                        for i in 0..<half {
+                            let a = Double(p * inv[i])
+                            cs[i] = Float(cos(a))
+                            // The backward rotates by −angle.
+                            sn[i] = backward ? -Float(sin(a)) : Float(sin(a))
+                        }
                     }
                     for h in 0..<heads {
                         let s = src + t * ld + h * headDim, d = dst + t * ld + h * headDim
@@ -95,7 +149,7 @@ extension Ops {
                                 let a = ld8(s + i), b = ld8(s + half + i), c = ld8(cs + i), n = ld8(sn + i)
                                 var ya = a * c; ya.addProduct(-b, n)
                                 var yb = a * n; yb.addProduct(b, c)
-                                if backward { ya += ld8(d + i); yb += ld8(d + half + i) }
+                                if add { ya += ld8(d + i); yb += ld8(d + half + i) }
                                 st8(ya, d + i); st8(yb, d + half + i)
                                 i += 8
                             }
@@ -103,7 +157,7 @@ extension Ops {
                                 let a = s[i], b = s[half + i]
                                 var ya = (a * cs[i]).addingProduct(-b, sn[i])
                                 var yb = (a * sn[i]).addingProduct(b, cs[i])
-                                if backward { ya += d[i]; yb += d[half + i] }
+                                if add { ya += d[i]; yb += d[half + i] }
                                 d[i] = ya; d[half + i] = yb
                                 i += 1
                             }
@@ -112,12 +166,12 @@ extension Ops {
                                 let a = s[2 * i], b = s[2 * i + 1]
                                 var ya = (a * cs[i]).addingProduct(-b, sn[i])
                                 var yb = (a * sn[i]).addingProduct(b, cs[i])
-                                if backward { ya += d[2 * i]; yb += d[2 * i + 1] }
+                                if add { ya += d[2 * i]; yb += d[2 * i + 1] }
                                 d[2 * i] = ya; d[2 * i + 1] = yb
                             }
                         }
                         if nRot < headDim {
-                            if backward {
+                            if add {
                                 for i in nRot..<headDim { d[i] += s[i] }
                             } else if UnsafePointer(d) != s {
                                 for i in nRot..<headDim { d[i] = s[i] }
@@ -126,6 +180,7 @@ extension Ops {
                     }
                 }
             }
+          }
         }
     }
 }

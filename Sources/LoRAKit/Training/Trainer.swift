@@ -73,6 +73,8 @@ public final class LoRATrainer: @unchecked Sendable {
     /// cost V·256·4 bytes of logits (48 MiB at V = 49152) and run the two head products ≈ 25–35 % faster
     /// than 64 rows. Values do not depend on it (every row's products and loss are computed alike).
     public var lossChunkRows = 256
+    /// When set, every pass adds its time per part (and the GEMM flops) to it.
+    public var profile: TrainProfile?
 
     private let byLayer: [[TrainableLoRAModule?]]
     private let lowestLayer: Int
@@ -193,6 +195,7 @@ public final class LoRATrainer: @unchecked Sendable {
         let backward = gradients || inputGradients
 
         // Input rows and positions.
+        var t0 = tick()
         for (s, seq) in batch.enumerated() {
             let o = offsets[s], p = prefixRows[s]
             for i in 0..<lengths[s] { buf.positions[o + i] = Int32(i) }
@@ -210,6 +213,7 @@ public final class LoRATrainer: @unchecked Sendable {
                 }
             }
         }
+        tock(.embedding, t0)
         let seqs = Array(zip(offsets, lengths))
         for l in 0..<c.nLayers {
             try forwardLayer(l, rows: n, seqs: seqs, buf: buf, step: step, micro: microBatch)
@@ -217,48 +221,67 @@ public final class LoRATrainer: @unchecked Sendable {
 
         // Final norm, output head and loss over the predicted rows.
         let xL = buf.xs[c.nLayers]
+        t0 = tick()
         try Ops.rmsNormForward(x: xL, weight: model.outputNorm.f32, out: buf.xF, rstd: buf.rstdF, rows: n,
                                dim: c.dim, eps: c.normEps, pool: pool)
+        tock(.norm, t0)
+        t0 = tick()
         if backward { buf.dxF.update(repeating: 0, count: n * c.dim) }
+        tock(.elementwise, t0)
+        let headFlops = 2 * Double(c.vocabSize) * Double(c.dim)
         var sumNLL = 0.0
         let rc = buf.chunkRows
         var start = 0
         while start < predicted {
             let cnt = min(rc, predicted - start)
+            t0 = tick()
             for i in 0..<cnt {
                 (buf.gather + i * c.dim).update(from: buf.xF + Int(predRows[start + i]) * c.dim, count: c.dim)
                 buf.chunkTargets[i] = predTargets[start + i]
             }
+            tock(.elementwise, t0)
+            t0 = tick()
             try GEMM.multiply(m: cnt, n: c.vocabSize, k: c.dim, a: GEMMLeft(UnsafePointer(buf.gather), rowStride: c.dim),
                               b: .weight(UnsafeRawPointer(model.output.rawPointer), dtype: model.output.dtype,
                                          rows: c.vocabSize, cols: c.dim, transposed: true),
                               c: buf.logits, ldc: c.vocabSize, pool: pool)
+            tock(.headForward, t0, flops: headFlops * Double(cnt))
+            t0 = tick()
             if backward {
                 try Ops.crossEntropyBackwardInPlace(logits: buf.logits, rows: cnt, vocab: c.vocabSize,
                                                     targets: buf.chunkTargets, scale: scale, losses: buf.losses,
                                                     pool: pool)
+                tock(.loss, t0)
+                t0 = tick()
                 try GEMM.multiply(m: cnt, n: c.dim, k: c.vocabSize, a: GEMMLeft(UnsafePointer(buf.logits), rowStride: c.vocabSize),
                                   b: .weight(UnsafeRawPointer(model.output.rawPointer), dtype: model.output.dtype,
                                              rows: c.vocabSize, cols: c.dim, transposed: false),
                                   c: buf.gather, ldc: c.dim, pool: pool)
+                tock(.headBackward, t0, flops: headFlops * Double(cnt))
+                t0 = tick()
                 for i in 0..<cnt {
                     (buf.dxF + Int(predRows[start + i]) * c.dim).update(from: buf.gather + i * c.dim, count: c.dim)
                 }
+                tock(.elementwise, t0)
             } else {
                 try Ops.crossEntropyForward(logits: buf.logits, rows: cnt, vocab: c.vocabSize,
                                             targets: buf.chunkTargets, losses: buf.losses, lse: nil, pool: pool)
+                tock(.loss, t0)
             }
             for i in 0..<cnt { sumNLL += Double(buf.losses[i]) }
             start += cnt
         }
         var result = TrainPassResult(sumNLL: sumNLL, predicted: predicted, rows: n, inputGradients: nil)
+        profile?.passes += 1
         guard backward else { return result }
 
         // Backward.
         let dX = buf.dX
+        t0 = tick()
         dX.update(repeating: 0, count: n * c.dim)
         try Ops.rmsNormBackward(dout: buf.dxF, x: xL, weight: model.outputNorm.f32, rstd: buf.rstdF, dx: dX,
                                 dweight: nil, rows: n, dim: c.dim, pool: pool)
+        tock(.norm, t0)
         let stop = inputGradients ? 0 : lowestLayer
         for l in stride(from: c.nLayers - 1, through: stop, by: -1) {
             let needInput = l > stop || inputGradients
@@ -283,11 +306,15 @@ public final class LoRATrainer: @unchecked Sendable {
         let w = model.layers[l].weight(m)
         // Always the GEMM (never the decode mat-vec): the same f32 arithmetic on the dequantized weights for
         // any row count, so losses do not depend on how a batch is split.
+        var t0 = tick()
         try GEMM.multiply(m: n, n: w.shape[0], k: w.shape[1], a: GEMMLeft(x, rowStride: w.shape[1]),
                           b: .weight(UnsafeRawPointer(w.rawPointer), dtype: w.dtype, rows: w.shape[0], cols: w.shape[1],
                                      transposed: true),
                           c: y, ldc: w.shape[0], pool: pool)
+        tock(.baseForward, t0, flops: 2 * Double(n) * Double(w.shape[0]) * Double(w.shape[1]))
         guard let tm = byLayer[l][m.rawValue] else { return }
+        t0 = tick()
+        defer { tock(.lora, t0) }
         var xin = x
         if dropout > 0 {
             LoRADropout.apply(x, out: buf.xDrop, count: n * tm.inFeatures, p: dropout,
@@ -305,13 +332,17 @@ public final class LoRATrainer: @unchecked Sendable {
                                  parameters: Bool, step: Int, micro: Int) throws(LKError) {
         let w = model.layers[l].weight(m)
         let (nOut, nIn) = (w.shape[0], w.shape[1])
+        var t0 = tick()
         if let dx {
             try GEMM.multiply(m: n, n: nIn, k: nOut, a: GEMMLeft(dy, rowStride: nOut),
                               b: .weight(UnsafeRawPointer(w.rawPointer), dtype: w.dtype, rows: nOut, cols: nIn,
                                          transposed: false),
                               beta: beta, c: dx, ldc: nIn, pool: pool)
+            tock(.baseBackward, t0, flops: 2 * Double(n) * Double(nOut) * Double(nIn))
         }
         guard let tm = byLayer[l][m.rawValue] else { return }
+        t0 = tick()
+        defer { tock(.lora, t0) }
         if dropout > 0 {
             let key = LoRADropout.key(seed: dropoutSeed, step: step, micro: micro, layer: l, module: m)
             LoRADropout.apply(x, out: buf.xDrop, count: n * nIn, p: dropout, key: key, pool: pool)
@@ -333,30 +364,61 @@ public final class LoRATrainer: @unchecked Sendable {
         let L = model.layers[l], S = buf.layers[l]
         let xIn = buf.xs[l], xOut = buf.xs[l + 1]
         let pos = UnsafePointer(buf.positions)
+        var t0 = tick()
         try Ops.rmsNormForward(x: xIn, weight: L.attnNorm.f32, out: S.xn1, rstd: S.rstd1, rows: n, dim: c.dim,
                                eps: c.normEps, pool: pool)
+        tock(.norm, t0)
         try project(l, .q, x: S.xn1, rows: n, y: S.q, buf: buf, step: step, micro: micro)
         try project(l, .k, x: S.xn1, rows: n, y: S.k, buf: buf, step: step, micro: micro)
         try project(l, .v, x: S.xn1, rows: n, y: S.v, buf: buf, step: step, micro: micro)
+        t0 = tick()
         try Ops.ropeForward(x: S.q, out: S.q, rows: n, heads: c.nHeads, headDim: c.headDim, nRot: c.ropeDims,
-                            base: c.ropeBase, positions: pos, layout: c.ropeLayout, pool: pool)
+                            base: c.ropeBase, positions: pos, layout: c.ropeLayout, table: buf.rope, pool: pool)
         try Ops.ropeForward(x: S.k, out: S.k, rows: n, heads: c.nKVHeads, headDim: c.headDim, nRot: c.ropeDims,
-                            base: c.ropeBase, positions: pos, layout: c.ropeLayout, pool: pool)
+                            base: c.ropeBase, positions: pos, layout: c.ropeLayout, table: buf.rope, pool: pool)
+        tock(.rope, t0)
+        t0 = tick()
         for (o, len) in seqs {
             try Ops.attentionForward(q: S.q + o * c.qDim, k: S.k + o * c.kvDim, v: S.v + o * c.kvDim,
                                      out: S.att + o * c.qDim, lse: S.lse + o * c.nHeads, rows: len, keys: len,
                                      heads: c.nHeads, kvHeads: c.nKVHeads, headDim: c.headDim, startPos: 0,
                                      pool: pool)
         }
+        tock(.attentionForward, t0, flops: attentionFlops(seqs))
         try project(l, .o, x: S.att, rows: n, y: buf.tmp, buf: buf, step: step, micro: micro)
+        t0 = tick()
         try Ops.add(xIn, buf.tmp, out: S.xMid, count: n * c.dim, pool: pool)
+        tock(.elementwise, t0)
+        t0 = tick()
         try Ops.rmsNormForward(x: S.xMid, weight: L.ffnNorm.f32, out: S.xn2, rstd: S.rstd2, rows: n, dim: c.dim,
                                eps: c.normEps, pool: pool)
+        tock(.norm, t0)
         try project(l, .gate, x: S.xn2, rows: n, y: S.gate, buf: buf, step: step, micro: micro)
         try project(l, .up, x: S.xn2, rows: n, y: S.up, buf: buf, step: step, micro: micro)
+        t0 = tick()
         try Ops.swigluForward(gate: S.gate, up: S.up, out: buf.h, count: n * c.hiddenDim, pool: pool)
+        tock(.activation, t0)
         try project(l, .down, x: buf.h, rows: n, y: buf.tmp, buf: buf, step: step, micro: micro)
+        t0 = tick()
         try Ops.add(S.xMid, buf.tmp, out: xOut, count: n * c.dim, pool: pool)
+        tock(.elementwise, t0)
+    }
+
+    /// Multiply-add pairs ×2 of one attention forward (two products over the causal half) for `seqs`.
+    private func attentionFlops(_ seqs: [(Int, Int)]) -> Double {
+        let c = model.config
+        return seqs.reduce(0.0) { acc, s in
+            acc + 2 * 2 * Double(s.1) * Double(s.1 + 1) / 2 * Double(c.nHeads * c.headDim)
+        }
+    }
+
+    /// Start timing a part (0 when no profile is attached).
+    @inline(__always) private func tick() -> Double { profile == nil ? 0 : TrainProfile.now() }
+
+    /// End timing a part started at `t0`.
+    @inline(__always) private func tock(_ part: TrainProfile.Part, _ t0: Double, flops: Double = 0) {
+        guard let p = profile else { return }
+        p.add(part, seconds: TrainProfile.now() - t0, flops: flops)
     }
 
     /// On entry buf.dX = dLoss/d(layer output); on exit dLoss/d(layer input) (when `needInput`).
@@ -372,22 +434,29 @@ public final class LoRATrainer: @unchecked Sendable {
         let pos = UnsafePointer(buf.positions)
         // MLP: xOut = xMid + down(swiglu(gate(xn2), up(xn2))).
         if attnPart || has(.gate, .up, .down) {
-            try Ops.swigluForward(gate: S.gate, up: S.up, out: buf.h, count: n * c.hiddenDim, pool: pool)
+            var t0 = tick()
+            // h = swiglu(gate, up) is the input of down: needed (recomputed, not kept) only for its LoRA.
+            if has(.down) {
+                try Ops.swigluForward(gate: S.gate, up: S.up, out: buf.h, count: n * c.hiddenDim, pool: pool)
+            }
+            tock(.activation, t0)
             let needDh = attnPart || has(.gate, .up)
             try projectBackward(l, .down, x: buf.h, dy: dX, rows: n, dx: needDh ? buf.dh : nil, beta: 0, buf: buf, parameters: parameters,
                                 step: step, micro: micro)
             if needDh {
-                buf.dGate.update(repeating: 0, count: n * c.hiddenDim)
-                buf.dUp.update(repeating: 0, count: n * c.hiddenDim)
+                t0 = tick()
                 try Ops.swigluBackward(gate: S.gate, up: S.up, dout: buf.dh, dgate: buf.dGate, dup: buf.dUp,
-                                       count: n * c.hiddenDim, pool: pool)
+                                       count: n * c.hiddenDim, accumulate: false, pool: pool)
+                tock(.activation, t0)
                 try projectBackward(l, .gate, x: S.xn2, dy: buf.dGate, rows: n, dx: attnPart ? buf.dxn : nil, beta: 0,
                                     buf: buf, parameters: parameters, step: step, micro: micro)
                 try projectBackward(l, .up, x: S.xn2, dy: buf.dUp, rows: n, dx: attnPart ? buf.dxn : nil, beta: 1,
                                     buf: buf, parameters: parameters, step: step, micro: micro)
                 if attnPart {
+                    t0 = tick()
                     try Ops.rmsNormBackward(dout: buf.dxn, x: S.xMid, weight: L.ffnNorm.f32, rstd: S.rstd2, dx: dX,
                                             dweight: nil, rows: n, dim: c.dim, pool: pool)
+                    tock(.norm, t0)
                 }
             }
         }
@@ -397,9 +466,12 @@ public final class LoRATrainer: @unchecked Sendable {
                             micro: micro)
         let needQKV = needInput || has(.q, .k, .v)
         guard needQKV else { return }
+        var t0 = tick()
         buf.dq.update(repeating: 0, count: n * c.qDim)
         buf.dk.update(repeating: 0, count: n * c.kvDim)
         buf.dv.update(repeating: 0, count: n * c.kvDim)
+        tock(.elementwise, t0)
+        t0 = tick()
         for (o, len) in seqs {
             try Ops.attentionBackward(q: S.q + o * c.qDim, k: S.k + o * c.kvDim, v: S.v + o * c.kvDim,
                                       out: S.att + o * c.qDim, dout: buf.dAtt + o * c.qDim, lse: S.lse + o * c.nHeads,
@@ -407,19 +479,24 @@ public final class LoRATrainer: @unchecked Sendable {
                                       rows: len, keys: len, heads: c.nHeads, kvHeads: c.nKVHeads,
                                       headDim: c.headDim, startPos: 0, pool: pool)
         }
-        buf.dqr.update(repeating: 0, count: n * c.qDim)
-        buf.dkr.update(repeating: 0, count: n * c.kvDim)
+        tock(.attentionBackward, t0, flops: 2.5 * attentionFlops(seqs))
+        t0 = tick()
         try Ops.ropeBackward(dout: buf.dq, dx: buf.dqr, rows: n, heads: c.nHeads, headDim: c.headDim,
-                             nRot: c.ropeDims, base: c.ropeBase, positions: pos, layout: c.ropeLayout, pool: pool)
+                             nRot: c.ropeDims, base: c.ropeBase, positions: pos, layout: c.ropeLayout,
+                             accumulate: false, table: buf.rope, pool: pool)
         try Ops.ropeBackward(dout: buf.dk, dx: buf.dkr, rows: n, heads: c.nKVHeads, headDim: c.headDim,
-                             nRot: c.ropeDims, base: c.ropeBase, positions: pos, layout: c.ropeLayout, pool: pool)
+                             nRot: c.ropeDims, base: c.ropeBase, positions: pos, layout: c.ropeLayout,
+                             accumulate: false, table: buf.rope, pool: pool)
+        tock(.rope, t0)
         let dxn: UnsafeMutablePointer<Float>? = needInput ? buf.dxn : nil
         try projectBackward(l, .q, x: S.xn1, dy: buf.dqr, rows: n, dx: dxn, beta: 0, buf: buf, parameters: parameters, step: step, micro: micro)
         try projectBackward(l, .k, x: S.xn1, dy: buf.dkr, rows: n, dx: dxn, beta: 1, buf: buf, parameters: parameters, step: step, micro: micro)
         try projectBackward(l, .v, x: S.xn1, dy: buf.dv, rows: n, dx: dxn, beta: 1, buf: buf, parameters: parameters, step: step, micro: micro)
         if needInput {
+            t0 = tick()
             try Ops.rmsNormBackward(dout: buf.dxn, x: buf.xs[l], weight: L.attnNorm.f32, rstd: S.rstd1, dx: dX,
                                     dweight: nil, rows: n, dim: c.dim, pool: pool)
+            tock(.norm, t0)
         }
     }
 
@@ -440,7 +517,7 @@ public final class LoRATrainer: @unchecked Sendable {
                                        chunkRows: Int = 256) -> Int {
         let perLayer = n * (4 * c.dim + 2 * c.qDim + 2 * c.kvDim + 2 * c.hiddenDim + c.nHeads + 2)
         let shared = n * ((c.nLayers + 1) * c.dim + 4 * c.dim + 4 * c.qDim + 3 * c.kvDim + 5 * c.hiddenDim
-                          + maxRank + 1) + chunkRows * (c.vocabSize + 2 * c.dim + 2)
+                          + maxRank + 1 + c.ropeDims) + chunkRows * (c.vocabSize + 2 * c.dim + 2)
         return 4 * (c.nLayers * perLayer + shared + adapterModules * n * maxRank)
     }
 }
@@ -481,12 +558,15 @@ final class TrainBuffers {
     let gather, logits, losses: UnsafeMutablePointer<Float>
     let chunkTargets: UnsafeMutablePointer<Int32>
     let positions: UnsafeMutablePointer<Int32>
+    /// cos/sin of the rotary angles for every position a sequence of up to `capacity` rows uses.
+    let rope: RoPETable
     private var storage: [Storage] = []
 
     init(config c: LlamaConfig, capacity n: Int, chunkRows rc: Int, maxRank: Int,
          modules: [[TrainableLoRAModule?]]) throws(LKError) {
         capacity = n
         chunkRows = rc
+        rope = try RoPETable(nRot: c.ropeDims, base: c.ropeBase, positions: min(n, c.contextLength))
         var st: [Storage] = []
         func alloc(_ floats: Int) throws(LKError) -> UnsafeMutablePointer<Float> {
             let s = try Storage(lazyZeroedBytes: max(floats, 1) * 4)
