@@ -412,6 +412,14 @@ func geluErfD(_ x: Double) -> Double { 0.5 * x * (1 + erf(x / 2.0.squareRoot()))
                                                 ignoreIndex: ignore, scale: scale, losses: l3.p, pool: pool)
             #expect(l3.a == losses.a)
             expectClose(inplace.a, dref.map { $0 - 0.5 }, atol: 1e-6, rtol: 1e-5, "CE in place \(rows)x\(V)")
+            // Unnormalised in place: rowScale · logits is the same gradient, losses match.
+            let un = FBuf(logits.a), l4 = FBuf(rows), rs = FBuf(rows, .nan)
+            try Ops.crossEntropyUnnormalizedBackwardInPlace(logits: un.p, rows: rows, vocab: V, targets: targets.p,
+                                                            ignoreIndex: ignore, scale: scale, losses: l4.p,
+                                                            rowScale: rs.p, pool: pool)
+            #expect(l4.a == losses.a)
+            let scaled = (0..<(rows * V)).map { Double(un.a[$0]) * Double(rs.a[$0 / V]) }
+            expectClose(scaled.map { Float($0) }, dref.map { $0 - 0.5 }, atol: 1e-6, rtol: 1e-5, "CE unnormalised \(rows)x\(V)")
         }
         let (rows, V) = (40, 3001)
         let lg = FBuf(randn(rows * V, seed: 77, scale: 2)), tgt = IBuf((0..<rows).map { Int32($0 * 71 % V) })
@@ -422,7 +430,10 @@ func geluErfD(_ x: Double) -> Double { 0.5 * x * (1 + erf(x / 2.0.squareRoot()))
                                          dlogits: d.p, ldd: V, rows: rows, cols: V, pool: p)
             try Ops.crossEntropyBackwardInPlace(logits: ip.p, rows: rows, vocab: V, targets: tgt.p, scale: 1 / Float(rows),
                                                 losses: l2.p, pool: p)
-            return [losses.a, lse.a, d.a, ip.a]
+            let un = FBuf(lg.a), l3 = FBuf(rows), rs = FBuf(rows)
+            try Ops.crossEntropyUnnormalizedBackwardInPlace(logits: un.p, rows: rows, vocab: V, targets: tgt.p,
+                                                            scale: 1 / Float(rows), losses: l3.p, rowScale: rs.p, pool: p)
+            return [losses.a, lse.a, d.a, ip.a, un.a, l3.a, rs.a]
         }
     }
 

@@ -376,6 +376,48 @@ extension Ops {
         }
     }
 
+    /// The cross-entropy backward in place, left unnormalised (one pass fewer over the logits than
+    /// `crossEntropyBackwardInPlace`): logits[t] becomes e − Σe·onehot(target) with e = exp(logit − max),
+    /// and rowScale[t] = scale / Σe, so that dlogits[t] = rowScale[t] · logits[t]. A caller multiplying
+    /// dlogits by a matrix next (the output head's backward) applies rowScale to the product's rows
+    /// instead. Rows whose target is `ignoreIndex` become 0 with rowScale 0. Losses (and lse) as
+    /// `crossEntropyForward`.
+    /// - logits: [T, ld] (V columns used); targets, losses, rowScale: [T]; lse: [T] or nil.
+    public static func crossEntropyUnnormalizedBackwardInPlace(
+        logits: UnsafeMutablePointer<Float>, ld: Int? = nil, rows: Int, vocab: Int, targets: UnsafePointer<Int32>,
+        ignoreIndex: Int32 = -100, scale: Float, losses: UnsafeMutablePointer<Float>,
+        rowScale: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>? = nil,
+        pool: ThreadPool = .shared
+    ) throws(LKError) {
+        let what = "crossEntropyUnnormalizedBackwardInPlace"
+        try checkDims(what, ("rows", rows), ("vocab", vocab))
+        guard vocab > 0 || rows == 0 else { throw .invalidArgument("\(what): empty vocabulary") }
+        try checkTargets(targets, rows: rows, vocab: vocab, ignoreIndex: ignoreIndex, what)
+        let ldv = ld ?? vocab
+        guard ldv >= vocab else { throw .invalidArgument("\(what): ld \(ldv) < vocab \(vocab)") }
+        pool.run(maxTasks: tasks(rows * vocab, pool, grain: 8192)) { idx, cnt in
+            for t in partition(rows, index: idx, count: cnt) {
+                let lr = logits + t * ldv
+                let m = rowMax(lr, vocab)
+                let ignored = targets[t] == ignoreIndex
+                let y = ignored ? 0 : Int(targets[t])
+                let target = lr[y]
+                let s = expSum(lr, lr, vocab, m)
+                let l = Float(Double(m) + log(s))
+                lse?[t] = l
+                if ignored {
+                    losses[t] = 0
+                    rowScale[t] = 0
+                    lr.update(repeating: 0, count: vocab)
+                } else {
+                    losses[t] = l - target
+                    rowScale[t] = Float(Double(scale) / s)
+                    lr[y] = Float(Double(lr[y]) - s)
+                }
+            }
+        }
+    }
+
     /// d[i] (+)= scale · (exp(l[i] − lse) − [i == target]) for i < n.
     @inline(__always) static func ceGradRow(_ l: UnsafePointer<Float>, _ d: UnsafeMutablePointer<Float>, _ n: Int,
                                             _ lse: Float, _ scale: Float, target: Int, accumulate: Bool) {
