@@ -92,48 +92,55 @@ extension Ops {
                                         out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?,
                                         spans: [AttentionSpan], heads: Int, kvHeads: Int, headDim: Int,
                                         scale sc: Float, blockRows: Int = attentionBlockRows, pool: ThreadPool) {
-        let D = headDim, H = heads, rep = heads / kvHeads, br = blockRows
-        let ldq = H * D, ldk = kvHeads * D
-        // Items (span, block, head), numbered span by span; itemEnd[s] is one past span s's last item.
+        let D = headDim, H = heads, Hkv = kvHeads, rep = heads / kvHeads, br = blockRows
+        let ldq = H * D, ldk = Hkv * D
+        // Items (span, block, KV head), numbered span by span; itemEnd[s] is one past span s's last item.
         var itemEnd = [Int](), total = 0, flops = 0
         for sp in spans {
-            total += (sp.rows + br - 1) / br * H
+            total += (sp.rows + br - 1) / br * Hkv
             itemEnd.append(total)
             flops += sp.rows * H * (sp.start + (sp.rows + 1) / 2) * D * 4
         }
         if total == 0 { return }
         let ldS = attentionBlockLd(spans)
+        let maxKeys = ldS
         itemEnd.withUnsafeBufferPointer { itemEnd in
             pool.run(maxTasks: attentionTasks(flops, total, pool)) { idx, cnt in
-                let raw = UnsafeMutableRawPointer.allocate(byteCount: br * ldS * 4, alignment: 64)
-                defer { raw.deallocate() }
-                let s = raw.assumingMemoryBound(to: Float.self)
+                var ws = AttentionWorkspace(floats: [br * ldS, br, packedSize(k: D, n: maxKeys),
+                                                     packedSize(k: maxKeys, n: D)])
+                defer { ws.free() }
+                let s = ws[0], inv = ws[1], kT = ws[2], vP = ws[3]
                 var item = idx, si = 0
                 while item < total {
                     while item >= itemEnd[si] { si += 1 }
                     let sp = spans[si]
                     let local = item - (si == 0 ? 0 : itemEnd[si - 1])
-                    let b = local / H, h = local % H, g = h / rep
+                    let b = local / Hkv, g = local % Hkv
                     let r0 = b * br, nr = min(br, sp.rows - r0), nk = sp.start + r0 + nr
                     let row0 = sp.qRow + r0
-                    let kb = k + sp.kRow * ldk + g * D, vb = v + sp.kRow * ldk + g * D
-                    // S = scale · Q_blk · Kᵀ.
-                    GEMM.serial(rows: 0..<nr, cols: 0..<nk, k: D, alpha: sc,
-                                a: GEMMLeft(q + row0 * ldq + h * D, rowStride: ldq), b: .f32Transposed(kb, ld: ldk),
-                                beta: 0, c: s, ldc: ldS, pool: pool, index: idx)
-                    // Causal softmax of each row → P (normalised, 0 past the row's position), lse.
-                    for i in 0..<nr {
-                        let row = s + i * ldS, n = sp.start + r0 + i + 1
-                        let m = rowMax(row, n)
-                        let sum = expShifted(row, row, n, m)
-                        scaleRow(row, n, Float(1 / sum))
-                        if n < nk { (row + n).update(repeating: 0, count: nk - n) }
-                        lse?[(row0 + i) * H + h] = Float(Double(m) + log(sum))
+                    // Kᵀ and V of the keys this block meets, packed once for the group's query heads.
+                    packRight(.f32Transposed(k + sp.kRow * ldk + g * D, ld: ldk), k: D, n: nk, into: kT, ws: ws)
+                    packRight(.f32(v + sp.kRow * ldk + g * D, ld: ldk), k: nk, n: D, into: vP, ws: ws)
+                    for h in (g * rep)..<((g + 1) * rep) {
+                        // S = scale · Q_blk · Kᵀ.
+                        multiplyPacked(m: nr, n: nk, k: D, alpha: sc, a: GEMMLeft(q + row0 * ldq + h * D, rowStride: ldq),
+                                       b: kT, bRows: D, bCols: nk, beta: 0, c: s, ldc: ldS, ws: ws)
+                        // Causal softmax numerators E = exp(S − rowmax) (0 past the row's position), lse.
+                        for i in 0..<nr {
+                            let row = s + i * ldS, n = sp.start + r0 + i + 1
+                            let m = rowMax(row, n)
+                            let sum = expRowMasked(row, n, m)
+                            let n8 = (n + 7) & ~7
+                            if n8 < nk { (row + n8).update(repeating: 0, count: nk - n8) }
+                            inv[i] = Float(1 / sum)
+                            lse?[(row0 + i) * H + h] = Float(Double(m) + log(sum))
+                        }
+                        // O_blk = diag(1/Σ) · E · V.
+                        let o = out + row0 * ldq + h * D
+                        multiplyPacked(m: nr, n: D, k: nk, alpha: 1, a: GEMMLeft(s, rowStride: ldS), b: vP, bRows: nk,
+                                       bCols: D, beta: 0, c: o, ldc: ldq, ws: ws)
+                        for i in 0..<nr { scaleRow(o + i * ldq, D, inv[i]) }
                     }
-                    // O_blk = P · V.
-                    GEMM.serial(rows: 0..<nr, cols: 0..<D, k: nk, alpha: 1, a: GEMMLeft(s, rowStride: ldS),
-                                b: .f32(vb, ld: ldk), beta: 0, c: out + row0 * ldq + h * D, ldc: ldq,
-                                pool: pool, index: idx)
                     item += cnt
                 }
             }
@@ -142,7 +149,9 @@ extension Ops {
 
     /// The blocked backward over validated spans (see the file comment). `accumulate`: add to dq, dk, dv
     /// (the per-sequence API); otherwise overwrite their rows of the spans (dk, dv: keys kRow ..< kRow +
-    /// start + rows).
+    /// start + rows). dK and dV are accumulated transposed (dKᵀ += Q_blkᵀ · dS, so the long dimension is
+    /// the GEMM's N and the packed operands are plain copies) in the participant's workspace, then
+    /// transposed into dk, dv once per item.
     static func attentionBackwardBlocked(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                          out: UnsafePointer<Float>, dout: UnsafePointer<Float>,
                                          lse: UnsafePointer<Float>,
@@ -157,54 +166,116 @@ extension Ops {
         if items == 0 { return }
         let flops = spans.reduce(0) { $0 + $1.rows * H * ($1.start + ($1.rows + 1) / 2) * D * 10 }
         let ldS = attentionBlockLd(spans)
+        let maxKeys = ldS
         pool.run(maxTasks: attentionTasks(flops, items, pool)) { idx, cnt in
-            let raw = UnsafeMutableRawPointer.allocate(byteCount: 2 * br * ldS * 4, alignment: 64)
-            defer { raw.deallocate() }
-            let p = raw.assumingMemoryBound(to: Float.self), ds = p + br * ldS
+            var ws = AttentionWorkspace(floats: [br * ldS, br * ldS, packedSize(k: D, n: maxKeys),
+                                                 packedSize(k: D, n: maxKeys), packedSize(k: maxKeys, n: D),
+                                                 D * ldS, D * ldS])
+            defer { ws.free() }
+            let p = ws[0], ds = ws[1], kT = ws[2], vT = ws[3], kP = ws[4], dkT = ws[5], dvT = ws[6]
             var item = idx
             while item < items {
                 let sp = spans[item / Hkv], g = item % Hkv
+                let keys = sp.start + sp.rows
                 let kb = k + sp.kRow * ldk + g * D, vb = v + sp.kRow * ldk + g * D
-                let dkb = dk + sp.kRow * ldk + g * D, dvb = dv + sp.kRow * ldk + g * D
+                packRight(.f32Transposed(kb, ld: ldk), k: D, n: keys, into: kT, ws: ws)
+                packRight(.f32Transposed(vb, ld: ldk), k: D, n: keys, into: vT, ws: ws)
+                packRight(.f32(kb, ld: ldk), k: keys, n: D, into: kP, ws: ws)
                 let nb = (sp.rows + br - 1) / br
                 var first = true
                 for h in (g * rep)..<((g + 1) * rep) {
-                    // Last block first: it meets every key, so with `first` it initialises all of dK, dV.
+                    // Last block first: it meets every key, so with `first` it initialises all of dKᵀ, dVᵀ.
                     for b in stride(from: nb - 1, through: 0, by: -1) {
                         let r0 = b * br, nr = min(br, sp.rows - r0), nk = sp.start + r0 + nr
                         let off = (sp.qRow + r0) * ldq + h * D
                         let qb = q + off, ob = out + off, gb = dout + off
-                        // S = scale · Q_blk · Kᵀ and dP = dO_blk · Vᵀ.
-                        GEMM.serial(rows: 0..<nr, cols: 0..<nk, k: D, alpha: sc, a: GEMMLeft(qb, rowStride: ldq),
-                                    b: .f32Transposed(kb, ld: ldk), beta: 0, c: p, ldc: ldS, pool: pool, index: idx)
-                        GEMM.serial(rows: 0..<nr, cols: 0..<nk, k: D, alpha: 1, a: GEMMLeft(gb, rowStride: ldq),
-                                    b: .f32Transposed(vb, ld: ldk), beta: 0, c: ds, ldc: ldS, pool: pool, index: idx)
+                        // S = scale · Q_blk · Kᵀ and dP = dO_blk · Vᵀ (packed panels: the first nk keys).
+                        multiplyPacked(m: nr, n: nk, k: D, alpha: sc, a: GEMMLeft(qb, rowStride: ldq), b: kT, bRows: D,
+                                       bCols: keys, beta: 0, c: p, ldc: ldS, ws: ws)
+                        multiplyPacked(m: nr, n: nk, k: D, alpha: 1, a: GEMMLeft(gb, rowStride: ldq), b: vT, bRows: D,
+                                       bCols: keys, beta: 0, c: ds, ldc: ldS, ws: ws)
                         // P = exp(S − lse), dS = scale · P ∘ (dP − Δ); both 0 past the row's position.
                         for i in 0..<nr {
                             let n = sp.start + r0 + i + 1
                             let prow = p + i * ldS, drow = ds + i * ldS
                             let delta = dotF(gb + i * ldq, ob + i * ldq, D)
-                            _ = expShifted(prow, prow, n, lse[(sp.qRow + r0 + i) * H + h])
-                            softmaxGradRow(prow, drow, n, delta, sc)
-                            if n < nk {
-                                (prow + n).update(repeating: 0, count: nk - n)
-                                (drow + n).update(repeating: 0, count: nk - n)
+                            softmaxGradRow(prow, drow, n, lse[(sp.qRow + r0 + i) * H + h], delta, sc)
+                            let n8 = (n + 7) & ~7
+                            if n8 < nk {
+                                (prow + n8).update(repeating: 0, count: nk - n8)
+                                (drow + n8).update(repeating: 0, count: nk - n8)
                             }
                         }
-                        // dQ_blk = dS · K;  dK += dSᵀ · Q_blk;  dV += Pᵀ · dO_blk.
-                        GEMM.serial(rows: 0..<nr, cols: 0..<D, k: nk, alpha: 1, a: GEMMLeft(ds, rowStride: ldS),
-                                    b: .f32(kb, ld: ldk), beta: accumulate ? 1 : 0, c: dq + off, ldc: ldq,
-                                    pool: pool, index: idx)
-                        let beta: Float = first && !accumulate ? 0 : 1
-                        GEMM.serial(rows: 0..<nk, cols: 0..<D, k: nr, alpha: 1, a: .transposed(ds, ld: ldS),
-                                    b: .f32(qb, ld: ldq), beta: beta, c: dkb, ldc: ldk, pool: pool, index: idx)
-                        GEMM.serial(rows: 0..<nk, cols: 0..<D, k: nr, alpha: 1, a: .transposed(p, ld: ldS),
-                                    b: .f32(gb, ld: ldq), beta: beta, c: dvb, ldc: ldk, pool: pool, index: idx)
+                        // dQ_blk = dS · K;  dKᵀ += Q_blkᵀ · dS;  dVᵀ += dO_blkᵀ · P.
+                        multiplyPacked(m: nr, n: D, k: nk, alpha: 1, a: GEMMLeft(ds, rowStride: ldS), b: kP,
+                                       bRows: keys, bCols: D, beta: accumulate ? 1 : 0, c: dq + off, ldc: ldq, ws: ws)
+                        let beta: Float = first ? 0 : 1
+                        GEMM.serial(rows: 0..<D, cols: 0..<nk, k: nr, alpha: 1, a: .transposed(qb, ld: ldq),
+                                    b: .f32(ds, ld: ldS), beta: beta, c: dkT, ldc: ldS, pool: pool, index: idx)
+                        GEMM.serial(rows: 0..<D, cols: 0..<nk, k: nr, alpha: 1, a: .transposed(gb, ld: ldq),
+                                    b: .f32(p, ld: ldS), beta: beta, c: dvT, ldc: ldS, pool: pool, index: idx)
                         first = false
+                    }
+                }
+                // dk, dv (=, or += when accumulating) the transposed accumulators.
+                let dkb = dk + sp.kRow * ldk + g * D, dvb = dv + sp.kRow * ldk + g * D
+                for j in 0..<keys {
+                    let dkr = dkb + j * ldk, dvr = dvb + j * ldk
+                    if accumulate {
+                        for i in 0..<D { dkr[i] += dkT[i * ldS + j]; dvr[i] += dvT[i * ldS + j] }
+                    } else {
+                        for i in 0..<D { dkr[i] = dkT[i * ldS + j]; dvr[i] = dvT[i * ldS + j] }
                     }
                 }
                 item += cnt
             }
+        }
+    }
+
+    // MARK: GEMM with a pre-packed right operand
+
+    /// Floats of `B` (k × n) packed by `packRight`: per KC block of k, ⌈n/NR⌉ panels of NR columns.
+    @inline(__always) static func packedSize(k: Int, n: Int) -> Int {
+        (n + GEMM.NR - 1) / GEMM.NR * GEMM.NR * max(k, 1)
+    }
+
+    /// Pack `B` (k × n) for `multiplyPacked`: per KC block of rows (at dst + k0·⌈n/NR⌉·NR), the NR-column
+    /// panels of `GEMM.packB`.
+    static func packRight(_ b: GEMMRight, k: Int, n: Int, into dst: UnsafeMutablePointer<Float>,
+                          ws: AttentionWorkspace) {
+        let w = (n + GEMM.NR - 1) / GEMM.NR * GEMM.NR
+        var pc = 0
+        while pc < k {
+            GEMM.packB(b, k0: pc, kc: min(GEMM.KC, k - pc), n0: 0, nc: n, into: dst + pc * w, tmp: ws.edge)
+            pc += GEMM.KC
+        }
+    }
+
+    /// `C[m × n] = alpha · A · B + beta · C` (beta 0: overwrite) where `b` holds a `bRows × bCols` matrix
+    /// packed by `packRight`, of which the first k rows and n columns are used: the same packing, tiles
+    /// and per-element arithmetic as `GEMM.serial`, without packing B again for every product.
+    static func multiplyPacked(m: Int, n: Int, k: Int, alpha: Float, a: GEMMLeft, b: UnsafePointer<Float>,
+                               bRows: Int, bCols: Int, beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
+                               ws: AttentionWorkspace) {
+        let w = (bCols + GEMM.NR - 1) / GEMM.NR * GEMM.NR
+        var pc = 0
+        while pc < k {
+            let kc = min(GEMM.KC, k - pc), kcPacked = min(GEMM.KC, bRows - pc)
+            let betaHere: Float = pc == 0 ? beta : 1
+            var ic = 0
+            while ic < m {
+                let mc = min(GEMM.MC, m - ic)
+                GEMM.packA(a, i0: ic, mc: mc, k0: pc, kc: kc, into: ws.aPack)
+                var jr = 0
+                while jr < n {
+                    GEMM.tiles(mc: mc, nr: min(GEMM.NR, n - jr), kc: kc, aPack: ws.aPack,
+                               bPanel: b + pc * w + jr * kcPacked, c: c + ic * ldc + jr, ldc: ldc, alpha: alpha,
+                               beta: betaHere, edge: ws.edge)
+                    jr += GEMM.NR
+                }
+                ic += GEMM.MC
+            }
+            pc += GEMM.KC
         }
     }
 
@@ -216,12 +287,71 @@ extension Ops {
         while i < n { x[i] *= c; i += 1 }
     }
 
-    /// d[i] = scale · (p[i] · (d[i] − delta)) for i < n.
-    @inline(__always) static func softmaxGradRow(_ p: UnsafePointer<Float>, _ d: UnsafeMutablePointer<Float>, _ n: Int,
-                                                 _ delta: Float, _ scale: Float) {
-        let dv = SIMD8<Float>(repeating: delta), sv = SIMD8<Float>(repeating: scale)
-        var i = 0
-        while i + 8 <= n { st8(sv * (ld8(p + i) * (ld8(d + i) - dv)), d + i); i += 8 }
-        while i < n { d[i] = scale * (p[i] * (d[i] - delta)); i += 1 }
+    /// Lanes i ≥ `valid` of a vector (to zero the tail of a row's last 8-value chunk).
+    @inline(__always) static func lanesFrom(_ valid: Int) -> SIMDMask<SIMD8<Int32>> {
+        SIMD8<Int32>(0, 1, 2, 3, 4, 5, 6, 7) .>= SIMD8(repeating: Int32(truncatingIfNeeded: valid))
     }
+
+    /// x[i] = exp(x[i] − m) for i < n and 0 for n ≤ i < ⌈n/8⌉·8 (whole vectors: the row must have room);
+    /// returns Σ x[i] (Float lanes, added into a Double every 64 values).
+    @inline(__always) static func expRowMasked(_ x: UnsafeMutablePointer<Float>, _ n: Int, _ m: Float) -> Double {
+        let mv = SIMD8<Float>(repeating: m)
+        var acc = SIMD8<Float>(), total = 0.0
+        var i = 0, chunks = 0
+        while i < n {
+            var e = simdExp(ld8(x + i) - mv)
+            if i + 8 > n { e.replace(with: 0, where: lanesFrom(n - i)) }
+            st8(e, x + i)
+            acc += e
+            i += 8; chunks += 1
+            if chunks == 8 { total += Double(acc.sum()); acc = SIMD8(); chunks = 0 }
+        }
+        return total + Double(acc.sum())
+    }
+
+    /// p[i] = exp(p[i] − lse) and d[i] = scale · (p[i] · (d[i] − delta)) for i < n; both 0 for
+    /// n ≤ i < ⌈n/8⌉·8 (whole vectors: the rows must have room).
+    @inline(__always) static func softmaxGradRow(_ p: UnsafeMutablePointer<Float>, _ d: UnsafeMutablePointer<Float>,
+                                                 _ n: Int, _ lse: Float, _ delta: Float, _ scale: Float) {
+        let lv = SIMD8<Float>(repeating: lse), dv = SIMD8<Float>(repeating: delta), sv = SIMD8<Float>(repeating: scale)
+        var i = 0
+        while i < n {
+            var e = simdExp(ld8(p + i) - lv)
+            var g = sv * (e * (ld8(d + i) - dv))
+            if i + 8 > n {
+                let mask = lanesFrom(n - i)
+                e.replace(with: 0, where: mask); g.replace(with: 0, where: mask)
+            }
+            st8(e, p + i); st8(g, d + i)
+            i += 8
+        }
+    }
+}
+
+/// One participant's memory for the blocked attention kernels: its own buffers (sizes in floats, each
+/// 64-byte aligned) plus the packed-A block and edge tile of `Ops.multiplyPacked`, in one allocation.
+struct AttentionWorkspace {
+    let raw: UnsafeMutableRawPointer
+    let buffers: [UnsafeMutablePointer<Float>]
+    let aPack: UnsafeMutablePointer<Float>
+    let edge: UnsafeMutablePointer<Float>
+
+    init(floats: [Int]) {
+        // (+ one vector of slack after the packed A block for the overlapping stores of `packA`.)
+        let sizes = floats + [GEMM.MC * GEMM.KC + GEMM.Vec.scalarCount, GEMM.MR * GEMM.NR + 64]
+        let rounded = sizes.map { (max($0, 1) + 15) & ~15 }
+        raw = UnsafeMutableRawPointer.allocate(byteCount: rounded.reduce(0, +) * 4, alignment: 64)
+        var ptrs: [UnsafeMutablePointer<Float>] = [], at = 0
+        for r in rounded {
+            ptrs.append((raw + at * 4).bindMemory(to: Float.self, capacity: r))
+            at += r
+        }
+        aPack = ptrs[floats.count]
+        edge = ptrs[floats.count + 1]
+        buffers = Array(ptrs[0..<floats.count])
+    }
+
+    subscript(_ i: Int) -> UnsafeMutablePointer<Float> { buffers[i] }
+
+    func free() { raw.deallocate() }
 }
