@@ -4,14 +4,17 @@
 ///
 /// Rows of a sequence are cut into query blocks of `Br` rows (4·MR); a block only meets the keys up to
 /// its last row, so the causal waste is one diagonal block. Per block and query head h (KV head g):
-///   forward:  S = scale·Q_blk·K[0..<r1]ᵀ, causal mask, softmax rows → P (normalised) and lse,
-///             O_blk = P·V[0..<r1];
-///   backward: P from S and lse, dP = dO_blk·Vᵀ, Δ_i = dO_i·O_i, dS = scale·P∘(dP − Δ),
-///             dQ_blk = dS·K,  dK += dSᵀ·Q_blk,  dV += Pᵀ·dO_blk.
-/// Forward items are (sequence, block, head); backward items are (sequence, KV head), each walking its
-/// query heads and blocks in a fixed order, so every dK/dV element has one writer and one summation
-/// order: results are bitwise independent of the thread count. Each participant keeps its S/P and dP
-/// blocks (Br × keys) in its own allocation (`pool.scratch` belongs to `GEMM.serial`).
+///   forward:  S = scale·Q_blk·K[0..<r1]ᵀ, causal mask, E = exp(S − rowmax), lse,
+///             O_blk = diag(1/ΣE)·E·V[0..<r1];
+///   backward: P = exp(S − lse), dP = dO_blk·Vᵀ, Δ_i = dO_i·O_i, dS = scale·P∘(dP − Δ),
+///             dQ_blk = dS·K,  dKᵀ += Q_blkᵀ·dS,  dVᵀ += dO_blkᵀ·P.
+/// Forward items are (sequence, block, KV head): Kᵀ and V of the block's keys are packed into GEMM
+/// panels once and used by the group's query heads. Backward items are (sequence, KV head): Kᵀ, Vᵀ and K
+/// are packed once, then its query heads and blocks are walked in a fixed order (last block first),
+/// dKᵀ and dVᵀ accumulated in the participant's workspace and transposed into dk, dv at the end. So every
+/// output element has one writer and one summation order: results are bitwise independent of the thread
+/// count. Each participant keeps its blocks (Br × keys) and packed panels (keys × D) in its own
+/// allocation (`pool.scratch` belongs to `GEMM.serial`, used for the dKᵀ/dVᵀ products).
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -128,7 +131,7 @@ extension Ops {
                         // Causal softmax numerators E = exp(S − rowmax) (0 past the row's position), lse.
                         for i in 0..<nr {
                             let row = s + i * ldS, n = sp.start + r0 + i + 1
-                            let m = rowMax(row, n)
+                            let m = rowMaxF(row, n)
                             let sum = expRowMasked(row, n, m)
                             let n8 = (n + 7) & ~7
                             if n8 < nk { (row + n8).update(repeating: 0, count: nk - n8) }
@@ -285,6 +288,16 @@ extension Ops {
         var i = 0
         while i + 8 <= n { st8(ld8(x + i) * cv, x + i); i += 8 }
         while i < n { x[i] *= c; i += 1 }
+    }
+
+    /// Row maximum of n ≥ 1 values (compare-and-select: the generic pointwiseMax stays an out-of-line call).
+    @inline(__always) static func rowMaxF(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
+        var mv = SIMD8<Float>(repeating: -.infinity)
+        var i = 0
+        while i + 8 <= n { let v = ld8(x + i); mv.replace(with: v, where: v .> mv); i += 8 }
+        var m = mv.max()
+        while i < n { m = max(m, x[i]); i += 1 }
+        return m
     }
 
     /// Lanes i ≥ `valid` of a vector (to zero the tail of a row's last 8-value chunk).
