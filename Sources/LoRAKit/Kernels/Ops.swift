@@ -9,7 +9,8 @@
 /// - All buffers are row-major f32 unless stated; `[T, C]` means T rows of C contiguous values.
 /// - Forward and backward functions come in pairs (`fooForward` / `fooBackward`). Backward functions
 ///   ACCUMULATE (`+=`) into gradient buffers; the caller zeroes them. (The one exception is
-///   `crossEntropyBackwardInPlace`, which overwrites the logits with their gradient, as llm.c does.)
+///   `crossEntropyBackwardInPlace`, which overwrites the logits with their gradient, as llm.c does, and
+///   the batched `attentionBackward(…sequences:…)`, which overwrites dq, dk, dv on the sequences' rows.)
 /// - Work is split with `pool.run { idx, cnt in partition(...) }` so that no two participants write the
 ///   same memory and every output is reduced in an order that does not depend on the thread count:
 ///   results are bitwise identical for any `ThreadPool` size. Tiny jobs run inline (`maxTasks: 1`).
