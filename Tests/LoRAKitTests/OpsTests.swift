@@ -167,6 +167,32 @@ func attentionRef(q: [Double], k: [Double], v: [Double], T: Int, S: Int, H: Int,
     return (out, lse)
 }
 
+/// f64 gradients of Σ dy·attention(q, k, v) (same layout and causal rule as `attentionRef`).
+func attentionBackwardRef(q: [Double], k: [Double], v: [Double], dy: [Double], T: Int, S: Int, H: Int, Hkv: Int,
+                          D: Int, start: Int) -> (dq: [Double], dk: [Double], dv: [Double]) {
+    var dq = [Double](repeating: 0, count: T * H * D), dk = [Double](repeating: 0, count: S * Hkv * D)
+    var dv = dk
+    let rep = H / Hkv, scale = 1 / Double(D).squareRoot()
+    for t in 0..<T { for h in 0..<H {
+        let g = h / rep, n = start + t + 1, qo = t * H * D + h * D
+        var s = [Double](repeating: 0, count: n), dp = s
+        for j in 0..<n { for i in 0..<D {
+            s[j] += q[qo + i] * k[j * Hkv * D + g * D + i]; dp[j] += dy[qo + i] * v[j * Hkv * D + g * D + i] }
+            s[j] *= scale }
+        let m = s.max()!
+        let z = s.reduce(0) { $0 + exp($1 - m) }
+        let p = s.map { exp($0 - m) / z }
+        let delta = zip(p, dp).reduce(0) { $0 + $1.0 * $1.1 }
+        for j in 0..<n {
+            let ds = p[j] * (dp[j] - delta) * scale, ko = j * Hkv * D + g * D
+            for i in 0..<D {
+                dq[qo + i] += ds * k[ko + i]; dk[ko + i] += ds * q[qo + i]; dv[ko + i] += p[j] * dy[qo + i]
+            }
+        }
+    } }
+    return (dq, dk, dv)
+}
+
 func siluD(_ x: Double) -> Double { x / (1 + exp(-x)) }
 func geluTanhD(_ x: Double) -> Double { 0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x))) }
 func geluErfD(_ x: Double) -> Double { 0.5 * x * (1 + erf(x / 2.0.squareRoot())) }
@@ -774,6 +800,212 @@ func geluErfD(_ x: Double) -> Double { 0.5 * x * (1 + erf(x / 2.0.squareRoot()))
             try Ops.attentionBackward(q: q.p, k: k.p, v: v.p, out: out.p, dout: dy.p, lse: lse.p, dq: dq.p, dk: dk.p, dv: dv.p,
                                       rows: T, keys: S, heads: H, kvHeads: Hkv, headDim: D, startPos: start, pool: p)
             return [out.a, lse.a, dq.a, dk.a, dv.a]
+        }
+    }
+
+    /// Packed sequences of `lengths` with `gap` unused rows before each; returns the (offset, length) list and N.
+    static func packed(_ lengths: [Int], gap: Int) -> (seqs: [(offset: Int, length: Int)], rows: Int) {
+        var seqs: [(offset: Int, length: Int)] = [], n = 0
+        for l in lengths { n += gap; seqs.append((n, l)); n += l }
+        return (seqs, n)
+    }
+
+    @Test func attentionBatchedMatchesReference() throws {
+        let pool = testPools[2]
+        // Lengths: 1, not multiples of the block (4·MR), several blocks, a zero-length sequence.
+        let br = Ops.attentionBlockRows
+        let configs: [(lengths: [Int], H: Int, Hkv: Int, D: Int)] = [
+            ([1, 2 * br + 5, 17, 0, br, br + 1], 6, 2, 16), ([9, 1, 40], 9, 3, 64), ([3, 7], 2, 2, 5),
+        ]
+        for c in configs {
+            let (seqs, N) = OpsTests.packed(c.lengths, gap: 2)
+            let qd = c.H * c.D, kd = c.Hkv * c.D
+            let q = FBuf(randn(N * qd, seed: 21)), k = FBuf(randn(N * kd, seed: 22)), v = FBuf(randn(N * kd, seed: 23))
+            let dy = FBuf(randn(N * qd, seed: 24))
+            // Rows outside the sequences must stay untouched; rows inside are overwritten (NaN before).
+            let sentinel: Float = 7.5
+            let out = FBuf(N * qd, sentinel), lse = FBuf(N * c.H, sentinel)
+            let dq = FBuf(N * qd, sentinel), dk = FBuf(N * kd, sentinel), dv = FBuf(N * kd, sentinel)
+            for (o, l) in seqs {
+                for i in (o * qd)..<((o + l) * qd) { out.p[i] = .nan; dq.p[i] = .nan }
+                for i in (o * kd)..<((o + l) * kd) { dk.p[i] = .nan; dv.p[i] = .nan }
+            }
+            try Ops.attentionForward(q: q.p, k: k.p, v: v.p, out: out.p, lse: lse.p, sequences: seqs, heads: c.H,
+                                     kvHeads: c.Hkv, headDim: c.D, pool: pool)
+            try Ops.attentionBackward(q: q.p, k: k.p, v: v.p, out: out.p, dout: dy.p, lse: lse.p, dq: dq.p, dk: dk.p,
+                                      dv: dv.p, sequences: seqs, heads: c.H, kvHeads: c.Hkv, headDim: c.D, pool: pool)
+            var covered = [Bool](repeating: false, count: N)
+            for (o, T) in seqs {
+                for t in o..<(o + T) { covered[t] = true }
+                if T == 0 { continue }
+                func slice(_ b: FBuf, _ w: Int) -> [Double] { (0..<(T * w)).map { b[d: o * w + $0] } }
+                let ref = attentionRef(q: slice(q, qd), k: slice(k, kd), v: slice(v, kd), T: T, S: T, H: c.H,
+                                       Hkv: c.Hkv, D: c.D, start: 0)
+                let g = attentionBackwardRef(q: slice(q, qd), k: slice(k, kd), v: slice(v, kd), dy: slice(dy, qd),
+                                             T: T, S: T, H: c.H, Hkv: c.Hkv, D: c.D, start: 0)
+                func got(_ b: FBuf, _ w: Int) -> [Float] { Array(b.a[(o * w)..<((o + T) * w)]) }
+                let what = "batched \(c.lengths) H \(c.H)/\(c.Hkv) D \(c.D) seq at \(o) length \(T)"
+                expectClose(got(out, qd), ref.out, atol: 2e-6, rtol: 2e-5, what + " out")
+                expectClose(got(lse, c.H), ref.lse, atol: 2e-6, rtol: 2e-6, what + " lse")
+                expectClose(got(dq, qd), g.dq, atol: 2e-5, rtol: 1e-4, what + " dq")
+                expectClose(got(dk, kd), g.dk, atol: 2e-5, rtol: 1e-4, what + " dk")
+                expectClose(got(dv, kd), g.dv, atol: 2e-5, rtol: 1e-4, what + " dv")
+            }
+            for t in 0..<N where !covered[t] {
+                #expect(out.a[(t * qd)..<((t + 1) * qd)].allSatisfy { $0 == sentinel } && lse.p[t * c.H] == sentinel
+                        && dq.p[t * qd] == sentinel && dk.p[t * kd] == sentinel && dv.p[t * kd + kd - 1] == sentinel,
+                        "row \(t) outside the sequences was written")
+            }
+        }
+        // The f64 reference gradient itself agrees with finite differences.
+        let (T, H, Hkv, D, start) = (3, 4, 2, 3, 2)
+        let nq = T * H * D, nk = (start + T) * Hkv * D
+        let q = randn(nq, seed: 31).map(Double.init), k = randn(nk, seed: 32).map(Double.init)
+        let v = randn(nk, seed: 33).map(Double.init), dy = randn(nq, seed: 34).map(Double.init)
+        let g = attentionBackwardRef(q: q, k: k, v: v, dy: dy, T: T, S: start + T, H: H, Hkv: Hkv, D: D, start: start)
+        let fd = fdGrad(q + k + v) { p in
+            dotD(dy, attentionRef(q: Array(p[0..<nq]), k: Array(p[nq..<(nq + nk)]), v: Array(p[(nq + nk)...]), T: T,
+                                  S: start + T, H: H, Hkv: Hkv, D: D, start: start).out)
+        }
+        expectClose((g.dq + g.dk + g.dv).map(Float.init), fd, atol: 1e-6, rtol: 1e-6, "attentionBackwardRef vs FD")
+    }
+
+    @Test func attentionBlockedPerSequenceMatchesReference() throws {
+        // Per-sequence calls from attentionBlockedMinRows rows on take the blocked path, also with startPos > 0
+        // and keys past the last row (the backward accumulates and leaves those keys alone).
+        let pool = testPools[1]
+        let (T, S, H, Hkv, D, start) = (Ops.attentionBlockRows + 3, Ops.attentionBlockRows + 9, 4, 2, 16, 5)
+        #expect(T >= Ops.attentionBlockedMinRows)
+        let nq = T * H * D, nk = S * Hkv * D
+        let q = FBuf(randn(nq, seed: 41)), k = FBuf(randn(nk, seed: 42)), v = FBuf(randn(nk, seed: 43))
+        let dy = FBuf(randn(nq, seed: 44))
+        let out = FBuf(nq, .nan), lse = FBuf(T * H)
+        try Ops.attentionForward(q: q.p, k: k.p, v: v.p, out: out.p, lse: lse.p, rows: T, keys: S, heads: H,
+                                 kvHeads: Hkv, headDim: D, startPos: start, pool: pool)
+        let ref = attentionRef(q: q.d, k: k.d, v: v.d, T: T, S: S, H: H, Hkv: Hkv, D: D, start: start)
+        expectClose(out.a, ref.out, atol: 2e-6, rtol: 2e-5, "blocked prefill out")
+        expectClose(lse.a, ref.lse, atol: 2e-6, rtol: 2e-6, "blocked prefill lse")
+        let dq = FBuf(nq, 0.5), dk = FBuf(nk, -0.5), dv = FBuf(nk, 0.25)
+        try Ops.attentionBackward(q: q.p, k: k.p, v: v.p, out: out.p, dout: dy.p, lse: lse.p, dq: dq.p, dk: dk.p, dv: dv.p,
+                                  rows: T, keys: S, heads: H, kvHeads: Hkv, headDim: D, startPos: start, pool: pool)
+        let g = attentionBackwardRef(q: q.d, k: k.d, v: v.d, dy: dy.d, T: T, S: S, H: H, Hkv: Hkv, D: D, start: start)
+        expectClose(dq.a, g.dq.map { $0 + 0.5 }, atol: 2e-5, rtol: 1e-4, "blocked dq")
+        expectClose(dk.a, g.dk.map { $0 - 0.5 }, atol: 2e-5, rtol: 1e-4, "blocked dk")
+        expectClose(dv.a, g.dv.map { $0 + 0.25 }, atol: 2e-5, rtol: 1e-4, "blocked dv")
+        // The blocked prefill agrees with row-by-row decode (the row-wise kernel) to rounding.
+        for t in [0, T / 2, T - 1] {
+            let o = FBuf(H * D)
+            try Ops.attentionForward(q: q.p + t * H * D, k: k.p, v: v.p, out: o.p, lse: nil, rows: 1, keys: start + t + 1,
+                                     heads: H, kvHeads: Hkv, headDim: D, startPos: start + t, pool: pool)
+            expectClose(o.a, out.d[(t * H * D)..<((t + 1) * H * D)].map { $0 }, atol: 1e-6, rtol: 1e-5, "decode row \(t)")
+        }
+    }
+
+    @Test func attentionBatchedEqualsPerSequenceAndThreadInvariant() throws {
+        let br = Ops.attentionBlockRows
+        let (H, Hkv, D) = (9, 3, 64)
+        let (seqs, N) = OpsTests.packed([br + 7, 1, 2 * br, 13, 3 * br - 1], gap: 0)
+        let qd = H * D, kd = Hkv * D
+        let q = FBuf(randn(N * qd, seed: 51)), k = FBuf(randn(N * kd, seed: 52)), v = FBuf(randn(N * kd, seed: 53))
+        let dy = FBuf(randn(N * qd, seed: 54))
+        var results: [[Float]] = []
+        try expectThreadInvariant("batched attention") { p in
+            let out = FBuf(N * qd), lse = FBuf(N * H), dq = FBuf(N * qd, .nan), dk = FBuf(N * kd, .nan), dv = FBuf(N * kd, .nan)
+            try Ops.attentionForward(q: q.p, k: k.p, v: v.p, out: out.p, lse: lse.p, sequences: seqs, heads: H,
+                                     kvHeads: Hkv, headDim: D, pool: p)
+            try Ops.attentionBackward(q: q.p, k: k.p, v: v.p, out: out.p, dout: dy.p, lse: lse.p, dq: dq.p, dk: dk.p,
+                                      dv: dv.p, sequences: seqs, heads: H, kvHeads: Hkv, headDim: D, pool: p)
+            results = [out.a, lse.a, dq.a, dk.a, dv.a]
+            return results
+        }
+        // Per-sequence calls (zeroed gradients, accumulating) give the same values.
+        let out = FBuf(N * qd), lse = FBuf(N * H), dq = FBuf(N * qd), dk = FBuf(N * kd), dv = FBuf(N * kd)
+        for (o, T) in seqs {
+            try Ops.attentionForward(q: q.p + o * qd, k: k.p + o * kd, v: v.p + o * kd, out: out.p + o * qd,
+                                     lse: lse.p + o * H, rows: T, keys: T, heads: H, kvHeads: Hkv, headDim: D,
+                                     startPos: 0, pool: testPools[1])
+            try Ops.attentionBackward(q: q.p + o * qd, k: k.p + o * kd, v: v.p + o * kd, out: out.p + o * qd,
+                                      dout: dy.p + o * qd, lse: lse.p + o * H, dq: dq.p + o * qd, dk: dk.p + o * kd,
+                                      dv: dv.p + o * kd, rows: T, keys: T, heads: H, kvHeads: Hkv, headDim: D,
+                                      startPos: 0, pool: testPools[1])
+        }
+        for (i, (name, b)) in [("out", out), ("lse", lse), ("dq", dq), ("dk", dk), ("dv", dv)].enumerated() {
+            expectClose(results[i], b.d, atol: 1e-6, rtol: 1e-5, "batched vs per-sequence \(name)")
+        }
+    }
+
+    @Test func attentionBatchedInvalidArguments() throws {
+        let a = FBuf(256), b = FBuf(256), c = FBuf(256)
+        #expect(throws: LKError.self) {
+            try Ops.attentionForward(q: a.p, k: b.p, v: b.p, out: c.p, lse: nil, sequences: [(0, 4), (3, 2)], heads: 2,
+                                     kvHeads: 1, headDim: 4)
+        }
+        #expect(throws: LKError.self) {
+            try Ops.attentionForward(q: a.p, k: b.p, v: b.p, out: c.p, lse: nil, sequences: [(0, -1)], heads: 2,
+                                     kvHeads: 1, headDim: 4)
+        }
+        #expect(throws: LKError.self) {
+            try Ops.attentionBackward(q: a.p, k: b.p, v: b.p, out: c.p, dout: c.p, lse: c.p, dq: a.p, dk: b.p, dv: b.p,
+                                      sequences: [(0, 2)], heads: 3, kvHeads: 2, headDim: 4)
+        }
+        // Empty and adjacent (in any order) sequences are fine.
+        try Ops.attentionForward(q: a.p, k: b.p, v: b.p, out: c.p, lse: nil, sequences: [], heads: 2, kvHeads: 1, headDim: 4)
+        try Ops.attentionForward(q: a.p, k: b.p, v: b.p, out: c.p, lse: nil, sequences: [(3, 2), (0, 3), (1, 0)], heads: 2,
+                                 kvHeads: 1, headDim: 4)
+    }
+
+    /// Old (row-wise, one call per sequence) vs blocked batched attention for a training batch of
+    /// SmolLM2-135M (4 × 128 rows, H 9 / Hkv 3, D 64): interleaved repetitions, medians, GFLOP/s counting
+    /// the causal half (forward 2 products, backward 5, of T²/2·D·2 flops per head).
+    @Test(.enabled(if: ProcessInfoLite.env("LORAKIT_ATTN_BENCH") != nil)) func attentionBlockedBench() throws {
+        let nSeq = Int(ProcessInfoLite.env("LORAKIT_ATTN_SEQS") ?? "") ?? 4
+        let T = Int(ProcessInfoLite.env("LORAKIT_ATTN_T") ?? "") ?? 128
+        let reps = Int(ProcessInfoLite.env("LORAKIT_ATTN_REPS") ?? "") ?? 15
+        let (H, Hkv, D) = (9, 3, 64)
+        let N = nSeq * T, qd = H * D, kd = Hkv * D
+        let seqs = (0..<nSeq).map { (offset: $0 * T, length: T) }
+        let spans = seqs.map { Ops.AttentionSpan(qRow: $0.offset, kRow: $0.offset, rows: $0.length, start: 0) }
+        let q = FBuf(randn(N * qd, seed: 1, scale: 0.5)), k = FBuf(randn(N * kd, seed: 2, scale: 0.5))
+        let v = FBuf(randn(N * kd, seed: 3)), dy = FBuf(randn(N * qd, seed: 4))
+        let out = FBuf(N * qd), lse = FBuf(N * H), dq = FBuf(N * qd), dk = FBuf(N * kd), dv = FBuf(N * kd)
+        let sc = 1 / Float(D).squareRoot()
+        let unit = Double(nSeq) * Double(T * T) * Double(D) * Double(H)  // one causal product
+        func now() -> Double { var ts = timespec(); clock_gettime(CLOCK_MONOTONIC, &ts); return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9 }
+        let mr = GEMM.MR
+        var variants: [(String, Double, (ThreadPool) -> Void)] = [
+            ("fwd old", 2, { p in for (o, t) in seqs {
+                Ops.attentionForwardRowwise(q: q.p + o * qd, k: k.p + o * kd, v: v.p + o * kd, out: out.p + o * qd,
+                                            lse: lse.p + o * H, rows: t, keys: t, heads: H, kvHeads: Hkv, headDim: D,
+                                            startPos: 0, scale: sc, pool: p) } }),
+            ("bwd old", 5, { p in
+                dq.p.update(repeating: 0, count: N * qd); dk.p.update(repeating: 0, count: N * kd)
+                dv.p.update(repeating: 0, count: N * kd)
+                for (o, t) in seqs {
+                    Ops.attentionBackwardRowwise(q: q.p + o * qd, k: k.p + o * kd, v: v.p + o * kd, out: out.p + o * qd,
+                                                 dout: dy.p + o * qd, lse: lse.p + o * H, dq: dq.p + o * qd,
+                                                 dk: dk.p + o * kd, dv: dv.p + o * kd, rows: t, keys: t, heads: H,
+                                                 kvHeads: Hkv, headDim: D, startPos: 0, scale: sc, pool: p) } }),
+        ]
+        for br in [2 * mr, 4 * mr, 8 * mr] {
+            variants.append(("fwd Br=\(br)", 2, { p in
+                Ops.attentionForwardBlocked(q: q.p, k: k.p, v: v.p, out: out.p, lse: lse.p, spans: spans, heads: H,
+                                            kvHeads: Hkv, headDim: D, scale: sc, blockRows: br, pool: p) }))
+            variants.append(("bwd Br=\(br)", 5, { p in
+                Ops.attentionBackwardBlocked(q: q.p, k: k.p, v: v.p, out: out.p, dout: dy.p, lse: lse.p, dq: dq.p,
+                                             dk: dk.p, dv: dv.p, spans: spans, heads: H, kvHeads: Hkv, headDim: D,
+                                             scale: sc, accumulate: false, blockRows: br, pool: p) }))
+        }
+        for pool in testPools.prefix(2) {
+            var times = [[Double]](repeating: [], count: variants.count)
+            for _ in 0..<reps {
+                for (i, vt) in variants.enumerated() {
+                    let t0 = now(); vt.2(pool); times[i].append(now() - t0)
+                }
+            }
+            for (i, vt) in variants.enumerated() {
+                let m = times[i].sorted()[times[i].count / 2]
+                print("attn bench \(nSeq)x\(T) threads \(pool.activeCount) \(vt.0): \((m * 1e6).rounded() / 1e3) ms, \((vt.1 * unit / m / 1e8).rounded() / 10) GFLOP/s")
+            }
         }
     }
 

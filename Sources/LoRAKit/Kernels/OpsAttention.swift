@@ -118,7 +118,9 @@ extension Ops {
     }
 
     /// out[t, h] = Σ_j softmax_j(scale · q[t, h]·k[j, g]) · v[j, g] over j ≤ startPos + t, g = h/(H/Hkv).
-    /// Work items (row, head) are dealt round-robin to the participants; each is computed by one thread.
+    /// From `attentionBlockedMinRows` rows on (prefill), query blocks are computed with the GEMM micro-kernel
+    /// (see OpsAttentionBlocked.swift); fewer rows (decode) go one (row, head) item at a time, items dealt
+    /// round-robin to the participants. Either way each output is computed by one thread.
     /// - q: [T, H·D]; k, v: [S, Hkv·D]; out: [T, H·D]; lse: [T, H] or nil (log-sum-exp of the scaled
     ///   scores, needed by the backward); scale defaults to 1/√D.
     public static func attentionForward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
@@ -128,9 +130,24 @@ extension Ops {
                                         pool: ThreadPool = .shared) throws(LKError) {
         try checkAttention("attentionForward", rows: rows, keys: keys, heads: heads, kvHeads: kvHeads,
                            headDim: headDim, startPos: startPos)
+        let sc = scale ?? 1 / Float(headDim).squareRoot()
+        if rows >= attentionBlockedMinRows {
+            attentionForwardBlocked(q: q, k: k, v: v, out: out, lse: lse,
+                                    spans: [AttentionSpan(qRow: 0, kRow: 0, rows: rows, start: startPos)],
+                                    heads: heads, kvHeads: kvHeads, headDim: headDim, scale: sc, pool: pool)
+        } else {
+            attentionForwardRowwise(q: q, k: k, v: v, out: out, lse: lse, rows: rows, keys: keys, heads: heads,
+                                    kvHeads: kvHeads, headDim: headDim, startPos: startPos, scale: sc, pool: pool)
+        }
+    }
+
+    /// `attentionForward` one (row, head) at a time (decode and short prefills), sizes already validated.
+    static func attentionForwardRowwise(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                                        out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?,
+                                        rows: Int, keys: Int, heads: Int, kvHeads: Int, headDim: Int,
+                                        startPos: Int, scale sc: Float, pool: ThreadPool) {
         let D = headDim, H = heads, rep = heads / kvHeads
         let ldq = H * D, ldk = kvHeads * D
-        let sc = scale ?? 1 / Float(D).squareRoot()
         let items = rows * H
         let flops = rows * H * (startPos + (rows + 1) / 2) * D * 2
         pool.run(maxTasks: attentionTasks(flops, items, pool)) { idx, cnt in
@@ -156,8 +173,10 @@ extension Ops {
     /// Backward of `attentionForward`. With p_j = exp(scale·q·k_j − lse), dP_j = dout·v_j,
     /// Δ = dout·out and dS_j = p_j·(dP_j − Δ):
     ///   dq[t,h] += scale·Σ_j dS_j·k_j,   dk[j,g] += scale·Σ_{t,h∈g} dS·q[t,h],   dv[j,g] += Σ_{t,h∈g} p·dout[t,h].
-    /// Two passes: one over (row, head) items writes dq, one over (key, KV head) items writes dk and dv,
-    /// so every gradient element has a single writer and a fixed summation order.
+    /// Accumulates into dq, dk, dv (keys attended by no row keep their value). From
+    /// `attentionBlockedMinRows` rows on, the blocked kernel of OpsAttentionBlocked.swift; below, two
+    /// passes: one over (row, head) items writes dq, one over (key, KV head) items writes dk and dv.
+    /// Either way every gradient element has a single writer and a fixed summation order.
     /// - q, out, dout, dq: [T, H·D]; k, v, dk, dv: [S, Hkv·D]; lse: [T, H] (from the forward).
     public static func attentionBackward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                          out: UnsafePointer<Float>, dout: UnsafePointer<Float>,
@@ -170,9 +189,30 @@ extension Ops {
         try checkAttention("attentionBackward", rows: rows, keys: keys, heads: heads, kvHeads: kvHeads,
                            headDim: headDim, startPos: startPos)
         if rows == 0 { return }
+        let sc = scale ?? 1 / Float(headDim).squareRoot()
+        if rows >= attentionBlockedMinRows {
+            attentionBackwardBlocked(q: q, k: k, v: v, out: out, dout: dout, lse: lse, dq: dq, dk: dk, dv: dv,
+                                     spans: [AttentionSpan(qRow: 0, kRow: 0, rows: rows, start: startPos)],
+                                     heads: heads, kvHeads: kvHeads, headDim: headDim, scale: sc, accumulate: true,
+                                     pool: pool)
+        } else {
+            attentionBackwardRowwise(q: q, k: k, v: v, out: out, dout: dout, lse: lse, dq: dq, dk: dk, dv: dv,
+                                     rows: rows, keys: keys, heads: heads, kvHeads: kvHeads, headDim: headDim,
+                                     startPos: startPos, scale: sc, pool: pool)
+        }
+    }
+
+    /// `attentionBackward` one (row, head) and one (key, KV head) at a time (accumulates), sizes already
+    /// validated and rows > 0.
+    static func attentionBackwardRowwise(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                                         out: UnsafePointer<Float>, dout: UnsafePointer<Float>,
+                                         lse: UnsafePointer<Float>,
+                                         dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
+                                         dv: UnsafeMutablePointer<Float>,
+                                         rows: Int, keys: Int, heads: Int, kvHeads: Int, headDim: Int,
+                                         startPos: Int, scale sc: Float, pool: ThreadPool) {
         let D = headDim, H = heads, rep = heads / kvHeads
         let ldq = H * D, ldk = kvHeads * D
-        let sc = scale ?? 1 / Float(D).squareRoot()
         let flops = rows * H * (startPos + (rows + 1) / 2) * D * 2
         var delta = [Float](repeating: 0, count: rows * H)
         delta.withUnsafeMutableBufferPointer { dbuf in
