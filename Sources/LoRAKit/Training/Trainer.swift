@@ -221,7 +221,7 @@ public final class LoRATrainer: @unchecked Sendable {
             }
         }
         tock(.embedding, t0)
-        let seqs = Array(zip(offsets, lengths))
+        let seqs = zip(offsets, lengths).map { (offset: $0, length: $1) }
         for l in 0..<c.nLayers {
             try forwardLayer(l, rows: n, seqs: seqs, buf: buf, step: step, micro: microBatch)
         }
@@ -367,7 +367,7 @@ public final class LoRATrainer: @unchecked Sendable {
         }
     }
 
-    private func forwardLayer(_ l: Int, rows n: Int, seqs: [(Int, Int)], buf: TrainBuffers, step: Int,
+    private func forwardLayer(_ l: Int, rows n: Int, seqs: [(offset: Int, length: Int)], buf: TrainBuffers, step: Int,
                               micro: Int) throws(LKError) {
         let c = model.config
         let L = model.layers[l], S = buf.layers[l]
@@ -387,12 +387,8 @@ public final class LoRATrainer: @unchecked Sendable {
                             base: c.ropeBase, positions: pos, layout: c.ropeLayout, table: buf.rope, pool: pool)
         tock(.rope, t0)
         t0 = tick()
-        for (o, len) in seqs {
-            try Ops.attentionForward(q: S.q + o * c.qDim, k: S.k + o * c.kvDim, v: S.v + o * c.kvDim,
-                                     out: S.att + o * c.qDim, lse: S.lse + o * c.nHeads, rows: len, keys: len,
-                                     heads: c.nHeads, kvHeads: c.nKVHeads, headDim: c.headDim, startPos: 0,
-                                     pool: pool)
-        }
+        try Ops.attentionForward(q: S.q, k: S.k, v: S.v, out: S.att, lse: S.lse, sequences: seqs, heads: c.nHeads,
+                                 kvHeads: c.nKVHeads, headDim: c.headDim, pool: pool)
         tock(.attentionForward, t0, flops: attentionFlops(seqs))
         try project(l, .o, x: S.att, rows: n, y: buf.tmp, buf: buf, step: step, micro: micro)
         t0 = tick()
@@ -414,10 +410,10 @@ public final class LoRATrainer: @unchecked Sendable {
     }
 
     /// Multiply-add pairs ×2 of one attention forward (two products over the causal half) for `seqs`.
-    private func attentionFlops(_ seqs: [(Int, Int)]) -> Double {
+    private func attentionFlops(_ seqs: [(offset: Int, length: Int)]) -> Double {
         let c = model.config
         return seqs.reduce(0.0) { acc, s in
-            acc + 2 * 2 * Double(s.1) * Double(s.1 + 1) / 2 * Double(c.nHeads * c.headDim)
+            acc + 2 * 2 * Double(s.length) * Double(s.length + 1) / 2 * Double(c.nHeads * c.headDim)
         }
     }
 
@@ -432,7 +428,7 @@ public final class LoRATrainer: @unchecked Sendable {
 
     /// On entry buf.dX = dLoss/d(layer output); on exit dLoss/d(layer input) (when `needInput`).
     /// `parameters`: accumulate the LoRA parameter gradients (false: input gradients only).
-    private func backwardLayer(_ l: Int, rows n: Int, seqs: [(Int, Int)], buf: TrainBuffers, needInput: Bool,
+    private func backwardLayer(_ l: Int, rows n: Int, seqs: [(offset: Int, length: Int)], buf: TrainBuffers, needInput: Bool,
                                parameters: Bool, step: Int, micro: Int) throws(LKError) {
         let c = model.config
         let L = model.layers[l], S = buf.layers[l]
@@ -475,19 +471,11 @@ public final class LoRATrainer: @unchecked Sendable {
                             micro: micro)
         let needQKV = needInput || has(.q, .k, .v)
         guard needQKV else { return }
+        // The batched backward overwrites dq, dk, dv on every row (the sequences cover all rows).
         var t0 = tick()
-        buf.dq.update(repeating: 0, count: n * c.qDim)
-        buf.dk.update(repeating: 0, count: n * c.kvDim)
-        buf.dv.update(repeating: 0, count: n * c.kvDim)
-        tock(.elementwise, t0)
-        t0 = tick()
-        for (o, len) in seqs {
-            try Ops.attentionBackward(q: S.q + o * c.qDim, k: S.k + o * c.kvDim, v: S.v + o * c.kvDim,
-                                      out: S.att + o * c.qDim, dout: buf.dAtt + o * c.qDim, lse: S.lse + o * c.nHeads,
-                                      dq: buf.dq + o * c.qDim, dk: buf.dk + o * c.kvDim, dv: buf.dv + o * c.kvDim,
-                                      rows: len, keys: len, heads: c.nHeads, kvHeads: c.nKVHeads,
-                                      headDim: c.headDim, startPos: 0, pool: pool)
-        }
+        try Ops.attentionBackward(q: S.q, k: S.k, v: S.v, out: S.att, dout: buf.dAtt, lse: S.lse, dq: buf.dq, dk: buf.dk,
+                                  dv: buf.dv, sequences: seqs, heads: c.nHeads, kvHeads: c.nKVHeads,
+                                  headDim: c.headDim, pool: pool)
         tock(.attentionBackward, t0, flops: 2.5 * attentionFlops(seqs))
         t0 = tick()
         try Ops.ropeBackward(dout: buf.dq, dx: buf.dqr, rows: n, heads: c.nHeads, headDim: c.headDim,
