@@ -78,6 +78,7 @@ public final class ThreadPool: @unchecked Sendable {
 
     /// Run `body(index, count)` for every index in `0..<count` where `count = min(activeCount, maxTasks)`,
     /// in parallel, and wait for all. With `maxTasks` = 1 (or a 1-thread pool) the body runs inline.
+    @inline(never)
     public func run(maxTasks: Int = Int.max, _ body: (Int, Int) -> Void) {
         let n = min(activeCount, max(1, maxTasks))
         if n == 1 {
