@@ -232,6 +232,18 @@ extension Ops {
         }
     }
 
+    /// Validates a cross-entropy over full rows of `vocab` logits with row stride `ld` (default vocab);
+    /// returns the stride.
+    static func checkFullRows(_ what: String, rows: Int, vocab: Int, ld: Int?, targets: UnsafePointer<Int32>,
+                              ignoreIndex: Int32) throws(LKError) -> Int {
+        try checkDims(what, ("rows", rows), ("vocab", vocab))
+        guard vocab > 0 || rows == 0 else { throw .invalidArgument("\(what): empty vocabulary") }
+        try checkTargets(targets, rows: rows, vocab: vocab, ignoreIndex: ignoreIndex, what)
+        let ldv = ld ?? vocab
+        guard ldv >= vocab else { throw .invalidArgument("\(what): ld \(ldv) < vocab \(vocab)") }
+        return ldv
+    }
+
     /// Start an online (vocabulary-chunked) cross-entropy: runningMax = −inf, runningSum = 0,
     /// targetLogit = 0.   runningMax, runningSum, targetLogit: [T].
     public static func crossEntropyBegin(rows: Int, runningMax: UnsafeMutablePointer<Float>,
@@ -295,11 +307,8 @@ extension Ops {
                                            targets: UnsafePointer<Int32>, ignoreIndex: Int32 = -100,
                                            losses: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?,
                                            pool: ThreadPool = .shared) throws(LKError) {
-        try checkDims("crossEntropyForward", ("rows", rows), ("vocab", vocab))
-        guard vocab > 0 || rows == 0 else { throw .invalidArgument("crossEntropyForward: empty vocabulary") }
-        try checkTargets(targets, rows: rows, vocab: vocab, ignoreIndex: ignoreIndex, "crossEntropyForward")
-        let ldv = ld ?? vocab
-        guard ldv >= vocab else { throw .invalidArgument("crossEntropyForward: ld \(ldv) < vocab \(vocab)") }
+        let ldv = try checkFullRows("crossEntropyForward", rows: rows, vocab: vocab, ld: ld, targets: targets,
+                                    ignoreIndex: ignoreIndex)
         pool.run(maxTasks: tasks(rows * vocab, pool, grain: 8192)) { idx, cnt in
             for t in partition(rows, index: idx, count: cnt) {
                 let lr = logits + t * ldv
@@ -344,11 +353,8 @@ extension Ops {
                                                    losses: UnsafeMutablePointer<Float>,
                                                    lse: UnsafeMutablePointer<Float>? = nil,
                                                    pool: ThreadPool = .shared) throws(LKError) {
-        try checkDims("crossEntropyBackwardInPlace", ("rows", rows), ("vocab", vocab))
-        guard vocab > 0 || rows == 0 else { throw .invalidArgument("crossEntropyBackwardInPlace: empty vocabulary") }
-        try checkTargets(targets, rows: rows, vocab: vocab, ignoreIndex: ignoreIndex, "crossEntropyBackwardInPlace")
-        let ldv = ld ?? vocab
-        guard ldv >= vocab else { throw .invalidArgument("crossEntropyBackwardInPlace: ld \(ldv) < vocab \(vocab)") }
+        let ldv = try checkFullRows("crossEntropyBackwardInPlace", rows: rows, vocab: vocab, ld: ld, targets: targets,
+                                    ignoreIndex: ignoreIndex)
         // One row at a time: max, then e = exp(logit − max) stored in place while summing, then
         // e · scale/Σe − scale·onehot. Two passes over the row instead of three, one exp per value.
         pool.run(maxTasks: tasks(rows * vocab, pool, grain: 8192)) { idx, cnt in
@@ -389,12 +395,8 @@ extension Ops {
         rowScale: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>? = nil,
         pool: ThreadPool = .shared
     ) throws(LKError) {
-        let what = "crossEntropyUnnormalizedBackwardInPlace"
-        try checkDims(what, ("rows", rows), ("vocab", vocab))
-        guard vocab > 0 || rows == 0 else { throw .invalidArgument("\(what): empty vocabulary") }
-        try checkTargets(targets, rows: rows, vocab: vocab, ignoreIndex: ignoreIndex, what)
-        let ldv = ld ?? vocab
-        guard ldv >= vocab else { throw .invalidArgument("\(what): ld \(ldv) < vocab \(vocab)") }
+        let ldv = try checkFullRows("crossEntropyUnnormalizedBackwardInPlace", rows: rows, vocab: vocab, ld: ld,
+                                    targets: targets, ignoreIndex: ignoreIndex)
         pool.run(maxTasks: tasks(rows * vocab, pool, grain: 8192)) { idx, cnt in
             for t in partition(rows, index: idx, count: cnt) {
                 let lr = logits + t * ldv
