@@ -133,7 +133,7 @@ extension Ops {
         let maxKeys = ldS
         itemEnd.withUnsafeBufferPointer { itemEnd in
             pool.run(maxTasks: attentionTasks(flops, total, pool)) { idx, cnt in
-                var ws = AttentionWorkspace(floats: [br * ldS, br, packedSize(k: D, n: maxKeys),
+                let ws = AttentionWorkspace(floats: [br * ldS, br, packedSize(k: D, n: maxKeys),
                                                      packedSize(k: maxKeys, n: D)])
                 defer { ws.free() }
                 let s = ws[0], inv = ws[1], kT = ws[2], vP = ws[3]
@@ -195,7 +195,7 @@ extension Ops {
         let ldS = attentionBlockLd(spans)
         let maxKeys = ldS
         pool.run(maxTasks: attentionTasks(flops, items, pool)) { idx, cnt in
-            var ws = AttentionWorkspace(floats: [br * ldS, br * ldS, packedSize(k: D, n: maxKeys),
+            let ws = AttentionWorkspace(floats: [br * ldS, br * ldS, packedSize(k: D, n: maxKeys),
                                                  packedSize(k: D, n: maxKeys), packedSize(k: maxKeys, n: D),
                                                  D * ldS, D * ldS])
             defer { ws.free() }
