@@ -15,7 +15,8 @@
  *   LK_ERR_INVALID_HANDLE; it never crashes. Freeing NULL is a no-op.
  * - Params structs start with uint32_t struct_size, are filled by lk_<x>_params_init(&p), and only ever
  *   grow at the end. Set struct_size via the init function; the library reads only the fields that
- *   struct_size covers:
+ *   struct_size covers (a struct that has grown gets lk_<x>_params_init_sized(p, size), which writes
+ *   only `size` bytes, and its lk_<x>_params_init becomes a macro passing sizeof *p):
  *     - a struct from an older header (smaller, but at least the struct's first version): fields it
  *       lacks take their defaults;
  *     - a struct from a newer header (larger): the fields this library knows are read, the rest ignored;
@@ -491,6 +492,8 @@ LK_API lk_status lk_model_merge_to_file(lk_model *model, lk_adapter *const *adap
 typedef struct lk_trainer lk_trainer;
 
 enum { LK_SCHEDULE_CONSTANT = 0, LK_SCHEDULE_LINEAR = 1, LK_SCHEDULE_COSINE = 2 };
+/* lk_train_params.truncate */
+enum { LK_TRUNCATE_CUT = 0, LK_TRUNCATE_ERROR = 1 };
 
 typedef struct lk_train_params {
     uint32_t struct_size;          /* set by lk_train_params_init */
@@ -529,10 +532,24 @@ typedef struct lk_train_params {
     const char *resume_dir;        /* continue from the latest checkpoint in this folder (usually out_dir) */
     const char *init_adapter;      /* start from this adapter (PEFT folder or GGUF LoRA) instead of a new one */
     const char *log_path;          /* append one JSON object per step to this file (opened at the first step) */
+    /* Added after the first version (a struct_size that ends before them: their defaults apply). */
+    double adam_beta1;             /* AdamW beta1 (transformers' adam_beta1), in [0, 1); default 0.9 */
+    double adam_beta2;             /* AdamW beta2, in [0, 1); default 0.999 */
+    double adam_epsilon;           /* AdamW eps, finite, > 0; default 1e-8 */
+    int32_t truncate;              /* examples longer than seq: LK_TRUNCATE_CUT (default: keep their first seq
+                                      tokens) or LK_TRUNCATE_ERROR (refuse them, naming the file and line) */
 } lk_train_params;
 
-/* Fill *p with defaults (and struct_size). */
+/* Fill the first `size` bytes of *p with defaults and set p->struct_size = size (size is clamped to this
+ * library's sizeof(lk_train_params); a size below the first version's writes nothing). Nothing past
+ * `size` is written, so a program built against an older header (a smaller struct) is safe with a newer
+ * library. lk_train_params_init(p) is a macro for lk_train_params_init_sized(p, sizeof *p). */
+LK_API void lk_train_params_init_sized(lk_train_params *p, size_t size);
+/* The function behind the macro's name, kept for programs built before lk_train_params_init_sized
+ * existed: fills the first version of the struct only (struct_size = that version's size). Call it as
+ * (lk_train_params_init)(p) to bypass the macro. */
 LK_API void lk_train_params_init(lk_train_params *p);
+#define lk_train_params_init(p) lk_train_params_init_sized((p), sizeof *(p))
 
 /* What a step reports. Result struct: written up to the caller's struct_size (set it to
  * sizeof(lk_train_progress)). To the callback it is passed with struct_size = the library's size. */

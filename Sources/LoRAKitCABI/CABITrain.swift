@@ -47,6 +47,11 @@ struct CTrainParams: SizedCStruct {
     var resume_dir: UnsafePointer<CChar>? = nil
     var init_adapter: UnsafePointer<CChar>? = nil
     var log_path: UnsafePointer<CChar>? = nil
+    // Added after the first version (older callers' struct_size ends before them: defaults apply).
+    var adam_beta1: Double = 0.9
+    var adam_beta2: Double = 0.999
+    var adam_epsilon: Double = 1e-8
+    var truncate: Int32 = 0
 
     static let cName = "lk_train_params"
     static var firstVersionSize: Int {
@@ -93,11 +98,22 @@ struct CTrainProgress: SizedCStruct {
 public typealias CTrainCallback = @convention(c) (UnsafeRawPointer?, UnsafeMutableRawPointer?) -> Int32
 
 let LK_SCHEDULE_CONSTANT: Int32 = 0, LK_SCHEDULE_LINEAR: Int32 = 1, LK_SCHEDULE_COSINE: Int32 = 2
+let LK_TRUNCATE_CUT: Int32 = 0, LK_TRUNCATE_ERROR: Int32 = 1
 
+@_cdecl("lk_train_params_init_sized")
+public func lk_train_params_init_sized(_ p: UnsafeMutableRawPointer?, _ size: Int) {
+    guard let p, size >= CTrainParams.firstVersionSize else { return }
+    var v = CTrainParams()
+    let n = min(size, MemoryLayout<CTrainParams>.stride)
+    v.struct_size = UInt32(n)
+    withUnsafeBytes(of: &v) { src in p.copyMemory(from: src.baseAddress!, byteCount: n) }
+}
+
+/// The first version's init (programs built before `lk_train_params_init_sized`; the header's
+/// `lk_train_params_init` is now a macro for the sized one).
 @_cdecl("lk_train_params_init")
 public func lk_train_params_init(_ p: UnsafeMutableRawPointer?) {
-    guard let p else { return }
-    p.assumingMemoryBound(to: CTrainParams.self).pointee = CTrainParams()
+    lk_train_params_init_sized(p, CTrainParams.firstVersionSize)
 }
 
 @_cdecl("lk_sizeof_train_params")
@@ -238,7 +254,17 @@ func trainingOptions(_ params: UnsafeRawPointer?, model: LlamaModel) throws -> T
     guard p.max_grad_norm.isFinite, p.max_grad_norm >= 0 else {
         throw invalid("params->max_grad_norm \(p.max_grad_norm) must be a finite number ≥ 0 (0 = no clipping)")
     }
-    o.optimizer = OptimizerConfig(lr: p.lr, weightDecay: p.weight_decay,
+    guard p.adam_beta1.isFinite, p.adam_beta1 >= 0, p.adam_beta1 < 1 else {
+        throw invalid("params->adam_beta1 \(p.adam_beta1) must be in [0, 1)")
+    }
+    guard p.adam_beta2.isFinite, p.adam_beta2 >= 0, p.adam_beta2 < 1 else {
+        throw invalid("params->adam_beta2 \(p.adam_beta2) must be in [0, 1)")
+    }
+    guard p.adam_epsilon.isFinite, p.adam_epsilon > 0 else {
+        throw invalid("params->adam_epsilon \(p.adam_epsilon) must be a finite number > 0")
+    }
+    o.optimizer = OptimizerConfig(lr: p.lr, beta1: p.adam_beta1, beta2: p.adam_beta2, eps: p.adam_epsilon,
+                                  weightDecay: p.weight_decay,
                                   maxGradNorm: p.max_grad_norm == 0 ? nil : p.max_grad_norm)
     switch p.schedule {
     case LK_SCHEDULE_CONSTANT: o.schedule = .constant
@@ -268,8 +294,14 @@ func trainingOptions(_ params: UnsafeRawPointer?, model: LlamaModel) throws -> T
     guard p.threads >= 0, p.threads <= 512 else { throw invalid("params->threads \(p.threads) must be in 0...512 (0 = lk_cpu_count())") }
     o.threads = p.threads == 0 ? nil : Int(p.threads)
     o.shuffle = try flagArg(p.shuffle, "params->shuffle")
+    let truncation: TrainTruncation
+    switch p.truncate {
+    case LK_TRUNCATE_CUT: truncation = .keepFirst
+    case LK_TRUNCATE_ERROR: truncation = .error
+    default: throw invalid("params->truncate \(p.truncate) must be LK_TRUNCATE_CUT (0) or LK_TRUNCATE_ERROR (1)")
+    }
     o.data = TrainDataOptions(seq: Int(p.seq), completionOnlyLoss: try flagArg(p.completion_only_loss, "params->completion_only_loss"),
-                              packing: try flagArg(p.packing, "params->packing"))
+                              truncation: truncation, packing: try flagArg(p.packing, "params->packing"))
     // Output.
     guard p.save_every >= 0 else { throw invalid("params->save_every \(p.save_every) must be ≥ 0 (0 = only at the end)") }
     o.saveEvery = Int(p.save_every)

@@ -30,6 +30,9 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Start from this adapter (PEFT folder or GGUF LoRA) instead of a new one.") var `init`: String?
     @Option(help: "Peak learning rate.") var lr: Double = 2e-4
     @Option(help: "AdamW decoupled weight decay.") var weightDecay: Double = 0.01
+    @Option(help: "AdamW beta1.") var adamBeta1: Double = 0.9
+    @Option(help: "AdamW beta2.") var adamBeta2: Double = 0.999
+    @Option(help: "AdamW epsilon.") var adamEpsilon: Double = 1e-8
     @Option(help: "Clip the global gradient norm to this (0: off).") var maxGradNorm: Double = 1.0
     @Option(help: "Learning-rate schedule: constant, linear or cosine.") var schedule: String = "constant"
     @Option(help: "Warm-up steps (linear from 0).") var warmup: Int = 0
@@ -70,7 +73,8 @@ struct TrainCommand: ParsableCommand {
         }
         o.lora = lora
         o.initAdapter = `init`
-        o.optimizer = OptimizerConfig(lr: lr, weightDecay: weightDecay, maxGradNorm: maxGradNorm > 0 ? maxGradNorm : nil)
+        o.optimizer = OptimizerConfig(lr: lr, beta1: adamBeta1, beta2: adamBeta2, eps: adamEpsilon,
+                                      weightDecay: weightDecay, maxGradNorm: maxGradNorm > 0 ? maxGradNorm : nil)
         o.schedule = try LRScheduleKind(parsing: schedule)
         o.warmupSteps = warmup
         o.steps = steps

@@ -209,7 +209,27 @@ static void test_params_defaults_and_sizes(void) {
     CHECK(p.shuffle == 1 && p.completion_only_loss == 1 && p.packing == 0);
     CHECK(p.save_every == 0 && p.keep == 2 && p.valid_every == 0 && p.format == LK_ADAPTER_PEFT);
     CHECK(p.out_dir == NULL && p.resume_dir == NULL && p.init_adapter == NULL && p.log_path == NULL);
-    lk_train_params_init(NULL);  /* no-op */
+    CHECK(p.adam_beta1 == 0.9 && p.adam_beta2 == 0.999 && p.adam_epsilon == 1e-8 && p.truncate == LK_TRUNCATE_CUT);
+    lk_train_params_init_sized(NULL, sizeof p);  /* no-op */
+    /* A program built against the first header: the old init and a first-version size write only
+     * that version's bytes. */
+    const size_t first = offsetof(lk_train_params, log_path) + sizeof(const char *);
+    unsigned char raw[sizeof(lk_train_params) + 16];
+    memset(raw, 0xAB, sizeof raw);
+    (lk_train_params_init)((lk_train_params *)raw);
+    CHECK(((lk_train_params *)raw)->struct_size == first && ((lk_train_params *)raw)->rank == 8);
+    int untouched = 1;
+    for (size_t i = first; i < sizeof raw; i++) untouched &= raw[i] == 0xAB;
+    CHECK(untouched);
+    memset(raw, 0xAB, sizeof raw);
+    lk_train_params_init_sized((lk_train_params *)raw, first - 1);  /* below the first version: nothing */
+    untouched = 1;
+    for (size_t i = 0; i < sizeof raw; i++) untouched &= raw[i] == 0xAB;
+    CHECK(untouched);
+    memset(raw, 0xAB, sizeof raw);
+    lk_train_params_init_sized((lk_train_params *)raw, sizeof raw);  /* larger than the library's: clamped */
+    CHECK(((lk_train_params *)raw)->struct_size == sizeof(lk_train_params));
+    CHECK(raw[sizeof(lk_train_params)] == 0xAB);
 }
 
 /* 30 steps at lr 1e-2 on text.jsonl: the callback sees every step; the loss falls; the validation loss
@@ -540,6 +560,21 @@ static void test_bad_params(void) {
     BAD(p.struct_size = 0, LK_ERR_ABI, "lk_train_params");
     BAD(p.struct_size = 8, LK_ERR_ABI, "lk_train_params");
     BAD(p.struct_size = 100000, LK_ERR_ABI, "lk_train_params");
+    BAD(p.adam_beta1 = 1.0, LK_ERR_INVALID_ARGUMENT, "params->adam_beta1");
+    BAD(p.adam_beta2 = -0.1, LK_ERR_INVALID_ARGUMENT, "params->adam_beta2");
+    BAD(p.adam_epsilon = 0, LK_ERR_INVALID_ARGUMENT, "params->adam_epsilon");
+    BAD(p.adam_epsilon = NAN, LK_ERR_INVALID_ARGUMENT, "params->adam_epsilon");
+    BAD(p.truncate = 2, LK_ERR_INVALID_ARGUMENT, "params->truncate");
+    BAD((p.truncate = LK_TRUNCATE_ERROR, p.seq = 4), LK_ERR_FORMAT, "truncation is set to error");
+    /* A caller with the first version of the struct: the fields past its struct_size are not read. */
+    base_params(&p);
+    p.steps = 1;
+    p.struct_size = (uint32_t)(offsetof(lk_train_params, log_path) + sizeof(const char *));
+    p.adam_beta1 = 7.0;
+    p.truncate = 99;
+    t = NULL;
+    CHECKF(lk_trainer_create(m, text_path, NULL, &p, &t) == LK_OK && t, "first-version params: %s", lk_last_error());
+    lk_trainer_free(t);
     BAD(p.rank = 0, LK_ERR_INVALID_ARGUMENT, "params->rank");
     BAD(p.rank = 5000, LK_ERR_INVALID_ARGUMENT, "params->rank");
     BAD(p.alpha = NAN, LK_ERR_INVALID_ARGUMENT, "params->alpha");

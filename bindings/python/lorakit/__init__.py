@@ -803,6 +803,7 @@ class TrainRun(NamedTuple):
 
 _SCHEDULES = {"constant": _lib.LK_SCHEDULE_CONSTANT, "linear": _lib.LK_SCHEDULE_LINEAR,
               "cosine": _lib.LK_SCHEDULE_COSINE}
+_TRUNCATIONS = {"cut": _lib.LK_TRUNCATE_CUT, "error": _lib.LK_TRUNCATE_ERROR}
 
 
 def _format_arg(format) -> int:
@@ -830,7 +831,8 @@ class Trainer(_Handle):
 
     Keyword arguments are the fields of lk_train_params (see lorakit.h) with Python values: targets as
     "q,v" / "all-linear" / a list of names, layers as a list of ints (None: all), init "peft" /
-    "gaussian" / "random", schedule "constant" / "linear" / "cosine", format "peft" / "gguf", flags as
+    "gaussian" / "random", schedule "constant" / "linear" / "cosine", format "peft" / "gguf", truncate
+    "cut" / "error", adam_beta1 / adam_beta2 / adam_epsilon as transformers names them, flags as
     bools, steps None (or 0) = from epochs, paths as str / os.PathLike or None. Nothing is written
     until the first step (or save_checkpoint); with resume_dir the trainer continues from the latest
     checkpoint there.
@@ -848,7 +850,8 @@ class Trainer(_Handle):
                  threads: int = 0, shuffle: bool = True, completion_only_loss: bool = True,
                  packing: bool = False, save_every: int = 0, keep: int = 2, valid_every: int = 0,
                  format: "AdapterFormat | str" = AdapterFormat.PEFT, out_dir=None, resume_dir=None,
-                 init_adapter=None, log_path=None):
+                 init_adapter=None, log_path=None, adam_beta1: float = 0.9, adam_beta2: float = 0.999,
+                 adam_epsilon: float = 1e-8, truncate: str = "cut"):
         self._handle = None
         if not isinstance(model, Model):
             raise TypeError(f"model must be a lorakit.Model, got {type(model).__name__}")
@@ -856,12 +859,14 @@ class Trainer(_Handle):
             raise ValueError(f"init must be one of {', '.join(map(repr, _INITS))}, got {init!r}")
         if schedule not in _SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(map(repr, _SCHEDULES))}, got {schedule!r}")
+        if truncate not in _TRUNCATIONS:
+            raise ValueError(f"truncate must be one of {', '.join(map(repr, _TRUNCATIONS))}, got {truncate!r}")
         if not isinstance(targets, str):
             targets = ",".join(targets)
         self.model = model
         self.n_embd = model.info.n_embd
         p = _lib.lk_train_params()
-        _c.lk_train_params_init(byref(p))
+        _c.lk_train_params_init_sized(byref(p), ctypes.sizeof(p))
         p.rank, p.alpha, p.use_rslora, p.targets = int(rank), float(alpha), int(bool(use_rslora)), targets.encode()
         if layers is not None:
             ls = [int(x) for x in layers]
@@ -876,6 +881,8 @@ class Trainer(_Handle):
         p.save_every, p.keep, p.valid_every, p.format = int(save_every), int(keep), int(valid_every), _format_arg(format)
         p.out_dir, p.resume_dir = _opt_path(out_dir), _opt_path(resume_dir)
         p.init_adapter, p.log_path = _opt_path(init_adapter), _opt_path(log_path)
+        p.adam_beta1, p.adam_beta2, p.adam_epsilon = float(adam_beta1), float(adam_beta2), float(adam_epsilon)
+        p.truncate = _TRUNCATIONS[truncate]
         out = _lib.lk_trainer_p()
         _check(_c.lk_trainer_create(model.handle, _opt_path(train), _opt_path(valid), byref(p), byref(out)))
         self._handle = out.value

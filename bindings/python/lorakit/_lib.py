@@ -14,7 +14,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-from ctypes import CFUNCTYPE, POINTER, Structure, c_char_p, c_double, c_float, c_int32, c_int64, c_uint32, c_uint64, c_void_p
+from ctypes import CFUNCTYPE, POINTER, Structure, c_char_p, c_double, c_float, c_int32, c_int64, c_size_t, c_uint32, c_uint64, c_void_p
 from pathlib import Path
 
 # #define LK_ABI_VERSION 1
@@ -431,6 +431,9 @@ lk_trainer_p = c_void_p
 LK_SCHEDULE_CONSTANT = 0
 LK_SCHEDULE_LINEAR = 1
 LK_SCHEDULE_COSINE = 2
+# enum { LK_TRUNCATE_CUT = 0, LK_TRUNCATE_ERROR = 1 };
+LK_TRUNCATE_CUT = 0
+LK_TRUNCATE_ERROR = 1
 
 
 # typedef struct lk_train_params {
@@ -441,6 +444,7 @@ LK_SCHEDULE_COSINE = 2
 #     int32_t threads; int32_t shuffle; int32_t completion_only_loss; int32_t packing;
 #     int32_t save_every; int32_t keep; int32_t valid_every; int32_t format;
 #     const char *out_dir; const char *resume_dir; const char *init_adapter; const char *log_path;
+#     double adam_beta1; double adam_beta2; double adam_epsilon; int32_t truncate;
 # } lk_train_params;
 class lk_train_params(Structure):
     _fields_ = [
@@ -452,10 +456,14 @@ class lk_train_params(Structure):
         ("threads", c_int32), ("shuffle", c_int32), ("completion_only_loss", c_int32), ("packing", c_int32),
         ("save_every", c_int32), ("keep", c_int32), ("valid_every", c_int32), ("format", c_int32),
         ("out_dir", c_char_p), ("resume_dir", c_char_p), ("init_adapter", c_char_p), ("log_path", c_char_p),
+        ("adam_beta1", c_double), ("adam_beta2", c_double), ("adam_epsilon", c_double), ("truncate", c_int32),
     ]
 
 
-# void lk_train_params_init(lk_train_params *p);
+# void lk_train_params_init_sized(lk_train_params *p, size_t size);
+_fn("lk_train_params_init_sized", None, [POINTER(lk_train_params), c_size_t])
+# void lk_train_params_init(lk_train_params *p);   (first version of the struct only; the header's macro
+# of that name calls lk_train_params_init_sized)
 _fn("lk_train_params_init", None, [POINTER(lk_train_params)])
 
 
@@ -563,7 +571,7 @@ FUNCTIONS = (
     "lk_generate", "lk_string_free", "lk_adapter_load", "lk_adapter_free", "lk_lora_params_init",
     "lk_adapter_create", "lk_adapter_save", "lk_context_attach_adapter", "lk_context_detach_adapter",
     "lk_context_set_adapter_scale", "lk_context_detach_all", "lk_model_merge_to_file",
-    "lk_train_params_init", "lk_trainer_create", "lk_trainer_free", "lk_trainer_step", "lk_trainer_run",
+    "lk_train_params_init_sized", "lk_train_params_init", "lk_trainer_create", "lk_trainer_free", "lk_trainer_step", "lk_trainer_run",
     "lk_trainer_validation_loss", "lk_trainer_save_checkpoint", "lk_trainer_adapter", "lk_trainer_steps",
     "lk_trainer_zero_grad", "lk_trainer_forward_backward", "lk_trainer_optimizer_step",
     "lk_sizeof_model_params", "lk_sizeof_model_info",

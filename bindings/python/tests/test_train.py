@@ -70,11 +70,45 @@ def expect_error(status, substr, fn, *args, **kw):
 def test_params_defaults():
     import ctypes
     p = _lib.lk_train_params()
-    _lib.lib.lk_train_params_init(ctypes.byref(p))
+    _lib.lib.lk_train_params_init_sized(ctypes.byref(p), ctypes.sizeof(p))
     assert p.struct_size == ctypes.sizeof(p) == _lib.lib.lk_sizeof_train_params()
     assert (p.rank, p.alpha, p.lr, p.weight_decay, p.max_grad_norm, p.batch, p.seq, p.keep, p.shuffle) == \
         (8, 16.0, 2e-4, 0.01, 1.0, 4, 512, 2, 1)
+    assert (p.adam_beta1, p.adam_beta2, p.adam_epsilon, p.truncate) == (0.9, 0.999, 1e-8, _lib.LK_TRUNCATE_CUT)
     assert ctypes.sizeof(_lib.lk_train_progress) == _lib.lib.lk_sizeof_train_progress()
+    # The first-version init (programs built against the older header) writes that version's bytes only.
+    first = _lib.lk_train_params.log_path.offset + ctypes.sizeof(ctypes.c_char_p)
+    q = _lib.lk_train_params()
+    ctypes.memset(ctypes.byref(q), 0xAB, ctypes.sizeof(q))
+    _lib.lib.lk_train_params_init(ctypes.byref(q))
+    assert q.struct_size == first and q.rank == 8 and q.log_path is None
+    assert bytes(q)[first:] == b"\xab" * (ctypes.sizeof(q) - first)
+    # A size below the first version writes nothing.
+    r = _lib.lk_train_params()
+    ctypes.memset(ctypes.byref(r), 0xAB, ctypes.sizeof(r))
+    _lib.lib.lk_train_params_init_sized(ctypes.byref(r), first - 1)
+    assert bytes(r) == b"\xab" * ctypes.sizeof(r)
+
+
+def test_adam_settings_and_truncation(model):
+    def losses(**kw):
+        with Trainer(model, TEXT, steps=2, shuffle=False, **dict(FAST, **kw)) as t:
+            seen: list[TrainProgress] = []
+            t.run(seen.append)
+            return [p.loss for p in seen]
+    base = losses()
+    # A large epsilon damps AdamW's first update (lr·g/(|g|+eps) instead of ≈ lr·sign(g)): the same first
+    # loss (B = 0, the base model's), then less progress.
+    damped = losses(adam_epsilon=1.0)
+    assert damped[0] == base[0] and damped[1] > base[1] + 1e-3, (base, damped)
+    expect_error(Status.INVALID_ARGUMENT, "params->adam_beta1", Trainer, model, TEXT, steps=1, adam_beta1=1.0, **FAST)
+    expect_error(Status.INVALID_ARGUMENT, "params->adam_epsilon", Trainer, model, TEXT, steps=1, adam_epsilon=0.0, **FAST)
+    # truncate="error": examples longer than seq are refused, naming the file and line.
+    e = expect_error(Status.FORMAT, "truncation is set to error", Trainer, model, TEXT, steps=1, truncate="error",
+                     **dict(FAST, seq=4))
+    assert "text.jsonl:1:" in e.message, e.message
+    with pytest.raises(ValueError):
+        Trainer(model, TEXT, steps=1, truncate="drop", **FAST)
 
 
 def test_training_reduces_loss(model, examples, tmp_path):
