@@ -79,14 +79,20 @@ static void base_params(lk_train_params *p) {
     p->threads = 2;
 }
 
-static lk_trainer *new_trainer(lk_model *m, const char *valid, const lk_train_params *p) {
+/* A trainer on `train` (NULL: a manual trainer); setup failures end the test program. */
+static lk_trainer *create_trainer(lk_model *m, const char *train, const char *valid, const lk_train_params *p) {
     lk_trainer *t = NULL;
-    lk_status s = lk_trainer_create(m, text_path, valid, p, &t);
+    lk_status s = lk_trainer_create(m, train, valid, p, &t);
     if (s != LK_OK || !t) {
-        fprintf(stderr, "setup: lk_trainer_create failed (%d): %s\n", s, lk_last_error());
+        fprintf(stderr, "setup: lk_trainer_create(%s) failed (%d): %s\n", train ? train : "train_path NULL", s,
+                lk_last_error());
         exit(2);
     }
     return t;
+}
+
+static lk_trainer *new_trainer(lk_model *m, const char *valid, const lk_train_params *p) {
+    return create_trainer(m, text_path, valid, p);
 }
 
 /* Every progress report of a run. */
@@ -882,15 +888,7 @@ static void embedding_row(int32_t token, float *out) {
     free(st);
 }
 
-static lk_trainer *manual_trainer(lk_model *m, const lk_train_params *p) {
-    lk_trainer *t = NULL;
-    lk_status s = lk_trainer_create(m, NULL, NULL, p, &t);
-    if (s != LK_OK || !t) {
-        fprintf(stderr, "setup: lk_trainer_create(train_path NULL) failed (%d): %s\n", s, lk_last_error());
-        exit(2);
-    }
-    return t;
-}
+static lk_trainer *manual_trainer(lk_model *m, const lk_train_params *p) { return create_trainer(m, NULL, NULL, p); }
 
 /* PyTorch's loss and dLoss/d(inputs_embeds) for example 0 cut to 24 tokens with the text_all initial adapter
  * (reference.json → runs.text_all.embedding_grad_check); then the same with token 0 given as a prefix

@@ -185,6 +185,15 @@ extension Ops {
         return s
     }
 
+    /// log Σ exp(x[i]) over i < n (Float) and Σ exp(x[i] − max) (Double), writing those exps to `y` when
+    /// given (y may alias x): the per-row core of the full-row cross-entropy kernels.
+    @inline(__always) static func logSumExpRow(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>?,
+                                               _ n: Int) -> (lse: Float, sum: Double) {
+        let m = rowMax(x, n)
+        let s = expSum(x, y, n, m)
+        return (Float(Double(m) + log(s)), s)
+    }
+
     @inline(__always) static func softmaxRow(_ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
         if n == 0 { return }
         let m = rowMax(x, n)
@@ -312,9 +321,7 @@ extension Ops {
         pool.run(maxTasks: tasks(rows * vocab, pool, grain: 8192)) { idx, cnt in
             for t in partition(rows, index: idx, count: cnt) {
                 let lr = logits + t * ldv
-                let m = rowMax(lr, vocab)
-                let s = expSum(lr, nil, vocab, m)
-                let l = Float(Double(m) + log(s))
+                let l = logSumExpRow(lr, nil, vocab).lse
                 lse?[t] = l
                 losses[t] = targets[t] == ignoreIndex ? 0 : l - lr[Int(targets[t])]
             }
@@ -360,11 +367,9 @@ extension Ops {
         pool.run(maxTasks: tasks(rows * vocab, pool, grain: 8192)) { idx, cnt in
             for t in partition(rows, index: idx, count: cnt) {
                 let lr = logits + t * ldv
-                let m = rowMax(lr, vocab)
                 let y = Int(targets[t])
                 let target = targets[t] == ignoreIndex ? 0 : lr[y]
-                let s = expSum(lr, lr, vocab, m)
-                let l = Float(Double(m) + log(s))
+                let (l, s) = logSumExpRow(lr, lr, vocab)
                 lse?[t] = l
                 if targets[t] == ignoreIndex {
                     losses[t] = 0
@@ -400,12 +405,10 @@ extension Ops {
         pool.run(maxTasks: tasks(rows * vocab, pool, grain: 8192)) { idx, cnt in
             for t in partition(rows, index: idx, count: cnt) {
                 let lr = logits + t * ldv
-                let m = rowMax(lr, vocab)
                 let ignored = targets[t] == ignoreIndex
                 let y = ignored ? 0 : Int(targets[t])
                 let target = lr[y]
-                let s = expSum(lr, lr, vocab, m)
-                let l = Float(Double(m) + log(s))
+                let (l, s) = logSumExpRow(lr, lr, vocab)
                 lse?[t] = l
                 if ignored {
                     losses[t] = 0
