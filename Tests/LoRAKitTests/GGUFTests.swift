@@ -1,12 +1,19 @@
+import Synchronization
 import Testing
 @testable import LoRAKit
 #if canImport(Glibc)
 import Glibc
 #endif
 
+/// Calls made so far to `temporaryPath` in this process.
+private let temporaryPathCount = Atomic<Int>(0)
+
+/// A path for a test file, unique per call: swift-testing runs tests in parallel, and two tests asking for
+/// the same name (e.g. a helper's "tok.gguf") must not overwrite each other's file.
 func temporaryPath(_ name: String) -> String {
     let dir = String(cString: getenv("TMPDIR") ?? strdup("/tmp"))
-    return "\(dir)/lorakit-test-\(getpid())-\(name)"
+    let n = temporaryPathCount.add(1, ordering: .relaxed).newValue
+    return "\(dir)/lorakit-test-\(getpid())-\(n)-\(name)"
 }
 
 func writeBytes(_ path: String, _ bytes: [UInt8]) {
