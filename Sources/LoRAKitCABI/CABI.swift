@@ -109,25 +109,27 @@ enum HandleKind: UInt8 { case tensor = 1, model, context, adapter, plugin, train
 
 final class Handles: @unchecked Sendable {
     static let shared = Handles()
-    private let lock = Locked<[UInt: (HandleKind, AnyObject)]>([:])
+    /// A registry entry. The objects are the library's own thread-safe classes (models, contexts, …),
+    /// whose per-use locking is their own; the registry only hands out references.
+    private struct Entry: @unchecked Sendable { let kind: HandleKind; let object: AnyObject }
+    private let lock = Mutex<[UInt: Entry]>([:])
     private let counter = Atomic<UInt>(1)
 
     func register(_ object: AnyObject, kind: HandleKind) -> OpaquePointer {
         // Tokens are 16-aligned, start high, and grow monotonically: never NULL, never reused.
         let id = (0x10_0000 + counter.wrappingAdd(1, ordering: .relaxed).oldValue) << 4
-        lock.withLock { $0[id] = (kind, object) }
+        lock.withLock { $0[id] = Entry(kind: kind, object: object) }
         return OpaquePointer(bitPattern: id)!
     }
 
     func lookup<T: AnyObject>(_ handle: OpaquePointer?, kind: HandleKind, as: T.Type, what: String) throws -> T {
         guard let handle else { throw CError(status: LKStatus.invalidHandle, message: "\(what) is NULL") }
         let id = UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(handle)))
-        let entry = lock.withLock { $0[id] }
-        guard let (k, obj) = entry else {
+        guard let entry = lock.withLock({ $0[id] }) else {
             throw CError(status: LKStatus.invalidHandle, message: "\(what) is not a live handle (freed or never created)")
         }
-        guard k == kind, let typed = obj as? T else {
-            throw CError(status: LKStatus.invalidHandle, message: "\(what) is a \(k) handle, expected \(kind)")
+        guard entry.kind == kind, let typed = entry.object as? T else {
+            throw CError(status: LKStatus.invalidHandle, message: "\(what) is a \(entry.kind) handle, expected \(kind)")
         }
         return typed
     }
@@ -136,17 +138,17 @@ final class Handles: @unchecked Sendable {
     @discardableResult
     func remove(_ handle: OpaquePointer, kind: HandleKind, what: String) throws -> AnyObject {
         let id = UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(handle)))
-        let result: Result<AnyObject, CError> = lock.withLock { table in
-            guard let (k, obj) = table[id] else {
+        let result: Result<Entry, CError> = lock.withLock { table in
+            guard let e = table[id] else {
                 return .failure(CError(status: LKStatus.invalidHandle, message: "\(what) is not a live handle (already freed or never created)"))
             }
-            guard k == kind else {
-                return .failure(CError(status: LKStatus.invalidHandle, message: "\(what) is a \(k) handle, expected \(kind)"))
+            guard e.kind == kind else {
+                return .failure(CError(status: LKStatus.invalidHandle, message: "\(what) is a \(e.kind) handle, expected \(kind)"))
             }
             table[id] = nil
-            return .success(obj)
+            return .success(e)
         }
-        return try result.get()
+        return try result.get().object
     }
 }
 
@@ -254,7 +256,7 @@ public func lk_cpu_count() -> Int32 { Int32(ThreadPool.hardwareConcurrency) }
 
 /// The pool used by context-free calls. Replaced (not mutated) by lk_set_default_threads, so a call in
 /// flight keeps the pool it started with.
-let defaultPool = Locked<ThreadPool?>(nil)
+let defaultPool = Mutex<ThreadPool?>(nil)
 
 func currentDefaultPool() -> ThreadPool {
     defaultPool.withLock { p in

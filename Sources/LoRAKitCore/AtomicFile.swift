@@ -35,24 +35,24 @@ public enum AtomicFile {
         try write(path: path) { (fd: Int32) throws(LKError) in try writeAll(fd, bytes, path: path) }
     }
 
-    static func parentDirectory(_ path: String) -> String {
+    package static func parentDirectory(_ path: String) -> String {
         guard let slash = path.lastIndex(of: "/") else { return "." }
         let d = String(path[..<slash])
         return d.isEmpty ? "/" : d
     }
 }
 
-func writeAll(_ fd: Int32, _ bytes: [UInt8], path: String) throws(LKError) {
+package func writeAll(_ fd: Int32, _ bytes: [UInt8], path: String) throws(LKError) {
     try asLKError { try bytes.withUnsafeBytes { b in try writeAll(fd, b, path: path) } }
 }
 
 /// Run a closure that can only throw LKError through an untyped `rethrows` API, keeping the type.
 @inline(__always)
-func asLKError<T>(_ body: () throws -> T) throws(LKError) -> T {
+package func asLKError<T>(_ body: () throws -> T) throws(LKError) -> T {
     do { return try body() } catch let e as LKError { throw e } catch { throw .internal("\(error)") }
 }
 
-func writeAll(_ fd: Int32, _ buf: UnsafeRawBufferPointer, path: String) throws(LKError) {
+package func writeAll(_ fd: Int32, _ buf: UnsafeRawBufferPointer, path: String) throws(LKError) {
     var off = 0
     while off < buf.count {
         let n = sysWrite(fd, buf.baseAddress! + off, buf.count - off)
@@ -64,7 +64,7 @@ func writeAll(_ fd: Int32, _ buf: UnsafeRawBufferPointer, path: String) throws(L
     }
 }
 
-func writeZeros(_ fd: Int32, _ n: Int, path: String) throws(LKError) {
+package func writeZeros(_ fd: Int32, _ n: Int, path: String) throws(LKError) {
     let zeros = [UInt8](repeating: 0, count: min(n, 4096))
     var left = n
     while left > 0 {

@@ -142,7 +142,7 @@ public enum JSON {
         return "\(d)"  // shortest round-tripping form, e.g. 0.1, 1e-05, 1.5e+300: all valid JSON
     }
 
-    static func writeString(_ s: String, into out: inout [UInt8]) {
+    package static func writeString(_ s: String, into out: inout [UInt8]) {
         let hex: [UInt8] = Array("0123456789abcdef".utf8)
         out.append(UInt8(ascii: "\""))
         for b in s.utf8 {
@@ -161,30 +161,6 @@ public enum JSON {
         }
         out.append(UInt8(ascii: "\""))
     }
-}
-
-/// Read a whole file. Errors name the path and the system's reason.
-public func readFile(_ path: String) throws(LKError) -> [UInt8] {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { throw .io("\(path): cannot open: \(String(cString: strerror(errno)))") }
-    defer { close(fd) }
-    var st = stat()
-    guard fstat(fd, &st) == 0 else { throw .io("\(path): cannot stat: \(String(cString: strerror(errno)))") }
-    guard (st.st_mode & S_IFMT) != S_IFDIR else { throw .io("\(path): is a directory") }
-    var out = [UInt8]()
-    let hint = max(Int(st.st_size), 0)
-    out.reserveCapacity(hint + 1)
-    var chunk = [UInt8](repeating: 0, count: max(min(hint + 1, 1 << 24), 1 << 16))
-    while true {
-        let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if n < 0 {
-            if errno == EINTR { continue }
-            throw .io("\(path): read failed: \(String(cString: strerror(errno)))")
-        }
-        if n == 0 { break }
-        out.append(contentsOf: chunk[0..<n])
-    }
-    return out
 }
 
 /// The recursive-descent parser over raw bytes.

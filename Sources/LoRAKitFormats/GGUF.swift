@@ -1,3 +1,5 @@
+import LoRAKitCore
+
 /// GGUF (llama.cpp's model file format), versions 2 and 3: reading (memory-mapped, tensors used in
 /// place) and writing (atomically: temporary file, then rename).
 ///

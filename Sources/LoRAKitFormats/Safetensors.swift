@@ -1,3 +1,5 @@
+import LoRAKitCore
+
 /// safetensors (Hugging Face's tensor file format): reading (memory-mapped, tensors used in place),
 /// writing (atomically: temporary file, then rename), and sharded checkpoints
 /// (`model.safetensors.index.json`).

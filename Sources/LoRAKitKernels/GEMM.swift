@@ -1,3 +1,5 @@
+import LoRAKitCore
+
 /// Packed, register-blocked matrix multiplication.
 ///
 /// Computes `C[M×N] = alpha · A[M×K] · B[K×N] + beta · C` with

@@ -1,3 +1,5 @@
+import LoRAKitCore
+
 /// Matrix products on tensors: validation and routing to the right kernel.
 ///
 /// Shape legend: M = rows of activations (tokens), K = input features, N = output features.

@@ -1,3 +1,5 @@
+import LoRAKitCore
+
 /// Matrix–vector products with a stored weight: the decode shape (one token), which is memory-bound.
 ///
 /// `y[o] = Σ_i W[o][i] · x[i]` for a weight `W` of shape `[out, in]` in any `DType`.

@@ -1,3 +1,5 @@
+import LoRAKitCore
+
 /// Elementwise, normalisation and attention-support kernels with their backward passes.
 ///
 /// Shape legend (as in karpathy/llm.c):
@@ -86,7 +88,7 @@ extension Ops {
     }
 
     /// Run `body(range)` over `0..<n` split into 8-aligned contiguous ranges.
-    @inline(__always) static func parallelFlat(_ n: Int, _ pool: ThreadPool, _ body: (Range<Int>) -> Void) {
+    @inline(__always) package static func parallelFlat(_ n: Int, _ pool: ThreadPool, _ body: (Range<Int>) -> Void) {
         pool.run(maxTasks: tasks(n, pool)) { idx, cnt in
             let r = partition(n, index: idx, count: cnt, align: 8)
             if !r.isEmpty { body(r) }

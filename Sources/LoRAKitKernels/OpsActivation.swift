@@ -1,3 +1,5 @@
+import LoRAKitCore
+
 /// Activations: SiLU, SwiGLU, GELU (see the shape legend in Ops.swift). All are elementwise over a flat
 /// count N, split into 8-aligned contiguous ranges across threads; SIMD bodies and scalar tails use the
 /// same `simdExp`, so results do not depend on where a range boundary falls.

@@ -1,3 +1,5 @@
+import LoRAKitCore
+
 /// Causal scaled dot-product attention for one sequence, with grouped-query attention and a starting
 /// position so the same kernel serves prefill, training and decode with a KV cache (see the shape legend
 /// in Ops.swift).

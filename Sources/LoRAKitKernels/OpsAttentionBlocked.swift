@@ -1,3 +1,5 @@
+import LoRAKitCore
+
 /// Blocked causal attention over several independent sequences packed back to back (training batches,
 /// prefills), with the products done by the GEMM micro-kernel (FlashAttention-style: the forward keeps
 /// the log-sum-exp of each (row, head), the backward recomputes the probabilities from it).

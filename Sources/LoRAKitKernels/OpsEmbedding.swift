@@ -1,3 +1,5 @@
+import LoRAKitCore
+
 /// Token embedding lookup and its backward (see the shape legend in Ops.swift).
 
 extension Ops {

@@ -1,3 +1,5 @@
+import LoRAKitCore
+
 /// RMSNorm, softmax and cross-entropy (see the shape legend in Ops.swift).
 #if canImport(Glibc)
 import Glibc

@@ -1,3 +1,5 @@
+import LoRAKitCore
+
 /// Rotary position embedding (see the shape legend in Ops.swift).
 ///
 /// Frequencies follow Hugging Face's float32 computation exactly:

@@ -1,3 +1,5 @@
+import LoRAKitCore
+
 /// f32 → storage dtype conversion (quantization), and `Tensor` conversions between dtypes.
 ///
 /// The quantized formats are byte-identical to ggml's reference quantizers (`quantize_row_q8_0_ref`,

@@ -7,6 +7,8 @@
 // HF's `tojson` (no HTML escaping, ensure_ascii=False), and the globals `raise_exception` and `namespace`.
 // The lexer, parser and interpreter are in ChatTemplateParser.swift and ChatTemplateRuntime.swift.
 
+import LoRAKitCore
+
 /// One chat turn: a role (`system`, `user`, `assistant`, `tool`, …) and its text.
 public struct ChatMessage: Sendable, Equatable {
     public var role: String

@@ -2,6 +2,8 @@
 // The lexer follows jinja2/lexer.py with trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False;
 // the expression grammar and precedence follow jinja2/parser.py.
 
+import LoRAKitCore
+
 // MARK: - AST
 
 /// A source position: 1-based line and column (in Unicode scalars).

@@ -3,6 +3,8 @@
 // (a for-loop iteration and a macro call get their own scope; `if` does not), filters, tests and the str/dict/list
 // methods that chat templates call.
 
+import LoRAKitCore
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)

@@ -1,3 +1,6 @@
+import LoRAKitCore
+import LoRAKitFormats
+
 /// GPT-2's byte-level alphabet (`bytes_to_unicode`): each byte is written as one printable Unicode
 /// scalar, so any byte string is a string of "characters" that BPE can merge. Printable Latin-1 bytes
 /// ('!'...'~', '¡'...'¬', '®'...'ÿ') stand for themselves; the other 68 bytes take U+0100, U+0101, …

@@ -1,3 +1,6 @@
+import LoRAKitCore
+import LoRAKitFormats
+
 /// Pre-tokenizers: the regular-expression splits that cut text into words before BPE, written as
 /// hand-made scanners over Unicode scalars that reproduce the regex semantics (leftmost alternative
 /// first, greedy runs, the `\s+(?!\S)` look-ahead) of llama.cpp and Hugging Face `tokenizers`.

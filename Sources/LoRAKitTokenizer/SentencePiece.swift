@@ -1,3 +1,6 @@
+import LoRAKitCore
+import LoRAKitFormats
+
 /// SentencePiece BPE (GGUF `tokenizer.ggml.model == "llama"`), as llama.cpp's SPM tokenizer and the
 /// `sentencepiece` library do it: spaces become "▁" (U+2581), a "▁" is prepended to the text when
 /// `add_space_prefix` is set (and, as in llama.cpp, to text following an added token), the text is cut

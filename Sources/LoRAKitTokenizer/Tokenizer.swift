@@ -1,3 +1,6 @@
+import LoRAKitCore
+import LoRAKitFormats
+
 /// GPT-2-style byte-level BPE tokenizer, loaded from GGUF metadata (llama.cpp) or from a Hugging Face
 /// `tokenizer.json`, producing the same ids as Hugging Face `tokenizers` and llama.cpp.
 ///

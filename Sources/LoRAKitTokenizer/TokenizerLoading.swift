@@ -1,3 +1,6 @@
+import LoRAKitCore
+import LoRAKitFormats
+
 /// Building a `Tokenizer` from GGUF metadata or from a Hugging Face tokenizer.json.
 extension Tokenizer {
     /// Load the tokenizer stored in a GGUF file's metadata (`tokenizer.ggml.*`).

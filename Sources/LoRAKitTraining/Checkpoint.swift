@@ -1,3 +1,10 @@
+import LoRAKitCore
+import LoRAKitKernels
+import LoRAKitFormats
+import LoRAKitTokenizer
+import LoRAKitTemplates
+import LoRAKitModel
+
 /// Training checkpoints: crash-safe folders holding everything needed to resume.
 ///
 /// Layout of an output folder `OUT`:

@@ -1,3 +1,10 @@
+import LoRAKitCore
+import LoRAKitKernels
+import LoRAKitFormats
+import LoRAKitTokenizer
+import LoRAKitTemplates
+import LoRAKitModel
+
 /// Training driven by the caller, one sequence at a time: the caller makes the sequences (token ids with
 /// target flags, optionally after caller-given embedding rows such as projected image features),
 /// accumulates gradients with `forwardBackward`, and applies them with `optimizerStep` — what

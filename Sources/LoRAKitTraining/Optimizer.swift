@@ -1,3 +1,10 @@
+import LoRAKitCore
+import LoRAKitKernels
+import LoRAKitFormats
+import LoRAKitTokenizer
+import LoRAKitTemplates
+import LoRAKitModel
+
 /// The optimizer side of training: AdamW with PyTorch's semantics, gradient clipping by global norm
 /// (`torch.nn.utils.clip_grad_norm_`), the learning-rate schedules of transformers, and saving/restoring
 /// the optimizer state as safetensors.

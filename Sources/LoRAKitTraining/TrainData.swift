@@ -1,3 +1,10 @@
+import LoRAKitCore
+import LoRAKitKernels
+import LoRAKitFormats
+import LoRAKitTokenizer
+import LoRAKitTemplates
+import LoRAKitModel
+
 /// Training data: JSONL files → token ids with per-token target flags → batches.
 ///
 /// ## Files

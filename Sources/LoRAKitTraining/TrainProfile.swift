@@ -1,3 +1,10 @@
+import LoRAKitCore
+import LoRAKitKernels
+import LoRAKitFormats
+import LoRAKitTokenizer
+import LoRAKitTemplates
+import LoRAKitModel
+
 /// Where the time of training passes goes: wall-clock time (and useful floating-point operations, where
 /// they are well defined) per part of the forward and backward, summed over every pass run while the
 /// profile is attached to a `LoRATrainer` (`trainer.profile = TrainProfile()`).

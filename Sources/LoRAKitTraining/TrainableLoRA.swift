@@ -1,3 +1,10 @@
+import LoRAKitCore
+import LoRAKitKernels
+import LoRAKitFormats
+import LoRAKitTokenizer
+import LoRAKitTemplates
+import LoRAKitModel
+
 /// Trainable LoRA parameters: the mutable counterpart of `LoRAModule`, with gradients, a training forward
 /// that keeps what the backward needs, and the backward itself.
 ///

@@ -1,3 +1,10 @@
+import LoRAKitCore
+import LoRAKitKernels
+import LoRAKitFormats
+import LoRAKitTokenizer
+import LoRAKitTemplates
+import LoRAKitModel
+
 /// The training forward and backward through the LLaMA block stack with trainable LoRA modules on a
 /// frozen base (any stored dtype: quantized weights stay quantized and are dequantized inside the GEMM
 /// panels, QLoRA-style).

@@ -1,3 +1,10 @@
+import LoRAKitCore
+import LoRAKitKernels
+import LoRAKitFormats
+import LoRAKitTokenizer
+import LoRAKitTemplates
+import LoRAKitModel
+
 /// A whole training run: data, adapter, trainer, AdamW, schedule, clipping, gradient accumulation,
 /// validation, checkpoints, logging and progress — what `lorakit train` and `lk_train` run.
 ///

@@ -1,3 +1,9 @@
+import LoRAKitCore
+import LoRAKitKernels
+import LoRAKitFormats
+import LoRAKitTokenizer
+import LoRAKitTemplates
+
 /// The interface every adapter type implements for one linear layer (LoRA here; plugin adapter types
 /// are wrapped behind the same protocol by the plugin host).
 ///

@@ -1,3 +1,10 @@
+import Synchronization
+import LoRAKitCore
+import LoRAKitKernels
+import LoRAKitFormats
+import LoRAKitTokenizer
+import LoRAKitTemplates
+
 /// LoRA adapters: configuration, per-module adapter (the `LinearAdapter` hook), a whole-model adapter,
 /// and the Q/K row-order conversion between Hugging Face/PEFT and GGUF models.
 ///
@@ -464,8 +471,8 @@ public final class LoRAAdapter: @unchecked Sendable {
     public let rowLayout: RoPELayout
     public let modules: [Key: LoRAModule]
 
-    private let layoutCache = Locked<[RoPELayout: [Key: LoRAModule]]>([:])
-    private let valuesChecked = Locked<Bool>(false)
+    private let layoutCache = Mutex<[RoPELayout: [Key: LoRAModule]]>([:])
+    private let valuesChecked = Mutex<Bool>(false)
 
     /// For loaders: modules built from (layer, module, A, B, rank, alpha) tensors.
     /// Checks keys and shapes against `modelConfig` (not values: see `check(against:)`).

@@ -1,3 +1,9 @@
+import LoRAKitCore
+import LoRAKitKernels
+import LoRAKitFormats
+import LoRAKitTokenizer
+import LoRAKitTemplates
+
 /// LoRA adapter files: Hugging Face PEFT folders (`adapter_config.json` + `adapter_model.safetensors`)
 /// and llama.cpp GGUF LoRA files, read into and written from one neutral type, `LoRATensors`, that the
 /// LoRA runtime consumes.
@@ -542,72 +548,5 @@ extension LoRATensors {
             try w.add(e.ggufBaseName + ".lora_b", try store(e.b))
         }
         try w.write(to: path)
-    }
-}
-
-// MARK: - Folder replacement
-
-enum DirectoryReplace {
-    /// Build a folder's content in a temporary sibling, then put it in place of `directory`.
-    static func write(directory: String, _ fill: (String) throws(LKError) -> Void) throws(LKError) {
-        var dir = directory
-        while dir.count > 1 && dir.hasSuffix("/") { dir.removeLast() }
-        let parent = AtomicFile.parentDirectory(dir)
-        var st = stat()
-        let exists = lstat(dir, &st) == 0
-        if exists && (st.st_mode & S_IFMT) != S_IFDIR {
-            throw .io("\(dir): exists and is not a folder")
-        }
-        let tmp = try makeTempDir(parent, "new")
-        var done = false
-        defer { if !done { removeFlat(tmp) } }
-        try fill(tmp)
-        if !exists {
-            guard rename(tmp, dir) == 0 else { throw .io("\(dir): rename failed: \(String(cString: strerror(errno)))") }
-        } else {
-            let old = try makeTempDir(parent, "old")
-            rmdir(old)  // only its unique name is wanted
-            guard rename(dir, old) == 0 else { throw .io("\(dir): cannot move the old folder aside: \(String(cString: strerror(errno)))") }
-            guard rename(tmp, dir) == 0 else {
-                let e = errno
-                rename(old, dir)
-                throw .io("\(dir): rename failed: \(String(cString: strerror(e)))")
-            }
-            // Keep the old folder's other files (model cards, training state, …).
-            for name in listDirectory(old) {
-                let src = old + "/" + name, dst = dir + "/" + name
-                if access(dst, F_OK) == 0 { unlink(src) } else { rename(src, dst) }
-            }
-            rmdir(old)
-        }
-        done = true
-        let dfd = open(parent, O_RDONLY)
-        if dfd >= 0 { fsync(dfd); close(dfd) }
-    }
-
-    static func makeTempDir(_ parent: String, _ tag: String) throws(LKError) -> String {
-        var template = Array((parent + "/.lorakit-\(tag)-XXXXXX").utf8CString)
-        let p = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-        guard p != nil else { throw .io("\(parent): cannot create a temporary folder: \(String(cString: strerror(errno)))") }
-        return template.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
-    }
-
-    static func listDirectory(_ path: String) -> [String] {
-        guard let d = opendir(path) else { return [] }
-        defer { closedir(d) }
-        var out: [String] = []
-        while let ent = readdir(d) {
-            let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
-                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
-            }
-            if name != "." && name != ".." { out.append(name) }
-        }
-        return out
-    }
-
-    /// Remove a folder of plain files (our temporary folders).
-    static func removeFlat(_ path: String) {
-        for name in listDirectory(path) { unlink(path + "/" + name) }
-        rmdir(path)
     }
 }

@@ -1,3 +1,9 @@
+import LoRAKitCore
+import LoRAKitKernels
+import LoRAKitFormats
+import LoRAKitTokenizer
+import LoRAKitTemplates
+
 /// Loading and saving `LoRAAdapter`s in the formats people use: PEFT folders (adapter_config.json +
 /// adapter_model.safetensors) and llama.cpp GGUF LoRA files.
 #if canImport(Glibc)

@@ -1,3 +1,9 @@
+import LoRAKitCore
+import LoRAKitKernels
+import LoRAKitFormats
+import LoRAKitTokenizer
+import LoRAKitTemplates
+
 /// Merging LoRA adapters into model weights (in memory or to a GGUF file) and combining adapters into one.
 ///
 /// Shape legend: OUT, IN = the base weight's rows and columns; r_i = rank of adapter i; R = Σ r_i;

@@ -1,3 +1,9 @@
+import LoRAKitCore
+import LoRAKitKernels
+import LoRAKitFormats
+import LoRAKitTokenizer
+import LoRAKitTemplates
+
 /// Text generation on a context: prefill the prompt, then sample token by token with streaming output,
 /// stop strings, EOS and a token budget.
 public struct GenerateParams: Sendable {

@@ -1,3 +1,9 @@
+import LoRAKitCore
+import LoRAKitKernels
+import LoRAKitFormats
+import LoRAKitTokenizer
+import LoRAKitTemplates
+
 /// Token sampling: greedy, temperature, top-k, top-p, min-p, repetition penalty, with a seeded
 /// generator so the same seed gives the same tokens.
 ///

@@ -1,3 +1,9 @@
+import LoRAKitCore
+import LoRAKitKernels
+import LoRAKitFormats
+import LoRAKitTokenizer
+import LoRAKitTemplates
+
 /// Perplexity scoring: next-token negative log-likelihood over a token sequence cut into consecutive,
 /// non-overlapping windows, each evaluated alone from position 0; every position but the first of each
 /// window is predicted (as llama.cpp's perplexity tool and the usual transformers loop do).

@@ -1,3 +1,9 @@
+import LoRAKitCore
+import LoRAKitKernels
+import LoRAKitFormats
+import LoRAKitTokenizer
+import LoRAKitTemplates
+
 /// Hyper-parameters of a LLaMA-architecture model (SmolLM2, TinyLlama, Llama-2/3, Mistral).
 public struct LlamaConfig: Sendable, Equatable {
     public var vocabSize: Int

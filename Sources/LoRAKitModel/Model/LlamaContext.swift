@@ -1,3 +1,9 @@
+import LoRAKitCore
+import LoRAKitKernels
+import LoRAKitFormats
+import LoRAKitTokenizer
+import LoRAKitTemplates
+
 /// An inference context over a shared, read-only `LlamaModel`: KV cache, thread pool, activation
 /// buffers and the adapters attached to it. One context is used by one thread at a time; many contexts
 /// may share one model concurrently.

@@ -1,3 +1,9 @@
+import LoRAKitCore
+import LoRAKitKernels
+import LoRAKitFormats
+import LoRAKitTokenizer
+import LoRAKitTemplates
+
 /// Loading Hugging Face `LlamaForCausalLM` / `MistralForCausalLM` checkpoints: a folder with
 /// `config.json` and `model.safetensors` (or `model.safetensors.index.json` and its shards).
 #if canImport(Glibc)

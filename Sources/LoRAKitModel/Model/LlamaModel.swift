@@ -1,3 +1,9 @@
+import LoRAKitCore
+import LoRAKitKernels
+import LoRAKitFormats
+import LoRAKitTokenizer
+import LoRAKitTemplates
+
 /// A loaded LLaMA-architecture model: configuration and frozen weights. Immutable after loading and
 /// shared read-only by any number of contexts (threads). Weights view the memory-mapped file in place.
 public final class LlamaModel: @unchecked Sendable {

@@ -1,3 +1,4 @@
+
 /// Conversions between storage dtypes and f32.
 ///
 /// `dequantize(_:dtype:count:into:)` converts `count` consecutive values starting at a block boundary
