@@ -490,13 +490,20 @@ func firstInvalidUTF8(_ bytes: UnsafeBufferPointer<UInt8>) -> Int? {
     }
 }
 
+/// A text length above this (1 TiB) cannot describe a real buffer: it is taken for garbage.
+let maxTextBytes: Int64 = 1 << 40
+
 /// `len` bytes of UTF-8 text (NULL allowed when len is 0) as a String; invalid UTF-8 is an error
 /// naming the byte offset.
 func utf8Arg(_ p: UnsafePointer<CChar>?, _ len: Int64, _ name: String) throws -> String {
     guard len >= 0 else { throw CError(status: LKStatus.invalidArgument, message: "\(name)_len \(len) is negative") }
     if len == 0 { return "" }
     guard let p else { throw CError(status: LKStatus.invalidArgument, message: "\(name) is NULL but \(name)_len is \(len)") }
-    guard len <= Int64(Int.max) else { throw CError(status: LKStatus.invalidArgument, message: "\(name)_len \(len) is too large") }
+    // The bytes are read as given, so an implausible length (garbage, INT64_MAX) must be refused before
+    // the first read: it used to run the UTF-8 check off the end of the caller's buffer (SIGSEGV).
+    guard len <= maxTextBytes else {
+        throw CError(status: LKStatus.invalidArgument, message: "\(name)_len \(len) is implausibly large (more than \(maxTextBytes) bytes)")
+    }
     let buf = UnsafeBufferPointer(start: UnsafeRawPointer(p).assumingMemoryBound(to: UInt8.self), count: Int(len))
     if let bad = firstInvalidUTF8(buf) {
         throw CError(status: LKStatus.invalidArgument, message: "\(name) is not valid UTF-8 (at byte \(bad))")
