@@ -352,13 +352,19 @@ public func lk_tensor_shape(_ t: OpaquePointer?, _ nDims: UnsafeMutablePointer<I
         let tensor = try tensorArg(t, "t")
         let nd = try requirePointer(nDims, "n_dims")
         guard capacity >= 0 else { throw CError(status: LKStatus.invalidArgument, message: "capacity \(capacity) is negative") }
-        nd.pointee = Int32(tensor.rank)
-        if capacity == 0 && shape == nil { return LKStatus.ok }
+        // *n_dims is written on success and with LK_ERR_BUFFER_TOO_SMALL (the needed capacity), never on
+        // another error (a NULL shape with a capacity used to get *n_dims written, then an error).
+        if capacity == 0 && shape == nil {
+            nd.pointee = Int32(tensor.rank)
+            return LKStatus.ok
+        }
         guard Int(capacity) >= tensor.rank else {
+            nd.pointee = Int32(tensor.rank)
             throw CError(status: LKStatus.bufferTooSmall, message: "capacity \(capacity) < n_dims \(tensor.rank)")
         }
         let s = try requirePointer(shape, "shape")
         for (i, d) in tensor.shape.enumerated() { s[i] = Int64(d) }
+        nd.pointee = Int32(tensor.rank)
         return LKStatus.ok
     }
 }
