@@ -1,6 +1,6 @@
 # LoRAKit build, test and install.
 #   make build                 build liblorakit.so and the lorakit CLI (release)
-#   make test                  build, then run the Swift, C and Python tests
+#   make test                  build, then run the Swift, C, Python and ABI-sweep tests
 #   make install PREFIX=/usr/local   install library, headers, pkg-config file and CLI
 #   make bench                 run the benchmarks beside their peers and rewrite BENCHMARKS.md tables
 SHELL := /bin/bash
@@ -14,14 +14,14 @@ VERSION := $(shell sed -n 's/.*static let major = \([0-9]*\).*/\1/p' Sources/LoR
 # A private install used by the C tests, so they build against the installed header and library.
 TEST_PREFIX := $(CURDIR)/.build/test-prefix
 
-.PHONY: all build test test-swift test-c test-python install uninstall bench clean model
+.PHONY: all build test test-swift test-c test-python test-abi install uninstall bench clean model
 
 all: build
 
 build:
 	swift build $(SWIFT_FLAGS)
 
-test: build model test-swift test-c test-python
+test: build model test-swift test-c test-python test-abi
 
 test-swift:
 	LORAKIT_MODEL=$$(cat .build/model-path 2>/dev/null) swift test $(SWIFT_FLAGS)
@@ -29,6 +29,12 @@ test-swift:
 test-c: build
 	$(MAKE) --no-print-directory install PREFIX=$(TEST_PREFIX)
 	LORAKIT_MODEL=$$(cat .build/model-path 2>/dev/null) bash Tests/c/run.sh $(TEST_PREFIX)
+
+# Every lk_* function through libffi with hostile arguments, one at a time, each call in a forked child
+# (Tests/abi/abi_sweep.c; the signature table is generated from the installed header by scripts/abi_table.py).
+test-abi: build
+	$(MAKE) --no-print-directory install PREFIX=$(TEST_PREFIX)
+	bash Tests/abi/run.sh $(TEST_PREFIX)
 
 test-python: build
 	LORAKIT_MODEL=$$(cat .build/model-path 2>/dev/null) LORAKIT_LIBRARY=$(BUILD_DIR)/liblorakit.so LORAKIT_CLI=$(BUILD_DIR)/lorakit-cli $(PYTHON) -m pytest -q bindings/python/tests
