@@ -18,11 +18,21 @@
  */
 #define _GNU_SOURCE
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ref_host.h"
+
+/* Every table starts with uint32 struct_size, int32 abi_major, int32 abi_minor at offsets 0, 4, 8 (forever). */
+_Static_assert(offsetof(lkp_host, struct_size) == 0 && offsetof(lkp_host, abi_major) == 4 &&
+               offsetof(lkp_host, abi_minor) == 8, "host table header");
+_Static_assert(offsetof(lkp_plugin, struct_size) == 0 && offsetof(lkp_plugin, abi_major) == 4 &&
+               offsetof(lkp_plugin, abi_minor) == 8, "plugin table header");
+_Static_assert(LKP_HOST_SIZE_V1 == sizeof(lkp_host) && LKP_FORWARD_ARGS_SIZE_V1 == sizeof(lkp_forward_args) &&
+               LKP_BACKWARD_ARGS_SIZE_V1 == sizeof(lkp_backward_args) && LKP_MODULE_SIZE_V1 == sizeof(lkp_module),
+               "ABI 1.0: the V1 sizes are this header's sizes");
 
 static int n_pass, n_fail;
 static const char *plugin_dir;
@@ -506,6 +516,29 @@ static void test_peft_modules(const char *fixture_dir) {
     }
 }
 
+/* The guide's minimal plugin: loads, adds c·b, accumulates db = c·Σ_t dy, and has no merge. */
+static void test_minimal(void) {
+    printf("== minimal plugin (examples/plugins/minimal/shift.c)\n");
+    char err[1024] = "";
+    CHECK(rh_load(&reg, path_of("shift.so"), err, sizeof err) == 0, "shift.so loads %s", err);
+    const lkp_adapter_type *t = rh_find(&reg, "shift");
+    if (!t) return;
+    float W[3 * 2] = { 1, 2, 3, 4, 5, 6 }, x[2 * 2] = { 1, -1, 0.5f, 2 }, y[2 * 3], dy[2 * 3] = { 1, 2, 3, 4, 5, 6 };
+    float dx[2 * 2], db[3] = { 0 }, *g[1] = { db }, Wm[6];
+    rh_adapter ad;
+    CHECK(rh_adapter_create(&ad, t, NULL, 0, LKP_MODULE_O, W, 3, 2, 1, err, sizeof err) == 0, "create %s", err);
+    ad.params[0][0] = 0.5f; ad.params[0][1] = -1; ad.params[0][2] = 2;
+    rh_module_forward(&ad, 0.5f, 2, x, y, 2, err, sizeof err);
+    CHECK(y[0] == -1 + 0.25f && y[1] == -1 - 0.5f && y[2] == -1 + 1 && y[3] == 4.5f + 0.25f && y[4] == 9.5f - 0.5f && y[5] == 14.5f + 1,
+          "y = W x + c·b (%g %g %g / %g %g %g)", y[0], y[1], y[2], y[3], y[4], y[5]);
+    rh_module_backward(&ad, 0.5f, 2, x, dy, g, dx, 1, err, sizeof err);
+    CHECK(db[0] == 2.5f && db[1] == 3.5f && db[2] == 4.5f && dx[0] == 1 + 6 + 15 && dx[1] == 2 + 8 + 18,
+          "db = c·Σ dy, dx = Wᵀ dy (%g %g %g; %g %g)", db[0], db[1], db[2], dx[0], dx[1]);
+    int rc = rh_module_merge(&ad, 1.0f, Wm, 3, 1, err, sizeof err);
+    CHECK(rc != 0 && strstr(err, "adapter type \"shift\": merge is not supported"), "merge: %s", err);
+    rh_adapter_free(&ad);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) { fprintf(stderr, "usage: test_plugins PLUGIN_DIR [FIXTURE_DIR]\n"); return 2; }
     plugin_dir = argv[1];
@@ -519,6 +552,7 @@ int main(int argc, char **argv) {
         check_adapter("dora on q_proj, layer 1 (alpha_pattern)", dora, &dora_cfg, 1, LKP_MODULE_Q, 20, 24, 13);
         check_adapter("dora on v_proj (rank_pattern)", dora, &dora_cfg, 0, LKP_MODULE_V, 12, 24, 14);
     }
+    test_minimal();
     if (argc > 2) test_peft_modules(argv[2]);
     else printf("(no fixture folder given: PEFT module parity not checked)\n");
     printf("%d passed, %d failed\n", n_pass, n_fail);
