@@ -80,7 +80,8 @@ extern "C" {
 /* The one symbol a plugin exports (see lkp_entry_fn). */
 #define LKP_ENTRY_SYMBOL "lkp_entry"
 
-/* Size of the first `field`-terminated version of a struct, and "does this struct have `field`". */
+/* Size of the first `field`-terminated version of a struct, and "does this struct have `field`"
+ * (LKP_HAS_FIELD uses __typeof__: GCC and Clang; elsewhere write the offsetof test by hand). */
 #define LKP_STRUCT_SIZE(type, last_field) (offsetof(type, last_field) + sizeof(((type *)0)->last_field))
 #define LKP_HAS_FIELD(ptr, field) \
     ((ptr)->struct_size >= offsetof(__typeof__(*(ptr)), field) + sizeof((ptr)->field))

@@ -13,7 +13,9 @@ PFLAGS="-std=c11 -Wall -Wextra -Werror -O2 -fPIC -shared -fvisibility=hidden -I$
 # The header alone: strict C99 and C++ (extern "C", no GNU extensions outside LKP_HAS_FIELD).
 printf '#include "lorakit_plugin.h"\nint main(void) { return LKP_ABI_MAJOR - 1; }\n' > "$OUT/header_check.c"
 "$CC" -std=c99 -Wall -Wextra -pedantic -Werror -I"$ROOT/Include" -fsyntax-only "$OUT/header_check.c"
-${CXX:-c++} -std=c++11 -Wall -Wextra -pedantic -Werror -I"$ROOT/Include" -fsyntax-only -x c++ "$OUT/header_check.c"
+if command -v "${CXX:-c++}" >/dev/null; then
+    "${CXX:-c++}" -std=c++11 -Wall -Wextra -pedantic -Werror -I"$ROOT/Include" -fsyntax-only -x c++ "$OUT/header_check.c"
+fi
 for v in major nosymbol short entry_error dup_type dup_within no_forward name type_short; do
     "$CC" $PFLAGS -DBAD_$(echo "$v" | tr a-z A-Z) -o "$OUT/bad_$v.so" "$HERE/bad_plugin.c"
 done

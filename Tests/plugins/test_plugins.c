@@ -18,6 +18,7 @@
  */
 #define _GNU_SOURCE
 #include <math.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -223,6 +224,15 @@ static void test_loading(void) {
     CHECK(rh_load(&reg, path_of("ia3.so"), err, sizeof err) != 0 && strstr(err, "already registered"), "reload: %s", err);
 }
 
+/* The threading contract: forward runs concurrently on one instance (two contexts sharing an adapter). */
+struct conc { rh_adapter *ad; const float *x; float *y; int64_t T; int rc; };
+static void *conc_forward(void *p) {
+    struct conc *c = p;
+    char err[256];
+    for (int k = 0; k < 50 && !c->rc; k++) c->rc = rh_module_forward(c->ad, 0.7f, c->T, c->x, c->y, 2, err, sizeof err);
+    return NULL;
+}
+
 /* Forward, backward (finite differences), thread invariance, merge for one adapter on one module. */
 static void check_adapter(const char *label, const lkp_adapter_type *type, const lkp_config *cfg, int32_t layer,
                           int32_t module, int64_t OUT, int64_t IN, uint64_t seed) {
@@ -359,6 +369,26 @@ static void check_adapter(const char *label, const lkp_adapter_type *type, const
         CHECK(e < 1e-5, "backward accumulates into the gradients (max |g2 - 2 g1| %.2e)", e);
         for (int32_t i = 0; i < ad.n_params; i++) free(g3[i]);
         free(y3); free(dx3);
+    }
+
+    /* Two threads running forward on the same instance at once get the serial results. */
+    {
+        float *x2 = malloc(sizeof(float) * (size_t)(T * IN)), *ya = malloc(sizeof(float) * (size_t)(T * OUT));
+        float *yb = malloc(sizeof(float) * (size_t)(T * OUT)), *sa = malloc(sizeof(float) * (size_t)(T * OUT));
+        float *sb = malloc(sizeof(float) * (size_t)(T * OUT));
+        fill(x2, T * IN, -1, 1, &seed);
+        rh_module_forward(&ad, 0.7f, T, x, sa, 1, err, sizeof err);
+        rh_module_forward(&ad, 0.7f, T, x2, sb, 1, err, sizeof err);
+        struct conc ca = { &ad, x, ya, T, 0 }, cb = { &ad, x2, yb, T, 0 };
+        pthread_t ta, tb;
+        pthread_create(&ta, NULL, conc_forward, &ca);
+        pthread_create(&tb, NULL, conc_forward, &cb);
+        pthread_join(ta, NULL);
+        pthread_join(tb, NULL);
+        CHECK(!ca.rc && !cb.rc && !memcmp(ya, sa, sizeof(float) * (size_t)(T * OUT)) &&
+              !memcmp(yb, sb, sizeof(float) * (size_t)(T * OUT)),
+              "forward from 2 threads at once on one instance (50 calls each) = serial results");
+        free(x2); free(ya); free(yb); free(sa); free(sb);
     }
 
     /* Merge: W' x equals the unmerged module at scales 1 and 0.6; row blocks of 7 = one block. */
