@@ -13,9 +13,10 @@
  *   4. plugin->struct_size < LKP_PLUGIN_SIZE_V1 ("short table"), plugin->abi_major != LKP_ABI_MAJOR:
  *      rejected, naming the file and both sides' values. A larger struct_size or a higher abi_minor is
  *      accepted (the host reads only the fields it knows).
- *   5. Every adapter type: struct_size >= LKP_ADAPTER_TYPE_SIZE_V1, a name of [a-z0-9_] (1..63 chars)
- *      not already registered (by this or another plugin), create/destroy/param_info/forward present.
- *      Any failure rejects the whole plugin (no type of it is registered).
+ *   5. n_types >= 1, and every adapter type: struct_size >= LKP_ADAPTER_TYPE_SIZE_V1, a name of
+ *      [a-z0-9_] (1..63 chars) not declared twice and not already registered (by another plugin: the
+ *      message names that plugin's file), create/destroy/param_info/forward present, a peft_type, at
+ *      least one key suffix. Any failure rejects the whole plugin (no type of it is registered).
  *   The host never calls dlclose while a model, adapter, context or trainer may still run plugin code
  *   (in practice: not before process exit, or after every instance of every type is destroyed).
  *
