@@ -200,8 +200,15 @@ typedef struct lkp_param_info {
     int32_t init;              /* LKP_INIT_* */
     float init_value;          /* for CONSTANT / NORMAL / UNIFORM */
     int32_t trainable;         /* 1: optimised by training; 0: frozen (kept, saved, never updated) */
+    /* The axis indexed by the module's output features (W's rows), or -1 (the host sets -1 before the
+     * call). The host's W rows may be in another order than PEFT's (GGUF q_proj/k_proj rows are permuted
+     * for llama.cpp's RoPE): the host then permutes this axis on load and back on save, exactly as it
+     * permutes LoRA's B, so that the plugin sees parameters, W rows, base_y and y in one consistent order
+     * and needs no knowledge of it. E.g. DoRA: lora_B.weight 0, lora_magnitude_vector 0, lora_A.weight -1;
+     * IA³: ia3_l [OUT, 1] 0, [1, IN] -1. */
+    int32_t out_axis;
 } lkp_param_info;
-#define LKP_PARAM_INFO_SIZE_V1 LKP_STRUCT_SIZE(lkp_param_info, trainable)
+#define LKP_PARAM_INFO_SIZE_V1 LKP_STRUCT_SIZE(lkp_param_info, out_axis)
 
 /* ---------------------------------------------------------------------------------------------------
  * The host's function table. Owned by the host, valid (and unchanged) until the plugin is unloaded: a

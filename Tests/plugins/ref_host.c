@@ -332,7 +332,11 @@ int rh_adapter_create(rh_adapter *ad, const lkp_adapter_type *type, const lkp_co
     for (int32_t i = 0; i < ad->n_params; i++) {
         lkp_param_info *pi = &ad->info[i];
         pi->struct_size = sizeof *pi;
+        pi->out_axis = -1;
         if ((st = type->param_info(ad->instance, i, pi))) return CALLFAIL("param_info");
+        if (pi->out_axis < -1 || pi->out_axis >= pi->n_dims || (pi->out_axis >= 0 && pi->shape[pi->out_axis] != out))
+            return failf(err, cap, "adapter type \"%s\" on %s: parameter %s: out_axis %d does not have OUT = %lld "
+                         "entries", type->name, ad->full_name, pi->name, (int)pi->out_axis, (long long)out);
         int64_t n = 1;
         for (int32_t d = 0; d < pi->n_dims; d++) n *= pi->shape[d];
         ad->numel[i] = n;

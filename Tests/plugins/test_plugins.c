@@ -257,6 +257,8 @@ static void check_adapter(const char *label, const lkp_adapter_type *type, const
               ad.info[2].n_dims == 1 && ad.info[2].shape[0] == OUT, "dora shapes A [r, IN], B [OUT, r], m [OUT]");
         CHECK(ad.info[0].init == LKP_INIT_KAIMING_UNIFORM && ad.info[1].init == LKP_INIT_ZEROS &&
               ad.info[2].init == LKP_INIT_PLUGIN, "dora init rules");
+        CHECK(ad.info[0].out_axis == -1 && ad.info[1].out_axis == 0 && ad.info[2].out_axis == 0,
+              "dora out_axis: A -1, B 0, m 0");
         /* Magnitude init = ‖W + s·B·A‖ per row (B = 0 at creation: ‖W‖). */
         double *ni = malloc(sizeof(double) * (size_t)OUT);
         double *A0 = malloc(sizeof(double) * (size_t)(rm.r * IN)), *B0 = calloc((size_t)(OUT * rm.r), sizeof(double));
@@ -273,6 +275,7 @@ static void check_adapter(const char *label, const lkp_adapter_type *type, const
         CHECK(ad.kind == (ff ? LKP_KIND_INPUT : LKP_KIND_OUTPUT), "ia3 kind %d for %s", ad.kind, ad.full_name);
         CHECK(ad.info[0].n_dims == 2 && ad.info[0].shape[0] == (ff ? 1 : OUT) && ad.info[0].shape[1] == (ff ? IN : 1),
               "ia3 shape [%lld, %lld]", (long long)ad.info[0].shape[0], (long long)ad.info[0].shape[1]);
+        CHECK(ad.info[0].out_axis == (ff ? -1 : 0), "ia3 out_axis %d", ad.info[0].out_axis);
     }
     float *x = malloc(sizeof(float) * (size_t)(T * IN)), *y = malloc(sizeof(float) * (size_t)(T * OUT));
     float *y0 = malloc(sizeof(float) * (size_t)(T * OUT));
@@ -313,6 +316,43 @@ static void check_adapter(const char *label, const lkp_adapter_type *type, const
         double e = 0, m = max_abs(yd, T * OUT);
         for (int64_t k = 0; k < T * OUT; k++) e = fmax(e, fabs(y[k] - yd[k]));
         CHECK(e <= 2e-6 * (m + 1), "forward scale %.1f: max |plugin - reference| %.2e (max |y| %.2f)", scales[si], e, m);
+    }
+
+    /* A host whose W rows are in another order (GGUF q_proj/k_proj): it permutes W's rows and every
+     * parameter's out_axis; the module output must be the same rows, permuted. */
+    {
+        float *Wp = malloc(sizeof(float) * (size_t)(OUT * IN)), *yp = malloc(sizeof(float) * (size_t)(T * OUT));
+        int64_t *perm = malloc(sizeof(int64_t) * (size_t)OUT);
+        for (int64_t o = 0; o < OUT; o++) perm[o] = (o % 2) ? OUT - o : o / 2 + OUT / 2;  /* any permutation */
+        for (int64_t o = 0; o < OUT; o++) perm[o] = (perm[o] + 3) % OUT;
+        int ok = 1;
+        for (int64_t o = 0; o < OUT; o++) {   /* check it is one */
+            int seen = 0;
+            for (int64_t k = 0; k < OUT; k++) seen += perm[k] == o;
+            ok = ok && seen == 1;
+        }
+        if (!ok) for (int64_t o = 0; o < OUT; o++) perm[o] = OUT - 1 - o;
+        for (int64_t o = 0; o < OUT; o++) memcpy(Wp + o * IN, W + perm[o] * IN, sizeof(float) * (size_t)IN);
+        rh_adapter ap;
+        CHECK(rh_adapter_create(&ap, type, cfg, layer, module, Wp, OUT, IN, seed, err, sizeof err) == 0, "create: %s", err);
+        for (int32_t i = 0; i < ad.n_params; i++) {
+            const lkp_param_info *pi = &ad.info[i];
+            int64_t rows = pi->shape[0], cols = pi->n_dims > 1 ? pi->shape[1] : 1;
+            for (int64_t a = 0; a < rows; a++)
+                for (int64_t b = 0; b < cols; b++) {
+                    int64_t sa = pi->out_axis == 0 ? perm[a] : a, sb = pi->out_axis == 1 ? perm[b] : b;
+                    ap.params[i][a * cols + b] = ad.params[i][sa * cols + sb];
+                }
+        }
+        CHECK(rh_adapter_prepare(&ap, 1, err, sizeof err) == 0, "prepare: %s", err);
+        rh_module_forward(&ad, 1.0f, T, x, y, 1, err, sizeof err);
+        rh_module_forward(&ap, 1.0f, T, x, yp, 1, err, sizeof err);
+        double e = 0;
+        for (int64_t t = 0; t < T; t++)
+            for (int64_t o = 0; o < OUT; o++) e = fmax(e, fabs(yp[t * OUT + o] - y[t * OUT + perm[o]]));
+        CHECK(e < 1e-6, "rows of W in another order, parameters permuted along out_axis: same output rows (max |Δ| %.2e)", e);
+        rh_adapter_free(&ap);
+        free(Wp); free(yp); free(perm);
     }
 
     /* Backward at scale 0.6 against central differences of the reference (norm held fixed). */

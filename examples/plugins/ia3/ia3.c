@@ -65,6 +65,7 @@ static lkp_status ia3_param_info(const lkp_instance *in, int32_t index, lkp_para
     out->init = LKP_INIT_ONES;
     out->init_value = 1.0f;
     out->trainable = 1;
+    out->out_axis = in->feedforward ? -1 : 0;          /* [OUT, 1] is indexed by W's rows */
     return LKP_OK;
 }
 

@@ -17,6 +17,7 @@ static void destroy(lkp_instance *in) { free(in); }
 static lkp_status param_info(const lkp_instance *in, int32_t i, lkp_param_info *p) {
     (void)i;                                       /* one parameter: "shift_b" [OUT], zeros, trainable */
     p->n_dims = 1; p->shape[0] = in->out; p->name = "shift_b"; p->init = LKP_INIT_ZEROS; p->trainable = 1;
+    p->out_axis = 0;                               /* indexed like W's rows (the host may reorder them) */
     return LKP_OK;
 }
 static lkp_status forward(const lkp_forward_args *a) {           /* y[T, OUT] += c·b */

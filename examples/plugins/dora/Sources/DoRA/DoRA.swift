@@ -141,14 +141,17 @@ private func paramInfo(_ p: OpaquePointer?, _ index: Int32, _ out: UnsafeMutable
         o.pointee.name = cstr("lora_A.weight"); o.pointee.n_dims = 2
         o.pointee.shape = (Int64(inst.r), Int64(inst.inF), 0, 0)
         o.pointee.`init` = Int32(LKP_INIT_KAIMING_UNIFORM)
+        o.pointee.out_axis = -1
     case 1:
         o.pointee.name = cstr("lora_B.weight"); o.pointee.n_dims = 2
         o.pointee.shape = (Int64(inst.outF), Int64(inst.r), 0, 0)
         o.pointee.`init` = Int32(LKP_INIT_ZEROS)
+        o.pointee.out_axis = 0                                  // rows of B follow W's rows
     case 2:
         o.pointee.name = cstr("lora_magnitude_vector"); o.pointee.n_dims = 1
         o.pointee.shape = (Int64(inst.outF), 0, 0, 0)
         o.pointee.`init` = Int32(LKP_INIT_PLUGIN)
+        o.pointee.out_axis = 0
     default:
         return fail(Int(LKP_ERR_INVALID_ARGUMENT), "dora: \(inst.name) has 3 parameters, asked for index \(index)")
     }
