@@ -10,7 +10,7 @@ CC ?= cc
 # One configuration serves the library, the CLI and the tests (tests use @testable import).
 SWIFT_FLAGS ?= -c release -Xswiftc -enable-testing
 BUILD_DIR := $(shell swift build $(SWIFT_FLAGS) --show-bin-path 2>/dev/null)
-VERSION := $(shell sed -n 's/.*static let major = \([0-9]*\).*/\1/p' Sources/LoRAKit/Core/Version.swift).$(shell sed -n 's/.*static let minor = \([0-9]*\).*/\1/p' Sources/LoRAKit/Core/Version.swift).$(shell sed -n 's/.*static let patch = \([0-9]*\).*/\1/p' Sources/LoRAKit/Core/Version.swift)
+VERSION := $(shell sed -n 's/.*static let major = \([0-9]*\).*/\1/p' Sources/LoRAKitCore/Version.swift).$(shell sed -n 's/.*static let minor = \([0-9]*\).*/\1/p' Sources/LoRAKitCore/Version.swift).$(shell sed -n 's/.*static let patch = \([0-9]*\).*/\1/p' Sources/LoRAKitCore/Version.swift)
 # A private install used by the C tests, so they build against the installed header and library.
 TEST_PREFIX := $(CURDIR)/.build/test-prefix
 
