@@ -87,22 +87,23 @@ public struct OptimizerConfig: Sendable, Equatable {
         return n
     }
 
-    /// Checks every field; the error names the field and the accepted range.
-    /// lr finite in (0, 10]; beta1, beta2 in [0, 1); eps finite > 0; weight decay finite ≥ 0;
-    /// max grad norm nil, 0 (off) or finite > 0.
+    /// Checks every field; the error (`LKError.invalidOption`) names the field as the C struct, Python and
+    /// transformers do (`lr`, `adam_beta1`, `adam_beta2`, `adam_epsilon`, `weight_decay`, `max_grad_norm`)
+    /// and the accepted range: lr finite in (0, 10]; betas in [0, 1); eps finite > 0; weight decay finite
+    /// ≥ 0; max grad norm nil, 0 (off) or finite > 0.
     public func validate() throws(LKError) {
         guard lr.isFinite, lr > 0, lr <= 10 else {
-            throw .invalidArgument("learning rate (lr) \(lr) must be a finite number in (0, 10]")
+            throw .invalidOption(field: "lr", problem: "\(lr): the learning rate must be a finite number in (0, 10]")
         }
-        guard beta1.isFinite, beta1 >= 0, beta1 < 1 else { throw .invalidArgument("beta1 \(beta1) must be in [0, 1)") }
-        guard beta2.isFinite, beta2 >= 0, beta2 < 1 else { throw .invalidArgument("beta2 \(beta2) must be in [0, 1)") }
-        guard eps.isFinite, eps > 0 else { throw .invalidArgument("eps \(eps) must be a finite number > 0") }
+        guard beta1.isFinite, beta1 >= 0, beta1 < 1 else { throw .invalidOption(field: "adam_beta1", problem: "\(beta1) must be in [0, 1)") }
+        guard beta2.isFinite, beta2 >= 0, beta2 < 1 else { throw .invalidOption(field: "adam_beta2", problem: "\(beta2) must be in [0, 1)") }
+        guard eps.isFinite, eps > 0 else { throw .invalidOption(field: "adam_epsilon", problem: "\(eps) must be a finite number > 0") }
         guard weightDecay.isFinite, weightDecay >= 0 else {
-            throw .invalidArgument("weight decay \(weightDecay) must be a finite number ≥ 0")
+            throw .invalidOption(field: "weight_decay", problem: "\(weightDecay): the weight decay must be a finite number ≥ 0")
         }
         if let n = maxGradNorm {
             guard n.isFinite, n >= 0 else {
-                throw .invalidArgument("max grad norm \(n) must be a finite number > 0 (or 0 for no clipping)")
+                throw .invalidOption(field: "max_grad_norm", problem: "\(n): the max grad norm must be a finite number ≥ 0 (0 = no clipping)")
             }
         }
     }
@@ -147,7 +148,7 @@ public enum LRScheduleKind: String, Sendable, CaseIterable {
     /// Parses "constant", "linear" or "cosine" (case-insensitive).
     public init(parsing name: String) throws(LKError) {
         guard let k = LRScheduleKind(rawValue: name.lowercased()) else {
-            throw .invalidArgument("unknown learning-rate schedule \"\(name)\" (known: constant, linear, cosine)")
+            throw .invalidOption(field: "schedule", problem: "\"\(name)\" is not a learning-rate schedule (known: constant, linear, cosine)")
         }
         self = k
     }
@@ -166,10 +167,10 @@ public struct LRSchedule: Sendable, Equatable {
     public let warmupSteps: Int
     public let totalSteps: Int
 
-    /// - Throws: `.invalidArgument` for negative warm-up or total steps, or total steps 0 with a decaying
-    ///   schedule.
+    /// - Throws: `.invalidOption` for negative warm-up steps; `.invalidArgument` for negative total steps,
+    ///   or 0 with a decaying schedule.
     public init(kind: LRScheduleKind, warmupSteps: Int = 0, totalSteps: Int) throws(LKError) {
-        guard warmupSteps >= 0 else { throw .invalidArgument("warm-up steps \(warmupSteps) must be ≥ 0") }
+        guard warmupSteps >= 0 else { throw .invalidOption(field: "warmup_steps", problem: "\(warmupSteps) must be ≥ 0") }
         guard totalSteps >= 0 else { throw .invalidArgument("total steps \(totalSteps) must be ≥ 0") }
         guard kind == .constant || totalSteps >= 1 else {
             throw .invalidArgument("the \(kind.rawValue) schedule needs the total number of steps (got \(totalSteps))")

@@ -619,7 +619,7 @@ class Context(_Handle):
         self.model = model
         self.n_vocab, self.n_embd = info.n_vocab, info.n_embd
         p = _lib.lk_context_params()
-        _c.lk_context_params_init(byref(p))
+        _c.lk_context_params_init_sized(byref(p), ctypes.sizeof(p))
         p.n_ctx, p.n_threads, p.n_batch = n_ctx, n_threads, n_batch
         out = _lib.lk_context_p()
         _check(_c.lk_context_new(model.handle, byref(p), byref(out)))
@@ -746,7 +746,7 @@ class Adapter(_Handle):
         if not isinstance(targets, str):
             targets = ",".join(targets)
         p = _lib.lk_lora_params()
-        _c.lk_lora_params_init(byref(p))
+        _c.lk_lora_params_init_sized(byref(p), ctypes.sizeof(p))
         tb = targets.encode("utf-8")
         p.rank, p.alpha, p.use_rslora = int(rank), float(alpha), int(bool(use_rslora))
         p.targets, p.dropout, p.init, p.seed = tb, float(dropout), _INITS[init], int(seed)
@@ -1040,11 +1040,11 @@ def generate(ctx: Context, prompt_tokens, max_tokens: int = 128, temperature: fl
         stop = [stop]
     a = _ids_arg(prompt_tokens, "prompt_tokens")
     sp = _lib.lk_sampler_params()
-    _c.lk_sampler_params_init(byref(sp))
+    _c.lk_sampler_params_init_sized(byref(sp), ctypes.sizeof(sp))
     sp.temperature, sp.top_k, sp.top_p, sp.min_p = temperature, top_k, top_p, min_p
     sp.repeat_penalty, sp.repeat_last_n, sp.seed = repeat_penalty, repeat_last_n, seed
     gp = _lib.lk_generate_params()
-    _c.lk_generate_params_init(byref(gp))
+    _c.lk_generate_params_init_sized(byref(gp), ctypes.sizeof(gp))
     gp.max_tokens = max_tokens
     gp.sampler = ctypes.pointer(sp)
     stops = [s.encode("utf-8", "surrogatepass") if isinstance(s, str) else bytes(s) for s in stop]
