@@ -554,6 +554,8 @@ typedef struct lk_train_params {
     double adam_epsilon;           /* AdamW eps, finite, > 0; default 1e-8 */
     int32_t truncate;              /* examples longer than seq: LK_TRUNCATE_CUT (default: keep their first seq
                                       tokens) or LK_TRUNCATE_ERROR (refuse them, naming the file and line) */
+    double lr_min_ratio;           /* LK_SCHEDULE_COSINE decays to lr * lr_min_ratio instead of 0 (transformers'
+                                      cosine_with_min_lr, min_lr_rate), in [0, 1]; other schedules: 0; default 0 */
 } lk_train_params;
 
 /* Fill *p with defaults (and struct_size): see "Params structs" above. The function named

@@ -17,7 +17,7 @@ extension lk_train_params: SizedCStruct {
         p.schedule = Int32(schedules.first { $0.value == o.schedule }?.key ?? 0)
         (p.batch, p.epochs, p.grad_accum, p.keep) = (Int32(o.batchSize), o.epochs ?? 1, Int32(o.gradAccum), Int32(o.keep))
         (p.seq, p.completion_only_loss, p.packing) = (Int32(o.data.seq), o.data.completionOnlyLoss ? 1 : 0, o.data.packing ? 1 : 0)
-        p.shuffle = o.shuffle ? 1 : 0
+        (p.shuffle, p.lr_min_ratio) = (o.shuffle ? 1 : 0, o.lrMinRatio)
         return p
     }
 }
@@ -51,7 +51,7 @@ func trainingOptions(_ params: UnsafePointer<lk_train_params>?) throws -> Traini
     o.optimizer = OptimizerConfig(lr: p.lr, beta1: p.adam_beta1, beta2: p.adam_beta2, eps: p.adam_epsilon,
                                   weightDecay: p.weight_decay, maxGradNorm: p.max_grad_norm == 0 ? nil : p.max_grad_norm)
     o.schedule = try cEnum(p.schedule, "params->schedule", "LK_SCHEDULE_*", schedules)
-    o.warmupSteps = Int(p.warmup_steps)
+    (o.warmupSteps, o.lrMinRatio) = (Int(p.warmup_steps), p.lr_min_ratio)
     o.steps = p.steps == 0 ? nil : Int(p.steps)
     o.epochs = p.steps == 0 ? p.epochs : nil  // read only when steps is 0
     (o.batchSize, o.gradAccum, o.seed) = (Int(p.batch), Int(p.grad_accum), p.seed)

@@ -141,7 +141,8 @@ public struct OptimizerConfig: Sendable, Equatable {
 // MARK: - Learning-rate schedules
 
 /// The schedule shapes of transformers' `get_constant_schedule_with_warmup`,
-/// `get_linear_schedule_with_warmup` and `get_cosine_schedule_with_warmup` (num_cycles 0.5).
+/// `get_linear_schedule_with_warmup` and `get_cosine_schedule_with_warmup` (num_cycles 0.5; with a
+/// minimum, `get_cosine_with_min_lr_schedule_with_warmup`).
 public enum LRScheduleKind: String, Sendable, CaseIterable {
     case constant, linear, cosine
 
@@ -156,21 +157,31 @@ public enum LRScheduleKind: String, Sendable, CaseIterable {
 
 /// A learning-rate schedule: `lr(s) = base · λ(s)` for the 0-based optimizer step `s`, i.e. the lr used by
 /// the (s+1)-th update (as transformers' `LambdaLR` after `s` calls of `scheduler.step()`). With W warm-up
-/// steps and T total steps, in Double exactly as transformers computes it:
+/// steps, T total steps and minimum ratio m (cosine only), in Double exactly as transformers computes it:
 /// - s < W: λ = s / max(1, W) (so λ(0) = 0 when W > 0: the first update does nothing but count);
 /// - constant: λ = 1;
 /// - linear: λ = max(0, (T − s) / max(1, T − W));
-/// - cosine: progress = (s − W) / max(1, T − W), λ = max(0, 0.5 · (1 + cos(π · 0.5 · 2 · progress)))
-///   (past T the cosine rises again, as in transformers).
+/// - cosine: progress = (s − W) / max(1, T − W), c = 0.5 · (1 + cos(π · 0.5 · 2 · progress)),
+///   λ = max(0, c · (1 − m) + m): from 1 down to m at s = T (transformers' `cosine_with_min_lr` with
+///   `min_lr_rate` m; m = 0 is plain `cosine`). Past T the cosine rises again, as in transformers.
 public struct LRSchedule: Sendable, Equatable {
     public let kind: LRScheduleKind
     public let warmupSteps: Int
     public let totalSteps: Int
+    /// The cosine schedule's floor as a fraction of the base learning rate (`lr_min_ratio`), in [0, 1].
+    public let minRatio: Double
 
-    /// - Throws: `.invalidOption` for negative warm-up steps; `.invalidArgument` for negative total steps,
-    ///   or 0 with a decaying schedule.
-    public init(kind: LRScheduleKind, warmupSteps: Int = 0, totalSteps: Int) throws(LKError) {
+    /// - Throws: `.invalidOption` for negative warm-up steps, a `minRatio` outside [0, 1] or set with a
+    ///   schedule other than cosine; `.invalidArgument` for negative total steps, or 0 with a decaying
+    ///   schedule.
+    public init(kind: LRScheduleKind, warmupSteps: Int = 0, totalSteps: Int, minRatio: Double = 0) throws(LKError) {
         guard warmupSteps >= 0 else { throw .invalidOption(field: "warmup_steps", problem: "\(warmupSteps) must be ≥ 0") }
+        guard minRatio.isFinite, minRatio >= 0, minRatio <= 1 else {
+            throw .invalidOption(field: "lr_min_ratio", problem: "\(minRatio) must be in [0, 1]")
+        }
+        guard minRatio == 0 || kind == .cosine else {
+            throw .invalidOption(field: "lr_min_ratio", problem: "\(minRatio) is for the cosine schedule, not \(kind.rawValue)")
+        }
         guard totalSteps >= 0 else { throw .invalidArgument("total steps \(totalSteps) must be ≥ 0") }
         guard kind == .constant || totalSteps >= 1 else {
             throw .invalidArgument("the \(kind.rawValue) schedule needs the total number of steps (got \(totalSteps))")
@@ -178,6 +189,7 @@ public struct LRSchedule: Sendable, Equatable {
         self.kind = kind
         self.warmupSteps = warmupSteps
         self.totalSteps = totalSteps
+        self.minRatio = minRatio
     }
 
     /// λ(s), the factor applied to the base learning rate at 0-based step `s`.
@@ -190,7 +202,8 @@ public struct LRSchedule: Sendable, Equatable {
             return max(0, Double(totalSteps - s) / Double(max(1, totalSteps - warmupSteps)))
         case .cosine:
             let progress = Double(s - warmupSteps) / Double(max(1, totalSteps - warmupSteps))
-            return max(0, 0.5 * (1.0 + cos(Double.pi * 0.5 * 2.0 * progress)))
+            let c = 0.5 * (1.0 + cos(Double.pi * 0.5 * 2.0 * progress))
+            return max(0, c * (1 - minRatio) + minRatio)
         }
     }
 

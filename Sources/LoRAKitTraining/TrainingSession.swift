@@ -28,6 +28,8 @@ public struct TrainingOptions: Sendable {
     public var schedule: LRScheduleKind = .constant
     /// [`warmup_steps`]
     public var warmupSteps = 0
+    /// The cosine schedule decays to `lr · lrMinRatio` instead of 0, in [0, 1] [`lr_min_ratio`].
+    public var lrMinRatio = 0.0
     /// Optimizer steps; nil → from `epochs`.
     public var steps: Int? = nil
     /// Passes over the training data (used when `steps` is nil; default 1).
@@ -81,7 +83,7 @@ public struct TrainingOptions: Sendable {
         try optimizer.validate()
         if let s = steps, s < 1 || s > 100_000_000 { throw bad("steps", "\(s) must be in 1...100000000 (unset: from epochs)") }
         if let e = epochs, !(e.isFinite && e > 0 && e <= 1_000_000) { throw bad("epochs", "\(e) must be a finite number in (0, 1e6]") }
-        _ = try LRSchedule(kind: schedule, warmupSteps: warmupSteps, totalSteps: steps ?? 1)
+        _ = try LRSchedule(kind: schedule, warmupSteps: warmupSteps, totalSteps: steps ?? 1, minRatio: lrMinRatio)
         guard batchSize >= 1, batchSize <= 65536 else { throw bad("batch", "\(batchSize) must be in 1...65536") }
         guard gradAccum >= 1, gradAccum <= 65536 else { throw bad("grad_accum", "\(gradAccum) must be in 1...65536") }
         if let t = threads, t < 1 || t > 512 { throw bad("threads", "\(t) must be in 1...512 (unset: one per CPU core)") }
@@ -140,6 +142,7 @@ public struct TrainingOptions: Sendable {
         if let e = epochs { o.append(("epochs", .number(e))) }
         if let l = lora.layers { o.append(("layers", .array(l.map { .number(Double($0)) }))) }
         if let i = initAdapter { o.append(("init", .string(i))) }
+        if lrMinRatio != 0 { o.append(("lr_min_ratio", .number(lrMinRatio))) }
         return .object(o)
     }
 }
@@ -255,7 +258,7 @@ public final class TrainingSession: @unchecked Sendable {
             let micro = Double(it.batchesPerEpoch) * (options.epochs ?? 1)
             totalSteps = options.steps ?? max(1, Int((micro / Double(options.gradAccum)).rounded(.up)))
             source = (train, it, try LRSchedule(kind: options.schedule, warmupSteps: options.warmupSteps,
-                                                totalSteps: totalSteps))
+                                                totalSteps: totalSteps, minRatio: options.lrMinRatio))
         } else {
             totalSteps = options.steps ?? 0
         }

@@ -182,7 +182,8 @@ import Foundation
             ("grad_accum", { $0.gradAccum = 65537 }), ("threads", { $0.threads = 0 }), ("seq", { $0.data.seq = 1 }),
             ("save_every", { $0.saveEvery = -1 }), ("keep", { $0.keep = 0 }), ("valid_every", { $0.validEvery = -1 }),
             ("out_dir", { $0.outDir = "" }), ("resume_dir", { $0.resume = "" }), ("log_path", { $0.logPath = "" }),
-            ("init_adapter", { $0.initAdapter = "" }),
+            ("init_adapter", { $0.initAdapter = "" }), ("lr_min_ratio", { $0.lrMinRatio = 2 }),
+            ("lr_min_ratio", { $0.schedule = .linear; $0.lrMinRatio = 0.1 }),
         ]
         for (want, edit) in cases { #expect(field(edit) == want) }
         // With an initial adapter, the new adapter's settings are not used (but dropout is).
@@ -196,6 +197,22 @@ import Foundation
         }
         #expect(LKError.invalidOption(field: "rank", problem: "0 must be in 1...4096").message == "rank 0 must be in 1...4096")
         #expect(LKError.invalidOption(field: "top_k", problem: "-1 must be ≥ 0").namingField { "--" + $0 }.message == "--top_k -1 must be ≥ 0")
+    }
+
+    /// The session's learning rates with lrMinRatio: the warm-up, then the cosine from the peak down to
+    /// lr · lrMinRatio (options(): cosine, 2 warm-up steps, lr 5e-3), written in the log and the options.
+    @Test func cosineWithMinimumRatio() throws {
+        let m = try Self.model.get()
+        var o = Self.options(steps: 6)
+        o.lrMinRatio = 0.2
+        let s = try TrainingSession(model: m, trainPath: Self.data, options: o)
+        var lrs: [Double] = []
+        _ = try s.run { lrs.append($0.lr); return true }
+        let want = (0..<6).map { k -> Double in
+            k < 2 ? 5e-3 * Double(k) / 2 : 5e-3 * (0.5 * (1 + cos(Double.pi * Double(k - 2) / 4)) * 0.8 + 0.2)
+        }
+        #expect(lrs.count == 6 && zip(lrs, want).allSatisfy { abs($0 - $1) <= 1e-18 }, "\(lrs) vs \(want)")
+        #expect(s.options.json["lr_min_ratio"]?.double == 0.2 && Self.options().json["lr_min_ratio"] == nil)
     }
 
     /// A session without training data, driven step by step (zeroGradients, forwardBackward per sequence,

@@ -459,7 +459,7 @@ LK_TRUNCATE_ERROR = 1
 #     int32_t threads; int32_t shuffle; int32_t completion_only_loss; int32_t packing;
 #     int32_t save_every; int32_t keep; int32_t valid_every; int32_t format;
 #     const char *out_dir; const char *resume_dir; const char *init_adapter; const char *log_path;
-#     double adam_beta1; double adam_beta2; double adam_epsilon; int32_t truncate;
+#     double adam_beta1; double adam_beta2; double adam_epsilon; int32_t truncate; double lr_min_ratio;
 # } lk_train_params;
 class lk_train_params(Structure):
     _fields_ = [
@@ -472,6 +472,7 @@ class lk_train_params(Structure):
         ("save_every", c_int32), ("keep", c_int32), ("valid_every", c_int32), ("format", c_int32),
         ("out_dir", c_char_p), ("resume_dir", c_char_p), ("init_adapter", c_char_p), ("log_path", c_char_p),
         ("adam_beta1", c_double), ("adam_beta2", c_double), ("adam_epsilon", c_double), ("truncate", c_int32),
+        ("lr_min_ratio", c_double),
     ]
 
 
