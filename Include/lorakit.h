@@ -14,9 +14,13 @@
  * - Handles are opaque. Passing NULL, a freed handle or a handle of another kind returns
  *   LK_ERR_INVALID_HANDLE; it never crashes. Freeing NULL is a no-op.
  * - Params structs start with uint32_t struct_size, are filled by lk_<x>_params_init(&p), and only ever
- *   grow at the end. Set struct_size via the init function; the library reads only the fields that
- *   struct_size covers (a struct that has grown gets lk_<x>_params_init_sized(p, size), which writes
- *   only `size` bytes, and its lk_<x>_params_init becomes a macro passing sizeof *p):
+ *   grow at the end. lk_<x>_params_init(p) is a macro for lk_<x>_params_init_sized(p, sizeof(lk_<x>_params)),
+ *   which writes defaults into the first `size` bytes only and sets struct_size = size (clamped to this
+ *   library's struct; a size below the struct's first version writes nothing), so a program built
+ *   against an older header (a smaller struct) is safe with a newer library. The function named
+ *   lk_<x>_params_init is kept for programs built before the macro: it fills the struct's first version
+ *   (call it as (lk_<x>_params_init)(p) to bypass the macro). The library reads only the fields that
+ *   struct_size covers:
  *     - a struct from an older header (smaller, but at least the struct's first version): fields it
  *       lacks take their defaults;
  *     - a struct from a newer header (larger): the fields this library knows are read, the rest ignored;
@@ -197,13 +201,15 @@ typedef struct lk_model_params {
     int32_t reserved;       /* must be 0 (LK_ERR_INVALID_ARGUMENT otherwise) */
 } lk_model_params;
 
-/* Fill *p with defaults (and struct_size). */
+/* Fill *p with defaults (and struct_size): see "Params structs" above. */
+LK_API void lk_model_params_init_sized(lk_model_params *p, size_t size);
 LK_API void lk_model_params_init(lk_model_params *p);
+#define lk_model_params_init(p) lk_model_params_init_sized((p), sizeof(lk_model_params))
 
 /* Load a model. params may be NULL for defaults. Weights of a GGUF file are memory-mapped and used in
  * place (quantized blocks are never expanded). path: NUL-terminated UTF-8.
- * Errors: LK_ERR_IO (cannot open), LK_ERR_FORMAT (malformed file), LK_ERR_UNSUPPORTED (architecture,
- * or a Hugging Face folder while this build loads GGUF files only).
+ * Errors: LK_ERR_IO (cannot open, or a folder without config.json), LK_ERR_FORMAT (malformed file),
+ * LK_ERR_UNSUPPORTED (architecture, tensor type).
  * Ownership: *out belongs to the caller; release with lk_model_free. Contexts (and adapters) created
  * from the model keep its weights alive until they are freed, so lk_model_free may be called first. */
 LK_API lk_status lk_model_load(const char *path, const lk_model_params *params, lk_model **out);
@@ -292,7 +298,9 @@ typedef struct lk_context_params {
     int32_t n_threads;    /* 0...512; 0 = lk_cpu_count() */
 } lk_context_params;
 
+LK_API void lk_context_params_init_sized(lk_context_params *p, size_t size);
 LK_API void lk_context_params_init(lk_context_params *p);
+#define lk_context_params_init(p) lk_context_params_init_sized((p), sizeof(lk_context_params))
 
 /* Ownership: *out belongs to the caller (lk_context_free); it keeps the model alive. params may be NULL.
  * The KV cache takes n_ctx · n_layer · 2 · n_head_kv · head_dim · 4 bytes of address space, touched
@@ -334,7 +342,9 @@ typedef struct lk_sampler_params {
     uint64_t seed;          /* default 0 */
 } lk_sampler_params;
 
+LK_API void lk_sampler_params_init_sized(lk_sampler_params *p, size_t size);
 LK_API void lk_sampler_params_init(lk_sampler_params *p);
+#define lk_sampler_params_init(p) lk_sampler_params_init_sized((p), sizeof(lk_sampler_params))
 
 /* Streaming callback: piece is new text (complete UTF-8, never empty; text that could begin a stop
  * string is held back), piece_len bytes, not NUL-terminated; the pointer is valid only during the call.
@@ -355,7 +365,9 @@ typedef struct lk_generate_params {
     void *user_data;
 } lk_generate_params;
 
+LK_API void lk_generate_params_init_sized(lk_generate_params *p, size_t size);
 LK_API void lk_generate_params_init(lk_generate_params *p);
+#define lk_generate_params_init(p) lk_generate_params_init_sized((p), sizeof(lk_generate_params))
 
 enum { LK_STOP_EOS = 0, LK_STOP_STRING = 1, LK_STOP_LENGTH = 2, LK_STOP_CALLBACK = 3, LK_STOP_CONTEXT = 4 };
 
@@ -422,7 +434,9 @@ typedef struct lk_lora_params {
     uint64_t seed;         /* random seed; default 0 */
 } lk_lora_params;
 
+LK_API void lk_lora_params_init_sized(lk_lora_params *p, size_t size);
 LK_API void lk_lora_params_init(lk_lora_params *p);
+#define lk_lora_params_init(p) lk_lora_params_init_sized((p), sizeof(lk_lora_params))
 
 /* A new adapter for `model` (every layer, the target modules). params may be NULL for defaults.
  * Errors: LK_ERR_INVALID_ARGUMENT naming the field. Ownership as lk_adapter_load. */
@@ -474,7 +488,9 @@ LK_API lk_status lk_model_merge_to_file(lk_model *model, lk_adapter *const *adap
  *   {"prompt": "...", "completion": "..."}               completion tokens (+ EOS) are targets;
  *   {"messages": [{"role": "...", "content": "..."}, ...]}  rendered with the model's chat template;
  *                                                        assistant turns are targets.
- * (completion_only_loss = 0 makes every token but the first a target.) Rows longer than seq are cut.
+ * (completion_only_loss = 0 makes every token but the first a target.) Examples longer than seq keep
+ * their first seq tokens (truncate = LK_TRUNCATE_ERROR refuses them); packing = 1 concatenates examples
+ * into rows of seq tokens.
  *
  * A step's loss is Σ NLL of its predicted tokens / their number (over grad_accum micro-batches of batch
  * examples), computed before its update; its gradient is that loss's gradient.
@@ -506,7 +522,7 @@ typedef struct lk_train_params {
     int32_t n_layers;              /* 0...4096 */
     float dropout;                 /* LoRA dropout on the adapter inputs, [0, 1); default 0 */
     int32_t init;                  /* LK_LORA_INIT_*; default LK_LORA_INIT_PEFT (B = 0) */
-    /* Optimizer (AdamW, betas 0.9/0.999, eps 1e-8) and schedule. */
+    /* Optimizer (AdamW; betas and eps at the end) and schedule. */
     double lr;                     /* peak learning rate, finite, in (0, 10]; default 2e-4 */
     double weight_decay;           /* finite, >= 0; default 0.01 */
     double max_grad_norm;          /* clip the global gradient norm to this; 0 = off; default 1 */
@@ -538,18 +554,15 @@ typedef struct lk_train_params {
     double adam_epsilon;           /* AdamW eps, finite, > 0; default 1e-8 */
     int32_t truncate;              /* examples longer than seq: LK_TRUNCATE_CUT (default: keep their first seq
                                       tokens) or LK_TRUNCATE_ERROR (refuse them, naming the file and line) */
+    double lr_min_ratio;           /* LK_SCHEDULE_COSINE decays to lr * lr_min_ratio instead of 0 (transformers'
+                                      cosine_with_min_lr, min_lr_rate), in [0, 1]; other schedules: 0; default 0 */
 } lk_train_params;
 
-/* Fill the first `size` bytes of *p with defaults and set p->struct_size = size (size is clamped to this
- * library's sizeof(lk_train_params); a size below the first version's writes nothing). Nothing past
- * `size` is written, so a program built against an older header (a smaller struct) is safe with a newer
- * library. lk_train_params_init(p) is a macro for lk_train_params_init_sized(p, sizeof *p). */
+/* Fill *p with defaults (and struct_size): see "Params structs" above. The function named
+ * lk_train_params_init fills the first version (up to log_path). */
 LK_API void lk_train_params_init_sized(lk_train_params *p, size_t size);
-/* The function behind the macro's name, kept for programs built before lk_train_params_init_sized
- * existed: fills the first version of the struct only (struct_size = that version's size). Call it as
- * (lk_train_params_init)(p) to bypass the macro. */
 LK_API void lk_train_params_init(lk_train_params *p);
-#define lk_train_params_init(p) lk_train_params_init_sized((p), sizeof *(p))
+#define lk_train_params_init(p) lk_train_params_init_sized((p), sizeof(lk_train_params))
 
 /* What a step reports. Result struct: written up to the caller's struct_size (set it to
  * sizeof(lk_train_progress)). To the callback it is passed with struct_size = the library's size. */

@@ -619,7 +619,7 @@ class Context(_Handle):
         self.model = model
         self.n_vocab, self.n_embd = info.n_vocab, info.n_embd
         p = _lib.lk_context_params()
-        _c.lk_context_params_init(byref(p))
+        _c.lk_context_params_init_sized(byref(p), ctypes.sizeof(p))
         p.n_ctx, p.n_threads, p.n_batch = n_ctx, n_threads, n_batch
         out = _lib.lk_context_p()
         _check(_c.lk_context_new(model.handle, byref(p), byref(out)))
@@ -746,7 +746,7 @@ class Adapter(_Handle):
         if not isinstance(targets, str):
             targets = ",".join(targets)
         p = _lib.lk_lora_params()
-        _c.lk_lora_params_init(byref(p))
+        _c.lk_lora_params_init_sized(byref(p), ctypes.sizeof(p))
         tb = targets.encode("utf-8")
         p.rank, p.alpha, p.use_rslora = int(rank), float(alpha), int(bool(use_rslora))
         p.targets, p.dropout, p.init, p.seed = tb, float(dropout), _INITS[init], int(seed)
@@ -832,7 +832,8 @@ class Trainer(_Handle):
     Keyword arguments are the fields of lk_train_params (see lorakit.h) with Python values: targets as
     "q,v" / "all-linear" / a list of names, layers as a list of ints (None: all), init "peft" /
     "gaussian" / "random", schedule "constant" / "linear" / "cosine", format "peft" / "gguf", truncate
-    "cut" / "error", adam_beta1 / adam_beta2 / adam_epsilon as transformers names them, flags as
+    "cut" / "error", adam_beta1 / adam_beta2 / adam_epsilon as transformers names them (lr_min_ratio:
+    its cosine_with_min_lr min_lr_rate), flags as
     bools, steps None (or 0) = from epochs, paths as str / os.PathLike or None. Nothing is written
     until the first step (or save_checkpoint); with resume_dir the trainer continues from the latest
     checkpoint there.
@@ -851,7 +852,7 @@ class Trainer(_Handle):
                  packing: bool = False, save_every: int = 0, keep: int = 2, valid_every: int = 0,
                  format: "AdapterFormat | str" = AdapterFormat.PEFT, out_dir=None, resume_dir=None,
                  init_adapter=None, log_path=None, adam_beta1: float = 0.9, adam_beta2: float = 0.999,
-                 adam_epsilon: float = 1e-8, truncate: str = "cut"):
+                 adam_epsilon: float = 1e-8, truncate: str = "cut", lr_min_ratio: float = 0.0):
         self._handle = None
         if not isinstance(model, Model):
             raise TypeError(f"model must be a lorakit.Model, got {type(model).__name__}")
@@ -883,6 +884,7 @@ class Trainer(_Handle):
         p.init_adapter, p.log_path = _opt_path(init_adapter), _opt_path(log_path)
         p.adam_beta1, p.adam_beta2, p.adam_epsilon = float(adam_beta1), float(adam_beta2), float(adam_epsilon)
         p.truncate = _TRUNCATIONS[truncate]
+        p.lr_min_ratio = float(lr_min_ratio)
         out = _lib.lk_trainer_p()
         _check(_c.lk_trainer_create(model.handle, _opt_path(train), _opt_path(valid), byref(p), byref(out)))
         self._handle = out.value
@@ -1040,11 +1042,11 @@ def generate(ctx: Context, prompt_tokens, max_tokens: int = 128, temperature: fl
         stop = [stop]
     a = _ids_arg(prompt_tokens, "prompt_tokens")
     sp = _lib.lk_sampler_params()
-    _c.lk_sampler_params_init(byref(sp))
+    _c.lk_sampler_params_init_sized(byref(sp), ctypes.sizeof(sp))
     sp.temperature, sp.top_k, sp.top_p, sp.min_p = temperature, top_k, top_p, min_p
     sp.repeat_penalty, sp.repeat_last_n, sp.seed = repeat_penalty, repeat_last_n, seed
     gp = _lib.lk_generate_params()
-    _c.lk_generate_params_init(byref(gp))
+    _c.lk_generate_params_init_sized(byref(gp), ctypes.sizeof(gp))
     gp.max_tokens = max_tokens
     gp.sampler = ctypes.pointer(sp)
     stops = [s.encode("utf-8", "surrogatepass") if isinstance(s, str) else bytes(s) for s in stop]
