@@ -923,8 +923,8 @@ static int check_string_free(call *c, const mutation *m, retval rv, char *why, s
 }
 
 /* An init function writes the defaults into the first `want` bytes (struct_size = want) and nothing
- * else: want = sizeof for lk_x_params_init; for lk_train_params_init_sized(p, size), min(size, sizeof),
- * or 0 when size is below the first version; for the legacy lk_train_params_init, the first version. */
+ * else: for lk_x_params_init_sized(p, size), min(size, sizeof), or 0 when size is below the first
+ * version; for the exported (legacy) lk_x_params_init symbols, the first version. */
 static int check_init(call *c, const mutation *m, retval rv, char *why, size_t n) {
     (void)rv;
     const char *sname = c->fn->params[0].detail;
@@ -936,8 +936,9 @@ static int check_init(call *c, const mutation *m, retval rv, char *why, size_t n
     if (c->fn->n_params == 2) {
         size_t size = c->a[1].sz;
         want = size < st->first_size ? 0 : size < st->size ? size : st->size;
-    } else if (strcmp(c->fn->name, "lk_train_params_init") == 0) {
-        want = st->first_size;
+    } else {
+        want = st->first_size; /* the exported lk_x_params_init symbols fill the first version (the
+                                  header's lk_x_params_init is a macro over lk_x_params_init_sized) */
     }
     for (size_t i = want; i < st->size + 64; i++)
         if (p[i] != 0xEE) return WHY("%s wrote byte %zu of *p, past the %zu bytes it may write", m->tag, i, want);
@@ -981,6 +982,7 @@ static const spec specs[] = {
     {"lk_tensor_copy_bytes", b_tensor_copy_bytes, NULL, 0},
     {"lk_matmul", b_matmul, NULL, 0},
     {"lk_model_params_init", b_init, check_init, 0},
+    {"lk_model_params_init_sized", b_init, check_init, 0},
     {"lk_model_load", b_model_load, NULL, 0},
     {"lk_model_free", b_model_free, NULL, 0},
     {"lk_model_get_info", b_model_get_info, NULL, 0},
@@ -992,6 +994,7 @@ static const spec specs[] = {
     {"lk_token_bytes", b_token_bytes, NULL, 0},
     {"lk_chat_apply", b_chat_apply, NULL, 0},
     {"lk_context_params_init", b_init, check_init, 0},
+    {"lk_context_params_init_sized", b_init, check_init, 0},
     {"lk_context_new", b_context_new, NULL, 0},
     {"lk_context_free", b_context_free, NULL, 0},
     {"lk_context_reset", b_context_reset, NULL, 0},
@@ -999,12 +1002,15 @@ static const spec specs[] = {
     {"lk_context_eval", b_context_eval, NULL, 0},
     {"lk_context_eval_embeddings", b_context_eval_embeddings, NULL, 0},
     {"lk_sampler_params_init", b_init, check_init, 0},
+    {"lk_sampler_params_init_sized", b_init, check_init, 0},
     {"lk_generate_params_init", b_init, check_init, 0},
+    {"lk_generate_params_init_sized", b_init, check_init, 0},
     {"lk_generate", b_generate, NULL, 0},
     {"lk_string_free", b_string_free, check_string_free, 0},
     {"lk_adapter_load", b_adapter_load, NULL, 0},
     {"lk_adapter_free", b_adapter_free, NULL, 0},
     {"lk_lora_params_init", b_init, check_init, 0},
+    {"lk_lora_params_init_sized", b_init, check_init, 0},
     {"lk_adapter_create", b_adapter_create, NULL, 0},
     {"lk_adapter_save", b_adapter_save, NULL, 0},
     {"lk_context_attach_adapter", b_attach, NULL, 0},
