@@ -478,6 +478,57 @@ LK_API lk_status lk_model_merge_to_file(lk_model *model, lk_adapter *const *adap
                                         int32_t out_type, const char *path);
 
 /* ---------------------------------------------------------------------------------------------------
+ * Multimodal projectors: feature vectors (e.g. image patches from a frozen encoder) mapped into a model's
+ * embedding space, to be placed among the text's embedding rows (lk_context_eval_embeddings, the
+ * trainer's prefix rows). The kind is LLaVA-1.5's mlp2x_gelu: y = W2 · gelu(W0 · x + b0) + b2 with
+ * W0 [n_embd, in_features], W2 [n_embd, n_embd] and the exact (erf) GELU. Files are GGUF with
+ * llama.cpp's LLaVA projector names (mm.0.weight, mm.0.bias, mm.2.weight, mm.2.bias) and keys
+ * (clip.projector_type "mlp", clip.vision.projection_dim = n_embd), plus lorakit.projector.input_width.
+ * Thread safety: lk_projector_forward may run concurrently on one projector; lk_projector_backward and
+ * a trainer's lk_trainer_zero_grad / lk_trainer_optimizer_step (which update the projector given in its
+ * lk_train_params) need exclusive use of it.
+ * ------------------------------------------------------------------------------------------------- */
+typedef struct lk_projector lk_projector;
+
+/* A new projector from in_features (1...65536) to model's embedding width, initialised as PyTorch's
+ * nn.Linear (uniform in ±1/sqrt(fan_in)) from seed. Ownership: *out belongs to the caller
+ * (lk_projector_free). */
+LK_API lk_status lk_projector_create(lk_model *model, int64_t in_features, uint64_t seed, lk_projector **out);
+
+/* Read a projector file, checked as strictly as a model file (keys, the four tensors and no others, shapes
+ * against the declared widths, finite f32/f16 values) and refused unless its output width is model's
+ * embedding width (LK_ERR_SHAPE). Errors name the file. Ownership as lk_projector_create. */
+LK_API lk_status lk_projector_load(lk_model *model, const char *path, lk_projector **out);
+
+/* Write the projector as GGUF (f32), atomically (temporary file, then rename). */
+LK_API lk_status lk_projector_save(lk_projector *projector, const char *path);
+
+/* Release the caller's handle. NULL is a no-op; a freed or foreign handle is LK_ERR_INVALID_HANDLE. A
+ * trainer given the projector keeps using it. */
+LK_API lk_status lk_projector_free(lk_projector *projector);
+
+/* in_features and the output width (the model's n_embd). Either pointer may be NULL. */
+LK_API lk_status lk_projector_info(const lk_projector *projector, int64_t *in_features, int64_t *width);
+
+/* out [n_rows, width] = the projector applied to features [n_rows, in_features] (finite values).
+ * capacity: floats in out (at least n_rows · width, else LK_ERR_BUFFER_TOO_SMALL). */
+LK_API lk_status lk_projector_forward(lk_projector *projector, const float *features, int64_t n_rows,
+                                      float *out, int64_t capacity);
+
+/* Backward of lk_projector_forward for the same features: adds to the projector's parameter gradients the
+ * product with d_out [n_rows, width] = dLoss/d(the rows it produced), e.g. the trainer's input gradient
+ * of those rows (lk_trainer_forward_backward). n_d_out: floats in d_out (n_rows · width). The gradients are
+ * zeroed by lk_trainer_zero_grad of the trainer that trains the projector. */
+LK_API lk_status lk_projector_backward(lk_projector *projector, const float *features, int64_t n_rows,
+                                       const float *d_out, int64_t n_d_out);
+
+/* The input embedding rows [n_tokens, n_embd] (f32) of token ids, as the first layer sees them (for
+ * mixing text with caller-made rows in lk_context_eval_embeddings or a trainer's prefix). capacity: floats
+ * in out (at least n_tokens · n_embd, else LK_ERR_BUFFER_TOO_SMALL). */
+LK_API lk_status lk_model_token_embeddings(const lk_model *model, const int32_t *tokens, int64_t n_tokens,
+                                           float *out, int64_t capacity);
+
+/* ---------------------------------------------------------------------------------------------------
  * LoRA training. A trainer trains one new (or loaded) LoRA adapter of a model on a JSONL file:
  * tokenization, batches, forward/backward, gradient clipping, AdamW, learning-rate schedule, validation,
  * checkpoints (crash-safe; resumable with identical losses) and a JSONL log. Deterministic: the same
@@ -556,6 +607,10 @@ typedef struct lk_train_params {
                                       tokens) or LK_TRUNCATE_ERROR (refuse them, naming the file and line) */
     double lr_min_ratio;           /* LK_SCHEDULE_COSINE decays to lr * lr_min_ratio instead of 0 (transformers'
                                       cosine_with_min_lr, min_lr_rate), in [0, 1]; other schedules: 0; default 0 */
+    lk_projector *projector;       /* NULL (default), or a projector trained with the adapter by a trainer
+                                      without training data (train_path NULL): AdamW updates it, zero_grad
+                                      zeroes its gradients, checkpoints hold it (projector.gguf) and resume
+                                      restores it. The trainer keeps it alive. */
 } lk_train_params;
 
 /* Fill *p with defaults (and struct_size): see "Params structs" above. The function named

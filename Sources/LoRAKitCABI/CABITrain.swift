@@ -108,8 +108,15 @@ public func lk_trainer_create(_ model: OpaquePointer?, _ trainPath: UnsafePointe
     guarded("lk_trainer_create") {
         let o = try requirePointer(out, "out")
         let box = try modelArg(model)
+        let p = try lk_train_params.read(params)
+        let projector = try p.projector.map { h throws in
+            let pb = try projectorArg(h, "params->projector")
+            guard pb.modelBox.model === box.model else { throw invalid("params->projector was made for another model") }
+            return pb.projector
+        }
         let session = try TrainingSession(model: box.model, trainPath: try optionalPath(trainPath, "train_path"),
-                                          validPath: try optionalPath(validPath, "valid_path"), options: try trainingOptions(params))
+                                          validPath: try optionalPath(validPath, "valid_path"), options: try trainingOptions(params),
+                                          projector: projector)
         return Handles.shared.give(TrainerBox(session, box), kind: .trainer, to: o)
     }
 }

@@ -108,7 +108,8 @@ public struct TrainingOptions: Sendable {
     }
 
     /// The adapter (loaded from `initAdapter` or created), its trainer and an AdamW over its tensors.
-    static func makeTrainer(model: LlamaModel, options: TrainingOptions) throws(LKError) -> (LoRATrainer, AdamW) {
+    static func makeTrainer(model: LlamaModel, options: TrainingOptions,
+                            projector: Projector? = nil) throws(LKError) -> (LoRATrainer, AdamW) {
         let adapter: LoRAAdapter
         if let path = options.initAdapter {
             adapter = try LoRAAdapter.load(path: path, model: model)
@@ -122,6 +123,9 @@ public struct TrainingOptions: Sendable {
         for p in trainer.parameters {
             let (v, g) = try p.tensors()
             params.append(try OptimizerParameter(name: p.name, value: v, grad: g))
+        }
+        for p in projector?.parameters ?? [] {
+            params.append(try OptimizerParameter(name: TrainingSession.projectorPrefix + p.name, value: p.value, grad: p.grad))
         }
         return (trainer, try AdamW(parameters: params, config: options.optimizer))
     }
@@ -210,6 +214,13 @@ public final class TrainingSession: @unchecked Sendable {
     public let valid: TrainDataset?
     public let trainer: LoRATrainer
     public let optimizer: AdamW
+    /// A multimodal projector trained with the adapter (a session driven step by step only): its
+    /// parameters are optimised by the same AdamW (named `projector.mm.0.weight`, …), zeroed by
+    /// `zeroGradients`, saved in checkpoints (`projector.gguf`) and restored on resume. The caller runs its
+    /// forward and backward around `forwardBackward` (the input-embedding gradient of its rows).
+    public let projector: Projector?
+    /// Prefix of the projector's parameter names in the optimizer state.
+    public static let projectorPrefix = "projector."
     /// Optimizer steps of the run: `options.steps`, or from `options.epochs` over the training data (without
     /// training data: `options.steps`, 0 when unset).
     public let totalSteps: Int
@@ -237,8 +248,16 @@ public final class TrainingSession: @unchecked Sendable {
     /// Validate the options, load the data (`trainPath` nil: none, the caller drives the steps), create (or
     /// load) the adapter and — with `options.resume` — restore the latest checkpoint there. Nothing is
     /// written yet.
-    public init(model: LlamaModel, trainPath: String?, validPath: String? = nil, options requested: TrainingOptions) throws(LKError) {
+    public init(model: LlamaModel, trainPath: String?, validPath: String? = nil, options requested: TrainingOptions,
+                projector: Projector? = nil) throws(LKError) {
         try requested.validate(for: model)
+        if let projector {
+            guard trainPath == nil else {
+                throw .invalidArgument("projector: a projector trains in a session driven step by step (no training data file): the data file has no images")
+            }
+            try projector.checkFits(model)
+        }
+        self.projector = projector
         let (options, capNote) = requested.fitted(to: model)
         if let n = capNote { notes.append(n) }
         self.model = model
@@ -251,7 +270,7 @@ public final class TrainingSession: @unchecked Sendable {
         valid = try validPath.map(load)
         if let t = train { notes.append("train: \(t.summary)") }
         if let v = valid { notes.append("valid: \(v.summary)") }
-        (trainer, optimizer) = try TrainingOptions.makeTrainer(model: model, options: options)
+        (trainer, optimizer) = try TrainingOptions.makeTrainer(model: model, options: options, projector: projector)
         if let train {
             let it = try TrainDataIterator(examples: train.examples, batchSize: options.batchSize,
                                            shuffle: options.shuffle, seed: options.seed)
@@ -269,6 +288,16 @@ public final class TrainingSession: @unchecked Sendable {
             notes += ck.warnings
             let state = source == nil ? nil : try TrainerState(json: ck.trainerState)
             try trainer.load(ck.adapter)
+            switch (projector, ck.projector) {
+            case let (mine?, saved?):
+                try mine.copyParameters(from: saved, source: ck.path + "/projector.gguf")
+            case (_?, nil):
+                throw .invalidArgument("resume: \(ck.path) has no projector.gguf, but this session trains a projector")
+            case (nil, _?):
+                throw .invalidArgument("resume: \(ck.path) holds a projector (projector.gguf); pass it to the session to continue")
+            case (nil, nil):
+                break
+            }
             try optimizer.restore(ck.optimizer)
             step = ck.step
             if let state {
@@ -309,7 +338,7 @@ public final class TrainingSession: @unchecked Sendable {
         } ?? .object([("step", .number(Double(step))), ("manual", .bool(true)),
                       ("rng", .string(String(options.seed))), ("options", options.json)])
         return try Checkpoint.save(dir: dir, step: step, adapter: try trainer.adapter(), optimizer: optimizer,
-                                   trainerState: state, keep: options.keep)
+                                   trainerState: state, keep: options.keep, projector: projector)
     }
 
     // MARK: Step by step (no training data)
@@ -324,6 +353,7 @@ public final class TrainingSession: @unchecked Sendable {
     public func zeroGradients() throws(LKError) {
         try requireNoData("zeroGradients")
         trainer.zeroGradients()
+        projector?.zeroGradients()
     }
 
     /// Forward and backward of one sequence: adds d(lossScale · ΣNLL)/dθ to the gradients and returns the

@@ -436,6 +436,40 @@ _fn("lk_model_merge_to_file", lk_status,
     [lk_model_p, POINTER(lk_adapter_p), POINTER(c_float), c_int32, c_int32, c_char_p])
 
 # ---------------------------------------------------------------------------------------------------
+# Multimodal projectors
+# ---------------------------------------------------------------------------------------------------
+
+# typedef struct lk_projector lk_projector;   (opaque: handled as void *)
+lk_projector_p = c_void_p
+
+# lk_status lk_projector_create(lk_model *model, int64_t in_features, uint64_t seed, lk_projector **out);
+_fn("lk_projector_create", lk_status, [lk_model_p, c_int64, c_uint64, POINTER(lk_projector_p)])
+
+# lk_status lk_projector_load(lk_model *model, const char *path, lk_projector **out);
+_fn("lk_projector_load", lk_status, [lk_model_p, c_char_p, POINTER(lk_projector_p)])
+
+# lk_status lk_projector_save(lk_projector *projector, const char *path);
+_fn("lk_projector_save", lk_status, [lk_projector_p, c_char_p])
+
+# lk_status lk_projector_free(lk_projector *projector);
+_fn("lk_projector_free", lk_status, [lk_projector_p])
+
+# lk_status lk_projector_info(const lk_projector *projector, int64_t *in_features, int64_t *width);
+_fn("lk_projector_info", lk_status, [lk_projector_p, POINTER(c_int64), POINTER(c_int64)])
+
+# lk_status lk_projector_forward(lk_projector *projector, const float *features, int64_t n_rows,
+#                                float *out, int64_t capacity);
+_fn("lk_projector_forward", lk_status, [lk_projector_p, POINTER(c_float), c_int64, POINTER(c_float), c_int64])
+
+# lk_status lk_projector_backward(lk_projector *projector, const float *features, int64_t n_rows,
+#                                 const float *d_out, int64_t n_d_out);
+_fn("lk_projector_backward", lk_status, [lk_projector_p, POINTER(c_float), c_int64, POINTER(c_float), c_int64])
+
+# lk_status lk_model_token_embeddings(const lk_model *model, const int32_t *tokens, int64_t n_tokens,
+#                                     float *out, int64_t capacity);
+_fn("lk_model_token_embeddings", lk_status, [lk_model_p, POINTER(c_int32), c_int64, POINTER(c_float), c_int64])
+
+# ---------------------------------------------------------------------------------------------------
 # LoRA training
 # ---------------------------------------------------------------------------------------------------
 
@@ -460,6 +494,7 @@ LK_TRUNCATE_ERROR = 1
 #     int32_t save_every; int32_t keep; int32_t valid_every; int32_t format;
 #     const char *out_dir; const char *resume_dir; const char *init_adapter; const char *log_path;
 #     double adam_beta1; double adam_beta2; double adam_epsilon; int32_t truncate; double lr_min_ratio;
+#     lk_projector *projector;
 # } lk_train_params;
 class lk_train_params(Structure):
     _fields_ = [
@@ -473,6 +508,7 @@ class lk_train_params(Structure):
         ("out_dir", c_char_p), ("resume_dir", c_char_p), ("init_adapter", c_char_p), ("log_path", c_char_p),
         ("adam_beta1", c_double), ("adam_beta2", c_double), ("adam_epsilon", c_double), ("truncate", c_int32),
         ("lr_min_ratio", c_double),
+        ("projector", lk_projector_p),
     ]
 
 
