@@ -511,20 +511,23 @@ LK_API lk_status lk_projector_free(lk_projector *projector);
 LK_API lk_status lk_projector_info(const lk_projector *projector, int64_t *in_features, int64_t *width);
 
 /* out [n_rows, width] = the projector applied to features [n_rows, in_features] (finite values).
- * capacity: floats in out (at least n_rows · width, else LK_ERR_BUFFER_TOO_SMALL). */
+ * capacity: floats in out (at least n_rows · width, else LK_ERR_BUFFER_TOO_SMALL). n_rows may be 0 (nothing
+ * is written). */
 LK_API lk_status lk_projector_forward(lk_projector *projector, const float *features, int64_t n_rows,
                                       float *out, int64_t capacity);
 
 /* Backward of lk_projector_forward for the same features: adds to the projector's parameter gradients the
  * product with d_out [n_rows, width] = dLoss/d(the rows it produced), e.g. the trainer's input gradient
- * of those rows (lk_trainer_forward_backward). n_d_out: floats in d_out (n_rows · width). The gradients are
+ * of those rows (lk_trainer_forward_backward). n_d_out: floats in d_out (n_rows · width; another count is
+ * LK_ERR_INVALID_ARGUMENT). The gradients are
  * zeroed by lk_trainer_zero_grad of the trainer that trains the projector. */
 LK_API lk_status lk_projector_backward(lk_projector *projector, const float *features, int64_t n_rows,
                                        const float *d_out, int64_t n_d_out);
 
 /* The input embedding rows [n_tokens, n_embd] (f32) of token ids, as the first layer sees them (for
  * mixing text with caller-made rows in lk_context_eval_embeddings or a trainer's prefix). capacity: floats
- * in out (at least n_tokens · n_embd, else LK_ERR_BUFFER_TOO_SMALL). */
+ * in out (at least n_tokens · n_embd, else LK_ERR_BUFFER_TOO_SMALL). n_tokens may be 0 (nothing is
+ * written). Token ids outside the vocabulary are LK_ERR_INVALID_ARGUMENT. */
 LK_API lk_status lk_model_token_embeddings(const lk_model *model, const int32_t *tokens, int64_t n_tokens,
                                            float *out, int64_t capacity);
 

@@ -101,7 +101,7 @@ public func lk_projector_backward(_ projector: OpaquePointer?, _ features: Unsaf
         let x = try floatRows(features, rows: nRows, cols: p.inFeatures, "features", "n_rows")
         let need = Int64(nRows) * Int64(p.width)
         guard nDOut == need else {
-            throw CError(LK_ERR_SHAPE, "n_d_out \(nDOut) must be n_rows × width = \(nRows) × \(p.width) = \(need)")
+            throw invalid("n_d_out \(nDOut) must be n_rows × width = \(nRows) × \(p.width) = \(need)")
         }
         let dy = try floatRows(dOut, rows: nRows, cols: p.width, "d_out", "n_rows")
         let (_, acts) = try p.forwardForTraining(x, rows: Int(nRows))
