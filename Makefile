@@ -2,7 +2,8 @@
 #   make build                 build liblorakit.so and the lorakit CLI (release)
 #   make test                  build, then run the Swift, C, Python, ABI-sweep and plugin tests
 #   make plugins               build the shipped adapter plugins into .build/plugins/ (ia3.so, dora.so)
-#   make test-plugins          the plugin ABI tests (plain C reference host, no liblorakit; a few seconds)
+#   make test-plugins          the plugin ABI tests (plain C reference host, no liblorakit; a few seconds);
+#                              leaves the test plugins (shipped + bad ones) in .build/plugin-tests/
 #   make install PREFIX=/usr/local   install library, headers, pkg-config file and CLI
 #   make bench                 run the benchmarks beside their peers and rewrite BENCHMARKS.md tables
 SHELL := /bin/bash
@@ -28,7 +29,7 @@ build:
 	swift build $(SWIFT_FLAGS)
 	$(MAKE) --no-print-directory plugins
 
-test: build model test-swift test-c test-python test-abi test-plugins
+test: build model test-plugins test-swift test-c test-python test-abi
 
 plugins:
 	mkdir -p $(PLUGIN_DIR)
@@ -36,13 +37,19 @@ plugins:
 	swift build -c release --package-path examples/plugins/dora
 	cp "$$(swift build -c release --package-path examples/plugins/dora --show-bin-path)/liblorakit-dora.so" $(PLUGIN_DIR)/dora.so
 
+# The test plugins (the shipped ones and the bad ones) go to their own folder, so that the shipped
+# plugins' folder, which the library searches, holds only the shipped plugins. The C, Python and Swift
+# tests read them from there.
+PLUGIN_TEST_DIR := $(CURDIR)/.build/plugin-tests
 test-plugins: plugins
-	bash Tests/plugins/run.sh $(PLUGIN_DIR)
+	mkdir -p $(PLUGIN_TEST_DIR)
+	cp $(PLUGIN_DIR)/ia3.so $(PLUGIN_DIR)/dora.so $(PLUGIN_TEST_DIR)/
+	bash Tests/plugins/run.sh $(PLUGIN_TEST_DIR)
 
-test-swift:
+test-swift: test-plugins
 	LORAKIT_MODEL=$$(cat .build/model-path 2>/dev/null) swift test $(SWIFT_FLAGS)
 
-test-c: build
+test-c: build test-plugins
 	$(MAKE) --no-print-directory install PREFIX=$(TEST_PREFIX)
 	LORAKIT_MODEL=$$(cat .build/model-path 2>/dev/null) bash Tests/c/run.sh $(TEST_PREFIX)
 
@@ -52,7 +59,7 @@ test-abi: build
 	$(MAKE) --no-print-directory install PREFIX=$(TEST_PREFIX)
 	bash Tests/abi/run.sh $(TEST_PREFIX)
 
-test-python: build
+test-python: build test-plugins
 	LORAKIT_MODEL=$$(cat .build/model-path 2>/dev/null) LORAKIT_LIBRARY=$(BUILD_DIR)/liblorakit.so LORAKIT_CLI=$(BUILD_DIR)/lorakit-cli $(PYTHON) -m pytest -q bindings/python/tests
 
 install: build
@@ -64,13 +71,16 @@ install: build
 	    install -m 0644 "$$f" $(DESTDIR)$(PREFIX)/lib/lorakit-swift/; done
 	install -m 0644 Include/lorakit.h $(DESTDIR)$(PREFIX)/include/lorakit.h
 	install -m 0644 Include/lorakit_plugin.h $(DESTDIR)$(PREFIX)/include/lorakit_plugin.h
+	# The shipped adapter plugins, in the folder the library searches (<prefix>/lib/lorakit/plugins).
+	install -d $(DESTDIR)$(PREFIX)/lib/lorakit/plugins
+	install -m 0755 $(PLUGIN_DIR)/ia3.so $(PLUGIN_DIR)/dora.so $(DESTDIR)$(PREFIX)/lib/lorakit/plugins/
 	install -m 0755 $(BUILD_DIR)/lorakit-cli $(DESTDIR)$(PREFIX)/bin/lorakit
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' bindings/c/lorakit.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/lorakit.pc
 
 uninstall:
 	rm -f $(DESTDIR)$(PREFIX)/lib/liblorakit.so $(DESTDIR)$(PREFIX)/include/lorakit.h $(DESTDIR)$(PREFIX)/include/lorakit_plugin.h \
 	      $(DESTDIR)$(PREFIX)/lib/pkgconfig/lorakit.pc $(DESTDIR)$(PREFIX)/bin/lorakit
-	rm -rf $(DESTDIR)$(PREFIX)/lib/lorakit-swift
+	rm -rf $(DESTDIR)$(PREFIX)/lib/lorakit-swift $(DESTDIR)$(PREFIX)/lib/lorakit
 
 bench: build
 	$(PYTHON) bench/run_benchmarks.py --cli $(BUILD_DIR)/lorakit-cli

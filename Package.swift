@@ -73,9 +73,13 @@ let package = Package(
         // Chat templates: a sandboxed Jinja2 engine.
         .target(name: "LoRAKitTemplates", dependencies: ["LoRAKitCore"],
                 path: "Sources/LoRAKitTemplates", swiftSettings: fastFlags),
-        // Models, inference contexts, adapters (LoRA and the adapter interface), generation, scoring.
+        // The adapter-plugin ABI (Include/lorakit_plugin.h, header-only but for the host's per-thread
+        // plugin error), for the plugin host in LoRAKitModel.
+        .target(name: "CLoRAKitPlugin", path: "Sources/CLoRAKitPlugin"),
+        // Models, inference contexts, adapters (LoRA, the adapter interface, the plugin host), generation, scoring.
         .target(name: "LoRAKitModel",
-                dependencies: ["LoRAKitCore", "LoRAKitKernels", "LoRAKitFormats", "LoRAKitTokenizer", "LoRAKitTemplates"],
+                dependencies: ["LoRAKitCore", "LoRAKitKernels", "LoRAKitFormats", "LoRAKitTokenizer", "LoRAKitTemplates",
+                               "CLoRAKitPlugin"],
                 path: "Sources/LoRAKitModel", swiftSettings: fastFlags),
         // Training: backward pass, data, optimizer, checkpoints, the run loop.
         .target(name: "LoRAKitTraining",
@@ -109,7 +113,7 @@ let package = Package(
         .testTarget(
             name: "LoRAKitTests",
             dependencies: ["LoRAKitCore", "LoRAKitKernels", "LoRAKitFormats", "LoRAKitTokenizer", "LoRAKitTemplates",
-                           "LoRAKitModel", "LoRAKitTraining"],
+                           "LoRAKitModel", "LoRAKitTraining", "CLoRAKitPlugin"],
             path: "Tests/LoRAKitTests",
             exclude: ["Fixtures"],  // data read by path at run time (tokenizer fixtures)
             swiftSettings: cpuFlags

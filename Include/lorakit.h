@@ -478,6 +478,43 @@ LK_API lk_status lk_model_merge_to_file(lk_model *model, lk_adapter *const *adap
                                         int32_t out_type, const char *path);
 
 /* ---------------------------------------------------------------------------------------------------
+ * Adapter plugins: shared libraries that add adapter types (DoRA, IA³, ...), written against
+ * lorakit_plugin.h (the plugin ABI; guide: examples/plugins/README.md). A loaded plugin stays loaded until
+ * process exit (its code may run in any model, adapter, context or trainer); its types are registered
+ * for the whole process. Plugins are also found on the search path: every folder (or file) of the
+ * environment variable LORAKIT_PLUGIN_PATH (colon-separated), then the shipped plugins' folder
+ * (.build/plugins in a build tree, <prefix>/lib/lorakit/plugins when installed). lk_adapter_load loads the
+ * search path when a PEFT folder's adapter_config.json names a type no loaded plugin owns.
+ * Thread safety: every function may be called from any thread (loads are serialised).
+ * ------------------------------------------------------------------------------------------------- */
+typedef struct lk_plugin lk_plugin;
+
+/* Load the plugin at `path` (dlopen RTLD_NOW | RTLD_LOCAL) and register its adapter types. Loading a
+ * file that is already loaded (the same file by its canonical path) returns that plugin again.
+ * Errors name the file: LK_ERR_IO (cannot load: dlerror's text), LK_ERR_ABI (another plugin ABI major,
+ * a table smaller than its first version: both sides' values named), LK_ERR_INVALID_ARGUMENT (no entry
+ * symbol lkp_entry; an adapter type already registered, naming the plugin that registered it; a type
+ * declared twice, badly named or without a required function), the entry's own status with the
+ * plugin's message copied (e.g. LK_ERR_UNSUPPORTED). On error nothing is registered.
+ * Ownership: *out belongs to the caller (lk_plugin_free releases the handle; the plugin stays loaded). */
+LK_API lk_status lk_plugin_load(const char *path, lk_plugin **out);
+
+/* Release a handle from lk_plugin_load (the plugin stays loaded). NULL is a no-op; a freed or foreign
+ * handle is LK_ERR_INVALID_HANDLE. */
+LK_API lk_status lk_plugin_free(lk_plugin *plugin);
+
+/* One plugin as compact JSON: {"path", "name", "version", "abi": [major, minor], "types": [{"name",
+ * "description", "peft_type", "peft_flag" (string or null), "key_suffixes": [...], "merge": bool,
+ * "train": bool}, ...]}. String protocol as lk_model_chat_template. */
+LK_API lk_status lk_plugin_info_json(const lk_plugin *plugin, char *buf, int64_t capacity, int64_t *needed);
+
+/* Every loaded plugin as a JSON array of lk_plugin_info_json objects, in load order. With
+ * load_search_path = 1 the search path is loaded first (once per process; plugins that fail to load
+ * there are skipped and listed as {"error": "..."} entries after the loaded ones); 0 lists what is loaded.
+ * String protocol as lk_model_chat_template. */
+LK_API lk_status lk_plugins_json(int32_t load_search_path, char *buf, int64_t capacity, int64_t *needed);
+
+/* ---------------------------------------------------------------------------------------------------
  * Multimodal projectors: feature vectors (e.g. image patches from a frozen encoder) mapped into a model's
  * embedding space, to be placed among the text's embedding rows (lk_context_eval_embeddings, the
  * trainer's prefix rows). The kind is LLaVA-1.5's mlp2x_gelu: y = W2 · gelu(W0 · x + b0) + b2 with
