@@ -491,8 +491,9 @@ typedef struct lk_plugin lk_plugin;
 
 /* Load the plugin at `path` (dlopen RTLD_NOW | RTLD_LOCAL) and register its adapter types. Loading a
  * file that is already loaded (the same file by its canonical path) returns that plugin again.
- * Errors name the file: LK_ERR_IO (cannot load: dlerror's text), LK_ERR_ABI (another plugin ABI major,
- * a table smaller than its first version: both sides' values named), LK_ERR_INVALID_ARGUMENT (no entry
+ * Errors name the file: LK_ERR_IO (missing, a folder, unreadable: dlerror's text), LK_ERR_FORMAT (a file
+ * that is no loadable library), LK_ERR_ABI (another plugin ABI major, a table smaller than its first
+ * version: both sides' values named), LK_ERR_INVALID_ARGUMENT (no entry
  * symbol lkp_entry; an adapter type already registered, naming the plugin that registered it; a type
  * declared twice, badly named or without a required function), the entry's own status with the
  * plugin's message copied (e.g. LK_ERR_UNSUPPORTED). On error nothing is registered.

@@ -163,6 +163,8 @@ static lk_tensor *X, *W, *O, *V, *victim_tensor;
 static lk_adapter *A, *AG, *victim_adapter;
 static lk_trainer *T, *TM, *victim_trainer;
 static lk_projector *P, *victim_projector;
+static lk_plugin *PL, *victim_plugin;
+static char p_plugin[1200];                     /* the shipped IA³ plugin (make plugins: .build/plugins/ia3.so) */
 static char p_proj[600], p_save_proj[600];
 static void *forged_heap;                       /* a real heap pointer no call ever returned */
 static int32_t n_vocab, n_embd, n_ctx_train;
@@ -170,7 +172,8 @@ static const int32_t CTX_POSITIONS = 32;
 
 typedef struct { const char *kind; void *live, *freed; char wrong_tag[64]; } handle_kind;
 static handle_kind kinds[] = {{"tensor", 0, 0, ""}, {"model", 0, 0, ""}, {"context", 0, 0, ""},
-                              {"adapter", 0, 0, ""}, {"trainer", 0, 0, ""}, {"projector", 0, 0, ""}};
+                              {"adapter", 0, 0, ""}, {"trainer", 0, 0, ""}, {"projector", 0, 0, ""},
+                              {"plugin", 0, 0, ""}};
 #define N_KINDS (sizeof kinds / sizeof kinds[0])
 
 static handle_kind *kind_named(const char *k) {
@@ -221,6 +224,7 @@ static void setup(const char *root) {
     if (!mkdtemp(tmp_dir)) die("mkdtemp: %s", strerror(errno));
     snprintf(p_model_dir, sizeof p_model_dir, "%s/Tests/LoRAKitTests/Fixtures/train/model", root);
     snprintf(p_gguf, sizeof p_gguf, "%s/Tests/LoRAKitTests/Fixtures/model/tiny-llama-f32.gguf", root);
+    snprintf(p_plugin, sizeof p_plugin, "%s/.build/plugins/ia3.so", root);
     snprintf(p_bad_jsonl, sizeof p_bad_jsonl, "%s/Tests/LoRAKitTests/Fixtures/train/data/bad.jsonl", root);
 #define TMP(var, name) snprintf(var, sizeof var, "%s/%s", tmp_dir, name)
     TMP(p_random, "random.bin");
@@ -331,6 +335,8 @@ static void setup(const char *root) {
     must(lk_projector_create(M, 4, 7, &P), "lk_projector_create(P)");
     must(lk_projector_save(P, p_proj), "lk_projector_save(P)");
     must(lk_projector_create(M, 4, 8, &victim_projector), "lk_projector_create(victim)");
+    must(lk_plugin_load(p_plugin, &PL), "lk_plugin_load(PL) (make plugins builds .build/plugins/ia3.so)");
+    must(lk_plugin_load(p_plugin, &victim_plugin), "lk_plugin_load(victim)");
 
     /* Freed handles: made, then released. */
     lk_tensor *ft;
@@ -350,6 +356,9 @@ static void setup(const char *root) {
     lk_projector *fp;
     must(lk_projector_create(M, 4, 9, &fp), "lk_projector_create(freed)");
     must(lk_projector_free(fp), "lk_projector_free(freed)");
+    lk_plugin *fpl;
+    must(lk_plugin_load(p_plugin, &fpl), "lk_plugin_load(freed)");
+    must(lk_plugin_free(fpl), "lk_plugin_free(freed)");
     must(lk_model_free(fm), "lk_model_free(freed)");
 
     kinds[0].live = X; kinds[0].freed = ft;
@@ -358,6 +367,7 @@ static void setup(const char *root) {
     kinds[3].live = A; kinds[3].freed = fa;
     kinds[4].live = T; kinds[4].freed = ftr;
     kinds[5].live = P; kinds[5].freed = fp;
+    kinds[6].live = PL; kinds[6].freed = fpl;
     for (size_t i = 0; i < N_KINDS; i++) snprintf(kinds[i].wrong_tag, sizeof kinds[i].wrong_tag, "live %s handle", kinds[i].kind);
     /* Every handle type of the header needs a live and a freed handle here. */
     for (size_t i = 0; i < ABI_N_OPAQUE; i++)
@@ -828,6 +838,13 @@ static void b_projector_save(call *c) {
     SET_P(c, "path", p_save_proj);
 }
 static void b_projector_free(call *c) { SET_P(c, "projector", victim_projector); }
+static void b_plugin_load(call *c) {
+    SET_P(c, "path", p_plugin);
+    out_handle(c, "out");
+}
+static void b_plugin_free(call *c) { SET_P(c, "plugin", victim_plugin); }
+static void b_plugin_info_json(call *c) { SET_P(c, "plugin", PL); buf_needed(c, 4096); }
+static void b_plugins_json(call *c) { SET_I32(c, "load_search_path", 0); buf_needed(c, 16384); }
 static void b_projector_info(call *c) {
     SET_P(c, "projector", P);
     SET_P(c, "in_features", out_mem(c, "*in_features", 8, 0));
@@ -1095,6 +1112,10 @@ static const spec specs[] = {
     {"lk_projector_load", b_projector_load, NULL, 0},
     {"lk_projector_save", b_projector_save, NULL, 0},
     {"lk_projector_free", b_projector_free, NULL, 0},
+    {"lk_plugin_load", b_plugin_load, NULL, 0},
+    {"lk_plugin_free", b_plugin_free, NULL, 0},
+    {"lk_plugin_info_json", b_plugin_info_json, NULL, 0},
+    {"lk_plugins_json", b_plugins_json, NULL, 0},
     {"lk_projector_info", b_projector_info, NULL, 0},
     {"lk_projector_forward", b_projector_forward, NULL, 0},
     {"lk_projector_backward", b_projector_backward, NULL, 0},

@@ -164,7 +164,12 @@ public final class PluginRegistry: @unchecked Sendable {
         _ = dlerror()
         guard let h = dlopen(path, RTLD_NOW | RTLD_LOCAL) else {
             let why = dlerror().map { String(cString: $0) } ?? "unknown error"
-            throw PluginLoadError(error: .io("plugin \(path): cannot load: \(why)"), isABI: false)
+            // A file that exists but is no loadable library is malformed content; anything else (missing,
+            // a folder, unreadable) is an I/O error.
+            var st = stat()
+            let isFile = stat(path, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
+            let m = "plugin \(path): cannot load: \(why)"
+            throw PluginLoadError(error: isFile ? .format(m) : .io(m), isABI: false)
         }
         // Until the plugin is registered nothing of it is in use: every refusal below closes it.
         var registered = false

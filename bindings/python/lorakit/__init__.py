@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import json
 import os
 from ctypes import POINTER, byref, c_float, c_int32, c_int64, c_void_p
 from dataclasses import dataclass
@@ -37,9 +38,9 @@ from . import _lib
 from ._lib import ABI_VERSION
 
 __all__ = [
-    "ABI_VERSION", "Adapter", "AdapterFormat", "Context", "DType", "GenerationResult", "LoRAKitError", "Model", "ModelInfo", "Projector", "Status",
-    "StopReason", "Tensor", "TrainProgress", "TrainRun", "Trainer", "abi_version", "clear_error", "cpu_count", "dtype_info", "generate", "get_threads",
-    "last_error", "matmul", "set_threads", "status_string", "version",
+    "ABI_VERSION", "Adapter", "AdapterFormat", "Context", "DType", "GenerationResult", "LoRAKitError", "Model", "ModelInfo", "Plugin", "Projector",
+    "Status", "StopReason", "Tensor", "TrainProgress", "TrainRun", "Trainer", "abi_version", "clear_error", "cpu_count", "dtype_info", "generate",
+    "get_threads", "last_error", "load_plugin", "matmul", "plugins", "set_threads", "status_string", "version",
 ]
 
 _c = _lib.lib
@@ -773,6 +774,60 @@ class Adapter(_Handle):
 
     def __repr__(self) -> str:
         return "Adapter(<closed>)" if self._handle is None else f"Adapter(handle=0x{self._handle:x})"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Adapter plugins
+# ---------------------------------------------------------------------------------------------------
+
+class Plugin(_Handle):
+    """A loaded adapter plugin (lk_plugin_load). The plugin stays loaded for the life of the process;
+    close() only releases this handle. `info` is lk_plugin_info_json as a dict: path, name, version,
+    abi [major, minor], types [{name, description, peft_type, peft_flag, key_suffixes, merge, train}]."""
+    __slots__ = ()
+    _kind = "plugin"
+    _free = staticmethod(_c.lk_plugin_free)
+
+    def __init__(self, path):
+        out = _lib.lk_plugin_p()
+        self._handle = None
+        _check(_c.lk_plugin_load(os.fsencode(path), byref(out)))
+        self._handle = out.value
+
+    @property
+    def info(self) -> dict:
+        h = self.handle
+        return json.loads(_buffer_string(lambda b, n, need: _c.lk_plugin_info_json(h, b, n, need)).decode())
+
+    @property
+    def name(self) -> str:
+        return self.info["name"]
+
+    @property
+    def types(self) -> list[str]:
+        """The names of the adapter types it declared."""
+        return [t["name"] for t in self.info["types"]]
+
+    def __repr__(self) -> str:
+        if self._handle is None:
+            return "Plugin(<closed>)"
+        i = self.info
+        return f"Plugin({i['name']!r} {i['version']}, types={[t['name'] for t in i['types']]}, path={i['path']!r})"
+
+
+def load_plugin(path) -> Plugin:
+    """Load an adapter plugin (a shared library written against lorakit_plugin.h) and register its types
+    for the whole process. Loading the same file again returns the same plugin. Raises LoRAKitError with
+    the library's message (naming the file and, for version mismatches, both sides' values)."""
+    return Plugin(path)
+
+
+def plugins(load_search_path: bool = False) -> list[dict]:
+    """Every loaded plugin as lk_plugin_info_json dicts, in load order. With load_search_path=True the
+    search path (LORAKIT_PLUGIN_PATH, then the shipped plugins' folder) is loaded first; plugins there that
+    fail to load appear as {"error": message} entries after the loaded ones."""
+    flag = 1 if load_search_path else 0
+    return json.loads(_buffer_string(lambda b, n, need: _c.lk_plugins_json(flag, b, n, need)).decode())
 
 
 # ---------------------------------------------------------------------------------------------------
