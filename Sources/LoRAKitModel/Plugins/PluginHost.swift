@@ -107,12 +107,15 @@ package enum PluginHost {
             },
             config_pattern_number: { c, key, module, out in
                 PluginHost.lookup(c, key) { v, k in
-                    guard let module, let lm = LinearModule(rawValue: Int(module.pointee.module)) else {
-                        return PluginHost.badArgument("adapter config: NULL module or unknown module index")
+                    guard let module, let fn = module.pointee.full_name else {
+                        return PluginHost.badArgument("adapter config: NULL module")
                     }
                     guard let dict = v.object else { return PluginHost.wrongType(k, "pattern dictionary") }
-                    let keys = dict.map(\.0)
-                    guard let hit = LoRAConfig.patternKey(keys, layer: Int(module.pointee.layer), module: lm) else {
+                    // PEFT's get_pattern_key: the full name itself, else the first key (in the file's order)
+                    // whose `(.*\.)?(KEY)$` matches the whole name.
+                    let full = String(cString: fn)
+                    guard let hit = dict.first(where: { $0.0 == full })?.0
+                            ?? dict.first(where: { LoRAConfig.matches(key: $0.0, name: full) })?.0 else {
                         return Int32(LKP_ERR_NOT_FOUND)
                     }
                     guard let d = dict.first(where: { $0.0 == hit })?.1.double else {
