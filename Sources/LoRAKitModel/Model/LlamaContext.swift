@@ -48,6 +48,8 @@ public final class LlamaContext: @unchecked Sendable {
     }
     /// LoRA adapters attached with `attach`, in attachment order (their entries live in `adapters`).
     private var loraAttachments: [LoRAAttachment] = []
+    /// Plugin adapters attached with `attach(plugin:)` (Plugins/PluginContext.swift).
+    let plugins: PluginAttachments
     private var adapterWorkspaceFloats = 0
 
     // KV cache: per layer [maxPositions, KV] for keys and values (f32, pages touched only when used).
@@ -78,6 +80,7 @@ public final class LlamaContext: @unchecked Sendable {
         self.maxPositions = n
         self.batchCapacity = min(batch, n)
         self.adapters = AdapterStack(nLayers: c.nLayers)
+        self.plugins = PluginAttachments(nLayers: c.nLayers)
         var ks: [Storage] = [], vs: [Storage] = []
         for _ in 0..<c.nLayers {
             ks.append(try Storage(lazyZeroedBytes: n * c.kvDim * 4))
@@ -212,8 +215,23 @@ public final class LlamaContext: @unchecked Sendable {
     /// y = x · Wᵀ plus every attached adapter's term for (layer, module).
     private func project(_ layer: Int, _ m: LinearModule, x: UnsafePointer<Float>, rows: Int,
                          y: UnsafeMutablePointer<Float>) throws(LKError) {
-        try Linear.forward(x: x, rows: rows, weight: model.layers[layer].weight(m), y: y, pool: pool,
-                           activations: activations)
+        let w = model.layers[layer].weight(m)
+        if !plugins.isEmpty {
+            let list = plugins.at(layer, m)
+            if !list.isEmpty {
+                let (o, i) = m.shape(model.config)
+                try plugins.project(list, x: x, rows: rows, inFeatures: i, outFeatures: o, y: y, pool: pool,
+                                    base: { (xin, yout) throws(LKError) in
+                                        try Linear.forward(x: xin, rows: rows, weight: w, y: yout, pool: pool,
+                                                           activations: activations)
+                                    },
+                                    rest: { (xin, yout) throws(LKError) in
+                                        try applyAdapters(layer, m, x: xin, rows: rows, y: yout)
+                                    })
+                return
+            }
+        }
+        try Linear.forward(x: x, rows: rows, weight: w, y: y, pool: pool, activations: activations)
         try applyAdapters(layer, m, x: x, rows: rows, y: y)
     }
 
@@ -222,6 +240,10 @@ public final class LlamaContext: @unchecked Sendable {
     /// adapters in the order of `ms`. Same results as one `project` per module.
     private func projectShared(_ layer: Int, _ ms: [LinearModule], x: UnsafePointer<Float>, rows: Int,
                                ys: [UnsafeMutablePointer<Float>]) throws(LKError) {
+        if !plugins.isEmpty && ms.contains(where: { !plugins.at(layer, $0).isEmpty }) {
+            for (m, y) in zip(ms, ys) { try project(layer, m, x: x, rows: rows, y: y) }
+            return
+        }
         let L = model.layers[layer]
         try Linear.forwardShared(x: x, rows: rows, weights: ms.map { L.weight($0) }, ys: ys, pool: pool,
                                  activations: activations)

@@ -1,0 +1,148 @@
+import Testing
+@testable import LoRAKitCore
+@testable import LoRAKitKernels
+@testable import LoRAKitFormats
+@testable import LoRAKitModel
+@testable import LoRAKitTraining
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The test plugins (`make test-plugins`: .build/plugin-tests; LORAKIT_TEST_PLUGIN_DIR overrides).
+func testPluginPath(_ file: String) -> String {
+    if let e = getenv("LORAKIT_TEST_PLUGIN_DIR"), !String(cString: e).isEmpty { return "\(String(cString: e))/\(file)" }
+    return fixturePath("../../../.build/plugin-tests/\(file)")
+}
+
+/// The shipped plugins loaded once (the registry is per process).
+enum TestPlugins {
+    static let loaded: Bool = {
+        do {
+            try PluginRegistry.shared.load(path: testPluginPath("ia3.so"))
+            try PluginRegistry.shared.load(path: testPluginPath("dora.so"))
+            return true
+        } catch {
+            Issue.record("cannot load the test plugins (run `make test-plugins`): \(error)")
+            return false
+        }
+    }()
+}
+
+/// Plugin adapters (IA³ in C, DoRA in Swift) through the host: PEFT folders load and give PEFT's logits on
+/// the tiny model (Tests/LoRAKitTests/Fixtures/plugins, made by scripts/gen_plugin_fixtures.py) and PEFT's
+/// perplexity on SmolLM2; merged equals unmerged; saved folders load back to the same logits.
+@Suite(.serialized) struct PluginTests {
+    static let tinyRef: JSONValue = try! JSON.parse(file: fixturePath("plugins/tiny/reference.json"))
+    static let names = ["ia3_kvd", "dora_qv"]
+
+    func logits(_ model: LlamaModel, _ adapters: [(PluginAdapter, Float)], ids: [Int32]) throws -> [Float] {
+        let ctx = try LlamaContext(model: model, threads: 2)
+        for (a, s) in adapters { try ctx.attach(a, scale: s) }
+        return try ctx.evaluate(.tokens(ids), logits: .all)
+    }
+
+    func maxDiff(_ got: [Float], _ expected: [[Float]]) -> Float {
+        var worst: Float = 0
+        let v = expected[0].count
+        for (i, row) in expected.enumerated() { for j in 0..<v { worst = max(worst, abs(got[i * v + j] - row[j])) } }
+        return worst
+    }
+
+    @Test(arguments: names)
+    func tinyLogitsMatchPEFT(name: String) throws {
+        #expect(TestPlugins.loaded)
+        let model = try LlamaModel.load(path: fixturePath("train/model"))
+        let adapter = try PluginAdapter.load(peftDirectory: fixturePath("plugins/tiny/\(name)"), model: model)
+        #expect(adapter.type.name == (name == "ia3_kvd" ? "ia3" : "dora"))
+        let ref = PluginTests.tinyRef
+        let seqs = ref["sequences"]!.array!.map { ints($0) }
+        let merged = try mergedWithPlugins(model: model, adapters: [(adapter, 1)])
+        for (s, ids) in seqs.enumerated() {
+            let expected = ref[name]!["logits"]!.array![s].array!.map { floats($0) }
+            let d = maxDiff(try logits(model, [(adapter, 1)], ids: ids), expected)
+            #expect(d < 2e-4, "\(name) seq \(s): max |Δlogit| vs PEFT \(d)")
+            let dm = maxDiff(try logits(merged, [], ids: ids), expected)
+            #expect(dm < 2e-4, "\(name) merged seq \(s): max |Δlogit| vs PEFT \(dm)")
+            // Scale 0 is the base model.
+            let base = ref["base_logits"]!.array![s].array!.map { floats($0) }
+            let d0 = maxDiff(try logits(model, [(adapter, 0)], ids: ids), base)
+            #expect(d0 < 2e-4, "\(name) scale 0 seq \(s): max |Δlogit| vs base \(d0)")
+            print("plugin \(name) seq \(s): max |Δlogit| vs PEFT \(d) unmerged, \(dm) merged")
+        }
+    }
+
+    /// Saved to PEFT and loaded back: the same keys, config and logits.
+    @Test(arguments: names)
+    func saveAndReload(name: String) throws {
+        #expect(TestPlugins.loaded)
+        let model = try LlamaModel.load(path: fixturePath("train/model"))
+        let adapter = try PluginAdapter.load(peftDirectory: fixturePath("plugins/tiny/\(name)"), model: model)
+        let dir = temporaryPath("plugin-\(name)")
+        try adapter.save(peftDirectory: dir)
+        let f0 = try SafetensorsFile(path: fixturePath("plugins/tiny/\(name)/adapter_model.safetensors"))
+        let f1 = try SafetensorsFile(path: dir + "/adapter_model.safetensors")
+        #expect(Set(f0.tensorNames) == Set(f1.tensorNames))
+        for k in f0.tensorNames {
+            #expect(try f0.tensor(k).converted(to: .f32).toFloats() == f1.tensor(k).toFloats(), "\(k)")
+        }
+        let again = try PluginAdapter.load(peftDirectory: dir, model: model)
+        let ids = ints(PluginTests.tinyRef["sequences"]!.array![0])
+        #expect(try logits(model, [(adapter, 1)], ids: ids) == logits(model, [(again, 1)], ids: ids))
+    }
+
+    /// IA³ and DoRA stacked, and hot-swapped: detaching gives back the other's logits exactly.
+    @Test func stackAndSwap() throws {
+        #expect(TestPlugins.loaded)
+        let model = try LlamaModel.load(path: fixturePath("train/model"))
+        let ia3 = try PluginAdapter.load(peftDirectory: fixturePath("plugins/tiny/ia3_kvd"), model: model)
+        let dora = try PluginAdapter.load(peftDirectory: fixturePath("plugins/tiny/dora_qv"), model: model)
+        let ids = ints(PluginTests.tinyRef["sequences"]!.array![1])
+        let ctx = try LlamaContext(model: model, threads: 2)
+        try ctx.attach(ia3, scale: 1)
+        let onlyIA3 = try ctx.evaluate(.tokens(ids), logits: .all)
+        try ctx.attach(dora, scale: 1)
+        ctx.reset()
+        let both = try ctx.evaluate(.tokens(ids), logits: .all)
+        #expect(zip(both, onlyIA3).map { abs($0 - $1) }.max()! > 0.01)
+        try ctx.detach(ia3)
+        ctx.reset()
+        let onlyDoRA = try ctx.evaluate(.tokens(ids), logits: .all)
+        let expected = PluginTests.tinyRef["dora_qv"]!["logits"]!.array![1].array!.map { floats($0) }
+        #expect(maxDiff(onlyDoRA, expected) < 2e-4)
+        #expect(throws: LKError.self) { try ctx.detach(ia3) }
+        #expect(throws: LKError.self) { try ctx.attach(dora, scale: 1) }
+    }
+
+    /// The real model (Q4_1, GGUF row order for q/k): perplexity with the PEFT adapters within 0.05% of
+    /// PEFT's on the dequantized base, unmerged and merged.
+    @Test(arguments: names)
+    func realModelPerplexityMatchesPEFT(name: String) throws {
+        guard let model = RealModel.shared, let mref = RealModelTests.reference else { return }
+        #expect(TestPlugins.loaded)
+        let ref = try JSON.parse(file: fixturePath("plugins/smollm2/reference.json"))[name]!
+        let adapter = try PluginAdapter.load(peftDirectory: fixturePath("plugins/smollm2/\(name)"), model: model)
+        let ids = ints(mref["scoring"]!["ids"])
+        let (nll, count, _) = try windowedNLL(model: model, plugins: [(adapter, 1)], ids: ids)
+        let ppl = exp(nll / Double(count)), want = ref["perplexity_adapter"]!.double!
+        #expect(count == ref["predicted"]!.int!)
+        #expect(abs(ppl - want) / want < 0.0005, "\(name): perplexity \(ppl) vs PEFT \(want)")
+        let merged = try mergedWithPlugins(model: model, adapters: [(adapter, 1)])
+        let (nllM, countM, _) = try windowedNLL(model: merged, ids: ids)
+        let pplM = exp(nllM / Double(countM)), wantM = ref["perplexity_merged"]!.double!
+        #expect(abs(pplM - wantM) / wantM < 0.0005, "\(name) merged: perplexity \(pplM) vs PEFT \(wantM)")
+        print("real model + \(name): perplexity \(ppl) (PEFT \(want)), merged (f32) \(pplM) (PEFT \(wantM))")
+    }
+
+    @Test func unknownTypeNamesThePlugin() throws {
+        let dir = temporaryPath("plugin-loha")
+        mkdir(dir, 0o755)
+        try AtomicFile.write(path: dir + "/adapter_config.json", bytes: Array("{\"peft_type\": \"LOHA\", \"target_modules\": [\"q_proj\"]}".utf8))
+        let model = try LlamaModel.load(path: fixturePath("train/model"))
+        do {
+            _ = try PluginAdapter.load(peftDirectory: dir, model: model)
+            Issue.record("LOHA accepted")
+        } catch {
+            #expect(error.message.contains("peft_type \"LOHA\"") && error.message.contains("no shipped plugin serves it"), "\(error.message)")
+        }
+    }
+}
