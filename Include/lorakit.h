@@ -406,7 +406,11 @@ LK_API void lk_string_free(char *s);
 typedef struct lk_adapter lk_adapter;
 
 /* Load a LoRA adapter for `model`: a PEFT folder (adapter_config.json + adapter_model.safetensors) or a
- * llama.cpp GGUF LoRA file. It is checked against the model (layers, widths, every A/B shape, finite
+ * llama.cpp GGUF LoRA file. A PEFT folder of another type (peft_type other than LORA, or LORA with
+ * use_dora) is an adapter of the plugin type that owns it (see "Adapter plugins"; the search path is
+ * loaded if no loaded plugin owns it; none: LK_ERR_UNSUPPORTED naming the peft_type and the plugin that
+ * would serve it). Plugin adapters attach, detach, set_scale, save (LK_ADAPTER_PEFT only) and merge
+ * (lk_model_merge_to_file; LK_ERR_UNSUPPORTED for a type without merge) like LoRA adapters. It is checked against the model (layers, widths, every A/B shape, finite
  * values). Errors: LK_ERR_IO (cannot open), LK_ERR_FORMAT (malformed file, naming file and field),
  * LK_ERR_SHAPE (made for a model of other sizes, naming layer, module and tensor), LK_ERR_UNSUPPORTED.
  * Ownership: *out belongs to the caller (lk_adapter_free); it keeps the model alive. */

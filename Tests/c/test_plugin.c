@@ -4,6 +4,11 @@
  * Tests/plugins/bad_plugin.c (each refused with the expected status and a message naming the file and
  * both sides' values), listing, descriptions, and bad arguments.
  *
+ * Plugin adapters through lk_adapter_load: PEFT IA³ and DoRA folders (Tests/LoRAKitTests/Fixtures/plugins/tiny)
+ * on the tiny model (Fixtures/train/model) give PEFT's logits within 2e-4, found through the search path
+ * (the installed <prefix>/lib/lorakit/plugins) with no lk_plugin_load; save to PEFT and load again; scale 0
+ * is the base model; a type no plugin serves is refused naming the type.
+ *
  * The plugins come from `make test-plugins` (Tests/plugins/run.sh), which builds them into
  * .build/plugin-tests/ (override: LORAKIT_TEST_PLUGIN_DIR). Each test runs in a fresh process, so each
  * starts with no plugin loaded (except what the search path would load, which these tests do not ask for
@@ -11,9 +16,17 @@
  */
 #include "lk_test.h"
 
+#include <sys/stat.h>
+
 static char plugin_dir[4096];
+static char fixtures[4096];
 
 static void setup(void) {
+    char here[2048];
+    snprintf(here, sizeof here, "%s", __FILE__);
+    char *sl = strrchr(here, '/');
+    if (sl) *sl = 0; else snprintf(here, sizeof here, ".");
+    snprintf(fixtures, sizeof fixtures, "%s/../LoRAKitTests/Fixtures", here);
     const char *env = getenv("LORAKIT_TEST_PLUGIN_DIR");
     if (env && *env) { snprintf(plugin_dir, sizeof plugin_dir, "%s", env); return; }
     char dir[2048];
@@ -148,12 +161,144 @@ static void test_search_path(void) {
     free(list);
 }
 
+/* ------------------------------------------------------------------------------------------------ */
+/* Plugin adapters                                                                                   */
+/* ------------------------------------------------------------------------------------------------ */
+
+#define VOCAB 512
+static char *ref_json;
+
+/* The numbers of the JSON list that starts at the first '[' after p, flattened (up to cap). */
+static int64_t numbers(const char *p, float *out, int64_t cap) {
+    p = strchr(p, '[');
+    int depth = 0;
+    int64_t n = 0;
+    while (p && *p) {
+        if (*p == '[') { depth++; p++; continue; }
+        if (*p == ']') { if (--depth == 0) return n; p++; continue; }
+        if (*p == ',' || *p == ' ' || *p == '\n') { p++; continue; }
+        char *end;
+        double v = strtod(p, &end);
+        if (end == p || n >= cap) return -1;
+        out[n++] = (float)v;
+        p = end;
+    }
+    return -1;
+}
+
+static const char *tiny_ref(void) {
+    if (!ref_json) {
+        char p[4300];
+        snprintf(p, sizeof p, "%s/plugins/tiny/reference.json", fixtures);
+        ref_json = lk_read_file(p, NULL);
+        if (!ref_json) { fprintf(stderr, "cannot read %s\n", p); exit(2); }
+    }
+    return ref_json;
+}
+
+/* Sequence 0 (16 tokens) and PEFT's logits for it under `section` ("ia3_kvd", "dora_qv", or NULL: base). */
+static int32_t seq0[16];
+static float *expected_logits(const char *section) {
+    float ids[64];
+    if (numbers(strstr(tiny_ref(), "\"sequences\""), ids, 64) != 24) { fprintf(stderr, "bad sequences\n"); exit(2); }
+    for (int i = 0; i < 16; i++) seq0[i] = (int32_t)ids[i];
+    const char *p = section ? strstr(tiny_ref(), section) : tiny_ref();
+    p = strstr(p, section ? "\"logits\"" : "\"base_logits\"");
+    static float all[(16 + 8) * VOCAB];
+    if (numbers(p, all, (16 + 8) * VOCAB) != (16 + 8) * VOCAB) { fprintf(stderr, "bad logits of %s\n", section); exit(2); }
+    return all;  /* the first 16 rows are sequence 0 */
+}
+
+static float max_diff_logits(lk_context *ctx, const float *want) {
+    static float got[16 * VOCAB];
+    EXPECT_OK(lk_context_reset(ctx));
+    EXPECT_OK(lk_context_eval(ctx, seq0, 16, LK_LOGITS_ALL, got, 16 * VOCAB));
+    float worst = 0;
+    for (int64_t i = 0; i < 16 * VOCAB; i++) {
+        float d = fabsf(got[i] - want[i]);
+        if (!(d <= worst)) worst = d;
+    }
+    return worst;
+}
+
+static lk_model *tiny(void) {
+    char p[4300];
+    snprintf(p, sizeof p, "%s/train/model", fixtures);
+    lk_model *m = NULL;
+    EXPECT_OK(lk_model_load(p, NULL, &m));
+    return m;
+}
+
+static void test_plugin_adapters_match_peft(void) {
+    lk_model *m = tiny();
+    if (!m) return;
+    lk_context *ctx = NULL;
+    EXPECT_OK(lk_context_new(m, NULL, &ctx));
+    const char *names[2] = {"ia3_kvd", "dora_qv"};
+    for (int k = 0; k < 2; k++) {
+        char dir[4300];
+        snprintf(dir, sizeof dir, "%s/plugins/tiny/%s", fixtures, names[k]);
+        lk_adapter *a = NULL;
+        /* No lk_plugin_load: the type comes from the search path (the installed shipped plugins). */
+        EXPECT_OK(lk_adapter_load(m, dir, &a));
+        if (!a) continue;
+        EXPECT_OK(lk_context_attach_adapter(ctx, a, 1.0f));
+        float d = max_diff_logits(ctx, expected_logits(names[k]));
+        CHECKF(d < 2e-4f, "%s: max |dlogit| vs PEFT %g", names[k], (double)d);
+        printf("  %s: max |dlogit| vs PEFT %.3g\n", names[k], (double)d);
+        EXPECT_OK(lk_context_set_adapter_scale(ctx, a, 0.0f));
+        d = max_diff_logits(ctx, expected_logits(NULL));
+        CHECKF(d < 2e-4f, "%s at scale 0: max |dlogit| vs base %g", names[k], (double)d);
+        /* Saved to PEFT and loaded back: the same logits. */
+        char out[4300];
+        snprintf(out, sizeof out, "/tmp/lorakit-ctest-plugin-%d-%s", (int)getpid(), names[k]);
+        EXPECT_OK(lk_adapter_save(a, out, LK_ADAPTER_PEFT));
+        EXPECT_STATUS(lk_adapter_save(a, out, LK_ADAPTER_GGUF), LK_ERR_UNSUPPORTED, "GGUF LoRA files hold LoRA only");
+        lk_adapter *b = NULL;
+        EXPECT_OK(lk_adapter_load(m, out, &b));
+        EXPECT_OK(lk_context_detach_adapter(ctx, a));
+        EXPECT_OK(lk_context_attach_adapter(ctx, b, 1.0f));
+        d = max_diff_logits(ctx, expected_logits(names[k]));
+        CHECKF(d < 2e-4f, "%s reloaded: max |dlogit| vs PEFT %g", names[k], (double)d);
+        EXPECT_OK(lk_context_detach_all(ctx));
+        d = max_diff_logits(ctx, expected_logits(NULL));
+        CHECKF(d < 2e-4f, "%s detached: max |dlogit| vs base %g", names[k], (double)d);
+        char cmd[4400];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", out);
+        if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", out);
+        lk_adapter_free(a);
+        lk_adapter_free(b);
+    }
+    lk_context_free(ctx);
+    lk_model_free(m);
+}
+
+static void test_unknown_adapter_type(void) {
+    lk_model *m = tiny();
+    if (!m) return;
+    char dir[256];
+    snprintf(dir, sizeof dir, "/tmp/lorakit-ctest-loha-%d", (int)getpid());
+    mkdir(dir, 0755);
+    char cfg[300];
+    snprintf(cfg, sizeof cfg, "%s/adapter_config.json", dir);
+    const char *text = "{\"peft_type\": \"LOHA\", \"target_modules\": [\"q_proj\"]}";
+    CHECK(lk_write_file(cfg, text, strlen(text)) == 0);
+    lk_adapter *a = NULL;
+    EXPECT_STATUS(lk_adapter_load(m, dir, &a), LK_ERR_UNSUPPORTED, "peft_type \"LOHA\" needs a plugin declaring peft_type \"LOHA\"");
+    CHECK(a == NULL);
+    unlink(cfg);
+    rmdir(dir);
+    lk_model_free(m);
+}
+
 int main(int argc, char **argv) {
     static const lkt_case cases[] = {
         TESTCASE(test_load_shipped),
         TESTCASE(test_bad_plugins),
         TESTCASE(test_bad_arguments),
         TESTCASE(test_search_path),
+        TESTCASE(test_plugin_adapters_match_peft),
+        TESTCASE(test_unknown_adapter_type),
     };
     return lkt_main(argc, argv, "plugin tests", setup, cases, sizeof cases / sizeof cases[0]);
 }

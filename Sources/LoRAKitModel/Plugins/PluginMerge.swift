@@ -58,3 +58,53 @@ public func mergedWithPlugins(model: LlamaModel, adapters: [(PluginAdapter, Floa
                       metadata: model.metadata, architecture: model.architecture, chatTemplate: model.chatTemplate,
                       gguf: model.gguf, tokenizer: model.tokenizer, tokenizerError: model.tokenizerError)
 }
+
+/// `writeMergedGGUF` with plugin adapters too: the plugin adapters are folded first (each type's merge, in
+/// list order), then the LoRA adapters on top (W' = merge_plugins(W) + Σ scale·s·B·A). Exact when no LoRA
+/// module shares a module with an input-point plugin instance (IA³ on a feed-forward module scales the
+/// input LoRA reads; merged, LoRA would read the unscaled input). Atomic; the model must come from GGUF.
+public func writeMergedGGUF(model: LlamaModel, adapters: [(LoRAAdapter, Float)], plugins: [(PluginAdapter, Float)],
+                            outType: MergedWeightType = .same, path: String, pool: ThreadPool = .shared) throws(LKError) {
+    if plugins.isEmpty {
+        try writeMergedGGUF(model: model, adapters: adapters, outType: outType, path: path, pool: pool)
+        return
+    }
+    guard let f = model.gguf else {
+        throw .unsupported("writeMergedGGUF: \(model.source) was not loaded from a GGUF file")
+    }
+    var byName: [String: (String, [Float])] = [:]
+    for w in try mergedPluginWeights(model: model, adapters: plugins, pool: pool) {
+        byName["blk.\(w.layer).\(w.module.ggufName).weight"] = ("layer \(w.layer) \(w.module)", w.values)
+    }
+    if !adapters.isEmpty {
+        let base = try mergedWithPlugins(model: model, adapters: plugins, pool: pool)
+        for (k, v) in try mergedWeights(model: base, adapters: adapters, pool: pool) {
+            byName["blk.\(k.layer).\(k.module.ggufName).weight"] = ("layer \(k.layer) \(k.module)", v)
+        }
+    }
+    var w = GGUFWriter()
+    w.alignment = f.alignment
+    for key in f.metadataKeys { if let v = f.metadata[key] { w.set(key, v) } }
+    for info in f.tensors {
+        let base = try f.tensor(info.name)
+        guard let (what, v) = byName[info.name] else { try w.add(info.name, base); continue }
+        for (i, x) in v.enumerated() where !x.isFinite {
+            throw .invalidArgument("merge: \(what) merged weight element \(i) is \(x) (overflow)")
+        }
+        let dt: DType
+        switch outType {
+        case .f32: dt = .f32
+        case .f16: dt = .f16
+        case .q8_0: dt = .q8_0
+        case .same: dt = base.dtype
+        }
+        var t = try Tensor(v, shape: base.shape)
+        if dt != .f32 {
+            do throws(LKError) { t = try t.converted(to: dt) } catch {
+                throw .shapeMismatch("writeMergedGGUF: \(what): \(error.message)")
+            }
+        }
+        try w.add(info.name, t)
+    }
+    try w.write(to: path)
+}
