@@ -146,3 +146,133 @@ enum TestPlugins {
         }
     }
 }
+
+/// Finite differences of each shipped plugin's backward through the host (the host's forward, its kinds
+/// composed with the base product W x, and the parameter and input gradients the plugin reports), on
+/// modules of the tiny model with the fixture adapters: L = Σ y ⊙ r for a fixed random r. DoRA's row norm is
+/// cached by `prepare` and detached in the backward (as PEFT does), so the parameters are perturbed without
+/// a new prepare: the differences then measure exactly the derivative the backward computes.
+@Suite struct PluginGradientTests {
+    /// y [T, OUT] of the module with `m` attached at scale `s` (double-precision base product).
+    static func moduleForward(_ m: PluginModule, w: [Float], x: [Float], rows t: Int, scale s: Float) throws -> [Float] {
+        let nIn = m.inFeatures, nOut = m.outFeatures
+        let pool = ThreadPool(threads: 1)
+        var xin = x
+        var ws = [Float](repeating: 0, count: max(1, m.workspaceFloats(call: 0, rows: t)))
+        if m.point == .input {
+            var o = [Float](repeating: 0, count: t * nIn)
+            try m.forward(x: x, baseY: nil, rows: t, y: &o, scale: s, workspace: &ws, pool: pool)
+            xin = o
+        }
+        var h = [Float](repeating: 0, count: t * nOut)
+        for r in 0..<t { for o in 0..<nOut {
+            var acc = 0.0
+            for i in 0..<nIn { acc += Double(w[o * nIn + i]) * Double(xin[r * nIn + i]) }
+            h[r * nOut + o] = Float(acc)
+        } }
+        var y = h
+        if m.point == .output { try m.forward(x: xin, baseY: h, rows: t, y: &y, scale: s, workspace: &ws, pool: pool) }
+        if m.point == .add { try m.forward(x: xin, baseY: h, rows: t, y: &y, scale: s, workspace: &ws, pool: pool) }
+        return y
+    }
+
+    static func loss(_ y: [Float], _ r: [Float]) -> Double { zip(y, r).reduce(0.0) { $0 + Double($1.0) * Double($1.1) } }
+
+    @Test(arguments: [("ia3_kvd", 0, LinearModule.k), ("ia3_kvd", 1, .down), ("dora_qv", 0, .q), ("dora_qv", 1, .v)])
+    func backwardMatchesFiniteDifferences(name: String, layer: Int, module: LinearModule) throws {
+        #expect(TestPlugins.loaded)
+        let model = try LlamaModel.load(path: fixturePath("train/model"))
+        let adapter = try PluginAdapter.load(peftDirectory: fixturePath("plugins/tiny/\(name)"), model: model)
+        let m = try #require(adapter.module(layer, module)).copy(model: model, pool: ThreadPool(threads: 1))
+        let nIn = m.inFeatures, nOut = m.outFeatures, t = 3
+        let w = m.weight.floats()
+        var rng = SplitMix64(seed: 7)
+        let x = (0..<(t * nIn)).map { _ in rng.nextGaussian() }
+        let r = (0..<(t * nOut)).map { _ in rng.nextGaussian() }
+        let s: Float = 0.8
+        // Analytic gradients through the host's backward composition.
+        let pool = ThreadPool(threads: 1)
+        var grads = m.parameters.map { [Float](repeating: 0, count: $0.count) }
+        var dx = [Float](repeating: 0, count: t * nIn)
+        var ws = [Float](repeating: 0, count: max(1, m.workspaceFloats(call: 1, rows: t)))
+        func wT(_ d: [Float]) -> [Float] {  // d [T, OUT] · W → [T, IN]
+            var o = [Float](repeating: 0, count: t * nIn)
+            for q in 0..<t { for i in 0..<nIn {
+                var acc = 0.0
+                for j in 0..<nOut { acc += Double(d[q * nOut + j]) * Double(w[j * nIn + i]) }
+                o[q * nIn + i] = Float(acc)
+            } }
+            return o
+        }
+        var h = [Float](repeating: 0, count: t * nOut)
+        for q in 0..<t { for o in 0..<nOut {
+            var acc = 0.0
+            for i in 0..<nIn { acc += Double(w[o * nIn + i]) * Double(x[q * nIn + i]) }
+            h[q * nOut + o] = Float(acc)
+        } }
+        try withArrayPointers(&grads) { gp in
+            switch m.point {
+            case .input:
+                let dxp = wT(r)
+                try m.backward(x: x, baseY: nil, dy: dxp, rows: t, dx: &dx, dBaseY: nil, paramGrads: gp, scale: s,
+                               workspace: &ws, pool: pool)
+            case .output:
+                var dh = [Float](repeating: 0, count: t * nOut)
+                try m.backward(x: x, baseY: h, dy: r, rows: t, dx: &dx, dBaseY: &dh, paramGrads: gp, scale: s,
+                               workspace: &ws, pool: pool)
+                dx = zip(dx, wT(dh)).map { $0 + $1 }
+            case .add:
+                var dh = [Float](repeating: 0, count: t * nOut)
+                try m.backward(x: x, baseY: h, dy: r, rows: t, dx: &dx, dBaseY: &dh, paramGrads: gp, scale: s,
+                               workspace: &ws, pool: pool)
+                dx = zip(dx, wT(zip(r, dh).map { $0 + $1 })).map { $0 + $1 }
+            }
+        }
+        // Central differences (f32 forward, relative step), on a few entries of every parameter and of x.
+        let eps: Float = 1e-2
+        var worst = 0.0
+        func compare(_ analytic: Float, _ plus: Double, _ minus: Double, _ step: Float, _ what: String) {
+            let fd = (plus - minus) / (2 * Double(step))
+            let err = abs(fd - Double(analytic)) / max(1, abs(fd))
+            worst = max(worst, err)
+            #expect(err < 2e-2, "\(name) \(what): analytic \(analytic), finite difference \(fd)")
+        }
+        for (pi, p) in m.parameters.enumerated() where p.trainable {
+            let v = m.values[pi].f32
+            // DoRA's prepare caches m/n: a magnitude change needs it (n itself does not change with m).
+            let reprepare = p.name == "lora_magnitude_vector"
+            for k in stride(from: 0, to: p.count, by: max(1, p.count / 5)) {
+                let old = v[k], step = eps * max(1, abs(old))
+                v[k] = old + step
+                if reprepare { try m.prepare(pool: pool) }
+                let lp = Self.loss(try Self.moduleForward(m, w: w, x: x, rows: t, scale: s), r)
+                v[k] = old - step
+                if reprepare { try m.prepare(pool: pool) }
+                let lm = Self.loss(try Self.moduleForward(m, w: w, x: x, rows: t, scale: s), r)
+                v[k] = old
+                if reprepare { try m.prepare(pool: pool) }
+                compare(grads[pi][k], lp, lm, step, "d\(p.name)[\(k)]")
+            }
+        }
+        for k in stride(from: 0, to: t * nIn, by: max(1, t * nIn / 7)) {
+            var xp = x, xm = x
+            xp[k] += eps
+            xm[k] -= eps
+            compare(dx[k], Self.loss(try Self.moduleForward(m, w: w, x: xp, rows: t, scale: s), r),
+                    Self.loss(try Self.moduleForward(m, w: w, x: xm, rows: t, scale: s), r), eps, "dx[\(k)]")
+        }
+        print("plugin \(name) layer \(layer) \(module): backward vs finite differences, worst relative error \(worst)")
+    }
+}
+
+/// Run `body` with an array of mutable pointers into each inner array.
+func withArrayPointers(_ a: inout [[Float]], _ body: ([UnsafeMutablePointer<Float>?]) throws -> Void) throws {
+    let bufs = a.map { v -> UnsafeMutablePointer<Float> in
+        let p = UnsafeMutablePointer<Float>.allocate(capacity: max(1, v.count))
+        p.initialize(from: v, count: v.count)
+        return p
+    }
+    defer { bufs.forEach { $0.deallocate() } }
+    try body(bufs)
+    for i in a.indices { a[i] = Array(UnsafeBufferPointer(start: bufs[i], count: a[i].count)) }
+}
