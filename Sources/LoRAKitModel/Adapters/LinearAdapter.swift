@@ -4,19 +4,34 @@ import LoRAKitFormats
 import LoRAKitTokenizer
 import LoRAKitTemplates
 
-/// The interface every adapter type implements for one linear layer (LoRA here; plugin adapter types
-/// are wrapped behind the same protocol by the plugin host).
+/// The hook every adapter type implements for one linear layer: LoRA (`LoRAModule`) in inference, and
+/// (`TrainableLoRAModule`) in training.
 ///
 /// Shape legend: T = rows (tokens), IN = input features, OUT = output features of the base layer.
 /// An adapter never changes the base weight: the layer computes `y = W x` and then each attached adapter
-/// adds its own term `y += scale · Δ(x)`.
+/// adds its own term `y += scale · Δ(x)`, for one row (decode) or many (prefill, training).
+///
+/// The hook is shaped so that another adapter type — DoRA or IA³ as a dlopen'ed plugin — fits it the
+/// way LoRA does. What such a type needs, and where LoRA has it today:
+/// - parameters as named f32 tensors: `LoRAModule.a`/`b`; training wraps them as `TrainableTensor`s
+///   (values shared, gradients, AdamW state by name);
+/// - a prepare step after attaching and after each optimizer step, rebuilding what the forward
+///   derives from the parameters: `LoRAModule.prepare()` (Bᵀ panels; the trainer runs it before every
+///   pass);
+/// - the forward, for one or many rows: `forward` below, whose workspace keeps what the backward reads.
+///   LoRA adds to the output; a type that scales the module's output (IA³ on k, v) can do so here, one
+///   that scales its input (IA³ on down) needs the hook to also run before the base product;
+/// - the backward, with parameter and input gradients from that workspace:
+///   `TrainableLoRAModule.backward`;
+/// - an optional merge into the base weight: `LoRAModule.merge(into:scale:pool:)`.
 public protocol LinearAdapter: AnyObject, Sendable {
     var inFeatures: Int { get }
     var outFeatures: Int { get }
     /// Floats of workspace `forward` needs for `rows` rows (the caller provides it; it must not be
     /// kernel scratch, which the GEMM itself uses).
     func workspaceFloats(rows: Int) -> Int
-    /// y[T, OUT] += scale · Δ(x[T, IN]).
+    /// y[T, OUT] += scale · Δ(x[T, IN]). On return the workspace holds what a backward needs (training
+    /// keeps it per module; inference reuses it).
     /// - x: [T, IN]; y: [T, OUT]; workspace: ≥ `workspaceFloats(rows:)` floats.
     func forward(x: UnsafePointer<Float>, rows: Int, y: UnsafeMutablePointer<Float>, scale: Float,
                  workspace: UnsafeMutablePointer<Float>, pool: ThreadPool) throws(LKError)
