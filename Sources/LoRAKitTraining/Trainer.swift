@@ -264,9 +264,7 @@ public final class LoRATrainer: @unchecked Sendable {
             tock(.elementwise, t0)
             t0 = tick()
             try GEMM.multiply(m: cnt, n: c.vocabSize, k: c.dim, a: GEMMLeft(UnsafePointer(buf.gather), rowStride: c.dim),
-                              b: .weight(UnsafeRawPointer(model.output.rawPointer), dtype: model.output.dtype,
-                                         rows: c.vocabSize, cols: c.dim, transposed: true),
-                              c: buf.logits, ldc: c.vocabSize, pool: pool)
+                              b: .weight(model.output, transposed: true), c: buf.logits, ldc: c.vocabSize, pool: pool)
             tock(.headForward, t0, flops: headFlops * Double(cnt))
             t0 = tick()
             if backward {
@@ -277,9 +275,7 @@ public final class LoRATrainer: @unchecked Sendable {
                 tock(.loss, t0)
                 t0 = tick()
                 try GEMM.multiply(m: cnt, n: c.dim, k: c.vocabSize, a: GEMMLeft(UnsafePointer(buf.logits), rowStride: c.vocabSize),
-                                  b: .weight(UnsafeRawPointer(model.output.rawPointer), dtype: model.output.dtype,
-                                             rows: c.vocabSize, cols: c.dim, transposed: false),
-                                  c: buf.gather, ldc: c.dim, pool: pool)
+                                  b: .weight(model.output, transposed: false), c: buf.gather, ldc: c.dim, pool: pool)
                 tock(.headBackward, t0, flops: headFlops * Double(cnt))
                 t0 = tick()
                 for i in 0..<cnt {
@@ -332,9 +328,7 @@ public final class LoRATrainer: @unchecked Sendable {
         // any row count, so losses do not depend on how a batch is split.
         var t0 = tick()
         try GEMM.multiply(m: n, n: w.shape[0], k: w.shape[1], a: GEMMLeft(x, rowStride: w.shape[1]),
-                          b: .weight(UnsafeRawPointer(w.rawPointer), dtype: w.dtype, rows: w.shape[0], cols: w.shape[1],
-                                     transposed: true),
-                          c: y, ldc: w.shape[0], pool: pool)
+                          b: .weight(w, transposed: true), c: y, ldc: w.shape[0], pool: pool)
         tock(.baseForward, t0, flops: 2 * Double(n) * Double(w.shape[0]) * Double(w.shape[1]))
         guard let tm = byLayer[l][m.rawValue] else { return }
         t0 = tick()
@@ -359,9 +353,7 @@ public final class LoRATrainer: @unchecked Sendable {
         var t0 = tick()
         if let dx {
             try GEMM.multiply(m: n, n: nIn, k: nOut, a: GEMMLeft(dy, rowStride: nOut),
-                              b: .weight(UnsafeRawPointer(w.rawPointer), dtype: w.dtype, rows: nOut, cols: nIn,
-                                         transposed: false),
-                              beta: beta, c: dx, ldc: nIn, pool: pool)
+                              b: .weight(w, transposed: false), beta: beta, c: dx, ldc: nIn, pool: pool)
             tock(.baseBackward, t0, flops: 2 * Double(n) * Double(nOut) * Double(nIn))
         }
         guard let tm = byLayer[l][m.rawValue] else { return }

@@ -395,7 +395,7 @@ extension LoRATensors {
         for p in pairs {
             let a = try LoRATensors.f32Copy(try f.tensor(p.a), what: "\(path): \(p.a)")
             let b = try LoRATensors.f32Copy(try f.tensor(p.b), what: "\(path): \(p.b)")
-            entries.append(try LoRATensors.module("\(path): blk.\(p.layer).\(p.module.ggufName)", layer: p.layer,
+            entries.append(try LoRATensors.module("\(path): \(p.module.ggufWeightName(layer: p.layer))", layer: p.layer,
                                                   module: p.module, a: a, b: b,
                                                   alpha: alpha == 0 ? Float(a.shape.first ?? 1) : Float(alpha), rsLoRA: false))
         }

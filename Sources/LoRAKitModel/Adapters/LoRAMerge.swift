@@ -94,7 +94,7 @@ public func writeMergedGGUF(model: LlamaModel, adapters: [(LoRAAdapter, Float)],
     }
     let ws = try mergedWeights(model: model, adapters: adapters, pool: pool)
     var byName: [String: (LoRAAdapter.Key, [Float])] = [:]
-    for (k, v) in ws { byName["blk.\(k.layer).\(k.module.ggufName).weight"] = (k, v) }
+    for (k, v) in ws { byName[k.module.ggufWeightName(layer: k.layer)] = (k, v) }
     var w = GGUFWriter()
     w.alignment = f.alignment
     for key in f.metadataKeys { if let v = f.metadata[key] { w.set(key, v) } }

@@ -66,7 +66,7 @@ public final class LoRAModule: LinearAdapter, @unchecked Sendable {
     /// Hugging Face module name, `model.layers.N.self_attn.q_proj` (what PEFT patterns match).
     public var hfFullName: String { LoRAConfig.hfModuleName(layer: layer, module: module) }
     /// GGUF base tensor name, `blk.N.attn_q.weight`.
-    public var ggufBaseName: String { "blk.\(layer).\(module.ggufName).weight" }
+    public var ggufBaseName: String { module.ggufWeightName(layer: layer) }
 
     // MARK: Creation
 
