@@ -275,24 +275,26 @@ public final class LoRAAdapter: @unchecked Sendable {
     /// Checks this adapter fits `model`: architecture sizes (layers, width, heads, head dim, MLP width),
     /// every module's A/B shapes, and that all values are finite. Errors name layer, module and tensor.
     public func check(against model: LlamaModel) throws(LKError) {
-        let c = model.config, mc = modelConfig
-        func same(_ a: Int, _ b: Int, _ what: String) throws(LKError) {
-            guard a == b else {
-                throw .shapeMismatch("LoRA adapter \(name) was made for a model with \(what) \(b), this model (\(model.source)) has \(a)")
-            }
+        let c = model.config
+        if let (what, mine, theirs) = sizeDifference(from: c) {
+            throw .shapeMismatch("LoRA adapter \(name) was made for a model with \(what) \(mine), this model (\(model.source)) has \(theirs)")
         }
-        try same(c.nLayers, mc.nLayers, "layers")
-        try same(c.dim, mc.dim, "width")
-        try same(c.hiddenDim, mc.hiddenDim, "MLP width")
-        try same(c.nHeads, mc.nHeads, "heads")
-        try same(c.nKVHeads, mc.nKVHeads, "KV heads")
-        try same(c.headDim, mc.headDim, "head dimension")
         do throws(LKError) { try tensors.check(c, for: model.source) } catch { throw error.prefixed("adapter \(name): ") }
         // Module tensors are immutable once built, so their values are scanned for NaN/Inf once.
         if !valuesChecked.withLock({ $0 }) {
             for m in tensors.entries { try m.checkFinite() }
             valuesChecked.withLock { $0 = true }
         }
+    }
+
+    /// The first architecture size (layers, width, MLP width, heads, KV heads, head dimension) in which
+    /// the model this adapter was made for differs from `c`: (name, this adapter's, c's).
+    func sizeDifference(from c: LlamaConfig) -> (String, Int, Int)? {
+        let mc = modelConfig
+        let sizes = [("layers", mc.nLayers, c.nLayers), ("width", mc.dim, c.dim), ("MLP width", mc.hiddenDim, c.hiddenDim),
+                     ("heads", mc.nHeads, c.nHeads), ("KV heads", mc.nKVHeads, c.nKVHeads),
+                     ("head dimension", mc.headDim, c.headDim)]
+        return sizes.first { $0.1 != $0.2 }
     }
 
     /// The modules with q/k B rows in `layout` order (built once per layout, then cached).

@@ -21,6 +21,7 @@ extension LoRAAdapter {
     /// NaN/Inf). The adapter keeps the file's row order; attaching permutes q/k rows when needed. The
     /// config summarises the file (`LoRAConfig(describing:)`); exact ranks and alphas live in the modules.
     public convenience init(tensors t: LoRATensors, model: LlamaModel, name: String) throws(LKError) {
+        try t.check(model.config, for: model.source)
         try self.init(name: name, config: LoRAConfig(describing: t.entries, nLayers: model.config.nLayers, dropout: t.dropout),
                       modelConfig: model.config, rowLayout: t.rowLayout, modules: t.entries)
         try check(against: model)

@@ -23,15 +23,9 @@ func mergedWeights(model: LlamaModel, adapters: [(LoRAAdapter, Float)], pool: Th
         }
         try a.check(against: model)
     }
-    var perAdapter: [[LoRAAdapter.Key: LoRAModule]] = []
-    var keys = Set<LoRAAdapter.Key>()
-    for (a, _) in adapters {
-        let m = try a.modules(for: model.config.ropeLayout)
-        perAdapter.append(m)
-        keys.formUnion(m.keys)
-    }
+    let (perAdapter, keys) = try modulesByAdapter(adapters, layout: model.config.ropeLayout)
     var out: [(LoRAAdapter.Key, [Float])] = []
-    for k in keys.sorted() {
+    for k in keys {
         let w = model.layers[k.layer].weight(k.module)
         let nIn = w.shape[1]
         var values = w.toFloats()  // [OUT, IN]
@@ -48,6 +42,19 @@ func mergedWeights(model: LlamaModel, adapters: [(LoRAAdapter, Float)], pool: Th
         out.append((k, values))
     }
     return out
+}
+
+/// Each adapter's modules with B rows in `layout` order, and the sorted union of their keys.
+func modulesByAdapter(_ adapters: [(LoRAAdapter, Float)], layout: RoPELayout)
+    throws(LKError) -> ([[LoRAAdapter.Key: LoRAModule]], [LoRAAdapter.Key]) {
+    var per: [[LoRAAdapter.Key: LoRAModule]] = []
+    var keys = Set<LoRAAdapter.Key>()
+    for (a, _) in adapters {
+        let m = try a.modules(for: layout)
+        per.append(m)
+        keys.formUnion(m.keys)
+    }
+    return (per, keys.sorted())
 }
 
 /// A new model whose touched weights are W + Σ scale_i·s_i·B_i·A_i (f32, or re-quantized to `outType`);
@@ -133,22 +140,16 @@ public func combine(_ adapters: [(LoRAAdapter, Float)], rank: Int? = nil, name: 
     guard let first = adapters.first?.0 else { throw .invalidArgument("combine: no adapters") }
     if let k = rank { try LoRAModule.checkRank(k, "combine: rank") }
     let mc = first.modelConfig
-    var per: [[LoRAAdapter.Key: LoRAModule]] = []
-    var keys = Set<LoRAAdapter.Key>()
     for (a, w) in adapters {
         guard w.isFinite else { throw .invalidArgument("combine: weight \(w) of adapter \(a.name) is not finite") }
-        let c = a.modelConfig
-        guard c.nLayers == mc.nLayers, c.dim == mc.dim, c.hiddenDim == mc.hiddenDim, c.nHeads == mc.nHeads,
-              c.nKVHeads == mc.nKVHeads, c.headDim == mc.headDim else {
-            throw .shapeMismatch("combine: adapter \(a.name) was made for other model sizes than \(first.name)")
+        if let (what, mine, theirs) = a.sizeDifference(from: mc) {
+            throw .shapeMismatch("combine: adapter \(a.name) was made for a model with \(what) \(mine), \(first.name) for \(theirs)")
         }
-        let m = try a.modules(for: first.rowLayout)
-        per.append(m)
-        keys.formUnion(m.keys)
     }
+    let (per, keys) = try modulesByAdapter(adapters, layout: first.rowLayout)
     var mods: [LoRAModule] = []
     var kept = 0.0, total = 0.0
-    for key in keys.sorted() {
+    for key in keys {
         var parts: [(LoRAModule, Float)] = []
         for (i, (_, w)) in adapters.enumerated() { if let m = per[i][key] { parts.append((m, w)) } }
         let r = parts.reduce(0) { $0 + $1.0.rank }
