@@ -4,8 +4,8 @@ import LoRAKitFormats
 import LoRAKitTokenizer
 import LoRAKitTemplates
 
-/// The hook every adapter type implements for one linear layer: LoRA (`LoRAModule`) in inference, and
-/// (`TrainableLoRAModule`) in training.
+/// The hook every adapter type implements for one linear layer. LoRA implements it twice over one
+/// value type: `LoRAModule` (inference) and its trainable wrapper `TrainableLoRAModule` (training).
 ///
 /// Shape legend: T = rows (tokens), IN = input features, OUT = output features of the base layer.
 /// An adapter never changes the base weight: the layer computes `y = W x` and then each attached adapter
