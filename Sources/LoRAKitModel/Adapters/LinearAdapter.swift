@@ -11,17 +11,19 @@ import LoRAKitTemplates
 /// An adapter never changes the base weight: the layer computes `y = W x` and then each attached adapter
 /// adds its own term `y += scale · Δ(x)`, for one row (decode) or many (prefill, training).
 ///
-/// The hook is shaped so that another adapter type — DoRA or IA³ as a dlopen'ed plugin — fits it the
-/// way LoRA does. What such a type needs, and where LoRA has it today:
-/// - parameters as named f32 tensors: `LoRAModule.a`/`b`; training wraps them as `TrainableTensor`s
-///   (values shared, gradients, AdamW state by name);
-/// - a prepare step after attaching and after each optimizer step, rebuilding what the forward
-///   derives from the parameters: `LoRAModule.prepare()` (Bᵀ panels; the trainer runs it before every
-///   pass);
-/// - the forward, for one or many rows: `forward` below, whose workspace keeps what the backward reads.
-///   LoRA adds to the output; a type that scales the module's output (IA³ on k, v) can do so here, one
-///   that scales its input (IA³ on down) needs the hook to also run before the base product;
-/// - the backward, with parameter and input gradients from that workspace:
+/// The hook is shaped so that another adapter type — DoRA or IA³ as a dlopen'ed plugin — can implement
+/// it the way LoRA does. What such a type needs, and where LoRA has it:
+/// - parameters, named f32 tensors: LoRA's A and B (`LoRAModule.a`/`b`); training wraps them as
+///   `TrainableTensor`s (values shared, gradients; the optimizer keeps its state by their names);
+/// - a prepare step after attaching or loading and after every optimizer step, deriving what the
+///   forward needs from the parameters: `LoRAModule.prepare()` (the Bᵀ panels; the trainer runs it
+///   before every pass);
+/// - the forward over one row (decode) or many (prefill, training): `forward` below, whose workspace
+///   keeps what the backward reads. LoRA adds a term to the output, as DoRA does (DoRA also reads the
+///   base output W x, which the caller would pass along); IA³ scales the output (y := l ⊙ W x) or the
+///   input (x := l ⊙ x before the base product), at the other two points of the same projection step
+///   (`LlamaContext`'s and `LoRATrainer`'s `project`);
+/// - the backward, adding parameter gradients and the input gradient, from that workspace:
 ///   `TrainableLoRAModule.backward`;
 /// - an optional merge into the base weight: `LoRAModule.merge(into:scale:pool:)`.
 public protocol LinearAdapter: AnyObject, Sendable {

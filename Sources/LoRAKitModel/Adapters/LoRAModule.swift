@@ -365,10 +365,11 @@ public enum LoRARowOrder {
         return h * d + (r % 2 == 0 ? r / 2 : r / 2 + d / 2)
     }
 
-    /// Rows of `m` ([heads·D, cols] f32) rearranged from layout `from` to layout `to`.
+    /// Rows of `m` (contiguous f32 [heads·D, …], e.g. LoRA's B [OUT, r] or any parameter indexed by the
+    /// weight's rows) rearranged from layout `from` to layout `to`.
     static func permuted(_ m: Tensor, from: RoPELayout, to: RoPELayout, headDim d: Int) throws(LKError) -> Tensor {
         if from == to { return m }
-        let rows = m.shape[0], cols = m.shape[1]
+        let rows = m.shape.first ?? 0, cols = rows == 0 ? 0 : m.count / rows
         guard d >= 2, d % 2 == 0, rows % d == 0 else {
             throw .shapeMismatch("LoRA: cannot permute \(rows) rows in heads of \(d)")
         }
