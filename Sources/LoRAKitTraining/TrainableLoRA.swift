@@ -94,9 +94,9 @@ public final class TrainableLoRAModule: LinearAdapter, @unchecked Sendable {
     /// An immutable `LoRAModule` with the current values.
     func snapshot() throws(LKError) -> LoRAModule { try lora.copy() }
 
-    /// Rebuild what the forward derives from A and B; run after they change (optimizer step, load),
-    /// before the next forward.
-    func prepare() { lora.prepare() }
+    /// Rebuild what a forward over `rows` rows derives from A and B (the Bᵀ panels, unless that forward
+    /// takes the GEMM); run after they change (optimizer step, load), before the next forward.
+    func prepare(rows: Int) { if !lora.usesGEMM(rows: rows) { lora.prepare() } }
 
     public func workspaceFloats(rows: Int) -> Int { lora.workspaceFloats(rows: rows) }
 

@@ -236,7 +236,7 @@ public final class LoRATrainer: @unchecked Sendable {
         let seqs = zip(offsets, lengths).map { (offset: $0, length: $1) }
         // The values may have changed since the last pass (optimizer step, `load`, direct writes).
         t0 = tick()
-        for m in ordered { m.prepare() }
+        for m in ordered { m.prepare(rows: n) }
         tock(.lora, t0)
         let runner = Runner(trainer: self, buf: buf, seqs: seqs, step: step, micro: microBatch)
         for l in 0..<c.nLayers { try LlamaBlock.forward(runner, layer: l, rows: n, model: model) }

@@ -187,6 +187,9 @@ public final class LoRAModule: LinearAdapter, @unchecked Sendable {
     /// letting the pool take it made 4 stacked r = 8 q,v adapters cost 23% of the decode speed instead of 4%.
     static let poolWork = 1 << 18
 
+    /// Whether `forward` over `rows` rows takes the GEMM (else the direct loops, which read the panels).
+    package func usesGEMM(rows: Int) -> Bool { rows >= LoRAModule.gemmRows && rank > LoRAModule.directMaxRank }
+
     /// y[T, OUT] += c · (x·Aᵀ)·Bᵀ with c = scale · s, leaving t = c · x·Aᵀ [T, r] in `workspace` (training
     /// keeps it for the backward); with scale 0 it does nothing. Every value is computed by the same
     /// sequence of operations whichever thread runs it, so results do not depend on the thread count.
@@ -197,7 +200,7 @@ public final class LoRAModule: LinearAdapter, @unchecked Sendable {
         let c = scale * scaling
         let ap = UnsafePointer(a.f32)
         let t = workspace
-        if rows >= LoRAModule.gemmRows && r > LoRAModule.directMaxRank {
+        if usesGEMM(rows: rows) {
             // t[T, r] = c · x[T, IN] · Aᵀ;  y[T, OUT] += t · Bᵀ.
             try GEMM.multiply(m: rows, n: r, k: nIn, alpha: c, a: GEMMLeft(x, rowStride: nIn),
                               b: .f32Transposed(ap, ld: nIn), c: t, ldc: r, pool: pool)
