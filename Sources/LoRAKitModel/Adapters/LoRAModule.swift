@@ -398,7 +398,7 @@ extension Tensor {
 }
 
 extension LKError {
-    /// The same error with `prefix` before its message.
+    /// The same error with `prefix` before its message; an option error keeps its field first, as it is.
     package func prefixed(_ prefix: String) -> LKError {
         switch self {
         case .invalidArgument(let m): return .invalidArgument(prefix + m)
@@ -407,9 +407,8 @@ extension LKError {
         case .io(let m): return .io(prefix + m)
         case .format(let m): return .format(prefix + m)
         case .outOfMemory(let m): return .outOfMemory(prefix + m)
-        case .invalidHandle(let m): return .invalidHandle(prefix + m)
-        case .abiMismatch(let m): return .abiMismatch(prefix + m)
         case .internal(let m): return .internal(prefix + m)
+        case .invalidOption: return self
         }
     }
 }
