@@ -70,7 +70,8 @@ public struct TrainingOptions: Sendable {
         func bad(_ field: String, _ problem: String) -> LKError { .invalidOption(field: field, problem: problem) }
         guard lora.dropout.isFinite, lora.dropout >= 0, lora.dropout < 1 else { throw bad("dropout", "\(lora.dropout) must be in [0, 1)") }
         if initAdapter == nil {
-            guard lora.rank >= 1, lora.rank <= 4096 else { throw bad("rank", "\(lora.rank) must be in 1...4096") }
+            let ranks = LoRAModule.rankRange
+            guard ranks.contains(lora.rank) else { throw bad("rank", "\(lora.rank) must be in \(ranks.lowerBound)...\(ranks.upperBound)") }
             guard lora.alpha.isFinite, lora.alpha > 0 else { throw bad("alpha", "\(lora.alpha) must be finite and > 0") }
             guard !lora.targets.isEmpty else { throw bad("targets", "is empty: no module would be trained") }
             let layers = lora.layers ?? [], n = model?.config.nLayers ?? 1 << 20
