@@ -24,7 +24,7 @@ public final class PluginAdapter: @unchecked Sendable {
     /// Sorted by (layer, module).
     public let modules: [PluginModule]
 
-    init(name: String, type: PluginAdapterType, config: JSONValue, model: LlamaModel, modules: [PluginModule]) {
+    package init(name: String, type: PluginAdapterType, config: JSONValue, model: LlamaModel, modules: [PluginModule]) {
         self.name = name
         self.type = type
         self.config = config
