@@ -362,8 +362,16 @@ public final class TrainingSession: @unchecked Sendable {
     /// rows) ([P + T, C]). On error the gradients may hold a partial sum (zero them).
     public func forwardBackward(_ sequence: TrainSequence, lossScale: Float,
                                 inputGradients: Bool = false) throws(LKError) -> TrainPassResult {
+        try forwardBackward([sequence], lossScale: lossScale, inputGradients: inputGradients)
+    }
+
+    /// Forward and backward of several sequences in one pass (each attends only to itself; every base weight
+    /// is read once for all of their rows): the same gradients as one `forwardBackward` per sequence, summed.
+    /// `inputGradients` are per sequence, in batch order.
+    public func forwardBackward(_ batch: [TrainSequence], lossScale: Float,
+                                inputGradients: Bool = false) throws(LKError) -> TrainPassResult {
         try requireNoData("forwardBackward")
-        let r = try trainer.pass([sequence], gradients: true, lossScale: lossScale, inputGradients: inputGradients,
+        let r = try trainer.pass(batch, gradients: true, lossScale: lossScale, inputGradients: inputGradients,
                                  step: step, microBatch: microBatch)
         microBatch += 1
         return r
