@@ -1,6 +1,7 @@
 # LoRAKit build, test and install.
 #   make build                 build liblorakit.so and the lorakit CLI (release)
 #   make test                  build, then run the Swift, C, Python and ABI-sweep tests
+#   make fuzz TARGET=… SECONDS=…   build and run one libFuzzer target (Fuzz/README.md); make fuzz-all
 #   make install PREFIX=/usr/local   install library, headers, pkg-config file and CLI
 #   make bench                 run the benchmarks beside their peers and rewrite BENCHMARKS.md tables
 SHELL := /bin/bash
@@ -14,7 +15,8 @@ VERSION := $(shell sed -n 's/.*static let major = \([0-9]*\).*/\1/p' Sources/LoR
 # A private install used by the C tests, so they build against the installed header and library.
 TEST_PREFIX := $(CURDIR)/.build/test-prefix
 
-.PHONY: all build test test-swift test-c test-python test-abi install uninstall bench clean model
+.PHONY: all build test test-swift test-c test-python test-abi install uninstall bench clean model \
+        fuzz fuzz-build fuzz-all fuzz-smoke
 
 all: build
 
@@ -66,5 +68,22 @@ model:
 	@scripts/fetch_model.sh > .build/model-path 2>.build/model-error || { echo "WARNING: model download failed: $$(cat .build/model-error); model tests will be SKIPPED" >&2; : > .build/model-path; }
 	@echo "model: $$(cat .build/model-path)"
 
+# Fuzzing (Fuzz/README.md): libFuzzer + AddressSanitizer builds in .build-fuzz, kept out of build and test.
+FUZZ_TARGETS := gguf-model gguf-lora safetensors hf-config peft jsonl tokenizer tokenizer-json
+SECONDS ?= 60
+FUZZ_SECONDS ?= 30
+fuzz-build:
+	nice -n 19 bash Fuzz/build.sh $(TARGET)
+fuzz: model
+	@[ -n "$(TARGET)" ] || { echo "usage: make fuzz TARGET=<one of: $(FUZZ_TARGETS)> SECONDS=60" >&2; exit 2; }
+	nice -n 19 bash Fuzz/build.sh $(TARGET)
+	nice -n 19 bash Fuzz/run.sh $(TARGET) $(SECONDS)
+# Every target for FUZZ_SECONDS (30 s by default).
+fuzz-all: model fuzz-build
+	@fail=0; for t in $(FUZZ_TARGETS); do nice -n 19 bash Fuzz/run.sh $$t $(FUZZ_SECONDS) || fail=1; done; exit $$fail
+# The committed seeds and crash reproducers, each run once through every target.
+fuzz-smoke: model fuzz-build
+	@fail=0; for t in $(FUZZ_TARGETS); do bash Fuzz/run.sh $$t replay || fail=1; done; exit $$fail
+
 clean:
-	rm -rf .build
+	rm -rf .build .build-fuzz
