@@ -506,7 +506,13 @@ extension LoRATensors {
             if !useRSLoRA && e.alpha == alphaG { out[k].alpha = alphaG; continue }
             let factor = Float(LoRATensors.scaling(alpha: Double(e.alpha), rank: e.rank, rs: useRSLoRA) * Double(e.rank) / Double(alphaG))
             let b = try Tensor(zeros: e.b.shape)
-            for i in 0..<e.b.count { b.f32[i] = e.b.f32[i] * factor }
+            for i in 0..<e.b.count {
+                b.f32[i] = e.b.f32[i] * factor
+                // A file with ±inf would not load again (found by the peft fuzz target).
+                guard b.f32[i].isFinite else {
+                    throw .invalidArgument("LoRA GGUF: \(e.what): lora_B value \(e.b.f32[i]) times \(factor) (its scaling folded into B for the file's alpha \(alphaG)) overflows float32; this adapter cannot be written as a llama.cpp GGUF LoRA")
+                }
+            }
             out[k].b = b
             out[k].alpha = alphaG
         }

@@ -1,0 +1,62 @@
+import Testing
+@testable import LoRAKitCore
+@testable import LoRAKitFormats
+@testable import LoRAKitModel
+@testable import LoRAKitTraining
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Regression tests for what the fuzz targets (Fuzz/) and the kill test (Tests/kill) found (issue 14),
+/// each named after its finding. Crash inputs are kept in Fuzz/regressions/<target>/ and read from there.
+@Suite struct HardeningRegressionTests {
+    static let regressions: String = {
+        var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false).map(String.init)
+        parts.removeLast(3)  // Tests/LoRAKitTests/HardeningRegressionTests.swift
+        return parts.joined(separator: "/") + "/Fuzz/regressions"
+    }()
+
+    /// The fuzz targets' multi-file input: files separated by this line (Fuzz/README.md).
+    static func splitFuzzInput(_ b: [UInt8]) -> [[UInt8]] {
+        let sep = Array("\n#LORAKIT-FUZZ-NEXT-FILE#\n".utf8)
+        var parts: [[UInt8]] = [], start = 0, i = 0
+        while i + sep.count <= b.count {
+            if b[i..<(i + sep.count)].elementsEqual(sep) { parts.append(Array(b[start..<i])); i += sep.count; start = i } else { i += 1 }
+        }
+        parts.append(Array(b[start...]))
+        return parts
+    }
+
+    /// peft target, finding `rslora-fold-overflows-float32`: an rsLoRA PEFT adapter (r 8, alpha 16) with a
+    /// lora_B value of 1.34e38 loads, but as a llama.cpp GGUF LoRA its scaling is folded into B
+    /// (×√8 = 2.83): the writer wrote -inf, and the file it had just written was refused when loaded.
+    /// Now writing refuses the adapter, naming the module and the overflow; nothing is written; the PEFT
+    /// form (which needs no folding) still saves and loads.
+    @Test func rsloraFoldOverflowsFloat32() throws {
+        let input = readBytes(Self.regressions + "/peft/rslora-fold-overflows-float32")
+        let parts = Self.splitFuzzInput(input)
+        #expect(parts.count == 2)
+        let dir = temporaryPath("fold-overflow")
+        mkdir(dir, 0o755)
+        defer { Checkpoint.removeTree(dir) }
+        writeBytes(dir + "/adapter_config.json", parts[0])
+        writeBytes(dir + "/adapter_model.safetensors", parts[1])
+        let model = try LlamaModel.load(path: fixturePath("model/tiny-llama-hf"))
+        let adapter = try LoRAAdapter.load(path: dir, model: model)
+        #expect(adapter.config.useRSLoRA && adapter.config.rank == 8)
+        let gguf = temporaryPath("fold-overflow.gguf")
+        defer { unlink(gguf) }
+        #expect {
+            try adapter.save(path: gguf, format: .gguf)
+        } throws: { e in
+            guard case .invalidArgument(let m) = e as? LKError else { return false }
+            return m.contains("layer 1 module q") && m.contains("overflows float32")
+        }
+        #expect(access(gguf, F_OK) != 0, "no file is written")
+        let peft = temporaryPath("fold-overflow-peft")
+        defer { Checkpoint.removeTree(peft) }
+        try adapter.save(path: peft, format: .peft)
+        let again = try LoRAAdapter.load(path: peft, model: model)
+        #expect(again.module(1, .q)?.b.toFloats() == adapter.module(1, .q)?.b.toFloats())
+    }
+}
