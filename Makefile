@@ -1,6 +1,7 @@
 # LoRAKit build, test and install.
 #   make build                 build liblorakit.so and the lorakit CLI (release)
-#   make test                  build, then run the Swift, C, Python and ABI-sweep tests
+#   make test                  build, then run the Swift, C, Python and ABI-sweep tests (and a short kill test)
+#   make test-kill             crash safety: SIGKILL at random moments, KILLS=50 per operation
 #   make fuzz TARGET=… SECONDS=…   build and run one libFuzzer target (Fuzz/README.md); make fuzz-all
 #   make install PREFIX=/usr/local   install library, headers, pkg-config file and CLI
 #   make bench                 run the benchmarks beside their peers and rewrite BENCHMARKS.md tables
@@ -16,14 +17,14 @@ VERSION := $(shell sed -n 's/.*static let major = \([0-9]*\).*/\1/p' Sources/LoR
 TEST_PREFIX := $(CURDIR)/.build/test-prefix
 
 .PHONY: all build test test-swift test-c test-python test-abi install uninstall bench clean model \
-        fuzz fuzz-build fuzz-all fuzz-smoke
+        test-kill test-kill-short fuzz fuzz-build fuzz-all fuzz-smoke
 
 all: build
 
 build:
 	swift build $(SWIFT_FLAGS)
 
-test: build model test-swift test-c test-python test-abi
+test: build model test-swift test-c test-python test-abi test-kill-short
 
 test-swift:
 	LORAKIT_MODEL=$$(cat .build/model-path 2>/dev/null) swift test $(SWIFT_FLAGS)
@@ -67,6 +68,14 @@ bench: build
 model:
 	@scripts/fetch_model.sh > .build/model-path 2>.build/model-error || { echo "WARNING: model download failed: $$(cat .build/model-error); model tests will be SKIPPED" >&2; : > .build/model-path; }
 	@echo "model: $$(cat .build/model-path)"
+
+# Crash safety (Tests/kill/kill_test.py): train, adapter save, merge and convert are killed with SIGKILL at
+# random moments, KILLS times each; every result on disk must stay complete and --resume exact.
+KILLS ?= 50
+test-kill: build
+	LORAKIT_CLI=$(BUILD_DIR)/lorakit-cli nice -n 19 $(PYTHON) Tests/kill/kill_test.py --kills $(KILLS)
+test-kill-short: build
+	LORAKIT_CLI=$(BUILD_DIR)/lorakit-cli $(PYTHON) Tests/kill/kill_test.py --kills 3
 
 # Fuzzing (Fuzz/README.md): libFuzzer + AddressSanitizer builds in .build-fuzz, kept out of build and test.
 FUZZ_TARGETS := gguf-model gguf-lora safetensors hf-config peft jsonl tokenizer tokenizer-json

@@ -59,4 +59,36 @@ import Glibc
         let again = try LoRAAdapter.load(path: peft, model: model)
         #expect(again.module(1, .q)?.b.toFloats() == adapter.module(1, .q)?.b.toFloats())
     }
+
+    /// Kill test, finding `save: out is missing after a kill`: replacing a PEFT folder moved the old folder
+    /// aside, then renamed the new one in; a SIGKILL between the two renames left no folder at the path.
+    /// Now the two are swapped in one atomic `renameat2(RENAME_EXCHANGE)`. This checks that the atomic
+    /// path is the one taken here, that the result is the new content plus the old folder's other files,
+    /// with no temporary left, and that the folder is not left private (mkdtemp's 0700).
+    @Test func directoryReplaceIsOneAtomicSwap() throws {
+        let parent = temporaryPath("replace")
+        mkdir(parent, 0o755)
+        defer { Checkpoint.removeTree(parent) }
+        let a = parent + "/a", b = parent + "/b"
+        mkdir(a, 0o755); mkdir(b, 0o755)
+        writeBytes(a + "/x", [1]); writeBytes(b + "/y", [2])
+        #if os(Linux)
+        #expect(DirectoryReplace.exchange(a, b), "renameat2(RENAME_EXCHANGE) is available")
+        #expect(readBytes(a + "/y") == [2] && readBytes(b + "/x") == [1])
+        #endif
+        let dir = parent + "/adapter"
+        try DirectoryReplace.write(directory: dir) { (tmp: String) throws(LKError) in
+            try AtomicFile.write(path: tmp + "/weights", bytes: [1, 1])
+            try AtomicFile.write(path: tmp + "/README.md", bytes: [9])
+        }
+        try DirectoryReplace.write(directory: dir) { (tmp: String) throws(LKError) in
+            try AtomicFile.write(path: tmp + "/weights", bytes: [2, 2])
+        }
+        #expect(readBytes(dir + "/weights") == [2, 2])
+        #expect(readBytes(dir + "/README.md") == [9], "the old folder's other files are kept")
+        #expect(DirectoryReplace.listDirectory(parent).sorted() == ["a", "adapter", "b"], "no temporary left")
+        var st = stat()
+        stat(dir, &st)
+        #expect(st.st_mode & 0o777 == 0o755)
+    }
 }
