@@ -92,3 +92,39 @@ import Glibc
         #expect(st.st_mode & 0o777 == 0o755)
     }
 }
+
+extension HardeningRegressionTests {
+    /// Kill test, finding `train: checkpoint-5 is not the complete checkpoint (files adapter_config.json,
+    /// optimizer.safetensors, trainer_state.json)`: pruning old checkpoints deleted their files one by one,
+    /// so a kill in the middle left a visible checkpoint-N without its weights. Now a pruned checkpoint is
+    /// first renamed to a hidden `.checkpoint-N.old-PID` (one atomic step), then deleted; such leftovers are
+    /// never listed as checkpoints and `loadLatest` deletes them.
+    @Test func checkpointPruningHidesBeforeDeleting() throws {
+        let model = try LlamaModel(gguf: fixturePath("model/tiny-llama-f32.gguf"))
+        let dir = temporaryPath("prune")
+        mkdir(dir, 0o755)
+        defer { Checkpoint.removeTree(dir) }
+        let a = try LoRAAdapter.create(for: model, config: LoRAConfig(rank: 2, alpha: 4, targets: [.q]), initialization: .random(seed: 1))
+        var ps: [OptimizerParameter] = []
+        for k in a.keys {
+            let m = a.modules[k]!
+            ps.append(try OptimizerParameter(name: "\(k.layer).A", value: m.a, grad: try Tensor(zeros: m.a.shape)))
+            ps.append(try OptimizerParameter(name: "\(k.layer).B", value: m.b, grad: try Tensor(zeros: m.b.shape)))
+        }
+        let opt = try AdamW(parameters: ps, config: OptimizerConfig(lr: 1e-2))
+        let state = { (s: Int) in
+            TrainerState(step: s, data: TrainDataIteratorState(epoch: 0, index: 0, exampleCount: 4, shuffle: false, seed: 1), rng: 1).json
+        }
+        for s in 1...4 { try Checkpoint.save(dir: dir, step: s, adapter: a, optimizer: opt, trainerState: state(s), keep: 2) }
+        #expect(DirectoryReplace.listDirectory(dir).sorted() == ["checkpoint-3", "checkpoint-4", "latest"], "pruned, nothing hidden left")
+        // What a kill during pruning leaves: a hidden, partly deleted checkpoint.
+        let partial = dir + "/.checkpoint-2.old-99999"
+        mkdir(partial, 0o755)
+        writeBytes(partial + "/adapter_config.json", Array("{}".utf8))
+        #expect(Checkpoint.list(dir: dir).map(\.step) == [3, 4], "a hidden leftover is not a checkpoint")
+        let ck = try #require(try Checkpoint.loadLatest(dir: dir, model: model))
+        #expect(ck.step == 4)
+        #expect(ck.warnings.contains { $0.contains(".checkpoint-2.old-99999") })
+        #expect(access(partial, F_OK) != 0, "loadLatest deleted the leftover")
+    }
+}
