@@ -54,7 +54,8 @@ extension SizedCStruct {
         guard let p else { return v }
         let size = p.loadUnaligned(as: UInt32.self)
         try checkSize(size, argName)
-        let n = min(Int(size), ourSize)
+        // MemoryLayout.size, not the stride: the bytes of `v` end before its tail padding.
+        let n = min(Int(size), MemoryLayout<Self>.size)
         withUnsafeMutableBytes(of: &v) { dst in
             dst.baseAddress!.copyMemory(from: p, byteCount: n)
         }
@@ -67,7 +68,7 @@ extension SizedCStruct {
         let size = p.loadUnaligned(as: UInt32.self)
         var v = self
         v.struct_size = size  // left as the caller set it
-        let n = min(Int(size), Self.ourSize)
+        let n = min(Int(size), MemoryLayout<Self>.size)  // the bytes of `v` (no tail padding)
         withUnsafeBytes(of: &v) { src in
             p.copyMemory(from: src.baseAddress!, byteCount: n)
         }

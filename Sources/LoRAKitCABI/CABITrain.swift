@@ -108,7 +108,13 @@ public func lk_train_params_init_sized(_ p: UnsafeMutableRawPointer?, _ size: UI
     var v = CTrainParams()
     let n = Int(min(size, UInt(MemoryLayout<CTrainParams>.stride)))
     v.struct_size = UInt32(n)
-    withUnsafeBytes(of: &v) { src in p.copyMemory(from: src.baseAddress!, byteCount: n) }
+    // `v` holds MemoryLayout.size bytes, fewer than the stride (C's sizeof) when the struct has tail
+    // padding: copy those and zero the padding (reading `n` bytes of `v` overflowed the stack; ASan).
+    withUnsafeBytes(of: &v) { src in
+        let k = min(n, src.count)
+        p.copyMemory(from: src.baseAddress!, byteCount: k)
+        if n > k { (p + k).initializeMemory(as: UInt8.self, repeating: 0, count: n - k) }
+    }
 }
 
 /// The first version's init (programs built before `lk_train_params_init_sized`; the header's
