@@ -2,6 +2,7 @@
 #   make build                 build liblorakit.so and the lorakit CLI (release)
 #   make test                  build, then run the Swift, C, Python and ABI-sweep tests (and a short kill test)
 #   make test-kill             crash safety: SIGKILL at random moments, KILLS=50 per operation
+#   make test-asan / test-tsan  the suites under AddressSanitizer+UBSan / ThreadSanitizer (scripts/sanitize.sh)
 #   make fuzz TARGET=… SECONDS=…   build and run one libFuzzer target (Fuzz/README.md); make fuzz-all
 #   make install PREFIX=/usr/local   install library, headers, pkg-config file and CLI
 #   make bench                 run the benchmarks beside their peers and rewrite BENCHMARKS.md tables
@@ -17,7 +18,7 @@ VERSION := $(shell sed -n 's/.*static let major = \([0-9]*\).*/\1/p' Sources/LoR
 TEST_PREFIX := $(CURDIR)/.build/test-prefix
 
 .PHONY: all build test test-swift test-c test-python test-abi install uninstall bench clean model \
-        test-kill test-kill-short fuzz fuzz-build fuzz-all fuzz-smoke
+        test-kill test-kill-short fuzz fuzz-build fuzz-all fuzz-smoke test-asan test-asan-c test-tsan
 
 all: build
 
@@ -77,6 +78,16 @@ test-kill: build
 test-kill-short: build
 	LORAKIT_CLI=$(BUILD_DIR)/lorakit-cli $(PYTHON) Tests/kill/kill_test.py --kills 3
 
+# Sanitizers (scripts/sanitize.sh): each builds into its own scratch folder (.build-asan, .build-tsan) and
+# prints one line per suite: result, sanitizer reports, seconds. Run by hand; not part of make test.
+test-asan: model
+	nice -n 19 bash scripts/sanitize.sh address swift c abi python
+# The C suite and the ABI sweep only (what CI can afford).
+test-asan-c: model
+	nice -n 19 bash scripts/sanitize.sh address c abi
+test-tsan: model
+	nice -n 19 bash scripts/sanitize.sh thread swift c python
+
 # Fuzzing (Fuzz/README.md): libFuzzer + AddressSanitizer builds in .build-fuzz, kept out of build and test.
 FUZZ_TARGETS := gguf-model gguf-lora safetensors hf-config peft jsonl tokenizer tokenizer-json
 SECONDS ?= 60
@@ -95,4 +106,4 @@ fuzz-smoke: model fuzz-build
 	@fail=0; for t in $(FUZZ_TARGETS); do bash Fuzz/run.sh $$t replay || fail=1; done; exit $$fail
 
 clean:
-	rm -rf .build .build-fuzz
+	rm -rf .build .build-fuzz .build-asan .build-tsan

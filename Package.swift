@@ -32,9 +32,12 @@ let cpuFlags: [SwiftSetting] = []
 let cpuCFlags: [CSetting] = [.unsafeFlags(["-O3"])]
 #endif
 
-let fastFlags: [SwiftSetting] = cpuFlags + [
+// Exclusivity checking is off for speed, except in the sanitizer builds (scripts/sanitize.sh sets
+// LORAKIT_EXCLUSIVITY_CHECKS=1), which also check that no two accesses to one variable overlap.
+let exclusivityChecks = ProcessInfo.processInfo.environment["LORAKIT_EXCLUSIVITY_CHECKS"] == "1"
+let fastFlags: [SwiftSetting] = cpuFlags + (exclusivityChecks ? [] : [
     .unsafeFlags(["-enforce-exclusivity=unchecked"]),
-]
+])
 
 let package = Package(
     name: "LoRAKit",

@@ -113,12 +113,18 @@ package enum DirectoryReplace {
         defer { closedir(d) }
         var out: [String] = []
         while let ent = readdir(d) {
-            let name = withUnsafeBytes(of: ent.pointee.d_name) { raw in
-                String(cString: raw.bindMemory(to: CChar.self).baseAddress!)
-            }
+            let name = direntName(ent)
             if name != "." && name != ".." { out.append(name) }
         }
         return out
+    }
+
+    /// The name in a `readdir` entry, read in place: glibc's entries are only as long as their name
+    /// (`d_reclen`), so copying the whole `d_name` array (256 bytes) read past the end of the last entry
+    /// of the buffer (heap-buffer-overflow, found by make test-asan).
+    package static func direntName(_ ent: UnsafeMutablePointer<dirent>) -> String {
+        let offset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
+        return String(cString: (UnsafeRawPointer(ent) + offset).assumingMemoryBound(to: CChar.self))
     }
 
     /// Remove a folder of plain files (our temporary folders).

@@ -28,8 +28,8 @@ sources=("$HERE"/test_*.c "$ROOT/bindings/c/example.c")
 for src in "${sources[@]}"; do
     name=$(basename "$src" .c)
     echo "== $name"
-    # shellcheck disable=SC2086  # PKG_FLAGS is a list of flags
-    if ! "$CC" -std=c11 -Wall -Wextra -Werror -O1 -g -o "$OUT/$name" "$src" $PKG_FLAGS -pthread -lm; then
+    # shellcheck disable=SC2086  # PKG_FLAGS is a list of flags; CC may carry flags (scripts/sanitize.sh)
+    if ! $CC -std=c11 -Wall -Wextra -Werror -O1 -g -o "$OUT/$name" "$src" $PKG_FLAGS -pthread -lm; then
         echo "  FAIL $name: does not compile"
         failed=$((failed + 1))
         continue

@@ -190,7 +190,8 @@ public enum Fuzz {
             if let d = opendir(path) {
                 var names: [String] = []
                 while let e = readdir(d) {
-                    let name = withUnsafeBytes(of: e.pointee.d_name) { String(cString: $0.bindMemory(to: CChar.self).baseAddress!) }
+                    let off = MemoryLayout<dirent>.offset(of: \dirent.d_name)!  // read in place (entries are short)
+                    let name = String(cString: (UnsafeRawPointer(e) + off).assumingMemoryBound(to: CChar.self))
                     if name != "." && name != ".." { names.append(name) }
                 }
                 closedir(d)
