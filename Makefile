@@ -96,12 +96,12 @@ test-kill-short: build
 # Sanitizers (scripts/sanitize.sh): each builds into its own scratch folder (.build-asan, .build-tsan) and
 # prints one line per suite: result, sanitizer reports, seconds. Run by hand; not part of make test.
 test-asan: model
-	nice -n 19 bash scripts/sanitize.sh address swift c abi python
+	nice -n 19 bash scripts/sanitize.sh address swift c abi plugins python
 # The C suite and the ABI sweep only (what CI can afford).
 test-asan-c: model
 	nice -n 19 bash scripts/sanitize.sh address c abi
 test-tsan: model
-	nice -n 19 bash scripts/sanitize.sh thread swift c python
+	nice -n 19 bash scripts/sanitize.sh thread swift c plugins python
 
 # Fuzzing (Fuzz/README.md): libFuzzer + AddressSanitizer builds in .build-fuzz, kept out of build and test.
 FUZZ_TARGETS := gguf-model gguf-lora safetensors hf-config peft jsonl tokenizer tokenizer-json

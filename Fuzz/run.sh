@@ -5,7 +5,8 @@
 # The working corpus is .build-fuzz/corpus/TARGET (new inputs go there), read together with the committed
 # seeds Fuzz/corpus/TARGET and the committed crash reproducers Fuzz/regressions/TARGET; crashes, leaks and
 # timeouts are written to .build-fuzz/artifacts/TARGET/; the log to .build-fuzz/logs/TARGET.log.
-# The last line is "fuzz TARGET: N executions in S s (E exec/s), corpus C inputs / B bytes, findings F".
+# The last line is "fuzz TARGET: N executions in S s (E exec/s), cov: E ft: F, corpus C inputs / B bytes, findings F"
+# (cov: coverage edges reached, ft: libFuzzer's features).
 # Exit status: 0 when the run ended without a finding.
 set -u
 TARGET=${1:?usage: run.sh TARGET SECONDS|replay [libFuzzer flags]}
@@ -57,10 +58,11 @@ after=$(ls "$ART" | wc -l)
 execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$LOG" | tail -n 1)
 secs=$(sed -n 's/^Done [0-9]* runs in \([0-9]*\) second.*/\1/p' "$LOG" | tail -n 1)
 rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$LOG" | tail -n 1)
+cov=$(grep -oE 'cov: [0-9]+ ft: [0-9]+' "$LOG" | tail -n 1)
 n=$(find "$WORK" -type f | wc -l)
 bytes=$(find "$WORK" -type f -printf '%s\n' | awk '{s+=$1} END {print s+0}')
 if [ "$rc" -ne 0 ] || [ "$after" -gt "$before" ]; then
     grep -E "ERROR:|SUMMARY:|FUZZ PROPERTY|Fatal error|Test unit written|deadly signal|timeout|leak" "$LOG" | head -n 20
 fi
-echo "fuzz $TARGET: ${execs:-?} executions in ${secs:-?} s (${rate:-?} exec/s), corpus $n inputs / $bytes bytes, findings $((after - before)) (log: $LOG)"
+echo "fuzz $TARGET: ${execs:-?} executions in ${secs:-?} s (${rate:-?} exec/s), ${cov:-cov: ?}, corpus $n inputs / $bytes bytes, findings $((after - before)) (log: $LOG)"
 [ "$rc" -eq 0 ] && [ "$after" -eq "$before" ]

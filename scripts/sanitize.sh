@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Build LoRAKit with a sanitizer and run the Swift, C and Python suites under it (make test-asan / test-tsan).
-#   scripts/sanitize.sh address [swift|c|python|abi …]   (default: swift c python)
-#   scripts/sanitize.sh thread  [swift|c|python|abi …]
+#   scripts/sanitize.sh address [swift|c|abi|plugins|python …]   (default: swift c python)
+#   scripts/sanitize.sh thread  [swift|c|abi|plugins|python …]
 #
 # address: AddressSanitizer for the Swift code, AddressSanitizer + UndefinedBehaviorSanitizer for the C code
 #   (LoRAKitKernelsC and the C test programs). Swift has no -sanitize=undefined on Linux; its own run-time
 #   checks (overflow, bounds) are on in release builds, and this build also turns exclusivity checking back
 #   on (the package compiles with -enforce-exclusivity=unchecked for speed). Leaks are reported (LeakSanitizer)
 #   for the Swift and C suites; not for Python, whose interpreter keeps memory until exit by design.
-# thread: ThreadSanitizer for the Swift and C code.
+# thread: ThreadSanitizer for the Swift and C code. The C suite is its threaded programs (test_threads: the
+#   pool; test_model: generation on contexts in parallel; test_train: two trainers at once); C programs link
+#   libdispatch and the blocks runtime, which the toolchain's TSan runtime intercepts.
+# plugins: Tests/plugins (no liblorakit): the reference host, its thread pool, forward from two threads on one
+#   plugin instance, the C plugins; built with the sanitizer (no library build when it is the only suite).
 # Each mode builds into its own folder (.build-asan, .build-tsan) and installs there for the C tests; the
 # Python tests load the sanitized liblorakit.so with the sanitizer runtime preloaded into python3.
 # Output: each suite's log in .build-<mode>/logs/, and one summary line per suite:
@@ -36,6 +40,10 @@ case "$MODE" in
     *) echo "sanitize.sh: mode must be address or thread" >&2; exit 2 ;;
 esac
 SCRATCH=".build-$TAG"
+# The toolchain's TSan runtime intercepts libdispatch: a C program linked with it needs libdispatch and
+# the blocks runtime (the Swift toolchain's).
+SWIFTLIB=$(cd "$(dirname "$(command -v swift)")/../lib/swift/linux" && pwd)
+TSAN_LIBS="-L$SWIFTLIB -Wl,-rpath,$SWIFTLIB -Wl,--no-as-needed -ldispatch -lBlocksRuntime"
 # gold crashes linking sanitized Swift (internal error in format_file_lineno); lld works.
 FLAGS="-c release -Xswiftc -enable-testing --scratch-path $SCRATCH ${SWIFT_SAN[*]} -Xswiftc -use-ld=lld"
 LOGS="$SCRATCH/logs"
@@ -65,6 +73,9 @@ summary() {  # suite rc log start
 t=$(now)
 TESTS=""
 case " $SUITES " in *" swift "*) TESTS=--build-tests ;; esac
+NEEDS_LIB=no
+for s in $SUITES; do [ "$s" != plugins ] && NEEDS_LIB=yes; done
+if [ $NEEDS_LIB = yes ]; then
 echo "$MODE: building the library, the CLI${TESTS:+ and the Swift tests} into $SCRATCH"
 # shellcheck disable=SC2086  # FLAGS is a list of flags
 if ! swift build $FLAGS $TESTS >"$LOGS/build.log" 2>&1; then
@@ -73,6 +84,7 @@ if ! swift build $FLAGS $TESTS >"$LOGS/build.log" 2>&1; then
 fi
 BIN=$(swift build $FLAGS --show-bin-path)
 echo "$MODE build: $(( $(now) - t )) s"
+fi
 
 for suite in $SUITES; do
     t=$(now)
@@ -87,8 +99,23 @@ for suite in $SUITES; do
         make --no-print-directory install PREFIX="$PREFIX" SWIFT_FLAGS="$FLAGS" >"$LOGS/install.log" 2>&1 || { echo "install failed"; tail "$LOGS/install.log"; status=1; continue; }
         # The test programs are compiled with the toolchain's clang and the same sanitizer (C: + UBSan),
         # linked to the shared runtime liblorakit.so uses.
-        if [ "$MODE" = address ]; then CSAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -shared-libasan"; else CSAN="-fsanitize=thread"; fi
+        if [ "$MODE" = address ]; then CSAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined -shared-libasan"; else CSAN="-fsanitize=thread $TSAN_LIBS"; fi
+        # Under TSan the C suite is its threaded programs (CSUITE_ONLY; every program: CSUITE_ONLY=).
+        if [ "$MODE" = thread ] && [ "$suite" = c ]; then export ONLY=${CSUITE_ONLY-test_threads test_model test_train}; fi
         CC="$CLANG $CSAN -Wl,-rpath,$(dirname "$RUNTIME")" bash "Tests/$suite/run.sh" "$PREFIX" >"$log" 2>&1; rc=$?
+        unset ONLY
+        tail -n 1 "$log" ;;
+    plugins)
+        # The plugin ABI tests (plain C reference host, no liblorakit): the host, its thread pool, the test
+        # harness (forward from two threads on one instance) and the C plugins (IA³, the guide's shift, the
+        # bad ones) built with the sanitizer; DoRA (a Swift package) is the ordinary build from make plugins.
+        P="$ROOT/$SCRATCH/plugins"
+        mkdir -p "$P"
+        if [ "$MODE" = address ]; then CSAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined"; else CSAN="-fsanitize=thread $TSAN_LIBS"; fi
+        make --no-print-directory plugins >"$LOGS/plugins-build.log" 2>&1 && cp .build/plugins/dora.so "$P/dora.so" &&
+            $CLANG $CSAN -std=c11 -O1 -g -fPIC -shared -fvisibility=hidden -I"$ROOT/Include" -o "$P/ia3.so" examples/plugins/ia3/ia3.c -lm \
+            || { echo "plugin build failed"; tail "$LOGS/plugins-build.log"; status=1; continue; }
+        CC="$CLANG $CSAN -Wno-unused-command-line-argument -Wl,-rpath,$(dirname "$RUNTIME")" bash Tests/plugins/run.sh "$P" >"$log" 2>&1; rc=$?
         tail -n 1 "$log" ;;
     python)
         # python3 is not instrumented: the runtime is preloaded. Leak checking is off (see the header).

@@ -128,3 +128,26 @@ extension HardeningRegressionTests {
         #expect(access(partial, F_OK) != 0, "loadLatest deleted the leftover")
     }
 }
+
+extension HardeningRegressionTests {
+    /// make test-asan, finding `heap-buffer-overflow in DirectoryReplace.listDirectory`: the name of a
+    /// `readdir` entry was read by copying the whole 256-byte `d_name` array, but glibc's entries are only as
+    /// long as their name (`d_reclen`), so the copy of the buffer's last entry read past the end. Names are
+    /// now read in place (`direntName`). Under make test-asan this fails with the overflow; everywhere it
+    /// checks that names of every length (1…255 bytes) and many entries (several getdents buffers) come back
+    /// exactly.
+    @Test func listDirectoryReadsNamesInPlace() throws {
+        let dir = temporaryPath("names")
+        mkdir(dir, 0o755)
+        defer { Checkpoint.removeTree(dir) }
+        var expected: [String] = []
+        for len in 1...255 {
+            let name = String(repeating: Character(UnicodeScalar(UInt8(97 + len % 26))), count: len - 1) + "\(len % 10)"
+            writeBytes(dir + "/" + name, [UInt8(len % 256)])
+            expected.append(name)
+        }
+        let names = DirectoryReplace.listDirectory(dir)
+        #expect(names.count == 255)
+        #expect(names.sorted() == expected.sorted())
+    }
+}

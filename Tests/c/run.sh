@@ -25,6 +25,10 @@ trap 'rm -rf "$OUT"' EXIT
 
 passed=0; failed=0; skipped=0
 sources=("$HERE"/test_*.c "$ROOT/bindings/c/example.c")
+# ONLY="test_threads test_train": just those programs (make test-tsan runs the threaded ones).
+if [ -n "${ONLY:-}" ]; then
+    sources=(); for name in $ONLY; do sources+=("$HERE/$name.c"); done
+fi
 for src in "${sources[@]}"; do
     name=$(basename "$src" .c)
     echo "== $name"
