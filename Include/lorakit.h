@@ -720,6 +720,21 @@ LK_API lk_status lk_trainer_forward_backward(lk_trainer *trainer, const int32_t 
                                              float loss_scale, double *sum_nll, int64_t *predicted,
                                              float *input_grad, int64_t input_grad_capacity);
 
+/* Forward and backward of n_seqs sequences in one pass (1 <= n_seqs <= 65536): sequence s has n_prefix[s]
+ * prefix rows and n_tokens[s] tokens (each as in lk_trainer_forward_backward; n_prefix may be NULL: no
+ * prefixes). tokens, is_target (may be NULL: every token) and prefix hold the sequences one after
+ * another; each sequence attends only to its own rows. Every base weight is read once for the whole batch,
+ * so this is faster than one call per sequence; the gradients are their sum (equal up to rounding; with
+ * dropout the masks are those of one call). *sum_nll and *predicted cover the batch; input_grad holds each
+ * sequence's [(n_prefix[s] + n_tokens[s]), n_embd] rows in batch order (input_grad_capacity floats at
+ * least their total, else LK_ERR_BUFFER_TOO_SMALL before anything runs). A bad sequence is named by its
+ * index ("n_tokens[3]"); nothing runs then. */
+LK_API lk_status lk_trainer_forward_backward_batch(lk_trainer *trainer, int64_t n_seqs, const int32_t *tokens,
+                                                   const uint8_t *is_target, const int64_t *n_tokens,
+                                                   const float *prefix, const int64_t *n_prefix, float loss_scale,
+                                                   double *sum_nll, int64_t *predicted, float *input_grad,
+                                                   int64_t input_grad_capacity);
+
 /* Apply the accumulated gradients: clip them to params->max_grad_norm (when not 0), AdamW with learning
  * rate lr (finite, >= 0; the caller's schedule), count the step. *grad_norm (may be NULL) = the global
  * norm before clipping. A non-finite gradient: LK_ERR_INVALID_ARGUMENT naming the step, nothing updated.

@@ -85,6 +85,8 @@ public final class LoRATrainer: @unchecked Sendable {
     public var profile: TrainProfile?
 
     private let byLayer: [[TrainableLoRAModule?]]
+    /// The modules in `parameters` order.
+    private let ordered: [TrainableLoRAModule]
     private let lowestLayer: Int
     private let maxRank: Int
     private var buffers: TrainBuffers?
@@ -101,6 +103,7 @@ public final class LoRATrainer: @unchecked Sendable {
         let mods = try adapter.modules(for: c.ropeLayout)
         var dict: [LoRAAdapter.Key: TrainableLoRAModule] = [:]
         var params: [TrainableTensor] = []
+        var ordered: [TrainableLoRAModule] = []
         var layers = [[TrainableLoRAModule?]](repeating: [TrainableLoRAModule?](repeating: nil,
                                                                                   count: LinearModule.allCases.count),
                                                 count: c.nLayers)
@@ -109,6 +112,7 @@ public final class LoRATrainer: @unchecked Sendable {
             let t = try TrainableLoRAModule(from: mods[k]!, namePrefix: prefix)
             dict[k] = t
             layers[k.layer][k.module.rawValue] = t
+            ordered.append(t)
             params.append(t.a)
             params.append(t.b)
         }
@@ -121,6 +125,7 @@ public final class LoRATrainer: @unchecked Sendable {
         self.dropout = p
         self.dropoutSeed = dropoutSeed
         self.byLayer = layers
+        self.ordered = ordered
         self.lowestLayer = mods.keys.map(\.layer).min() ?? 0
         self.maxRank = mods.values.map(\.rank).max() ?? 1
         self.lossChunkRows = Self.defaultLossChunkRows(vocab: c.vocabSize)
@@ -229,9 +234,12 @@ public final class LoRATrainer: @unchecked Sendable {
         }
         tock(.embedding, t0)
         let seqs = zip(offsets, lengths).map { (offset: $0, length: $1) }
-        for l in 0..<c.nLayers {
-            try forwardLayer(l, rows: n, seqs: seqs, buf: buf, step: step, micro: microBatch)
-        }
+        // The values may have changed since the last pass (optimizer step, `load`, direct writes).
+        t0 = tick()
+        for m in ordered { m.prepare(rows: n) }
+        tock(.lora, t0)
+        let runner = Runner(trainer: self, buf: buf, seqs: seqs, step: step, micro: microBatch)
+        for l in 0..<c.nLayers { try LlamaBlock.forward(runner, layer: l, rows: n, model: model) }
 
         // Final norm, output head and loss over the predicted rows.
         let xL = buf.xs[c.nLayers]
@@ -256,9 +264,7 @@ public final class LoRATrainer: @unchecked Sendable {
             tock(.elementwise, t0)
             t0 = tick()
             try GEMM.multiply(m: cnt, n: c.vocabSize, k: c.dim, a: GEMMLeft(UnsafePointer(buf.gather), rowStride: c.dim),
-                              b: .weight(UnsafeRawPointer(model.output.rawPointer), dtype: model.output.dtype,
-                                         rows: c.vocabSize, cols: c.dim, transposed: true),
-                              c: buf.logits, ldc: c.vocabSize, pool: pool)
+                              b: .weight(model.output, transposed: true), c: buf.logits, ldc: c.vocabSize, pool: pool)
             tock(.headForward, t0, flops: headFlops * Double(cnt))
             t0 = tick()
             if backward {
@@ -269,9 +275,7 @@ public final class LoRATrainer: @unchecked Sendable {
                 tock(.loss, t0)
                 t0 = tick()
                 try GEMM.multiply(m: cnt, n: c.dim, k: c.vocabSize, a: GEMMLeft(UnsafePointer(buf.logits), rowStride: c.vocabSize),
-                                  b: .weight(UnsafeRawPointer(model.output.rawPointer), dtype: model.output.dtype,
-                                             rows: c.vocabSize, cols: c.dim, transposed: false),
-                                  c: buf.gather, ldc: c.dim, pool: pool)
+                                  b: .weight(model.output, transposed: false), c: buf.gather, ldc: c.dim, pool: pool)
                 tock(.headBackward, t0, flops: headFlops * Double(cnt))
                 t0 = tick()
                 for i in 0..<cnt {
@@ -324,9 +328,7 @@ public final class LoRATrainer: @unchecked Sendable {
         // any row count, so losses do not depend on how a batch is split.
         var t0 = tick()
         try GEMM.multiply(m: n, n: w.shape[0], k: w.shape[1], a: GEMMLeft(x, rowStride: w.shape[1]),
-                          b: .weight(UnsafeRawPointer(w.rawPointer), dtype: w.dtype, rows: w.shape[0], cols: w.shape[1],
-                                     transposed: true),
-                          c: y, ldc: w.shape[0], pool: pool)
+                          b: .weight(w, transposed: true), c: y, ldc: w.shape[0], pool: pool)
         tock(.baseForward, t0, flops: 2 * Double(n) * Double(w.shape[0]) * Double(w.shape[1]))
         guard let tm = byLayer[l][m.rawValue] else { return }
         t0 = tick()
@@ -338,7 +340,7 @@ public final class LoRATrainer: @unchecked Sendable {
                               pool: pool)
             xin = UnsafePointer(buf.xDrop)
         }
-        try tm.forward(x: xin, rows: n, y: y, t: buf.t(l, m), pool: pool)
+        try tm.forward(x: xin, rows: n, y: y, scale: 1, workspace: buf.t(l, m), pool: pool)
     }
 
     /// dx (= or +=, by `beta`) dy·W + the LoRA input gradient; accumulates the LoRA parameter gradients.
@@ -351,9 +353,7 @@ public final class LoRATrainer: @unchecked Sendable {
         var t0 = tick()
         if let dx {
             try GEMM.multiply(m: n, n: nIn, k: nOut, a: GEMMLeft(dy, rowStride: nOut),
-                              b: .weight(UnsafeRawPointer(w.rawPointer), dtype: w.dtype, rows: nOut, cols: nIn,
-                                         transposed: false),
-                              beta: beta, c: dx, ldc: nIn, pool: pool)
+                              b: .weight(w, transposed: false), beta: beta, c: dx, ldc: nIn, pool: pool)
             tock(.baseBackward, t0, flops: 2 * Double(n) * Double(nOut) * Double(nIn))
         }
         guard let tm = byLayer[l][m.rawValue] else { return }
@@ -374,46 +374,49 @@ public final class LoRATrainer: @unchecked Sendable {
         }
     }
 
-    private func forwardLayer(_ l: Int, rows n: Int, seqs: [(offset: Int, length: Int)], buf: TrainBuffers, step: Int,
-                              micro: Int) throws(LKError) {
-        let c = model.config
-        let L = model.layers[l], S = buf.layers[l]
-        let xIn = buf.xs[l], xOut = buf.xs[l + 1]
-        let pos = UnsafePointer(buf.positions)
-        var t0 = tick()
-        try Ops.rmsNormForward(x: xIn, weight: L.attnNorm.f32, out: S.xn1, rstd: S.rstd1, rows: n, dim: c.dim,
-                               eps: c.normEps, pool: pool)
-        tock(.norm, t0)
-        try project(l, .q, x: S.xn1, rows: n, y: S.q, buf: buf, step: step, micro: micro)
-        try project(l, .k, x: S.xn1, rows: n, y: S.k, buf: buf, step: step, micro: micro)
-        try project(l, .v, x: S.xn1, rows: n, y: S.v, buf: buf, step: step, micro: micro)
-        t0 = tick()
-        try Ops.ropeForward(x: S.q, out: S.q, rows: n, heads: c.nHeads, headDim: c.headDim, nRot: c.ropeDims,
-                            base: c.ropeBase, positions: pos, layout: c.ropeLayout, table: buf.rope, pool: pool)
-        try Ops.ropeForward(x: S.k, out: S.k, rows: n, heads: c.nKVHeads, headDim: c.headDim, nRot: c.ropeDims,
-                            base: c.ropeBase, positions: pos, layout: c.ropeLayout, table: buf.rope, pool: pool)
-        tock(.rope, t0)
-        t0 = tick()
-        try Ops.attentionForward(q: S.q, k: S.k, v: S.v, out: S.att, lse: S.lse, sequences: seqs, heads: c.nHeads,
-                                 kvHeads: c.nKVHeads, headDim: c.headDim, pool: pool)
-        tock(.attentionForward, t0, flops: attentionFlops(seqs))
-        try project(l, .o, x: S.att, rows: n, y: buf.tmp, buf: buf, step: step, micro: micro)
-        t0 = tick()
-        try Ops.add(xIn, buf.tmp, out: S.xMid, count: n * c.dim, pool: pool)
-        tock(.elementwise, t0)
-        t0 = tick()
-        try Ops.rmsNormForward(x: S.xMid, weight: L.ffnNorm.f32, out: S.xn2, rstd: S.rstd2, rows: n, dim: c.dim,
-                               eps: c.normEps, pool: pool)
-        tock(.norm, t0)
-        try project(l, .gate, x: S.xn2, rows: n, y: S.gate, buf: buf, step: step, micro: micro)
-        try project(l, .up, x: S.xn2, rows: n, y: S.up, buf: buf, step: step, micro: micro)
-        t0 = tick()
-        try Ops.swigluForward(gate: S.gate, up: S.up, out: buf.h, count: n * c.hiddenDim, pool: pool)
-        tock(.activation, t0)
-        try project(l, .down, x: buf.h, rows: n, y: buf.tmp, buf: buf, step: step, micro: micro)
-        t0 = tick()
-        try Ops.add(S.xMid, buf.tmp, out: xOut, count: n * c.dim, pool: pool)
-        tock(.elementwise, t0)
+    /// Training's side of `LlamaBlock`: every activation kept per layer for the backward, one GEMM per
+    /// module over the whole batch (LoRA with dropout, t kept), attention per sequence, each part timed.
+    private struct Runner: LlamaBlockRunner {
+        unowned let trainer: LoRATrainer
+        let buf: TrainBuffers
+        let seqs: [(offset: Int, length: Int)]
+        let step: Int, micro: Int
+        var pool: ThreadPool { trainer.pool }
+        var positions: UnsafePointer<Int32> { UnsafePointer(buf.positions) }
+        var ropeTable: RoPETable? { buf.rope }
+
+        func buffers(layer l: Int) -> LlamaBlock.Buffers {
+            let S = buf.layers[l]
+            return LlamaBlock.Buffers(x: buf.xs[l], xn1: S.xn1, rstd1: S.rstd1, q: S.q, k: S.k, v: S.v, att: S.att,
+                                      o: buf.tmp, xMid: S.xMid, xn2: S.xn2, rstd2: S.rstd2, gate: S.gate, up: S.up,
+                                      h: buf.h, down: buf.tmp, xOut: buf.xs[l + 1])
+        }
+
+        func project(_ l: Int, _ ms: [LinearModule], x: UnsafePointer<Float>, rows: Int,
+                     ys: [UnsafeMutablePointer<Float>]) throws(LKError) {
+            for (m, y) in zip(ms, ys) {
+                try trainer.project(l, m, x: x, rows: rows, y: y, buf: buf, step: step, micro: micro)
+            }
+        }
+
+        func attention(_ l: Int, _ b: LlamaBlock.Buffers, rows: Int) throws(LKError) {
+            let c = trainer.model.config
+            let t0 = tick()
+            try Ops.attentionForward(q: b.q, k: b.k, v: b.v, out: b.att, lse: buf.layers[l].lse, sequences: seqs,
+                                     heads: c.nHeads, kvHeads: c.nKVHeads, headDim: c.headDim, pool: pool)
+            trainer.tock(.attentionForward, t0, flops: trainer.attentionFlops(seqs))
+        }
+
+        func tick() -> Double { trainer.tick() }
+
+        func tock(_ step: LlamaBlock.Step, _ t0: Double) {
+            switch step {
+            case .norm: trainer.tock(.norm, t0)
+            case .rope: trainer.tock(.rope, t0)
+            case .residual: trainer.tock(.elementwise, t0)
+            case .activation: trainer.tock(.activation, t0)
+            }
+        }
     }
 
     /// Multiply-add pairs ×2 of one attention forward (two products over the causal half) for `seqs`.
@@ -534,7 +537,7 @@ public final class LoRATrainer: @unchecked Sendable {
 final class LayerActivations {
     let storage: [Storage]
     let xn1, q, k, v, att, lse, xMid, xn2, gate, up, rstd1, rstd2: UnsafeMutablePointer<Float>
-    /// t = x̃·Aᵀ per module with an adapter ([N, r]).
+    /// t = s · x̃·Aᵀ per module with an adapter ([N, r]): the module's forward workspace.
     let t: [UnsafeMutablePointer<Float>?]
 
     init(config c: LlamaConfig, capacity n: Int, modules: [TrainableLoRAModule?]) throws(LKError) {
@@ -549,7 +552,7 @@ final class LayerActivations {
         xn2 = try alloc(n * c.dim); gate = try alloc(n * c.hiddenDim); up = try alloc(n * c.hiddenDim)
         rstd1 = try alloc(n); rstd2 = try alloc(n)
         var ts: [UnsafeMutablePointer<Float>?] = []
-        for m in modules { ts.append(m == nil ? nil : try alloc(n * m!.rank)) }
+        for m in modules { ts.append(m == nil ? nil : try alloc(m!.workspaceFloats(rows: n))) }
         t = ts
         storage = st
     }

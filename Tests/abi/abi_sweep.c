@@ -905,6 +905,26 @@ static void b_forward_backward(call *c) {
     SET_P(c, "input_grad", out_mem(c, "input_grad[]", (size_t)n_embd * 5 * 4, 0));
     SET_I64(c, "input_grad_capacity", (int64_t)n_embd * 5);
 }
+static void b_forward_backward_batch(call *c) {
+    /* Two sequences: one prefix row + 4 tokens, then 3 tokens without a prefix. */
+    static const int32_t tokens[7] = {1, 2, 3, 4, 5, 6, 7};
+    static const uint8_t is_target[7] = {0, 1, 1, 1, 0, 1, 1};
+    static const int64_t n_tokens[2] = {4, 3}, n_prefix[2] = {1, 0};
+    float *prefix = c_alloc(c, (size_t)n_embd * 4);
+    for (int i = 0; i < n_embd; i++) prefix[i] = (float)((i % 5) - 2) * 0.05f;
+    SET_P(c, "trainer", TM);
+    SET_I64(c, "n_seqs", 2);
+    SET_P(c, "tokens", in_mem(c, "tokens[]", tokens, sizeof tokens, 1024 * 4));
+    SET_P(c, "is_target", in_mem(c, "is_target[]", is_target, sizeof is_target, 1024));
+    SET_P(c, "n_tokens", in_mem(c, "n_tokens[]", n_tokens, sizeof n_tokens, 1024 * 8));
+    SET_P(c, "prefix", in_mem(c, "prefix[]", prefix, (size_t)n_embd * 4, (size_t)n_embd * 512 * 4));
+    SET_P(c, "n_prefix", in_mem(c, "n_prefix[]", n_prefix, sizeof n_prefix, 1024 * 8));
+    SET_F32(c, "loss_scale", 0.25f);
+    SET_P(c, "sum_nll", out_mem(c, "*sum_nll", 8, 0));
+    SET_P(c, "predicted", out_mem(c, "*predicted", 8, 0));
+    SET_P(c, "input_grad", out_mem(c, "input_grad[]", (size_t)n_embd * 8 * 4, 0));
+    SET_I64(c, "input_grad_capacity", (int64_t)n_embd * 8);
+}
 static void b_optimizer_step(call *c) {
     SET_P(c, "trainer", TM);
     SET_F64(c, "lr", 1e-3);
@@ -1094,6 +1114,7 @@ static const spec specs[] = {
     {"lk_trainer_steps", b_trainer_steps, NULL, 0},
     {"lk_trainer_zero_grad", b_zero_grad, NULL, 0},
     {"lk_trainer_forward_backward", b_forward_backward, NULL, 0},
+    {"lk_trainer_forward_backward_batch", b_forward_backward_batch, NULL, 0},
     {"lk_trainer_optimizer_step", b_optimizer_step, NULL, 0},
     {"lk_projector_create", b_projector_create, NULL, 0},
     {"lk_projector_load", b_projector_load, NULL, 0},
@@ -1273,6 +1294,11 @@ static const override overrides[] = {
     {"lk_trainer_forward_backward", "sum_nll", "NULL", LK_OK, "Outputs, each may be NULL"},
     {"lk_trainer_forward_backward", "predicted", "NULL", LK_OK, "Outputs, each may be NULL"},
     {"lk_trainer_forward_backward", "input_grad", "NULL", LK_OK, "Outputs, each may be NULL"},
+    {"lk_trainer_forward_backward_batch", "is_target", "NULL", LK_OK, "is_target (may be NULL: every token)"},
+    {"lk_trainer_forward_backward_batch", "n_prefix", "NULL", LK_OK, "n_prefix may be NULL: no prefixes"},
+    {"lk_trainer_forward_backward_batch", "sum_nll", "NULL", LK_OK, "Outputs, each may be NULL"},
+    {"lk_trainer_forward_backward_batch", "predicted", "NULL", LK_OK, "Outputs, each may be NULL"},
+    {"lk_trainer_forward_backward_batch", "input_grad", "NULL", LK_OK, "Outputs, each may be NULL"},
     {"lk_trainer_optimizer_step", "grad_norm", "NULL", LK_OK, "*grad_norm (may be NULL)"},
     {"lk_projector_create", "seed", "-1", LK_OK, "seed: any uint64_t"},
     {"lk_projector_create", "seed", "MIN", LK_OK, "seed: any uint64_t"},

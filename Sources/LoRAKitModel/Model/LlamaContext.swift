@@ -243,41 +243,54 @@ public final class LlamaContext: @unchecked Sendable {
         }
     }
 
-    /// Run all blocks on the `rows` embeddings in `x`, at positions `position ..< position + rows`.
+    /// Run all blocks on the `rows` embeddings in `x`, at positions `position ..< position + rows`:
+    /// `LlamaBlock.forward` per layer, with the residual stream in place in `x`, k and v written to the
+    /// cache, and attention over the cached positions.
     private func forwardLayers(rows t: Int) throws(LKError) {
-        let c = model.config
         let p0 = position
         for i in 0..<t { positions[i] = Int32(p0 + i) }
-        let xp = f(x), xnp = f(xn), qp = f(q), attp = f(att), gp = f(hGate), up = f(hUp), tp = f(tmpOut)
-        let layout = c.ropeLayout
         try positions.withUnsafeBufferPointer { (pos: UnsafeBufferPointer<Int32>) throws(LKError) in
-            for l in 0..<c.nLayers {
-                let L = model.layers[l]
-                let kc = f(kCache[l]), vc = f(vCache[l])
-                // Attention.
-                try Ops.rmsNormForward(x: xp, weight: L.attnNorm.f32, out: xnp, rstd: nil, rows: t, dim: c.dim,
-                                       eps: c.normEps, pool: pool)
-                let kRows = kc + p0 * c.kvDim, vRows = vc + p0 * c.kvDim
-                try projectShared(l, [.q, .k, .v], x: xnp, rows: t, ys: [qp, kRows, vRows])
-                try Ops.ropeForward(x: qp, out: qp, rows: t, heads: c.nHeads, headDim: c.headDim, nRot: c.ropeDims,
-                                    base: c.ropeBase, positions: pos.baseAddress!, layout: layout, pool: pool)
-                try Ops.ropeForward(x: kRows, out: kRows, rows: t, heads: c.nKVHeads, headDim: c.headDim,
-                                    nRot: c.ropeDims, base: c.ropeBase, positions: pos.baseAddress!, layout: layout,
-                                    pool: pool)
-                try Ops.attentionForward(q: qp, k: kc, v: vc, out: attp, lse: nil, rows: t, keys: p0 + t,
-                                         heads: c.nHeads, kvHeads: c.nKVHeads, headDim: c.headDim, startPos: p0,
-                                         pool: pool)
-                try project(l, .o, x: attp, rows: t, y: tp)
-                try Ops.addInPlace(xp, tp, count: t * c.dim, pool: pool)
-                // MLP.
-                try Ops.rmsNormForward(x: xp, weight: L.ffnNorm.f32, out: xnp, rstd: nil, rows: t, dim: c.dim,
-                                       eps: c.normEps, pool: pool)
-                try projectShared(l, [.gate, .up], x: xnp, rows: t, ys: [gp, up])
-                try Ops.swigluForward(gate: gp, up: up, out: gp, count: t * c.hiddenDim, pool: pool)
-                try project(l, .down, x: gp, rows: t, y: tp)
-                try Ops.addInPlace(xp, tp, count: t * c.dim, pool: pool)
+            let runner = Runner(ctx: self, positions: pos.baseAddress!, start: p0)
+            for l in 0..<model.config.nLayers { try LlamaBlock.forward(runner, layer: l, rows: t, model: model) }
+        }
+    }
+
+    /// Inference's side of `LlamaBlock`: shared scratch buffers, the KV cache, decode-aware projections.
+    private struct Runner: LlamaBlockRunner {
+        unowned let ctx: LlamaContext
+        let positions: UnsafePointer<Int32>
+        /// Cache position of the first row.
+        let start: Int
+        var pool: ThreadPool { ctx.pool }
+        var ropeTable: RoPETable? { nil }
+
+        func buffers(layer l: Int) -> LlamaBlock.Buffers {
+            let c = ctx.model.config
+            let x = ctx.f(ctx.x), xn = ctx.f(ctx.xn), gate = ctx.f(ctx.hGate), tmp = ctx.f(ctx.tmpOut)
+            return LlamaBlock.Buffers(x: x, xn1: xn, rstd1: nil, q: ctx.f(ctx.q), k: ctx.f(ctx.kCache[l]) + start * c.kvDim,
+                                      v: ctx.f(ctx.vCache[l]) + start * c.kvDim, att: ctx.f(ctx.att), o: tmp,
+                                      xMid: x, xn2: xn, rstd2: nil, gate: gate, up: ctx.f(ctx.hUp), h: gate,
+                                      down: tmp, xOut: x)
+        }
+
+        func project(_ l: Int, _ ms: [LinearModule], x: UnsafePointer<Float>, rows: Int,
+                     ys: [UnsafeMutablePointer<Float>]) throws(LKError) {
+            if ms.count == 1 {
+                try ctx.project(l, ms[0], x: x, rows: rows, y: ys[0])
+            } else {
+                try ctx.projectShared(l, ms, x: x, rows: rows, ys: ys)
             }
         }
+
+        func attention(_ l: Int, _ b: LlamaBlock.Buffers, rows t: Int) throws(LKError) {
+            let c = ctx.model.config
+            try Ops.attentionForward(q: b.q, k: ctx.f(ctx.kCache[l]), v: ctx.f(ctx.vCache[l]), out: b.att, lse: nil,
+                                     rows: t, keys: start + t, heads: c.nHeads, kvHeads: c.nKVHeads,
+                                     headDim: c.headDim, startPos: start, pool: ctx.pool)
+        }
+
+        @inline(__always) func tick() -> Double { 0 }
+        @inline(__always) func tock(_ step: LlamaBlock.Step, _ t0: Double) {}
     }
 }
 

@@ -1071,6 +1071,62 @@ class Trainer(_Handle):
                                               float(loss_scale), byref(s), byref(n), gp, cap))
         return s.value, n.value, grad
 
+    def forward_backward_batch(self, sequences, loss_scale: float = 1.0, input_grad: bool = False):
+        """Forward and backward of several sequences in one pass (faster than one forward_backward per
+        sequence: each base weight is read once for the batch; the gradients are their sum). sequences:
+        (tokens, targets, prefix) tuples, targets and prefix may be None (as in forward_backward). Returns
+        (sum_nll, predicted, grads) with grads a list of per-sequence [P + T, n_embd] arrays when input_grad,
+        else None."""
+        seqs = list(sequences)
+        if not seqs:
+            raise ValueError("sequences is empty")
+        n_embd = self.n_embd
+        ids_all, flags_all, pre_all, n_tok, n_pre = [], [], [], [], []
+        for s, item in enumerate(seqs):
+            tokens, targets, prefix = (tuple(item) + (None, None))[:3]
+            ids = _ids_arg(tokens)
+            if targets is None:
+                t = np.ones(ids.size, dtype=np.uint8)
+            else:
+                t = np.ascontiguousarray(targets).reshape(-1)
+                if t.size != ids.size:
+                    raise ValueError(f"sequence {s}: targets has {t.size} flags for {ids.size} tokens")
+                if t.size and (t.min() < 0 or t.max() > 255):
+                    raise ValueError(f"sequence {s}: targets must be 0 or 1")
+                t = t.astype(np.uint8)
+            rows = 0
+            if prefix is not None:
+                parr = np.ascontiguousarray(prefix, dtype=np.float32)
+                if parr.ndim == 1:
+                    parr = parr.reshape(1, -1)
+                if parr.ndim != 2 or parr.shape[1] != n_embd:
+                    raise ValueError(f"sequence {s}: prefix must have shape [rows, {n_embd}], got {list(np.shape(prefix))}")
+                pre_all.append(parr)
+                rows = parr.shape[0]
+            ids_all.append(ids); flags_all.append(t); n_tok.append(ids.size); n_pre.append(rows)
+        ids = np.ascontiguousarray(np.concatenate(ids_all), dtype=np.int32)
+        flags = np.ascontiguousarray(np.concatenate(flags_all), dtype=np.uint8)
+        nt = np.asarray(n_tok, dtype=np.int64)
+        npre = np.asarray(n_pre, dtype=np.int64)
+        pre = np.ascontiguousarray(np.concatenate(pre_all, axis=0)) if pre_all else None
+        total = int(nt.sum() + npre.sum())
+        grad, gp, cap = None, None, 0
+        if input_grad:
+            grad = np.empty((total, n_embd), dtype=np.float32)
+            gp, cap = grad.ctypes.data_as(POINTER(c_float)), grad.size
+        s_, n_ = ctypes.c_double(), c_int64()
+        _check(_c.lk_trainer_forward_backward_batch(
+            self.handle, len(seqs), ids.ctypes.data_as(POINTER(c_int32)), flags.ctypes.data_as(POINTER(ctypes.c_uint8)),
+            nt.ctypes.data_as(POINTER(c_int64)), pre.ctypes.data_as(POINTER(c_float)) if pre is not None else None,
+            npre.ctypes.data_as(POINTER(c_int64)), float(loss_scale), byref(s_), byref(n_), gp, cap))
+        grads = None
+        if input_grad:
+            grads, at = [], 0
+            for a, b in zip(n_pre, n_tok):
+                grads.append(grad[at:at + a + b])
+                at += a + b
+        return s_.value, n_.value, grads
+
     def optimizer_step(self, lr: float) -> float:
         """Clip (to max_grad_norm), AdamW with learning rate lr, count the step; returns the gradient norm
         before clipping. The gradients are not zeroed."""

@@ -572,6 +572,15 @@ _fn("lk_trainer_forward_backward", lk_status,
     [lk_trainer_p, POINTER(c_int32), POINTER(ctypes.c_uint8), c_int64, POINTER(c_float), c_int64, c_float,
      POINTER(c_double), POINTER(c_int64), POINTER(c_float), c_int64])
 
+# lk_status lk_trainer_forward_backward_batch(lk_trainer *trainer, int64_t n_seqs, const int32_t *tokens,
+#                                             const uint8_t *is_target, const int64_t *n_tokens,
+#                                             const float *prefix, const int64_t *n_prefix, float loss_scale,
+#                                             double *sum_nll, int64_t *predicted, float *input_grad,
+#                                             int64_t input_grad_capacity);
+_fn("lk_trainer_forward_backward_batch", lk_status,
+    [lk_trainer_p, c_int64, POINTER(c_int32), POINTER(ctypes.c_uint8), POINTER(c_int64), POINTER(c_float),
+     POINTER(c_int64), c_float, POINTER(c_double), POINTER(c_int64), POINTER(c_float), c_int64])
+
 # lk_status lk_trainer_optimizer_step(lk_trainer *trainer, double lr, double *grad_norm);
 _fn("lk_trainer_optimizer_step", lk_status, [lk_trainer_p, c_double, POINTER(c_double)])
 
@@ -629,7 +638,7 @@ FUNCTIONS = (
     "lk_projector_backward", "lk_model_token_embeddings", "lk_train_params_init_sized", "lk_train_params_init",
     "lk_trainer_create", "lk_trainer_free", "lk_trainer_step", "lk_trainer_run", "lk_trainer_validation_loss",
     "lk_trainer_save_checkpoint", "lk_trainer_adapter", "lk_trainer_steps", "lk_trainer_zero_grad",
-    "lk_trainer_forward_backward", "lk_trainer_optimizer_step", "lk_sizeof_model_params", "lk_sizeof_model_info",
+    "lk_trainer_forward_backward", "lk_trainer_forward_backward_batch", "lk_trainer_optimizer_step", "lk_sizeof_model_params", "lk_sizeof_model_info",
     "lk_sizeof_context_params", "lk_sizeof_sampler_params", "lk_sizeof_generate_params",
     "lk_sizeof_generate_result", "lk_sizeof_chat_message", "lk_sizeof_lora_params", "lk_sizeof_train_params",
     "lk_sizeof_train_progress",
