@@ -50,7 +50,7 @@ import Glibc
             try adapter.save(path: gguf, format: .gguf)
         } throws: { e in
             guard case .invalidArgument(let m) = e as? LKError else { return false }
-            return m.contains("layer 1 module q") && m.contains("overflows float32")
+            return m.contains("layer 1 q (self_attn.q_proj)") && m.contains("overflows float32")
         }
         #expect(access(gguf, F_OK) != 0, "no file is written")
         let peft = temporaryPath("fold-overflow-peft")
