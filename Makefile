@@ -1,9 +1,12 @@
 # LoRAKit build, test and install.
 #   make build                 build liblorakit.so and the lorakit CLI (release)
-#   make test                  build, then run the Swift, C, Python, ABI-sweep and plugin tests
+#   make test                  build, then run the Swift, C, Python, ABI-sweep and plugin tests (and a short kill test)
 #   make plugins               build the shipped adapter plugins into .build/plugins/ (ia3.so, dora.so)
 #   make test-plugins          the plugin ABI tests (plain C reference host, no liblorakit; a few seconds);
 #                              leaves the test plugins (shipped + bad ones) in .build/plugin-tests/
+#   make test-kill             crash safety: SIGKILL at random moments, KILLS=50 per operation
+#   make test-asan / test-tsan  the suites under AddressSanitizer+UBSan / ThreadSanitizer (scripts/sanitize.sh)
+#   make fuzz TARGET=… SECONDS=…   build and run one libFuzzer target (Fuzz/README.md); make fuzz-all
 #   make install PREFIX=/usr/local   install library, headers, pkg-config file and CLI
 #   make bench                 run the benchmarks beside their peers and rewrite BENCHMARKS.md tables
 SHELL := /bin/bash
@@ -21,7 +24,8 @@ TEST_PREFIX := $(CURDIR)/.build/test-prefix
 PLUGIN_DIR := $(CURDIR)/.build/plugins
 PLUGIN_CFLAGS := -std=c11 -Wall -Wextra -Werror -O2 -fPIC -shared -fvisibility=hidden -I$(CURDIR)/Include
 
-.PHONY: all build test test-swift test-c test-python test-abi test-plugins plugins install uninstall bench clean model
+.PHONY: all build test test-swift test-c test-python test-abi test-plugins plugins install uninstall bench clean model \
+        test-kill test-kill-short fuzz fuzz-build fuzz-all fuzz-smoke test-asan test-asan-c test-tsan
 
 all: build
 
@@ -29,7 +33,7 @@ build:
 	swift build $(SWIFT_FLAGS)
 	$(MAKE) --no-print-directory plugins
 
-test: build model test-plugins test-swift test-c test-python test-abi
+test: build model test-plugins test-swift test-c test-python test-abi test-kill-short
 
 plugins:
 	mkdir -p $(PLUGIN_DIR)
@@ -91,5 +95,40 @@ model:
 	@scripts/fetch_model.sh > .build/model-path 2>.build/model-error || { echo "WARNING: model download failed: $$(cat .build/model-error); model tests will be SKIPPED" >&2; : > .build/model-path; }
 	@echo "model: $$(cat .build/model-path)"
 
+# Crash safety (Tests/kill/kill_test.py): train, adapter save, merge and convert are killed with SIGKILL at
+# random moments, KILLS times each; every result on disk must stay complete and --resume exact.
+KILLS ?= 50
+test-kill: build
+	LORAKIT_CLI=$(BUILD_DIR)/lorakit-cli nice -n 19 $(PYTHON) Tests/kill/kill_test.py --kills $(KILLS)
+test-kill-short: build
+	LORAKIT_CLI=$(BUILD_DIR)/lorakit-cli $(PYTHON) Tests/kill/kill_test.py --kills 3
+
+# Sanitizers (scripts/sanitize.sh): each builds into its own scratch folder (.build-asan, .build-tsan) and
+# prints one line per suite: result, sanitizer reports, seconds. Run by hand; not part of make test.
+test-asan: model
+	nice -n 19 bash scripts/sanitize.sh address swift c abi plugins python
+# The C suite and the ABI sweep only (what CI can afford).
+test-asan-c: model
+	nice -n 19 bash scripts/sanitize.sh address c abi
+test-tsan: model
+	nice -n 19 bash scripts/sanitize.sh thread swift c plugins python
+
+# Fuzzing (Fuzz/README.md): libFuzzer + AddressSanitizer builds in .build-fuzz, kept out of build and test.
+FUZZ_TARGETS := gguf-model gguf-lora safetensors hf-config peft jsonl tokenizer tokenizer-json
+SECONDS ?= 60
+FUZZ_SECONDS ?= 30
+fuzz-build:
+	nice -n 19 bash Fuzz/build.sh $(TARGET)
+fuzz: model
+	@[ -n "$(TARGET)" ] || { echo "usage: make fuzz TARGET=<one of: $(FUZZ_TARGETS)> SECONDS=60" >&2; exit 2; }
+	nice -n 19 bash Fuzz/build.sh $(TARGET)
+	nice -n 19 bash Fuzz/run.sh $(TARGET) $(SECONDS)
+# Every target for FUZZ_SECONDS (30 s by default).
+fuzz-all: model fuzz-build
+	@fail=0; for t in $(FUZZ_TARGETS); do nice -n 19 bash Fuzz/run.sh $$t $(FUZZ_SECONDS) || fail=1; done; exit $$fail
+# The committed seeds and crash reproducers, each run once through every target.
+fuzz-smoke: model fuzz-build
+	@fail=0; for t in $(FUZZ_TARGETS); do bash Fuzz/run.sh $$t replay || fail=1; done; exit $$fail
+
 clean:
-	rm -rf .build
+	rm -rf .build .build-fuzz .build-asan .build-tsan

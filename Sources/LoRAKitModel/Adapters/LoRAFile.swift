@@ -429,7 +429,13 @@ extension LoRATensors {
             let factor = Float(LoRAModule.scaling(rank: e.rank, alpha: Double(e.alpha), rsLoRA: e.rsLoRA)
                                * Double(e.rank) / Double(alphaG))
             let b = try Tensor(zeros: e.b.shape)
-            for i in 0..<e.b.count { b.f32[i] = e.b.f32[i] * factor }
+            for i in 0..<e.b.count {
+                b.f32[i] = e.b.f32[i] * factor
+                // A file with ±inf would not load again (found by the peft fuzz target).
+                guard b.f32[i].isFinite else {
+                    throw .invalidArgument("LoRA GGUF: \(e.what): lora_B value \(e.b.f32[i]) times \(factor) (its scaling folded into B for the file's alpha \(alphaG)) overflows float32; this adapter cannot be written as a llama.cpp GGUF LoRA")
+                }
+            }
             out.append(try LoRAModule(layer: e.layer, module: e.module, a: e.a, b: b, alpha: alphaG))
         }
         return out
