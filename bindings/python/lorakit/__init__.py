@@ -454,6 +454,28 @@ def _text_arg(text) -> bytes:
     raise TypeError(f"text must be str or bytes, got {type(text).__name__}")
 
 
+def _sequence_args(tokens, targets, prefix, n_embd: int, where: str = ""):
+    """One training sequence's arrays: token ids (int32), target flags (uint8, or None for targets None)
+    and prefix rows ([P, n_embd] float32, or None); `where` prefixes error messages ("sequence 3: ")."""
+    ids = _ids_arg(tokens)
+    flags = None
+    if targets is not None:
+        t = np.ascontiguousarray(targets).reshape(-1)
+        if t.size != ids.size:
+            raise ValueError(f"{where}targets has {t.size} flags for {ids.size} tokens")
+        if t.size and (t.min() < 0 or t.max() > 255):
+            raise ValueError(f"{where}targets must be 0 or 1")
+        flags = t.astype(np.uint8)
+    rows = None
+    if prefix is not None:
+        rows = np.ascontiguousarray(prefix, dtype=np.float32)
+        if rows.ndim == 1:
+            rows = rows.reshape(1, -1)
+        if rows.ndim != 2 or rows.shape[1] != n_embd:
+            raise ValueError(f"{where}prefix must have shape [rows, {n_embd}], got {list(np.shape(prefix))}")
+    return ids, flags, rows
+
+
 def _ids_arg(ids, name: str = "tokens") -> "np.ndarray":
     a = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
     if a.size and (a.min() < -2**31 or a.max() >= 2**31):
@@ -1098,25 +1120,10 @@ class Trainer(_Handle):
         (sum_nll, predicted, grad) with grad = d(loss_scale · Σ NLL)/d(input rows) [P + T, n_embd] when
         input_grad, else None. Only for a Trainer created with train=None."""
         h = self.handle
-        ids = _ids_arg(tokens)
-        tp = None
-        if targets is not None:
-            t = np.ascontiguousarray(targets).reshape(-1)
-            if t.size != ids.size:
-                raise ValueError(f"targets has {t.size} flags for {ids.size} tokens")
-            if t.size and (t.min() < 0 or t.max() > 255):
-                raise ValueError("targets must be 0 or 1")
-            tflags = t.astype(np.uint8)
-            tp = tflags.ctypes.data_as(POINTER(ctypes.c_uint8))
         n_embd = self.n_embd
-        pre, n_pre = None, 0
-        if prefix is not None:
-            parr = np.ascontiguousarray(prefix, dtype=np.float32)
-            if parr.ndim == 1:
-                parr = parr.reshape(1, -1)
-            if parr.ndim != 2 or parr.shape[1] != n_embd:
-                raise ValueError(f"prefix must have shape [rows, {n_embd}], got {list(np.shape(prefix))}")
-            pre, n_pre = parr.ctypes.data_as(POINTER(c_float)), parr.shape[0]
+        ids, tflags, parr = _sequence_args(tokens, targets, prefix, n_embd)
+        tp = tflags.ctypes.data_as(POINTER(ctypes.c_uint8)) if tflags is not None else None
+        pre, n_pre = (parr.ctypes.data_as(POINTER(c_float)), parr.shape[0]) if parr is not None else (None, 0)
         grad, gp, cap = None, None, 0
         if input_grad:
             grad = np.empty((n_pre + ids.size, n_embd), dtype=np.float32)
@@ -1139,23 +1146,11 @@ class Trainer(_Handle):
         ids_all, flags_all, pre_all, n_tok, n_pre = [], [], [], [], []
         for s, item in enumerate(seqs):
             tokens, targets, prefix = (tuple(item) + (None, None))[:3]
-            ids = _ids_arg(tokens)
-            if targets is None:
+            ids, t, parr = _sequence_args(tokens, targets, prefix, n_embd, where=f"sequence {s}: ")
+            if t is None:
                 t = np.ones(ids.size, dtype=np.uint8)
-            else:
-                t = np.ascontiguousarray(targets).reshape(-1)
-                if t.size != ids.size:
-                    raise ValueError(f"sequence {s}: targets has {t.size} flags for {ids.size} tokens")
-                if t.size and (t.min() < 0 or t.max() > 255):
-                    raise ValueError(f"sequence {s}: targets must be 0 or 1")
-                t = t.astype(np.uint8)
             rows = 0
-            if prefix is not None:
-                parr = np.ascontiguousarray(prefix, dtype=np.float32)
-                if parr.ndim == 1:
-                    parr = parr.reshape(1, -1)
-                if parr.ndim != 2 or parr.shape[1] != n_embd:
-                    raise ValueError(f"sequence {s}: prefix must have shape [rows, {n_embd}], got {list(np.shape(prefix))}")
+            if parr is not None:
                 pre_all.append(parr)
                 rows = parr.shape[0]
             ids_all.append(ids); flags_all.append(t); n_tok.append(ids.size); n_pre.append(rows)
