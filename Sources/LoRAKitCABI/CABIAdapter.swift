@@ -111,6 +111,11 @@ public func lk_adapter_create(_ model: OpaquePointer?, _ params: UnsafePointer<l
         let box = try modelArg(model)
         let p = try lk_lora_params.read(params)
         let config = try loraConfig(rank: p.rank, alpha: p.alpha, useRSLoRA: p.use_rslora, targets: p.targets, dropout: p.dropout)
+        if let type = try adapterTypeArg(p.adapter_type) {  // a plugin adapter type (CABIPlugin.swift)
+            let a = try createPluginAdapter(box.model, type: type, config: config, initialization: p.`init`,
+                                            adapterConfig: p.adapter_config, seed: p.seed)
+            return Handles.shared.give(AdapterBox(plugin: a, box), kind: .adapter, to: o)
+        }
         let a = try LoRAAdapter.create(for: box.model, config: config,
                                        initialization: try loraInitialization(p.`init`, seed: p.seed), seed: p.seed)
         return giveAdapter(a, box, o)
