@@ -65,8 +65,7 @@ func adapterConfigArg(_ p: UnsafePointer<CChar>?) throws -> JSONValue? {
 /// lk_adapter_create with params->adapter_type: the type's PEFT config from the LoRA fields and
 /// adapter_config (PluginAdapter.peftOptions), then PluginAdapter.create.
 func createPluginAdapter(_ model: LlamaModel, type name: String, config: LoRAConfig, initialization: Int32,
-                         adapterConfig: UnsafePointer<CChar>?, seed: UInt64) throws -> PluginAdapter {
-    let extra = try adapterConfigArg(adapterConfig)
+                         adapterConfig extra: JSONValue?, seed: UInt64) throws -> PluginAdapter {
     guard initialization == LK_LORA_INIT_PEFT else {
         throw invalid("params->init \(initialization): an adapter of plugin type \"\(name)\" starts from its type's own initialisation; leave init at LK_LORA_INIT_PEFT")
     }
