@@ -62,3 +62,31 @@ model:
 
 clean:
 	rm -rf .build
+
+# Fuzzing (not part of `make test`): `make fuzz TARGET=templates SECONDS=600` builds the target with
+# -sanitize=fuzzer,address and runs libFuzzer on one core from the committed seed corpus
+# (Tests/fuzz/corpus/TARGET), with new inputs in .build/fuzz/corpus-TARGET and findings (crash-*, leak-*,
+# timeout-*) in .build/fuzz/. `make fuzz-smoke` runs each target for a few seconds.
+FUZZ_DIR := $(CURDIR)/.build/fuzz
+FUZZ_FLAGS := -O -g -sanitize=fuzzer,address -parse-as-library -wmo
+TARGET ?= templates
+SECONDS ?= 60
+
+.PHONY: fuzz fuzz-build fuzz-smoke
+fuzz-build:
+	mkdir -p $(FUZZ_DIR)
+	swiftc $(FUZZ_FLAGS) -c -module-name LoRAKitCore -emit-module -emit-module-path $(FUZZ_DIR)/LoRAKitCore.swiftmodule \
+	    Sources/LoRAKitCore/*.swift -o $(FUZZ_DIR)/core.o
+	swiftc $(FUZZ_FLAGS) -c -module-name LoRAKitTemplates -I $(FUZZ_DIR) -emit-module \
+	    -emit-module-path $(FUZZ_DIR)/LoRAKitTemplates.swiftmodule Sources/LoRAKitTemplates/*.swift -o $(FUZZ_DIR)/templates.o
+	swiftc $(FUZZ_FLAGS) -module-name FuzzTemplates -I $(FUZZ_DIR) Tests/fuzz/FuzzTemplates.swift \
+	    $(FUZZ_DIR)/core.o $(FUZZ_DIR)/templates.o -o $(FUZZ_DIR)/fuzz-templates
+
+fuzz: fuzz-build
+	mkdir -p $(FUZZ_DIR)/corpus-$(TARGET)
+	cd $(FUZZ_DIR) && ./fuzz-$(TARGET) -max_total_time=$(SECONDS) -timeout=10 -rss_limit_mb=4096 -max_len=4096 \
+	    -dict=$(CURDIR)/Tests/fuzz/$(TARGET).dict -print_final_stats=1 \
+	    corpus-$(TARGET) $(CURDIR)/Tests/fuzz/corpus/$(TARGET)
+
+fuzz-smoke:
+	$(MAKE) --no-print-directory fuzz TARGET=templates SECONDS=10

@@ -24,6 +24,7 @@ enum LKStatus {
     static let outOfMemory: Int32 = -7
     static let abi: Int32 = -8
     static let bufferTooSmall: Int32 = -9
+    static let limit: Int32 = -10
     static let `internal`: Int32 = -100
 }
 
@@ -44,6 +45,7 @@ func statusCode(_ e: LKError) -> Int32 {
     case .invalidHandle: return LKStatus.invalidHandle
     case .abiMismatch: return LKStatus.abi
     case .internal: return LKStatus.internal
+    case .limit: return LKStatus.limit
     }
 }
 
@@ -221,6 +223,7 @@ nonisolated(unsafe) let statusStrings: [Int32: UnsafeMutablePointer<CChar>] = [
     LKStatus.outOfMemory: strdup("out of memory")!,
     LKStatus.abi: strdup("ABI mismatch")!,
     LKStatus.bufferTooSmall: strdup("buffer too small")!,
+    LKStatus.limit: strdup("limit exceeded")!,
     LKStatus.internal: strdup("internal error")!,
 ]
 nonisolated(unsafe) let unknownStatus: UnsafeMutablePointer<CChar> = strdup("unknown status")!

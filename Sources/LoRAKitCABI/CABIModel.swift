@@ -12,23 +12,11 @@ import Darwin
 
 // MARK: - Handle objects
 
-/// What an lk_model handle refers to: the immutable model plus a lazily parsed chat template.
+/// What an lk_model handle refers to: the immutable model (its chat template is parsed and cached by the model).
 final class ModelBox: @unchecked Sendable {
     let model: LlamaModel
-    private let template = Mutex<ChatTemplate?>(nil)
 
     init(_ m: LlamaModel) { model = m }
-
-    /// The parsed chat template (parsed once, then shared; ChatTemplate.render is thread-safe).
-    func chatTemplate() throws -> ChatTemplate {
-        guard let src = model.chatTemplate else {
-            throw CError(status: LKStatus.unsupported, message: "\(model.source): the model has no chat template (tokenizer.chat_template)")
-        }
-        if let t = template.withLock({ $0 }) { return t }
-        let t = try ChatTemplate(src)
-        template.withLock { $0 = t }
-        return t
-    }
 }
 
 /// What an lk_context handle refers to. Holds its ModelBox (and so the model) strongly: freeing the
@@ -292,13 +280,7 @@ public func lk_chat_apply(_ model: OpaquePointer?, _ messages: UnsafeRawPointer?
                 msgs.append(ChatMessage(role: role, content: content))
             }
         }
-        let tpl = try box.chatTemplate()
-        var extra: [String: TemplateValue] = [:]
-        if let tok = box.model.tokenizer {
-            if let b = tok.bos, let s = tok.token(b) { extra["bos_token"] = .string(s) }
-            if let e = tok.eos, let s = tok.token(e) { extra["eos_token"] = .string(s) }
-        }
-        let text = try tpl.render(messages: msgs, addGenerationPrompt: addGenerationPrompt == 1, extra: extra)
+        let text = try box.model.applyChatTemplate(messages: msgs, addGenerationPrompt: addGenerationPrompt == 1)
         return try copyString(text, buf: buf, capacity: capacity, needed: needed)
     }
 }
@@ -574,3 +556,35 @@ public func lk_sizeof_generate_params() -> Int64 { Int64(MemoryLayout<CGenerateP
 public func lk_sizeof_generate_result() -> Int64 { Int64(MemoryLayout<CGenerateResult>.stride) }
 @_cdecl("lk_sizeof_chat_message")
 public func lk_sizeof_chat_message() -> Int64 { Int64(MemoryLayout<CChatMessage>.stride) }
+
+// MARK: - Chat-template limits
+
+@_cdecl("lk_model_chat_limit")
+public func lk_model_chat_limit(_ model: OpaquePointer?, _ limit: Int32, _ newValue: Int64,
+                                _ oldValue: UnsafeMutablePointer<Int64>?) -> Int32 {
+    guarded("lk_model_chat_limit") {
+        let box = try modelArg(model)
+        guard newValue > 0 || newValue == -1 else { throw invalid("new_value \(newValue) must be positive, or -1 to only read") }
+        let fields: [WritableKeyPath<TemplateLimits, Int>] = [\.maxOutputBytes, \.maxAllocatedBytes, \.maxLoopIterations,
+                                                              \.maxSteps, \.maxRecursionDepth, \.maxValueDepth]
+        var old: Int64 = 0
+        box.model.updateChatTemplateLimits { l in
+            switch limit {
+            case 0...5:
+                old = Int64(l[keyPath: fields[Int(limit)]])
+                if newValue > 0 { l[keyPath: fields[Int(limit)]] = Int(newValue) }
+            case 6:
+                old = Int64((l.maxSeconds * 1000).rounded())
+                if newValue > 0 { l.maxSeconds = Double(newValue) / 1000 }
+            case 7:
+                old = Int64(l.maxTemplateBytes)
+                if newValue > 0 { l.maxTemplateBytes = Int(newValue) }
+            default:
+                old = -1
+            }
+        }
+        guard old >= 0 else { throw invalid("limit \(limit) is not an lk_chat_limit (0...7)") }
+        oldValue?.pointee = old
+        return LKStatus.ok
+    }
+}

@@ -78,6 +78,10 @@ struct InfoCommand: ParsableCommand {
                     ("add_bos", .bool(t.addBOS)),
                 ]) } ?? .string("none: \(m.tokenizerError ?? "")")),
                 ("chat_template", m.chatTemplate.map { .string($0) } ?? .null),
+                // A template that does not parse is shown with the reason (the model still loads and runs).
+                ("chat_template_error", m.chatTemplate == nil ? .null : { () -> JSONValue in
+                    do throws(LKError) { _ = try m.chatFormatter(); return .null } catch { return .string(error.message) }
+                }()),
             ]
             if json {
                 printJSON(.object(obj))
@@ -160,15 +164,10 @@ struct GenerateCommand: ParsableCommand {
             let tok = try m.requireTokenizer()
             var text = prompt
             if chat {
-                guard let src = m.chatTemplate else { throw LKError.unsupported("\(model): the model has no chat template") }
-                let tpl = try ChatTemplate(src)
                 var msgs: [ChatMessage] = []
                 if let s = system { msgs.append(ChatMessage(role: "system", content: s)) }
                 msgs.append(ChatMessage(role: "user", content: prompt))
-                var extra: [String: TemplateValue] = [:]
-                if let b = tok.bos, let s = tok.token(b) { extra["bos_token"] = .string(s) }
-                if let e = tok.eos, let s = tok.token(e) { extra["eos_token"] = .string(s) }
-                text = try tpl.render(messages: msgs, addGenerationPrompt: true, extra: extra)
+                text = try m.applyChatTemplate(messages: msgs, addGenerationPrompt: true)
             }
             let ids = tok.encode(text, addSpecial: chat ? false : nil)
             let context = try LlamaContext(model: m, maxPositions: ctx, threads: threadOpt.threads)

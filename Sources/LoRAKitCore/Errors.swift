@@ -19,17 +19,36 @@ public enum LKError: Error, CustomStringConvertible, Equatable {
     case abiMismatch(String)
     /// Something that should not happen did; a bug in LoRAKit.
     case `internal`(String)
+    /// A configured limit was reached: time, work, memory or size (e.g. a chat template's budget,
+    /// `TemplateLimits`). Nothing was changed; the same call with higher limits may succeed.
+    case limit(String)
 
     public var message: String {
         switch self {
         case .invalidArgument(let m), .shapeMismatch(let m), .unsupported(let m), .io(let m),
              .format(let m), .outOfMemory(let m), .invalidHandle(let m), .abiMismatch(let m),
-             .internal(let m):
+             .internal(let m), .limit(let m):
             return m
         }
     }
 
     public var description: String { message }
+
+    /// The same error with `prefix` before its message (e.g. the path of the file it concerns).
+    public func prefixed(_ prefix: String) -> LKError {
+        switch self {
+        case .invalidArgument(let m): return .invalidArgument(prefix + m)
+        case .shapeMismatch(let m): return .shapeMismatch(prefix + m)
+        case .unsupported(let m): return .unsupported(prefix + m)
+        case .io(let m): return .io(prefix + m)
+        case .format(let m): return .format(prefix + m)
+        case .outOfMemory(let m): return .outOfMemory(prefix + m)
+        case .invalidHandle(let m): return .invalidHandle(prefix + m)
+        case .abiMismatch(let m): return .abiMismatch(prefix + m)
+        case .internal(let m): return .internal(prefix + m)
+        case .limit(let m): return .limit(prefix + m)
+        }
+    }
 }
 
 /// Multiply sizes, failing instead of trapping on overflow.

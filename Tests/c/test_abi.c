@@ -75,7 +75,8 @@ static void test_status_strings(void) {
         {LK_OK, "ok"}, {LK_STOPPED, "stop"}, {LK_ERR_INVALID_ARGUMENT, "argument"},
         {LK_ERR_INVALID_HANDLE, "handle"}, {LK_ERR_SHAPE, "shape"}, {LK_ERR_UNSUPPORTED, "unsupported"},
         {LK_ERR_IO, "I/O"}, {LK_ERR_FORMAT, "malformed"}, {LK_ERR_OUT_OF_MEMORY, "memory"},
-        {LK_ERR_ABI, "ABI"}, {LK_ERR_BUFFER_TOO_SMALL, "buffer"}, {LK_ERR_INTERNAL, "internal"},
+        {LK_ERR_ABI, "ABI"}, {LK_ERR_BUFFER_TOO_SMALL, "buffer"}, {LK_ERR_LIMIT, "limit"},
+        {LK_ERR_INTERNAL, "internal"},
     };
     size_t n = sizeof codes / sizeof codes[0];
     const char *unknown = lk_status_string(12345);

@@ -848,6 +848,23 @@ static void test_real_chat(void) {
     bad[1].role = "user";
     bad[1].content = "\xe2\x82";
     EXPECT_STATUS(lk_chat_apply(m, bad, 2, 1, buf, sizeof buf, &need), LK_ERR_INVALID_ARGUMENT, "messages[1].content");
+
+    /* Chat-template limits: a render over one fails with LK_ERR_LIMIT naming the model; the model stays usable. */
+    int64_t old = 0;
+    EXPECT_OK(lk_model_chat_limit(m, LK_CHAT_LIMIT_STEPS, -1, &old));
+    CHECK(old == 100000000);
+    EXPECT_OK(lk_model_chat_limit(m, LK_CHAT_LIMIT_STEPS, 10, &old));
+    CHECK(old == 100000000);
+    EXPECT_STATUS(lk_chat_apply(m, two, 2, 1, buf, sizeof buf, &need), LK_ERR_LIMIT, "TemplateLimits.maxSteps");
+    CHECKF(strstr(lk_last_error(), path) != NULL, "%s", lk_last_error());
+    EXPECT_OK(lk_model_chat_limit(m, LK_CHAT_LIMIT_STEPS, 100000000, &old));
+    CHECK(old == 10);
+    EXPECT_OK(lk_chat_apply(m, two, 2, 1, buf, sizeof buf, &need));
+    CHECKF(strcmp(buf, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n") == 0, "%s", buf);
+    EXPECT_OK(lk_model_chat_limit(m, LK_CHAT_LIMIT_MILLISECONDS, -1, NULL));
+    EXPECT_STATUS(lk_model_chat_limit(m, LK_CHAT_LIMIT_STEPS, 0, &old), LK_ERR_INVALID_ARGUMENT, "new_value");
+    EXPECT_STATUS(lk_model_chat_limit(m, 8, -1, &old), LK_ERR_INVALID_ARGUMENT, "limit 8");
+    EXPECT_STATUS(lk_model_chat_limit(NULL, LK_CHAT_LIMIT_STEPS, -1, &old), LK_ERR_INVALID_HANDLE, NULL);
     EXPECT_OK(lk_model_free(m));
 }
 

@@ -38,6 +38,8 @@ public final class LlamaModel: @unchecked Sendable {
     public let tokenizer: Tokenizer?
     /// Why `tokenizer` is nil (no vocabulary in the file, or an unsupported tokenizer type).
     public let tokenizerError: String?
+    /// The parsed chat template and its limits (LlamaModel+Chat.swift).
+    package let chatCache = ChatTemplateCache()
 
     /// The tokenizer, or an error saying why there is none.
     public func requireTokenizer() throws(LKError) -> Tokenizer {

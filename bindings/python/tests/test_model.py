@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import lorakit as lk  # noqa: E402
-from lorakit import Context, LoRAKitError, Model, Status, StopReason, _lib  # noqa: E402
+from lorakit import ChatLimit, Context, LoRAKitError, Model, Status, StopReason, _lib  # noqa: E402
 
 TINY = HERE.parents[2] / "Tests" / "LoRAKitTests" / "Fixtures" / "model" / "tiny-llama-f32.gguf"
 REAL = os.environ.get("LORAKIT_MODEL") or ""
@@ -240,6 +240,34 @@ def test_real_chat(real):
     assert "im_start" in real.chat_template
     with pytest.raises(ValueError):
         real.chat([{"role": "user"}])
+
+
+@needs_real
+def test_real_chat_limits(real):
+    msgs = [("user", "Hi")]
+    want = real.chat(msgs)
+    assert real.chat_limit(ChatLimit.STEPS) == 100_000_000
+    assert real.chat_limit(ChatLimit.MILLISECONDS) == 10_000
+    assert real.chat_limit(ChatLimit.ALLOCATED_BYTES) == 1 << 30
+    try:
+        assert real.chat_limit(ChatLimit.STEPS, 10) == 100_000_000
+        assert real.chat_limit(ChatLimit.STEPS) == 10
+        e = expect_error(Status.LIMIT, "TemplateLimits.maxSteps", real.chat, msgs)
+        assert e.message.startswith("lk_chat_apply: " + REAL + ": chat template: line 1, column "), e.message
+        real.chat_limit(ChatLimit.STEPS, 100_000_000)
+        real.chat_limit(ChatLimit.OUTPUT_BYTES, len(want.encode()) - 1)
+        expect_error(Status.LIMIT, "TemplateLimits.maxOutputBytes", real.chat, msgs)
+        real.chat_limit(ChatLimit.OUTPUT_BYTES, len(want.encode()))
+        assert real.chat(msgs) == want
+        real.chat_limit(ChatLimit.LOOP_ITERATIONS, 1)
+        expect_error(Status.FORMAT, "too many loop iterations", real.chat, [("user", "a"), ("assistant", "b")])
+    finally:
+        real.chat_limit(ChatLimit.STEPS, 100_000_000)
+        real.chat_limit(ChatLimit.OUTPUT_BYTES, 64 << 20)
+        real.chat_limit(ChatLimit.LOOP_ITERATIONS, 1_000_000)
+    assert real.chat(msgs) == want  # the model stays usable
+    expect_error(Status.INVALID_ARGUMENT, "new_value 0", real.chat_limit, ChatLimit.STEPS, 0)
+    expect_error(Status.INVALID_ARGUMENT, "limit 99", real.chat_limit, 99)
 
 
 @needs_real
