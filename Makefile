@@ -68,7 +68,7 @@ clean:
 # (Tests/fuzz/corpus/TARGET), with new inputs in .build/fuzz/corpus-TARGET and findings (crash-*, leak-*,
 # timeout-*) in .build/fuzz/. `make fuzz-smoke` runs each target for a few seconds.
 FUZZ_DIR := $(CURDIR)/.build/fuzz
-FUZZ_FLAGS := -O -g -sanitize=fuzzer,address -parse-as-library -wmo
+FUZZ_FLAGS := -O -g -sanitize=fuzzer,address -parse-as-library -wmo -package-name LoRAKit
 TARGET ?= templates
 SECONDS ?= 60
 
@@ -84,7 +84,7 @@ fuzz-build:
 
 fuzz: fuzz-build
 	mkdir -p $(FUZZ_DIR)/corpus-$(TARGET)
-	cd $(FUZZ_DIR) && ./fuzz-$(TARGET) -max_total_time=$(SECONDS) -timeout=10 -rss_limit_mb=4096 -max_len=4096 \
+	cd $(FUZZ_DIR) && ./fuzz-$(TARGET) -max_total_time=$(SECONDS) -timeout=120 -report_slow_units=8 -rss_limit_mb=4096 -max_len=4096 \
 	    -dict=$(CURDIR)/Tests/fuzz/$(TARGET).dict -print_final_stats=1 \
 	    corpus-$(TARGET) $(CURDIR)/Tests/fuzz/corpus/$(TARGET)
 

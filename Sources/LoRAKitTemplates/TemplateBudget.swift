@@ -26,6 +26,40 @@ func satMul(_ a: Int, _ b: Int) -> Int {
     return o ? Int.max : r
 }
 
+/// `s` repeated `times` times in one allocation, filled by doubling copies (O(log times) memcpys; the stdlib's
+/// `String(repeating:count:)` appends once per repetition, which for `'x' * 900000000` takes longer than any
+/// time limit without giving the budget a chance to stop it: fuzz finding timeout-6591f916). The caller has
+/// charged the size.
+func repeated(_ s: String, _ times: Int) -> String {
+    let unit = Array(s.utf8)
+    let (total, overflow) = unit.count.multipliedReportingOverflow(by: max(0, times))
+    guard !overflow, total > 0 else { return "" }
+    return String(unsafeUninitializedCapacity: total) { buf in
+        guard let base = buf.baseAddress else { return 0 }
+        unit.withUnsafeBufferPointer { u in
+            if let src = u.baseAddress { base.initialize(from: src, count: u.count) }
+        }
+        var filled = unit.count
+        while filled < total {
+            let n = min(filled, total - filled)
+            (base + filled).initialize(from: base, count: n)
+            filled += n
+        }
+        return total
+    }
+}
+
+/// Python's `len(s)`: the number of code points, counted over the UTF-8 bytes (every byte but continuation
+/// bytes starts one), which vectorizes; `s.unicodeScalars.count` decodes each scalar (10× slower).
+func scalarCount(_ s: String) -> Int {
+    var s = s
+    return s.withUTF8 { buf in
+        var n = 0
+        for b in buf where b & 0xC0 != 0x80 { n &+= 1 }
+        return n
+    }
+}
+
 /// Nanoseconds of a monotonic clock.
 func monotonicNanoseconds() -> UInt64 {
     var ts = timespec()

@@ -133,7 +133,7 @@ extension JinjaInterpreter {
     func spaces(_ count: Int, _ what: String, _ loc: JLoc) throws(LKError) -> String {
         guard count > 0 else { return "" }
         try budget.alloc(count, "\(what): an indentation of \(count) spaces", loc)
-        return String(repeating: " ", count: count)
+        return repeated(" ", count)
     }
 
     // MARK: filters
@@ -182,7 +182,7 @@ extension JinjaInterpreter {
             switch v {
             case .string(let s):
                 try budget.scan(s.utf8.count, loc)
-                return .int(s.unicodeScalars.count)
+                return .int(scalarCount(s))
             case .array(let x): return .int(x.count)
             case .dict(let d): return .int(d.count)
             case .undefined: return .int(0)

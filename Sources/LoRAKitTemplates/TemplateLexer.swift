@@ -29,10 +29,13 @@ func jIsSpace(_ c: Unicode.Scalar) -> Bool {
     }
 }
 
+/// A String from scalars, encoded into UTF-8 bytes first (appending to `unicodeScalars` allocates per scalar:
+/// 100 ns each, a tenth of a second for one `trim` of a 1 MB message).
 func jString(_ scalars: ArraySlice<Unicode.Scalar>) -> String {
-    var s = ""
-    s.unicodeScalars.append(contentsOf: scalars)
-    return s
+    var out: [UInt8] = []
+    out.reserveCapacity(scalars.count)
+    for c in scalars { UTF8.encode(c) { out.append($0) } }
+    return String(decoding: out, as: UTF8.self)
 }
 
 // MARK: - Lexer

@@ -328,14 +328,18 @@ extension JinjaInterpreter {
             let n = count < 0 ? sc.count + 1 : min(count, sc.count + 1)
             try budget.alloc(satAdd(s.utf8.count, satMul(n, new.utf8.count)),
                              "\(what): inserting a \(new.utf8.count)-byte string \(n) times into a \(s.utf8.count)-byte string", loc)
-            var out = ""
+            // Built as UTF-8 bytes: appending to a String's `unicodeScalars` (or a UnicodeScalarView) copies the
+            // whole string each time, quadratic (fuzz finding slow-unit-d4a989b6).
+            let newBytes = Array(new.utf8)
+            var out: [UInt8] = []
+            out.reserveCapacity(s.utf8.count + n * newBytes.count)
             var k = 0
             for c in sc {
-                if k < n { out += new; k += 1 }
-                out.unicodeScalars.append(c)
+                if k < n { out += newBytes; k += 1 }
+                appendUTF8(c, to: &out)
             }
-            if k < n { out += new }
-            return out
+            if k < n { out += newBytes }
+            return String(decoding: out, as: UTF8.self)
         }
         var i = 0
         while count < 0 || hits.count < count, let j = try searcher.first(in: sc, from: i, budget, loc) {
@@ -346,19 +350,27 @@ extension JinjaInterpreter {
         let removed = satMul(hits.count, old.utf8.count), added = satMul(hits.count, new.utf8.count)
         try budget.alloc(satAdd(max(0, s.utf8.count - removed), added),
                          "\(what): replacing \(hits.count) occurrences with a \(new.utf8.count)-byte string", loc)
-        var out = ""
+        let newBytes = Array(new.utf8)
+        var out: [UInt8] = []
+        out.reserveCapacity(max(0, s.utf8.count - removed) + added)
         var pos = 0
         for j in hits {
-            out.unicodeScalars.append(contentsOf: sc[pos..<j])
-            out += new
+            for c in sc[pos..<j] { appendUTF8(c, to: &out) }
+            out += newBytes
             pos = j + o.count
         }
-        out.unicodeScalars.append(contentsOf: sc[pos...])
-        return out
+        for c in sc[pos...] { appendUTF8(c, to: &out) }
+        return String(decoding: out, as: UTF8.self)
     }
 }
 
 // MARK: - Python string helpers (pure, linear; callers charge them)
+
+/// Appends the UTF-8 encoding of `c`.
+@inline(__always)
+func appendUTF8(_ c: Unicode.Scalar, to out: inout [UInt8]) {
+    UTF8.encode(c) { out.append($0) }
+}
 
 func pyStrip(_ s: String, _ chars: Set<Unicode.Scalar>?, left: Bool, right: Bool) -> String {
     let sc = Array(s.unicodeScalars)

@@ -184,13 +184,14 @@ extension JinjaInterpreter {
             case .string(let s):
                 if s.isEmpty || times == 0 { return .string("") }
                 try budget.alloc(satMul(s.utf8.count, times), "'*': a \(s.utf8.count)-byte string repeated \(n) times", loc)
-                return .string(String(repeating: s, count: times))
+                return .string(repeated(s, times))
             case .array(let arr):
                 if arr.isEmpty || times == 0 { return .list([]) }
                 try budget.allocList(satMul(arr.count, times), "'*': a \(arr.count)-item list repeated \(n) times", loc)
+                if arr.count == 1 { return .array(JList([JValue](repeating: arr[0], count: times))) }
                 var r: [JValue] = []
-                r.reserveCapacity(arr.count * times)
-                for _ in 0..<times { r += arr.items }
+                r.reserveCapacity(arr.count * times)  // ≤ maxAllocatedBytes / element size: charged above
+                for _ in 0..<times { r.append(contentsOf: arr.items) }  // times ≤ that / 2
                 return .array(JList(r))
             default: throw typeError()
             }
@@ -354,12 +355,12 @@ extension JinjaInterpreter {
             guard width > n else { return body }
             let fill = width - n
             try budget.alloc(fill, "'%' formatting with width \(width)", loc)
-            if flags.contains("-") { return body + String(repeating: " ", count: fill) }
+            if flags.contains("-") { return body + repeated(" ", fill) }
             if numeric && flags.contains("0") {
                 let cut = body.unicodeScalars.index(body.unicodeScalars.startIndex, offsetBy: signPrefixLength)
-                return String(body.unicodeScalars[..<cut]) + String(repeating: "0", count: fill) + String(body.unicodeScalars[cut...])
+                return String(body.unicodeScalars[..<cut]) + repeated("0", fill) + String(body.unicodeScalars[cut...])
             }
-            return String(repeating: " ", count: fill) + body
+            return repeated(" ", fill) + body
         }
         switch type {
         case "s", "r", "a":
@@ -389,7 +390,7 @@ extension JinjaInterpreter {
             }
             if let p = precision, p > digits.count {
                 try budget.alloc(p - digits.count, "'%' formatting with precision \(p)", loc)
-                digits = String(repeating: "0", count: p - digits.count) + digits
+                digits = repeated("0", p - digits.count) + digits
             }
             var prefix = negative ? "-" : flags.contains("+") ? "+" : flags.contains(" ") ? " " : ""
             if flags.contains("#") {

@@ -179,9 +179,12 @@ enum JValue {
 
 /// Variables of one scope: the globals, a for-loop iteration, a macro call.
 final class JScope {
-    var vars: [String: JValue] = [:]
+    var vars: [String: JValue]
     let parent: JScope?
-    init(parent: JScope?) { self.parent = parent }
+    init(parent: JScope?) {
+        self.parent = parent
+        vars = Dictionary(minimumCapacity: 4)  // a loop's target and `loop`, a macro's parameters: no regrowth
+    }
 
     func lookup(_ name: String) -> JValue? {
         var s: JScope? = self

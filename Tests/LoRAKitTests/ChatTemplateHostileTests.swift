@@ -10,6 +10,7 @@ import Darwin
 #endif
 @testable import LoRAKitCore
 @testable import LoRAKitTemplates
+@testable import LoRAKitModel
 
 enum HostileExpect: Sendable {
     case output(String)
@@ -287,4 +288,105 @@ extension TemplateValue {
         if case .dict(let d) = self { return d[key] }
         return nil
     }
+}
+
+// MARK: - A model file with a hostile template
+
+@Suite struct HostileModelTemplateTests {
+    /// A scratch copy of the tiny HF model whose chat_template.jinja is `template`.
+    func model(_ name: String, template: String) throws -> (LlamaModel, ScratchFolder) {
+        let s = try ScratchFolder(name)
+        writeBytes(s.path + "/chat_template.jinja", Array(template.utf8))
+        return (try LlamaModel(huggingFaceFolder: s.path), s)
+    }
+
+    func cleanup(_ s: ScratchFolder) {
+        unlink(s.path + "/chat_template.jinja")
+        s.cleanup()
+    }
+
+    @Test func failingTemplateLeavesTheModelUsable() throws {
+        let (m, s) = try model("hostile-range", template: "{{ range(9223372036854775807) | length }}")
+        defer { cleanup(s) }
+        #expect(m.chatTemplate == "{{ range(9223372036854775807) | length }}")
+        let msgs = [ChatMessage(role: "user", content: "hi")]
+        for _ in 0..<2 {
+            do {
+                _ = try m.applyChatTemplate(messages: msgs, addGenerationPrompt: true)
+                Issue.record("rendered")
+            } catch {
+                guard case .format(let msg) = error else { Issue.record("\(error)"); continue }
+                #expect(msg.hasPrefix(s.path + ": chat template: line 1, column 9: Range too big"), "\(msg)")
+            }
+        }
+        // The model still runs.
+        let logits = try LlamaContext(model: m, threads: 1).evaluate(.tokens([1, 2, 3]))
+        #expect(logits.count == m.config.vocabSize && logits.allSatisfy(\.isFinite))
+    }
+
+    @Test func unparsableTemplateIsReportedWithThePath() throws {
+        let (m, s) = try model("hostile-parse", template: "{% if %}")
+        defer { cleanup(s) }
+        #expect(throws: LKError.format(s.path + ": chat template: line 1, column 7: expected an expression, got 'end of statement block'")) {
+            try m.chatFormatter()
+        }
+        #expect(throws: LKError.self) { try m.applyChatTemplate(messages: [], addGenerationPrompt: false) }
+    }
+
+    @Test func modelLimitsApplyAndCanBeRestored() throws {
+        let (m, s) = try model("hostile-limits", template: "{% for m in messages %}{{ m.role }}:{{ m.content }};{% endfor %}")
+        defer { cleanup(s) }
+        let msgs = (0..<5).map { ChatMessage(role: "user", content: "m\($0)") }
+        #expect(try m.applyChatTemplate(messages: msgs, addGenerationPrompt: false) == "user:m0;user:m1;user:m2;user:m3;user:m4;")
+        m.updateChatTemplateLimits { $0.maxSteps = 20 }
+        #expect(m.chatTemplateLimits.maxSteps == 20)
+        do {
+            _ = try m.applyChatTemplate(messages: msgs, addGenerationPrompt: false)
+            Issue.record("rendered under 20 steps")
+        } catch {
+            guard case .limit(let msg) = error else { Issue.record("\(error)"); return }
+            #expect(msg.hasPrefix(s.path + ": chat template: line 1, ") && msg.contains("TemplateLimits.maxSteps"), "\(msg)")
+        }
+        // A per-call limit overrides the model's.
+        #expect(try m.applyChatTemplate(messages: msgs, addGenerationPrompt: false, limits: .default).count == 40)
+        m.chatTemplateLimits = .default
+        #expect(try m.applyChatTemplate(messages: msgs, addGenerationPrompt: false).count == 40)
+    }
+
+    @Test func raiseExceptionNamesTheModel() throws {
+        let (m, s) = try model("hostile-raise", template: "{{ raise_exception('no ' ~ messages | length) }}")
+        defer { cleanup(s) }
+        #expect(throws: LKError.invalidArgument(s.path + ": the chat template raised an exception: no 0")) {
+            try m.applyChatTemplate(messages: [], addGenerationPrompt: false)
+        }
+    }
+}
+
+// MARK: - Fuzz findings (Tests/fuzz/findings)
+
+/// timeout-6591f916: `{{ 'x' * 922337203-6854775807 }}` under the default limits: a 922 MB repetition is within
+/// the byte budget, but the stdlib built it one append per repetition (45 s under ASan, seconds without), with
+/// no step in between for the time limit. Repetition is now a few doubling copies.
+@Test func fuzzTimeout6591f916RepetitionIsFewCopies() throws {
+    let t = try ChatTemplate("{{ ('x' * 200000000) | length }} {{ (['a'] * 5000000) | length }} {{ ('%200000000d' % 7) | length }}")
+    let start = monotonicNanoseconds()
+    #expect(try t.render(messages: [], addGenerationPrompt: false) == "200000000 5000000 200000000")
+    let seconds = Double(monotonicNanoseconds() - start) / 1e9
+    #expect(seconds < 4, "\(seconds) s")
+    // The finding itself ('x' * 922337203, then str - int): a type error, quickly.
+    let f = try ChatTemplate("{{ 'x' * 922337203-6854775807 }}")
+    #expect(throws: LKError.format("chat template: line 1, column 4: unsupported operand type(s) for -: 'str' and 'int'")) {
+        try f.render(messages: [], addGenerationPrompt: false)
+    }
+}
+
+/// slow-unit-d4a989b6: `{% set s = 'ab' * 50000 %}{{ s | replace('a', c) | length }}` took 8+ s under ASan:
+/// replace appended scalar slices to a String between `+=`s, which copies the whole string each time
+/// (quadratic: 0.8 s for 100 KB, 3.3 s for 200 KB). It now builds UTF-8 bytes once.
+@Test func fuzzSlowUnitD4a989b6ReplaceIsLinear() throws {
+    let t = try ChatTemplate("{% set s = 'ab' * 200000 %}{{ s.replace('a', 'x') | length }} {{ s | replace('a', c) | length }} {{ s.replace('', 'é') | length }} {{ ('aé' * 3).replace('é', 'ü€', 2) }}")
+    let start = monotonicNanoseconds()
+    #expect(try t.render(messages: [], addGenerationPrompt: false) == "400000 200000 800001 aü€aü€aé")
+    let seconds = Double(monotonicNanoseconds() - start) / 1e9
+    #expect(seconds < 1, "\(seconds) s")
 }

@@ -1,7 +1,7 @@
 // libFuzzer entry for the chat-template engine (parser + interpreter), built by `make fuzz TARGET=templates`
 // with -sanitize=fuzzer,address. The input is a template's source; it is parsed and, when it parses, rendered
 // over a conversation with tool calls and tools, under small limits (so each input runs in milliseconds) and,
-// for one input in 16, under the default limits. Any error is fine; a crash, a sanitizer report, a leak or a
+// for one input in 32 (by size), under the default limits. Any error is fine; a crash, a sanitizer report, a leak or a
 // hang (libFuzzer's -timeout) is a finding.
 import LoRAKitCore
 import LoRAKitTemplates
@@ -35,7 +35,7 @@ let extra: [String: TemplateValue] = [
 public func fuzzTemplate(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
     let source = String(decoding: UnsafeBufferPointer(start: data, count: size), as: UTF8.self)
     guard let template = try? ChatTemplate(source, limits: fuzzLimits) else { return 0 }
-    let limits = size % 16 == 0 ? TemplateLimits.default : fuzzLimits
+    let limits = size % 32 == 0 ? TemplateLimits.default : fuzzLimits
     _ = try? template.render(messages: messages, addGenerationPrompt: size % 2 == 0, extra: extra, limits: limits)
     return 0
 }
