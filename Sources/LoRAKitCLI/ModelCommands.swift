@@ -9,9 +9,20 @@ func runReporting(_ body: () throws -> Void) throws {
     do {
         try body()
     } catch let e as LKError {
-        writeStderr("lorakit: error: \(e.message)\n")
+        writeStderr("lorakit: error: \(e.namingField(flagName).message)\n")
         throw ExitCode(1)
     }
+}
+
+/// The flag of an option the core names as C and Python do (`lr` → `--lr`, `sampler.top_k` → `--top-k`,
+/// `warmup_steps` → `--warmup`, `layers[1]` → `--layers[1]`).
+func flagName(_ field: String) -> String {
+    let name = field.split(separator: ".").last.map(String.init) ?? field
+    let base = String(name.prefix { $0 != "[" }), index = name.dropFirst(base.count)
+    let renamed = ["temperature": "temp", "warmup_steps": "warmup", "init_adapter": "init", "out_dir": "out",
+                   "resume_dir": "resume", "log_path": "log", "use_rslora": "rslora",
+                   "completion_only_loss": "completion-only"][base] ?? String(base.map { $0 == "_" ? "-" : $0 })
+    return "--" + renamed + index
 }
 
 func loadModel(_ path: String) throws(LKError) -> LlamaModel {
@@ -36,6 +47,37 @@ func peakRSSBytes() -> Int {
 
 struct ThreadOption: ParsableArguments {
     @Option(help: "Threads (default: all cores).") var threads: Int = ThreadPool.hardwareConcurrency
+}
+
+/// `--chat-limit NAME=VALUE`: the model's chat-template limits (TemplateLimits), for `generate --chat` and for
+/// training on {"messages"} data.
+struct ChatLimitOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("A chat-template limit NAME=VALUE (repeatable); NAME: \(ChatLimitOptions.names.joined(separator: ", ")).",
+                               valueName: "name=value"))
+    var chatLimit: [String] = []
+
+    /// The limits' names as flags spell them (`loop-iterations`).
+    static let names = TemplateLimits.named.map { dashed($0.name) }
+    static func dashed(_ s: String) -> String { String(s.map { $0 == "_" ? "-" : $0 }) }
+
+    /// Sets each given limit on `model`, failing with the flag, the name and the reason.
+    func apply(to model: LlamaModel) throws(LKError) {
+        let names = Self.names
+        for spec in chatLimit {
+            let parts = spec.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let i = names.firstIndex(of: Self.dashed(parts[0])) else {
+                throw .invalidArgument("--chat-limit \"\(spec)\": expected NAME=VALUE with NAME one of \(names.joined(separator: ", "))")
+            }
+            guard let v = Int(parts[1]), v > 0 else {
+                throw .invalidArgument("--chat-limit \(names[i])=\(parts[1]): the value must be a positive integer")
+            }
+            do throws(LKError) {
+                _ = try model.exchangeChatTemplateLimit(TemplateLimits.named[i].field, v)
+            } catch {
+                throw .invalidArgument("--chat-limit \(names[i])=\(v): \(error.message)")
+            }
+        }
+    }
 }
 
 struct InfoCommand: ParsableCommand {
@@ -156,11 +198,13 @@ struct GenerateCommand: ParsableCommand {
     var adapter: [String] = []
     @OptionGroup var sampling: SamplingOptions
     @OptionGroup var threadOpt: ThreadOption
+    @OptionGroup var chatLimits: ChatLimitOptions
     @Flag(help: "Print JSON with the text, token ids and timings (no streaming).") var json = false
 
     func run() throws {
         try runReporting {
             let m = try loadModel(model)
+            try chatLimits.apply(to: m)
             let tok = try m.requireTokenizer()
             var text = prompt
             if chat {

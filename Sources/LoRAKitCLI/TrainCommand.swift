@@ -36,6 +36,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Clip the global gradient norm to this (0: off).") var maxGradNorm: Double = 1.0
     @Option(help: "Learning-rate schedule: constant, linear or cosine.") var schedule: String = "constant"
     @Option(help: "Warm-up steps (linear from 0).") var warmup: Int = 0
+    @Option(help: "The cosine schedule decays to lr × this instead of 0 (0...1).") var lrMinRatio: Double = 0
     @Option(help: "Optimizer steps (default: from --epochs).") var steps: Int?
     @Option(help: "Passes over the data when --steps is not given.") var epochs: Double = 1
     @Option(help: "Examples per micro-batch.") var batch: Int = 4
@@ -43,6 +44,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Micro-batches per optimizer step.") var gradAccum: Int = 1
     @Option(help: "Seed (data order, adapter init, dropout).") var seed: UInt64 = 0
     @OptionGroup var threadOpt: ThreadOption
+    @OptionGroup var chatLimits: ChatLimitOptions
     @Option(help: "Shuffle the examples each epoch (true/false).") var shuffle: Bool = true
     @Option(help: "Loss only on completions / assistant turns (true/false).") var completionOnly: Bool = true
     @Flag(help: "Pack examples into rows of exactly --seq tokens.") var packing = false
@@ -77,6 +79,7 @@ struct TrainCommand: ParsableCommand {
                                       weightDecay: weightDecay, maxGradNorm: maxGradNorm > 0 ? maxGradNorm : nil)
         o.schedule = try LRScheduleKind(parsing: schedule)
         o.warmupSteps = warmup
+        o.lrMinRatio = lrMinRatio
         o.steps = steps
         o.epochs = epochs
         o.batchSize = batch
@@ -105,6 +108,7 @@ struct TrainCommand: ParsableCommand {
     func run() throws {
         try runReporting {
             let m = try loadModel(model)
+            try chatLimits.apply(to: m)
             let session = try TrainingSession(model: m, trainPath: data, validPath: valid, options: try options())
             for n in session.notes { writeStderr(n + "\n") }
             if session.step == 0, let v = try session.validationLoss() {

@@ -134,25 +134,55 @@ public struct TemplateLimits: Sendable, Equatable {
     /// Units of work: one per statement, expression, loop iteration, element a builtin visits (compares,
     /// copies, sorts) and per 16 characters it scans.
     public var maxSteps = 100_000_000
-    /// Nesting of statements, expressions and macro calls while rendering (the stack's depth).
+    /// Nesting of statements, expressions and macro calls while rendering (the stack's depth); at most
+    /// `depthCap`.
     public var maxRecursionDepth = 200
-    /// Nesting of lists and dicts, given (`extra`) or built.
+    /// Nesting of lists and dicts, given (`extra`) or built; at most `depthCap`.
     public var maxValueDepth = 100
     /// Wall-clock time of a render, in seconds (a monotonic clock, read every 4096 steps).
     public var maxSeconds = 10.0
+
+    /// The highest `maxRecursionDepth` and `maxValueDepth` accepted. Each level is a few native stack frames
+    /// (the interpreter, `tojson`, `repr` and comparisons recurse), so the depth limits are what keeps a
+    /// template from overflowing the calling thread's stack; at this cap a render needs under 1 MiB of stack
+    /// (ChatTemplateHostileTests runs the deepest templates at the cap on a 1 MiB thread), so any thread of a
+    /// C or Python host (8 MiB main thread, 8 MiB default pthreads on Linux, 512 KiB on macOS above the cap's
+    /// need of real templates) is safe.
+    public static let depthCap = 1000
 
     public init() {}
 
     /// The defaults.
     public static let `default` = TemplateLimits()
 
-    /// Checks that every bound is positive (`maxSeconds` finite), naming the field.
+    /// The integer limits by the names the C ABI (`LK_CHAT_LIMIT_*`), Python (`ChatLimit`) and the CLI
+    /// (`--chat-limit NAME=VALUE`) give them, in `lk_chat_limit` order.
+    nonisolated(unsafe) public static let named: [(name: String, field: WritableKeyPath<TemplateLimits, Int>)] = [
+        ("output_bytes", \.maxOutputBytes), ("allocated_bytes", \.maxAllocatedBytes),
+        ("loop_iterations", \.maxLoopIterations), ("steps", \.maxSteps), ("recursion_depth", \.maxRecursionDepth),
+        ("value_depth", \.maxValueDepth), ("milliseconds", \.maxMilliseconds), ("template_bytes", \.maxTemplateBytes),
+    ]
+
+    /// `maxSeconds` in whole milliseconds (the C ABI's and Python's unit); setting it sets `maxSeconds`.
+    public var maxMilliseconds: Int {
+        get {
+            let ms = (maxSeconds * 1000).rounded()
+            return ms.isNaN || ms < 0 ? 0 : ms >= 9.2e18 ? Int.max : Int(ms)
+        }
+        set { maxSeconds = Double(newValue) / 1000 }
+    }
+
+    /// Checks that every bound is positive (`maxSeconds` finite) and the depths at most `depthCap`, naming
+    /// the field.
     public func validate() throws(LKError) {
         for (name, v) in [("maxTemplateBytes", maxTemplateBytes), ("maxOutputBytes", maxOutputBytes),
                           ("maxAllocatedBytes", maxAllocatedBytes), ("maxLoopIterations", maxLoopIterations),
                           ("maxSteps", maxSteps), ("maxRecursionDepth", maxRecursionDepth), ("maxValueDepth", maxValueDepth)]
         where v <= 0 {
             throw .invalidArgument("TemplateLimits.\(name) is \(v); it must be positive")
+        }
+        for (name, v) in [("maxRecursionDepth", maxRecursionDepth), ("maxValueDepth", maxValueDepth)] where v > Self.depthCap {
+            throw .invalidArgument("TemplateLimits.\(name) is \(v); it must be in 1...\(Self.depthCap) (deeper nesting could overflow the thread's stack)")
         }
         guard maxSeconds.isFinite, maxSeconds > 0 else {
             throw .invalidArgument("TemplateLimits.maxSeconds is \(maxSeconds); it must be positive and finite")

@@ -3,6 +3,7 @@
 // The same cases seed the fuzz target's corpus (Tests/fuzz/corpus/templates, written by
 // `LORAKIT_WRITE_FUZZ_SEEDS=dir swift test --filter hostileSeeds`).
 import Testing
+import Synchronization
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -389,4 +390,100 @@ extension TemplateValue {
     #expect(try t.render(messages: [], addGenerationPrompt: false) == "400000 200000 800001 aü€aü€aé")
     let seconds = Double(monotonicNanoseconds() - start) / 1e9
     #expect(seconds < 1, "\(seconds) s")
+}
+
+// MARK: - Depth limits and the stack
+
+/// Runs `body` on a new thread with a `stackBytes` stack and waits for it (a stack overflow would kill the
+/// test process, which fails the run).
+func onThread(stackBytes: Int, _ body: @escaping @Sendable () -> Void) {
+    final class Box: @unchecked Sendable { let body: @Sendable () -> Void; init(_ b: @escaping @Sendable () -> Void) { body = b } }
+    var attr = pthread_attr_t()
+    pthread_attr_init(&attr)
+    pthread_attr_setstacksize(&attr, stackBytes)
+    let arg = Unmanaged.passRetained(Box(body)).toOpaque()
+    #if canImport(Glibc)
+    var tid = pthread_t()
+    #else
+    var tid: pthread_t? = nil
+    #endif
+    let rc = pthread_create(&tid, &attr, { raw in
+        #if canImport(Glibc)
+        let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
+        #else
+        let box = Unmanaged<Box>.fromOpaque(raw).takeRetainedValue()
+        #endif
+        box.body()
+        return nil
+    }, arg)
+    pthread_attr_destroy(&attr)
+    guard rc == 0 else { Issue.record("pthread_create: \(rc)"); return }
+    #if canImport(Glibc)
+    pthread_join(tid, nil)
+    #else
+    pthread_join(tid!, nil)
+    #endif
+}
+
+/// The depth limits are capped (TemplateLimits.depthCap) so that no setting lets a template overflow the stack:
+/// at the cap, the deepest macro recursion and the deepest list (built, compared, printed, serialized) render
+/// on a thread with a 1 MiB stack (C hosts' threads have 8 MiB on Linux, 512 KiB+ on macOS).
+@Test func depthLimitsAtTheCapFitAOneMiBStack() throws {
+    var l = TemplateLimits()
+    l.maxRecursionDepth = TemplateLimits.depthCap + 1
+    #expect(throws: LKError.invalidArgument("TemplateLimits.maxRecursionDepth is 1001; it must be in 1...1000 (deeper nesting could overflow the thread's stack)")) {
+        try ChatTemplate("x", limits: l)
+    }
+    l = TemplateLimits()
+    l.maxValueDepth = Int.max
+    #expect(throws: LKError.self) { try ChatTemplate("x").render(messages: [], addGenerationPrompt: false, limits: l) }
+    var cap = TemplateLimits()
+    cap.maxRecursionDepth = TemplateLimits.depthCap
+    cap.maxValueDepth = TemplateLimits.depthCap
+    let recursion = try ChatTemplate("{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{% else %}bottom{% endif %}{% endmacro %}{{ f(100000) }}")
+    let nested = try ChatTemplate("""
+        {% set ns = namespace(v=1) %}{% for i in range(2000) %}{% set ns.v = [ns.v] %}{% endfor %}{{ ns.v }}
+        """)
+    let shallower = try ChatTemplate("""
+        {% set ns = namespace(v=1) %}{% for i in range(990) %}{% set ns.v = [ns.v] %}{% endfor %}\
+        {{ ns.v | tojson | length }} {{ ns.v | string | length }} {{ ns.v == ns.v }} {{ [ns.v, ns.v] | unique | list | length }}
+        """)
+    let capLimits = cap
+    let results = Mutex<[String]>([])
+    onThread(stackBytes: 1 << 20) {
+        for t in [recursion, nested, shallower] {
+            let r: String
+            do throws(LKError) { r = try t.render(messages: [], addGenerationPrompt: false, limits: capLimits) } catch { r = "error: \(error.message)" }
+            results.withLock { $0.append(r) }
+        }
+    }
+    let r = results.withLock { $0 }
+    #expect(r.count == 3)
+    guard r.count == 3 else { return }
+    #expect(r[0].hasPrefix("error: chat template: ") && r[0].contains("nested more than 1000 levels (TemplateLimits.maxRecursionDepth)"), "\(r[0])")
+    #expect(r[1].hasPrefix("error: chat template: ") && r[1].contains("more than 1000 levels deep (TemplateLimits.maxValueDepth)"), "\(r[1])")
+    #expect(r[2] == "1981 1981 True 1", "\(r[2])")
+}
+
+/// The model's limits are read and set one at a time (the C ABI's and the CLI's way): the old value comes
+/// back, a value the limits refuse changes nothing and names the field.
+@Test func modelLimitExchange() throws {
+    let m = try LlamaModel(huggingFaceFolder: fixturePath("train/model"))
+    #expect(try m.exchangeChatTemplateLimit(\.maxSteps, nil) == 100_000_000)
+    #expect(try m.exchangeChatTemplateLimit(\.maxSteps, 123) == 100_000_000)
+    #expect(m.chatTemplateLimits.maxSteps == 123)
+    #expect(try m.exchangeChatTemplateLimit(\.maxMilliseconds, 250) == 10_000)
+    #expect(m.chatTemplateLimits.maxSeconds == 0.25)
+    #expect(throws: LKError.invalidArgument("TemplateLimits.maxValueDepth is 5000; it must be in 1...1000 (deeper nesting could overflow the thread's stack)")) {
+        try m.exchangeChatTemplateLimit(\.maxValueDepth, 5000)
+    }
+    #expect(throws: LKError.invalidArgument("TemplateLimits.maxOutputBytes is 0; it must be positive")) {
+        try m.exchangeChatTemplateLimit(\.maxOutputBytes, 0)
+    }
+    #expect(m.chatTemplateLimits.maxValueDepth == 100 && m.chatTemplateLimits.maxOutputBytes == 64 << 20)
+    #expect(TemplateLimits.named.map(\.name) == ["output_bytes", "allocated_bytes", "loop_iterations", "steps",
+                                                 "recursion_depth", "value_depth", "milliseconds", "template_bytes"])
+    var l = TemplateLimits()
+    l.maxSeconds = 1e300
+    #expect(l.maxMilliseconds == Int.max)
 }

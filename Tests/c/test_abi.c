@@ -92,7 +92,7 @@ static void test_status_strings(void) {
             CHECKF(strcmp(s, lk_status_string(codes[j].code)) != 0, "codes %d and %d share the name \"%s\"",
                    (int)codes[i].code, (int)codes[j].code, s);
     }
-    const lk_status odd[] = {2, -10, -99, -101, INT32_MIN, INT32_MAX};
+    const lk_status odd[] = {2, -11, -99, -101, INT32_MIN, INT32_MAX};
     for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
         const char *s = lk_status_string(odd[i]);
         CHECKF(s != NULL && strstr(s, "unknown") != NULL, "status %d -> \"%s\"", (int)odd[i], s ? s : "(NULL)");

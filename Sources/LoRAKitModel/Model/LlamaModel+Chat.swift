@@ -69,6 +69,23 @@ extension LlamaModel {
         chatCache.limits.withLock { body(&$0) }
     }
 
+    /// Reads one of `chatTemplateLimits` and, when `newValue` is given, replaces it atomically, for later renders.
+    /// Returns the value in force before the call.
+    /// - Throws: `.invalidArgument` naming the field when the new limits do not validate (`TemplateLimits.validate`);
+    ///   nothing is changed then.
+    public func exchangeChatTemplateLimit(_ field: WritableKeyPath<TemplateLimits, Int>, _ newValue: Int?) throws(LKError) -> Int {
+        try chatCache.limits.withLock { (limits: inout TemplateLimits) throws(LKError) -> Int in
+            let old = limits[keyPath: field]
+            if let newValue {
+                var changed = limits
+                changed[keyPath: field] = newValue
+                try changed.validate()
+                limits = changed
+            }
+            return old
+        }
+    }
+
     /// The model's chat template bound to its tokenizer's special tokens, parsed on first use and cached
     /// (a parse error too).
     /// - Throws: `.unsupported` when the model has no chat template; `.format` (a syntax error) or `.limit`

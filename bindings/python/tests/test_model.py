@@ -336,3 +336,56 @@ def test_real_two_threads_share_model(real):
     for t in threads:
         t.join()
     assert par == seq
+
+
+HF = HERE.parents[2] / "Tests" / "LoRAKitTests" / "Fixtures" / "model" / "tiny-llama-hf"
+
+# Issue 17's hostile templates, each a template of a model folder: (template, status, what the message names).
+HOSTILE = [
+    ("{{ range(9223372036854775807) | length }}", Status.FORMAT, "Range too big"),
+    ('{% set s = "x" * 100000 %}{{ s.replace("", s) | length }}', Status.LIMIT, "str.replace()"),
+    ("{{ 'a\nb' | indent(9223372036854775807) }}", Status.LIMIT, "9223372036854775807 spaces"),
+    ("{{ [1, 2] | tojson(indent=9223372036854775807) }}", Status.LIMIT, "9223372036854775807 spaces"),
+    ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", Status.FORMAT, "TemplateLimits.maxRecursionDepth"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", Status.FORMAT,
+     "TemplateLimits.maxLoopIterations"),
+    ("{% set ns = namespace(l=[1]) %}{% for i in range(64) %}{% set ns.l = ns.l + ns.l %}{% endfor %}", Status.LIMIT,
+     "TemplateLimits.maxAllocatedBytes"),
+    ("{% if %}", Status.FORMAT, "expected an expression"),
+]
+
+
+@pytest.mark.parametrize("template,status,names", HOSTILE)
+def test_hostile_chat_template(tmp_path, template, status, names):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (folder / f).symlink_to(HF / f)
+    (folder / "chat_template.jinja").write_text(template)
+    m = Model(str(folder))  # a template that fails (even to parse) does not stop the model from loading
+    assert m.chat_template == template
+    m.chat_limit(ChatLimit.ALLOCATED_BYTES, 64 << 20)  # keep the suite light; the limit is what is hit
+    for _ in range(2):
+        e = expect_error(status, names, m.chat, [("user", "hi")])
+        assert e.message.startswith("lk_chat_apply: " + str(folder) + ": chat template: "), e.message
+    # The process and the model survive: the model still evaluates.
+    with Context(m, n_ctx=16, n_threads=1) as ctx:
+        logits = ctx.eval([1, 2, 3])
+        assert np.isfinite(logits).all() and logits.shape[-1] == m.info.n_vocab
+
+
+def test_chat_limit_depth_cap(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (folder / f).symlink_to(HF / f)
+    (folder / "chat_template.jinja").write_text("{{ messages | length }}")
+    m = Model(str(folder))
+    assert m.chat_limit(ChatLimit.RECURSION_DEPTH) == 200
+    assert m.chat_limit(ChatLimit.VALUE_DEPTH, 1000) == 100
+    e = expect_error(Status.INVALID_ARGUMENT, "LK_CHAT_LIMIT_RECURSION_DEPTH", m.chat_limit, ChatLimit.RECURSION_DEPTH, 1001)
+    assert "must be in 1...1000" in e.message, e.message
+    assert m.chat_limit(ChatLimit.RECURSION_DEPTH) == 200  # unchanged
+    assert m.chat_limit(ChatLimit.MILLISECONDS, 1500) == 10_000
+    assert m.chat_limit(ChatLimit.MILLISECONDS) == 1500
+    assert m.chat([("user", "a"), ("assistant", "b")]) == "2"
