@@ -44,7 +44,8 @@ public enum LKError: Error, CustomStringConvertible, Equatable {
 
     public var description: String { message }
 
-    /// The same error with `prefix` before its message (e.g. the path of the file it concerns).
+    /// The same error with `prefix` before its message (e.g. the path of the file it concerns); an option
+    /// error keeps its field first, as it is.
     public func prefixed(_ prefix: String) -> LKError {
         switch self {
         case .invalidArgument(let m): return .invalidArgument(prefix + m)
@@ -53,7 +54,7 @@ public enum LKError: Error, CustomStringConvertible, Equatable {
         case .io(let m): return .io(prefix + m)
         case .format(let m): return .format(prefix + m)
         case .outOfMemory(let m): return .outOfMemory(prefix + m)
-        case .invalidOption: return .invalidArgument(prefix + message)
+        case .invalidOption: return self  // its field stays first
         case .internal(let m): return .internal(prefix + m)
         case .limit(let m): return .limit(prefix + m)
         }
