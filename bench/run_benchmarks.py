@@ -263,6 +263,7 @@ def section_gemm(cli: str, seconds: float, command: str) -> str:
     ours: dict = {}
     peer: dict = {}
     quant: dict = {}
+    pair_ratio: dict = {}
     notes = []
     # numpy's OpenBLAS, loaded into lorakit-cli (`bench gemm --blas`) so the two alternate call by call in
     # one process; numpy in its own process only when the library's path is unknown.
@@ -291,6 +292,8 @@ def section_gemm(cli: str, seconds: float, command: str) -> str:
                     limited_by.add("openblas_set_num_threads, in lorakit-cli's process (`bench gemm --blas`)")
                 else:
                     lk, why = run_cli(cli, args)
+                if lk and lk.get("blas"):
+                    kernel.setdefault("blas", lk["blas"])
                 if lk:
                     kernel.setdefault("path", f"{lk.get('kernel_path', '?')} (GEMM tile {lk.get('gemm_tile', '?')})")
                 elif why:
@@ -380,7 +383,9 @@ def section_gemm(cli: str, seconds: float, command: str) -> str:
         f"- CPU: {cpu_model()}" + (f"; {load}" if (load := load_note()) else ""),
         f"- LoRAKit kernel path: {kernel.get('path', '?')}; quantized mat-vec path: {kernel.get('qdot', '?')}",
         f"- numpy {blas_seen.get('numpy', '?')} with {blas}; threads limited with {how}; "
-        "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for numpy",
+        "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for numpy"
+        + (f"; as loaded into lorakit-cli (this environment's OPENBLAS_* variables apply): {kernel['blas']}"
+           if kernel.get("blas") else ""),
         f"- Command: `{command}`",
         f"- Method: {rounds} rounds; in each round every f32 row is one `lorakit-cli bench gemm --blas <numpy's "
         "OpenBLAS>` run: LoRAKit's GEMM and OpenBLAS's cblas_sgemm alternate call by call in that one process "

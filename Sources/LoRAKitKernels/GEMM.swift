@@ -1,4 +1,5 @@
 import LoRAKitCore
+import LoRAKitKernelsC
 
 /// Packed, register-blocked matrix multiplication.
 ///
@@ -594,6 +595,10 @@ extension GEMM {
         var c30 = Vec(), c31 = Vec()
         var c40 = Vec(), c41 = Vec()
         var c50 = Vec(), c51 = Vec()
+        // The C tile's 6 rows (64 bytes each) are read and written after the K loop; on wide products
+        // (the output head: C of 100 MB) they come from memory, so ask for them now and let the loop's
+        // ~kc·6 cycles hide the latency.
+        for i in 0..<6 { lk_prefetch_write(c + i * ldc); lk_prefetch_write(c + i * ldc + NR - 1) }
         var ap = a
         var bp = UnsafeRawPointer(b)
         for _ in 0..<kc {
