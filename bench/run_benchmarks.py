@@ -6,14 +6,23 @@
 Each section measures one thing and owns one block of BENCHMARKS.md between
 `<!-- NAME:begin -->` and `<!-- NAME:end -->`; everything outside the blocks is kept. Sections:
 
-  gemm   f32 C = A·B at training/prefill shapes, LoRAKit (`lorakit-cli bench gemm --json`) vs numpy's
-         `A @ B` (OpenBLAS) at the same thread counts, plus the quantized decode product (M = 1, q4_1
-         weight) as weight-read GB/s against the machine's memory read bandwidth (bench/membw.c).
+  gemm   f32 C = A·B at training/prefill shapes, LoRAKit vs numpy's OpenBLAS at the same thread counts:
+         `lorakit-cli bench gemm --blas <numpy's libopenblas> --json` loads OpenBLAS into its own process
+         and alternates single calls of the two (per-pair ratios; rounds from LORAKIT_BENCH_ROUNDS,
+         default 3); the quantized many-row products (q4_1, q8_0 Wᵀ) against our f32 GEMM; the quantized
+         decode product (M = 1, q4_1 weight) as weight-read GB/s against the machine's memory read
+         bandwidth (bench/membw.c). For the AVX2 path on an AVX-512 machine: build with
+         LORAKIT_TARGET_CPU=haswell --scratch-path .build-haswell and pass --cli and --block-suffix avx2.
 
   generate  prefill/decode speed and peak RSS on the real model vs llama.cpp (bench/llamacpp_generate.py).
   adapters  decode/prefill speed with unmerged LoRA adapters attached relative to none, measured in one
          process with base and adapted decode steps interleaved (`lorakit-cli bench generate
          --compare-adapters`), at 1 and 2 threads, plus attach/detach/swap times.
+  scaling   (only when named) prefill/decode tokens/s and peak RSS vs llama.cpp on the real model and on
+            random LLaMA-shaped ≈ 0.5B / ≈ 1.5B files (q4_1, q8_0) written by scripts/make_scaled_models.py
+            into ~/.cache/lorakit/scaled (threads from LORAKIT_BENCH_SCALING_THREADS, default 2).
+  context   (only when named) prefill of 512 / 2048 tokens and decode at positions 0 / 1024 / 4096 vs
+            llama.cpp on the real model, and the KV cache's bytes per token.
   train     LoRA training steps (4 × 128 tokens, r=8 q,v) vs PEFT + PyTorch (bench/peft_train.py):
             tokens/s and peak RSS. Threads from LORAKIT_BENCH_TRAIN_THREADS (default "1,2"), timed
             steps from LORAKIT_BENCH_TRAIN_STEPS (default 5), runs per side from
@@ -233,41 +242,115 @@ def fmt(x: float | None, digits: int = 1) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def bench_rounds(default: int = 3) -> int:
+    """Interleaved rounds per figure: LORAKIT_BENCH_ROUNDS (default 3)."""
+    return max(1, int(os.environ.get("LORAKIT_BENCH_ROUNDS", str(default))))
+
+
+# Quantized many-row products (prefill/training shapes with a quantized weight used as Wᵀ), measured
+# against our own f32 GEMM on the same shape in the same round.
+QUANT_GEMM_ROWS = [(512, 576, 1536, "q4_1"), (512, 576, 1536, "q8_0"), (512, 1536, 576, "q4_1"),
+                   (512, 1536, 576, "q8_0"), (512, 576, 49152, "q8_0")]
+
+
 def section_gemm(cli: str, seconds: float, command: str) -> str:
     have_tpc = ensure_threadpoolctl()
-    rows = []
+    rounds = bench_rounds()
     blas_seen: dict[str, str] = {}
     limited_by = set()
+    kernel = {}
+    # (m, k, n, t) -> lists of per-round figures; every round measures LoRAKit then numpy on each shape.
+    ours: dict = {}
+    peer: dict = {}
+    quant: dict = {}
+    pair_ratio: dict = {}
+    notes = []
+    # numpy's OpenBLAS, loaded into lorakit-cli (`bench gemm --blas`) so the two alternate call by call in
+    # one process; numpy in its own process only when the library's path is unknown.
+    blas_path = None
+    try:
+        probe = run_numpy(64, 64, 64, 1, 0.01)
+        blas_seen.setdefault("numpy", probe["numpy"])
+        for b in probe["blas"]:
+            if b.get("internal_api") == "openblas" and b.get("filepath"):
+                blas_path = b["filepath"]
+                blas_seen.setdefault(
+                    "blas", f"{b['internal_api']} {b.get('version') or ''} "
+                            f"(kernel/arch: {b.get('architecture') or 'unknown'}, "
+                            f"threading: {b.get('threading_layer') or 'unknown'})")
+    except Exception as e:  # noqa: BLE001
+        notes.append(f"numpy probe: {e}")
+    blas_env = {"OPENBLAS_THREAD_TIMEOUT": "4"}  # its workers sleep at once instead of spinning into our turn
+    for r in range(rounds):
+        for (m, k, n) in GEMM_SHAPES:
+            for t in GEMM_THREADS:
+                key = (m, k, n, t)
+                args = ["bench", "gemm", "--m", str(m), "--k", str(k), "--n", str(n), "--threads", str(t),
+                        "--seconds", str(max(seconds, 2.0)), "--json"]
+                if blas_path:
+                    lk, why = run_cli(cli, [*args, "--blas", blas_path], extra_env=blas_env)
+                    limited_by.add("openblas_set_num_threads, in lorakit-cli's process (`bench gemm --blas`)")
+                else:
+                    lk, why = run_cli(cli, args)
+                if lk and lk.get("blas"):
+                    kernel.setdefault("blas", lk["blas"])
+                if lk:
+                    kernel.setdefault("path", f"{lk.get('kernel_path', '?')} (GEMM tile {lk.get('gemm_tile', '?')})")
+                elif why:
+                    notes.append(f"LoRAKit {m}×{k}×{n} at {t} threads: {why}")
+                ours.setdefault(key, []).append(lk.get("gflops") if lk else None)
+                if blas_path:
+                    peer.setdefault(key, []).append(lk.get("blas_gflops") if lk else None)
+                    pair_ratio.setdefault(key, []).append(lk.get("ratio_median") if lk else None)
+                else:
+                    try:
+                        npres = run_numpy(m, k, n, t, seconds)
+                        peer.setdefault(key, []).append(npres["gflops"])
+                        limited_by.add(npres["limited_by"])
+                    except Exception as e:  # noqa: BLE001 - record and keep going
+                        peer.setdefault(key, []).append(None)
+                        notes.append(f"numpy {m}×{k}×{n} at {t} threads: {e}")
+                    o, p_ = ours[key][-1], peer[key][-1]
+                    pair_ratio.setdefault(key, []).append(o / p_ if o and p_ else None)
+                print(f"gemm round {r + 1}/{rounds} {m}x{k}x{n} threads={t}: lorakit {fmt(ours[key][-1])} GFLOP/s, "
+                      f"OpenBLAS {fmt(peer[key][-1])} GFLOP/s, ratio {fmt(pair_ratio[key][-1], 2)}", file=sys.stderr)
+        for (m, k, n, dtype) in QUANT_GEMM_ROWS:
+            for t in GEMM_THREADS:
+                res, why = run_cli(cli, ["bench", "gemm", "--m", str(m), "--k", str(k), "--n", str(n), "--dtype",
+                                         dtype, "--threads", str(t), *seconds_args(seconds), "--json"])
+                f32, _ = run_cli(cli, ["bench", "gemm", "--m", str(m), "--k", str(k), "--n", str(n), "--threads",
+                                       str(t), *seconds_args(seconds), "--json"])
+                quant.setdefault((m, k, n, dtype, t), []).append(
+                    (res.get("gflops") if res else None, f32.get("gflops") if f32 else None))
+                print(f"gemm round {r + 1}/{rounds} {m}x{k}x{n} {dtype} threads={t}: "
+                      f"{fmt(quant[(m, k, n, dtype, t)][-1][0])} vs f32 {fmt(quant[(m, k, n, dtype, t)][-1][1])} GFLOP/s",
+                      file=sys.stderr)
+
+    def ratios(a: list, b: list) -> list:
+        return [x / y for x, y in zip(a, b) if x and y]
+
+    def spread(v: list) -> str:
+        v = [x for x in v if x is not None]
+        if not v:
+            return "n/a"
+        return f"{_median(v):.2f} ({min(v):.2f}–{max(v):.2f})"
+
+    rows = []
     for (m, k, n) in GEMM_SHAPES:
         for t in GEMM_THREADS:
-            lk, why = run_cli(cli, ["bench", "gemm", "--m", str(m), "--k", str(k), "--n", str(n), "--threads", str(t),
-                                    *seconds_args(seconds), "--json"])
-            lk_g = lk.get("gflops") if lk else None
-            try:
-                npres = run_numpy(m, k, n, t, seconds)
-                np_g = npres["gflops"]
-                limited_by.add(npres["limited_by"])
-                blas_seen.setdefault("numpy", npres["numpy"])
-                for b in npres["blas"]:
-                    if b.get("internal_api"):
-                        blas_seen.setdefault(
-                            "blas", f"{b['internal_api']} {b.get('version') or ''} "
-                                    f"(kernel/arch: {b.get('architecture') or 'unknown'}, "
-                                    f"threading: {b.get('threading_layer') or 'unknown'})")
-                        if b.get("num_threads") != t:
-                            print(f"bench: warning: BLAS reports {b.get('num_threads')} threads, wanted {t}",
-                                  file=sys.stderr)
-            except Exception as e:  # noqa: BLE001 - record and keep going
-                np_g = None
-                why = (why + "; " if why else "") + str(e)
-            ratio = f"{lk_g / np_g:.2f}" if lk_g and np_g else "n/a"
-            rows.append(f"| {m}×{k}×{n} | {t} | {fmt(lk_g)} | {fmt(np_g)} | {ratio} |")
-            print(f"gemm {m}x{k}x{n} threads={t}: lorakit {fmt(lk_g)} GFLOP/s, numpy {fmt(np_g)} GFLOP/s"
-                  + (f"  ({why})" if why else ""), file=sys.stderr)
+            key = (m, k, n, t)
+            rows.append(f"| {m}×{k}×{n} | {t} | {fmt(_median(ours[key]))} | {fmt(_median(peer[key]))} | "
+                        f"{spread(pair_ratio[key])} |")
+    qrows = []
+    for (m, k, n, dtype) in QUANT_GEMM_ROWS:
+        for t in GEMM_THREADS:
+            v = quant[(m, k, n, dtype, t)]
+            q, f = [x[0] for x in v], [x[1] for x in v]
+            qrows.append(f"| {m}×{k}×{n} | {dtype} | {t} | {fmt(_median(q))} | {fmt(_median(f))} | "
+                         f"{spread(ratios(q, f))} |")
 
     decode_rows = []
     bw_cache: dict[int, tuple[float | None, str]] = {}
-    notes = []
     for (m, k, n, dtype) in DECODE_ROWS:
         for t in GEMM_THREADS:
             res, why = run_cli(cli, ["bench", "gemm", "--m", str(m), "--k", str(k), "--n", str(n), "--dtype", dtype,
@@ -287,25 +370,43 @@ def section_gemm(cli: str, seconds: float, command: str) -> str:
                 g = res.get("weight_gbps")
                 gbps_s = fmt(g, 2)
                 pct = f"{100 * g / bw:.0f}%" if (g and bw) else "n/a"
+                kernel.setdefault("qdot", res.get("qdot_path", "?"))
             decode_rows.append(f"| 1×{k}×{n} {dtype} (decode) | {t} | {gbps_s} | {fmt(bw, 1)} | {pct} |")
 
     date = _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
     blas = blas_seen.get("blas", "BLAS not reported (threadpoolctl unavailable)")
     how = ", ".join(sorted(limited_by)) or ("threadpoolctl" if have_tpc else "OPENBLAS_NUM_THREADS")
     lines = [
-        "### GEMM (f32): LoRAKit vs numpy",
+        "### GEMM (f32): LoRAKit vs numpy's OpenBLAS",
         "",
         f"- Date: {date}",
         f"- CPU: {cpu_model()}" + (f"; {load}" if (load := load_note()) else ""),
+        f"- LoRAKit kernel path: {kernel.get('path', '?')}; quantized mat-vec path: {kernel.get('qdot', '?')}",
         f"- numpy {blas_seen.get('numpy', '?')} with {blas}; threads limited with {how}; "
-        "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for numpy",
+        "OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE unset for numpy"
+        + (f"; as loaded into lorakit-cli (this environment's OPENBLAS_* variables apply): {kernel['blas']}"
+           if kernel.get("blas") else ""),
         f"- Command: `{command}`",
+        f"- Method: {rounds} rounds; in each round every f32 row is one `lorakit-cli bench gemm --blas <numpy's "
+        "OpenBLAS>` run: LoRAKit's GEMM and OpenBLAS's cblas_sgemm alternate call by call in that one process "
+        f"for at least {max(seconds, 2.0):g} s (the first of each pair alternating), and the run reports each "
+        "side's median call and the median of the per-pair ratios. The table gives the median GFLOP/s over the "
+        "rounds and the median (lowest–highest) of the rounds' ratios; the quantized rows run our f32 and "
+        "quantized products one after the other in each round. Load average at the end: "
+        + " / ".join(f"{x:.2f}" for x in os.getloadavg()[:2]) + " (1 / 5 min)",
         "",
-        "C[M×N] = A[M×K] · B[K×N], all f32. GFLOP/s = 2·M·N·K / time per call. Ratio = LoRAKit / numpy.",
+        "C[M×N] = A[M×K] · B[K×N], all f32. GFLOP/s = 2·M·N·K / time per call. Ratio = LoRAKit / OpenBLAS.",
         "",
-        "| M×K×N | threads | LoRAKit GFLOP/s | numpy GFLOP/s | ratio |",
+        "| M×K×N | threads | LoRAKit GFLOP/s | OpenBLAS GFLOP/s | ratio |",
         "|---|---:|---:|---:|---:|",
         *rows,
+        "",
+        "Quantized many-row product (A f32 [M, K] · Wᵀ with W [N, K] quantized, dequantized while packing) "
+        "against LoRAKit's f32 GEMM on the same shape, measured in the same rounds:",
+        "",
+        "| M×K×N | weight | threads | quantized GFLOP/s | f32 GFLOP/s | ratio |",
+        "|---|---|---:|---:|---:|---:|",
+        *qrows,
         "",
         "Quantized decode (one token: x [1, K] · Wᵀ with W [N, K] in q4_1): the rate at which weight bytes are "
         "read, against the machine's memory read bandwidth.",
@@ -435,6 +536,159 @@ def section_generate(cli: str, seconds: float, command: str) -> str:
     lines += ["", "Decode with other LoRAKit settings, from the same rounds:", "",
               "| threads | LoRAKit setting | LoRAKit decode tok/s | llama.cpp decode tok/s | ratio |",
               "|---:|---|---:|---:|---:|", *extra_rows]
+    for n in notes:
+        lines += ["", "Note: " + n]
+    return "\n".join(lines)
+
+
+_KERNELS: set[str] = set()
+
+
+def _run_pair(cli: str, model: str, prompt: int, gen: int, threads: int, repeats: int) -> tuple[dict | None, dict | None, list[str]]:
+    """One LoRAKit run and one llama.cpp run of prompt + gen tokens (each in its own process), the figures
+    of their last repeat (the earlier ones warm the page cache and the allocator)."""
+    notes = []
+    ours, err = run_cli(cli, ["bench", "generate", "--model", model, "--prompt-tokens", str(prompt), "--gen-tokens",
+                              str(gen), "--threads", str(threads), "--repeats", str(repeats), "--json"])
+    if ours is None:
+        notes.append(f"LoRAKit {Path(model).name} p{prompt}/g{gen} at {threads} threads: {err}")
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "llamacpp_generate.py"), "--model", model,
+                        "--prompt-tokens", str(prompt), "--gen-tokens", str(gen), "--threads", str(threads),
+                        "--repeats", str(repeats)], capture_output=True, text=True)
+    peer = None
+    if r.returncode == 0:
+        peer = json.loads(r.stdout.strip().splitlines()[-1])
+    else:
+        notes.append(f"llama.cpp {Path(model).name} p{prompt}/g{gen} at {threads} threads: exit {r.returncode}: "
+                     f"{r.stderr.strip()[-300:]}")
+    if ours:
+        _KERNELS.add(f"{ours.get('kernel_path', '?')} (GEMM tile {ours.get('gemm_tile', '?')}), quantized mat-vec "
+                     f"{ours.get('qdot_path', '?')}, {ours.get('activations', '?')} activations")
+    for d in (ours, peer):
+        if d:
+            d["prefill_last"] = d["prefill_runs"][-1] if d.get("prefill_runs") else None
+            d["decode_last"] = d["decode_runs"][-1] if d.get("decode_runs") else None
+    return ours, peer, notes
+
+
+def scaling_threads() -> list[int]:
+    return [int(t) for t in os.environ.get("LORAKIT_BENCH_SCALING_THREADS", "2").split(",") if t.strip()]
+
+
+def scaled_models() -> list[tuple[str, str]]:
+    """(label, path): the real model, then the random ≈ 0.5B / ≈ 1.5B files of scripts/make_scaled_models.py."""
+    out = []
+    real = model_path()
+    if real:
+        out.append(("SmolLM2-135M Q4_1 (real)", real))
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_scaled_models.py")], capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"bench: make_scaled_models.py failed: {r.stderr.strip()[-300:]}", file=sys.stderr)
+        return out
+    for line in r.stdout.split():
+        name = Path(line).name  # llama-random-0.5b.q4_1.gguf
+        m = re.match(r"llama-random-([0-9.]+b)\.(q[0-9_]+)\.gguf", name)
+        out.append((f"random {m.group(1).upper()} {m.group(2).upper()}" if m else name, line))
+    return out
+
+
+def section_scaling(cli: str, seconds: float, command: str) -> str:
+    """Prefill/decode tokens/s and peak RSS against llama.cpp as the model grows (same GGUF files on both sides)."""
+    rounds = bench_rounds(2)
+    lines = ["### Model size: LoRAKit vs llama.cpp on the same GGUF files", ""]
+    lines += [f"- Date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC",
+              f"- CPU: {cpu_model()}; {load_note()}"]
+    models = scaled_models()
+    ok, ver = ensure_llama_cpp()
+    if not models or not ok:
+        return "\n".join(lines + ["", "n/a: models or llama-cpp-python missing"])
+    lines += [f"- Files: the real SmolLM2-135M-Instruct Q4_1 and LLaMA-shaped files with random weights written by "
+              "`scripts/make_scaled_models.py` (≈ 0.5B: dim 1280, ffn 3456, 28 layers, 20 heads / 4 KV heads; "
+              "≈ 1.5B: dim 2048, ffn 6144, 28 layers, 32 / 8 heads; SmolLM2's tokenizer, tied q8_0 embedding); "
+              f"peer llama.cpp through llama-cpp-python {ver}",
+              f"- Command: `{command}`",
+              f"- Method: prefill 128 tokens, decode 32; each process runs 2 repeats and reports the last; per row "
+              f"{rounds} rounds, LoRAKit then llama.cpp, each in its own process; medians of the rounds. "
+              "Peak RSS: the whole process (VmHWM), largest over the rounds.",
+              "",
+              "| model | threads | file MiB | LoRAKit prefill tok/s | llama.cpp prefill tok/s | ratio | "
+              "LoRAKit decode tok/s | llama.cpp decode tok/s | ratio | LoRAKit decode weight GB/s (% of memory read "
+              "bandwidth) | LoRAKit peak RSS MiB | llama.cpp peak RSS MiB |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    notes = []
+    mib = lambda b: fmt(b / 1048576, 0) if b else "n/a"
+    bw = {t: measure_membw(t)[0] for t in scaling_threads()}
+    for label, path in models:
+        for t in scaling_threads():
+            ours, peers = [], []
+            for r in range(rounds):
+                o, p, n = _run_pair(cli, path, 128, 32, t, 2)
+                ours.append(o); peers.append(p); notes += n
+                print(f"scaling {label} threads={t} round {r + 1}: LoRAKit {fmt(o and o['prefill_last'])} / "
+                      f"{fmt(o and o['decode_last'])}, llama.cpp {fmt(p and p['prefill_last'])} / "
+                      f"{fmt(p and p['decode_last'])} tok/s", file=sys.stderr)
+            med = lambda xs, k: _median([d[k] for d in xs if d and d.get(k)])
+            big = lambda xs, k: max([d[k] for d in xs if d and d.get(k)] or [0]) or None
+            op, pp = med(ours, "prefill_last"), med(peers, "prefill_last")
+            od, pd = med(ours, "decode_last"), med(peers, "decode_last")
+            ratio = lambda a, b: fmt(a / b, 2) if a and b else "n/a"
+            size = Path(path).stat().st_size  # ≈ the bytes one decode step reads (every weight once; tied head)
+            gbs = od * size / 1e9 if od else None
+            pct = f" ({100 * gbs / bw[t]:.0f}% of {bw[t]:.1f})" if gbs and bw.get(t) else ""
+            lines.append(f"| {label} | {t} | {size / 1048576:.0f} | {fmt(op)} | {fmt(pp)} | "
+                         f"{ratio(op, pp)} | {fmt(od)} | {fmt(pd)} | {ratio(od, pd)} | {fmt(gbs, 1)}{pct} | "
+                         f"{mib(big(ours, 'peak_rss_bytes'))} | {mib(big(peers, 'peak_rss_bytes'))} |")
+    lines += ["", f"- LoRAKit kernels: {'; '.join(sorted(_KERNELS)) or '?'}",
+              f"- Load average at the end: {' / '.join(f'{x:.2f}' for x in os.getloadavg()[:2])} (1 / 5 min)"]
+    for n in notes:
+        lines += ["", "Note: " + n]
+    return "\n".join(lines)
+
+
+# (prompt tokens, generated tokens): prefill of 512 and 2048 tokens; decode near positions 0, 1024, 4096.
+CONTEXT_RUNS = [(512, 0), (2048, 0), (1, 32), (1024, 32), (4096, 32)]
+
+
+def section_context(cli: str, seconds: float, command: str) -> str:
+    """Prefill and decode speed as the context grows, on the real model, against llama.cpp."""
+    rounds = bench_rounds(2)
+    model = model_path()
+    lines = ["### Context length: LoRAKit vs llama.cpp on SmolLM2-135M-Instruct Q4_1", ""]
+    lines += [f"- Date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC",
+              f"- CPU: {cpu_model()}; {load_note()}"]
+    ok, ver = ensure_llama_cpp()
+    if not model or not ok:
+        return "\n".join(lines + ["", "n/a: model or llama-cpp-python missing"])
+    lines += [f"- Peer: llama.cpp through llama-cpp-python {ver} (its default f16 KV cache); command: `{command}`",
+              f"- Method: one process per run and side, the context sized to prompt + generated + 1; prefill = "
+              "the prompt evaluated in one call (both sides cut it into batches of 512); decode at position P = "
+              "32 tokens generated one at a time after a P-token prompt. Each process runs the work once; "
+              f"{rounds} rounds, LoRAKit then llama.cpp; medians of the rounds.",
+              "",
+              "| threads | measure | LoRAKit tok/s | llama.cpp tok/s | ratio |",
+              "|---:|---|---:|---:|---:|"]
+    notes = []
+    kv = None
+    for t in scaling_threads():
+        for prompt, gen in CONTEXT_RUNS:
+            ours, peers = [], []
+            for r in range(rounds):
+                o, p, n = _run_pair(cli, model, prompt, gen, t, 1)
+                ours.append(o); peers.append(p); notes += n
+                if o and kv is None:
+                    kv = o.get("kv_cache_bytes_per_token")
+            key = "decode_last" if gen else "prefill_last"
+            med = lambda xs: _median([d[key] for d in xs if d and d.get(key)])
+            a, b = med(ours), med(peers)
+            what = f"prefill {prompt} tokens" if not gen else f"decode at position {0 if prompt == 1 else prompt}"
+            lines.append(f"| {t} | {what} | {fmt(a)} | {fmt(b)} | {fmt(a / b, 2) if a and b else 'n/a'} |")
+            print(f"context threads={t} {what}: LoRAKit {fmt(a)}, llama.cpp {fmt(b)} tok/s", file=sys.stderr)
+    if kv:
+        lines += ["", f"KV cache per token: LoRAKit {kv / 1024:.1f} KiB (f32 keys and values, 30 layers × 192 × 2), "
+                      f"llama.cpp {kv / 2048:.1f} KiB (f16); at 4096 positions {kv * 4096 / 1048576:.0f} MiB "
+                      f"against {kv * 2048 / 1048576:.0f} MiB."]
+    lines += ["", f"- LoRAKit kernels: {'; '.join(sorted(_KERNELS)) or '?'}"]
+    lines += ["", f"- Load average at the end: {' / '.join(f'{x:.2f}' for x in os.getloadavg()[:2])} (1 / 5 min)"]
     for n in notes:
         lines += ["", "Note: " + n]
     return "\n".join(lines)
@@ -617,7 +871,10 @@ def section_train(cli: str, seconds: float, command: str) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"gemm": section_gemm, "generate": section_generate, "adapters": section_adapters, "train": section_train}
+SECTIONS = {"gemm": section_gemm, "generate": section_generate, "adapters": section_adapters, "train": section_train,
+            "scaling": section_scaling, "context": section_context}
+# Sections run only when named in --sections (long: model files of 0.4–1.5 GB, contexts of 4096 tokens).
+DEFAULT_SECTIONS = ["gemm", "generate", "adapters", "train"]
 
 # --------------------------------------------------------------------------------------------------
 # BENCHMARKS.md
@@ -659,9 +916,13 @@ def resolve_cli(cli: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cli", default=DEFAULT_CLI, help=f"path to lorakit-cli (default: {DEFAULT_CLI})")
-    ap.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated sections to run")
+    ap.add_argument("--sections", default=",".join(DEFAULT_SECTIONS),
+                    help=f"comma-separated sections to run (default {','.join(DEFAULT_SECTIONS)}; also: scaling, context)")
     ap.add_argument("--seconds", type=float, default=1.0, help="minimum seconds per measurement (default 1)")
     ap.add_argument("--no-write", action="store_true", help="print the tables instead of updating BENCHMARKS.md")
+    ap.add_argument("--block-suffix", default="",
+                    help="write section NAME to the block NAME-SUFFIX (e.g. avx2 for a LORAKIT_TARGET_CPU=haswell "
+                         "build measured beside the native tables)")
     args = ap.parse_args(argv)
     cli = resolve_cli(args.cli)
     command = "python3 bench/run_benchmarks.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None
@@ -673,7 +934,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.no_write:
             print(body)
         else:
-            write_block(name, body)
+            write_block(name + (f"-{args.block_suffix}" if args.block_suffix else ""), body)
             print(f"bench: wrote the {name} section of {BENCHMARKS_MD}", file=sys.stderr)
     return 0
 

@@ -35,10 +35,16 @@ struct BenchGEMM: ParsableCommand {
     @Option(help: "Storage type of B: f32, f16, bf16, q8_0, q4_0, q4_1. Quantized B is a weight [N, K] used transposed.")
     var dtype: String = "f32"
     @Option(help: "Minimum seconds to run.") var seconds: Double = 1.0
+    @Option(help: "A CBLAS library (e.g. numpy's OpenBLAS) to time beside ours call by call, alternating, with the same threads (f32 only); reports the median of the per-pair speed ratios.")
+    var blas: String?
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
         guard m > 0, n > 0, k > 0 else { throw ValidationError("sizes must be positive") }
+        if let blas {
+            guard dtype == "f32", m > 1 else { throw ValidationError("--blas compares f32 products with m > 1 only") }
+            return try compareBLAS(path: blas)
+        }
         guard let dt = DType(name: dtype) else { throw ValidationError("unknown dtype \(dtype)") }
         let pool = ThreadPool(threads: threads)
         let a = try Tensor(zeros: [m, k])
@@ -78,9 +84,67 @@ struct BenchGEMM: ParsableCommand {
         let bBytes = Double(try Tensor.byteCount(shape: [n, k], dtype: dt))
         let gbps = bBytes / per / 1e9
         if json {
-            print("{\"m\": \(m), \"n\": \(n), \"k\": \(k), \"dtype\": \"\(dt)\", \"threads\": \(pool.activeCount), \"seconds_per_call\": \(per), \"gflops\": \(gflops), \"weight_gbps\": \(gbps)}")
+            printJSON(.object([
+                ("m", .number(Double(m))), ("n", .number(Double(n))), ("k", .number(Double(k))),
+                ("dtype", .string("\(dt)")), ("threads", .number(Double(pool.activeCount))),
+                ("seconds_per_call", .number(per)), ("gflops", .number(gflops)), ("weight_gbps", .number(gbps)),
+            ] + kernelPathFields()))
         } else {
-            print("gemm \(m)x\(k)x\(n) \(dt) threads=\(pool.activeCount): \(String(format6(gflops))) GFLOP/s, weights read at \(format6(gbps)) GB/s")
+            print("gemm \(m)x\(k)x\(n) \(dt) threads=\(pool.activeCount): \(String(format6(gflops))) GFLOP/s, weights read at \(format6(gbps)) GB/s; \(KernelPath.summary)")
+        }
+    }
+}
+
+/// The kernel paths of this build on this machine, as JSON fields (every bench result carries them).
+func kernelPathFields() -> [(String, JSONValue)] {
+    [("kernel_path", .string(KernelPath.vector)), ("gemm_tile", .string(KernelPath.gemmTile)),
+     ("qdot_path", .string(KernelPath.qdot))]
+}
+
+extension BenchGEMM {
+    /// `--blas`: alternate one call of ours and one of the library's (which goes first alternates), until
+    /// `seconds` have passed; per-call GFLOP/s medians and the median (min, max) of the per-pair ratios.
+    func compareBLAS(path: String) throws {
+        let pool = ThreadPool(threads: threads)
+        let lib = try LoadedBLAS(path: path, threads: pool.activeCount)
+        let a = try Tensor(zeros: [m, k]), b = try Tensor(zeros: [k, n])
+        let c = try Tensor(zeros: [m, n]), c2 = try Tensor(zeros: [m, n])
+        fillRandom(a.f32, m * k, seed: 1)
+        fillRandom(b.f32, k * n, seed: 2)
+        func ours() throws {
+            try GEMM.multiply(m: m, n: n, k: k, a: GEMMLeft(UnsafePointer(a.f32), rowStride: k),
+                              b: .f32(UnsafePointer(b.f32), ld: n), c: c.f32, ldc: n, pool: pool)
+        }
+        func theirs() { lib.multiply(m: m, n: n, k: k, a: a.f32, b: b.f32, c: c2.f32) }
+        try ours(); theirs()  // warm-up
+        var ourTimes: [Double] = [], theirTimes: [Double] = []
+        let t0 = nowSeconds()
+        repeat {
+            let first = ourTimes.count % 2 == 0
+            for side in (first ? [0, 1] : [1, 0]) {
+                let s = nowSeconds()
+                if side == 0 { try ours() } else { theirs() }
+                let e = nowSeconds() - s
+                if side == 0 { ourTimes.append(e) } else { theirTimes.append(e) }
+            }
+        } while nowSeconds() - t0 < seconds || ourTimes.count < 3
+        // The two results agree (a sanity check that both computed the same product).
+        var maxDiff: Float = 0
+        for i in 0..<(m * n) { maxDiff = max(maxDiff, abs(c.f32[i] - c2.f32[i])) }
+        let flop = 2.0 * Double(m) * Double(n) * Double(k)
+        let ratios = zip(ourTimes, theirTimes).map { $1 / $0 }
+        let ourG = flop / median(ourTimes) / 1e9, theirG = flop / median(theirTimes) / 1e9
+        if json {
+            printJSON(.object([
+                ("m", .number(Double(m))), ("n", .number(Double(n))), ("k", .number(Double(k))),
+                ("threads", .number(Double(pool.activeCount))), ("pairs", .number(Double(ratios.count))),
+                ("gflops", .number(ourG)), ("blas_gflops", .number(theirG)),
+                ("ratio_median", .number(median(ratios))), ("ratio_min", .number(ratios.min()!)),
+                ("ratio_max", .number(ratios.max()!)), ("blas", .string(lib.name)),
+                ("max_abs_difference", .number(Double(maxDiff))),
+            ] + kernelPathFields()))
+        } else {
+            print("gemm \(m)x\(k)x\(n) f32 threads=\(pool.activeCount), \(ratios.count) alternating pairs: LoRAKit \(format6(ourG)) GFLOP/s, BLAS \(format6(theirG)) GFLOP/s (medians); ratio median \(format6(median(ratios))) (min \(format6(ratios.min()!)), max \(format6(ratios.max()!))); max |difference| \(maxDiff); \(KernelPath.summary); BLAS: \(lib.name)")
         }
     }
 }
@@ -267,7 +331,11 @@ struct BenchGenerate: ParsableCommand {
                     // Detach one adapter and attach another in its place (N − 1 others stay attached).
                     ("swap_seconds_median", stat(swapSeconds, median)),
                     ("swap_seconds_max", stat(swapSeconds) { $0.max()! }),
-                ]
+                    ("activations", .string("\(ctx.activations)")),
+                    // The KV cache holds f32 keys and values for every layer.
+                    ("kv_cache_bytes_per_token", .number(Double(2 * m.config.nLayers * m.config.kvDim * 4))),
+                    ("kv_cache_dtype", .string("f32")),
+                ] + kernelPathFields()
                 if compareAdapters {
                     func spread(_ v: [Double]) -> JSONValue {
                         v.isEmpty ? .null : .object([("min", .number(v.min()!)), ("median", .number(median(v))),
@@ -288,9 +356,9 @@ struct BenchGenerate: ParsableCommand {
                 printJSON(.object(fields))
             } else if compareAdapters {
                 func f3(_ x: Double) -> String { "\((x * 1000).rounded() / 1000)" }
-                print("decode adapted/base over \(rounds) rounds: median \(f3(median(decodeRatios))) (min \(f3(decodeRatios.min()!)), max \(f3(decodeRatios.max()!))); base \(format6(median(baseDecode))) tok/s, adapted \(format6(median(decode))) tok/s; prefill ratio median \(f3(median(prefillRatios))); attach \(f3(median(attachSeconds) * 1000)) ms, detach \(f3(median(detachSeconds) * 1000)) ms, swap \(f3(median(swapSeconds) * 1000)) ms")
+                print("decode adapted/base over \(rounds) rounds: median \(f3(median(decodeRatios))) (min \(f3(decodeRatios.min()!)), max \(f3(decodeRatios.max()!))); base \(format6(median(baseDecode))) tok/s, adapted \(format6(median(decode))) tok/s; prefill ratio median \(f3(median(prefillRatios))); attach \(f3(median(attachSeconds) * 1000)) ms, detach \(f3(median(detachSeconds) * 1000)) ms, swap \(f3(median(swapSeconds) * 1000)) ms; \(KernelPath.summary), activations \(ctx.activations)")
             } else {
-                print("prefill \(promptTokens) tokens: \(format6(pMean)) tok/s; decode \(genTokens) tokens: \(format6(dMean)) tok/s; peak RSS \(rss / 1_048_576) MiB")
+                print("prefill \(promptTokens) tokens: \(format6(pMean)) tok/s; decode \(genTokens) tokens: \(format6(dMean)) tok/s; peak RSS \(rss / 1_048_576) MiB; \(KernelPath.summary), activations \(ctx.activations)")
             }
         }
     }

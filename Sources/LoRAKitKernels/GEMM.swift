@@ -1,4 +1,5 @@
 import LoRAKitCore
+import LoRAKitKernelsC
 
 /// Packed, register-blocked matrix multiplication.
 ///
@@ -16,7 +17,7 @@ import LoRAKitCore
 /// so results are bitwise identical for 1 or N threads.
 ///
 /// Threads split N into contiguous ranges (or M when N is too narrow), each packing its own panels.
-/// A share of at most MC rows packs each B panel just before using it (still in L1) instead of a whole
+/// A share of at most `fusedRows` (144) rows packs each B panel just before using it (still in L1) instead of a whole
 /// NC × KC block first: few rows reuse a panel too little to pay for fetching it back from L3.
 /// Transposed B panels (`Wᵀ`, f32 column views) are transposed Vec.scalarCount² values at a time in
 /// registers, and quantized weights are dequantized straight into those registers.
@@ -35,9 +36,31 @@ public enum GEMM {
     #endif
     /// Two vectors per tile row.
     public static let NR = 2 * Vec.scalarCount
+    /// Most values of K per packed block (the actual block: `kStep`).
     public static let KC = 256
+    #if LORAKIT_AVX512
     public static let MC = 144
+    #else
+    /// Rows per packed A block. 72 rather than 144 on AVX2: measured on the 512×576×49152 head shape
+    /// (Zen 5, `LORAKIT_TARGET_CPU=haswell`, one process alternating with OpenBLAS) 0.95× against 0.91×
+    /// OpenBLAS with 144, the same on 2048³ (BENCHMARKS.md, Round 2).
+    public static let MC = 72
+    #endif
     public static let NC = 3072
+    /// Shares of at most this many rows pack each B panel just before using it (`serial`).
+    static let fusedRows = 144
+
+    /// The K block of a product with inner dimension `k`: K cut into ⌈k / KC⌉ blocks of equal size
+    /// (rounded up to a multiple of 32, so quantized blocks never straddle two, the last block shorter),
+    /// e.g. 576 = 288 + 288 instead of 256 + 256 + 64: every K block is a pass over C (load, add, store),
+    /// so a short last block costs a whole pass for little work (the 100 MB C of the output head).
+    @inline(__always)
+    static func kStep(_ k: Int) -> Int {
+        let kcMax = KC
+        if k <= kcMax { return k }
+        let blocks = (k + kcMax - 1) / kcMax
+        return ((k + blocks - 1) / blocks + 31) / 32 * 32
+    }
 }
 
 /// The left operand: `A(i, k) = ptr[i * rowStride + k * colStride]`, f32.
@@ -148,9 +171,12 @@ extension GEMM {
         rows: Range<Int>, cols: Range<Int>, k: Int, alpha: Float, a: GEMMLeft, b: GEMMRight, beta: Float,
         c: UnsafeMutablePointer<Float>, ldc: Int, pool: ThreadPool, index: Int
     ) {
+        // (Shadows the constant: the K block of this product.)
+        let KC = kStep(k)
         let ncMax = min(NC, (cols.count + NR - 1) / NR * NR)
         let kcMax = min(KC, k)
-        let mcMax = min(MC, (rows.count + MR - 1) / MR * MR)
+        let fused = rows.count <= fusedRows && fusedPacking(b)
+        let mcMax = fused ? (rows.count + MR - 1) / MR * MR : min(MC, (rows.count + MR - 1) / MR * MR)
         let bBytes = ncMax * kcMax * 4
         // (+ one vector of slack for the overlapping stores of `packA`.)
         let aBytes = (mcMax * kcMax + Vec.scalarCount) * 4
@@ -165,7 +191,7 @@ extension GEMM {
         let edge = (base + ((bBytes + 63) & ~63) + ((aBytes + 63) & ~63) + ((tBytes + 63) & ~63))
             .assumingMemoryBound(to: Float.self)
 
-        if rows.count <= MC && fusedPacking(b) {
+        if fused {
             // One block of rows: pack each B panel just before its row tiles use it, so it is still in L1
             // (a whole NC × KC block of B, up to 3 MiB, would fall out of L2 before a few rows reuse it).
             // Same tiles, same per-element arithmetic as the blocked order below.
@@ -569,6 +595,10 @@ extension GEMM {
         var c30 = Vec(), c31 = Vec()
         var c40 = Vec(), c41 = Vec()
         var c50 = Vec(), c51 = Vec()
+        // The C tile's 6 rows (64 bytes each) are read and written after the K loop; on wide products
+        // (the output head: C of 100 MB) they come from memory, so ask for them now and let the loop's
+        // ~kc·6 cycles hide the latency.
+        for i in 0..<6 { lk_prefetch_write(c + i * ldc); lk_prefetch_write(c + i * ldc + NR - 1) }
         var ap = a
         var bp = UnsafeRawPointer(b)
         for _ in 0..<kc {
