@@ -34,6 +34,8 @@ sys.path.insert(0, str(ROOT / "bindings" / "python"))  # the checkout's binding 
 import lorakit  # noqa: E402
 
 DATA = HERE / "data"
+# Not about the product: shown (not scored) to see what the adapter does to everything else.
+CONTROLS = ["What is the capital of France?", "Give me a synonym for 'happy'."]
 SYSTEM_NOTE = "Trained on the Q4_1 model's quantized weights; the adapter also applies to the f16/f32 model."
 
 
@@ -62,8 +64,12 @@ def answer_all(model: "lorakit.Model", ctx: "lorakit.Context", questions: list[d
     return out
 
 
-def cell_lines(text: str, width: int) -> list[str]:
-    return textwrap.wrap(text, width) or [""]
+def cell_lines(text: str, width: int, max_lines: int = 3) -> list[str]:
+    lines = textwrap.wrap(text, width) or [""]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines]
+        lines[-1] = lines[-1][: width - 1] + "…"
+    return lines
 
 
 def side_by_side(questions: list[dict], base: list[str], adapted: list[str], width: int) -> str:
@@ -101,7 +107,7 @@ def main() -> int:
     ap.add_argument("--alpha", type=float, default=32)
     ap.add_argument("--targets", default="all-linear")
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--epochs", type=float, default=3)
+    ap.add_argument("--epochs", type=float, default=2)
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps (default: from --epochs)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=0, help="0: all cores")
@@ -124,7 +130,7 @@ def main() -> int:
     test = load_jsonl(DATA / "test.jsonl")
     n_train, n_valid = len(load_jsonl(DATA / "train.jsonl")), len(load_jsonl(DATA / "valid.jsonl"))
     steps = args.steps
-    max_tokens = 40
+    max_tokens = 32
     if args.quick:
         test = test[::6]
         steps = steps or 6
@@ -187,15 +193,24 @@ def main() -> int:
         shown = shown[: args.rows]
     print()
     print(side_by_side([test[i] for i in shown], [base[i] for i in shown], [adapted[i] for i in shown], width))
+    controls = [{"question": q, "keys": []} for q in CONTROLS]
+    ctx.detach_all()
+    control_base = answer_all(model, ctx, controls, max_tokens)
+    ctx.attach(adapter, 1.0)
+    control_adapted = answer_all(model, ctx, controls, max_tokens)
+    print("\nQuestions that are not about the product (not scored):")
+    for q, b, a in zip(CONTROLS, control_base, control_adapted):
+        print(f"  {q}\n    base model:       {b}\n    with the adapter: {a}")
     print(f"\nExact-fact accuracy on {len(test)} held-out questions (an answer is right when it contains the fact):")
     print(f"  {base_score}  ->  {adapted_score}")
 
-    valid_losses = [json.loads(l).get("valid_loss") for l in open(out / "log.jsonl", encoding="utf-8")]
-    valid_losses = [v for v in valid_losses if v is not None]
+    log = [json.loads(line) for line in open(out / "log.jsonl", encoding="utf-8")]
+    valid_losses = [(e["step"], e["valid_loss"]) for e in log if "valid_loss" in e]
     adapter_path, gguf_path = out / "adapter", out / "adapter.gguf"
     print(f"\nLoss curve (training and validation loss, learning rate): {out / 'loss.svg'}")
-    if valid_losses:
-        print(f"  validation loss after the first validation {valid_losses[0]:.3f}, at the end {valid_losses[-1]:.3f}")
+    if len(valid_losses) > 1:
+        print(f"  validation loss {valid_losses[0][1]:.3f} at step {valid_losses[0][0]} -> "
+              f"{valid_losses[-1][1]:.3f} at step {valid_losses[-1][0]}")
     print(f"Training log (one JSON line per step): {out / 'log.jsonl'}")
     print(f"Adapter, PEFT folder:               {adapter_path}/")
     print(f"Adapter, llama.cpp GGUF LoRA:       {gguf_path}")
