@@ -1,6 +1,9 @@
 # LoRAKit build, test and install.
+#   make demo                  set-up, build, model, then fine-tune a LoRA adapter and show before/after
 #   make build                 build liblorakit.so and the lorakit CLI (release)
-#   make test                  build, then run the Swift, C and Python tests
+#   make test                  build, then run the Swift, C and Python tests and the examples
+#   make examples              build and run every example briefly (C, Python, packaging, Swift, demo)
+#   make wheel                 a Python wheel with liblorakit.so, the CLI and the Swift runtime inside
 #   make install PREFIX=/usr/local   install library, headers, pkg-config file and CLI
 #   make bench                 run the benchmarks beside their peers and rewrite BENCHMARKS.md tables
 SHELL := /bin/bash
@@ -13,15 +16,34 @@ BUILD_DIR := $(shell swift build $(SWIFT_FLAGS) --show-bin-path 2>/dev/null)
 VERSION := $(shell sed -n 's/.*static let major = \([0-9]*\).*/\1/p' Sources/LoRAKit/Core/Version.swift).$(shell sed -n 's/.*static let minor = \([0-9]*\).*/\1/p' Sources/LoRAKit/Core/Version.swift).$(shell sed -n 's/.*static let patch = \([0-9]*\).*/\1/p' Sources/LoRAKit/Core/Version.swift)
 # A private install used by the C tests, so they build against the installed header and library.
 TEST_PREFIX := $(CURDIR)/.build/test-prefix
+# The examples build against their own install, as a user's program would.
+EXAMPLES_PREFIX := $(CURDIR)/.build/examples-prefix
 
-.PHONY: all build test test-swift test-c test-python install uninstall bench clean model
+.PHONY: all build test test-swift test-c test-python install uninstall bench clean model demo examples wheel
 
 all: build
 
 build:
 	swift build $(SWIFT_FLAGS)
 
-test: build model test-swift test-c test-python
+test: build model test-swift test-c test-python examples
+
+# The main job in one command: what is missing is installed, the library built, the model fetched
+# (cached), then a LoRA adapter is fine-tuned on examples/demo/data and the before/after shown.
+demo:
+	bash scripts/setup.sh
+	$(MAKE) --no-print-directory build model
+	@test -s .build/model-path || { echo "demo: the model could not be fetched (see above)" >&2; exit 1; }
+	LORAKIT_LIBRARY=$(BUILD_DIR)/liblorakit.so $(PYTHON) examples/demo/demo.py \
+	    --cli $(BUILD_DIR)/lorakit-cli --model "$$(cat .build/model-path)" --out demo-run
+
+examples: build model
+	$(MAKE) --no-print-directory install PREFIX=$(EXAMPLES_PREFIX)
+	bash examples/run.sh $(EXAMPLES_PREFIX) $(BUILD_DIR) "$$(cat .build/model-path 2>/dev/null)"
+
+wheel: build
+	$(PYTHON) -m pip wheel --no-deps -w dist bindings/python
+	@ls dist/lorakit-*.whl
 
 test-swift:
 	LORAKIT_MODEL=$$(cat .build/model-path 2>/dev/null) swift test $(SWIFT_FLAGS)
@@ -36,9 +58,10 @@ test-python: build
 install: build
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(BUILD_DIR)/liblorakit.so $(DESTDIR)$(PREFIX)/lib/liblorakit.so
-	# The Swift runtime libraries liblorakit.so needs, found through its rpath $$ORIGIN/lorakit-swift.
+	# The Swift runtime libraries liblorakit.so and the CLI need, found through their rpaths
+	# ($$ORIGIN/lorakit-swift, $$ORIGIN/../lib/lorakit-swift): no Swift toolchain is needed to run them.
 	install -d $(DESTDIR)$(PREFIX)/lib/lorakit-swift
-	for f in $$(ldd $(BUILD_DIR)/liblorakit.so | awk '/libswift|libdispatch|libBlocksRuntime|libFoundation/ {print $$3}'); do \
+	for f in $$(ldd $(BUILD_DIR)/liblorakit.so $(BUILD_DIR)/lorakit-cli | awk '/libswift|libdispatch|libBlocksRuntime|libFoundation/ {print $$3}' | sort -u); do \
 	    install -m 0644 "$$f" $(DESTDIR)$(PREFIX)/lib/lorakit-swift/; done
 	install -m 0644 Include/lorakit.h $(DESTDIR)$(PREFIX)/include/lorakit.h
 	if [ -f Include/lorakit_plugin.h ]; then install -m 0644 Include/lorakit_plugin.h $(DESTDIR)$(PREFIX)/include/lorakit_plugin.h; fi

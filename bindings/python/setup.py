@@ -9,9 +9,9 @@
 
 — the layout of `make install`'s prefix. The native files come from, in order:
   1. $LORAKIT_BUILD_DIR (a folder holding liblorakit.so and lorakit-cli, e.g. .build/release);
-  2. the checkout this package sits in (bindings/python/../..): its release build, made now with
-     `swift build -c release -Xswiftc -enable-testing` (the Makefile's configuration, so `make build`'s
-     output is reused) when it is missing or older than the sources.
+  2. the checkout this package sits in (bindings/python/../..): its release build, brought up to date now
+     with `swift build -c release -Xswiftc -enable-testing` (the Makefile's configuration, so `make
+     build`'s output is reused; a no-op when it is current).
 An editable install (`pip install -e`) bundles nothing: it loads the checkout's build, as before.
 """
 from __future__ import annotations
@@ -40,16 +40,6 @@ def log(msg: str) -> None:
     print(f"lorakit build: {msg}", file=sys.stderr, flush=True)
 
 
-def newest_source(root: Path) -> float:
-    t = 0.0
-    for folder in ("Sources", "Include"):
-        for p in (root / folder).rglob("*"):
-            if p.is_file():
-                t = max(t, p.stat().st_mtime)
-    pkg = root / "Package.swift"
-    return max(t, pkg.stat().st_mtime if pkg.exists() else 0.0)
-
-
 def native_build_dir() -> Path:
     env = os.environ.get("LORAKIT_BUILD_DIR")
     if env:
@@ -68,12 +58,11 @@ def native_build_dir() -> Path:
             return prebuilt
         sys.exit("lorakit build: building liblorakit.so needs Swift 6 on PATH (https://swift.org/install), "
                  "or LORAKIT_BUILD_DIR pointing at a build")
+    # Incremental: a no-op when `make build` is up to date.
+    log(f"building liblorakit.so and lorakit-cli in {REPO} (swift build {' '.join(SWIFT_FLAGS)})")
+    subprocess.run([swift, "build", *SWIFT_FLAGS], cwd=REPO, check=True, stdout=sys.stderr)
     bin_path = Path(subprocess.run([swift, "build", *SWIFT_FLAGS, "--show-bin-path"], cwd=REPO, check=True,
                                    capture_output=True, text=True).stdout.strip())
-    lib, cli = bin_path / "liblorakit.so", bin_path / "lorakit-cli"
-    if not (lib.is_file() and cli.is_file()) or min(lib.stat().st_mtime, cli.stat().st_mtime) < newest_source(REPO):
-        log(f"building liblorakit.so and lorakit-cli in {REPO} (swift build {' '.join(SWIFT_FLAGS)}; a few minutes)")
-        subprocess.run([swift, "build", *SWIFT_FLAGS], cwd=REPO, check=True, stdout=sys.stderr)
     return bin_path
 
 

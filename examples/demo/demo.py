@@ -113,7 +113,7 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0, help="0: all cores")
     ap.add_argument("--rows", type=int, default=10, help="held-out questions shown in the table (0: all)")
     ap.add_argument("--quick", action="store_true",
-                    help="short run for CI: 6 steps, 5 test questions, no score target")
+                    help="short run for CI: 4 steps, 5 test questions; checks every stage and that the validation loss drops")
     ap.add_argument("--min-accuracy", type=float, default=None,
                     help="exit 1 if the adapted accuracy is below this fraction (default 0.8; --quick: none)")
     args = ap.parse_args()
@@ -133,7 +133,8 @@ def main() -> int:
     max_tokens = 32
     if args.quick:
         test = test[::6]
-        steps = steps or 6
+        steps = steps or 4
+        args.batch = 4
         max_tokens = 16
     min_acc = args.min_accuracy if args.min_accuracy is not None else (None if args.quick else 0.8)
 
@@ -151,17 +152,21 @@ def main() -> int:
     base = answer_all(model, ctx, test, max_tokens)
     n_base, base_score = score_line("base model", base, test)
     print(f"{n_base}/{len(test)} right ({elapsed(time.monotonic() - t0)})", flush=True)
+    # The validation loss of the base model (a new adapter's B is 0, so it changes nothing yet).
+    with lorakit.Trainer(model, DATA / "train.jsonl", DATA / "valid.jsonl", rank=args.rank, batch=args.batch,
+                         seq=128, steps=1, threads=threads) as t:
+        base_valid = t.validation_loss()
 
     train_cmd = [args.cli, "train", "--model", args.model, "--data", str(DATA / "train.jsonl"),
                  "--valid", str(DATA / "valid.jsonl"), "--rank", str(args.rank), "--alpha", str(args.alpha),
-                 "--targets", args.targets, "--lr", str(args.lr), "--schedule", "cosine", "--warmup", "10",
+                 "--targets", args.targets, "--lr", str(args.lr), "--schedule", "cosine",
                  "--batch", str(args.batch), "--seq", "128", "--threads", str(threads),
                  "--out", str(out), "--log", str(out / "log.jsonl"), "--plot", str(out / "loss.svg")]
     if steps:
         train_cmd += ["--steps", str(steps), "--warmup", str(min(10, steps // 3)), "--valid-every", str(max(1, steps // 2)),
                       "--save-every", str(max(1, steps // 2))]
     else:
-        train_cmd += ["--epochs", str(args.epochs), "--valid-every", "10", "--save-every", "20"]
+        train_cmd += ["--epochs", str(args.epochs), "--warmup", "10", "--valid-every", "10", "--save-every", "20"]
     what = f"{steps} steps" if steps else f"{args.epochs:g} epochs"
     print(f"\n[2/4] Training a LoRA adapter: rank {args.rank}, alpha {args.alpha:g}, {args.targets}, lr {args.lr:g} "
           f"(cosine), batch {args.batch}, {what}", flush=True)
@@ -208,9 +213,9 @@ def main() -> int:
     valid_losses = [(e["step"], e["valid_loss"]) for e in log if "valid_loss" in e]
     adapter_path, gguf_path = out / "adapter", out / "adapter.gguf"
     print(f"\nLoss curve (training and validation loss, learning rate): {out / 'loss.svg'}")
-    if len(valid_losses) > 1:
-        print(f"  validation loss {valid_losses[0][1]:.3f} at step {valid_losses[0][0]} -> "
-              f"{valid_losses[-1][1]:.3f} at step {valid_losses[-1][0]}")
+    final_valid = valid_losses[-1][1] if valid_losses else float("nan")
+    print(f"  validation loss (held-out chats): {base_valid:.3f} before training -> {final_valid:.3f} after "
+          f"{valid_losses[-1][0] if valid_losses else 0} steps")
     print(f"Training log (one JSON line per step): {out / 'log.jsonl'}")
     print(f"Adapter, PEFT folder:               {adapter_path}/")
     print(f"Adapter, llama.cpp GGUF LoRA:       {gguf_path}")
@@ -230,6 +235,9 @@ def main() -> int:
     model.close()
     if min_acc is not None and n_adapted < min_acc * len(test):
         print(f"demo: FAILED: adapted accuracy {n_adapted}/{len(test)} is below {min_acc:.0%}", file=sys.stderr)
+        return 1
+    if not final_valid < base_valid:
+        print(f"demo: FAILED: the validation loss did not go down ({base_valid:.4f} -> {final_valid:.4f})", file=sys.stderr)
         return 1
     if not gguf_path.is_file() or not (adapter_path / "adapter_model.safetensors").is_file():
         print("demo: FAILED: the adapter files were not written", file=sys.stderr)
