@@ -90,10 +90,13 @@ func benchCharts(markdown: String) -> [BenchChart] {
         let header = table[0]
         let rows = table.dropFirst(2).filter { $0.count == header.count }
         guard !rows.isEmpty else { return }
-        // Category names: the text columns (those that are not numbers in the first row), joined.
-        let textCols = header.indices.filter { i in
-            (!rows.allSatisfy { isNumericCell($0[i]) } && !rows.allSatisfy { $0[i].contains("→") })
-                || header[i].lowercased().hasPrefix("threads")
+        // Category names: the leading columns up to the first one of numbers ("threads" counts as a name).
+        var textCols: [Int] = []
+        for i in header.indices {
+            let isName = header[i].lowercased().hasPrefix("threads")
+                || (!rows.allSatisfy { isNumericCell($0[i]) } && !rows.allSatisfy { $0[i].contains("→") })
+            guard isName else { break }
+            textCols.append(i)
         }
         let categories = rows.map { r in
             textCols.map { i in header[i].lowercased() == "threads" ? "\(r[i]) thr" : r[i] }

@@ -163,6 +163,19 @@ func lossCurveSVG(_ points: [LossPoint], totalSteps: Int, initialValid: Double?,
     return s
 }
 
+/// A category label without its bracketed remarks, at most 56 characters.
+func shortLabel(_ label: String) -> String {
+    var out = ""
+    var depth = 0
+    for ch in label {
+        if ch == "(" { depth += 1 } else if ch == ")" { depth = max(0, depth - 1) } else if depth == 0 { out.append(ch) }
+    }
+    var t = out.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ")
+    while t.hasSuffix(",") { t.removeLast() }
+    if t.isEmpty { t = label }
+    return t.count > 56 ? String(t.prefix(55)) + "…" : t
+}
+
 /// One series of a bar chart: a name and one value per category (nil: missing).
 struct BarSeries {
     var name: String
@@ -172,8 +185,9 @@ struct BarSeries {
 /// Grouped horizontal bars: one group per category (row of the table), one bar per series, the value
 /// written at the end of each bar.
 func barChartSVG(title: String, subtitle: String?, unit: String, categories: [String], series: [BarSeries]) -> String {
-    let w = 820.0
-    let labelW = min(300.0, max(90.0, Double(categories.map(\.count).max() ?? 10) * 6.6 + 16))
+    let categories = categories.map(shortLabel)
+    let labelW = min(390.0, max(90.0, Double(categories.map(\.count).max() ?? 10) * 6.6 + 16))
+    let w = 540.0 + labelW
     let left = labelW, right = 70.0, top = subtitle == nil ? 46.0 : 62.0
     let barH = 16.0, gap = 3.0, groupGap = 14.0
     let groupH = Double(series.count) * (barH + gap) - gap
