@@ -72,7 +72,7 @@ if [ -z "$MODEL" ]; then
     skip c-run "no model (make model failed?)"
 else
     check c-stream "$OUT/stream" "$MODEL"
-    check c-train "$OUT/train" "$MODEL" "$ROOT/examples/demo/data/train.jsonl" "$ROOT/examples/demo/data/valid.jsonl" 4 "$OUT/c-train"
+    check c-train "$OUT/train" "$MODEL" "$ROOT/examples/demo/data/train.jsonl" "$ROOT/examples/demo/data/valid.jsonl" 3 "$OUT/c-train"
     check c-adapters "$OUT/adapters" "$MODEL" "$OUT/c-adapters"
     rm -f "$OUT/c-adapters/merged.gguf"
 fi
@@ -92,10 +92,10 @@ else
     export LORAKIT_LIBRARY="$BUILD_DIR/liblorakit.so"
     cd "$OUT" || exit 1
     check py-stream "$PYTHON" "$ROOT/examples/python/stream.py" "$MODEL"
-    check py-train "$PYTHON" "$ROOT/examples/python/train.py" "$MODEL" --steps 4 --out "$OUT/py-train"
+    check py-train "$PYTHON" "$ROOT/examples/python/train.py" "$MODEL" --steps 3 --out "$OUT/py-train"
     check py-adapters "$PYTHON" "$ROOT/examples/python/adapters.py" "$MODEL" --out "$OUT/py-adapters"
     rm -f "$OUT/py-adapters/merged.gguf"
-    check py-hf-handoff "$PYTHON" "$ROOT/examples/python/hf_handoff.py" "$MODEL" --steps 2 --out "$OUT/py-handoff"
+    check py-hf-handoff "$PYTHON" "$ROOT/examples/python/hf_handoff.py" "$MODEL" --steps 1 --out "$OUT/py-handoff"
     rm -f "$OUT/py-handoff/merged.gguf"
     unset LORAKIT_LIBRARY
 fi
