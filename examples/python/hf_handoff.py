@@ -105,12 +105,22 @@ with lorakit.Model(M) as model:
     if have("llama_cpp"):
         import llama_cpp
 
-        llm = llama_cpp.Llama(model_path=str(merged), n_ctx=256, logits_all=True, verbose=False)
-        llm.eval(ids)
-        theirs = np.array(llm.scores[: len(ids)])
-        same = int((theirs.argmax(1) == ours_merged.argmax(1)).sum())
-        print(f"   llama.cpp on {merged.name} vs LoRAKit: same top token {same}/{len(ids)}")
-        failures += same < len(ids) - len(ids) // 5
+        def llama_logits(**kw):
+            llm = llama_cpp.Llama(n_ctx=256, logits_all=True, verbose=False, **kw)
+            llm.eval(ids)
+            return np.array(llm.scores[: len(ids)])
+
+        with lorakit.Context(model, n_ctx=256) as ctx:
+            base = ctx.eval(ids, logits="all")
+        # The base model first, for scale: llama.cpp's q8_1 activations differ from LoRAKit's 16-bit ones.
+        for what, theirs, ours_ in (
+                ("the base model (for scale)", llama_logits(model_path=M), base),
+                (f"the merged model {merged.name}", llama_logits(model_path=str(merged)), ours_merged),
+                (f"the base with --lora {lora_gguf.name}", llama_logits(model_path=M, lora_path=str(lora_gguf)), attached)):
+            same = int((theirs.argmax(1) == ours_.argmax(1)).sum())
+            print(f"   llama.cpp on {what} vs LoRAKit: max |Δlogit| {float(np.abs(theirs - ours_).max()):.3f}, "
+                  f"same top token {same}/{len(ids)}")
+            failures += same < len(ids) - len(ids) // 5
     else:
         print("   llama.cpp check skipped: llama-cpp-python is not installed (pip install llama-cpp-python)")
 
