@@ -1,9 +1,11 @@
 # LoRAKit build, test and install.
 #   make demo                  set-up, build, model, then fine-tune a LoRA adapter and show before/after
 #   make build                 build liblorakit.so and the lorakit CLI (release)
-#   make test                  build, then run the Swift, C and Python tests and the examples
+#   make test                  build, then run the Swift, C, Python, ABI-sweep and plugin tests and the examples
 #   make examples              build and run every example briefly (C, Python, packaging, Swift, demo)
 #   make wheel                 a Python wheel with liblorakit.so, the CLI and the Swift runtime inside
+#   make plugins               build the shipped adapter plugins into .build/plugins/ (ia3.so, dora.so)
+#   make test-plugins          the plugin ABI tests (plain C reference host, no liblorakit; a few seconds)
 #   make install PREFIX=/usr/local   install library, headers, pkg-config file and CLI
 #   make bench                 run the benchmarks beside their peers and rewrite BENCHMARKS.md tables
 SHELL := /bin/bash
@@ -13,20 +15,34 @@ CC ?= cc
 # One configuration serves the library, the CLI and the tests (tests use @testable import).
 SWIFT_FLAGS ?= -c release -Xswiftc -enable-testing
 BUILD_DIR := $(shell swift build $(SWIFT_FLAGS) --show-bin-path 2>/dev/null)
-VERSION := $(shell sed -n 's/.*static let major = \([0-9]*\).*/\1/p' Sources/LoRAKit/Core/Version.swift).$(shell sed -n 's/.*static let minor = \([0-9]*\).*/\1/p' Sources/LoRAKit/Core/Version.swift).$(shell sed -n 's/.*static let patch = \([0-9]*\).*/\1/p' Sources/LoRAKit/Core/Version.swift)
+VERSION := $(shell sed -n 's/.*static let major = \([0-9]*\).*/\1/p' Sources/LoRAKitCore/Version.swift).$(shell sed -n 's/.*static let minor = \([0-9]*\).*/\1/p' Sources/LoRAKitCore/Version.swift).$(shell sed -n 's/.*static let patch = \([0-9]*\).*/\1/p' Sources/LoRAKitCore/Version.swift)
 # A private install used by the C tests, so they build against the installed header and library.
 TEST_PREFIX := $(CURDIR)/.build/test-prefix
 # The examples build against their own install, as a user's program would.
 EXAMPLES_PREFIX := $(CURDIR)/.build/examples-prefix
 
-.PHONY: all build test test-swift test-c test-python install uninstall bench clean model demo examples wheel
+# Shipped adapter plugins (examples/plugins/): IA³ in C, DoRA in Swift (its own package, only the plugin header).
+PLUGIN_DIR := $(CURDIR)/.build/plugins
+PLUGIN_CFLAGS := -std=c11 -Wall -Wextra -Werror -O2 -fPIC -shared -fvisibility=hidden -I$(CURDIR)/Include
+
+.PHONY: all build test test-swift test-c test-python test-abi test-plugins plugins install uninstall bench clean model demo examples wheel
 
 all: build
 
 build:
 	swift build $(SWIFT_FLAGS)
+	$(MAKE) --no-print-directory plugins
 
-test: build model test-swift test-c test-python examples
+test: build model test-swift test-c test-python test-abi test-plugins examples
+
+plugins:
+	mkdir -p $(PLUGIN_DIR)
+	$(CC) $(PLUGIN_CFLAGS) -o $(PLUGIN_DIR)/ia3.so examples/plugins/ia3/ia3.c -lm
+	swift build -c release --package-path examples/plugins/dora
+	cp "$$(swift build -c release --package-path examples/plugins/dora --show-bin-path)/liblorakit-dora.so" $(PLUGIN_DIR)/dora.so
+
+test-plugins: plugins
+	bash Tests/plugins/run.sh $(PLUGIN_DIR)
 
 # The main job in one command: what is missing is installed, the library built, the model fetched
 # (cached), then a LoRA adapter is fine-tuned on examples/demo/data and the before/after shown.
@@ -51,6 +67,12 @@ test-swift:
 test-c: build
 	$(MAKE) --no-print-directory install PREFIX=$(TEST_PREFIX)
 	LORAKIT_MODEL=$$(cat .build/model-path 2>/dev/null) bash Tests/c/run.sh $(TEST_PREFIX)
+
+# Every lk_* function through libffi with hostile arguments, one at a time, each call in a forked child
+# (Tests/abi/abi_sweep.c; the signature table is generated from the installed header by scripts/abi_table.py).
+test-abi: build
+	$(MAKE) --no-print-directory install PREFIX=$(TEST_PREFIX)
+	bash Tests/abi/run.sh $(TEST_PREFIX)
 
 test-python: build
 	LORAKIT_MODEL=$$(cat .build/model-path 2>/dev/null) LORAKIT_LIBRARY=$(BUILD_DIR)/liblorakit.so LORAKIT_CLI=$(BUILD_DIR)/lorakit-cli $(PYTHON) -m pytest -q bindings/python/tests

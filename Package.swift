@@ -38,6 +38,7 @@ let fastFlags: [SwiftSetting] = cpuFlags + [
 
 let package = Package(
     name: "LoRAKit",
+    platforms: [.macOS(.v15)],  // Synchronization.Mutex
     products: [
         // liblorakit.so: the C ABI declared in Include/lorakit.h.
         .library(name: "lorakit", type: .dynamic, targets: ["LoRAKitCABI"]),
@@ -56,13 +57,32 @@ let package = Package(
             path: "Sources/LoRAKitKernelsC",
             cSettings: cpuCFlags
         ),
-        // Core: tensors, kernels, thread pool, models, adapters, training. No C-ABI code here.
-        .target(
-            name: "LoRAKit",
-            dependencies: ["LoRAKitKernelsC"],
-            path: "Sources/LoRAKit",
-            swiftSettings: fastFlags
-        ),
+        // The layers, lowest first. A target imports only those below it, so the compiler keeps the
+        // kernels free of models, the formats free of training, and so on (ARCHITECTURE.md).
+        // Core: errors, dtypes, storage, tensors, the thread pool, JSON, files (atomic writes).
+        .target(name: "LoRAKitCore", path: "Sources/LoRAKitCore", swiftSettings: fastFlags),
+        // Kernels: GEMM, mat-vec, quantization, the NN ops with their backward.
+        .target(name: "LoRAKitKernels", dependencies: ["LoRAKitCore", "LoRAKitKernelsC"],
+                path: "Sources/LoRAKitKernels", swiftSettings: fastFlags),
+        // File formats: GGUF and safetensors readers and writers.
+        .target(name: "LoRAKitFormats", dependencies: ["LoRAKitCore"],
+                path: "Sources/LoRAKitFormats", swiftSettings: fastFlags),
+        // Tokenizers: byte-level BPE and SentencePiece BPE.
+        .target(name: "LoRAKitTokenizer", dependencies: ["LoRAKitCore", "LoRAKitFormats"],
+                path: "Sources/LoRAKitTokenizer", swiftSettings: fastFlags),
+        // Chat templates: a sandboxed Jinja2 engine.
+        .target(name: "LoRAKitTemplates", dependencies: ["LoRAKitCore"],
+                path: "Sources/LoRAKitTemplates", swiftSettings: fastFlags),
+        // Models, inference contexts, adapters (LoRA and the adapter interface), generation, scoring.
+        .target(name: "LoRAKitModel",
+                dependencies: ["LoRAKitCore", "LoRAKitKernels", "LoRAKitFormats", "LoRAKitTokenizer", "LoRAKitTemplates"],
+                path: "Sources/LoRAKitModel", swiftSettings: fastFlags),
+        // Training: backward pass, data, optimizer, checkpoints, the run loop.
+        .target(name: "LoRAKitTraining",
+                dependencies: ["LoRAKitCore", "LoRAKitKernels", "LoRAKitFormats", "LoRAKitTokenizer", "LoRAKitTemplates", "LoRAKitModel"],
+                path: "Sources/LoRAKitTraining", swiftSettings: fastFlags),
+        // The Swift API: re-exports the layers above (`import LoRAKit`). No C-ABI code here.
+        .target(name: "LoRAKit", dependencies: ["LoRAKitTraining"], path: "Sources/LoRAKit", swiftSettings: fastFlags),
         // Thin @_cdecl shims over the core; the only code that knows about the C ABI.
         .target(
             name: "LoRAKitCABI",
@@ -86,7 +106,8 @@ let package = Package(
         ),
         .testTarget(
             name: "LoRAKitTests",
-            dependencies: ["LoRAKit"],
+            dependencies: ["LoRAKitCore", "LoRAKitKernels", "LoRAKitFormats", "LoRAKitTokenizer", "LoRAKitTemplates",
+                           "LoRAKitModel", "LoRAKitTraining"],
             path: "Tests/LoRAKitTests",
             exclude: ["Fixtures"],  // data read by path at run time (tokenizer fixtures)
             swiftSettings: cpuFlags

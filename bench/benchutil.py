@@ -2,7 +2,7 @@
 
 
 def splitmix64(seed):
-    """The SplitMix64 stream LoRAKit's benchmarks use (Sources/LoRAKit/Core/Random.swift), so both sides
+    """The SplitMix64 stream LoRAKit's benchmarks use (Sources/LoRAKitCore/Random.swift), so both sides
     draw the same random tokens."""
     state = seed
     mask = (1 << 64) - 1

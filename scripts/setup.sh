@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what building and testing LoRAKit needs on Debian/Ubuntu (run as root or with sudo):
-# a C compiler, make, pkg-config, and the Python packages of the binding tests. Swift 6.x must already
+# a C compiler, make, pkg-config, libffi (the C ABI sweep, Tests/abi), and the Python packages of the
+# binding tests. Swift 6.x must already
 # be on PATH (https://swift.org/install). Idempotent: installs only what is missing.
 set -euo pipefail
 SUDO=""
@@ -9,6 +10,7 @@ need_apt=()
 command -v cc >/dev/null || need_apt+=(gcc libc6-dev)
 command -v make >/dev/null || need_apt+=(make)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
+pkg-config --exists libffi 2>/dev/null || need_apt+=(libffi-dev)
 command -v unzip >/dev/null || true
 if [ ${#need_apt[@]} -gt 0 ]; then
     $SUDO apt-get update -qq

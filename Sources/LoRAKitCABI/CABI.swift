@@ -109,25 +109,27 @@ enum HandleKind: UInt8 { case tensor = 1, model, context, adapter, plugin, train
 
 final class Handles: @unchecked Sendable {
     static let shared = Handles()
-    private let lock = Locked<[UInt: (HandleKind, AnyObject)]>([:])
+    /// A registry entry. The objects are the library's own thread-safe classes (models, contexts, …),
+    /// whose per-use locking is their own; the registry only hands out references.
+    private struct Entry: @unchecked Sendable { let kind: HandleKind; let object: AnyObject }
+    private let lock = Mutex<[UInt: Entry]>([:])
     private let counter = Atomic<UInt>(1)
 
     func register(_ object: AnyObject, kind: HandleKind) -> OpaquePointer {
         // Tokens are 16-aligned, start high, and grow monotonically: never NULL, never reused.
         let id = (0x10_0000 + counter.wrappingAdd(1, ordering: .relaxed).oldValue) << 4
-        lock.withLock { $0[id] = (kind, object) }
+        lock.withLock { $0[id] = Entry(kind: kind, object: object) }
         return OpaquePointer(bitPattern: id)!
     }
 
     func lookup<T: AnyObject>(_ handle: OpaquePointer?, kind: HandleKind, as: T.Type, what: String) throws -> T {
         guard let handle else { throw CError(status: LKStatus.invalidHandle, message: "\(what) is NULL") }
         let id = UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(handle)))
-        let entry = lock.withLock { $0[id] }
-        guard let (k, obj) = entry else {
+        guard let entry = lock.withLock({ $0[id] }) else {
             throw CError(status: LKStatus.invalidHandle, message: "\(what) is not a live handle (freed or never created)")
         }
-        guard k == kind, let typed = obj as? T else {
-            throw CError(status: LKStatus.invalidHandle, message: "\(what) is a \(k) handle, expected \(kind)")
+        guard entry.kind == kind, let typed = entry.object as? T else {
+            throw CError(status: LKStatus.invalidHandle, message: "\(what) is a \(entry.kind) handle, expected \(kind)")
         }
         return typed
     }
@@ -136,17 +138,17 @@ final class Handles: @unchecked Sendable {
     @discardableResult
     func remove(_ handle: OpaquePointer, kind: HandleKind, what: String) throws -> AnyObject {
         let id = UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(handle)))
-        let result: Result<AnyObject, CError> = lock.withLock { table in
-            guard let (k, obj) = table[id] else {
+        let result: Result<Entry, CError> = lock.withLock { table in
+            guard let e = table[id] else {
                 return .failure(CError(status: LKStatus.invalidHandle, message: "\(what) is not a live handle (already freed or never created)"))
             }
-            guard k == kind else {
-                return .failure(CError(status: LKStatus.invalidHandle, message: "\(what) is a \(k) handle, expected \(kind)"))
+            guard e.kind == kind else {
+                return .failure(CError(status: LKStatus.invalidHandle, message: "\(what) is a \(e.kind) handle, expected \(kind)"))
             }
             table[id] = nil
-            return .success(obj)
+            return .success(e)
         }
-        return try result.get()
+        return try result.get().object
     }
 }
 
@@ -254,7 +256,7 @@ public func lk_cpu_count() -> Int32 { Int32(ThreadPool.hardwareConcurrency) }
 
 /// The pool used by context-free calls. Replaced (not mutated) by lk_set_default_threads, so a call in
 /// flight keeps the pool it started with.
-let defaultPool = Locked<ThreadPool?>(nil)
+let defaultPool = Mutex<ThreadPool?>(nil)
 
 func currentDefaultPool() -> ThreadPool {
     defaultPool.withLock { p in
@@ -350,13 +352,19 @@ public func lk_tensor_shape(_ t: OpaquePointer?, _ nDims: UnsafeMutablePointer<I
         let tensor = try tensorArg(t, "t")
         let nd = try requirePointer(nDims, "n_dims")
         guard capacity >= 0 else { throw CError(status: LKStatus.invalidArgument, message: "capacity \(capacity) is negative") }
-        nd.pointee = Int32(tensor.rank)
-        if capacity == 0 && shape == nil { return LKStatus.ok }
+        // *n_dims is written on success and with LK_ERR_BUFFER_TOO_SMALL (the needed capacity), never on
+        // another error (a NULL shape with a capacity used to get *n_dims written, then an error).
+        if capacity == 0 && shape == nil {
+            nd.pointee = Int32(tensor.rank)
+            return LKStatus.ok
+        }
         guard Int(capacity) >= tensor.rank else {
+            nd.pointee = Int32(tensor.rank)
             throw CError(status: LKStatus.bufferTooSmall, message: "capacity \(capacity) < n_dims \(tensor.rank)")
         }
         let s = try requirePointer(shape, "shape")
         for (i, d) in tensor.shape.enumerated() { s[i] = Int64(d) }
+        nd.pointee = Int32(tensor.rank)
         return LKStatus.ok
     }
 }
@@ -488,13 +496,20 @@ func firstInvalidUTF8(_ bytes: UnsafeBufferPointer<UInt8>) -> Int? {
     }
 }
 
+/// A text length above this (1 TiB) cannot describe a real buffer: it is taken for garbage.
+let maxTextBytes: Int64 = 1 << 40
+
 /// `len` bytes of UTF-8 text (NULL allowed when len is 0) as a String; invalid UTF-8 is an error
 /// naming the byte offset.
 func utf8Arg(_ p: UnsafePointer<CChar>?, _ len: Int64, _ name: String) throws -> String {
     guard len >= 0 else { throw CError(status: LKStatus.invalidArgument, message: "\(name)_len \(len) is negative") }
     if len == 0 { return "" }
     guard let p else { throw CError(status: LKStatus.invalidArgument, message: "\(name) is NULL but \(name)_len is \(len)") }
-    guard len <= Int64(Int.max) else { throw CError(status: LKStatus.invalidArgument, message: "\(name)_len \(len) is too large") }
+    // The bytes are read as given, so an implausible length (garbage, INT64_MAX) must be refused before
+    // the first read: it used to run the UTF-8 check off the end of the caller's buffer (SIGSEGV).
+    guard len <= maxTextBytes else {
+        throw CError(status: LKStatus.invalidArgument, message: "\(name)_len \(len) is implausibly large (more than \(maxTextBytes) bytes)")
+    }
     let buf = UnsafeBufferPointer(start: UnsafeRawPointer(p).assumingMemoryBound(to: UInt8.self), count: Int(len))
     if let bad = firstInvalidUTF8(buf) {
         throw CError(status: LKStatus.invalidArgument, message: "\(name) is not valid UTF-8 (at byte \(bad))")

@@ -15,7 +15,7 @@ import Darwin
 /// What an lk_model handle refers to: the immutable model plus a lazily parsed chat template.
 final class ModelBox: @unchecked Sendable {
     let model: LlamaModel
-    private let template = Locked<ChatTemplate?>(nil)
+    private let template = Mutex<ChatTemplate?>(nil)
 
     init(_ m: LlamaModel) { model = m }
 

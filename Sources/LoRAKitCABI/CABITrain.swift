@@ -100,11 +100,13 @@ public typealias CTrainCallback = @convention(c) (UnsafeRawPointer?, UnsafeMutab
 let LK_SCHEDULE_CONSTANT: Int32 = 0, LK_SCHEDULE_LINEAR: Int32 = 1, LK_SCHEDULE_COSINE: Int32 = 2
 let LK_TRUNCATE_CUT: Int32 = 0, LK_TRUNCATE_ERROR: Int32 = 1
 
+// `size` is C's size_t: unsigned, so SIZE_MAX is clamped like any size above ours (as an Int it was -1,
+// "below the first version", and nothing was written).
 @_cdecl("lk_train_params_init_sized")
-public func lk_train_params_init_sized(_ p: UnsafeMutableRawPointer?, _ size: Int) {
-    guard let p, size >= CTrainParams.firstVersionSize else { return }
+public func lk_train_params_init_sized(_ p: UnsafeMutableRawPointer?, _ size: UInt) {
+    guard let p, size >= UInt(CTrainParams.firstVersionSize) else { return }
     var v = CTrainParams()
-    let n = min(size, MemoryLayout<CTrainParams>.stride)
+    let n = Int(min(size, UInt(MemoryLayout<CTrainParams>.stride)))
     v.struct_size = UInt32(n)
     withUnsafeBytes(of: &v) { src in p.copyMemory(from: src.baseAddress!, byteCount: n) }
 }
@@ -113,7 +115,7 @@ public func lk_train_params_init_sized(_ p: UnsafeMutableRawPointer?, _ size: In
 /// `lk_train_params_init` is now a macro for the sized one).
 @_cdecl("lk_train_params_init")
 public func lk_train_params_init(_ p: UnsafeMutableRawPointer?) {
-    lk_train_params_init_sized(p, CTrainParams.firstVersionSize)
+    lk_train_params_init_sized(p, UInt(CTrainParams.firstVersionSize))
 }
 
 @_cdecl("lk_sizeof_train_params")

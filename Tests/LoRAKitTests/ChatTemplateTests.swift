@@ -4,7 +4,13 @@ import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
-@testable import LoRAKit
+@testable import LoRAKitCore
+@testable import LoRAKitKernels
+@testable import LoRAKitFormats
+@testable import LoRAKitTokenizer
+@testable import LoRAKitTemplates
+@testable import LoRAKitModel
+@testable import LoRAKitTraining
 
 // MARK: - Fixture (Fixtures/chat/templates.json, written by scripts/gen_chat_fixtures.py with Python jinja2)
 

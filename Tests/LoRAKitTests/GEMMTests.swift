@@ -1,5 +1,11 @@
 import Testing
-@testable import LoRAKit
+@testable import LoRAKitCore
+@testable import LoRAKitKernels
+@testable import LoRAKitFormats
+@testable import LoRAKitTokenizer
+@testable import LoRAKitTemplates
+@testable import LoRAKitModel
+@testable import LoRAKitTraining
 
 /// Slow, obvious reference: C = alpha·A·B + beta·C with f64 accumulation.
 func referenceGEMM(m: Int, n: Int, k: Int, alpha: Float, a: (Int, Int) -> Float, b: (Int, Int) -> Float,

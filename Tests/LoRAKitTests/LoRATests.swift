@@ -1,6 +1,13 @@
 import Testing
 import Foundation
-@testable import LoRAKit
+import Synchronization
+@testable import LoRAKitCore
+@testable import LoRAKitKernels
+@testable import LoRAKitFormats
+@testable import LoRAKitTokenizer
+@testable import LoRAKitTemplates
+@testable import LoRAKitModel
+@testable import LoRAKitTraining
 
 /// Tests of the LoRA runtime: unmerged forward, stacking, attach/detach, merge, combine, Q/K row order.
 /// Tolerances: "rel" = max |Δ| / max(1, max |reference|).
@@ -435,7 +442,7 @@ import Foundation
         let b = try LoRATests.randomAdapter(m, targets: [.q, .k], seed: 52, name: "b")
         let setups: [[(LoRAAdapter, Float)]] = [[(a, 1)], [(b, 1)], [(a, 0.5), (b, 1)], [(a, 1)]]
         let expected = try setups.map { try LoRATests.logits(m, $0) }
-        let results = Locked<[Int: [Float]]>([:])
+        let results = Mutex<[Int: [Float]]>([:])
         DispatchQueue.concurrentPerform(iterations: setups.count * 2) { i in
             let s = setups[i % setups.count]
             let out = (try? LoRATests.logits(m, s, decode: i >= setups.count)) ?? []

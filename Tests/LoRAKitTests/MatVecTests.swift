@@ -1,5 +1,11 @@
 import Testing
-@testable import LoRAKit
+@testable import LoRAKitCore
+@testable import LoRAKitKernels
+@testable import LoRAKitFormats
+@testable import LoRAKitTokenizer
+@testable import LoRAKitTemplates
+@testable import LoRAKitModel
+@testable import LoRAKitTraining
 
 private func randomValues(_ n: Int, seed: UInt64, scale: Float = 1) -> [Float] {
     var rng = SplitMix64(seed: seed)

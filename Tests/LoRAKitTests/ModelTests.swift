@@ -1,5 +1,11 @@
 import Testing
-@testable import LoRAKit
+@testable import LoRAKitCore
+@testable import LoRAKitKernels
+@testable import LoRAKitFormats
+@testable import LoRAKitTokenizer
+@testable import LoRAKitTemplates
+@testable import LoRAKitModel
+@testable import LoRAKitTraining
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -318,7 +324,7 @@ func windowedNLL(model: LlamaModel, adapters: [(LoRAAdapter, Float)] = [], ids: 
         let adapter = try LoRAAdapter.load(path: fixturePath("lora_real/smollm2_qv"), model: model)
         let (s1, n1, _) = try windowedNLL(model: model, adapters: [(adapter, 1)], ids: ids)
         let attached = exp(s1 / Double(n1))
-        let merged = try LoRAKit.merged(model: model, adapters: [(adapter, 1)], outType: .f32)
+        let merged = try LoRAKitModel.merged(model: model, adapters: [(adapter, 1)], outType: .f32)
         let (s2, n2, _) = try windowedNLL(model: merged, ids: ids)
         let mergedPPL = exp(s2 / Double(n2))
         let pa = lref["perplexity_adapter"]!.double!, pm = lref["perplexity_merged"]!.double!

@@ -1,5 +1,11 @@
 import Testing
-@testable import LoRAKit
+@testable import LoRAKitCore
+@testable import LoRAKitKernels
+@testable import LoRAKitFormats
+@testable import LoRAKitTokenizer
+@testable import LoRAKitTemplates
+@testable import LoRAKitModel
+@testable import LoRAKitTraining
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -40,7 +46,7 @@ import Glibc
                     #expect(d < 2e-4, "\(name) on \(modelPath) seq \(s) \(key): max |Δlogit| \(d)")
                 }
                 // Merged into the weights (f32) equals PEFT's merge_and_unload.
-                let merged = try LoRAKit.merged(model: model, adapters: [(adapter, 1)], outType: .f32)
+                let merged = try LoRAKitModel.merged(model: model, adapters: [(adapter, 1)], outType: .f32)
                 let expected = ref["logits_merged"]!.array![s].array!.map { floats($0) }
                 let d = maxDiff(try logits(merged, nil, scale: 1, ids: ids), expected)
                 #expect(d < 2e-4, "\(name) merged on \(modelPath) seq \(s): max |Δlogit| \(d)")

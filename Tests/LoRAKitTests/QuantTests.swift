@@ -1,6 +1,12 @@
 import Foundation
 import Testing
-@testable import LoRAKit
+@testable import LoRAKitCore
+@testable import LoRAKitKernels
+@testable import LoRAKitFormats
+@testable import LoRAKitTokenizer
+@testable import LoRAKitTemplates
+@testable import LoRAKitModel
+@testable import LoRAKitTraining
 
 /// Fixtures written by `scripts/gen_quant_fixtures.py` with gguf-py (`gguf.quants.quantize/dequantize`).
 private let fixtureDir = URL(fileURLWithPath: #filePath).deletingLastPathComponent()

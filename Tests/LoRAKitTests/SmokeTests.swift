@@ -1,5 +1,11 @@
 import Testing
-@testable import LoRAKit
+@testable import LoRAKitCore
+@testable import LoRAKitKernels
+@testable import LoRAKitFormats
+@testable import LoRAKitTokenizer
+@testable import LoRAKitTemplates
+@testable import LoRAKitModel
+@testable import LoRAKitTraining
 
 @Test func partitionCovers() {
     for total in [0, 1, 7, 100] { for n in 1...4 {

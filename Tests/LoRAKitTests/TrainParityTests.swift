@@ -1,6 +1,12 @@
 import Testing
 import Foundation
-@testable import LoRAKit
+@testable import LoRAKitCore
+@testable import LoRAKitKernels
+@testable import LoRAKitFormats
+@testable import LoRAKitTokenizer
+@testable import LoRAKitTemplates
+@testable import LoRAKitModel
+@testable import LoRAKitTraining
 
 /// Training parity with PyTorch + PEFT (Fixtures/train, written by scripts/gen_train_fixture.py; see its
 /// README): the loss and every adapter tensor's gradient at step 0, and the gradient with respect to the

@@ -1,6 +1,12 @@
 import Testing
 import Foundation
-@testable import LoRAKit
+@testable import LoRAKitCore
+@testable import LoRAKitKernels
+@testable import LoRAKitFormats
+@testable import LoRAKitTokenizer
+@testable import LoRAKitTemplates
+@testable import LoRAKitModel
+@testable import LoRAKitTraining
 
 /// Tests of the training forward/backward: finite-difference gradient checks on the tiny models (f32 and
 /// q8_0 bases, every target module, input embeddings, dropout), thread-count invariance, early stop of

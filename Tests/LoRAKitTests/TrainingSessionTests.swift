@@ -1,6 +1,12 @@
 import Testing
 import Foundation
-@testable import LoRAKit
+@testable import LoRAKitCore
+@testable import LoRAKitKernels
+@testable import LoRAKitFormats
+@testable import LoRAKitTokenizer
+@testable import LoRAKitTemplates
+@testable import LoRAKitModel
+@testable import LoRAKitTraining
 
 /// Training runs end to end: determinism (threads, resume), the progress callback, checkpoints on
 /// failure, bad input, and the real model learning a fact.

@@ -37,6 +37,11 @@
 extern "C" {
 #endif
 
+/* Internal functions: linked into liblorakit.so but not exported from it (hidden visibility), so the
+ * library's lk_* dynamic symbols are exactly the functions of lorakit.h (Tests/abi checks them against
+ * `nm -D`). Swift code in the same library still calls them directly. */
+#pragma GCC visibility push(hidden)
+
 /* Kernel paths. LK_QDOT_AUTO is the default path: the fastest one this CPU supports, unless the
  * environment variable LORAKIT_QDOT (scalar | avx2 | avxvnni | avx512vnni) names another supported path. */
 enum {
@@ -66,6 +71,8 @@ void lk_quantize_x8(int32_t path, int32_t wide, const float *x, int64_t n_blocks
  * unsupported path runs the scalar code (same results). */
 void lk_qdot_rows(int32_t path, int32_t wide, int32_t type, const void *w, size_t row_stride, int64_t n_rows,
                   int64_t n_blocks, const int8_t *xq, const float *xf, float *y);
+
+#pragma GCC visibility pop
 
 #ifdef __cplusplus
 }

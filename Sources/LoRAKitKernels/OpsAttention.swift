@@ -1,0 +1,290 @@
+import LoRAKitCore
+
+/// Causal scaled dot-product attention for one sequence, with grouped-query attention and a starting
+/// position so the same kernel serves prefill, training and decode with a KV cache (see the shape legend
+/// in Ops.swift).
+///
+/// Query row t sits at absolute position startPos + t and attends keys 0...startPos+t. Query head h uses
+/// key/value head h / (H/Hkv) (consecutive query heads share a KV head, as Hugging Face `repeat_kv` and
+/// llama.cpp). The forward stores only the log-sum-exp of each (row, head); the backward recomputes the
+/// probabilities from it (as FlashAttention does) instead of keeping an [H, T, S] matrix.
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+extension Ops {
+    /// Σ a[i]·b[i] in Float with SIMD8 partial sums (fixed order).
+    @inline(__always) static func dotF(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
+        var acc = SIMD8<Float>()
+        var i = 0
+        while i + 8 <= n { acc.addProduct(ld8(a + i), ld8(b + i)); i += 8 }
+        var s = acc.sum()
+        while i < n { s = s.addingProduct(a[i], b[i]); i += 1 }
+        return s
+    }
+
+    /// y += alpha · x over n values (SIMD8 + scalar tail).
+    @inline(__always) static func axpyF(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
+                                        _ n: Int) {
+        let av = SIMD8<Float>(repeating: alpha)
+        var i = 0
+        while i + 8 <= n { var v = ld8(y + i); v.addProduct(av, ld8(x + i)); st8(v, y + i); i += 8 }
+        while i < n { y[i] = y[i].addingProduct(alpha, x[i]); i += 1 }
+    }
+
+    /// Four dot products sharing `x`: (x·y0, x·y1, x·y2, x·y3), each with its own accumulator (fixed order).
+    @inline(__always) static func dot4(_ x: UnsafePointer<Float>, _ y0: UnsafePointer<Float>, _ y1: UnsafePointer<Float>,
+                                       _ y2: UnsafePointer<Float>, _ y3: UnsafePointer<Float>, _ n: Int) -> SIMD4<Float> {
+        var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
+        var i = 0
+        while i + 8 <= n {
+            let xv = ld8(x + i)
+            a0.addProduct(xv, ld8(y0 + i)); a1.addProduct(xv, ld8(y1 + i))
+            a2.addProduct(xv, ld8(y2 + i)); a3.addProduct(xv, ld8(y3 + i))
+            i += 8
+        }
+        var r = SIMD4<Float>(a0.sum(), a1.sum(), a2.sum(), a3.sum())
+        while i < n {
+            r[0] = r[0].addingProduct(x[i], y0[i]); r[1] = r[1].addingProduct(x[i], y1[i])
+            r[2] = r[2].addingProduct(x[i], y2[i]); r[3] = r[3].addingProduct(x[i], y3[i])
+            i += 1
+        }
+        return r
+    }
+
+    /// y += c0·x0 + c1·x1 + c2·x2 + c3·x3 (four fused multiply-adds per element, in that order).
+    @inline(__always) static func axpy4(_ c: SIMD4<Float>, _ x0: UnsafePointer<Float>, _ x1: UnsafePointer<Float>,
+                                        _ x2: UnsafePointer<Float>, _ x3: UnsafePointer<Float>,
+                                        _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+        let c0 = SIMD8<Float>(repeating: c[0]), c1 = SIMD8<Float>(repeating: c[1])
+        let c2 = SIMD8<Float>(repeating: c[2]), c3 = SIMD8<Float>(repeating: c[3])
+        var i = 0
+        while i + 8 <= n {
+            var v = ld8(y + i)
+            v.addProduct(c0, ld8(x0 + i)); v.addProduct(c1, ld8(x1 + i))
+            v.addProduct(c2, ld8(x2 + i)); v.addProduct(c3, ld8(x3 + i))
+            st8(v, y + i)
+            i += 8
+        }
+        while i < n {
+            y[i] = y[i].addingProduct(c[0], x0[i]).addingProduct(c[1], x1[i]).addingProduct(c[2], x2[i])
+                .addingProduct(c[3], x3[i])
+            i += 1
+        }
+    }
+
+    /// s[j] = scale · x·y_j for j < n, where y_j = y + j·ld; keys in blocks of four.
+    @inline(__always) static func scores(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, ld: Int, _ n: Int,
+                                         _ d: Int, _ scale: Float, _ s: UnsafeMutablePointer<Float>) {
+        var j = 0
+        while j + 4 <= n {
+            let b = y + j * ld
+            let r = scale * dot4(x, b, b + ld, b + 2 * ld, b + 3 * ld, d)
+            s[j] = r[0]; s[j + 1] = r[1]; s[j + 2] = r[2]; s[j + 3] = r[3]
+            j += 4
+        }
+        while j < n { s[j] = scale * dotF(x, y + j * ld, d); j += 1 }
+    }
+
+    /// o += Σ_j c[j] · y_j for j < n, where y_j = y + j·ld; rows in blocks of four.
+    @inline(__always) static func combine(_ c: UnsafePointer<Float>, _ y: UnsafePointer<Float>, ld: Int, _ n: Int,
+                                          _ d: Int, _ o: UnsafeMutablePointer<Float>) {
+        var j = 0
+        while j + 4 <= n {
+            let b = y + j * ld
+            axpy4(SIMD4(c[j], c[j + 1], c[j + 2], c[j + 3]), b, b + ld, b + 2 * ld, b + 3 * ld, o, d)
+            j += 4
+        }
+        while j < n { axpyF(c[j], y + j * ld, o, d); j += 1 }
+    }
+
+    static func checkAttention(_ what: String, rows: Int, keys: Int, heads: Int, kvHeads: Int, headDim: Int,
+                               startPos: Int) throws(LKError) {
+        try checkDims(what, ("rows", rows), ("keys", keys), ("startPos", startPos))
+        guard heads > 0, kvHeads > 0, headDim > 0 else {
+            throw .invalidArgument("\(what): heads \(heads), kvHeads \(kvHeads), headDim \(headDim) must be positive")
+        }
+        guard heads % kvHeads == 0 else {
+            throw .invalidArgument("\(what): \(heads) query heads are not a multiple of \(kvHeads) KV heads")
+        }
+        guard startPos + rows <= keys else {
+            throw .invalidArgument("\(what): startPos \(startPos) + rows \(rows) exceeds the \(keys) keys")
+        }
+    }
+
+    /// Participants for attention work of about `flops` multiply-adds.
+    @inline(__always) static func attentionTasks(_ flops: Int, _ items: Int, _ pool: ThreadPool) -> Int {
+        flops < 65_536 ? 1 : min(pool.activeCount, items)
+    }
+
+    /// out[t, h] = Σ_j softmax_j(scale · q[t, h]·k[j, g]) · v[j, g] over j ≤ startPos + t, g = h/(H/Hkv).
+    /// From `attentionBlockedMinRows` rows on (prefill), query blocks are computed with the GEMM micro-kernel
+    /// (see OpsAttentionBlocked.swift); fewer rows (decode) go one (row, head) item at a time, items dealt
+    /// round-robin to the participants. Either way each output is computed by one thread.
+    /// - q: [T, H·D]; k, v: [S, Hkv·D]; out: [T, H·D]; lse: [T, H] or nil (log-sum-exp of the scaled
+    ///   scores, needed by the backward); scale defaults to 1/√D.
+    public static func attentionForward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                                        out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?,
+                                        rows: Int, keys: Int, heads: Int, kvHeads: Int, headDim: Int,
+                                        startPos: Int, scale: Float? = nil,
+                                        pool: ThreadPool = .shared) throws(LKError) {
+        try checkAttention("attentionForward", rows: rows, keys: keys, heads: heads, kvHeads: kvHeads,
+                           headDim: headDim, startPos: startPos)
+        let sc = scale ?? 1 / Float(headDim).squareRoot()
+        if rows >= attentionBlockedMinRows {
+            attentionForwardBlocked(q: q, k: k, v: v, out: out, lse: lse,
+                                    spans: [AttentionSpan(qRow: 0, kRow: 0, rows: rows, start: startPos)],
+                                    heads: heads, kvHeads: kvHeads, headDim: headDim, scale: sc, pool: pool)
+        } else {
+            attentionForwardRowwise(q: q, k: k, v: v, out: out, lse: lse, rows: rows, keys: keys, heads: heads,
+                                    kvHeads: kvHeads, headDim: headDim, startPos: startPos, scale: sc, pool: pool)
+        }
+    }
+
+    /// `attentionForward` one (row, head) at a time (decode and short prefills), sizes already validated.
+    static func attentionForwardRowwise(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                                        out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?,
+                                        rows: Int, keys: Int, heads: Int, kvHeads: Int, headDim: Int,
+                                        startPos: Int, scale sc: Float, pool: ThreadPool) {
+        let D = headDim, H = heads, rep = heads / kvHeads
+        let ldq = H * D, ldk = kvHeads * D
+        let items = rows * H
+        let flops = rows * H * (startPos + (rows + 1) / 2) * D * 2
+        pool.run(maxTasks: attentionTasks(flops, items, pool)) { idx, cnt in
+            let s = pool.scratch(idx, bytes: max(keys, 1) * 4).assumingMemoryBound(to: Float.self)
+            var item = idx
+            while item < items {
+                let t = item / H, h = item % H, g = h / rep
+                let n = startPos + t + 1
+                let qr = q + t * ldq + h * D, o = out + t * ldq + h * D
+                scores(qr, k + g * D, ld: ldk, n, D, sc, s)
+                let m = rowMax(s, n)
+                let sum = expShifted(s, s, n, m)
+                o.update(repeating: 0, count: D)
+                combine(s, v + g * D, ld: ldk, n, D, o)
+                let inv = Float(1 / sum)
+                for i in 0..<D { o[i] *= inv }
+                lse?[t * H + h] = Float(Double(m) + log(sum))
+                item += cnt
+            }
+        }
+    }
+
+    /// Backward of `attentionForward`. With p_j = exp(scale·q·k_j − lse), dP_j = dout·v_j,
+    /// Δ = dout·out and dS_j = p_j·(dP_j − Δ):
+    ///   dq[t,h] += scale·Σ_j dS_j·k_j,   dk[j,g] += scale·Σ_{t,h∈g} dS·q[t,h],   dv[j,g] += Σ_{t,h∈g} p·dout[t,h].
+    /// Accumulates into dq, dk, dv (keys attended by no row keep their value). From
+    /// `attentionBlockedMinRows` rows on, the blocked kernel of OpsAttentionBlocked.swift; below, two
+    /// passes: one over (row, head) items writes dq, one over (key, KV head) items writes dk and dv.
+    /// Either way every gradient element has a single writer and a fixed summation order.
+    /// - q, out, dout, dq: [T, H·D]; k, v, dk, dv: [S, Hkv·D]; lse: [T, H] (from the forward).
+    public static func attentionBackward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                                         out: UnsafePointer<Float>, dout: UnsafePointer<Float>,
+                                         lse: UnsafePointer<Float>,
+                                         dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
+                                         dv: UnsafeMutablePointer<Float>,
+                                         rows: Int, keys: Int, heads: Int, kvHeads: Int, headDim: Int,
+                                         startPos: Int, scale: Float? = nil,
+                                         pool: ThreadPool = .shared) throws(LKError) {
+        try checkAttention("attentionBackward", rows: rows, keys: keys, heads: heads, kvHeads: kvHeads,
+                           headDim: headDim, startPos: startPos)
+        if rows == 0 { return }
+        let sc = scale ?? 1 / Float(headDim).squareRoot()
+        if rows >= attentionBlockedMinRows {
+            attentionBackwardBlocked(q: q, k: k, v: v, out: out, dout: dout, lse: lse, dq: dq, dk: dk, dv: dv,
+                                     spans: [AttentionSpan(qRow: 0, kRow: 0, rows: rows, start: startPos)],
+                                     heads: heads, kvHeads: kvHeads, headDim: headDim, scale: sc, accumulate: true,
+                                     pool: pool)
+        } else {
+            attentionBackwardRowwise(q: q, k: k, v: v, out: out, dout: dout, lse: lse, dq: dq, dk: dk, dv: dv,
+                                     rows: rows, keys: keys, heads: heads, kvHeads: kvHeads, headDim: headDim,
+                                     startPos: startPos, scale: sc, pool: pool)
+        }
+    }
+
+    /// `attentionBackward` one (row, head) and one (key, KV head) at a time (accumulates), sizes already
+    /// validated and rows > 0.
+    static func attentionBackwardRowwise(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                                         out: UnsafePointer<Float>, dout: UnsafePointer<Float>,
+                                         lse: UnsafePointer<Float>,
+                                         dq: UnsafeMutablePointer<Float>, dk: UnsafeMutablePointer<Float>,
+                                         dv: UnsafeMutablePointer<Float>,
+                                         rows: Int, keys: Int, heads: Int, kvHeads: Int, headDim: Int,
+                                         startPos: Int, scale sc: Float, pool: ThreadPool) {
+        let D = headDim, H = heads, rep = heads / kvHeads
+        let ldq = H * D, ldk = kvHeads * D
+        let flops = rows * H * (startPos + (rows + 1) / 2) * D * 2
+        var delta = [Float](repeating: 0, count: rows * H)
+        delta.withUnsafeMutableBufferPointer { dbuf in
+            let delta = dbuf.baseAddress!
+            // Pass 1: dq, one (row, head) item at a time.
+            let items = rows * H
+            pool.run(maxTasks: attentionTasks(flops, items, pool)) { idx, cnt in
+                let p = pool.scratch(idx, bytes: max(keys, 1) * 8).assumingMemoryBound(to: Float.self)
+                let dp = p + max(keys, 1)
+                var item = idx
+                while item < items {
+                    let t = item / H, h = item % H, g = h / rep
+                    let n = startPos + t + 1
+                    let off = t * ldq + h * D
+                    let qr = q + off, gr = dout + off
+                    let dl = dotF(gr, out + off, D)
+                    delta[item] = dl
+                    let l = lse[item]
+                    scores(qr, k + g * D, ld: ldk, n, D, sc, p)
+                    scores(gr, v + g * D, ld: ldk, n, D, 1, dp)
+                    _ = expShifted(p, p, n, l)
+                    // dp[j] ← scale · dS_j
+                    for j in 0..<n { dp[j] = sc * (p[j] * (dp[j] - dl)) }
+                    combine(dp, k + g * D, ld: ldk, n, D, dq + off)
+                    item += cnt
+                }
+            }
+            // Pass 2: dk and dv, one (key, KV head) item at a time, summing over rows then heads in order.
+            let kvItems = keys * kvHeads
+            pool.run(maxTasks: attentionTasks(flops, kvItems, pool)) { idx, cnt in
+                var item = idx
+                while item < kvItems {
+                    let j = item / kvHeads, g = item % kvHeads
+                    let kr = k + j * ldk + g * D, vr = v + j * ldk + g * D
+                    let dkr = dk + j * ldk + g * D, dvr = dv + j * ldk + g * D
+                    for h in (g * rep)..<((g + 1) * rep) {
+                        // Rows t0..<rows attend key j; blocks of four rows share the loads of k_j and v_j.
+                        var t = max(0, j - startPos)
+                        while t < rows {
+                            let nb = min(4, rows - t)
+                            if nb == 4 {
+                                let q0 = q + t * ldq + h * D, g0 = dout + t * ldq + h * D
+                                let qp = (q0, q0 + ldq, q0 + 2 * ldq, q0 + 3 * ldq)
+                                let gp = (g0, g0 + ldq, g0 + 2 * ldq, g0 + 3 * ldq)
+                                let s4 = sc * dot4(kr, qp.0, qp.1, qp.2, qp.3, D)
+                                let dp4 = dot4(vr, gp.0, gp.1, gp.2, gp.3, D)
+                                let l4 = SIMD4<Float>(lse[t * H + h], lse[(t + 1) * H + h], lse[(t + 2) * H + h],
+                                                      lse[(t + 3) * H + h])
+                                let d4 = SIMD4<Float>(delta[t * H + h], delta[(t + 1) * H + h], delta[(t + 2) * H + h],
+                                                      delta[(t + 3) * H + h])
+                                let ps = simdExp(SIMD8(lowHalf: s4 - l4, highHalf: .zero)).lowHalf
+                                let cs = sc * (ps * (dp4 - d4))
+                                axpy4(cs, qp.0, qp.1, qp.2, qp.3, dkr, D)
+                                axpy4(ps, gp.0, gp.1, gp.2, gp.3, dvr, D)
+                            } else {
+                                for u in 0..<nb {
+                                    let off = (t + u) * ldq + h * D
+                                    let s1 = sc * dotF(kr, q + off, D)
+                                    let pj = scalarExp(s1 - lse[(t + u) * H + h])
+                                    let dpj = dotF(vr, dout + off, D)
+                                    axpyF(sc * (pj * (dpj - delta[(t + u) * H + h])), q + off, dkr, D)
+                                    axpyF(pj, dout + off, dvr, D)
+                                }
+                            }
+                            t += nb
+                        }
+                    }
+                    item += cnt
+                }
+            }
+        }
+    }
+}

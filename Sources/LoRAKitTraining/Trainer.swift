@@ -1,0 +1,607 @@
+import LoRAKitCore
+import LoRAKitKernels
+import LoRAKitFormats
+import LoRAKitTokenizer
+import LoRAKitTemplates
+import LoRAKitModel
+
+/// The training forward and backward through the LLaMA block stack with trainable LoRA modules on a
+/// frozen base (any stored dtype: quantized weights stay quantized and are dequantized inside the GEMM
+/// panels, QLoRA-style).
+///
+/// Shape legend: S = sequences in the batch, N = Σ rows of all sequences (each sequence is its prefix
+/// embedding rows followed by its token rows), C = model width, H = query heads, Hkv = key/value heads,
+/// D = head dim, Q = H·D, KV = Hkv·D, F = MLP width, V = vocabulary, r = LoRA rank.
+///
+/// Every linear product runs once over all N rows of the batch (one GEMM per module); attention runs per
+/// sequence (causal, positions 0..<n within the sequence; sequences never see each other). The output
+/// head and the loss run over the predicted rows only, `lossChunkRows` rows at a time, so the
+/// [N, V] logits are never materialised.
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// One training sequence: optional caller-given embedding rows (e.g. projected image features) followed
+/// by tokens. `isTarget[j]` marks token j as predicted — from the rows before it (its prefix rows and
+/// tokens 0..<j); token 0 can be a target only when there are prefix rows.
+public struct TrainSequence: Sendable {
+    public var tokens: [Int32]
+    public var isTarget: [Bool]
+    /// [P, C] row-major f32 values placed before the tokens (empty: no prefix).
+    public var prefixEmbeddings: [Float]
+
+    public init(tokens: [Int32], isTarget: [Bool], prefixEmbeddings: [Float] = []) {
+        self.tokens = tokens; self.isTarget = isTarget; self.prefixEmbeddings = prefixEmbeddings
+    }
+
+    /// Whether token j is predicted: a target with something before it (token 0 only after prefix rows).
+    @inline(__always) public func isPredicted(_ j: Int) -> Bool {
+        isTarget[j] && (j > 0 || !prefixEmbeddings.isEmpty)
+    }
+
+    /// Number of predicted tokens.
+    public var predictedCount: Int { isTarget.indices.reduce(0) { $0 + (isPredicted($1) ? 1 : 0) } }
+}
+
+/// What one forward (and backward) pass over a batch returns.
+public struct TrainPassResult: Sendable {
+    /// Σ of the negative log-likelihood of every predicted token (Double, summed in a fixed order).
+    public var sumNLL: Double
+    /// Number of predicted tokens.
+    public var predicted: Int
+    /// Rows evaluated (prefix rows + tokens of every sequence).
+    public var rows: Int
+    /// dLoss/d(input embeddings) per sequence ([P + T, C] row-major), when requested.
+    public var inputGradients: [[Float]]?
+    /// Mean NLL (NaN when nothing was predicted).
+    public var meanNLL: Double { predicted > 0 ? sumNLL / Double(predicted) : .nan }
+}
+
+/// Trains the LoRA modules of one adapter on a frozen model. Not thread-safe: one trainer is used by one
+/// thread at a time (its kernels use its own thread pool).
+public final class LoRATrainer: @unchecked Sendable {
+    public let model: LlamaModel
+    public let pool: ThreadPool
+    /// The adapter's settings (targets, ranks, alphas, rsLoRA) — the trained adapter keeps them.
+    public let config: LoRAConfig
+    public let name: String
+    /// Trainable modules keyed by (layer, module), B rows in the model's row order.
+    public let modules: [LoRAAdapter.Key: TrainableLoRAModule]
+    /// All trainable tensors in a fixed order (by layer, module, then A before B): the optimizer's list.
+    public let parameters: [TrainableTensor]
+    /// LoRA dropout probability on the adapter inputs (0 = off).
+    public var dropout: Float
+    /// Seed of the dropout masks.
+    public var dropoutSeed: UInt64
+    /// Rows of the output head and loss computed at once. Each chunk reads (and dequantizes) the whole
+    /// [V, C] head twice, forward and backward, so larger chunks amortise that over more rows: the default
+    /// takes as many rows as fit in 96 MiB of logits (V·4 bytes a row), between 64 and 512 — 512 rows for
+    /// V = 49152 (the two head products ≈ 8–10 % faster than 256 rows, 25–35 % faster than 64), 196 for
+    /// V = 128256. Values do not depend on it (every row's products and loss are computed alike).
+    public var lossChunkRows: Int
+    /// When set, every pass adds its time per part (and the GEMM flops) to it.
+    public var profile: TrainProfile?
+
+    private let byLayer: [[TrainableLoRAModule?]]
+    private let lowestLayer: Int
+    private let maxRank: Int
+    private var buffers: TrainBuffers?
+
+    /// A trainer starting from `adapter`'s values (which are copied; the adapter is not modified).
+    /// The adapter is checked against the model (sizes, shapes, finite values).
+    public init(model: LlamaModel, adapter: LoRAAdapter, threads: Int? = nil, dropout: Float? = nil,
+                dropoutSeed: UInt64 = 0) throws(LKError) {
+        try adapter.check(against: model)
+        let p = dropout ?? adapter.config.dropout
+        guard p.isFinite, p >= 0, p < 1 else { throw .invalidArgument("trainer: dropout \(p) must be in [0, 1)") }
+        if let t = threads, t < 1 || t > 512 { throw .invalidArgument("trainer: threads \(t) must be in 1...512") }
+        let c = model.config
+        let mods = try adapter.modules(for: c.ropeLayout)
+        var dict: [LoRAAdapter.Key: TrainableLoRAModule] = [:]
+        var params: [TrainableTensor] = []
+        var layers = [[TrainableLoRAModule?]](repeating: [TrainableLoRAModule?](repeating: nil,
+                                                                                  count: LinearModule.allCases.count),
+                                                count: c.nLayers)
+        for k in mods.keys.sorted() {
+            let prefix = "base_model.model." + LoRAConfig.hfModuleName(layer: k.layer, module: k.module)
+            let t = try TrainableLoRAModule(from: mods[k]!, namePrefix: prefix)
+            dict[k] = t
+            layers[k.layer][k.module.rawValue] = t
+            params.append(t.a)
+            params.append(t.b)
+        }
+        self.model = model
+        self.pool = ThreadPool(threads: threads ?? ThreadPool.hardwareConcurrency)
+        self.config = adapter.config
+        self.name = adapter.name
+        self.modules = dict
+        self.parameters = params
+        self.dropout = p
+        self.dropoutSeed = dropoutSeed
+        self.byLayer = layers
+        self.lowestLayer = mods.keys.map(\.layer).min() ?? 0
+        self.maxRank = mods.values.map(\.rank).max() ?? 1
+        self.lossChunkRows = Self.defaultLossChunkRows(vocab: c.vocabSize)
+    }
+
+    /// The default `lossChunkRows` for a vocabulary of `vocab` entries (≤ 96 MiB of logits, 64...512 rows).
+    public static func defaultLossChunkRows(vocab: Int) -> Int {
+        min(512, max(64, (96 << 20) / (4 * max(vocab, 1))))
+    }
+
+    /// Set every gradient to zero (call before accumulating a step's micro-batches).
+    public func zeroGradients() { for p in parameters { p.zeroGrad() } }
+
+    /// The current values as an immutable adapter (rows in the model's order; saving to PEFT converts).
+    public func adapter(name: String? = nil) throws(LKError) -> LoRAAdapter {
+        var mods: [LoRAModule] = []
+        for k in modules.keys.sorted() { mods.append(try modules[k]!.snapshot()) }
+        return try LoRAAdapter(name: name ?? self.name, config: config, modelConfig: model.config,
+                               rowLayout: model.config.ropeLayout, modules: mods)
+    }
+
+    /// Overwrite the trainable values with `adapter`'s (same modules and shapes), e.g. when resuming.
+    public func load(_ adapter: LoRAAdapter) throws(LKError) {
+        try adapter.check(against: model)
+        let mods = try adapter.modules(for: model.config.ropeLayout)
+        guard Set(mods.keys) == Set(modules.keys) else {
+            throw .shapeMismatch("trainer: adapter \(adapter.name) has modules \(mods.count) that differ from the trained ones (\(modules.count))")
+        }
+        for (k, t) in modules {
+            let m = mods[k]!
+            guard m.rank == t.rank else {
+                throw .shapeMismatch("trainer: adapter \(adapter.name) layer \(k.layer) \(k.module) has rank \(m.rank), training uses \(t.rank)")
+            }
+            t.a.values.update(from: m.a.f32, count: t.a.count)
+            t.b.values.update(from: m.b.f32, count: t.b.count)
+        }
+    }
+
+    // MARK: Pass
+
+    /// Forward over `batch`; with `gradients`, also the backward, accumulating
+    /// d(lossScale · ΣNLL)/dθ into every parameter's `grad` (not zeroed here). `lossScale` defaults to
+    /// 1/predicted (the mean over the batch's predicted tokens); pass 1/Σ over all micro-batches of a step
+    /// for gradient accumulation. `inputGradients` also returns dLoss/d(input rows) per sequence.
+    /// `inputGradients` without `gradients` runs the backward for the input gradients only (parameter
+    /// gradients untouched). `step`/`microBatch` key the dropout masks. On error, parameters are unchanged (gradients may hold a
+    /// partial sum: zero them before the next step).
+    public func pass(_ batch: [TrainSequence], gradients: Bool, lossScale: Float? = nil,
+                     inputGradients: Bool = false, step: Int = 0, microBatch: Int = 0) throws(LKError) -> TrainPassResult {
+        let c = model.config
+        guard !batch.isEmpty else { throw .invalidArgument("train: empty batch") }
+        // Validate and lay out the rows.
+        var offsets: [Int] = [], lengths: [Int] = [], prefixRows: [Int] = []
+        var n = 0
+        var predRows: [Int32] = [], predTargets: [Int32] = []
+        for (s, seq) in batch.enumerated() {
+            guard seq.isTarget.count == seq.tokens.count else {
+                throw .invalidArgument("train: sequence \(s) has \(seq.tokens.count) tokens but \(seq.isTarget.count) target flags")
+            }
+            guard seq.prefixEmbeddings.count % c.dim == 0 else {
+                throw .shapeMismatch("train: sequence \(s) prefix has \(seq.prefixEmbeddings.count) values, not a multiple of the width \(c.dim)")
+            }
+            for (j, t) in seq.tokens.enumerated() where t < 0 || Int(t) >= c.vocabSize {
+                throw .invalidArgument("train: sequence \(s) token \(j) id \(t) is outside the vocabulary of \(c.vocabSize)")
+            }
+            for (i, v) in seq.prefixEmbeddings.enumerated() where !v.isFinite {
+                throw .invalidArgument("train: sequence \(s) prefix value at row \(i / c.dim), column \(i % c.dim) is not finite (\(v))")
+            }
+            let p = seq.prefixEmbeddings.count / c.dim
+            let len = p + seq.tokens.count
+            guard len >= 1 else { throw .invalidArgument("train: sequence \(s) is empty") }
+            guard len <= c.contextLength else {
+                throw .invalidArgument("train: sequence \(s) has \(len) rows, more than the model's context of \(c.contextLength)")
+            }
+            for j in seq.isTarget.indices where seq.isPredicted(j) {
+                predRows.append(Int32(n + p + j - 1))
+                predTargets.append(seq.tokens[j])
+            }
+            offsets.append(n); lengths.append(len); prefixRows.append(p)
+            n += len
+        }
+        let predicted = predRows.count
+        let scale = lossScale ?? (predicted > 0 ? 1 / Float(predicted) : 0)
+        guard scale.isFinite else { throw .invalidArgument("train: loss scale \(scale) is not finite") }
+        let buf = try buffers(rows: n)
+        let backward = gradients || inputGradients
+
+        // Input rows and positions.
+        var t0 = tick()
+        for (s, seq) in batch.enumerated() {
+            let o = offsets[s], p = prefixRows[s]
+            for i in 0..<lengths[s] { buf.positions[o + i] = Int32(i) }
+            if p > 0 {
+                seq.prefixEmbeddings.withUnsafeBufferPointer { src in
+                    (buf.xs[0] + o * c.dim).update(from: src.baseAddress!, count: p * c.dim)
+                }
+            }
+            if !seq.tokens.isEmpty {
+                try seq.tokens.withUnsafeBufferPointer { (ids: UnsafeBufferPointer<Int32>) throws(LKError) in
+                    try Ops.embeddingForward(table: UnsafeRawPointer(model.tokenEmbedding.rawPointer),
+                                             dtype: model.tokenEmbedding.dtype, vocab: c.vocabSize, dim: c.dim,
+                                             ids: ids.baseAddress!, rows: ids.count,
+                                             out: buf.xs[0] + (o + p) * c.dim, pool: pool)
+                }
+            }
+        }
+        tock(.embedding, t0)
+        let seqs = zip(offsets, lengths).map { (offset: $0, length: $1) }
+        for l in 0..<c.nLayers {
+            try forwardLayer(l, rows: n, seqs: seqs, buf: buf, step: step, micro: microBatch)
+        }
+
+        // Final norm, output head and loss over the predicted rows.
+        let xL = buf.xs[c.nLayers]
+        t0 = tick()
+        try Ops.rmsNormForward(x: xL, weight: model.outputNorm.f32, out: buf.xF, rstd: buf.rstdF, rows: n,
+                               dim: c.dim, eps: c.normEps, pool: pool)
+        tock(.norm, t0)
+        t0 = tick()
+        if backward { buf.dxF.update(repeating: 0, count: n * c.dim) }
+        tock(.elementwise, t0)
+        let headFlops = 2 * Double(c.vocabSize) * Double(c.dim)
+        var sumNLL = 0.0
+        let rc = buf.chunkRows
+        var start = 0
+        while start < predicted {
+            let cnt = min(rc, predicted - start)
+            t0 = tick()
+            for i in 0..<cnt {
+                (buf.gather + i * c.dim).update(from: buf.xF + Int(predRows[start + i]) * c.dim, count: c.dim)
+                buf.chunkTargets[i] = predTargets[start + i]
+            }
+            tock(.elementwise, t0)
+            t0 = tick()
+            try GEMM.multiply(m: cnt, n: c.vocabSize, k: c.dim, a: GEMMLeft(UnsafePointer(buf.gather), rowStride: c.dim),
+                              b: .weight(UnsafeRawPointer(model.output.rawPointer), dtype: model.output.dtype,
+                                         rows: c.vocabSize, cols: c.dim, transposed: true),
+                              c: buf.logits, ldc: c.vocabSize, pool: pool)
+            tock(.headForward, t0, flops: headFlops * Double(cnt))
+            t0 = tick()
+            if backward {
+                // dlogits = rowScale · (unnormalised logits), the row factor applied after the product.
+                try Ops.crossEntropyUnnormalizedBackwardInPlace(logits: buf.logits, rows: cnt, vocab: c.vocabSize,
+                                                                targets: buf.chunkTargets, scale: scale,
+                                                                losses: buf.losses, rowScale: buf.rowScale, pool: pool)
+                tock(.loss, t0)
+                t0 = tick()
+                try GEMM.multiply(m: cnt, n: c.dim, k: c.vocabSize, a: GEMMLeft(UnsafePointer(buf.logits), rowStride: c.vocabSize),
+                                  b: .weight(UnsafeRawPointer(model.output.rawPointer), dtype: model.output.dtype,
+                                             rows: c.vocabSize, cols: c.dim, transposed: false),
+                                  c: buf.gather, ldc: c.dim, pool: pool)
+                tock(.headBackward, t0, flops: headFlops * Double(cnt))
+                t0 = tick()
+                for i in 0..<cnt {
+                    let f = buf.rowScale[i], src = buf.gather + i * c.dim, dst = buf.dxF + Int(predRows[start + i]) * c.dim
+                    for j in 0..<c.dim { dst[j] = f * src[j] }
+                }
+                tock(.elementwise, t0)
+            } else {
+                try Ops.crossEntropyForward(logits: buf.logits, rows: cnt, vocab: c.vocabSize,
+                                            targets: buf.chunkTargets, losses: buf.losses, lse: nil, pool: pool)
+                tock(.loss, t0)
+            }
+            for i in 0..<cnt { sumNLL += Double(buf.losses[i]) }
+            start += cnt
+        }
+        var result = TrainPassResult(sumNLL: sumNLL, predicted: predicted, rows: n, inputGradients: nil)
+        profile?.passes += 1
+        guard backward else { return result }
+
+        // Backward.
+        let dX = buf.dX
+        t0 = tick()
+        dX.update(repeating: 0, count: n * c.dim)
+        try Ops.rmsNormBackward(dout: buf.dxF, x: xL, weight: model.outputNorm.f32, rstd: buf.rstdF, dx: dX,
+                                dweight: nil, rows: n, dim: c.dim, pool: pool)
+        tock(.norm, t0)
+        let stop = inputGradients ? 0 : lowestLayer
+        for l in stride(from: c.nLayers - 1, through: stop, by: -1) {
+            let needInput = l > stop || inputGradients
+            try backwardLayer(l, rows: n, seqs: seqs, buf: buf, needInput: needInput, parameters: gradients, step: step,
+                              micro: microBatch)
+        }
+        if inputGradients {
+            var grads: [[Float]] = []
+            for s in 0..<batch.count {
+                grads.append(Array(UnsafeBufferPointer(start: dX + offsets[s] * c.dim, count: lengths[s] * c.dim)))
+            }
+            result.inputGradients = grads
+        }
+        return result
+    }
+
+    // MARK: Layers
+
+    /// y = x·Wᵀ + the LoRA term of (layer, module), keeping t (and using dropout) for the backward.
+    private func project(_ l: Int, _ m: LinearModule, x: UnsafePointer<Float>, rows n: Int,
+                         y: UnsafeMutablePointer<Float>, buf: TrainBuffers, step: Int, micro: Int) throws(LKError) {
+        let w = model.layers[l].weight(m)
+        // Always the GEMM (never the decode mat-vec): the same f32 arithmetic on the dequantized weights for
+        // any row count, so losses do not depend on how a batch is split.
+        var t0 = tick()
+        try GEMM.multiply(m: n, n: w.shape[0], k: w.shape[1], a: GEMMLeft(x, rowStride: w.shape[1]),
+                          b: .weight(UnsafeRawPointer(w.rawPointer), dtype: w.dtype, rows: w.shape[0], cols: w.shape[1],
+                                     transposed: true),
+                          c: y, ldc: w.shape[0], pool: pool)
+        tock(.baseForward, t0, flops: 2 * Double(n) * Double(w.shape[0]) * Double(w.shape[1]))
+        guard let tm = byLayer[l][m.rawValue] else { return }
+        t0 = tick()
+        defer { tock(.lora, t0) }
+        var xin = x
+        if dropout > 0 {
+            LoRADropout.apply(x, out: buf.xDrop, count: n * tm.inFeatures, p: dropout,
+                              key: LoRADropout.key(seed: dropoutSeed, step: step, micro: micro, layer: l, module: m),
+                              pool: pool)
+            xin = UnsafePointer(buf.xDrop)
+        }
+        try tm.forward(x: xin, rows: n, y: y, t: buf.t(l, m), pool: pool)
+    }
+
+    /// dx (= or +=, by `beta`) dy·W + the LoRA input gradient; accumulates the LoRA parameter gradients.
+    /// `dx` nil: only the parameter gradients.
+    private func projectBackward(_ l: Int, _ m: LinearModule, x: UnsafePointer<Float>, dy: UnsafePointer<Float>,
+                                 rows n: Int, dx: UnsafeMutablePointer<Float>?, beta: Float, buf: TrainBuffers,
+                                 parameters: Bool, step: Int, micro: Int) throws(LKError) {
+        let w = model.layers[l].weight(m)
+        let (nOut, nIn) = (w.shape[0], w.shape[1])
+        var t0 = tick()
+        if let dx {
+            try GEMM.multiply(m: n, n: nIn, k: nOut, a: GEMMLeft(dy, rowStride: nOut),
+                              b: .weight(UnsafeRawPointer(w.rawPointer), dtype: w.dtype, rows: nOut, cols: nIn,
+                                         transposed: false),
+                              beta: beta, c: dx, ldc: nIn, pool: pool)
+            tock(.baseBackward, t0, flops: 2 * Double(n) * Double(nOut) * Double(nIn))
+        }
+        guard let tm = byLayer[l][m.rawValue] else { return }
+        t0 = tick()
+        defer { tock(.lora, t0) }
+        if dropout > 0 {
+            let key = LoRADropout.key(seed: dropoutSeed, step: step, micro: micro, layer: l, module: m)
+            LoRADropout.apply(x, out: buf.xDrop, count: n * nIn, p: dropout, key: key, pool: pool)
+            try tm.backward(x: UnsafePointer(buf.xDrop), t: UnsafePointer(buf.t(l, m)), dy: dy, rows: n, u: buf.u,
+                            dx: dx == nil ? nil : buf.tmp, dxBeta: 0, parameters: parameters, pool: pool)
+            if let dx {
+                LoRADropout.apply(UnsafePointer(buf.tmp), out: buf.tmp, count: n * nIn, p: dropout, key: key, pool: pool)
+                try Ops.addInPlace(dx, buf.tmp, count: n * nIn, pool: pool)
+            }
+        } else {
+            try tm.backward(x: x, t: UnsafePointer(buf.t(l, m)), dy: dy, rows: n, u: buf.u, dx: dx, dxBeta: 1,
+                            parameters: parameters, pool: pool)
+        }
+    }
+
+    private func forwardLayer(_ l: Int, rows n: Int, seqs: [(offset: Int, length: Int)], buf: TrainBuffers, step: Int,
+                              micro: Int) throws(LKError) {
+        let c = model.config
+        let L = model.layers[l], S = buf.layers[l]
+        let xIn = buf.xs[l], xOut = buf.xs[l + 1]
+        let pos = UnsafePointer(buf.positions)
+        var t0 = tick()
+        try Ops.rmsNormForward(x: xIn, weight: L.attnNorm.f32, out: S.xn1, rstd: S.rstd1, rows: n, dim: c.dim,
+                               eps: c.normEps, pool: pool)
+        tock(.norm, t0)
+        try project(l, .q, x: S.xn1, rows: n, y: S.q, buf: buf, step: step, micro: micro)
+        try project(l, .k, x: S.xn1, rows: n, y: S.k, buf: buf, step: step, micro: micro)
+        try project(l, .v, x: S.xn1, rows: n, y: S.v, buf: buf, step: step, micro: micro)
+        t0 = tick()
+        try Ops.ropeForward(x: S.q, out: S.q, rows: n, heads: c.nHeads, headDim: c.headDim, nRot: c.ropeDims,
+                            base: c.ropeBase, positions: pos, layout: c.ropeLayout, table: buf.rope, pool: pool)
+        try Ops.ropeForward(x: S.k, out: S.k, rows: n, heads: c.nKVHeads, headDim: c.headDim, nRot: c.ropeDims,
+                            base: c.ropeBase, positions: pos, layout: c.ropeLayout, table: buf.rope, pool: pool)
+        tock(.rope, t0)
+        t0 = tick()
+        try Ops.attentionForward(q: S.q, k: S.k, v: S.v, out: S.att, lse: S.lse, sequences: seqs, heads: c.nHeads,
+                                 kvHeads: c.nKVHeads, headDim: c.headDim, pool: pool)
+        tock(.attentionForward, t0, flops: attentionFlops(seqs))
+        try project(l, .o, x: S.att, rows: n, y: buf.tmp, buf: buf, step: step, micro: micro)
+        t0 = tick()
+        try Ops.add(xIn, buf.tmp, out: S.xMid, count: n * c.dim, pool: pool)
+        tock(.elementwise, t0)
+        t0 = tick()
+        try Ops.rmsNormForward(x: S.xMid, weight: L.ffnNorm.f32, out: S.xn2, rstd: S.rstd2, rows: n, dim: c.dim,
+                               eps: c.normEps, pool: pool)
+        tock(.norm, t0)
+        try project(l, .gate, x: S.xn2, rows: n, y: S.gate, buf: buf, step: step, micro: micro)
+        try project(l, .up, x: S.xn2, rows: n, y: S.up, buf: buf, step: step, micro: micro)
+        t0 = tick()
+        try Ops.swigluForward(gate: S.gate, up: S.up, out: buf.h, count: n * c.hiddenDim, pool: pool)
+        tock(.activation, t0)
+        try project(l, .down, x: buf.h, rows: n, y: buf.tmp, buf: buf, step: step, micro: micro)
+        t0 = tick()
+        try Ops.add(S.xMid, buf.tmp, out: xOut, count: n * c.dim, pool: pool)
+        tock(.elementwise, t0)
+    }
+
+    /// Multiply-add pairs ×2 of one attention forward (two products over the causal half) for `seqs`.
+    private func attentionFlops(_ seqs: [(offset: Int, length: Int)]) -> Double {
+        let c = model.config
+        return seqs.reduce(0.0) { acc, s in
+            acc + 2 * 2 * Double(s.length) * Double(s.length + 1) / 2 * Double(c.nHeads * c.headDim)
+        }
+    }
+
+    /// Start timing a part (0 when no profile is attached).
+    @inline(__always) private func tick() -> Double { profile == nil ? 0 : TrainProfile.now() }
+
+    /// End timing a part started at `t0` (`flops` is evaluated only when a profile is attached).
+    @inline(__always) private func tock(_ part: TrainProfile.Part, _ t0: Double,
+                                        flops: @autoclosure () -> Double = 0) {
+        guard let p = profile else { return }
+        p.add(part, seconds: TrainProfile.now() - t0, flops: flops())
+    }
+
+    /// On entry buf.dX = dLoss/d(layer output); on exit dLoss/d(layer input) (when `needInput`).
+    /// `parameters`: accumulate the LoRA parameter gradients (false: input gradients only).
+    private func backwardLayer(_ l: Int, rows n: Int, seqs: [(offset: Int, length: Int)], buf: TrainBuffers, needInput: Bool,
+                               parameters: Bool, step: Int, micro: Int) throws(LKError) {
+        let c = model.config
+        let L = model.layers[l], S = buf.layers[l]
+        let mods = byLayer[l]
+        func has(_ ms: LinearModule...) -> Bool { ms.contains { mods[$0.rawValue] != nil } }
+        let attnPart = needInput || has(.q, .k, .v, .o)
+        let dX = buf.dX
+        let pos = UnsafePointer(buf.positions)
+        // MLP: xOut = xMid + down(swiglu(gate(xn2), up(xn2))).
+        if attnPart || has(.gate, .up, .down) {
+            var t0 = tick()
+            // h = swiglu(gate, up) is the input of down: needed (recomputed, not kept) only for its LoRA.
+            if has(.down) {
+                try Ops.swigluForward(gate: S.gate, up: S.up, out: buf.h, count: n * c.hiddenDim, pool: pool)
+            }
+            tock(.activation, t0)
+            let needDh = attnPart || has(.gate, .up)
+            try projectBackward(l, .down, x: buf.h, dy: dX, rows: n, dx: needDh ? buf.dh : nil, beta: 0, buf: buf, parameters: parameters,
+                                step: step, micro: micro)
+            if needDh {
+                t0 = tick()
+                try Ops.swigluBackward(gate: S.gate, up: S.up, dout: buf.dh, dgate: buf.dGate, dup: buf.dUp,
+                                       count: n * c.hiddenDim, accumulate: false, pool: pool)
+                tock(.activation, t0)
+                try projectBackward(l, .gate, x: S.xn2, dy: buf.dGate, rows: n, dx: attnPart ? buf.dxn : nil, beta: 0,
+                                    buf: buf, parameters: parameters, step: step, micro: micro)
+                try projectBackward(l, .up, x: S.xn2, dy: buf.dUp, rows: n, dx: attnPart ? buf.dxn : nil, beta: 1,
+                                    buf: buf, parameters: parameters, step: step, micro: micro)
+                if attnPart {
+                    t0 = tick()
+                    try Ops.rmsNormBackward(dout: buf.dxn, x: S.xMid, weight: L.ffnNorm.f32, rstd: S.rstd2, dx: dX,
+                                            dweight: nil, rows: n, dim: c.dim, pool: pool)
+                    tock(.norm, t0)
+                }
+            }
+        }
+        guard attnPart else { return }
+        // Attention: xMid = xIn + o(attention(rope(q(xn1)), rope(k(xn1)), v(xn1))).
+        try projectBackward(l, .o, x: S.att, dy: dX, rows: n, dx: buf.dAtt, beta: 0, buf: buf, parameters: parameters, step: step,
+                            micro: micro)
+        let needQKV = needInput || has(.q, .k, .v)
+        guard needQKV else { return }
+        // The batched backward overwrites dq, dk, dv on every row (the sequences cover all rows).
+        var t0 = tick()
+        try Ops.attentionBackward(q: S.q, k: S.k, v: S.v, out: S.att, dout: buf.dAtt, lse: S.lse, dq: buf.dq, dk: buf.dk,
+                                  dv: buf.dv, sequences: seqs, heads: c.nHeads, kvHeads: c.nKVHeads,
+                                  headDim: c.headDim, pool: pool)
+        tock(.attentionBackward, t0, flops: 2.5 * attentionFlops(seqs))
+        t0 = tick()
+        try Ops.ropeBackward(dout: buf.dq, dx: buf.dqr, rows: n, heads: c.nHeads, headDim: c.headDim,
+                             nRot: c.ropeDims, base: c.ropeBase, positions: pos, layout: c.ropeLayout,
+                             accumulate: false, table: buf.rope, pool: pool)
+        try Ops.ropeBackward(dout: buf.dk, dx: buf.dkr, rows: n, heads: c.nKVHeads, headDim: c.headDim,
+                             nRot: c.ropeDims, base: c.ropeBase, positions: pos, layout: c.ropeLayout,
+                             accumulate: false, table: buf.rope, pool: pool)
+        tock(.rope, t0)
+        let dxn: UnsafeMutablePointer<Float>? = needInput ? buf.dxn : nil
+        try projectBackward(l, .q, x: S.xn1, dy: buf.dqr, rows: n, dx: dxn, beta: 0, buf: buf, parameters: parameters, step: step, micro: micro)
+        try projectBackward(l, .k, x: S.xn1, dy: buf.dkr, rows: n, dx: dxn, beta: 1, buf: buf, parameters: parameters, step: step, micro: micro)
+        try projectBackward(l, .v, x: S.xn1, dy: buf.dv, rows: n, dx: dxn, beta: 1, buf: buf, parameters: parameters, step: step, micro: micro)
+        if needInput {
+            t0 = tick()
+            try Ops.rmsNormBackward(dout: buf.dxn, x: buf.xs[l], weight: L.attnNorm.f32, rstd: S.rstd1, dx: dX,
+                                    dweight: nil, rows: n, dim: c.dim, pool: pool)
+            tock(.norm, t0)
+        }
+    }
+
+    // MARK: Buffers
+
+    private func buffers(rows n: Int) throws(LKError) -> TrainBuffers {
+        // Loss chunks never hold more rows than a batch has.
+        func chunk(_ cap: Int) -> Int { max(1, min(lossChunkRows, cap)) }
+        if let b = buffers, b.capacity >= n, b.chunkRows == chunk(b.capacity) { return b }
+        let cap = max(n, buffers?.capacity ?? 0)
+        buffers = nil
+        let b = try TrainBuffers(config: model.config, capacity: cap, chunkRows: chunk(cap),
+                                 maxRank: maxRank, modules: byLayer)
+        buffers = b
+        return b
+    }
+
+    /// Bytes of activation memory the trainer holds for batches of up to `rows` rows.
+    public static func activationBytes(config c: LlamaConfig, rows n: Int, maxRank: Int, adapterModules: Int,
+                                       chunkRows: Int? = nil) -> Int {
+        let rc = max(1, min(chunkRows ?? defaultLossChunkRows(vocab: c.vocabSize), n))
+        let perLayer = n * (4 * c.dim + 2 * c.qDim + 2 * c.kvDim + 2 * c.hiddenDim + c.nHeads + 2)
+        let shared = n * ((c.nLayers + 1) * c.dim + 4 * c.dim + 4 * c.qDim + 3 * c.kvDim + 5 * c.hiddenDim
+                          + maxRank + 1 + c.ropeDims) + rc * (c.vocabSize + 2 * c.dim + 3)
+        return 4 * (c.nLayers * perLayer + shared + adapterModules * n * maxRank)
+    }
+}
+
+/// Activations kept for the backward, per layer. All [N, ·] f32 with N = capacity.
+final class LayerActivations {
+    let storage: [Storage]
+    let xn1, q, k, v, att, lse, xMid, xn2, gate, up, rstd1, rstd2: UnsafeMutablePointer<Float>
+    /// t = x̃·Aᵀ per module with an adapter ([N, r]).
+    let t: [UnsafeMutablePointer<Float>?]
+
+    init(config c: LlamaConfig, capacity n: Int, modules: [TrainableLoRAModule?]) throws(LKError) {
+        var st: [Storage] = []
+        func alloc(_ floats: Int) throws(LKError) -> UnsafeMutablePointer<Float> {
+            let s = try Storage(lazyZeroedBytes: max(floats, 1) * 4)
+            st.append(s)
+            return s.base.assumingMemoryBound(to: Float.self)
+        }
+        xn1 = try alloc(n * c.dim); q = try alloc(n * c.qDim); k = try alloc(n * c.kvDim); v = try alloc(n * c.kvDim)
+        att = try alloc(n * c.qDim); lse = try alloc(n * c.nHeads); xMid = try alloc(n * c.dim)
+        xn2 = try alloc(n * c.dim); gate = try alloc(n * c.hiddenDim); up = try alloc(n * c.hiddenDim)
+        rstd1 = try alloc(n); rstd2 = try alloc(n)
+        var ts: [UnsafeMutablePointer<Float>?] = []
+        for m in modules { ts.append(m == nil ? nil : try alloc(n * m!.rank)) }
+        t = ts
+        storage = st
+    }
+}
+
+/// All buffers of a trainer for batches of up to `capacity` rows.
+final class TrainBuffers {
+    let capacity: Int
+    let chunkRows: Int
+    let layers: [LayerActivations]
+    /// Residual stream at the input of each layer and after the last: nLayers + 1 of [N, C].
+    let xs: [UnsafeMutablePointer<Float>]
+    let xF, rstdF, dxF, dX, dxn, dAtt, dq, dqr, dk, dkr, dv, dh, dGate, dUp, h, u, xDrop, tmp: UnsafeMutablePointer<Float>
+    let gather, logits, losses, rowScale: UnsafeMutablePointer<Float>
+    let chunkTargets: UnsafeMutablePointer<Int32>
+    let positions: UnsafeMutablePointer<Int32>
+    /// cos/sin of the rotary angles for every position a sequence of up to `capacity` rows uses.
+    let rope: RoPETable
+    private var storage: [Storage] = []
+
+    init(config c: LlamaConfig, capacity n: Int, chunkRows rc: Int, maxRank: Int,
+         modules: [[TrainableLoRAModule?]]) throws(LKError) {
+        capacity = n
+        chunkRows = rc
+        rope = try RoPETable(nRot: c.ropeDims, base: c.ropeBase, positions: min(n, c.contextLength))
+        var st: [Storage] = []
+        func alloc(_ floats: Int) throws(LKError) -> UnsafeMutablePointer<Float> {
+            let s = try Storage(lazyZeroedBytes: max(floats, 1) * 4)
+            st.append(s)
+            return s.base.assumingMemoryBound(to: Float.self)
+        }
+        var ls: [LayerActivations] = []
+        for l in 0..<c.nLayers { ls.append(try LayerActivations(config: c, capacity: n, modules: modules[l])) }
+        layers = ls
+        var x: [UnsafeMutablePointer<Float>] = []
+        for _ in 0...c.nLayers { x.append(try alloc(n * c.dim)) }
+        xs = x
+        let wide = max(c.dim, c.qDim, c.hiddenDim)
+        xF = try alloc(n * c.dim); rstdF = try alloc(n); dxF = try alloc(n * c.dim); dX = try alloc(n * c.dim)
+        dxn = try alloc(n * c.dim); dAtt = try alloc(n * c.qDim); dq = try alloc(n * c.qDim)
+        dqr = try alloc(n * c.qDim); dk = try alloc(n * c.kvDim); dkr = try alloc(n * c.kvDim)
+        dv = try alloc(n * c.kvDim); dh = try alloc(n * c.hiddenDim); dGate = try alloc(n * c.hiddenDim)
+        dUp = try alloc(n * c.hiddenDim); h = try alloc(n * c.hiddenDim); u = try alloc(n * maxRank)
+        xDrop = try alloc(n * wide); tmp = try alloc(n * wide)
+        gather = try alloc(rc * c.dim); logits = try alloc(rc * c.vocabSize); losses = try alloc(rc)
+        rowScale = try alloc(rc)
+        chunkTargets = try alloc(rc).withMemoryRebound(to: Int32.self, capacity: rc) { $0 }
+        positions = try alloc(n).withMemoryRebound(to: Int32.self, capacity: n) { $0 }
+        storage = st
+    }
+
+    @inline(__always) func t(_ l: Int, _ m: LinearModule) -> UnsafeMutablePointer<Float> {
+        layers[l].t[m.rawValue]!
+    }
+}
