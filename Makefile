@@ -86,14 +86,13 @@ install: build
 	for f in $$(ldd $(BUILD_DIR)/liblorakit.so $(BUILD_DIR)/lorakit-cli | awk '/libswift|libdispatch|libBlocksRuntime|libFoundation/ {print $$3}' | sort -u); do \
 	    install -m 0644 "$$f" $(DESTDIR)$(PREFIX)/lib/lorakit-swift/; done
 	install -m 0644 Include/lorakit.h $(DESTDIR)$(PREFIX)/include/lorakit.h
-	if [ -f Include/lorakit_plugin.h ]; then install -m 0644 Include/lorakit_plugin.h $(DESTDIR)$(PREFIX)/include/lorakit_plugin.h; fi
+	install -m 0644 Include/lorakit_plugin.h $(DESTDIR)$(PREFIX)/include/lorakit_plugin.h
 	install -m 0755 $(BUILD_DIR)/lorakit-cli $(DESTDIR)$(PREFIX)/bin/lorakit
 	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' bindings/c/lorakit.pc.in > $(DESTDIR)$(PREFIX)/lib/pkgconfig/lorakit.pc
 
 uninstall:
-	rm -f $(DESTDIR)$(PREFIX)/lib/liblorakit.so $(DESTDIR)$(PREFIX)/include/lorakit.h \
-	      $(DESTDIR)$(PREFIX)/include/lorakit_plugin.h $(DESTDIR)$(PREFIX)/lib/pkgconfig/lorakit.pc \
-	      $(DESTDIR)$(PREFIX)/bin/lorakit
+	rm -f $(DESTDIR)$(PREFIX)/lib/liblorakit.so $(DESTDIR)$(PREFIX)/include/lorakit.h $(DESTDIR)$(PREFIX)/include/lorakit_plugin.h \
+	      $(DESTDIR)$(PREFIX)/lib/pkgconfig/lorakit.pc $(DESTDIR)$(PREFIX)/bin/lorakit
 	rm -rf $(DESTDIR)$(PREFIX)/lib/lorakit-swift
 
 bench: build

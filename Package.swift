@@ -83,10 +83,12 @@ let package = Package(
                 path: "Sources/LoRAKitTraining", swiftSettings: fastFlags),
         // The Swift API: re-exports the layers above (`import LoRAKit`). No C-ABI code here.
         .target(name: "LoRAKit", dependencies: ["LoRAKitTraining"], path: "Sources/LoRAKit", swiftSettings: fastFlags),
+        // The C ABI's types and constants, imported into Swift from Include/lorakit.h (header-only).
+        .target(name: "CLoRAKit", path: "Sources/CLoRAKit"),
         // Thin @_cdecl shims over the core; the only code that knows about the C ABI.
         .target(
             name: "LoRAKitCABI",
-            dependencies: ["LoRAKit"],
+            dependencies: ["LoRAKit", "CLoRAKit"],
             path: "Sources/LoRAKitCABI",
             swiftSettings: fastFlags,
             // `make install` copies the Swift runtime libraries next to liblorakit.so (lib/lorakit-swift/)

@@ -14,9 +14,13 @@
  * - Handles are opaque. Passing NULL, a freed handle or a handle of another kind returns
  *   LK_ERR_INVALID_HANDLE; it never crashes. Freeing NULL is a no-op.
  * - Params structs start with uint32_t struct_size, are filled by lk_<x>_params_init(&p), and only ever
- *   grow at the end. Set struct_size via the init function; the library reads only the fields that
- *   struct_size covers (a struct that has grown gets lk_<x>_params_init_sized(p, size), which writes
- *   only `size` bytes, and its lk_<x>_params_init becomes a macro passing sizeof *p):
+ *   grow at the end. lk_<x>_params_init(p) is a macro for lk_<x>_params_init_sized(p, sizeof(lk_<x>_params)),
+ *   which writes defaults into the first `size` bytes only and sets struct_size = size (clamped to this
+ *   library's struct; a size below the struct's first version writes nothing), so a program built
+ *   against an older header (a smaller struct) is safe with a newer library. The function named
+ *   lk_<x>_params_init is kept for programs built before the macro: it fills the struct's first version
+ *   (call it as (lk_<x>_params_init)(p) to bypass the macro). The library reads only the fields that
+ *   struct_size covers:
  *     - a struct from an older header (smaller, but at least the struct's first version): fields it
  *       lacks take their defaults;
  *     - a struct from a newer header (larger): the fields this library knows are read, the rest ignored;
@@ -197,13 +201,15 @@ typedef struct lk_model_params {
     int32_t reserved;       /* must be 0 (LK_ERR_INVALID_ARGUMENT otherwise) */
 } lk_model_params;
 
-/* Fill *p with defaults (and struct_size). */
+/* Fill *p with defaults (and struct_size): see "Params structs" above. */
+LK_API void lk_model_params_init_sized(lk_model_params *p, size_t size);
 LK_API void lk_model_params_init(lk_model_params *p);
+#define lk_model_params_init(p) lk_model_params_init_sized((p), sizeof(lk_model_params))
 
 /* Load a model. params may be NULL for defaults. Weights of a GGUF file are memory-mapped and used in
  * place (quantized blocks are never expanded). path: NUL-terminated UTF-8.
- * Errors: LK_ERR_IO (cannot open), LK_ERR_FORMAT (malformed file), LK_ERR_UNSUPPORTED (architecture,
- * or a Hugging Face folder while this build loads GGUF files only).
+ * Errors: LK_ERR_IO (cannot open, or a folder without config.json), LK_ERR_FORMAT (malformed file),
+ * LK_ERR_UNSUPPORTED (architecture, tensor type).
  * Ownership: *out belongs to the caller; release with lk_model_free. Contexts (and adapters) created
  * from the model keep its weights alive until they are freed, so lk_model_free may be called first. */
 LK_API lk_status lk_model_load(const char *path, const lk_model_params *params, lk_model **out);
@@ -292,7 +298,9 @@ typedef struct lk_context_params {
     int32_t n_threads;    /* 0...512; 0 = lk_cpu_count() */
 } lk_context_params;
 
+LK_API void lk_context_params_init_sized(lk_context_params *p, size_t size);
 LK_API void lk_context_params_init(lk_context_params *p);
+#define lk_context_params_init(p) lk_context_params_init_sized((p), sizeof(lk_context_params))
 
 /* Ownership: *out belongs to the caller (lk_context_free); it keeps the model alive. params may be NULL.
  * The KV cache takes n_ctx · n_layer · 2 · n_head_kv · head_dim · 4 bytes of address space, touched
@@ -334,7 +342,9 @@ typedef struct lk_sampler_params {
     uint64_t seed;          /* default 0 */
 } lk_sampler_params;
 
+LK_API void lk_sampler_params_init_sized(lk_sampler_params *p, size_t size);
 LK_API void lk_sampler_params_init(lk_sampler_params *p);
+#define lk_sampler_params_init(p) lk_sampler_params_init_sized((p), sizeof(lk_sampler_params))
 
 /* Streaming callback: piece is new text (complete UTF-8, never empty; text that could begin a stop
  * string is held back), piece_len bytes, not NUL-terminated; the pointer is valid only during the call.
@@ -355,7 +365,9 @@ typedef struct lk_generate_params {
     void *user_data;
 } lk_generate_params;
 
+LK_API void lk_generate_params_init_sized(lk_generate_params *p, size_t size);
 LK_API void lk_generate_params_init(lk_generate_params *p);
+#define lk_generate_params_init(p) lk_generate_params_init_sized((p), sizeof(lk_generate_params))
 
 enum { LK_STOP_EOS = 0, LK_STOP_STRING = 1, LK_STOP_LENGTH = 2, LK_STOP_CALLBACK = 3, LK_STOP_CONTEXT = 4 };
 
@@ -422,7 +434,9 @@ typedef struct lk_lora_params {
     uint64_t seed;         /* random seed; default 0 */
 } lk_lora_params;
 
+LK_API void lk_lora_params_init_sized(lk_lora_params *p, size_t size);
 LK_API void lk_lora_params_init(lk_lora_params *p);
+#define lk_lora_params_init(p) lk_lora_params_init_sized((p), sizeof(lk_lora_params))
 
 /* A new adapter for `model` (every layer, the target modules). params may be NULL for defaults.
  * Errors: LK_ERR_INVALID_ARGUMENT naming the field. Ownership as lk_adapter_load. */
@@ -464,6 +478,60 @@ LK_API lk_status lk_model_merge_to_file(lk_model *model, lk_adapter *const *adap
                                         int32_t out_type, const char *path);
 
 /* ---------------------------------------------------------------------------------------------------
+ * Multimodal projectors: feature vectors (e.g. image patches from a frozen encoder) mapped into a model's
+ * embedding space, to be placed among the text's embedding rows (lk_context_eval_embeddings, the
+ * trainer's prefix rows). The kind is LLaVA-1.5's mlp2x_gelu: y = W2 · gelu(W0 · x + b0) + b2 with
+ * W0 [n_embd, in_features], W2 [n_embd, n_embd] and the exact (erf) GELU. Files are GGUF with
+ * llama.cpp's LLaVA projector names (mm.0.weight, mm.0.bias, mm.2.weight, mm.2.bias) and keys
+ * (clip.projector_type "mlp", clip.vision.projection_dim = n_embd), plus lorakit.projector.input_width.
+ * Thread safety: lk_projector_forward may run concurrently on one projector; lk_projector_backward and
+ * a trainer's lk_trainer_zero_grad / lk_trainer_optimizer_step (which update the projector given in its
+ * lk_train_params) need exclusive use of it.
+ * ------------------------------------------------------------------------------------------------- */
+typedef struct lk_projector lk_projector;
+
+/* A new projector from in_features (1...65536) to model's embedding width, initialised as PyTorch's
+ * nn.Linear (uniform in ±1/sqrt(fan_in)) from seed. Ownership: *out belongs to the caller
+ * (lk_projector_free). */
+LK_API lk_status lk_projector_create(lk_model *model, int64_t in_features, uint64_t seed, lk_projector **out);
+
+/* Read a projector file, checked as strictly as a model file (keys, the four tensors and no others, shapes
+ * against the declared widths, finite f32/f16 values) and refused unless its output width is model's
+ * embedding width (LK_ERR_SHAPE). Errors name the file. Ownership as lk_projector_create. */
+LK_API lk_status lk_projector_load(lk_model *model, const char *path, lk_projector **out);
+
+/* Write the projector as GGUF (f32), atomically (temporary file, then rename). */
+LK_API lk_status lk_projector_save(lk_projector *projector, const char *path);
+
+/* Release the caller's handle. NULL is a no-op; a freed or foreign handle is LK_ERR_INVALID_HANDLE. A
+ * trainer given the projector keeps using it. */
+LK_API lk_status lk_projector_free(lk_projector *projector);
+
+/* in_features and the output width (the model's n_embd). Either pointer may be NULL. */
+LK_API lk_status lk_projector_info(const lk_projector *projector, int64_t *in_features, int64_t *width);
+
+/* out [n_rows, width] = the projector applied to features [n_rows, in_features] (finite values).
+ * capacity: floats in out (at least n_rows · width, else LK_ERR_BUFFER_TOO_SMALL). n_rows may be 0 (nothing
+ * is written). */
+LK_API lk_status lk_projector_forward(lk_projector *projector, const float *features, int64_t n_rows,
+                                      float *out, int64_t capacity);
+
+/* Backward of lk_projector_forward for the same features: adds to the projector's parameter gradients the
+ * product with d_out [n_rows, width] = dLoss/d(the rows it produced), e.g. the trainer's input gradient
+ * of those rows (lk_trainer_forward_backward). n_d_out: floats in d_out (n_rows · width; another count is
+ * LK_ERR_INVALID_ARGUMENT). The gradients are
+ * zeroed by lk_trainer_zero_grad of the trainer that trains the projector. */
+LK_API lk_status lk_projector_backward(lk_projector *projector, const float *features, int64_t n_rows,
+                                       const float *d_out, int64_t n_d_out);
+
+/* The input embedding rows [n_tokens, n_embd] (f32) of token ids, as the first layer sees them (for
+ * mixing text with caller-made rows in lk_context_eval_embeddings or a trainer's prefix). capacity: floats
+ * in out (at least n_tokens · n_embd, else LK_ERR_BUFFER_TOO_SMALL). n_tokens may be 0 (nothing is
+ * written). Token ids outside the vocabulary are LK_ERR_INVALID_ARGUMENT. */
+LK_API lk_status lk_model_token_embeddings(const lk_model *model, const int32_t *tokens, int64_t n_tokens,
+                                           float *out, int64_t capacity);
+
+/* ---------------------------------------------------------------------------------------------------
  * LoRA training. A trainer trains one new (or loaded) LoRA adapter of a model on a JSONL file:
  * tokenization, batches, forward/backward, gradient clipping, AdamW, learning-rate schedule, validation,
  * checkpoints (crash-safe; resumable with identical losses) and a JSONL log. Deterministic: the same
@@ -474,7 +542,9 @@ LK_API lk_status lk_model_merge_to_file(lk_model *model, lk_adapter *const *adap
  *   {"prompt": "...", "completion": "..."}               completion tokens (+ EOS) are targets;
  *   {"messages": [{"role": "...", "content": "..."}, ...]}  rendered with the model's chat template;
  *                                                        assistant turns are targets.
- * (completion_only_loss = 0 makes every token but the first a target.) Rows longer than seq are cut.
+ * (completion_only_loss = 0 makes every token but the first a target.) Examples longer than seq keep
+ * their first seq tokens (truncate = LK_TRUNCATE_ERROR refuses them); packing = 1 concatenates examples
+ * into rows of seq tokens.
  *
  * A step's loss is Σ NLL of its predicted tokens / their number (over grad_accum micro-batches of batch
  * examples), computed before its update; its gradient is that loss's gradient.
@@ -506,7 +576,7 @@ typedef struct lk_train_params {
     int32_t n_layers;              /* 0...4096 */
     float dropout;                 /* LoRA dropout on the adapter inputs, [0, 1); default 0 */
     int32_t init;                  /* LK_LORA_INIT_*; default LK_LORA_INIT_PEFT (B = 0) */
-    /* Optimizer (AdamW, betas 0.9/0.999, eps 1e-8) and schedule. */
+    /* Optimizer (AdamW; betas and eps at the end) and schedule. */
     double lr;                     /* peak learning rate, finite, in (0, 10]; default 2e-4 */
     double weight_decay;           /* finite, >= 0; default 0.01 */
     double max_grad_norm;          /* clip the global gradient norm to this; 0 = off; default 1 */
@@ -538,18 +608,19 @@ typedef struct lk_train_params {
     double adam_epsilon;           /* AdamW eps, finite, > 0; default 1e-8 */
     int32_t truncate;              /* examples longer than seq: LK_TRUNCATE_CUT (default: keep their first seq
                                       tokens) or LK_TRUNCATE_ERROR (refuse them, naming the file and line) */
+    double lr_min_ratio;           /* LK_SCHEDULE_COSINE decays to lr * lr_min_ratio instead of 0 (transformers'
+                                      cosine_with_min_lr, min_lr_rate), in [0, 1]; other schedules: 0; default 0 */
+    lk_projector *projector;       /* NULL (default), or a projector trained with the adapter by a trainer
+                                      without training data (train_path NULL): AdamW updates it, zero_grad
+                                      zeroes its gradients, checkpoints hold it (projector.gguf) and resume
+                                      restores it. The trainer keeps it alive. */
 } lk_train_params;
 
-/* Fill the first `size` bytes of *p with defaults and set p->struct_size = size (size is clamped to this
- * library's sizeof(lk_train_params); a size below the first version's writes nothing). Nothing past
- * `size` is written, so a program built against an older header (a smaller struct) is safe with a newer
- * library. lk_train_params_init(p) is a macro for lk_train_params_init_sized(p, sizeof *p). */
+/* Fill *p with defaults (and struct_size): see "Params structs" above. The function named
+ * lk_train_params_init fills the first version (up to log_path). */
 LK_API void lk_train_params_init_sized(lk_train_params *p, size_t size);
-/* The function behind the macro's name, kept for programs built before lk_train_params_init_sized
- * existed: fills the first version of the struct only (struct_size = that version's size). Call it as
- * (lk_train_params_init)(p) to bypass the macro. */
 LK_API void lk_train_params_init(lk_train_params *p);
-#define lk_train_params_init(p) lk_train_params_init_sized((p), sizeof *(p))
+#define lk_train_params_init(p) lk_train_params_init_sized((p), sizeof(lk_train_params))
 
 /* What a step reports. Result struct: written up to the caller's struct_size (set it to
  * sizeof(lk_train_progress)). To the callback it is passed with struct_size = the library's size. */

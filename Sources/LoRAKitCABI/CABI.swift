@@ -1,7 +1,13 @@
-// The C ABI of LoRAKit: thin @_cdecl shims over the Swift core. Declarations live in Include/lorakit.h.
+// The C ABI of LoRAKit: thin @_cdecl shims over the Swift core. Include/lorakit.h declares them; its
+// types and constants come into Swift through the header-only CLoRAKit target, so the header is their
+// only copy.
 //
-// Every shim validates its pointers and handles, calls the core inside `guarded`, and turns any thrown
-// LKError into a status code plus a thread-local message. No trap is reachable from C with bad input.
+// Each shim maps its arguments in (pointers, handles, C enums and flags; params structs by the rules of
+// CABIStructs.swift), calls the core, and maps what it throws out (`guarded`): a status code plus a
+// thread-local message. The core validates its options and names the field; the shims check only what
+// the core cannot see (NULL, handles, buffers, struct sizes, C strings, flags). No trap is reachable from
+// C with bad input.
+import CLoRAKit
 import LoRAKit
 import Synchronization
 #if canImport(Glibc)
@@ -10,40 +16,25 @@ import Glibc
 import Darwin
 #endif
 
-// MARK: - Status codes (mirror lorakit.h)
-
-enum LKStatus {
-    static let ok: Int32 = 0
-    static let stopped: Int32 = 1
-    static let invalidArgument: Int32 = -1
-    static let invalidHandle: Int32 = -2
-    static let shape: Int32 = -3
-    static let unsupported: Int32 = -4
-    static let io: Int32 = -5
-    static let format: Int32 = -6
-    static let outOfMemory: Int32 = -7
-    static let abi: Int32 = -8
-    static let bufferTooSmall: Int32 = -9
-    static let `internal`: Int32 = -100
-}
-
-/// An error that carries its own status code (for C-only conditions such as a small buffer).
+/// An error that carries its own status code, for what only the C side sees (a NULL pointer, a handle, a
+/// small buffer, a struct size).
 struct CError: Error {
-    let status: Int32
+    let status: Int
     let message: String
+    init(_ status: Int, _ message: String) { self.status = status; self.message = message }
 }
 
-func statusCode(_ e: LKError) -> Int32 {
+func invalid(_ message: String) -> CError { CError(LK_ERR_INVALID_ARGUMENT, message) }
+
+func statusCode(_ e: LKError) -> Int {
     switch e {
-    case .invalidArgument: return LKStatus.invalidArgument
-    case .shapeMismatch: return LKStatus.shape
-    case .unsupported: return LKStatus.unsupported
-    case .io: return LKStatus.io
-    case .format: return LKStatus.format
-    case .outOfMemory: return LKStatus.outOfMemory
-    case .invalidHandle: return LKStatus.invalidHandle
-    case .abiMismatch: return LKStatus.abi
-    case .internal: return LKStatus.internal
+    case .invalidArgument, .invalidOption: LK_ERR_INVALID_ARGUMENT
+    case .shapeMismatch: LK_ERR_SHAPE
+    case .unsupported: LK_ERR_UNSUPPORTED
+    case .io: LK_ERR_IO
+    case .format: LK_ERR_FORMAT
+    case .outOfMemory: LK_ERR_OUT_OF_MEMORY
+    case .internal: LK_ERR_INTERNAL
     }
 }
 
@@ -61,7 +52,6 @@ enum LastError {
         }
         return k
     }()
-    nonisolated(unsafe) static let empty: UnsafeMutablePointer<CChar> = strdup("")!
 
     static func set(_ message: String) {
         let old = pthread_getspecific(key)
@@ -78,26 +68,29 @@ enum LastError {
 
     static func get() -> UnsafePointer<CChar> {
         if let p = pthread_getspecific(key) { return UnsafePointer(p.assumingMemoryBound(to: CChar.self)) }
-        return UnsafePointer(empty)
+        return cString("")
     }
 }
 
-func fail(_ status: Int32, _ message: String) -> Int32 {
+func fail(_ status: Int, _ message: String) -> Int32 {
     LastError.set(message)
-    return status
+    return Int32(truncatingIfNeeded: status)
 }
 
-/// Run `body`, mapping errors to status codes. `function` names the C function in messages.
+/// Run a shim's body: the status it returns, or the status and message (after the C function's name) of
+/// what it threw. A core option error names its field as C spells it: `params->lr`, and
+/// `params->sampler->top_k` for the core's nested `sampler.top_k`.
 @inline(__always)
-func guarded(_ function: String, _ body: () throws -> Int32) -> Int32 {
+func guarded(_ function: String, _ body: () throws -> Int) -> Int32 {
     do {
-        return try body()
+        return Int32(truncatingIfNeeded: try body())
     } catch let e as LKError {
-        return fail(statusCode(e), "\(function): \(e.message)")
+        let named = e.namingField { "params->" + $0.split(separator: ".").joined(separator: "->") }
+        return fail(statusCode(e), "\(function): \(named.message)")
     } catch let e as CError {
         return fail(e.status, "\(function): \(e.message)")
     } catch {
-        return fail(LKStatus.internal, "\(function): \(error)")
+        return fail(LK_ERR_INTERNAL, "\(function): \(error)")
     }
 }
 
@@ -105,7 +98,7 @@ func guarded(_ function: String, _ body: () throws -> Int32) -> Int32 {
 
 /// Handles given to C are never raw object addresses: they are unique, never-reused tokens looked up
 /// in a registry, so a freed or forged handle is detected instead of dereferenced.
-enum HandleKind: UInt8 { case tensor = 1, model, context, adapter, plugin, trainer, dataset }
+enum HandleKind: UInt8 { case tensor = 1, model, context, adapter, trainer, projector }
 
 final class Handles: @unchecked Sendable {
     static let shared = Handles()
@@ -123,13 +116,13 @@ final class Handles: @unchecked Sendable {
     }
 
     func lookup<T: AnyObject>(_ handle: OpaquePointer?, kind: HandleKind, as: T.Type, what: String) throws -> T {
-        guard let handle else { throw CError(status: LKStatus.invalidHandle, message: "\(what) is NULL") }
+        guard let handle else { throw CError(LK_ERR_INVALID_HANDLE, "\(what) is NULL") }
         let id = UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(handle)))
         guard let entry = lock.withLock({ $0[id] }) else {
-            throw CError(status: LKStatus.invalidHandle, message: "\(what) is not a live handle (freed or never created)")
+            throw CError(LK_ERR_INVALID_HANDLE, "\(what) is not a live handle (freed or never created)")
         }
         guard entry.kind == kind, let typed = entry.object as? T else {
-            throw CError(status: LKStatus.invalidHandle, message: "\(what) is a \(entry.kind) handle, expected \(kind)")
+            throw CError(LK_ERR_INVALID_HANDLE, "\(what) is a \(entry.kind) handle, expected \(kind)")
         }
         return typed
     }
@@ -140,15 +133,28 @@ final class Handles: @unchecked Sendable {
         let id = UInt(bitPattern: Int(bitPattern: UnsafeRawPointer(handle)))
         let result: Result<Entry, CError> = lock.withLock { table in
             guard let e = table[id] else {
-                return .failure(CError(status: LKStatus.invalidHandle, message: "\(what) is not a live handle (already freed or never created)"))
+                return .failure(CError(LK_ERR_INVALID_HANDLE, "\(what) is not a live handle (already freed or never created)"))
             }
             guard e.kind == kind else {
-                return .failure(CError(status: LKStatus.invalidHandle, message: "\(what) is a \(e.kind) handle, expected \(kind)"))
+                return .failure(CError(LK_ERR_INVALID_HANDLE, "\(what) is a \(e.kind) handle, expected \(kind)"))
             }
             table[id] = nil
             return .success(e)
         }
         return try result.get().object
+    }
+
+    /// `lk_<x>_free`: NULL is a no-op; a freed or foreign handle is an error. A call running on the object
+    /// (e.g. from inside its own callback) keeps its reference until it returns.
+    func free(_ handle: OpaquePointer?, kind: HandleKind, what: String) throws -> Int {
+        if let handle { try remove(handle, kind: kind, what: what) }
+        return LK_OK
+    }
+
+    /// Register `object` and write its handle to `out`.
+    func give(_ object: AnyObject, kind: HandleKind, to out: UnsafeMutablePointer<OpaquePointer?>) -> Int {
+        out.pointee = register(object, kind: kind)
+        return LK_OK
     }
 }
 
@@ -157,46 +163,71 @@ final class TensorBox {
     init(_ t: Tensor) { tensor = t }
 }
 
+/// A handle object one call uses at a time (contexts, trainers): `busy` turns concurrent or re-entrant
+/// use, which the header forbids, into an error instead of a data race.
+class ExclusiveBox: @unchecked Sendable {
+    let busy = Atomic<Bool>(false)
+}
+
+/// Run `body` with exclusive use of the object behind `h` (`rule` says why in the "in use" error).
+func exclusive<B: ExclusiveBox, R>(_ h: OpaquePointer?, _ kind: HandleKind, _ name: String, rule: String,
+                                   _ body: (B) throws -> R) throws -> R {
+    let box = try Handles.shared.lookup(h, kind: kind, as: B.self, what: name)
+    guard box.busy.compareExchange(expected: false, desired: true, ordering: .acquiring).exchanged else {
+        throw invalid("\(name) is in use by another call (\(rule))")
+    }
+    defer { box.busy.store(false, ordering: .releasing) }
+    return try body(box)
+}
+
 // MARK: - Argument helpers
 
-func requirePointer<T>(_ p: UnsafePointer<T>?, _ name: String) throws -> UnsafePointer<T> {
-    guard let p else { throw CError(status: LKStatus.invalidArgument, message: "\(name) is NULL") }
+func requirePointer<P>(_ p: P?, _ name: String) throws -> P {
+    guard let p else { throw invalid("\(name) is NULL") }
     return p
 }
 
-func requirePointer<T>(_ p: UnsafeMutablePointer<T>?, _ name: String) throws -> UnsafeMutablePointer<T> {
-    guard let p else { throw CError(status: LKStatus.invalidArgument, message: "\(name) is NULL") }
-    return p
-}
-
-func dtypeArg(_ raw: Int32, _ name: String = "dtype") throws -> DType {
-    guard let d = DType(rawValue: raw) else {
-        throw CError(status: LKStatus.invalidArgument, message: "\(name) \(raw) is not a known lk_dtype (0...\(DType.allCases.count - 1))")
+/// A C enum value as the core's case, by a table of the header's constants (`names` names them in the
+/// error, e.g. "LK_SCHEDULE_*").
+func cEnum<T>(_ value: Int32, _ name: String, _ names: String, _ table: KeyValuePairs<Int, T>) throws -> T {
+    guard let t = table.first(where: { $0.key == Int(value) }) else {
+        throw invalid("\(name) \(value) must be one of \(names) (\(table.map { String($0.key) }.joined(separator: ", ")))")
     }
-    return d
+    return t.value
 }
 
-let maxDims: Int32 = 8
+/// A C boolean documented as 0 or 1.
+func flag(_ v: Int32, _ name: String) throws -> Bool {
+    guard v == 0 || v == 1 else { throw invalid("\(name) \(v) must be 0 or 1") }
+    return v == 1
+}
+
+/// A non-negative capacity (of a caller buffer).
+func capacityArg(_ c: Int64, _ name: String = "capacity") throws -> Int64 {
+    guard c >= 0 else { throw invalid("\(name) \(c) is negative") }
+    return c
+}
+
+let dtypes: KeyValuePairs<Int, DType> = [LK_DTYPE_F32: .f32, LK_DTYPE_F16: .f16, LK_DTYPE_BF16: .bf16,
+                                         LK_DTYPE_Q8_0: .q8_0, LK_DTYPE_Q4_0: .q4_0, LK_DTYPE_Q4_1: .q4_1]
+
+func dtypeArg(_ raw: Int32, _ name: String = "dtype") throws -> DType { try cEnum(raw, name, "LK_DTYPE_*", dtypes) }
+
+func cDType(_ d: DType) -> Int32 { Int32(dtypes.first { $0.value == d }?.key ?? -1) }
 
 func shapeArg(_ nDims: Int32, _ shape: UnsafePointer<Int64>?) throws -> [Int] {
-    guard nDims >= 1, nDims <= maxDims else {
-        throw CError(status: LKStatus.invalidArgument, message: "n_dims \(nDims) is outside 1...\(maxDims)")
-    }
+    guard nDims >= 1, nDims <= LK_MAX_DIMS else { throw invalid("n_dims \(nDims) is outside 1...\(LK_MAX_DIMS)") }
     let s = try requirePointer(shape, "shape")
-    var out: [Int] = []
-    for i in 0..<Int(nDims) {
-        let d = s[i]
-        guard d >= 0 else { throw CError(status: LKStatus.invalidArgument, message: "shape[\(i)] = \(d) is negative") }
-        guard d <= Int64(Int.max) else { throw CError(status: LKStatus.invalidArgument, message: "shape[\(i)] = \(d) is too large") }
-        out.append(Int(d))
+    return try (0..<Int(nDims)).map { i in
+        guard s[i] >= 0 else { throw invalid("shape[\(i)] = \(s[i]) is negative") }
+        return Int(s[i])
     }
-    return out
 }
 
 // MARK: - Library
 
 @_cdecl("lk_abi_version")
-public func lk_abi_version() -> Int32 { LoRAKitVersion.abi }
+public func lk_abi_version() -> Int32 { LK_ABI_VERSION }
 
 nonisolated(unsafe) let versionCString: UnsafeMutablePointer<CChar> = strdup(LoRAKitVersion.string)!
 
@@ -209,33 +240,34 @@ public func lk_last_error() -> UnsafePointer<CChar> { LastError.get() }
 @_cdecl("lk_clear_error")
 public func lk_clear_error() { LastError.clear() }
 
-nonisolated(unsafe) let statusStrings: [Int32: UnsafeMutablePointer<CChar>] = [
-    LKStatus.ok: strdup("ok")!,
-    LKStatus.stopped: strdup("stopped by callback")!,
-    LKStatus.invalidArgument: strdup("invalid argument")!,
-    LKStatus.invalidHandle: strdup("invalid handle")!,
-    LKStatus.shape: strdup("shape or dtype mismatch")!,
-    LKStatus.unsupported: strdup("unsupported")!,
-    LKStatus.io: strdup("I/O error")!,
-    LKStatus.format: strdup("malformed file")!,
-    LKStatus.outOfMemory: strdup("out of memory")!,
-    LKStatus.abi: strdup("ABI mismatch")!,
-    LKStatus.bufferTooSmall: strdup("buffer too small")!,
-    LKStatus.internal: strdup("internal error")!,
-]
-nonisolated(unsafe) let unknownStatus: UnsafeMutablePointer<CChar> = strdup("unknown status")!
+/// A static C string (string literals are stored NUL-terminated).
+func cString(_ s: StaticString) -> UnsafePointer<CChar> { UnsafeRawPointer(s.utf8Start).assumingMemoryBound(to: CChar.self) }
 
 @_cdecl("lk_status_string")
 public func lk_status_string(_ status: Int32) -> UnsafePointer<CChar> {
-    UnsafePointer(statusStrings[status] ?? unknownStatus)
+    switch Int(status) {
+    case LK_OK: cString("ok")
+    case LK_STOPPED: cString("stopped by callback")
+    case LK_ERR_INVALID_ARGUMENT: cString("invalid argument")
+    case LK_ERR_INVALID_HANDLE: cString("invalid handle")
+    case LK_ERR_SHAPE: cString("shape or dtype mismatch")
+    case LK_ERR_UNSUPPORTED: cString("unsupported")
+    case LK_ERR_IO: cString("I/O error")
+    case LK_ERR_FORMAT: cString("malformed file")
+    case LK_ERR_OUT_OF_MEMORY: cString("out of memory")
+    case LK_ERR_ABI: cString("ABI mismatch")
+    case LK_ERR_BUFFER_TOO_SMALL: cString("buffer too small")
+    case LK_ERR_INTERNAL: cString("internal error")
+    default: cString("unknown status")
+    }
 }
 
-nonisolated(unsafe) let dtypeNames: [UnsafeMutablePointer<CChar>] = DType.allCases.map { strdup($0.description)! }
+nonisolated(unsafe) let dtypeNames: [DType: UnsafeMutablePointer<CChar>] =
+    Dictionary(uniqueKeysWithValues: DType.allCases.map { ($0, strdup($0.description)!) })
 
 @_cdecl("lk_dtype_name")
 public func lk_dtype_name(_ dtype: Int32) -> UnsafePointer<CChar>? {
-    guard let d = DType(rawValue: dtype) else { return nil }
-    return UnsafePointer(dtypeNames[Int(d.rawValue)])
+    (try? dtypeArg(dtype)).flatMap { dtypeNames[$0] }.map { UnsafePointer($0) }
 }
 
 @_cdecl("lk_dtype_info")
@@ -243,11 +275,10 @@ public func lk_dtype_info(_ dtype: Int32, _ blockSize: UnsafeMutablePointer<Int6
                           _ blockBytes: UnsafeMutablePointer<Int64>?) -> Int32 {
     guarded("lk_dtype_info") {
         let d = try dtypeArg(dtype)
-        let bs = try requirePointer(blockSize, "block_size")
-        let bb = try requirePointer(blockBytes, "block_bytes")
+        let bs = try requirePointer(blockSize, "block_size"), bb = try requirePointer(blockBytes, "block_bytes")
         bs.pointee = Int64(d.blockSize)
         bb.pointee = Int64(d.blockBytes)
-        return LKStatus.ok
+        return LK_OK
     }
 }
 
@@ -270,12 +301,10 @@ func currentDefaultPool() -> ThreadPool {
 @_cdecl("lk_set_default_threads")
 public func lk_set_default_threads(_ n: Int32) -> Int32 {
     guarded("lk_set_default_threads") {
-        guard n >= 1, n <= 512 else {
-            throw CError(status: LKStatus.invalidArgument, message: "n_threads \(n) is outside 1...512")
-        }
+        guard n >= 1, n <= 512 else { throw invalid("n_threads \(n) is outside 1...512") }
         let pool = ThreadPool(threads: Int(n))
         defaultPool.withLock { $0 = pool }
-        return LKStatus.ok
+        return LK_OK
     }
 }
 
@@ -288,9 +317,8 @@ func tensorArg(_ h: OpaquePointer?, _ name: String) throws -> Tensor {
     try Handles.shared.lookup(h, kind: .tensor, as: TensorBox.self, what: name).tensor
 }
 
-func returnTensor(_ t: Tensor, _ out: UnsafeMutablePointer<OpaquePointer?>) -> Int32 {
-    out.pointee = Handles.shared.register(TensorBox(t), kind: .tensor)
-    return LKStatus.ok
+func giveTensor(_ t: Tensor, _ out: UnsafeMutablePointer<OpaquePointer?>) -> Int {
+    Handles.shared.give(TensorBox(t), kind: .tensor, to: out)
 }
 
 @_cdecl("lk_tensor_new")
@@ -298,9 +326,7 @@ public func lk_tensor_new(_ dtype: Int32, _ nDims: Int32, _ shape: UnsafePointer
                           _ out: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
     guarded("lk_tensor_new") {
         let o = try requirePointer(out, "out")
-        let d = try dtypeArg(dtype)
-        let s = try shapeArg(nDims, shape)
-        return returnTensor(try Tensor(zeros: s, dtype: d), o)
+        return giveTensor(try Tensor(zeros: try shapeArg(nDims, shape), dtype: try dtypeArg(dtype)), o)
     }
 }
 
@@ -312,17 +338,13 @@ public func lk_tensor_from_f32(_ data: UnsafePointer<Float>?, _ nValues: Int64, 
         let d = try dtypeArg(dtype)
         let s = try shapeArg(nDims, shape)
         let count = try checkedProduct(s, what: "shape")
-        guard nValues >= 0 else {
-            throw CError(status: LKStatus.invalidArgument, message: "n_values \(nValues) is negative")
-        }
+        guard nValues >= 0 else { throw invalid("n_values \(nValues) is negative") }
         guard nValues == Int64(count) else {
-            throw CError(status: LKStatus.shape, message: "n_values \(nValues) does not match shape \(s) (\(count) elements)")
+            throw CError(LK_ERR_SHAPE, "n_values \(nValues) does not match shape \(s) (\(count) elements)")
         }
-        if count > 0 { _ = try requirePointer(data, "data") }
         let f = try Tensor(zeros: s, dtype: .f32)
-        if count > 0, let data { f.f32.update(from: data, count: count) }
-        let t = d == .f32 ? f : try f.converted(to: d)
-        return returnTensor(t, o)
+        if count > 0 { f.f32.update(from: try requirePointer(data, "data"), count: count) }
+        return giveTensor(d == .f32 ? f : try f.converted(to: d), o)
     }
 }
 
@@ -330,19 +352,13 @@ public func lk_tensor_from_f32(_ data: UnsafePointer<Float>?, _ nValues: Int64, 
 public func lk_tensor_convert(_ t: OpaquePointer?, _ dtype: Int32, _ out: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
     guarded("lk_tensor_convert") {
         let o = try requirePointer(out, "out")
-        let src = try tensorArg(t, "t")
-        let d = try dtypeArg(dtype)
-        return returnTensor(try src.converted(to: d), o)
+        return giveTensor(try tensorArg(t, "t").converted(to: try dtypeArg(dtype)), o)
     }
 }
 
 @_cdecl("lk_tensor_free")
 public func lk_tensor_free(_ t: OpaquePointer?) -> Int32 {
-    guarded("lk_tensor_free") {
-        guard let t else { return LKStatus.ok }
-        try Handles.shared.remove(t, kind: .tensor, what: "t")
-        return LKStatus.ok
-    }
+    guarded("lk_tensor_free") { try Handles.shared.free(t, kind: .tensor, what: "t") }
 }
 
 @_cdecl("lk_tensor_shape")
@@ -351,21 +367,21 @@ public func lk_tensor_shape(_ t: OpaquePointer?, _ nDims: UnsafeMutablePointer<I
     guarded("lk_tensor_shape") {
         let tensor = try tensorArg(t, "t")
         let nd = try requirePointer(nDims, "n_dims")
-        guard capacity >= 0 else { throw CError(status: LKStatus.invalidArgument, message: "capacity \(capacity) is negative") }
+        guard capacity >= 0 else { throw invalid("capacity \(capacity) is negative") }
         // *n_dims is written on success and with LK_ERR_BUFFER_TOO_SMALL (the needed capacity), never on
         // another error (a NULL shape with a capacity used to get *n_dims written, then an error).
         if capacity == 0 && shape == nil {
             nd.pointee = Int32(tensor.rank)
-            return LKStatus.ok
+            return LK_OK
         }
         guard Int(capacity) >= tensor.rank else {
             nd.pointee = Int32(tensor.rank)
-            throw CError(status: LKStatus.bufferTooSmall, message: "capacity \(capacity) < n_dims \(tensor.rank)")
+            throw CError(LK_ERR_BUFFER_TOO_SMALL, "capacity \(capacity) < n_dims \(tensor.rank)")
         }
         let s = try requirePointer(shape, "shape")
         for (i, d) in tensor.shape.enumerated() { s[i] = Int64(d) }
         nd.pointee = Int32(tensor.rank)
-        return LKStatus.ok
+        return LK_OK
     }
 }
 
@@ -373,8 +389,8 @@ public func lk_tensor_shape(_ t: OpaquePointer?, _ nDims: UnsafeMutablePointer<I
 public func lk_tensor_dtype(_ t: OpaquePointer?, _ dtype: UnsafeMutablePointer<Int32>?) -> Int32 {
     guarded("lk_tensor_dtype") {
         let tensor = try tensorArg(t, "t")
-        try requirePointer(dtype, "dtype").pointee = tensor.dtype.rawValue
-        return LKStatus.ok
+        try requirePointer(dtype, "dtype").pointee = cDType(tensor.dtype)
+        return LK_OK
     }
 }
 
@@ -383,28 +399,25 @@ public func lk_tensor_size(_ t: OpaquePointer?, _ nElements: UnsafeMutablePointe
                            _ nBytes: UnsafeMutablePointer<Int64>?) -> Int32 {
     guarded("lk_tensor_size") {
         let tensor = try tensorArg(t, "t")
-        let ne = try requirePointer(nElements, "n_elements")
-        let nb = try requirePointer(nBytes, "n_bytes")
+        let ne = try requirePointer(nElements, "n_elements"), nb = try requirePointer(nBytes, "n_bytes")
         ne.pointee = Int64(tensor.count)
         nb.pointee = Int64(tensor.byteCount)
-        return LKStatus.ok
+        return LK_OK
     }
+}
+
+/// Check that a caller buffer of `capacity` units holds `n` (`unit` names them in the error).
+func checkFits(_ capacity: Int64, _ n: Int, _ unit: String) throws {
+    guard try capacityArg(capacity) >= Int64(n) else { throw CError(LK_ERR_BUFFER_TOO_SMALL, "capacity \(capacity) < \(n) \(unit)") }
 }
 
 @_cdecl("lk_tensor_copy_to_f32")
 public func lk_tensor_copy_to_f32(_ t: OpaquePointer?, _ dst: UnsafeMutablePointer<Float>?, _ capacity: Int64) -> Int32 {
     guarded("lk_tensor_copy_to_f32") {
         let tensor = try tensorArg(t, "t")
-        guard capacity >= 0 else { throw CError(status: LKStatus.invalidArgument, message: "capacity \(capacity) is negative") }
-        let n = tensor.count
-        guard capacity >= Int64(n) else {
-            throw CError(status: LKStatus.bufferTooSmall, message: "capacity \(capacity) < \(n) elements")
-        }
-        if n == 0 { return LKStatus.ok }
-        let d = try requirePointer(dst, "dst")
-        let values = tensor.toFloats()
-        values.withUnsafeBufferPointer { d.update(from: $0.baseAddress!, count: n) }
-        return LKStatus.ok
+        try checkFits(capacity, tensor.count, "elements")
+        if tensor.count > 0 { try requirePointer(dst, "dst").update(from: tensor.toFloats(), count: tensor.count) }
+        return LK_OK
     }
 }
 
@@ -412,16 +425,12 @@ public func lk_tensor_copy_to_f32(_ t: OpaquePointer?, _ dst: UnsafeMutablePoint
 public func lk_tensor_copy_bytes(_ t: OpaquePointer?, _ dst: UnsafeMutableRawPointer?, _ capacity: Int64) -> Int32 {
     guarded("lk_tensor_copy_bytes") {
         let tensor = try tensorArg(t, "t")
-        guard capacity >= 0 else { throw CError(status: LKStatus.invalidArgument, message: "capacity \(capacity) is negative") }
-        let n = tensor.byteCount
-        guard capacity >= Int64(n) else {
-            throw CError(status: LKStatus.bufferTooSmall, message: "capacity \(capacity) < \(n) bytes")
-        }
-        if n == 0 { return LKStatus.ok }
-        guard let dst else { throw CError(status: LKStatus.invalidArgument, message: "dst is NULL") }
-        guard tensor.isContiguous else { throw CError(status: LKStatus.unsupported, message: "tensor is a strided view") }
-        dst.copyMemory(from: tensor.rawPointer, byteCount: n)
-        return LKStatus.ok
+        try checkFits(capacity, tensor.byteCount, "bytes")
+        if tensor.byteCount == 0 { return LK_OK }
+        let d = try requirePointer(dst, "dst")
+        guard tensor.isContiguous else { throw CError(LK_ERR_UNSUPPORTED, "tensor is a strided view") }
+        d.copyMemory(from: tensor.rawPointer, byteCount: tensor.byteCount)
+        return LK_OK
     }
 }
 
@@ -430,70 +439,49 @@ public func lk_tensor_copy_bytes(_ t: OpaquePointer?, _ dst: UnsafeMutableRawPoi
 @_cdecl("lk_matmul")
 public func lk_matmul(_ x: OpaquePointer?, _ w: OpaquePointer?, _ transposeW: Int32, _ out: OpaquePointer?) -> Int32 {
     guarded("lk_matmul") {
-        let xt = try tensorArg(x, "x")
-        let wt = try tensorArg(w, "w")
-        let ot = try tensorArg(out, "out")
+        let xt = try tensorArg(x, "x"), wt = try tensorArg(w, "w"), ot = try tensorArg(out, "out")
         guard xt.storage !== ot.storage, wt.storage !== ot.storage else {
-            throw CError(status: LKStatus.invalidArgument, message: "out must not share storage with x or w")
+            throw invalid("out must not share storage with x or w")
         }
         try Linear.matmul(x: xt, weight: wt, transposeWeight: transposeW != 0, out: ot, pool: currentDefaultPool())
-        return LKStatus.ok
+        return LK_OK
     }
 }
 
-// MARK: - String helpers (model, tokenizer and chat functions)
+// MARK: - Strings
 
 /// Copy `bytes` plus a NUL into a caller buffer of `capacity` bytes; `*needed` receives bytes + 1 either
 /// way. A too-small capacity returns LK_ERR_BUFFER_TOO_SMALL and leaves `buf` untouched. `buf` may be
 /// NULL when capacity is 0 (a size query). `terminate: false` copies the bytes only (lk_token_bytes).
 func copyBytes<C: Collection<UInt8>>(_ bytes: C, buf: UnsafeMutablePointer<CChar>?, capacity: Int64,
-                                     needed: UnsafeMutablePointer<Int64>?, terminate: Bool = true) throws -> Int32 {
+                                     needed: UnsafeMutablePointer<Int64>?, terminate: Bool = true) throws -> Int {
     let nd = try requirePointer(needed, "needed")
-    guard capacity >= 0 else { throw CError(status: LKStatus.invalidArgument, message: "capacity \(capacity) is negative") }
-    if capacity > 0 && buf == nil { throw CError(status: LKStatus.invalidArgument, message: "buf is NULL but capacity is \(capacity)") }
-    let count = bytes.count
-    let need = Int64(count) + (terminate ? 1 : 0)
+    if try capacityArg(capacity) > 0 && buf == nil { throw invalid("buf is NULL but capacity is \(capacity)") }
+    let need = Int64(bytes.count) + (terminate ? 1 : 0)
     nd.pointee = need
     guard capacity >= need else {
-        throw CError(status: LKStatus.bufferTooSmall, message: "capacity \(capacity) is smaller than the \(need) bytes needed\(terminate ? " (including the NUL)" : "")")
+        throw CError(LK_ERR_BUFFER_TOO_SMALL, "capacity \(capacity) is smaller than the \(need) bytes needed\(terminate ? " (including the NUL)" : "")")
     }
-    if need == 0 { return LKStatus.ok }
-    let b = UnsafeMutableRawPointer(buf!).assumingMemoryBound(to: UInt8.self)
-    var i = 0
-    for x in bytes { b[i] = x; i += 1 }
-    if terminate { b[count] = 0 }
-    return LKStatus.ok
+    guard let buf, need > 0 else { return LK_OK }
+    let b = UnsafeMutableRawPointer(buf).assumingMemoryBound(to: UInt8.self)
+    _ = UnsafeMutableBufferPointer(start: b, count: bytes.count).initialize(from: bytes)
+    if terminate { b[bytes.count] = 0 }
+    return LK_OK
 }
 
 /// `copyBytes` of a string's UTF-8.
 func copyString(_ s: String, buf: UnsafeMutablePointer<CChar>?, capacity: Int64,
-                needed: UnsafeMutablePointer<Int64>?) throws -> Int32 {
+                needed: UnsafeMutablePointer<Int64>?) throws -> Int {
     try copyBytes(s.utf8, buf: buf, capacity: capacity, needed: needed)
 }
 
 /// A malloc'ed NUL-terminated copy of `s` (freed by the caller with lk_string_free, i.e. free()).
 func mallocString(_ s: String) throws -> UnsafeMutablePointer<CChar> {
-    let bytes = Array(s.utf8)
-    guard let p = malloc(bytes.count + 1)?.assumingMemoryBound(to: UInt8.self) else {
-        throw CError(status: LKStatus.outOfMemory, message: "cannot allocate \(bytes.count + 1) bytes for the text")
-    }
-    bytes.withUnsafeBufferPointer { p.update(from: $0.baseAddress!, count: bytes.count) }
-    p[bytes.count] = 0
-    return UnsafeMutableRawPointer(p).assumingMemoryBound(to: CChar.self)
-}
-
-/// Byte offset of the first invalid UTF-8 sequence, or nil when `bytes` is valid UTF-8.
-func firstInvalidUTF8(_ bytes: UnsafeBufferPointer<UInt8>) -> Int? {
-    var parser = Unicode.UTF8.ForwardParser()
-    var it = bytes.makeIterator()
-    var offset = 0
-    while true {
-        switch parser.parseScalar(from: &it) {
-        case .valid(let enc): offset += enc.count
-        case .emptyInput: return nil
-        case .error: return offset
-        }
-    }
+    let n = s.utf8.count
+    guard let p = malloc(n + 1) else { throw CError(LK_ERR_OUT_OF_MEMORY, "cannot allocate \(n + 1) bytes for the text") }
+    UnsafeMutableRawBufferPointer(start: p, count: n).copyBytes(from: s.utf8)
+    p.storeBytes(of: 0, toByteOffset: n, as: UInt8.self)
+    return p.assumingMemoryBound(to: CChar.self)
 }
 
 /// A text length above this (1 TiB) cannot describe a real buffer: it is taken for garbage.
@@ -502,23 +490,39 @@ let maxTextBytes: Int64 = 1 << 40
 /// `len` bytes of UTF-8 text (NULL allowed when len is 0) as a String; invalid UTF-8 is an error
 /// naming the byte offset.
 func utf8Arg(_ p: UnsafePointer<CChar>?, _ len: Int64, _ name: String) throws -> String {
-    guard len >= 0 else { throw CError(status: LKStatus.invalidArgument, message: "\(name)_len \(len) is negative") }
+    guard len >= 0 else { throw invalid("\(name)_len \(len) is negative") }
     if len == 0 { return "" }
-    guard let p else { throw CError(status: LKStatus.invalidArgument, message: "\(name) is NULL but \(name)_len is \(len)") }
+    guard let p else { throw invalid("\(name) is NULL but \(name)_len is \(len)") }
     // The bytes are read as given, so an implausible length (garbage, INT64_MAX) must be refused before
     // the first read: it used to run the UTF-8 check off the end of the caller's buffer (SIGSEGV).
     guard len <= maxTextBytes else {
-        throw CError(status: LKStatus.invalidArgument, message: "\(name)_len \(len) is implausibly large (more than \(maxTextBytes) bytes)")
+        throw invalid("\(name)_len \(len) is implausibly large (more than \(maxTextBytes) bytes)")
     }
     let buf = UnsafeBufferPointer(start: UnsafeRawPointer(p).assumingMemoryBound(to: UInt8.self), count: Int(len))
-    if let bad = firstInvalidUTF8(buf) {
-        throw CError(status: LKStatus.invalidArgument, message: "\(name) is not valid UTF-8 (at byte \(bad))")
+    var parser = Unicode.UTF8.ForwardParser(), it = buf.makeIterator(), offset = 0
+    while true {
+        switch parser.parseScalar(from: &it) {
+        case .valid(let enc): offset += enc.count
+        case .emptyInput: return String(decoding: buf, as: UTF8.self)
+        case .error: throw invalid("\(name) is not valid UTF-8 (at byte \(offset))")
+        }
     }
-    return String(decoding: buf, as: UTF8.self)
 }
 
 /// A NUL-terminated UTF-8 C string argument (NULL and invalid UTF-8 are errors naming `name`).
 func cStringArg(_ p: UnsafePointer<CChar>?, _ name: String) throws -> String {
-    guard let p else { throw CError(status: LKStatus.invalidArgument, message: "\(name) is NULL") }
-    return try utf8Arg(p, Int64(strlen(p)), name)
+    let q = try requirePointer(p, name)
+    return try utf8Arg(q, Int64(strlen(q)), name)
+}
+
+/// A non-empty C string (a path).
+func pathArg(_ p: UnsafePointer<CChar>?, _ name: String = "path", _ empty: String = "") throws -> String {
+    let s = try cStringArg(p, name)
+    guard !s.isEmpty else { throw invalid("\(name) is empty\(empty)") }
+    return s
+}
+
+/// An optional, non-empty C string (a path): NULL is nil.
+func optionalPath(_ p: UnsafePointer<CChar>?, _ name: String) throws -> String? {
+    try p.map { try pathArg($0, name, " (use NULL for none)") }
 }

@@ -1,14 +1,7 @@
 // C ABI for LoRA adapters (lorakit.h, "LoRA adapters"): load/create/save adapters, attach them to
 // contexts, merge them into a GGUF file.
-//
-// Thin shims: validate every pointer, handle, enum value and scale, then call the Swift core
-// (LoRAAdapter, LlamaContext.attach/detach/setScale/detachAll, writeMergedGGUF) inside `guarded`.
+import CLoRAKit
 import LoRAKit
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 // MARK: - Handle object
 
@@ -36,42 +29,29 @@ func requireSameModel(_ a: AdapterBox, _ model: LlamaModel, _ name: String, _ wh
     }
 }
 
-// MARK: - lk_lora_params
-
-/// typedef struct lk_lora_params { uint32_t struct_size; int32_t rank; float alpha; int32_t use_rslora;
-///     const char *targets; float dropout; int32_t init; uint64_t seed; } lk_lora_params;
-struct CLoRAParams: SizedCStruct {
-    var struct_size: UInt32 = UInt32(MemoryLayout<CLoRAParams>.stride)
-    var rank: Int32 = 8
-    var alpha: Float = 16
-    var use_rslora: Int32 = 0
-    var targets: UnsafePointer<CChar>? = nil
-    var dropout: Float = 0
-    var initialization: Int32 = 0   // C field `init`
-    var seed: UInt64 = 0
-
-    static let cName = "lk_lora_params"
-    static var firstVersionSize: Int { MemoryLayout<CLoRAParams>.offset(of: \.seed)! + 8 }
+func giveAdapter(_ a: LoRAAdapter, _ m: ModelBox, _ out: UnsafeMutablePointer<OpaquePointer?>) -> Int {
+    Handles.shared.give(AdapterBox(a, m), kind: .adapter, to: out)
 }
 
-let LK_LORA_INIT_PEFT: Int32 = 0, LK_LORA_INIT_GAUSSIAN: Int32 = 1, LK_LORA_INIT_RANDOM: Int32 = 2
-let LK_ADAPTER_PEFT: Int32 = 0, LK_ADAPTER_GGUF: Int32 = 1
-
-@_cdecl("lk_lora_params_init")
-public func lk_lora_params_init(_ p: UnsafeMutableRawPointer?) {
-    guard let p else { return }
-    p.assumingMemoryBound(to: CLoRAParams.self).pointee = CLoRAParams()
+/// The LoRA fields lk_lora_params and lk_train_params share, as a LoRAConfig (the core checks the ranges).
+func loraConfig(rank: Int32, alpha: Float, useRSLoRA: Int32, targets: UnsafePointer<CChar>?, dropout: Float) throws -> LoRAConfig {
+    let text = try targets.map { try cStringArg($0, "params->targets") } ?? "q,v"
+    let parsed: Set<LinearModule>
+    do throws(LKError) { parsed = try LoRAConfig.parseTargets(text) } catch {
+        throw LKError.invalidOption(field: "targets", problem: "\"\(text)\": \(error.message)")
+    }
+    return LoRAConfig(rank: Int(rank), alpha: alpha, useRSLoRA: try flag(useRSLoRA, "params->use_rslora"),
+                      targets: parsed, dropout: dropout)
 }
 
-@_cdecl("lk_sizeof_lora_params")
-public func lk_sizeof_lora_params() -> Int64 { Int64(MemoryLayout<CLoRAParams>.stride) }
+func loraInitialization(_ v: Int32, seed: UInt64) throws -> LoRAInitialization {
+    try cEnum(v, "params->init", "LK_LORA_INIT_*", [LK_LORA_INIT_PEFT: .peft, LK_LORA_INIT_GAUSSIAN: .gaussian,
+                                                    LK_LORA_INIT_RANDOM: .random(seed: seed)])
+}
+
+let adapterFormats: KeyValuePairs<Int, AdapterFormat> = [LK_ADAPTER_PEFT: .peft, LK_ADAPTER_GGUF: .gguf]
 
 // MARK: - Load, create, save, free
-
-func returnAdapter(_ a: LoRAAdapter, _ m: ModelBox, _ out: UnsafeMutablePointer<OpaquePointer?>) -> Int32 {
-    out.pointee = Handles.shared.register(AdapterBox(a, m), kind: .adapter)
-    return LKStatus.ok
-}
 
 @_cdecl("lk_adapter_load")
 public func lk_adapter_load(_ model: OpaquePointer?, _ path: UnsafePointer<CChar>?,
@@ -79,43 +59,21 @@ public func lk_adapter_load(_ model: OpaquePointer?, _ path: UnsafePointer<CChar
     guarded("lk_adapter_load") {
         let o = try requirePointer(out, "out")
         let box = try modelArg(model)
-        let p = try cStringArg(path, "path")
-        guard !p.isEmpty else { throw invalid("path is empty") }
-        let a = try LoRAAdapter.load(path: p, model: box.model)
-        return returnAdapter(a, box, o)
+        return giveAdapter(try LoRAAdapter.load(path: try pathArg(path), model: box.model), box, o)
     }
 }
 
 @_cdecl("lk_adapter_create")
-public func lk_adapter_create(_ model: OpaquePointer?, _ params: UnsafeRawPointer?,
+public func lk_adapter_create(_ model: OpaquePointer?, _ params: UnsafePointer<lk_lora_params>?,
                               _ out: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
     guarded("lk_adapter_create") {
         let o = try requirePointer(out, "out")
         let box = try modelArg(model)
-        let lp = try CLoRAParams.read(params, defaults: CLoRAParams(), "params")
-        guard lp.rank >= 1, lp.rank <= 4096 else { throw invalid("params->rank \(lp.rank) must be in 1...4096") }
-        guard lp.alpha.isFinite, lp.alpha > 0 else { throw invalid("params->alpha \(lp.alpha) must be finite and > 0") }
-        guard lp.use_rslora == 0 || lp.use_rslora == 1 else { throw invalid("params->use_rslora \(lp.use_rslora) must be 0 or 1") }
-        guard lp.dropout.isFinite, lp.dropout >= 0, lp.dropout < 1 else {
-            throw invalid("params->dropout \(lp.dropout) must be in [0, 1)")
-        }
-        let targetText = try lp.targets.map { try cStringArg($0, "params->targets") } ?? "q,v"
-        let targets: Set<LinearModule>
-        do throws(LKError) { targets = try LoRAConfig.parseTargets(targetText) } catch {
-            throw invalid("params->targets \"\(targetText)\": \(error.message)")
-        }
-        let initialization: LoRAInitialization
-        switch lp.initialization {
-        case LK_LORA_INIT_PEFT: initialization = .peft
-        case LK_LORA_INIT_GAUSSIAN: initialization = .gaussian
-        case LK_LORA_INIT_RANDOM: initialization = .random(seed: lp.seed)
-        default:
-            throw invalid("params->init \(lp.initialization) must be LK_LORA_INIT_PEFT (0), LK_LORA_INIT_GAUSSIAN (1) or LK_LORA_INIT_RANDOM (2)")
-        }
-        let cfg = LoRAConfig(rank: Int(lp.rank), alpha: lp.alpha, useRSLoRA: lp.use_rslora == 1, targets: targets,
-                             dropout: lp.dropout)
-        let a = try LoRAAdapter.create(for: box.model, config: cfg, initialization: initialization, seed: lp.seed)
-        return returnAdapter(a, box, o)
+        let p = try lk_lora_params.read(params)
+        let config = try loraConfig(rank: p.rank, alpha: p.alpha, useRSLoRA: p.use_rslora, targets: p.targets, dropout: p.dropout)
+        let a = try LoRAAdapter.create(for: box.model, config: config,
+                                       initialization: try loraInitialization(p.`init`, seed: p.seed), seed: p.seed)
+        return giveAdapter(a, box, o)
     }
 }
 
@@ -123,26 +81,14 @@ public func lk_adapter_create(_ model: OpaquePointer?, _ params: UnsafeRawPointe
 public func lk_adapter_save(_ adapter: OpaquePointer?, _ path: UnsafePointer<CChar>?, _ format: Int32) -> Int32 {
     guarded("lk_adapter_save") {
         let a = try adapterArg(adapter).adapter
-        let p = try cStringArg(path, "path")
-        guard !p.isEmpty else { throw invalid("path is empty") }
-        let f: AdapterFormat
-        switch format {
-        case LK_ADAPTER_PEFT: f = .peft
-        case LK_ADAPTER_GGUF: f = .gguf
-        default: throw invalid("format \(format) must be LK_ADAPTER_PEFT (0) or LK_ADAPTER_GGUF (1)")
-        }
-        try a.save(path: p, format: f)
-        return LKStatus.ok
+        try a.save(path: try pathArg(path), format: try cEnum(format, "format", "LK_ADAPTER_*", adapterFormats))
+        return LK_OK
     }
 }
 
 @_cdecl("lk_adapter_free")
 public func lk_adapter_free(_ adapter: OpaquePointer?) -> Int32 {
-    guarded("lk_adapter_free") {
-        guard let adapter else { return LKStatus.ok }
-        try Handles.shared.remove(adapter, kind: .adapter, what: "adapter")
-        return LKStatus.ok
-    }
+    guarded("lk_adapter_free") { try Handles.shared.free(adapter, kind: .adapter, what: "adapter") }
 }
 
 // MARK: - Attach to contexts
@@ -161,7 +107,7 @@ public func lk_context_attach_adapter(_ ctx: OpaquePointer?, _ adapter: OpaquePo
             try requireSameModel(a, box.context.model, "adapter", "ctx's model")
             try box.context.attach(a.adapter, scale: s)
         }
-        return LKStatus.ok
+        return LK_OK
     }
 }
 
@@ -170,7 +116,7 @@ public func lk_context_detach_adapter(_ ctx: OpaquePointer?, _ adapter: OpaquePo
     guarded("lk_context_detach_adapter") {
         let a = try adapterArg(adapter)
         try withContext(ctx) { try $0.context.detach(a.adapter) }
-        return LKStatus.ok
+        return LK_OK
     }
 }
 
@@ -178,11 +124,8 @@ public func lk_context_detach_adapter(_ ctx: OpaquePointer?, _ adapter: OpaquePo
 public func lk_context_set_adapter_scale(_ ctx: OpaquePointer?, _ adapter: OpaquePointer?, _ scale: Float) -> Int32 {
     guarded("lk_context_set_adapter_scale") {
         let a = try adapterArg(adapter)
-        try withContext(ctx) { box in
-            let s = try scaleArg(scale)
-            try box.context.setScale(s, for: a.adapter)
-        }
-        return LKStatus.ok
+        try withContext(ctx) { try $0.context.setScale(try scaleArg(scale), for: a.adapter) }
+        return LK_OK
     }
 }
 
@@ -190,7 +133,7 @@ public func lk_context_set_adapter_scale(_ ctx: OpaquePointer?, _ adapter: Opaqu
 public func lk_context_detach_all(_ ctx: OpaquePointer?) -> Int32 {
     guarded("lk_context_detach_all") {
         try withContext(ctx) { $0.context.detachAll() }
-        return LKStatus.ok
+        return LK_OK
     }
 }
 
@@ -202,10 +145,8 @@ public func lk_model_merge_to_file(_ model: OpaquePointer?, _ adapters: UnsafePo
                                    _ path: UnsafePointer<CChar>?) -> Int32 {
     guarded("lk_model_merge_to_file") {
         let box = try modelArg(model)
-        guard n >= 1 else { throw invalid("n \(n) must be ≥ 1") }
-        guard n <= 4096 else { throw invalid("n \(n) is too large (at most 4096)") }
-        let ap = try requirePointer(adapters, "adapters")
-        let sp = try requirePointer(scales, "scales")
+        guard n >= 1, n <= 4096 else { throw invalid("n \(n) must be in 1...4096") }
+        let ap = try requirePointer(adapters, "adapters"), sp = try requirePointer(scales, "scales")
         var list: [(LoRAAdapter, Float)] = []
         for i in 0..<Int(n) {
             let a = try adapterArg(ap[i], "adapters[\(i)]")
@@ -216,18 +157,9 @@ public func lk_model_merge_to_file(_ model: OpaquePointer?, _ adapters: UnsafePo
             }
             list.append((a.adapter, s))
         }
-        let t: MergedWeightType
-        switch outType {
-        case -1: t = .same
-        case 0: t = .f32
-        case 1: t = .f16
-        case 3: t = .q8_0
-        default:
-            throw invalid("out_type \(outType) must be LK_DTYPE_F32 (0), LK_DTYPE_F16 (1), LK_DTYPE_Q8_0 (3) or -1 (the base weight's type)")
-        }
-        let p = try cStringArg(path, "path")
-        guard !p.isEmpty else { throw invalid("path is empty") }
-        try writeMergedGGUF(model: box.model, adapters: list, outType: t, path: p)
-        return LKStatus.ok
+        let t = try cEnum(outType, "out_type", "LK_DTYPE_F32, LK_DTYPE_F16, LK_DTYPE_Q8_0 or -1 (the base weight's type)",
+                          [LK_DTYPE_F32: MergedWeightType.f32, LK_DTYPE_F16: .f16, LK_DTYPE_Q8_0: .q8_0, -1: .same])
+        try writeMergedGGUF(model: box.model, adapters: list, outType: t, path: try pathArg(path))
+        return LK_OK
     }
 }

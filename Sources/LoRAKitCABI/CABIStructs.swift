@@ -1,175 +1,178 @@
-// Swift mirrors of the params/info structs of Include/lorakit.h, and the struct_size rules.
+// The struct_size rules of Include/lorakit.h for its params/info structs (imported from the header through
+// CLoRAKit: Swift lays them out as C does, and lk_sizeof_*() returns their stride, which is C's sizeof).
 //
-// Layout: each mirror declares the C fields in the same order with the same fixed-size types, so Swift
-// lays them out as C does (natural alignment, declaration order). lk_sizeof_*() returns
-// MemoryLayout<T>.stride (C's sizeof includes tail padding, as Swift's stride does); Tests/c/test_model.c
-// and the Python binding check these against sizeof / ctypes.sizeof.
-//
-// struct_size rules (stated in lorakit.h):
 // - Params structs (read): struct_size below the size of the struct's first version (ABI 1), which
 //   includes 0 (an uninitialized struct), or above `implausibleStructSize` → LK_ERR_ABI. Otherwise the
 //   first min(struct_size, our size) bytes come from the caller and the remaining fields keep their
 //   defaults: an older, smaller struct gets defaults for fields added after it; a newer, larger struct
 //   has the fields we know read and the rest ignored.
+// - lk_<x>_params_init_sized(p, size) writes the defaults into the first min(size, our size) bytes only
+//   (nothing when size is below the first version); lk_<x>_params_init, kept for programs built before
+//   the header's macro of that name, fills the first version.
 // - Info/result structs (written): the same bounds; only the first min(struct_size, our size) bytes are
 //   written and struct_size itself is left as the caller set it.
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
+import CLoRAKit
+import LoRAKit
 
 /// A struct_size larger than this is taken for an uninitialized struct, not a newer header.
-let implausibleStructSize: UInt32 = 4096
+let implausibleStructSize = 4096
 
-/// typedef int32_t (*lk_token_callback)(const char *piece, int64_t piece_len, int32_t token, void *user_data);
-typealias CTokenCallback = @convention(c) (UnsafePointer<CChar>?, Int64, Int32, UnsafeMutableRawPointer?) -> Int32
-
-/// A struct that starts with `uint32_t struct_size`.
+/// A struct of lorakit.h that starts with `uint32_t struct_size`.
 protocol SizedCStruct {
+    init()
+    var struct_size: UInt32 { get set }
     /// C name, for messages ("lk_context_params").
     static var cName: String { get }
-    /// Bytes of the first published version (ABI 1). When a field is appended, keep this at the end of
-    /// the last ABI-1 field.
+    /// Bytes of the first published version (ABI 1): the end of its last field. When a field is appended,
+    /// this stays where it is.
     static var firstVersionSize: Int { get }
-    var struct_size: UInt32 { get set }
+    /// What `lk_<x>_params_init` writes: the core's defaults in C terms (zero for info/result structs).
+    static var defaults: Self { get }
 }
 
 extension SizedCStruct {
-    static var ourSize: Int { MemoryLayout<Self>.stride }
+    static var defaults: Self { Self() }
+    static var size: Int { MemoryLayout<Self>.stride }
 
-    static func checkSize(_ size: UInt32, _ argName: String) throws {
-        let initHint = cName.hasSuffix("_params") ? " (fill it with \(cName)_init)" : " (set it to sizeof(\(cName)))"
-        guard Int(size) >= firstVersionSize else {
-            throw CError(status: LKStatus.abi, message: "\(argName)->struct_size is \(size), smaller than the \(firstVersionSize) bytes of the first \(cName)\(initHint)")
+    /// The caller's struct_size at `p`, checked against the bounds (an error names `name`).
+    static func checkedSize(_ p: UnsafeRawPointer, _ name: String) throws -> Int {
+        let size = Int(p.loadUnaligned(as: UInt32.self))
+        let hint = cName.hasSuffix("_params") ? " (fill it with \(cName)_init)" : " (set it to sizeof(\(cName)))"
+        guard size >= firstVersionSize else {
+            throw CError(LK_ERR_ABI, "\(name)->struct_size is \(size), smaller than the \(firstVersionSize) bytes of the first \(cName)\(hint)")
         }
         guard size <= implausibleStructSize else {
-            throw CError(status: LKStatus.abi, message: "\(argName)->struct_size is \(size), implausibly large for \(cName) (this library's is \(ourSize)); the struct looks uninitialized\(initHint)")
+            throw CError(LK_ERR_ABI, "\(name)->struct_size is \(size), implausibly large for \(cName) (this library's is \(Self.size)); the struct looks uninitialized\(hint)")
         }
+        return size
     }
 
-    /// Read a caller's struct (NULL → `defaults`), honouring struct_size.
-    static func read(_ p: UnsafeRawPointer?, defaults: Self, _ argName: String) throws -> Self {
+    /// A caller's params struct (NULL: the defaults), read up to its struct_size.
+    static func read(_ p: UnsafePointer<Self>?, _ name: String = "params") throws -> Self {
         var v = defaults
         guard let p else { return v }
-        let size = p.loadUnaligned(as: UInt32.self)
-        try checkSize(size, argName)
-        let n = min(Int(size), ourSize)
-        withUnsafeMutableBytes(of: &v) { dst in
-            dst.baseAddress!.copyMemory(from: p, byteCount: n)
-        }
-        v.struct_size = UInt32(ourSize)
+        let n = min(try checkedSize(p, name), Self.size)
+        withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: p, byteCount: n) }
         return v
     }
 
-    /// Write `value` into a caller's struct, only up to its struct_size (checked first with `checkOut`).
-    func write(to p: UnsafeMutableRawPointer) {
-        let size = p.loadUnaligned(as: UInt32.self)
+    /// `lk_<x>_params_init_sized`.
+    /// `size` is C's size_t: unsigned, so SIZE_MAX is clamped like any size above ours (read as an Int it
+    /// was -1, "below the first version", and nothing was written; found by the ABI sweep).
+    static func initSized(_ p: UnsafeMutablePointer<Self>?, _ size: UInt) {
+        guard let p, size >= UInt(firstVersionSize) else { return }
+        var v = defaults
+        let n = Int(min(size, UInt(Self.size)))
+        v.struct_size = UInt32(n)
+        withUnsafeBytes(of: &v) { UnsafeMutableRawPointer(p).copyMemory(from: $0.baseAddress!, byteCount: n) }
+    }
+
+    /// An out-struct's struct_size, checked before any work (NULL: nothing to write).
+    static func checkOut(_ p: UnsafeMutablePointer<Self>?, _ name: String) throws {
+        if let p { _ = try checkedSize(p, name) }
+    }
+
+    /// Write `self` into a caller's struct (checked with `checkOut`), up to its struct_size, which is kept.
+    func write(to p: UnsafeMutablePointer<Self>?) {
+        guard let p else { return }
         var v = self
-        v.struct_size = size  // left as the caller set it
-        let n = min(Int(size), Self.ourSize)
-        withUnsafeBytes(of: &v) { src in
-            p.copyMemory(from: src.baseAddress!, byteCount: n)
-        }
-    }
-
-    /// Validate an out-struct's struct_size before doing any work.
-    static func checkOut(_ p: UnsafeMutableRawPointer, _ argName: String) throws {
-        try checkSize(p.loadUnaligned(as: UInt32.self), argName)
+        v.struct_size = UnsafeRawPointer(p).loadUnaligned(as: UInt32.self)
+        let n = min(Int(v.struct_size), Self.size)
+        withUnsafeBytes(of: &v) { UnsafeMutableRawPointer(p).copyMemory(from: $0.baseAddress!, byteCount: n) }
     }
 }
 
-/// typedef struct lk_model_params { uint32_t struct_size; int32_t reserved; } lk_model_params;
-struct CModelParams: SizedCStruct {
-    var struct_size: UInt32 = UInt32(MemoryLayout<CModelParams>.stride)
-    var reserved: Int32 = 0
+func end<T, V>(_ field: KeyPath<T, V>) -> Int { MemoryLayout<T>.offset(of: field)! + MemoryLayout<V>.size }
 
+extension lk_model_params: SizedCStruct {
     static let cName = "lk_model_params"
-    static var firstVersionSize: Int { MemoryLayout<CModelParams>.offset(of: \.reserved)! + 4 }
+    static let firstVersionSize = end(\lk_model_params.reserved)
 }
 
-/// typedef struct lk_model_info { ... } lk_model_info;
-struct CModelInfo: SizedCStruct {
-    var struct_size: UInt32 = UInt32(MemoryLayout<CModelInfo>.stride)
-    var n_vocab: Int32 = 0
-    var n_ctx_train: Int32 = 0
-    var n_embd: Int32 = 0
-    var n_ff: Int32 = 0
-    var n_layer: Int32 = 0
-    var n_head: Int32 = 0
-    var n_head_kv: Int32 = 0
-    var head_dim: Int32 = 0
-    var n_rot: Int32 = 0
-    var rope_base: Float = 0
-    var norm_eps: Float = 0
-    var tied_embeddings: Int32 = 0
-    var bos_token: Int32 = -1
-    var eos_token: Int32 = -1
-    var eot_token: Int32 = -1
-    var has_tokenizer: Int32 = 0
-    var has_chat_template: Int32 = 0
-    var weight_bytes: Int64 = 0
-
+extension lk_model_info: SizedCStruct {
     static let cName = "lk_model_info"
-    static var firstVersionSize: Int { MemoryLayout<CModelInfo>.offset(of: \.weight_bytes)! + 8 }
+    static let firstVersionSize = end(\lk_model_info.weight_bytes)
 }
 
-/// typedef struct lk_context_params { uint32_t struct_size; int32_t n_ctx, n_batch, n_threads; }
-struct CContextParams: SizedCStruct {
-    var struct_size: UInt32 = UInt32(MemoryLayout<CContextParams>.stride)
-    var n_ctx: Int32 = 0
-    var n_batch: Int32 = 0
-    var n_threads: Int32 = 0
-
+extension lk_context_params: SizedCStruct {
     static let cName = "lk_context_params"
-    static var firstVersionSize: Int { MemoryLayout<CContextParams>.offset(of: \.n_threads)! + 4 }
+    static let firstVersionSize = end(\lk_context_params.n_threads)
 }
 
-/// typedef struct lk_sampler_params { ... } lk_sampler_params;
-struct CSamplerParams: SizedCStruct {
-    var struct_size: UInt32 = UInt32(MemoryLayout<CSamplerParams>.stride)
-    var temperature: Float = 0.8
-    var top_k: Int32 = 40
-    var top_p: Float = 0.95
-    var min_p: Float = 0.05
-    var repeat_penalty: Float = 1
-    var repeat_last_n: Int32 = 64
-    var seed: UInt64 = 0
-
+extension lk_sampler_params: SizedCStruct {
     static let cName = "lk_sampler_params"
-    static var firstVersionSize: Int { MemoryLayout<CSamplerParams>.offset(of: \.seed)! + 8 }
+    static let firstVersionSize = end(\lk_sampler_params.seed)
+    static var defaults: Self {
+        let s = SamplerParams()
+        return Self(struct_size: 0, temperature: s.temperature, top_k: Int32(s.topK), top_p: s.topP, min_p: s.minP,
+                    repeat_penalty: s.repetitionPenalty, repeat_last_n: Int32(s.penaltyLastN), seed: s.seed)
+    }
 }
 
-/// typedef struct lk_generate_params { ... } lk_generate_params;
-struct CGenerateParams: SizedCStruct {
-    var struct_size: UInt32 = UInt32(MemoryLayout<CGenerateParams>.stride)
-    var max_tokens: Int32 = 128
-    var sampler: UnsafeRawPointer? = nil
-    var stop: UnsafePointer<UnsafePointer<CChar>?>? = nil
-    var n_stop: Int32 = 0
-    var stop_at_eos: Int32 = 1
-    var callback: CTokenCallback? = nil
-    var user_data: UnsafeMutableRawPointer? = nil
-
+extension lk_generate_params: SizedCStruct {
     static let cName = "lk_generate_params"
-    static var firstVersionSize: Int { MemoryLayout<CGenerateParams>.offset(of: \.user_data)! + MemoryLayout<UnsafeMutableRawPointer?>.size }
+    static let firstVersionSize = end(\lk_generate_params.user_data)
+    static var defaults: Self {
+        let g = GenerateParams()
+        var p = Self()
+        p.max_tokens = Int32(g.maxTokens)
+        p.stop_at_eos = g.stopAtEOS ? 1 : 0
+        return p
+    }
 }
 
-/// typedef struct lk_generate_result { ... } lk_generate_result;
-struct CGenerateResult: SizedCStruct {
-    var struct_size: UInt32 = UInt32(MemoryLayout<CGenerateResult>.stride)
-    var n_prompt_tokens: Int32 = 0
-    var n_tokens: Int32 = 0
-    var stop_reason: Int32 = 0
-    var prefill_seconds: Double = 0
-    var decode_seconds: Double = 0
-
+extension lk_generate_result: SizedCStruct {
     static let cName = "lk_generate_result"
-    static var firstVersionSize: Int { MemoryLayout<CGenerateResult>.offset(of: \.decode_seconds)! + 8 }
+    static let firstVersionSize = end(\lk_generate_result.decode_seconds)
 }
 
-/// typedef struct lk_chat_message { const char *role; const char *content; } lk_chat_message;
-struct CChatMessage {
-    var role: UnsafePointer<CChar>?
-    var content: UnsafePointer<CChar>?
+extension lk_lora_params: SizedCStruct {
+    static let cName = "lk_lora_params"
+    static let firstVersionSize = end(\lk_lora_params.seed)
+    static var defaults: Self {
+        let c = LoRAConfig()
+        var p = Self()
+        p.rank = Int32(c.rank)
+        p.alpha = c.alpha
+        p.dropout = c.dropout  // targets NULL: "q,v"; init 0: LK_LORA_INIT_PEFT
+        return p
+    }
 }
+
+// Init, sizeof: the same pair for every params struct.
+
+@_cdecl("lk_model_params_init_sized")
+public func lk_model_params_init_sized(_ p: UnsafeMutablePointer<lk_model_params>?, _ size: UInt) { lk_model_params.initSized(p, size) }
+@_cdecl("lk_model_params_init")
+public func lk_model_params_init(_ p: UnsafeMutablePointer<lk_model_params>?) { lk_model_params.initSized(p, UInt(lk_model_params.firstVersionSize)) }
+@_cdecl("lk_context_params_init_sized")
+public func lk_context_params_init_sized(_ p: UnsafeMutablePointer<lk_context_params>?, _ size: UInt) { lk_context_params.initSized(p, size) }
+@_cdecl("lk_context_params_init")
+public func lk_context_params_init(_ p: UnsafeMutablePointer<lk_context_params>?) { lk_context_params.initSized(p, UInt(lk_context_params.firstVersionSize)) }
+@_cdecl("lk_sampler_params_init_sized")
+public func lk_sampler_params_init_sized(_ p: UnsafeMutablePointer<lk_sampler_params>?, _ size: UInt) { lk_sampler_params.initSized(p, size) }
+@_cdecl("lk_sampler_params_init")
+public func lk_sampler_params_init(_ p: UnsafeMutablePointer<lk_sampler_params>?) { lk_sampler_params.initSized(p, UInt(lk_sampler_params.firstVersionSize)) }
+@_cdecl("lk_generate_params_init_sized")
+public func lk_generate_params_init_sized(_ p: UnsafeMutablePointer<lk_generate_params>?, _ size: UInt) { lk_generate_params.initSized(p, size) }
+@_cdecl("lk_generate_params_init")
+public func lk_generate_params_init(_ p: UnsafeMutablePointer<lk_generate_params>?) { lk_generate_params.initSized(p, UInt(lk_generate_params.firstVersionSize)) }
+@_cdecl("lk_lora_params_init_sized")
+public func lk_lora_params_init_sized(_ p: UnsafeMutablePointer<lk_lora_params>?, _ size: UInt) { lk_lora_params.initSized(p, size) }
+@_cdecl("lk_lora_params_init")
+public func lk_lora_params_init(_ p: UnsafeMutablePointer<lk_lora_params>?) { lk_lora_params.initSized(p, UInt(lk_lora_params.firstVersionSize)) }
+@_cdecl("lk_train_params_init_sized")
+public func lk_train_params_init_sized(_ p: UnsafeMutablePointer<lk_train_params>?, _ size: UInt) { lk_train_params.initSized(p, size) }
+@_cdecl("lk_train_params_init")
+public func lk_train_params_init(_ p: UnsafeMutablePointer<lk_train_params>?) { lk_train_params.initSized(p, UInt(lk_train_params.firstVersionSize)) }
+
+@_cdecl("lk_sizeof_model_params") public func lk_sizeof_model_params() -> Int64 { Int64(lk_model_params.size) }
+@_cdecl("lk_sizeof_model_info") public func lk_sizeof_model_info() -> Int64 { Int64(lk_model_info.size) }
+@_cdecl("lk_sizeof_context_params") public func lk_sizeof_context_params() -> Int64 { Int64(lk_context_params.size) }
+@_cdecl("lk_sizeof_sampler_params") public func lk_sizeof_sampler_params() -> Int64 { Int64(lk_sampler_params.size) }
+@_cdecl("lk_sizeof_generate_params") public func lk_sizeof_generate_params() -> Int64 { Int64(lk_generate_params.size) }
+@_cdecl("lk_sizeof_generate_result") public func lk_sizeof_generate_result() -> Int64 { Int64(lk_generate_result.size) }
+@_cdecl("lk_sizeof_chat_message") public func lk_sizeof_chat_message() -> Int64 { Int64(MemoryLayout<lk_chat_message>.stride) }
+@_cdecl("lk_sizeof_lora_params") public func lk_sizeof_lora_params() -> Int64 { Int64(lk_lora_params.size) }
+@_cdecl("lk_sizeof_train_params") public func lk_sizeof_train_params() -> Int64 { Int64(lk_train_params.size) }
+@_cdecl("lk_sizeof_train_progress") public func lk_sizeof_train_progress() -> Int64 { Int64(lk_train_progress.size) }

@@ -9,9 +9,20 @@ func runReporting(_ body: () throws -> Void) throws {
     do {
         try body()
     } catch let e as LKError {
-        writeStderr("lorakit: error: \(e.message)\n")
+        writeStderr("lorakit: error: \(e.namingField(flagName).message)\n")
         throw ExitCode(1)
     }
+}
+
+/// The flag of an option the core names as C and Python do (`lr` → `--lr`, `sampler.top_k` → `--top-k`,
+/// `warmup_steps` → `--warmup`, `layers[1]` → `--layers[1]`).
+func flagName(_ field: String) -> String {
+    let name = field.split(separator: ".").last.map(String.init) ?? field
+    let base = String(name.prefix { $0 != "[" }), index = name.dropFirst(base.count)
+    let renamed = ["temperature": "temp", "warmup_steps": "warmup", "init_adapter": "init", "out_dir": "out",
+                   "resume_dir": "resume", "log_path": "log", "use_rslora": "rslora",
+                   "completion_only_loss": "completion-only"][base] ?? String(base.map { $0 == "_" ? "-" : $0 })
+    return "--" + renamed + index
 }
 
 func loadModel(_ path: String) throws(LKError) -> LlamaModel {

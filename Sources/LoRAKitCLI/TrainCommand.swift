@@ -37,6 +37,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Clip the global gradient norm to this (0: off).") var maxGradNorm: Double = 1.0
     @Option(help: "Learning-rate schedule: constant, linear or cosine.") var schedule: String = "constant"
     @Option(help: "Warm-up steps (linear from 0).") var warmup: Int = 0
+    @Option(help: "The cosine schedule decays to lr × this instead of 0 (0...1).") var lrMinRatio: Double = 0
     @Option(help: "Optimizer steps (default: from --epochs).") var steps: Int?
     @Option(help: "Passes over the data when --steps is not given.") var epochs: Double = 1
     @Option(help: "Examples per micro-batch.") var batch: Int = 4
@@ -82,6 +83,7 @@ struct TrainCommand: ParsableCommand {
                                       weightDecay: weightDecay, maxGradNorm: maxGradNorm > 0 ? maxGradNorm : nil)
         o.schedule = try LRScheduleKind(parsing: schedule)
         o.warmupSteps = warmup
+        o.lrMinRatio = lrMinRatio
         o.steps = steps
         o.epochs = epochs
         o.batchSize = batch

@@ -3,6 +3,12 @@
 public enum LKError: Error, CustomStringConvertible, Equatable {
     /// A caller argument is wrong (NULL, negative size, out of range, NaN where a number is required).
     case invalidArgument(String)
+    /// A field of an options type (`TrainingOptions`, `OptimizerConfig`, `SamplerParams`, …) is out of range
+    /// or inconsistent. `field` is the name users see: the C struct field, which is also the Python keyword
+    /// (`lr`, `adam_beta2`, `layers[1]`, `sampler.top_k` for a nested one); each front end shows it in its
+    /// own terms (`params->lr` in C, `--lr` in the CLI). `problem` follows it: "0 must be in 1...4096".
+    /// The message is "`field` `problem`".
+    case invalidOption(field: String, problem: String)
     /// Shapes or dtypes of tensors do not fit together.
     case shapeMismatch(String)
     /// The requested feature or dtype is not supported.
@@ -13,20 +19,24 @@ public enum LKError: Error, CustomStringConvertible, Equatable {
     case format(String)
     /// An allocation failed or would exceed a sane limit.
     case outOfMemory(String)
-    /// A handle was NULL, already freed, or of another kind.
-    case invalidHandle(String)
-    /// A plugin's ABI does not match the host's.
-    case abiMismatch(String)
     /// Something that should not happen did; a bug in LoRAKit.
     case `internal`(String)
 
     public var message: String {
         switch self {
         case .invalidArgument(let m), .shapeMismatch(let m), .unsupported(let m), .io(let m),
-             .format(let m), .outOfMemory(let m), .invalidHandle(let m), .abiMismatch(let m),
-             .internal(let m):
+             .format(let m), .outOfMemory(let m), .internal(let m):
             return m
+        case .invalidOption(let field, let problem):
+            return "\(field) \(problem)"
         }
+    }
+
+    /// This error with an option's field renamed by `name` (a front end's spelling of the field); other
+    /// errors are returned as they are.
+    public func namingField(_ name: (String) -> String) -> LKError {
+        guard case .invalidOption(let field, let problem) = self else { return self }
+        return .invalidOption(field: name(field), problem: problem)
     }
 
     public var description: String { message }

@@ -53,6 +53,35 @@ public enum GGUFValue: Equatable, Sendable {
 
     public var stringArray: [String]? { array?.compactMap(\.string) }
 
+    /// The value as text (`lk_model_meta`): integers in decimal, floats in their shortest round-tripping
+    /// form ("1e-05", "100000.0"), booleans "true"/"false", strings raw, arrays as compact JSON.
+    public var text: String {
+        switch self {
+        case .string(let s): return s
+        case .array: return JSON.serialize(json)
+        case .bool(let b): return b ? "true" : "false"
+        case .float32(let f): return "\(f)"
+        case .float64(let d): return "\(d)"
+        case .uint64(let u): return "\(u)"
+        case .int64(let i): return "\(i)"
+        default: return "\(int ?? 0)"
+        }
+    }
+
+    /// The value as JSON: floats as their shortest round-tripping decimal (a float32 0.1 is 0.1, not
+    /// 0.10000000149…), non-finite ones null.
+    public var json: JSONValue {
+        switch self {
+        case .float32(let f): return f.isFinite ? .number(Double("\(f)") ?? Double(f)) : .null
+        case .float64(let d): return d.isFinite ? .number(d) : .null
+        case .bool(let b): return .bool(b)
+        case .string(let s): return .string(s)
+        case .array(_, let a): return .array(a.map(\.json))
+        case .uint64(let u): return .number(Double(u))
+        default: return .number(Double(int ?? 0))
+        }
+    }
+
     /// GGUF value type id of this value.
     public var typeID: UInt32 {
         switch self {

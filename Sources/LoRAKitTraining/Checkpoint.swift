@@ -38,6 +38,8 @@ public struct LoadedCheckpoint: @unchecked Sendable {
     /// optimizer moments line up with its tensors.
     public let adapter: LoRAAdapter
     public let optimizer: AdamWState
+    /// The projector trained with the adapter (`projector.gguf`), if the checkpoint has one.
+    public let projector: Projector?
     /// The `trainer_state.json` object.
     public let trainerState: JSONValue
     /// Why the checkpoint named by `latest` was not used, or what was cleaned up (empty when all was well).
@@ -80,7 +82,7 @@ public enum Checkpoint {
     /// - Returns: the checkpoint folder's path.
     @discardableResult
     public static func save(dir: String, step: Int, adapter: LoRAAdapter, optimizer: AdamW,
-                            trainerState: JSONValue, keep: Int = 2) throws(LKError) -> String {
+                            trainerState: JSONValue, keep: Int = 2, projector: Projector? = nil) throws(LKError) -> String {
         guard step >= 0 else { throw .invalidArgument("checkpoint step \(step) must be ≥ 0") }
         guard keep >= 1 else { throw .invalidArgument("checkpoints to keep (\(keep)) must be ≥ 1") }
         guard trainerState.object != nil else { throw .invalidArgument("trainer state must be a JSON object") }
@@ -107,6 +109,7 @@ public enum Checkpoint {
             }
         }
         guard rmdir(sub) == 0 else { throw .io("\(sub): cannot remove: \(String(cString: strerror(errno)))") }
+        try projector?.save(to: tmp + "/projector.gguf")
         try optimizer.saveState(to: tmp + "/optimizer.safetensors",
                                 extraMetadata: [rowLayoutKey: layoutName(adapter.rowLayout)])
         try AtomicFile.write(path: tmp + "/trainer_state.json",
@@ -160,7 +163,9 @@ public enum Checkpoint {
                                           rowLayout: layout, modules: Array(mods.values))
             }
         }
-        return LoadedCheckpoint(path: p, step: step, adapter: adapter, optimizer: opt, trainerState: state, warnings: [])
+        let projector = access(p + "/projector.gguf", F_OK) == 0 ? try Projector.load(path: p + "/projector.gguf", model: model) : nil
+        return LoadedCheckpoint(path: p, step: step, adapter: adapter, optimizer: opt, projector: projector,
+                                trainerState: state, warnings: [])
     }
 
     /// The checkpoint to resume from in `dir`, or nil when `dir` holds none (a fresh start).
@@ -206,7 +211,7 @@ public enum Checkpoint {
                 let ck = try load(path: c, model: model)
                 if c != first, let f = first { warnings.append("\(f) could not be used; resuming from \(c) instead") }
                 else if c != first { warnings.append("resuming from the newest complete checkpoint, \(c)") }
-                return LoadedCheckpoint(path: ck.path, step: ck.step, adapter: ck.adapter, optimizer: ck.optimizer,
+                return LoadedCheckpoint(path: ck.path, step: ck.step, adapter: ck.adapter, optimizer: ck.optimizer, projector: ck.projector,
                                         trainerState: ck.trainerState, warnings: warnings)
             } catch {
                 failures.append(error.message)

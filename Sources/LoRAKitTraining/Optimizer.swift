@@ -87,22 +87,23 @@ public struct OptimizerConfig: Sendable, Equatable {
         return n
     }
 
-    /// Checks every field; the error names the field and the accepted range.
-    /// lr finite in (0, 10]; beta1, beta2 in [0, 1); eps finite > 0; weight decay finite ≥ 0;
-    /// max grad norm nil, 0 (off) or finite > 0.
+    /// Checks every field; the error (`LKError.invalidOption`) names the field as the C struct, Python and
+    /// transformers do (`lr`, `adam_beta1`, `adam_beta2`, `adam_epsilon`, `weight_decay`, `max_grad_norm`)
+    /// and the accepted range: lr finite in (0, 10]; betas in [0, 1); eps finite > 0; weight decay finite
+    /// ≥ 0; max grad norm nil, 0 (off) or finite > 0.
     public func validate() throws(LKError) {
         guard lr.isFinite, lr > 0, lr <= 10 else {
-            throw .invalidArgument("learning rate (lr) \(lr) must be a finite number in (0, 10]")
+            throw .invalidOption(field: "lr", problem: "\(lr): the learning rate must be a finite number in (0, 10]")
         }
-        guard beta1.isFinite, beta1 >= 0, beta1 < 1 else { throw .invalidArgument("beta1 \(beta1) must be in [0, 1)") }
-        guard beta2.isFinite, beta2 >= 0, beta2 < 1 else { throw .invalidArgument("beta2 \(beta2) must be in [0, 1)") }
-        guard eps.isFinite, eps > 0 else { throw .invalidArgument("eps \(eps) must be a finite number > 0") }
+        guard beta1.isFinite, beta1 >= 0, beta1 < 1 else { throw .invalidOption(field: "adam_beta1", problem: "\(beta1) must be in [0, 1)") }
+        guard beta2.isFinite, beta2 >= 0, beta2 < 1 else { throw .invalidOption(field: "adam_beta2", problem: "\(beta2) must be in [0, 1)") }
+        guard eps.isFinite, eps > 0 else { throw .invalidOption(field: "adam_epsilon", problem: "\(eps) must be a finite number > 0") }
         guard weightDecay.isFinite, weightDecay >= 0 else {
-            throw .invalidArgument("weight decay \(weightDecay) must be a finite number ≥ 0")
+            throw .invalidOption(field: "weight_decay", problem: "\(weightDecay): the weight decay must be a finite number ≥ 0")
         }
         if let n = maxGradNorm {
             guard n.isFinite, n >= 0 else {
-                throw .invalidArgument("max grad norm \(n) must be a finite number > 0 (or 0 for no clipping)")
+                throw .invalidOption(field: "max_grad_norm", problem: "\(n): the max grad norm must be a finite number ≥ 0 (0 = no clipping)")
             }
         }
     }
@@ -140,14 +141,15 @@ public struct OptimizerConfig: Sendable, Equatable {
 // MARK: - Learning-rate schedules
 
 /// The schedule shapes of transformers' `get_constant_schedule_with_warmup`,
-/// `get_linear_schedule_with_warmup` and `get_cosine_schedule_with_warmup` (num_cycles 0.5).
+/// `get_linear_schedule_with_warmup` and `get_cosine_schedule_with_warmup` (num_cycles 0.5; with a
+/// minimum, `get_cosine_with_min_lr_schedule_with_warmup`).
 public enum LRScheduleKind: String, Sendable, CaseIterable {
     case constant, linear, cosine
 
     /// Parses "constant", "linear" or "cosine" (case-insensitive).
     public init(parsing name: String) throws(LKError) {
         guard let k = LRScheduleKind(rawValue: name.lowercased()) else {
-            throw .invalidArgument("unknown learning-rate schedule \"\(name)\" (known: constant, linear, cosine)")
+            throw .invalidOption(field: "schedule", problem: "\"\(name)\" is not a learning-rate schedule (known: constant, linear, cosine)")
         }
         self = k
     }
@@ -155,21 +157,31 @@ public enum LRScheduleKind: String, Sendable, CaseIterable {
 
 /// A learning-rate schedule: `lr(s) = base · λ(s)` for the 0-based optimizer step `s`, i.e. the lr used by
 /// the (s+1)-th update (as transformers' `LambdaLR` after `s` calls of `scheduler.step()`). With W warm-up
-/// steps and T total steps, in Double exactly as transformers computes it:
+/// steps, T total steps and minimum ratio m (cosine only), in Double exactly as transformers computes it:
 /// - s < W: λ = s / max(1, W) (so λ(0) = 0 when W > 0: the first update does nothing but count);
 /// - constant: λ = 1;
 /// - linear: λ = max(0, (T − s) / max(1, T − W));
-/// - cosine: progress = (s − W) / max(1, T − W), λ = max(0, 0.5 · (1 + cos(π · 0.5 · 2 · progress)))
-///   (past T the cosine rises again, as in transformers).
+/// - cosine: progress = (s − W) / max(1, T − W), c = 0.5 · (1 + cos(π · 0.5 · 2 · progress)),
+///   λ = max(0, c · (1 − m) + m): from 1 down to m at s = T (transformers' `cosine_with_min_lr` with
+///   `min_lr_rate` m; m = 0 is plain `cosine`). Past T the cosine rises again, as in transformers.
 public struct LRSchedule: Sendable, Equatable {
     public let kind: LRScheduleKind
     public let warmupSteps: Int
     public let totalSteps: Int
+    /// The cosine schedule's floor as a fraction of the base learning rate (`lr_min_ratio`), in [0, 1].
+    public let minRatio: Double
 
-    /// - Throws: `.invalidArgument` for negative warm-up or total steps, or total steps 0 with a decaying
+    /// - Throws: `.invalidOption` for negative warm-up steps, a `minRatio` outside [0, 1] or set with a
+    ///   schedule other than cosine; `.invalidArgument` for negative total steps, or 0 with a decaying
     ///   schedule.
-    public init(kind: LRScheduleKind, warmupSteps: Int = 0, totalSteps: Int) throws(LKError) {
-        guard warmupSteps >= 0 else { throw .invalidArgument("warm-up steps \(warmupSteps) must be ≥ 0") }
+    public init(kind: LRScheduleKind, warmupSteps: Int = 0, totalSteps: Int, minRatio: Double = 0) throws(LKError) {
+        guard warmupSteps >= 0 else { throw .invalidOption(field: "warmup_steps", problem: "\(warmupSteps) must be ≥ 0") }
+        guard minRatio.isFinite, minRatio >= 0, minRatio <= 1 else {
+            throw .invalidOption(field: "lr_min_ratio", problem: "\(minRatio) must be in [0, 1]")
+        }
+        guard minRatio == 0 || kind == .cosine else {
+            throw .invalidOption(field: "lr_min_ratio", problem: "\(minRatio) is for the cosine schedule, not \(kind.rawValue)")
+        }
         guard totalSteps >= 0 else { throw .invalidArgument("total steps \(totalSteps) must be ≥ 0") }
         guard kind == .constant || totalSteps >= 1 else {
             throw .invalidArgument("the \(kind.rawValue) schedule needs the total number of steps (got \(totalSteps))")
@@ -177,6 +189,7 @@ public struct LRSchedule: Sendable, Equatable {
         self.kind = kind
         self.warmupSteps = warmupSteps
         self.totalSteps = totalSteps
+        self.minRatio = minRatio
     }
 
     /// λ(s), the factor applied to the base learning rate at 0-based step `s`.
@@ -189,7 +202,8 @@ public struct LRSchedule: Sendable, Equatable {
             return max(0, Double(totalSteps - s) / Double(max(1, totalSteps - warmupSteps)))
         case .cosine:
             let progress = Double(s - warmupSteps) / Double(max(1, totalSteps - warmupSteps))
-            return max(0, 0.5 * (1.0 + cos(Double.pi * 0.5 * 2.0 * progress)))
+            let c = 0.5 * (1.0 + cos(Double.pi * 0.5 * 2.0 * progress))
+            return max(0, c * (1 - minRatio) + minRatio)
         }
     }
 

@@ -238,7 +238,7 @@ public struct TrainDataOptions: Sendable, Equatable {
 
     public func validate() throws(LKError) {
         guard seq >= 2, seq <= 1 << 20 else {
-            throw .invalidArgument("sequence length (seq) \(seq) must be in 2...\(1 << 20) (a row needs a token and a target)")
+            throw .invalidOption(field: "seq", problem: "\(seq) must be in 2...\(1 << 20) (a row needs a token and a target)")
         }
     }
 

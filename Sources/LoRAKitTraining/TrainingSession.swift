@@ -5,84 +5,96 @@ import LoRAKitTokenizer
 import LoRAKitTemplates
 import LoRAKitModel
 
-/// A whole training run: data, adapter, trainer, AdamW, schedule, clipping, gradient accumulation,
-/// validation, checkpoints, logging and progress — what `lorakit train` and `lk_train` run.
-///
-/// One optimizer step takes `gradAccum` micro-batches of `batchSize` examples from the data iterator.
-/// Its loss is Σ NLL of every predicted token of the step / the number of those tokens (as transformers
-/// computes it with labels and `num_items_in_batch`), and the gradient is that loss's gradient. Then:
-/// clip by global norm, AdamW update with the scheduled learning rate (transformers' schedules: step 0 of
-/// a warm-up has lr 0), log, callback, checkpoint. Deterministic: the data order, the dropout masks
-/// (keyed by seed, step and micro-batch) and every kernel are independent of the thread count, so the
-/// same seed gives the same losses, and a resumed run gives the losses of an uninterrupted one.
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
 
-/// Everything a training run is configured with.
+/// Everything a training run is configured with. Errors name each option as users see it: the C struct
+/// field, which is also the Python keyword (given in brackets below where the Swift name differs); the CLI
+/// shows its flag.
 public struct TrainingOptions: Sendable {
-    /// The adapter to create when `initAdapter` is nil (rank, alpha, targets, layers, rsLoRA, patterns,
-    /// dropout). With `initAdapter`, only its `dropout` is used.
+    /// The adapter to create when `initAdapter` is nil (`rank`, `alpha`, `use_rslora`, `targets`, `layers`,
+    /// patterns, `dropout`). With `initAdapter`, only its `dropout` is used.
     public var lora = LoRAConfig(rank: 8, alpha: 16, targets: [.q, .v])
-    /// Start from this adapter (PEFT folder or GGUF LoRA) instead of a new one.
+    /// Start from this adapter (PEFT folder or GGUF LoRA) instead of a new one [`init_adapter`].
     public var initAdapter: String? = nil
-    /// Initialization of a new adapter (PEFT's by default).
+    /// Initialization of a new adapter (PEFT's by default) [`init`].
     public var initialization: LoRAInitialization = .peft
-    /// AdamW and clipping (`maxGradNorm` nil or 0: no clipping).
+    /// AdamW and clipping (`lr`, `adam_beta1`, `adam_beta2`, `adam_epsilon`, `weight_decay`,
+    /// `max_grad_norm`; nil or 0: no clipping).
     public var optimizer = OptimizerConfig(lr: 2e-4, weightDecay: 0.01, maxGradNorm: 1.0)
     public var schedule: LRScheduleKind = .constant
+    /// [`warmup_steps`]
     public var warmupSteps = 0
+    /// The cosine schedule decays to `lr · lrMinRatio` instead of 0, in [0, 1] [`lr_min_ratio`].
+    public var lrMinRatio = 0.0
     /// Optimizer steps; nil → from `epochs`.
     public var steps: Int? = nil
     /// Passes over the training data (used when `steps` is nil; default 1).
     public var epochs: Double? = nil
-    /// Examples per micro-batch.
+    /// Examples per micro-batch [`batch`].
     public var batchSize = 4
-    /// Micro-batches per optimizer step.
+    /// Micro-batches per optimizer step [`grad_accum`].
     public var gradAccum = 1
     /// Seeds the data order (when shuffling), the adapter initialization and the dropout masks.
     public var seed: UInt64 = 0
+    /// nil: one per CPU core.
     public var threads: Int? = nil
     public var shuffle = true
-    /// Tokenization, truncation (`seq`), packing, completion-only loss.
+    /// Tokenization, truncation (`seq`, `truncate`), packing, completion-only loss.
     public var data = TrainDataOptions(seq: 512)
-    /// Where checkpoints and the final adapter go (nil: nothing is written).
+    /// Where checkpoints and the final adapter go (nil: nothing is written) [`out_dir`].
     public var outDir: String? = nil
     /// Format of the final adapter in `outDir` (checkpoints are always PEFT + optimizer state).
     public var format: AdapterFormat = .peft
-    /// Save a checkpoint every this many steps (nil or 0: only at the end).
+    /// Save a checkpoint every this many steps (nil or 0: only at the end) [`save_every`].
     public var saveEvery: Int? = nil
     /// Checkpoints kept.
     public var keep = 2
-    /// Validate every this many steps (nil or 0: only at the end, when there is validation data).
+    /// Validate every this many steps (nil or 0: only at the end, when there is validation data)
+    /// [`valid_every`].
     public var validEvery: Int? = nil
-    /// Continue from the latest checkpoint in this folder.
+    /// Continue from the latest checkpoint in this folder [`resume_dir`].
     public var resume: String? = nil
-    /// Append one JSON line per step (and per validation) to this file.
+    /// Append one JSON line per step (and per validation) to this file [`log_path`].
     public var logPath: String? = nil
 
     public init() {}
 
-    /// Range checks; errors name the option.
-    public func validate() throws(LKError) {
-        if initAdapter == nil { try lora.validate() }
-        guard lora.dropout.isFinite, lora.dropout >= 0, lora.dropout < 1 else {
-            throw .invalidArgument("training: dropout \(lora.dropout) must be in [0, 1)")
+    /// Checks every option, before anything is loaded; the error (`LKError.invalidOption`) names the field
+    /// as above. With `model`, the layers are checked against it. The optimizer's, the schedule's and the
+    /// data's own rules are theirs (`OptimizerConfig.validate`, `LRSchedule.init`, `TrainDataOptions.validate`).
+    public func validate(for model: LlamaModel? = nil) throws(LKError) {
+        func bad(_ field: String, _ problem: String) -> LKError { .invalidOption(field: field, problem: problem) }
+        guard lora.dropout.isFinite, lora.dropout >= 0, lora.dropout < 1 else { throw bad("dropout", "\(lora.dropout) must be in [0, 1)") }
+        if initAdapter == nil {
+            guard lora.rank >= 1, lora.rank <= 4096 else { throw bad("rank", "\(lora.rank) must be in 1...4096") }
+            guard lora.alpha.isFinite, lora.alpha > 0 else { throw bad("alpha", "\(lora.alpha) must be finite and > 0") }
+            guard !lora.targets.isEmpty else { throw bad("targets", "is empty: no module would be trained") }
+            let layers = lora.layers ?? [], n = model?.config.nLayers ?? 1 << 20
+            for (i, l) in layers.enumerated() {
+                guard l >= 0, l < n else { throw bad("layers[\(i)]", "= \(l) is not a layer of the model (0...\(n - 1))") }
+                if let j = layers[..<i].firstIndex(of: l) { throw bad("layers[\(i)]", "= \(l) is listed twice (also layers[\(j)])") }
+            }
+            try lora.validate()  // the rank and alpha patterns
         }
         try optimizer.validate()
-        guard optimizer.lr > 0 else { throw .invalidArgument("training: learning rate \(optimizer.lr) must be > 0") }
-        guard batchSize >= 1, batchSize <= 65536 else { throw .invalidArgument("training: batch \(batchSize) must be in 1...65536") }
-        guard gradAccum >= 1, gradAccum <= 65536 else { throw .invalidArgument("training: grad-accum \(gradAccum) must be in 1...65536") }
-        if let s = steps { guard s >= 1, s <= 100_000_000 else { throw .invalidArgument("training: steps \(s) must be ≥ 1") } }
-        if let e = epochs { guard e.isFinite, e > 0, e <= 1_000_000 else { throw .invalidArgument("training: epochs \(e) must be > 0") } }
-        guard warmupSteps >= 0 else { throw .invalidArgument("training: warm-up steps \(warmupSteps) must be ≥ 0") }
-        guard keep >= 1 else { throw .invalidArgument("training: keep \(keep) must be ≥ 1") }
-        if let t = threads, t < 1 || t > 512 { throw .invalidArgument("training: threads \(t) must be in 1...512") }
-        if let s = saveEvery, s < 0 { throw .invalidArgument("training: save-every \(s) must be ≥ 0") }
-        if let v = validEvery, v < 0 { throw .invalidArgument("training: valid-every \(v) must be ≥ 0") }
+        if let s = steps, s < 1 || s > 100_000_000 { throw bad("steps", "\(s) must be in 1...100000000 (unset: from epochs)") }
+        if let e = epochs, !(e.isFinite && e > 0 && e <= 1_000_000) { throw bad("epochs", "\(e) must be a finite number in (0, 1e6]") }
+        _ = try LRSchedule(kind: schedule, warmupSteps: warmupSteps, totalSteps: steps ?? 1, minRatio: lrMinRatio)
+        guard batchSize >= 1, batchSize <= 65536 else { throw bad("batch", "\(batchSize) must be in 1...65536") }
+        guard gradAccum >= 1, gradAccum <= 65536 else { throw bad("grad_accum", "\(gradAccum) must be in 1...65536") }
+        if let t = threads, t < 1 || t > 512 { throw bad("threads", "\(t) must be in 1...512 (unset: one per CPU core)") }
         try data.validate()
+        if let s = saveEvery, s < 0 { throw bad("save_every", "\(s) must be ≥ 0 (0: only at the end)") }
+        guard keep >= 1 else { throw bad("keep", "\(keep) must be ≥ 1") }
+        if let v = validEvery, v < 0 { throw bad("valid_every", "\(v) must be ≥ 0 (0: at the last step)") }
+        for (field, path) in [("out_dir", outDir), ("resume_dir", resume), ("init_adapter", initAdapter), ("log_path", logPath)]
+        where path?.isEmpty == true {
+            throw bad(field, "is empty (unset it for none)")
+        }
     }
 
     /// `seq` capped at the model's context length (examples are cut to it like to any `seq`), and the note
@@ -96,7 +108,8 @@ public struct TrainingOptions: Sendable {
     }
 
     /// The adapter (loaded from `initAdapter` or created), its trainer and an AdamW over its tensors.
-    static func makeTrainer(model: LlamaModel, options: TrainingOptions) throws(LKError) -> (LoRATrainer, AdamW) {
+    static func makeTrainer(model: LlamaModel, options: TrainingOptions,
+                            projector: Projector? = nil) throws(LKError) -> (LoRATrainer, AdamW) {
         let adapter: LoRAAdapter
         if let path = options.initAdapter {
             adapter = try LoRAAdapter.load(path: path, model: model)
@@ -110,6 +123,9 @@ public struct TrainingOptions: Sendable {
         for p in trainer.parameters {
             let (v, g) = try p.tensors()
             params.append(try OptimizerParameter(name: p.name, value: v, grad: g))
+        }
+        for p in projector?.parameters ?? [] {
+            params.append(try OptimizerParameter(name: TrainingSession.projectorPrefix + p.name, value: p.value, grad: p.grad))
         }
         return (trainer, try AdamW(parameters: params, config: options.optimizer))
     }
@@ -130,6 +146,7 @@ public struct TrainingOptions: Sendable {
         if let e = epochs { o.append(("epochs", .number(e))) }
         if let l = lora.layers { o.append(("layers", .array(l.map { .number(Double($0)) }))) }
         if let i = initAdapter { o.append(("init", .string(i))) }
+        if lrMinRatio != 0 { o.append(("lr_min_ratio", .number(lrMinRatio))) }
         return .object(o)
     }
 }
@@ -169,63 +186,125 @@ public struct TrainSummary: Sendable {
     public var losses: [Double]
 }
 
+/// A training run: adapter, trainer, AdamW, clipping, validation, checkpoints, resume, logging — and,
+/// with training data, the data loop (schedule, gradient accumulation, progress); what `lorakit train` and
+/// `lk_trainer_*` run.
+///
+/// With training data, one optimizer step takes `gradAccum` micro-batches of `batchSize` examples from the
+/// data iterator. Its loss is Σ NLL of every predicted token of the step / the number of those tokens (as
+/// transformers computes it with labels and `num_items_in_batch`), and the gradient is that loss's
+/// gradient. Then: clip by global norm, AdamW update with the scheduled learning rate (transformers'
+/// schedules: step 0 of a warm-up has lr 0), log, callback, checkpoint. Deterministic: the data order, the
+/// dropout masks (keyed by seed, step and micro-batch) and every kernel are independent of the thread
+/// count, so the same seed gives the same losses, and a resumed run gives the losses of an uninterrupted one.
+///
+/// Without training data the caller drives each step, one sequence at a time (token ids with target flags,
+/// optionally after caller-given embedding rows such as projected image features):
+///
+///     s.zeroGradients()
+///     for q in stepSequences { try s.forwardBackward(q, lossScale: 1 / Float(N)) }   // N = Σ predicted
+///     let norm = try s.optimizerStep(lr: lr)
+///
+/// gives the update `trainStep` makes for the same rows (the loss is Σ sumNLL / N). Its checkpoints have no
+/// data position (`"manual": true` in trainer_state.json), so only a session without data resumes from
+/// them (it resumes from any session's).
 public final class TrainingSession: @unchecked Sendable {
     public let model: LlamaModel
     public let options: TrainingOptions
-    public let train: TrainDataset
     public let valid: TrainDataset?
     public let trainer: LoRATrainer
     public let optimizer: AdamW
-    public let schedule: LRSchedule
+    /// A multimodal projector trained with the adapter (a session driven step by step only): its
+    /// parameters are optimised by the same AdamW (named `projector.mm.0.weight`, …), zeroed by
+    /// `zeroGradients`, saved in checkpoints (`projector.gguf`) and restored on resume. The caller runs its
+    /// forward and backward around `forwardBackward` (the input-embedding gradient of its rows).
+    public let projector: Projector?
+    /// Prefix of the projector's parameter names in the optimizer state.
+    public static let projectorPrefix = "projector."
+    /// Optimizer steps of the run: `options.steps`, or from `options.epochs` over the training data (without
+    /// training data: `options.steps`, 0 when unset).
     public let totalSteps: Int
-    /// Optimizer steps done.
+    /// Optimizer steps done (including those restored from a checkpoint).
     public private(set) var step = 0
+    /// The loss of every step `trainStep` ran (and those restored).
     public private(set) var losses: [Double] = []
     /// Messages worth showing the user (data summary, checkpoint fallbacks).
     public private(set) var notes: [String] = []
-    private var iterator: TrainDataIterator
+    /// The training data, its position and the schedule; nil for a session driven step by step.
+    private var source: Source?
+    private typealias Source = (data: TrainDataset, iterator: TrainDataIterator, schedule: LRSchedule)
+    /// `forwardBackward` calls since the last optimizer step (they key the dropout masks).
+    private var microBatch = 0
     /// The JSONL log (opened by the first `runStep`) and when that step started.
     private var log: LogFile? = nil
     private var runStart: Double? = nil
 
-    /// Load the data, create (or load) the adapter, and — with `options.resume` — restore the latest
-    /// checkpoint there. Nothing is written yet.
-    public init(model: LlamaModel, trainPath: String, validPath: String? = nil, options requested: TrainingOptions) throws(LKError) {
-        try requested.validate()
+    /// The training data (nil: the caller drives the steps).
+    public var train: TrainDataset? { source?.data }
+    /// The learning-rate schedule over `totalSteps` (nil without training data: the caller gives each
+    /// step's learning rate).
+    public var schedule: LRSchedule? { source?.schedule }
+
+    /// Validate the options, load the data (`trainPath` nil: none, the caller drives the steps), create (or
+    /// load) the adapter and — with `options.resume` — restore the latest checkpoint there. Nothing is
+    /// written yet.
+    public init(model: LlamaModel, trainPath: String?, validPath: String? = nil, options requested: TrainingOptions,
+                projector: Projector? = nil) throws(LKError) {
+        try requested.validate(for: model)
+        if let projector {
+            guard trainPath == nil else {
+                throw .invalidArgument("projector: a projector trains in a session driven step by step (no training data file): the data file has no images")
+            }
+            try projector.checkFits(model)
+        }
+        self.projector = projector
         let (options, capNote) = requested.fitted(to: model)
         if let n = capNote { notes.append(n) }
         self.model = model
         self.options = options
-        train = try TrainDataset.load(path: trainPath, model: model, options: options.data)
-        guard !train.examples.isEmpty else {
-            throw .invalidArgument("\(trainPath): no training examples (\(train.summary))")
+        func load(_ path: String) throws(LKError) -> TrainDataset {
+            try TrainDataset.load(path: path, model: model, options: options.data)
         }
-        valid = try validPath.map { (p: String) throws(LKError) -> TrainDataset in
-            try TrainDataset.load(path: p, model: model, options: options.data)
-        }
-        notes.append("train: \(train.summary)")
+        let train = try trainPath.map(load)
+        if let t = train, t.examples.isEmpty { throw .invalidArgument("\(trainPath ?? ""): no training examples (\(t.summary))") }
+        valid = try validPath.map(load)
+        if let t = train { notes.append("train: \(t.summary)") }
         if let v = valid { notes.append("valid: \(v.summary)") }
-        (trainer, optimizer) = try TrainingOptions.makeTrainer(model: model, options: options)
-        iterator = try TrainDataIterator(examples: train.examples, batchSize: options.batchSize,
-                                         shuffle: options.shuffle, seed: options.seed)
-        if let s = options.steps {
-            totalSteps = s
+        (trainer, optimizer) = try TrainingOptions.makeTrainer(model: model, options: options, projector: projector)
+        if let train {
+            let it = try TrainDataIterator(examples: train.examples, batchSize: options.batchSize,
+                                           shuffle: options.shuffle, seed: options.seed)
+            let micro = Double(it.batchesPerEpoch) * (options.epochs ?? 1)
+            totalSteps = options.steps ?? max(1, Int((micro / Double(options.gradAccum)).rounded(.up)))
+            source = (train, it, try LRSchedule(kind: options.schedule, warmupSteps: options.warmupSteps,
+                                                totalSteps: totalSteps, minRatio: options.lrMinRatio))
         } else {
-            let micro = Double(iterator.batchesPerEpoch) * (options.epochs ?? 1)
-            totalSteps = max(1, Int((micro / Double(options.gradAccum)).rounded(.up)))
+            totalSteps = options.steps ?? 0
         }
-        schedule = try LRSchedule(kind: options.schedule, warmupSteps: options.warmupSteps, totalSteps: totalSteps)
         if let dir = options.resume {
             guard let ck = try Checkpoint.loadLatest(dir: dir, model: model) else {
                 throw .invalidArgument("resume: no checkpoint in \(dir)")
             }
             notes += ck.warnings
-            let state = try TrainerState(json: ck.trainerState)
+            let state = source == nil ? nil : try TrainerState(json: ck.trainerState)
             try trainer.load(ck.adapter)
+            switch (projector, ck.projector) {
+            case let (mine?, saved?):
+                try mine.copyParameters(from: saved, source: ck.path + "/projector.gguf")
+            case (_?, nil):
+                throw .invalidArgument("resume: \(ck.path) has no projector.gguf, but this session trains a projector")
+            case (nil, _?):
+                throw .invalidArgument("resume: \(ck.path) holds a projector (projector.gguf); pass it to the session to continue")
+            case (nil, nil):
+                break
+            }
             try optimizer.restore(ck.optimizer)
-            try iterator.restore(state.data)
-            step = state.step
-            losses = state.losses
+            step = ck.step
+            if let state {
+                try source?.iterator.restore(state.data)
+                step = state.step
+                losses = state.losses
+            }
             notes.append("resumed from \(ck.path) at step \(step)")
         }
     }
@@ -233,7 +312,7 @@ public final class TrainingSession: @unchecked Sendable {
     /// The current adapter (a snapshot of the trained values).
     public func adapter() throws(LKError) -> LoRAAdapter { try trainer.adapter() }
 
-    /// Mean NLL over every predicted token of `data` (the validation set by default).
+    /// Mean NLL over every predicted token of `data` (the validation set by default); nil without data.
     public func validationLoss(_ data: TrainDataset? = nil) throws(LKError) -> Double? {
         guard let d = data ?? valid else { return nil }
         var sum = 0.0, n = 0
@@ -249,25 +328,88 @@ public final class TrainingSession: @unchecked Sendable {
         zip(b.rows, b.targets).map { TrainSequence(tokens: $0.0, isTarget: $0.1) }
     }
 
-    private func trainerState() -> TrainerState {
-        TrainerState(step: step, data: iterator.state, rng: options.seed, options: options.json,
-                     losses: Array(losses.suffix(10_000)))
-    }
-
     /// Write a checkpoint of the current state into `options.outDir` (no-op without one).
     @discardableResult
     public func saveCheckpoint() throws(LKError) -> String? {
         guard let dir = options.outDir else { return nil }
+        let state: JSONValue = source.map {
+            TrainerState(step: step, data: $0.iterator.state, rng: options.seed, options: options.json,
+                         losses: Array(losses.suffix(10_000))).json
+        } ?? .object([("step", .number(Double(step))), ("manual", .bool(true)),
+                      ("rng", .string(String(options.seed))), ("options", options.json)])
         return try Checkpoint.save(dir: dir, step: step, adapter: try trainer.adapter(), optimizer: optimizer,
-                                   trainerState: trainerState().json, keep: options.keep)
+                                   trainerState: state, keep: options.keep, projector: projector)
+    }
+
+    // MARK: Step by step (no training data)
+
+    private func requireNoData(_ call: String) throws(LKError) {
+        guard source == nil else {
+            throw .invalidArgument("\(call): the session reads its training data; use trainStep, runStep or run")
+        }
+    }
+
+    /// Set every gradient to zero (before the first `forwardBackward` of a step).
+    public func zeroGradients() throws(LKError) {
+        try requireNoData("zeroGradients")
+        trainer.zeroGradients()
+        projector?.zeroGradients()
+    }
+
+    /// Forward and backward of one sequence: adds d(lossScale · ΣNLL)/dθ to the gradients and returns the
+    /// sequence's Σ NLL, its predicted-token count and, with `inputGradients`, d(lossScale · ΣNLL)/d(input
+    /// rows) ([P + T, C]). On error the gradients may hold a partial sum (zero them).
+    public func forwardBackward(_ sequence: TrainSequence, lossScale: Float,
+                                inputGradients: Bool = false) throws(LKError) -> TrainPassResult {
+        try requireNoData("forwardBackward")
+        let r = try trainer.pass([sequence], gradients: true, lossScale: lossScale, inputGradients: inputGradients,
+                                 step: step, microBatch: microBatch)
+        microBatch += 1
+        return r
+    }
+
+    /// Clip (to `options.optimizer.maxGradNorm`, when set), AdamW with learning rate `lr`, count the step;
+    /// returns the gradient norm before clipping. The gradients are not zeroed. Throws, without updating
+    /// anything, when the gradient is not finite.
+    @discardableResult
+    public func optimizerStep(lr: Double) throws(LKError) -> Float {
+        try requireNoData("optimizerStep")
+        guard lr.isFinite, lr >= 0 else { throw .invalidArgument("lr \(lr) must be a finite number ≥ 0") }
+        return try update(lr: lr)
+    }
+
+    /// Clip, AdamW, count the step (the end of both kinds of step).
+    private func update(lr: Double) throws(LKError) -> Float {
+        let norm: Float
+        do {
+            norm = try optimizer.clipGradients(pool: trainer.pool)
+        } catch {
+            throw .invalidArgument("training step \(step + 1): \(error.message); stopped before updating the adapter")
+        }
+        try optimizer.step(lr: lr, pool: trainer.pool)
+        step += 1
+        microBatch = 0
+        return norm
+    }
+
+    // MARK: The data loop
+
+    private func requireData(_ call: String) throws(LKError) -> Source {
+        guard let source else {
+            throw .invalidArgument("\(call): the session has no training data; drive it with zeroGradients, forwardBackward and optimizerStep")
+        }
+        return source
     }
 
     /// One optimizer step: forward/backward over `gradAccum` micro-batches, clip, AdamW. Throws (without
     /// updating the adapter) when the loss or the gradient is not finite.
     public func trainStep() throws(LKError) -> TrainProgress {
+        let source = try requireData("trainStep")
+        var iterator = source.iterator
         let t0 = monotonicSeconds()
         var micro: [TrainBatch] = []
         for _ in 0..<options.gradAccum { micro.append(iterator.next()) }
+        self.source?.iterator = iterator
         let predicted = micro.reduce(0) { $0 + $1.predictedCount }
         let tokens = micro.reduce(0) { $0 + $1.tokenCount }
         trainer.zeroGradients()
@@ -283,18 +425,11 @@ public final class TrainingSession: @unchecked Sendable {
         guard loss.isFinite else {
             throw .invalidArgument("training step \(step + 1): the loss is \(loss) (\(predicted) predicted tokens); stopped before updating the adapter")
         }
-        let gradNorm: Float
-        do {
-            gradNorm = try optimizer.clipGradients(pool: trainer.pool)
-        } catch {
-            throw .invalidArgument("training step \(step + 1): \(error.message); stopped before updating the adapter")
-        }
-        let lr = schedule.lr(base: options.optimizer.lr, step: step)
-        try optimizer.step(lr: lr, pool: trainer.pool)
-        step += 1
+        let lr = source.schedule.lr(base: options.optimizer.lr, step: step)
+        let gradNorm = try update(lr: lr)
         losses.append(loss)
         let dt = max(monotonicSeconds() - t0, 1e-9)
-        let epoch = Double(iterator.epoch) + Double(iterator.index) / Double(train.examples.count)
+        let epoch = Double(iterator.epoch) + Double(iterator.index) / Double(source.data.examples.count)
         return TrainProgress(step: step, totalSteps: totalSteps, loss: loss, lr: lr, gradNorm: Double(gradNorm),
                              tokensPerSecond: Double(tokens) / dt, tokens: tokens, predicted: predicted, epoch: epoch,
                              elapsed: 0, validLoss: nil)
@@ -303,9 +438,11 @@ public final class TrainingSession: @unchecked Sendable {
     /// One step of `run`: `trainStep`, then what is due after it — the validation (every `validEvery`
     /// steps and at the last step, when there is validation data), the log line, and the periodic
     /// checkpoint (every `saveEvery` steps before the last). A loop of `runStep` until `totalSteps`,
-    /// then `finish()`, is what `run` does without a callback. `elapsed` counts from the session's first
-    /// `runStep`.
+    /// then `finish()`, is what `run` does without a callback (past `totalSteps` it throws). `elapsed`
+    /// counts from the session's first `runStep`.
     public func runStep() throws(LKError) -> TrainProgress {
+        _ = try requireData("runStep")
+        guard step < totalSteps else { throw .invalidArgument("all \(totalSteps) steps are done (raise steps for more)") }
         let start = runStart ?? monotonicSeconds()
         runStart = start
         if log == nil, let p = options.logPath { log = try LogFile(path: p) }
@@ -345,6 +482,7 @@ public final class TrainingSession: @unchecked Sendable {
     /// (`finish`). When a step fails (non-finite loss or gradient), the last checkpoint on disk stays as
     /// it was and the error names the step.
     public func run(progress: ((TrainProgress) -> Bool)? = nil) throws(LKError) -> TrainSummary {
+        _ = try requireData("run")
         var stopped = false
         var lastValid: Double? = nil
         while step < totalSteps {

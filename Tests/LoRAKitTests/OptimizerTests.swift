@@ -159,6 +159,36 @@ import Glibc
         #expect(throws: LKError.self) { try LRSchedule(kind: .constant, warmupSteps: -1, totalSteps: 0) }
     }
 
+    /// lr_min_ratio m (transformers' cosine_with_min_lr, min_lr_rate): after the warm-up λ = c · (1 − m) + m
+    /// with c the plain half cosine, so λ falls from 1 to (1 + m)/2 half-way and to m at the last step;
+    /// m = 0 is the plain cosine bit for bit. m outside [0, 1], or with another schedule, is refused.
+    @Test func cosineDecaysToTheMinimumRatio() throws {
+        let (w, t, m) = (3, 23, 0.1)
+        let s = try LRSchedule(kind: .cosine, warmupSteps: w, totalSteps: t, minRatio: m)
+        let plain = try LRSchedule(kind: .cosine, warmupSteps: w, totalSteps: t)
+        for step in 0...(t + 3) {
+            let want = step < w ? Double(step) / Double(w)
+                : 0.5 * (1 + cos(Double.pi * Double(step - w) / Double(t - w))) * (1 - m) + m
+            #expect(abs(s.factor(step: step) - want) <= 1e-15, "s=\(step): \(s.factor(step: step)) vs \(want)")
+            #expect(s.lr(base: 2e-3, step: step) == 2e-3 * s.factor(step: step))
+        }
+        #expect(abs(s.factor(step: w) - 1) <= 1e-15)
+        #expect(abs(s.factor(step: w + (t - w) / 2) - (1 + m) / 2) <= 1e-15)
+        #expect(abs(s.factor(step: t) - m) <= 1e-15)
+        #expect((w..<t).allSatisfy { s.factor(step: $0) > s.factor(step: $0 + 1) && s.factor(step: $0 + 1) >= m - 1e-15 })
+        let zero = try LRSchedule(kind: .cosine, warmupSteps: w, totalSteps: t, minRatio: 0)
+        #expect((0...t).allSatisfy { zero.factor(step: $0) == plain.factor(step: $0) })
+        #expect(try LRSchedule(kind: .cosine, totalSteps: 5, minRatio: 1).factor(step: 3) == 1)
+        func field(_ body: () throws -> Void) -> String? {
+            do { try body(); return nil } catch { if case .invalidOption(let f, _)? = error as? LKError { return f }; return "\(error)" }
+        }
+        for bad in [-0.1, 1.5, .nan, .infinity] {
+            #expect(field { _ = try LRSchedule(kind: .cosine, totalSteps: 5, minRatio: bad) } == "lr_min_ratio")
+        }
+        #expect(field { _ = try LRSchedule(kind: .linear, totalSteps: 5, minRatio: 0.1) } == "lr_min_ratio")
+        #expect(field { _ = try LRSchedule(kind: .constant, totalSteps: 5, minRatio: 0.1) } == "lr_min_ratio")
+    }
+
     @Test func hyperParameterValidation() throws {
         func rejects(_ field: String, _ edit: (inout OptimizerConfig) -> Void, sourceLocation: SourceLocation = #_sourceLocation) {
             var c = OptimizerConfig()

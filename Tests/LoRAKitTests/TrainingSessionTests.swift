@@ -154,6 +154,131 @@ import Foundation
         #expect(throws: LKError.self) { try TrainingSession(model: noTok, trainPath: Self.data, options: Self.options()) }
     }
 
+    /// Every option error names the field as C and Python do (the C ABI shows `params->field`, the CLI its
+    /// flag), and the options are checked before any file is read.
+    @Test func optionErrorsNameTheField() throws {
+        let m = try Self.model.get()
+        func field(_ edit: (inout TrainingOptions) -> Void) -> String? {
+            var o = Self.options()
+            edit(&o)
+            do {
+                try o.validate(for: m)
+                return nil
+            } catch {
+                guard case .invalidOption(let f, _) = error else { return "not an option error: \(error)" }
+                return f
+            }
+        }
+        #expect(field { _ in } == nil)
+        let cases: [(String, (inout TrainingOptions) -> Void)] = [
+            ("rank", { $0.lora.rank = 0 }), ("rank", { $0.lora.rank = 4097 }), ("alpha", { $0.lora.alpha = .nan }),
+            ("targets", { $0.lora.targets = [] }), ("layers[1]", { $0.lora.layers = [0, 2] }),
+            ("layers[1]", { $0.lora.layers = [1, 1] }), ("layers[0]", { $0.lora.layers = [-1] }),
+            ("dropout", { $0.lora.dropout = 1 }), ("lr", { $0.optimizer.lr = 0 }), ("lr", { $0.optimizer.lr = .infinity }),
+            ("adam_beta1", { $0.optimizer.beta1 = 1 }), ("adam_beta2", { $0.optimizer.beta2 = -0.1 }),
+            ("adam_epsilon", { $0.optimizer.eps = 0 }), ("weight_decay", { $0.optimizer.weightDecay = -1 }),
+            ("max_grad_norm", { $0.optimizer.maxGradNorm = .nan }), ("warmup_steps", { $0.warmupSteps = -1 }),
+            ("steps", { $0.steps = 0 }), ("epochs", { $0.steps = nil; $0.epochs = 0 }), ("batch", { $0.batchSize = 0 }),
+            ("grad_accum", { $0.gradAccum = 65537 }), ("threads", { $0.threads = 0 }), ("seq", { $0.data.seq = 1 }),
+            ("save_every", { $0.saveEvery = -1 }), ("keep", { $0.keep = 0 }), ("valid_every", { $0.validEvery = -1 }),
+            ("out_dir", { $0.outDir = "" }), ("resume_dir", { $0.resume = "" }), ("log_path", { $0.logPath = "" }),
+            ("init_adapter", { $0.initAdapter = "" }), ("lr_min_ratio", { $0.lrMinRatio = 2 }),
+            ("lr_min_ratio", { $0.schedule = .linear; $0.lrMinRatio = 0.1 }),
+        ]
+        for (want, edit) in cases { #expect(field(edit) == want) }
+        // With an initial adapter, the new adapter's settings are not used (but dropout is).
+        #expect(field { $0.initAdapter = "x"; $0.lora.rank = 0 } == nil)
+        #expect(field { $0.initAdapter = "x"; $0.lora.dropout = -1 } == "dropout")
+        // The message is "field problem"; the session checks the options before reading any file.
+        var o = Self.options()
+        o.lora.rank = 0
+        #expect(throws: LKError.invalidOption(field: "rank", problem: "0 must be in 1...4096")) {
+            try TrainingSession(model: m, trainPath: "/nonexistent/train.jsonl", options: o)
+        }
+        #expect(LKError.invalidOption(field: "rank", problem: "0 must be in 1...4096").message == "rank 0 must be in 1...4096")
+        #expect(LKError.invalidOption(field: "top_k", problem: "-1 must be ≥ 0").namingField { "--" + $0 }.message == "--top_k -1 must be ≥ 0")
+    }
+
+    /// The session's learning rates with lrMinRatio: the warm-up, then the cosine from the peak down to
+    /// lr · lrMinRatio (options(): cosine, 2 warm-up steps, lr 5e-3), written in the log and the options.
+    @Test func cosineWithMinimumRatio() throws {
+        let m = try Self.model.get()
+        var o = Self.options(steps: 6)
+        o.lrMinRatio = 0.2
+        let s = try TrainingSession(model: m, trainPath: Self.data, options: o)
+        var lrs: [Double] = []
+        _ = try s.run { lrs.append($0.lr); return true }
+        let want = (0..<6).map { k -> Double in
+            k < 2 ? 5e-3 * Double(k) / 2 : 5e-3 * (0.5 * (1 + cos(Double.pi * Double(k - 2) / 4)) * 0.8 + 0.2)
+        }
+        #expect(lrs.count == 6 && zip(lrs, want).allSatisfy { abs($0 - $1) <= 1e-18 }, "\(lrs) vs \(want)")
+        #expect(s.options.json["lr_min_ratio"]?.double == 0.2 && Self.options().json["lr_min_ratio"] == nil)
+    }
+
+    /// A session without training data, driven step by step (zeroGradients, forwardBackward per sequence,
+    /// optimizerStep with the schedule's learning rate), makes the data loop's updates on the same rows:
+    /// the same losses, gradient norms and adapter. Its checkpoints resume it at its step; each kind of
+    /// session refuses the other's calls.
+    @Test func stepByStepMatchesTheDataLoop() throws {
+        let m = try Self.model.get()
+        let out = Self.tempDir("manual")
+        defer { try? FileManager.default.removeItem(atPath: out) }
+        var o = Self.options(out: out, steps: 4)
+        o.lora.dropout = 0  // masks are keyed per pass: one pass per micro-batch vs one per sequence
+        let loop = try TrainingSession(model: m, trainPath: Self.data, options: o)
+        let manual = try TrainingSession(model: m, trainPath: nil, options: o)
+        #expect(manual.train == nil && manual.schedule == nil && manual.totalSteps == 4 && loop.train != nil)
+        let schedule = try #require(loop.schedule)
+        let data = try TrainDataset.load(path: Self.data, model: m, options: o.data)
+        var batches = try TrainDataIterator(examples: data.examples, batchSize: o.batchSize, shuffle: o.shuffle, seed: o.seed)
+        for s in 0..<4 {
+            let want = try loop.trainStep()
+            let micro = (0..<o.gradAccum).map { _ in batches.next() }
+            let n = micro.reduce(0) { $0 + $1.predictedCount }
+            try manual.zeroGradients()
+            var sum = 0.0
+            for b in micro {
+                for (tokens, targets) in zip(b.rows, b.targets) {
+                    sum += try manual.forwardBackward(TrainSequence(tokens: tokens, isTarget: targets), lossScale: 1 / Float(n)).sumNLL
+                }
+            }
+            let lr = schedule.lr(base: o.optimizer.lr, step: s)
+            #expect(lr == want.lr)
+            let norm = Double(try manual.optimizerStep(lr: lr))
+            let loss = sum / Double(n)
+            #expect(abs(loss - want.loss) <= 1e-6 * want.loss, "step \(s + 1): loss \(loss) vs \(want.loss)")
+            #expect(abs(norm - want.gradNorm) <= 1e-4 * want.gradNorm, "step \(s + 1): grad norm \(norm) vs \(want.gradNorm)")
+        }
+        #expect(manual.step == 4 && manual.losses.isEmpty)
+        let a = try loop.adapter(), b = try manual.adapter()
+        #expect(a.keys == b.keys)
+        var worst: Float = 0
+        for k in a.keys {
+            for (x, y) in [(a.modules[k]!.a, b.modules[k]!.a), (a.modules[k]!.b, b.modules[k]!.b)] {
+                for (u, v) in zip(x.toFloats(), y.toFloats()) { worst = max(worst, abs(u - v)) }
+            }
+        }
+        #expect(worst <= 1e-5, "adapter max |Δ| \(worst)")
+        // Each kind refuses the other's calls.
+        let seq = TrainSequence(tokens: [1, 2, 3], isTarget: [true, true, true])
+        #expect(throws: LKError.self) { try loop.forwardBackward(seq, lossScale: 1) }
+        #expect(throws: LKError.self) { try loop.optimizerStep(lr: 1e-3) }
+        #expect(throws: LKError.self) { try manual.trainStep() }
+        #expect(throws: LKError.self) { try manual.run() }
+        #expect(throws: LKError.invalidArgument("lr nan must be a finite number ≥ 0")) { try manual.optimizerStep(lr: .nan) }
+        // Checkpoints: a step-by-step session resumes from its own and from a data session's.
+        try #require(try manual.saveCheckpoint() != nil)
+        o.resume = out
+        let resumed = try TrainingSession(model: m, trainPath: nil, options: o)
+        #expect(resumed.step == 4)
+        let b2 = try resumed.adapter()
+        #expect(b2.keys.allSatisfy { b2.modules[$0]!.b.toFloats() == b.modules[$0]!.b.toFloats() })
+        try loop.saveCheckpoint()  // checkpoint-4 again, now the data session's
+        #expect(try TrainingSession(model: m, trainPath: nil, options: o).step == 4)
+        // The data loop refuses to go past its total.
+        #expect(throws: LKError.invalidArgument("all 4 steps are done (raise steps for more)")) { try loop.runStep() }
+    }
+
     /// The real model learns a fact from eight chat examples: the validation loss (two held-out
     /// paraphrases) drops, and the greedy answer names the cat, which it did not before.
     @Test(.enabled(if: ProcessInfo.processInfo.environment["LORAKIT_MODEL"].map { !$0.isEmpty } ?? false,

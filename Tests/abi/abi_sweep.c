@@ -162,13 +162,15 @@ static lk_context *C, *C_att, *C_by, *victim_ctx;
 static lk_tensor *X, *W, *O, *V, *victim_tensor;
 static lk_adapter *A, *AG, *victim_adapter;
 static lk_trainer *T, *TM, *victim_trainer;
+static lk_projector *P, *victim_projector;
+static char p_proj[600], p_save_proj[600];
 static void *forged_heap;                       /* a real heap pointer no call ever returned */
 static int32_t n_vocab, n_embd, n_ctx_train;
 static const int32_t CTX_POSITIONS = 32;
 
 typedef struct { const char *kind; void *live, *freed; char wrong_tag[64]; } handle_kind;
 static handle_kind kinds[] = {{"tensor", 0, 0, ""}, {"model", 0, 0, ""}, {"context", 0, 0, ""},
-                              {"adapter", 0, 0, ""}, {"trainer", 0, 0, ""}};
+                              {"adapter", 0, 0, ""}, {"trainer", 0, 0, ""}, {"projector", 0, 0, ""}};
 #define N_KINDS (sizeof kinds / sizeof kinds[0])
 
 static handle_kind *kind_named(const char *k) {
@@ -230,6 +232,8 @@ static void setup(const char *root) {
     TMP(p_train, "train.jsonl");
     TMP(p_valid, "valid.jsonl");
     TMP(p_a_peft, "a-peft");
+    TMP(p_proj, "projector.gguf");
+    TMP(p_save_proj, "projector-saved.gguf");
     TMP(p_run, "run");
     TMP(p_run_create, "run-create");
     TMP(p_save, "saved-adapter");
@@ -324,6 +328,10 @@ static void setup(const char *root) {
     must(lk_trainer_create(M, NULL, NULL, &tp, &TM), "lk_trainer_create(TM, manual)");
     must(lk_trainer_create(M, NULL, NULL, &tp, &victim_trainer), "lk_trainer_create(victim)");
 
+    must(lk_projector_create(M, 4, 7, &P), "lk_projector_create(P)");
+    must(lk_projector_save(P, p_proj), "lk_projector_save(P)");
+    must(lk_projector_create(M, 4, 8, &victim_projector), "lk_projector_create(victim)");
+
     /* Freed handles: made, then released. */
     lk_tensor *ft;
     must(lk_tensor_new(LK_DTYPE_F32, 2, xs, &ft), "lk_tensor_new(freed)");
@@ -339,6 +347,9 @@ static void setup(const char *root) {
     must(lk_context_free(fc), "lk_context_free(freed)");
     must(lk_adapter_free(fa), "lk_adapter_free(freed)");
     must(lk_trainer_free(ftr), "lk_trainer_free(freed)");
+    lk_projector *fp;
+    must(lk_projector_create(M, 4, 9, &fp), "lk_projector_create(freed)");
+    must(lk_projector_free(fp), "lk_projector_free(freed)");
     must(lk_model_free(fm), "lk_model_free(freed)");
 
     kinds[0].live = X; kinds[0].freed = ft;
@@ -346,6 +357,7 @@ static void setup(const char *root) {
     kinds[2].live = C; kinds[2].freed = fc;
     kinds[3].live = A; kinds[3].freed = fa;
     kinds[4].live = T; kinds[4].freed = ftr;
+    kinds[5].live = P; kinds[5].freed = fp;
     for (size_t i = 0; i < N_KINDS; i++) snprintf(kinds[i].wrong_tag, sizeof kinds[i].wrong_tag, "live %s handle", kinds[i].kind);
     /* Every handle type of the header needs a live and a freed handle here. */
     for (size_t i = 0; i < ABI_N_OPAQUE; i++)
@@ -800,6 +812,54 @@ static void b_trainer_create(call *c) {
     out_handle(c, "out");
 }
 static void b_trainer_free(call *c) { SET_P(c, "trainer", victim_trainer); }
+static void b_projector_create(call *c) {
+    SET_P(c, "model", M);
+    SET_I64(c, "in_features", 4);
+    set_arg(c, "seed", T_U64, (argval){.u64 = 3});
+    out_handle(c, "out");
+}
+static void b_projector_load(call *c) {
+    SET_P(c, "model", M);
+    SET_P(c, "path", p_proj);
+    out_handle(c, "out");
+}
+static void b_projector_save(call *c) {
+    SET_P(c, "projector", P);
+    SET_P(c, "path", p_save_proj);
+}
+static void b_projector_free(call *c) { SET_P(c, "projector", victim_projector); }
+static void b_projector_info(call *c) {
+    SET_P(c, "projector", P);
+    SET_P(c, "in_features", out_mem(c, "*in_features", 8, 0));
+    SET_P(c, "width", out_mem(c, "*width", 8, 0));
+}
+static float *projector_features(call *c) {
+    static const float f[8] = {0.5f, -1.0f, 0.25f, 2.0f, -0.75f, 1.5f, 0.0f, -2.0f};
+    return in_mem(c, "features[]", f, sizeof f, 256 * 4 * 4);
+}
+static void b_projector_forward(call *c) {
+    SET_P(c, "projector", P);
+    SET_P(c, "features", projector_features(c));
+    SET_I64(c, "n_rows", 2);
+    SET_P(c, "out", out_mem(c, "out[]", (size_t)n_embd * 2 * 4, 0));
+    SET_I64(c, "capacity", (int64_t)n_embd * 2);
+}
+static void b_projector_backward(call *c) {
+    float *d = c_alloc(c, (size_t)n_embd * 2 * 4);
+    for (int i = 0; i < n_embd * 2; i++) d[i] = (float)((i % 5) - 2) * 0.1f;
+    SET_P(c, "projector", P);
+    SET_P(c, "features", projector_features(c));
+    SET_I64(c, "n_rows", 2);
+    SET_P(c, "d_out", in_mem(c, "d_out[]", d, (size_t)n_embd * 2 * 4, (size_t)n_embd * 256 * 4));
+    SET_I64(c, "n_d_out", (int64_t)n_embd * 2);
+}
+static void b_token_embeddings(call *c) {
+    SET_P(c, "model", M);
+    SET_P(c, "tokens", in_mem(c, "tokens[]", some_tokens, 3 * 4, 1024 * 4));
+    SET_I64(c, "n_tokens", 3);
+    SET_P(c, "out", out_mem(c, "out[]", (size_t)n_embd * 3 * 4, 0));
+    SET_I64(c, "capacity", (int64_t)n_embd * 3);
+}
 static void b_trainer_step(call *c) {
     SET_P(c, "trainer", T);
     SET_P(c, "progress", new_struct(c, "progress", "lk_train_progress", 1));
@@ -923,8 +983,8 @@ static int check_string_free(call *c, const mutation *m, retval rv, char *why, s
 }
 
 /* An init function writes the defaults into the first `want` bytes (struct_size = want) and nothing
- * else: want = sizeof for lk_x_params_init; for lk_train_params_init_sized(p, size), min(size, sizeof),
- * or 0 when size is below the first version; for the legacy lk_train_params_init, the first version. */
+ * else: for lk_x_params_init_sized(p, size), min(size, sizeof), or 0 when size is below the first
+ * version; for the exported (legacy) lk_x_params_init symbols, the first version. */
 static int check_init(call *c, const mutation *m, retval rv, char *why, size_t n) {
     (void)rv;
     const char *sname = c->fn->params[0].detail;
@@ -936,8 +996,9 @@ static int check_init(call *c, const mutation *m, retval rv, char *why, size_t n
     if (c->fn->n_params == 2) {
         size_t size = c->a[1].sz;
         want = size < st->first_size ? 0 : size < st->size ? size : st->size;
-    } else if (strcmp(c->fn->name, "lk_train_params_init") == 0) {
-        want = st->first_size;
+    } else {
+        want = st->first_size; /* the exported lk_x_params_init symbols fill the first version (the
+                                  header's lk_x_params_init is a macro over lk_x_params_init_sized) */
     }
     for (size_t i = want; i < st->size + 64; i++)
         if (p[i] != 0xEE) return WHY("%s wrote byte %zu of *p, past the %zu bytes it may write", m->tag, i, want);
@@ -981,6 +1042,7 @@ static const spec specs[] = {
     {"lk_tensor_copy_bytes", b_tensor_copy_bytes, NULL, 0},
     {"lk_matmul", b_matmul, NULL, 0},
     {"lk_model_params_init", b_init, check_init, 0},
+    {"lk_model_params_init_sized", b_init, check_init, 0},
     {"lk_model_load", b_model_load, NULL, 0},
     {"lk_model_free", b_model_free, NULL, 0},
     {"lk_model_get_info", b_model_get_info, NULL, 0},
@@ -992,6 +1054,7 @@ static const spec specs[] = {
     {"lk_token_bytes", b_token_bytes, NULL, 0},
     {"lk_chat_apply", b_chat_apply, NULL, 0},
     {"lk_context_params_init", b_init, check_init, 0},
+    {"lk_context_params_init_sized", b_init, check_init, 0},
     {"lk_context_new", b_context_new, NULL, 0},
     {"lk_context_free", b_context_free, NULL, 0},
     {"lk_context_reset", b_context_reset, NULL, 0},
@@ -999,12 +1062,15 @@ static const spec specs[] = {
     {"lk_context_eval", b_context_eval, NULL, 0},
     {"lk_context_eval_embeddings", b_context_eval_embeddings, NULL, 0},
     {"lk_sampler_params_init", b_init, check_init, 0},
+    {"lk_sampler_params_init_sized", b_init, check_init, 0},
     {"lk_generate_params_init", b_init, check_init, 0},
+    {"lk_generate_params_init_sized", b_init, check_init, 0},
     {"lk_generate", b_generate, NULL, 0},
     {"lk_string_free", b_string_free, check_string_free, 0},
     {"lk_adapter_load", b_adapter_load, NULL, 0},
     {"lk_adapter_free", b_adapter_free, NULL, 0},
     {"lk_lora_params_init", b_init, check_init, 0},
+    {"lk_lora_params_init_sized", b_init, check_init, 0},
     {"lk_adapter_create", b_adapter_create, NULL, 0},
     {"lk_adapter_save", b_adapter_save, NULL, 0},
     {"lk_context_attach_adapter", b_attach, NULL, 0},
@@ -1025,6 +1091,14 @@ static const spec specs[] = {
     {"lk_trainer_zero_grad", b_zero_grad, NULL, 0},
     {"lk_trainer_forward_backward", b_forward_backward, NULL, 0},
     {"lk_trainer_optimizer_step", b_optimizer_step, NULL, 0},
+    {"lk_projector_create", b_projector_create, NULL, 0},
+    {"lk_projector_load", b_projector_load, NULL, 0},
+    {"lk_projector_save", b_projector_save, NULL, 0},
+    {"lk_projector_free", b_projector_free, NULL, 0},
+    {"lk_projector_info", b_projector_info, NULL, 0},
+    {"lk_projector_forward", b_projector_forward, NULL, 0},
+    {"lk_projector_backward", b_projector_backward, NULL, 0},
+    {"lk_model_token_embeddings", b_token_embeddings, NULL, 0},
     {"lk_sizeof_model_params", b_none, check_sizeof, 0},
     {"lk_sizeof_model_info", b_none, check_sizeof, 0},
     {"lk_sizeof_context_params", b_none, check_sizeof, 0},
@@ -1196,6 +1270,13 @@ static const override overrides[] = {
     {"lk_trainer_forward_backward", "predicted", "NULL", LK_OK, "Outputs, each may be NULL"},
     {"lk_trainer_forward_backward", "input_grad", "NULL", LK_OK, "Outputs, each may be NULL"},
     {"lk_trainer_optimizer_step", "grad_norm", "NULL", LK_OK, "*grad_norm (may be NULL)"},
+    {"lk_projector_create", "seed", "-1", LK_OK, "seed: any uint64_t"},
+    {"lk_projector_create", "seed", "MIN", LK_OK, "seed: any uint64_t"},
+    {"lk_projector_create", "seed", "MAX", LK_OK, "seed: any uint64_t"},
+    {"lk_projector_info", "in_features", "NULL", LK_OK, "Either pointer may be NULL"},
+    {"lk_projector_info", "width", "NULL", LK_OK, "Either pointer may be NULL"},
+    {"lk_projector_forward", "n_rows", "0", LK_OK, "n_rows may be 0 (nothing is written)"},
+    {"lk_model_token_embeddings", "n_tokens", "0", LK_OK, "n_tokens may be 0 (nothing is written)"},
 };
 #define N_OVERRIDES (sizeof overrides / sizeof overrides[0])
 static int override_used[N_OVERRIDES];

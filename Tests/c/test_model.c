@@ -146,6 +146,43 @@ static void test_params_init_defaults(void) {
     lk_generate_params_init(NULL);
 }
 
+/* lk_<x>_params_init_sized(p, size) writes the defaults into the first `size` bytes only (clamped to the
+ * library's struct; nothing below the struct's first version), and the function named lk_<x>_params_init
+ * (for programs built before the header's macro of that name) fills the first version, which for these
+ * structs is the whole struct. `check` tests a default field of the struct at `q`. */
+#define CHECK_INIT_SIZED(T, check)                                                                    \
+    do {                                                                                              \
+        unsigned char raw[sizeof(T) + 16];                                                            \
+        T *q = (T *)(void *)raw;                                                                      \
+        int untouched = 1;                                                                            \
+        memset(raw, 0xAB, sizeof raw);                                                                \
+        T##_init_sized(q, sizeof raw); /* larger than the library's: clamped */                       \
+        CHECKF(q->struct_size == sizeof(T) && (check), #T ": clamped init wrote struct_size %u", (unsigned)q->struct_size); \
+        for (size_t i = sizeof(T); i < sizeof raw; i++) untouched &= raw[i] == 0xAB;                  \
+        CHECKF(untouched, #T ": the clamped init wrote past the library's struct");                   \
+        memset(raw, 0xAB, sizeof raw);                                                                \
+        (T##_init)(q); /* the function behind the macro's name */                                     \
+        CHECKF(q->struct_size == sizeof(T) && (check), #T ": the old init wrote struct_size %u", (unsigned)q->struct_size); \
+        for (size_t i = sizeof(T); i < sizeof raw; i++) untouched &= raw[i] == 0xAB;                  \
+        CHECKF(untouched, #T ": the old init wrote past the first version");                          \
+        memset(raw, 0xAB, sizeof raw);                                                                \
+        T##_init_sized(q, sizeof(T) - 1); /* below the first version: nothing */                      \
+        for (size_t i = 0; i < sizeof raw; i++) untouched &= raw[i] == 0xAB;                          \
+        CHECKF(untouched, #T ": a size below the first version wrote something");                     \
+        T##_init_sized(q, 0);                                                                         \
+        for (size_t i = 0; i < sizeof raw; i++) untouched &= raw[i] == 0xAB;                          \
+        CHECKF(untouched, #T ": size 0 wrote something");                                             \
+        T##_init_sized(NULL, sizeof(T)); /* no-op */                                                  \
+    } while (0)
+
+static void test_params_init_sized(void) {
+    CHECK_INIT_SIZED(lk_model_params, q->reserved == 0);
+    CHECK_INIT_SIZED(lk_context_params, q->n_ctx == 0 && q->n_batch == 0 && q->n_threads == 0);
+    CHECK_INIT_SIZED(lk_sampler_params, q->temperature == 0.8f && q->top_k == 40 && q->repeat_last_n == 64);
+    CHECK_INIT_SIZED(lk_generate_params, q->max_tokens == 128 && q->stop_at_eos == 1 && q->sampler == NULL);
+    CHECK_INIT_SIZED(lk_lora_params, q->rank == 8 && q->alpha == 16.0f && q->targets == NULL);
+}
+
 /* ------------------------------------------------------------------------------------------------ */
 /* Tiny model: load, info, metadata                                                                  */
 /* ------------------------------------------------------------------------------------------------ */
@@ -1069,7 +1106,8 @@ static void test_real_two_threads_share_model(void) {
 }
 
 LKT_MAIN("test_model: models, tokenizer, chat, contexts, generation", setup,
-         TESTCASE(test_struct_sizes_match_c), TESTCASE(test_params_init_defaults), TESTCASE(test_tiny_info),
+         TESTCASE(test_struct_sizes_match_c), TESTCASE(test_params_init_defaults), TESTCASE(test_params_init_sized),
+         TESTCASE(test_tiny_info),
          TESTCASE(test_tiny_strings_and_meta), TESTCASE(test_tiny_tokenizer_calls_fail_clearly),
          TESTCASE(test_model_load_errors), TESTCASE(test_bad_handles), TESTCASE(test_info_struct_size),
          TESTCASE(test_context_new_errors), TESTCASE(test_tiny_eval_modes), TESTCASE(test_tiny_context_overflow),

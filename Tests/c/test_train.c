@@ -636,6 +636,52 @@ static void test_bad_params(void) {
     lk_model_free(m);
 }
 
+/* lr_min_ratio: the cosine schedule decays to lr · lr_min_ratio (transformers' cosine_with_min_lr,
+ * min_lr_rate m): lr(s) = lr · (0.5 · (1 + cos(π · s / T)) · (1 − m) + m) without warm-up. Out of [0, 1] or
+ * with another schedule it is refused, naming the field; a struct that ends before it gets 0. */
+static void test_lr_min_ratio(void) {
+    const double pi = acos(-1.0);
+    lk_model *m = load_model();
+    lk_train_params p;
+    base_params(&p);
+    CHECK(p.lr_min_ratio == 0.0);
+    p.steps = 4;
+    p.schedule = LK_SCHEDULE_COSINE;
+    p.lr_min_ratio = 0.2;
+    lk_trainer *t = new_trainer(m, NULL, &p);
+    recorder r = {0};
+    EXPECT_OK(lk_trainer_run(t, record, &r, NULL));
+    CHECK(r.n == 4);
+    for (int s = 0; s < r.n && s < 4; s++) {
+        double want = 1e-2 * (0.5 * (1 + cos(pi * s / 4.0)) * (1 - 0.2) + 0.2);
+        CHECKF(fabs(r.p[s].lr - want) <= 1e-15, "step %d: lr %.17g, formula %.17g", s + 1, r.p[s].lr, want);
+    }
+    lk_trainer_free(t);
+    /* The struct of a program built before lr_min_ratio: the field is not read (plain cosine). */
+    p.lr_min_ratio = 5.0;
+    p.struct_size = (uint32_t)offsetof(lk_train_params, lr_min_ratio);
+    t = new_trainer(m, NULL, &p);
+    lk_train_progress last = {.struct_size = sizeof last};
+    r.n = 0;
+    EXPECT_OK(lk_trainer_run(t, record, &r, &last));
+    double plain = 1e-2 * 0.5 * (1 + cos(pi * 3 / 4.0));
+    CHECKF(r.n == 4 && fabs(r.p[3].lr - plain) <= 1e-15, "older struct: last lr %.17g, plain cosine %.17g", r.p[3].lr, plain);
+    lk_trainer_free(t);
+    t = NULL;
+    base_params(&p);
+    p.steps = 4;
+    p.schedule = LK_SCHEDULE_COSINE;
+    p.lr_min_ratio = 1.5;
+    EXPECT_STATUS(lk_trainer_create(m, text_path, NULL, &p, &t), LK_ERR_INVALID_ARGUMENT, "params->lr_min_ratio");
+    p.lr_min_ratio = NAN;
+    EXPECT_STATUS(lk_trainer_create(m, text_path, NULL, &p, &t), LK_ERR_INVALID_ARGUMENT, "params->lr_min_ratio");
+    p.lr_min_ratio = 0.1;
+    p.schedule = LK_SCHEDULE_LINEAR;
+    EXPECT_STATUS(lk_trainer_create(m, text_path, NULL, &p, &t), LK_ERR_INVALID_ARGUMENT, "params->lr_min_ratio");
+    CHECK(t == NULL);
+    lk_model_free(m);
+}
+
 static void test_bad_handles_and_files(void) {
     lk_model *m = load_model();
     lk_train_params p;
@@ -1118,6 +1164,7 @@ LKT_MAIN("test_train", setup,
          TESTCASE(test_resume_matches_uninterrupted),
          TESTCASE(test_nonfinite_loss_keeps_checkpoint),
          TESTCASE(test_bad_params),
+         TESTCASE(test_lr_min_ratio),
          TESTCASE(test_bad_handles_and_files),
          TESTCASE(test_model_freed_first),
          TESTCASE(test_callback_cannot_use_its_trainer),

@@ -14,6 +14,13 @@ public struct GenerateParams: Sendable {
     /// Stop at the model's end-of-generation tokens (EOS, EOT, and `<|im_end|>`-like control tokens).
     public var stopAtEOS = true
     public init() {}
+
+    /// Checks every field; the error (`LKError.invalidOption`) names it: `max_tokens`, and the sampler's
+    /// as `sampler.top_k`, ….
+    public func validate() throws(LKError) {
+        guard maxTokens >= 0 else { throw .invalidOption(field: "max_tokens", problem: "\(maxTokens) must be ≥ 0") }
+        do { try sampler.validate() } catch { throw error.namingField { "sampler." + $0 } }
+    }
 }
 
 public enum StopReason: String, Sendable {
@@ -83,7 +90,7 @@ struct TextStream {
 /// The context continues from its current position (the prompt is appended to what is cached).
 public func generate(context ctx: LlamaContext, prompt: [Int32], params: GenerateParams,
                      onText: ((String, Int32) -> Bool)? = nil) throws(LKError) -> GenerationResult {
-    guard params.maxTokens >= 0 else { throw .invalidArgument("max_tokens \(params.maxTokens) must be ≥ 0") }
+    try params.validate()
     guard !prompt.isEmpty else { throw .invalidArgument("generate: empty prompt") }
     let model = ctx.model
     let tok = model.tokenizer

@@ -34,15 +34,18 @@ public struct SamplerParams: Sendable, Equatable {
         return p
     }
 
+    /// Checks every field; the error (`LKError.invalidOption`) names it as lk_sampler_params and Python do
+    /// (`temperature`, `top_k`, `top_p`, `min_p`, `repeat_penalty`, `repeat_last_n`).
     public func validate() throws(LKError) {
-        guard temperature.isFinite, temperature >= 0 else { throw .invalidArgument("temperature \(temperature) must be finite and ≥ 0") }
-        guard topK >= 0 else { throw .invalidArgument("top_k \(topK) must be ≥ 0") }
-        guard topP.isFinite, topP > 0, topP <= 1 else { throw .invalidArgument("top_p \(topP) must be in (0, 1]") }
-        guard minP.isFinite, minP >= 0, minP <= 1 else { throw .invalidArgument("min_p \(minP) must be in [0, 1]") }
+        func bad(_ field: String, _ problem: String) -> LKError { .invalidOption(field: field, problem: problem) }
+        guard temperature.isFinite, temperature >= 0 else { throw bad("temperature", "\(temperature) must be finite and ≥ 0 (0 = greedy)") }
+        guard topK >= 0 else { throw bad("top_k", "\(topK) must be ≥ 0 (0 = off)") }
+        guard topP.isFinite, topP > 0, topP <= 1 else { throw bad("top_p", "\(topP) must be in (0, 1] (1 = off)") }
+        guard minP.isFinite, minP >= 0, minP <= 1 else { throw bad("min_p", "\(minP) must be in [0, 1] (0 = off)") }
         guard repetitionPenalty.isFinite, repetitionPenalty > 0 else {
-            throw .invalidArgument("repetition penalty \(repetitionPenalty) must be finite and > 0")
+            throw bad("repeat_penalty", "\(repetitionPenalty) must be finite and > 0 (1 = off)")
         }
-        guard penaltyLastN >= 0 else { throw .invalidArgument("penalty_last_n \(penaltyLastN) must be ≥ 0") }
+        guard penaltyLastN >= 0 else { throw bad("repeat_last_n", "\(penaltyLastN) must be ≥ 0 (0 = all)") }
     }
 }
 

@@ -39,6 +39,23 @@ public final class LlamaModel: @unchecked Sendable {
     /// Why `tokenizer` is nil (no vocabulary in the file, or an unsupported tokenizer type).
     public let tokenizerError: String?
 
+    /// The input embedding rows [n, C] (f32, dequantized) of token ids: what the model's first layer sees
+    /// for them, e.g. to place caller-made rows (projected image features) between pieces of text.
+    public func tokenEmbeddings(_ ids: [Int32], pool: ThreadPool = .shared) throws(LKError) -> [Float] {
+        let c = config
+        let n = try checkedProduct([ids.count, c.dim], what: "token embeddings")
+        var out = [Float](repeating: 0, count: n)
+        if ids.isEmpty { return out }
+        try ids.withUnsafeBufferPointer { (ib) throws(LKError) in
+            try out.withUnsafeMutableBufferPointer { (ob) throws(LKError) in
+                try Ops.embeddingForward(table: UnsafeRawPointer(tokenEmbedding.rawPointer), dtype: tokenEmbedding.dtype,
+                                         vocab: c.vocabSize, dim: c.dim, ids: ib.baseAddress!, rows: ids.count,
+                                         out: ob.baseAddress!, pool: pool)
+            }
+        }
+        return out
+    }
+
     /// The tokenizer, or an error saying why there is none.
     public func requireTokenizer() throws(LKError) -> Tokenizer {
         guard let t = tokenizer else { throw .unsupported("\(source): no usable tokenizer: \(tokenizerError ?? "none stored")") }

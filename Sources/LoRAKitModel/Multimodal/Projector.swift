@@ -249,6 +249,14 @@ public final class Projector: @unchecked Sendable {
         }
     }
 
+    /// Copies the parameter values of `other` (same kind and shapes), e.g. from a checkpoint.
+    public func copyParameters(from other: Projector, source: String) throws(LKError) {
+        guard other.kind == kind, other.inFeatures == inFeatures, other.width == width else {
+            throw .shapeMismatch("\(source): projector \(other.kind.rawValue) \(other.inFeatures)→\(other.width) does not match \(kind.rawValue) \(inFeatures)→\(width)")
+        }
+        for (dst, src) in zip(parameters, other.parameters) { dst.value.f32.update(from: src.value.f32, count: dst.value.count) }
+    }
+
     /// Sets every gradient to zero.
     public func zeroGradients() {
         for t in [gw0, gb0, gw2, gb2] { t.f32.update(repeating: 0, count: t.count) }

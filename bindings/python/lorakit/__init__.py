@@ -37,7 +37,7 @@ from . import _lib
 from ._lib import ABI_VERSION
 
 __all__ = [
-    "ABI_VERSION", "Adapter", "AdapterFormat", "Context", "DType", "GenerationResult", "LoRAKitError", "Model", "ModelInfo", "Status",
+    "ABI_VERSION", "Adapter", "AdapterFormat", "Context", "DType", "GenerationResult", "LoRAKitError", "Model", "ModelInfo", "Projector", "Status",
     "StopReason", "Tensor", "TrainProgress", "TrainRun", "Trainer", "abi_version", "clear_error", "cpu_count", "dtype_info", "generate", "get_threads",
     "last_error", "matmul", "set_threads", "status_string", "version",
 ]
@@ -502,6 +502,14 @@ class Model(_Handle):
             return None
         return _buffer_string(lambda b, n, need: _c.lk_model_chat_template(h, b, n, need)).decode()
 
+    def token_embeddings(self, tokens) -> "np.ndarray":
+        """The input embedding rows [n, n_embd] (float32) of token ids, as the first layer sees them."""
+        ids = _ids_arg(tokens)
+        out = np.empty((ids.size, self.info.n_embd), dtype=np.float32)
+        _check(_c.lk_model_token_embeddings(self.handle, ids.ctypes.data_as(POINTER(c_int32)), ids.size,
+                                            out.ctypes.data_as(POINTER(c_float)), out.size))
+        return out
+
     def meta(self, key: str) -> str:
         """A GGUF metadata value as text (numbers plainly, strings raw, arrays as JSON).
         A missing key raises LoRAKitError(INVALID_ARGUMENT)."""
@@ -619,7 +627,7 @@ class Context(_Handle):
         self.model = model
         self.n_vocab, self.n_embd = info.n_vocab, info.n_embd
         p = _lib.lk_context_params()
-        _c.lk_context_params_init(byref(p))
+        _c.lk_context_params_init_sized(byref(p), ctypes.sizeof(p))
         p.n_ctx, p.n_threads, p.n_batch = n_ctx, n_threads, n_batch
         out = _lib.lk_context_p()
         _check(_c.lk_context_new(model.handle, byref(p), byref(out)))
@@ -746,7 +754,7 @@ class Adapter(_Handle):
         if not isinstance(targets, str):
             targets = ",".join(targets)
         p = _lib.lk_lora_params()
-        _c.lk_lora_params_init(byref(p))
+        _c.lk_lora_params_init_sized(byref(p), ctypes.sizeof(p))
         tb = targets.encode("utf-8")
         p.rank, p.alpha, p.use_rslora = int(rank), float(alpha), int(bool(use_rslora))
         p.targets, p.dropout, p.init, p.seed = tb, float(dropout), _INITS[init], int(seed)
@@ -765,6 +773,83 @@ class Adapter(_Handle):
 
     def __repr__(self) -> str:
         return "Adapter(<closed>)" if self._handle is None else f"Adapter(handle=0x{self._handle:x})"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Multimodal projectors
+# ---------------------------------------------------------------------------------------------------
+
+class Projector(_Handle):
+    """Maps feature vectors [rows, in_features] (e.g. image patches from a frozen encoder) into a Model's
+    embedding space [rows, n_embd]: LLaVA-1.5's mlp2x_gelu. Build with Projector.create or .load; train
+    it by giving it to a Trainer (projector=...) and calling backward with the trainer's input gradient
+    of its rows. Files are GGUF with llama.cpp's LLaVA projector names."""
+    __slots__ = ("model", "in_features", "width")
+    _kind = "projector"
+    _free = staticmethod(_c.lk_projector_free)
+
+    def __init__(self):
+        raise TypeError("use Projector.create(model, in_features) or Projector.load(model, path)")
+
+    @classmethod
+    def _wrap(cls, model: "Model", handle: int) -> "Projector":
+        p = object.__new__(cls)
+        p._handle, p.model = handle, model
+        i, w = c_int64(), c_int64()
+        _check(_c.lk_projector_info(handle, byref(i), byref(w)))
+        p.in_features, p.width = i.value, w.value
+        return p
+
+    @classmethod
+    def create(cls, model: "Model", in_features: int, seed: int = 0) -> "Projector":
+        """A new projector from in_features to model's embedding width (PyTorch nn.Linear initialisation)."""
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be a lorakit.Model, got {type(model).__name__}")
+        out = _lib.lk_projector_p()
+        _check(_c.lk_projector_create(model.handle, int(in_features), int(seed), byref(out)))
+        return cls._wrap(model, out.value)
+
+    @classmethod
+    def load(cls, model: "Model", path) -> "Projector":
+        """Read a projector file made for model (its output width must be model's embedding width)."""
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be a lorakit.Model, got {type(model).__name__}")
+        out = _lib.lk_projector_p()
+        _check(_c.lk_projector_load(model.handle, os.fsencode(path), byref(out)))
+        return cls._wrap(model, out.value)
+
+    def save(self, path) -> None:
+        """Write the projector as a GGUF file (atomically)."""
+        _check(_c.lk_projector_save(self.handle, os.fsencode(path)))
+
+    def _features(self, features) -> "np.ndarray":
+        x = np.ascontiguousarray(features, dtype=np.float32)
+        if x.ndim == 1:
+            x = x.reshape(-1, self.in_features) if x.size % self.in_features == 0 else x.reshape(1, -1)
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"features must have shape [rows, {self.in_features}], got {list(np.shape(features))}")
+        return x
+
+    def forward(self, features) -> "np.ndarray":
+        """Embedding rows [rows, width] for features [rows, in_features] (a flat list is split into rows)."""
+        x = self._features(features)
+        out = np.empty((x.shape[0], self.width), dtype=np.float32)
+        _check(_c.lk_projector_forward(self.handle, x.ctypes.data_as(POINTER(c_float)), x.shape[0],
+                                       out.ctypes.data_as(POINTER(c_float)), out.size))
+        return out
+
+    def backward(self, features, d_out) -> None:
+        """Add to the gradients the backward of forward(features) for d_out [rows, width] = dLoss/d(the
+        rows it produced), e.g. the rows of Trainer.forward_backward's input gradient where they were placed."""
+        x = self._features(features)
+        d = np.ascontiguousarray(d_out, dtype=np.float32)
+        _check(_c.lk_projector_backward(self.handle, x.ctypes.data_as(POINTER(c_float)), x.shape[0],
+                                        d.ctypes.data_as(POINTER(c_float)), d.size))
+
+    def __repr__(self) -> str:
+        if self._handle is None:
+            return "Projector(<closed>)"
+        return f"Projector(in_features={self.in_features}, width={self.width})"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -832,12 +917,13 @@ class Trainer(_Handle):
     Keyword arguments are the fields of lk_train_params (see lorakit.h) with Python values: targets as
     "q,v" / "all-linear" / a list of names, layers as a list of ints (None: all), init "peft" /
     "gaussian" / "random", schedule "constant" / "linear" / "cosine", format "peft" / "gguf", truncate
-    "cut" / "error", adam_beta1 / adam_beta2 / adam_epsilon as transformers names them, flags as
+    "cut" / "error", adam_beta1 / adam_beta2 / adam_epsilon as transformers names them (lr_min_ratio:
+    its cosine_with_min_lr min_lr_rate), flags as
     bools, steps None (or 0) = from epochs, paths as str / os.PathLike or None. Nothing is written
     until the first step (or save_checkpoint); with resume_dir the trainer continues from the latest
     checkpoint there.
     """
-    __slots__ = ("model", "n_embd")
+    __slots__ = ("model", "n_embd", "projector")
     _kind = "trainer"
     _free = staticmethod(_c.lk_trainer_free)
 
@@ -851,7 +937,8 @@ class Trainer(_Handle):
                  packing: bool = False, save_every: int = 0, keep: int = 2, valid_every: int = 0,
                  format: "AdapterFormat | str" = AdapterFormat.PEFT, out_dir=None, resume_dir=None,
                  init_adapter=None, log_path=None, adam_beta1: float = 0.9, adam_beta2: float = 0.999,
-                 adam_epsilon: float = 1e-8, truncate: str = "cut"):
+                 adam_epsilon: float = 1e-8, truncate: str = "cut", lr_min_ratio: float = 0.0,
+                 projector: "Optional[Projector]" = None):
         self._handle = None
         if not isinstance(model, Model):
             raise TypeError(f"model must be a lorakit.Model, got {type(model).__name__}")
@@ -865,6 +952,7 @@ class Trainer(_Handle):
             targets = ",".join(targets)
         self.model = model
         self.n_embd = model.info.n_embd
+        self.projector = projector
         p = _lib.lk_train_params()
         _c.lk_train_params_init_sized(byref(p), ctypes.sizeof(p))
         p.rank, p.alpha, p.use_rslora, p.targets = int(rank), float(alpha), int(bool(use_rslora)), targets.encode()
@@ -883,6 +971,11 @@ class Trainer(_Handle):
         p.init_adapter, p.log_path = _opt_path(init_adapter), _opt_path(log_path)
         p.adam_beta1, p.adam_beta2, p.adam_epsilon = float(adam_beta1), float(adam_beta2), float(adam_epsilon)
         p.truncate = _TRUNCATIONS[truncate]
+        p.lr_min_ratio = float(lr_min_ratio)
+        if projector is not None:
+            if not isinstance(projector, Projector):
+                raise TypeError(f"projector must be a lorakit.Projector, got {type(projector).__name__}")
+            p.projector = projector.handle
         out = _lib.lk_trainer_p()
         _check(_c.lk_trainer_create(model.handle, _opt_path(train), _opt_path(valid), byref(p), byref(out)))
         self._handle = out.value
@@ -1040,11 +1133,11 @@ def generate(ctx: Context, prompt_tokens, max_tokens: int = 128, temperature: fl
         stop = [stop]
     a = _ids_arg(prompt_tokens, "prompt_tokens")
     sp = _lib.lk_sampler_params()
-    _c.lk_sampler_params_init(byref(sp))
+    _c.lk_sampler_params_init_sized(byref(sp), ctypes.sizeof(sp))
     sp.temperature, sp.top_k, sp.top_p, sp.min_p = temperature, top_k, top_p, min_p
     sp.repeat_penalty, sp.repeat_last_n, sp.seed = repeat_penalty, repeat_last_n, seed
     gp = _lib.lk_generate_params()
-    _c.lk_generate_params_init(byref(gp))
+    _c.lk_generate_params_init_sized(byref(gp), ctypes.sizeof(gp))
     gp.max_tokens = max_tokens
     gp.sampler = ctypes.pointer(sp)
     stops = [s.encode("utf-8", "surrogatepass") if isinstance(s, str) else bytes(s) for s in stop]

@@ -196,7 +196,10 @@ class lk_model_params(Structure):
     _fields_ = [("struct_size", c_uint32), ("reserved", c_int32)]
 
 
-# void lk_model_params_init(lk_model_params *p);
+# void lk_model_params_init_sized(lk_model_params *p, size_t size);
+_fn("lk_model_params_init_sized", None, [POINTER(lk_model_params), c_size_t])
+# void lk_model_params_init(lk_model_params *p);   (the struct's first version; the header's macro of that
+# name calls lk_model_params_init_sized)
 _fn("lk_model_params_init", None, [POINTER(lk_model_params)])
 
 # lk_status lk_model_load(const char *path, const lk_model_params *params, lk_model **out);
@@ -275,7 +278,10 @@ class lk_context_params(Structure):
     _fields_ = [("struct_size", c_uint32), ("n_ctx", c_int32), ("n_batch", c_int32), ("n_threads", c_int32)]
 
 
-# void lk_context_params_init(lk_context_params *p);
+# void lk_context_params_init_sized(lk_context_params *p, size_t size);
+_fn("lk_context_params_init_sized", None, [POINTER(lk_context_params), c_size_t])
+# void lk_context_params_init(lk_context_params *p);   (the struct's first version; the header's macro of that
+# name calls lk_context_params_init_sized)
 _fn("lk_context_params_init", None, [POINTER(lk_context_params)])
 
 # lk_status lk_context_new(lk_model *model, const lk_context_params *params, lk_context **out);
@@ -317,7 +323,10 @@ class lk_sampler_params(Structure):
     ]
 
 
-# void lk_sampler_params_init(lk_sampler_params *p);
+# void lk_sampler_params_init_sized(lk_sampler_params *p, size_t size);
+_fn("lk_sampler_params_init_sized", None, [POINTER(lk_sampler_params), c_size_t])
+# void lk_sampler_params_init(lk_sampler_params *p);   (the struct's first version; the header's macro of that
+# name calls lk_sampler_params_init_sized)
 _fn("lk_sampler_params_init", None, [POINTER(lk_sampler_params)])
 
 # typedef int32_t (*lk_token_callback)(const char *piece, int64_t piece_len, int32_t token, void *user_data);
@@ -334,7 +343,10 @@ class lk_generate_params(Structure):
     ]
 
 
-# void lk_generate_params_init(lk_generate_params *p);
+# void lk_generate_params_init_sized(lk_generate_params *p, size_t size);
+_fn("lk_generate_params_init_sized", None, [POINTER(lk_generate_params), c_size_t])
+# void lk_generate_params_init(lk_generate_params *p);   (the struct's first version; the header's macro of that
+# name calls lk_generate_params_init_sized)
 _fn("lk_generate_params_init", None, [POINTER(lk_generate_params)])
 
 # enum { LK_STOP_EOS = 0, LK_STOP_STRING = 1, LK_STOP_LENGTH = 2, LK_STOP_CALLBACK = 3, LK_STOP_CONTEXT = 4 };
@@ -393,7 +405,10 @@ class lk_lora_params(Structure):
     ]
 
 
-# void lk_lora_params_init(lk_lora_params *p);
+# void lk_lora_params_init_sized(lk_lora_params *p, size_t size);
+_fn("lk_lora_params_init_sized", None, [POINTER(lk_lora_params), c_size_t])
+# void lk_lora_params_init(lk_lora_params *p);   (the struct's first version; the header's macro of that
+# name calls lk_lora_params_init_sized)
 _fn("lk_lora_params_init", None, [POINTER(lk_lora_params)])
 
 # lk_status lk_adapter_create(lk_model *model, const lk_lora_params *params, lk_adapter **out);
@@ -424,6 +439,40 @@ _fn("lk_model_merge_to_file", lk_status,
     [lk_model_p, POINTER(lk_adapter_p), POINTER(c_float), c_int32, c_int32, c_char_p])
 
 # ---------------------------------------------------------------------------------------------------
+# Multimodal projectors
+# ---------------------------------------------------------------------------------------------------
+
+# typedef struct lk_projector lk_projector;   (opaque: handled as void *)
+lk_projector_p = c_void_p
+
+# lk_status lk_projector_create(lk_model *model, int64_t in_features, uint64_t seed, lk_projector **out);
+_fn("lk_projector_create", lk_status, [lk_model_p, c_int64, c_uint64, POINTER(lk_projector_p)])
+
+# lk_status lk_projector_load(lk_model *model, const char *path, lk_projector **out);
+_fn("lk_projector_load", lk_status, [lk_model_p, c_char_p, POINTER(lk_projector_p)])
+
+# lk_status lk_projector_save(lk_projector *projector, const char *path);
+_fn("lk_projector_save", lk_status, [lk_projector_p, c_char_p])
+
+# lk_status lk_projector_free(lk_projector *projector);
+_fn("lk_projector_free", lk_status, [lk_projector_p])
+
+# lk_status lk_projector_info(const lk_projector *projector, int64_t *in_features, int64_t *width);
+_fn("lk_projector_info", lk_status, [lk_projector_p, POINTER(c_int64), POINTER(c_int64)])
+
+# lk_status lk_projector_forward(lk_projector *projector, const float *features, int64_t n_rows,
+#                                float *out, int64_t capacity);
+_fn("lk_projector_forward", lk_status, [lk_projector_p, POINTER(c_float), c_int64, POINTER(c_float), c_int64])
+
+# lk_status lk_projector_backward(lk_projector *projector, const float *features, int64_t n_rows,
+#                                 const float *d_out, int64_t n_d_out);
+_fn("lk_projector_backward", lk_status, [lk_projector_p, POINTER(c_float), c_int64, POINTER(c_float), c_int64])
+
+# lk_status lk_model_token_embeddings(const lk_model *model, const int32_t *tokens, int64_t n_tokens,
+#                                     float *out, int64_t capacity);
+_fn("lk_model_token_embeddings", lk_status, [lk_model_p, POINTER(c_int32), c_int64, POINTER(c_float), c_int64])
+
+# ---------------------------------------------------------------------------------------------------
 # LoRA training
 # ---------------------------------------------------------------------------------------------------
 
@@ -447,7 +496,8 @@ LK_TRUNCATE_ERROR = 1
 #     int32_t threads; int32_t shuffle; int32_t completion_only_loss; int32_t packing;
 #     int32_t save_every; int32_t keep; int32_t valid_every; int32_t format;
 #     const char *out_dir; const char *resume_dir; const char *init_adapter; const char *log_path;
-#     double adam_beta1; double adam_beta2; double adam_epsilon; int32_t truncate;
+#     double adam_beta1; double adam_beta2; double adam_epsilon; int32_t truncate; double lr_min_ratio;
+#     lk_projector *projector;
 # } lk_train_params;
 class lk_train_params(Structure):
     _fields_ = [
@@ -460,13 +510,15 @@ class lk_train_params(Structure):
         ("save_every", c_int32), ("keep", c_int32), ("valid_every", c_int32), ("format", c_int32),
         ("out_dir", c_char_p), ("resume_dir", c_char_p), ("init_adapter", c_char_p), ("log_path", c_char_p),
         ("adam_beta1", c_double), ("adam_beta2", c_double), ("adam_epsilon", c_double), ("truncate", c_int32),
+        ("lr_min_ratio", c_double),
+        ("projector", lk_projector_p),
     ]
 
 
 # void lk_train_params_init_sized(lk_train_params *p, size_t size);
 _fn("lk_train_params_init_sized", None, [POINTER(lk_train_params), c_size_t])
-# void lk_train_params_init(lk_train_params *p);   (first version of the struct only; the header's macro
-# of that name calls lk_train_params_init_sized)
+# void lk_train_params_init(lk_train_params *p);   (the struct's first version; the header's macro of that
+# name calls lk_train_params_init_sized)
 _fn("lk_train_params_init", None, [POINTER(lk_train_params)])
 
 
@@ -563,21 +615,24 @@ STRUCTS = {
 
 # Every function declared in lorakit.h, in header order (the tests check each is reachable).
 FUNCTIONS = (
-    "lk_abi_version", "lk_version_string", "lk_last_error", "lk_clear_error", "lk_status_string",
-    "lk_dtype_name", "lk_dtype_info", "lk_cpu_count", "lk_set_default_threads", "lk_get_default_threads",
-    "lk_tensor_new", "lk_tensor_from_f32", "lk_tensor_convert", "lk_tensor_free", "lk_tensor_shape",
-    "lk_tensor_dtype", "lk_tensor_size", "lk_tensor_copy_to_f32", "lk_tensor_copy_bytes", "lk_matmul",
+    "lk_abi_version", "lk_version_string", "lk_last_error", "lk_clear_error", "lk_status_string", "lk_dtype_name",
+    "lk_dtype_info", "lk_cpu_count", "lk_set_default_threads", "lk_get_default_threads", "lk_tensor_new",
+    "lk_tensor_from_f32", "lk_tensor_convert", "lk_tensor_free", "lk_tensor_shape", "lk_tensor_dtype",
+    "lk_tensor_size", "lk_tensor_copy_to_f32", "lk_tensor_copy_bytes", "lk_matmul", "lk_model_params_init_sized",
     "lk_model_params_init", "lk_model_load", "lk_model_free", "lk_model_get_info", "lk_model_architecture",
     "lk_model_chat_template", "lk_model_meta", "lk_tokenize", "lk_detokenize", "lk_token_bytes", "lk_chat_apply",
-    "lk_context_params_init", "lk_context_new", "lk_context_free", "lk_context_reset", "lk_context_position",
-    "lk_context_eval", "lk_context_eval_embeddings", "lk_sampler_params_init", "lk_generate_params_init",
-    "lk_generate", "lk_string_free", "lk_adapter_load", "lk_adapter_free", "lk_lora_params_init",
-    "lk_adapter_create", "lk_adapter_save", "lk_context_attach_adapter", "lk_context_detach_adapter",
-    "lk_context_set_adapter_scale", "lk_context_detach_all", "lk_model_merge_to_file",
-    "lk_train_params_init_sized", "lk_train_params_init", "lk_trainer_create", "lk_trainer_free", "lk_trainer_step", "lk_trainer_run",
-    "lk_trainer_validation_loss", "lk_trainer_save_checkpoint", "lk_trainer_adapter", "lk_trainer_steps",
-    "lk_trainer_zero_grad", "lk_trainer_forward_backward", "lk_trainer_optimizer_step",
-    "lk_sizeof_model_params", "lk_sizeof_model_info",
+    "lk_context_params_init_sized", "lk_context_params_init", "lk_context_new", "lk_context_free",
+    "lk_context_reset", "lk_context_position", "lk_context_eval", "lk_context_eval_embeddings",
+    "lk_sampler_params_init_sized", "lk_sampler_params_init", "lk_generate_params_init_sized",
+    "lk_generate_params_init", "lk_generate", "lk_string_free", "lk_adapter_load", "lk_adapter_free",
+    "lk_lora_params_init_sized", "lk_lora_params_init", "lk_adapter_create", "lk_adapter_save",
+    "lk_context_attach_adapter", "lk_context_detach_adapter", "lk_context_set_adapter_scale",
+    "lk_context_detach_all", "lk_model_merge_to_file", "lk_projector_create", "lk_projector_load",
+    "lk_projector_save", "lk_projector_free", "lk_projector_info", "lk_projector_forward",
+    "lk_projector_backward", "lk_model_token_embeddings", "lk_train_params_init_sized", "lk_train_params_init",
+    "lk_trainer_create", "lk_trainer_free", "lk_trainer_step", "lk_trainer_run", "lk_trainer_validation_loss",
+    "lk_trainer_save_checkpoint", "lk_trainer_adapter", "lk_trainer_steps", "lk_trainer_zero_grad",
+    "lk_trainer_forward_backward", "lk_trainer_optimizer_step", "lk_sizeof_model_params", "lk_sizeof_model_info",
     "lk_sizeof_context_params", "lk_sizeof_sampler_params", "lk_sizeof_generate_params",
     "lk_sizeof_generate_result", "lk_sizeof_chat_message", "lk_sizeof_lora_params", "lk_sizeof_train_params",
     "lk_sizeof_train_progress",

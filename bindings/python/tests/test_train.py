@@ -111,6 +111,46 @@ def test_adam_settings_and_truncation(model):
         Trainer(model, TEXT, steps=1, truncate="drop", **FAST)
 
 
+def test_lr_min_ratio_is_transformers_cosine_with_min_lr(model):
+    """lr_min_ratio is transformers' min_lr_rate (get_cosine_with_min_lr_schedule_with_warmup): every step's
+    learning rate is lr · λ(s), λ = s/W in the warm-up, then c · (1 − m) + m with c the half cosine."""
+    import ctypes
+    p = _lib.lk_train_params()
+    _lib.lib.lk_train_params_init_sized(ctypes.byref(p), ctypes.sizeof(p))
+    assert p.lr_min_ratio == 0.0  # the default: plain cosine
+    W, T, m, lr = 2, 6, 0.25, FAST["lr"]
+    with Trainer(model, TEXT, steps=T, schedule="cosine", warmup_steps=W, lr_min_ratio=m, **FAST) as t:
+        seen: list[TrainProgress] = []
+        t.run(seen.append)
+    got = [p.lr for p in seen]
+
+    def formula(s):
+        if s < W:
+            return lr * (s / W)
+        return lr * (0.5 * (1.0 + math.cos(math.pi * (s - W) / (T - W))) * (1 - m) + m)
+
+    assert got == pytest.approx([formula(s) for s in range(T)], rel=1e-15, abs=0), got
+    assert got[W] == lr and got[-1] > lr * m
+    try:
+        import torch
+        from transformers import get_cosine_with_min_lr_schedule_with_warmup
+    except ImportError:
+        pass  # the formula above is the reference
+    else:
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+        sched = get_cosine_with_min_lr_schedule_with_warmup(opt, W, T, min_lr_rate=m)
+        theirs = []
+        for _ in range(T):
+            theirs.append(sched.get_last_lr()[0])
+            opt.step()
+            sched.step()
+        assert got == theirs
+    expect_error(Status.INVALID_ARGUMENT, "params->lr_min_ratio", Trainer, model, TEXT, steps=1, schedule="cosine",
+                 lr_min_ratio=1.5, **FAST)
+    expect_error(Status.INVALID_ARGUMENT, "params->lr_min_ratio", Trainer, model, TEXT, steps=1, schedule="linear",
+                 lr_min_ratio=0.1, **FAST)
+
+
 def test_training_reduces_loss(model, examples, tmp_path):
     with Trainer(model, TEXT, TEXT, steps=30, out_dir=tmp_path / "out", **FAST) as t:
         assert (t.steps_done, t.total_steps) == (0, 30)
