@@ -128,11 +128,20 @@ fi
 rm -rf "$OUT/venv-dir" "$OUT/venv-wheel" "$OUT/dist"
 
 # ---- Swift: a separate package that depends on LoRAKit by path -------------------------------------------
-check swift-build swift build -c release --package-path "$ROOT/examples/swift" --scratch-path "$ROOT/.build/examples-swift"
+# SwiftPM does not notice that a path dependency's manifest changed (targets moved: "missing inputs"), so
+# the scratch folder is rebuilt from nothing when LoRAKit's Package.swift differs from the one it was built for.
+SWIFT_SCRATCH="$ROOT/.build/examples-swift"
+if ! cmp -s "$ROOT/Package.swift" "$SWIFT_SCRATCH/.lorakit-Package.swift"; then
+    rm -rf "$SWIFT_SCRATCH"; mkdir -p "$SWIFT_SCRATCH" && cp "$ROOT/Package.swift" "$SWIFT_SCRATCH/.lorakit-Package.swift"
+fi
+rm -f "$SWIFT_SCRATCH/release/lorakit-example"   # never run a binary left by an earlier build
+check swift-build swift build -c release --package-path "$ROOT/examples/swift" --scratch-path "$SWIFT_SCRATCH"
 if [ -z "$MODEL" ]; then
     skip swift-run "no model"
+elif [ ! -x "$SWIFT_SCRATCH/release/lorakit-example" ]; then
+    echo "== swift-run"; echo "  FAIL swift-run (not built)"; failed=$((failed + 1))
 else
-    check swift-run bash -c "cd '$ROOT' && '$ROOT/.build/examples-swift/release/lorakit-example' '$MODEL' 4"
+    check swift-run bash -c "cd '$ROOT' && '$SWIFT_SCRATCH/release/lorakit-example' '$MODEL' 4"
 fi
 
 # ---- The demo, short ---------------------------------------------------------------------------------------
