@@ -32,9 +32,12 @@ let cpuFlags: [SwiftSetting] = []
 let cpuCFlags: [CSetting] = [.unsafeFlags(["-O3"])]
 #endif
 
-let fastFlags: [SwiftSetting] = cpuFlags + [
+// Exclusivity checking is off for speed, except in the sanitizer builds (scripts/sanitize.sh sets
+// LORAKIT_EXCLUSIVITY_CHECKS=1), which also check that no two accesses to one variable overlap.
+let exclusivityChecks = ProcessInfo.processInfo.environment["LORAKIT_EXCLUSIVITY_CHECKS"] == "1"
+let fastFlags: [SwiftSetting] = cpuFlags + (exclusivityChecks ? [] : [
     .unsafeFlags(["-enforce-exclusivity=unchecked"]),
-]
+])
 
 let package = Package(
     name: "LoRAKit",
@@ -73,9 +76,13 @@ let package = Package(
         // Chat templates: a sandboxed Jinja2 engine.
         .target(name: "LoRAKitTemplates", dependencies: ["LoRAKitCore"],
                 path: "Sources/LoRAKitTemplates", swiftSettings: fastFlags),
-        // Models, inference contexts, adapters (LoRA and the adapter interface), generation, scoring.
+        // The adapter-plugin ABI (Include/lorakit_plugin.h, header-only but for the host's per-thread
+        // plugin error), for the plugin host in LoRAKitModel.
+        .target(name: "CLoRAKitPlugin", path: "Sources/CLoRAKitPlugin"),
+        // Models, inference contexts, adapters (LoRA, the adapter interface, the plugin host), generation, scoring.
         .target(name: "LoRAKitModel",
-                dependencies: ["LoRAKitCore", "LoRAKitKernels", "LoRAKitFormats", "LoRAKitTokenizer", "LoRAKitTemplates"],
+                dependencies: ["LoRAKitCore", "LoRAKitKernels", "LoRAKitFormats", "LoRAKitTokenizer", "LoRAKitTemplates",
+                               "CLoRAKitPlugin"],
                 path: "Sources/LoRAKitModel", swiftSettings: fastFlags),
         // Training: backward pass, data, optimizer, checkpoints, the run loop.
         .target(name: "LoRAKitTraining",
@@ -109,10 +116,28 @@ let package = Package(
         .testTarget(
             name: "LoRAKitTests",
             dependencies: ["LoRAKitCore", "LoRAKitKernels", "LoRAKitFormats", "LoRAKitTokenizer", "LoRAKitTemplates",
-                           "LoRAKitModel", "LoRAKitTraining"],
+                           "LoRAKitModel", "LoRAKitTraining", "CLoRAKitPlugin"],
             path: "Tests/LoRAKitTests",
             exclude: ["Fixtures"],  // data read by path at run time (tokenizer fixtures)
             swiftSettings: cpuFlags
         ),
     ]
 )
+
+// Fuzz targets (Fuzz/, issue 14): libFuzzer executables, declared only when LORAKIT_FUZZ=1 so that a
+// normal build never tries to link them without libFuzzer. `make fuzz TARGET=… SECONDS=…` builds them
+// with `--sanitize=fuzzer --sanitize=address` in .build-fuzz and runs one (Fuzz/README.md).
+if ProcessInfo.processInfo.environment["LORAKIT_FUZZ"] == "1" {
+    package.targets.append(.target(name: "FuzzSupport", dependencies: ["LoRAKit"], path: "Fuzz/Sources/FuzzSupport"))
+    package.targets.append(.target(name: "FuzzDriver", path: "Fuzz/Sources/FuzzDriver"))
+    let fuzzTargets = [
+        ("gguf-model", "FuzzGGUFModel"), ("gguf-lora", "FuzzGGUFLoRA"), ("safetensors", "FuzzSafetensors"),
+        ("hf-config", "FuzzHFConfig"), ("peft", "FuzzPEFT"), ("jsonl", "FuzzJSONL"), ("tokenizer", "FuzzTokenizer"),
+        ("tokenizer-json", "FuzzTokenizerJSON"),
+    ]
+    for (product, target) in fuzzTargets {
+        package.targets.append(.executableTarget(name: target, dependencies: ["LoRAKit", "FuzzSupport", "FuzzDriver"],
+                                                 path: "Fuzz/Sources/\(target)", swiftSettings: cpuFlags))
+        package.products.append(.executable(name: "fuzz-\(product)", targets: [target]))
+    }
+}

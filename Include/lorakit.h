@@ -406,7 +406,11 @@ LK_API void lk_string_free(char *s);
 typedef struct lk_adapter lk_adapter;
 
 /* Load a LoRA adapter for `model`: a PEFT folder (adapter_config.json + adapter_model.safetensors) or a
- * llama.cpp GGUF LoRA file. It is checked against the model (layers, widths, every A/B shape, finite
+ * llama.cpp GGUF LoRA file. A PEFT folder of another type (peft_type other than LORA, or LORA with
+ * use_dora) is an adapter of the plugin type that owns it (see "Adapter plugins"; the search path is
+ * loaded if no loaded plugin owns it; none: LK_ERR_UNSUPPORTED naming the peft_type and the plugin that
+ * would serve it). Plugin adapters attach, detach, set_scale, save (LK_ADAPTER_PEFT only) and merge
+ * (lk_model_merge_to_file; LK_ERR_UNSUPPORTED for a type without merge) like LoRA adapters. It is checked against the model (layers, widths, every A/B shape, finite
  * values). Errors: LK_ERR_IO (cannot open), LK_ERR_FORMAT (malformed file, naming file and field),
  * LK_ERR_SHAPE (made for a model of other sizes, naming layer, module and tensor), LK_ERR_UNSUPPORTED.
  * Ownership: *out belongs to the caller (lk_adapter_free); it keeps the model alive. */
@@ -476,6 +480,44 @@ LK_API lk_status lk_context_detach_all(lk_context *ctx);
  * result with lk_model_load. */
 LK_API lk_status lk_model_merge_to_file(lk_model *model, lk_adapter *const *adapters, const float *scales, int32_t n,
                                         int32_t out_type, const char *path);
+
+/* ---------------------------------------------------------------------------------------------------
+ * Adapter plugins: shared libraries that add adapter types (DoRA, IA³, ...), written against
+ * lorakit_plugin.h (the plugin ABI; guide: examples/plugins/README.md). A loaded plugin stays loaded until
+ * process exit (its code may run in any model, adapter, context or trainer); its types are registered
+ * for the whole process. Plugins are also found on the search path: every folder (or file) of the
+ * environment variable LORAKIT_PLUGIN_PATH (colon-separated), then the shipped plugins' folder
+ * (.build/plugins in a build tree, <prefix>/lib/lorakit/plugins when installed). lk_adapter_load loads the
+ * search path when a PEFT folder's adapter_config.json names a type no loaded plugin owns.
+ * Thread safety: every function may be called from any thread (loads are serialised).
+ * ------------------------------------------------------------------------------------------------- */
+typedef struct lk_plugin lk_plugin;
+
+/* Load the plugin at `path` (dlopen RTLD_NOW | RTLD_LOCAL) and register its adapter types. Loading a
+ * file that is already loaded (the same file by its canonical path) returns that plugin again.
+ * Errors name the file: LK_ERR_IO (missing, a folder, unreadable: dlerror's text), LK_ERR_FORMAT (a file
+ * that is no loadable library), LK_ERR_ABI (another plugin ABI major, a table smaller than its first
+ * version: both sides' values named), LK_ERR_INVALID_ARGUMENT (no entry
+ * symbol lkp_entry; an adapter type already registered, naming the plugin that registered it; a type
+ * declared twice, badly named or without a required function), the entry's own status with the
+ * plugin's message copied (e.g. LK_ERR_UNSUPPORTED). On error nothing is registered.
+ * Ownership: *out belongs to the caller (lk_plugin_free releases the handle; the plugin stays loaded). */
+LK_API lk_status lk_plugin_load(const char *path, lk_plugin **out);
+
+/* Release a handle from lk_plugin_load (the plugin stays loaded). NULL is a no-op; a freed or foreign
+ * handle is LK_ERR_INVALID_HANDLE. */
+LK_API lk_status lk_plugin_free(lk_plugin *plugin);
+
+/* One plugin as compact JSON: {"path", "name", "version", "abi": [major, minor], "types": [{"name",
+ * "description", "peft_type", "peft_flag" (string or null), "key_suffixes": [...], "merge": bool,
+ * "train": bool}, ...]}. String protocol as lk_model_chat_template. */
+LK_API lk_status lk_plugin_info_json(const lk_plugin *plugin, char *buf, int64_t capacity, int64_t *needed);
+
+/* Every loaded plugin as a JSON array of lk_plugin_info_json objects, in load order. With
+ * load_search_path = 1 the search path is loaded first (once per process; plugins that fail to load
+ * there are skipped and listed as {"error": "..."} entries after the loaded ones); 0 lists what is loaded.
+ * String protocol as lk_model_chat_template. */
+LK_API lk_status lk_plugins_json(int32_t load_search_path, char *buf, int64_t capacity, int64_t *needed);
 
 /* ---------------------------------------------------------------------------------------------------
  * Multimodal projectors: feature vectors (e.g. image patches from a frozen encoder) mapped into a model's
@@ -719,6 +761,21 @@ LK_API lk_status lk_trainer_forward_backward(lk_trainer *trainer, const int32_t 
                                              int64_t n_tokens, const float *prefix, int64_t n_prefix,
                                              float loss_scale, double *sum_nll, int64_t *predicted,
                                              float *input_grad, int64_t input_grad_capacity);
+
+/* Forward and backward of n_seqs sequences in one pass (1 <= n_seqs <= 65536): sequence s has n_prefix[s]
+ * prefix rows and n_tokens[s] tokens (each as in lk_trainer_forward_backward; n_prefix may be NULL: no
+ * prefixes). tokens, is_target (may be NULL: every token) and prefix hold the sequences one after
+ * another; each sequence attends only to its own rows. Every base weight is read once for the whole batch,
+ * so this is faster than one call per sequence; the gradients are their sum (equal up to rounding; with
+ * dropout the masks are those of one call). *sum_nll and *predicted cover the batch; input_grad holds each
+ * sequence's [(n_prefix[s] + n_tokens[s]), n_embd] rows in batch order (input_grad_capacity floats at
+ * least their total, else LK_ERR_BUFFER_TOO_SMALL before anything runs). A bad sequence is named by its
+ * index ("n_tokens[3]"); nothing runs then. */
+LK_API lk_status lk_trainer_forward_backward_batch(lk_trainer *trainer, int64_t n_seqs, const int32_t *tokens,
+                                                   const uint8_t *is_target, const int64_t *n_tokens,
+                                                   const float *prefix, const int64_t *n_prefix, float loss_scale,
+                                                   double *sum_nll, int64_t *predicted, float *input_grad,
+                                                   int64_t input_grad_capacity);
 
 /* Apply the accumulated gradients: clip them to params->max_grad_norm (when not 0), AdamW with learning
  * rate lr (finite, >= 0; the caller's schedule), count the step. *grad_norm (may be NULL) = the global

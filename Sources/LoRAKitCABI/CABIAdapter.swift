@@ -5,16 +5,51 @@ import LoRAKit
 
 // MARK: - Handle object
 
+/// A LoRA adapter, or an adapter of a plugin type (IA³, DoRA, …: Include/lorakit_plugin.h).
+enum AnyAdapter {
+    case lora(LoRAAdapter)
+    case plugin(PluginAdapter)
+
+    var name: String {
+        switch self {
+        case .lora(let a): return a.name
+        case .plugin(let a): return a.name
+        }
+    }
+
+    func same(as o: AnyAdapter) -> Bool {
+        switch (self, o) {
+        case (.lora(let a), .lora(let b)): return a === b
+        case (.plugin(let a), .plugin(let b)): return a === b
+        default: return false
+        }
+    }
+}
+
 /// What an lk_adapter handle refers to: an immutable adapter plus the model it was made for, held
 /// strongly (freeing the model handle first is legal). Contexts that have the adapter attached hold
-/// the LoRAAdapter themselves, so freeing the handle does not detach it.
+/// the adapter themselves, so freeing the handle does not detach it.
 final class AdapterBox: @unchecked Sendable {
-    let adapter: LoRAAdapter
+    let any: AnyAdapter
     let modelBox: ModelBox
 
     init(_ a: LoRAAdapter, _ m: ModelBox) {
-        adapter = a
+        any = .lora(a)
         modelBox = m
+    }
+
+    init(plugin a: PluginAdapter, _ m: ModelBox) {
+        any = .plugin(a)
+        modelBox = m
+    }
+
+    /// The LoRA adapter (for functions that take only LoRA).
+    func lora(_ what: String) throws -> LoRAAdapter {
+        switch any {
+        case .lora(let a): return a
+        case .plugin(let a):
+            throw CError(LK_ERR_UNSUPPORTED, "\(what): adapter \(a.name) is of plugin type \"\(a.type.name)\"; only LoRA adapters are supported here")
+        }
     }
 }
 
@@ -25,7 +60,7 @@ func adapterArg(_ h: OpaquePointer?, _ name: String = "adapter") throws -> Adapt
 /// An adapter may only be used with the model (the same lk_model load) it was made for.
 func requireSameModel(_ a: AdapterBox, _ model: LlamaModel, _ name: String, _ what: String) throws {
     guard a.modelBox.model === model else {
-        throw invalid("\(name) (\(a.adapter.name)) was made for another model (\(a.modelBox.model.source)), not for \(what) (\(model.source)); load or create it for this lk_model")
+        throw invalid("\(name) (\(a.any.name)) was made for another model (\(a.modelBox.model.source)), not for \(what) (\(model.source)); load or create it for this lk_model")
     }
 }
 
@@ -59,7 +94,12 @@ public func lk_adapter_load(_ model: OpaquePointer?, _ path: UnsafePointer<CChar
     guarded("lk_adapter_load") {
         let o = try requirePointer(out, "out")
         let box = try modelArg(model)
-        return giveAdapter(try LoRAAdapter.load(path: try pathArg(path), model: box.model), box, o)
+        let p = try pathArg(path)
+        if PluginAdapter.isPluginFolder(p) {
+            let a = try PluginAdapter.load(peftDirectory: p, model: box.model, pool: currentDefaultPool())
+            return Handles.shared.give(AdapterBox(plugin: a, box), kind: .adapter, to: o)
+        }
+        return giveAdapter(try LoRAAdapter.load(path: p, model: box.model), box, o)
     }
 }
 
@@ -80,8 +120,15 @@ public func lk_adapter_create(_ model: OpaquePointer?, _ params: UnsafePointer<l
 @_cdecl("lk_adapter_save")
 public func lk_adapter_save(_ adapter: OpaquePointer?, _ path: UnsafePointer<CChar>?, _ format: Int32) -> Int32 {
     guarded("lk_adapter_save") {
-        let a = try adapterArg(adapter).adapter
-        try a.save(path: try pathArg(path), format: try cEnum(format, "format", "LK_ADAPTER_*", adapterFormats))
+        let fmt = try cEnum(format, "format", "LK_ADAPTER_*", adapterFormats)
+        switch try adapterArg(adapter).any {
+        case .lora(let a): try a.save(path: try pathArg(path), format: fmt)
+        case .plugin(let a):
+            guard fmt == .peft else {
+                throw CError(LK_ERR_UNSUPPORTED, "adapter \(a.name) is of plugin type \"\(a.type.name)\": GGUF LoRA files hold LoRA only; save it as LK_ADAPTER_PEFT")
+            }
+            try a.save(peftDirectory: try pathArg(path))
+        }
         return LK_OK
     }
 }
@@ -105,7 +152,10 @@ public func lk_context_attach_adapter(_ ctx: OpaquePointer?, _ adapter: OpaquePo
         try withContext(ctx) { box in
             let s = try scaleArg(scale)
             try requireSameModel(a, box.context.model, "adapter", "ctx's model")
-            try box.context.attach(a.adapter, scale: s)
+            switch a.any {
+            case .lora(let l): try box.context.attach(l, scale: s)
+            case .plugin(let p): try box.context.attach(p, scale: s)
+            }
         }
         return LK_OK
     }
@@ -115,7 +165,12 @@ public func lk_context_attach_adapter(_ ctx: OpaquePointer?, _ adapter: OpaquePo
 public func lk_context_detach_adapter(_ ctx: OpaquePointer?, _ adapter: OpaquePointer?) -> Int32 {
     guarded("lk_context_detach_adapter") {
         let a = try adapterArg(adapter)
-        try withContext(ctx) { try $0.context.detach(a.adapter) }
+        try withContext(ctx) { box in
+            switch a.any {
+            case .lora(let l): try box.context.detach(l)
+            case .plugin(let p): try box.context.detach(p)
+            }
+        }
         return LK_OK
     }
 }
@@ -124,7 +179,13 @@ public func lk_context_detach_adapter(_ ctx: OpaquePointer?, _ adapter: OpaquePo
 public func lk_context_set_adapter_scale(_ ctx: OpaquePointer?, _ adapter: OpaquePointer?, _ scale: Float) -> Int32 {
     guarded("lk_context_set_adapter_scale") {
         let a = try adapterArg(adapter)
-        try withContext(ctx) { try $0.context.setScale(try scaleArg(scale), for: a.adapter) }
+        try withContext(ctx) { box in
+            let s = try scaleArg(scale)
+            switch a.any {
+            case .lora(let l): try box.context.setScale(s, for: l)
+            case .plugin(let p): try box.context.setScale(s, for: p)
+            }
+        }
         return LK_OK
     }
 }
@@ -132,7 +193,10 @@ public func lk_context_set_adapter_scale(_ ctx: OpaquePointer?, _ adapter: Opaqu
 @_cdecl("lk_context_detach_all")
 public func lk_context_detach_all(_ ctx: OpaquePointer?) -> Int32 {
     guarded("lk_context_detach_all") {
-        try withContext(ctx) { $0.context.detachAll() }
+        try withContext(ctx) {
+            $0.context.detachAll()
+            $0.context.detachAllPlugins()
+        }
         return LK_OK
     }
 }
@@ -147,19 +211,25 @@ public func lk_model_merge_to_file(_ model: OpaquePointer?, _ adapters: UnsafePo
         let box = try modelArg(model)
         guard n >= 1, n <= 4096 else { throw invalid("n \(n) must be in 1...4096") }
         let ap = try requirePointer(adapters, "adapters"), sp = try requirePointer(scales, "scales")
+        var all: [AnyAdapter] = []
         var list: [(LoRAAdapter, Float)] = []
+        var plugins: [(PluginAdapter, Float)] = []
         for i in 0..<Int(n) {
             let a = try adapterArg(ap[i], "adapters[\(i)]")
             try requireSameModel(a, box.model, "adapters[\(i)]", "model")
             let s = try scaleArg(sp[i], "scales[\(i)]")
-            if let j = list.firstIndex(where: { $0.0 === a.adapter }) {
+            if let j = all.firstIndex(where: { $0.same(as: a.any) }) {
                 throw invalid("adapters[\(i)] is the same adapter as adapters[\(j)] (add the scales instead)")
             }
-            list.append((a.adapter, s))
+            all.append(a.any)
+            switch a.any {
+            case .lora(let l): list.append((l, s))
+            case .plugin(let p): plugins.append((p, s))
+            }
         }
         let t = try cEnum(outType, "out_type", "LK_DTYPE_F32, LK_DTYPE_F16, LK_DTYPE_Q8_0 or -1 (the base weight's type)",
                           [LK_DTYPE_F32: MergedWeightType.f32, LK_DTYPE_F16: .f16, LK_DTYPE_Q8_0: .q8_0, -1: .same])
-        try writeMergedGGUF(model: box.model, adapters: list, outType: t, path: try pathArg(path))
+        try writeMergedGGUF(model: box.model, adapters: list, plugins: plugins, outType: t, path: try pathArg(path))
         return LK_OK
     }
 }

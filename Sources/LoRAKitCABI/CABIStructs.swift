@@ -51,7 +51,8 @@ extension SizedCStruct {
     static func read(_ p: UnsafePointer<Self>?, _ name: String = "params") throws -> Self {
         var v = defaults
         guard let p else { return v }
-        let n = min(try checkedSize(p, name), Self.size)
+        // MemoryLayout.size, not the stride: the bytes of `v` end before any tail padding (ASan).
+        let n = min(try checkedSize(p, name), MemoryLayout<Self>.size)
         withUnsafeMutableBytes(of: &v) { $0.baseAddress!.copyMemory(from: p, byteCount: n) }
         return v
     }
@@ -64,7 +65,7 @@ extension SizedCStruct {
         var v = defaults
         let n = Int(min(size, UInt(Self.size)))
         v.struct_size = UInt32(n)
-        withUnsafeBytes(of: &v) { UnsafeMutableRawPointer(p).copyMemory(from: $0.baseAddress!, byteCount: n) }
+        v.copyBytes(to: UnsafeMutableRawPointer(p), count: n)
     }
 
     /// An out-struct's struct_size, checked before any work (NULL: nothing to write).
@@ -77,8 +78,20 @@ extension SizedCStruct {
         guard let p else { return }
         var v = self
         v.struct_size = UnsafeRawPointer(p).loadUnaligned(as: UInt32.self)
-        let n = min(Int(v.struct_size), Self.size)
-        withUnsafeBytes(of: &v) { UnsafeMutableRawPointer(p).copyMemory(from: $0.baseAddress!, byteCount: n) }
+        v.copyBytes(to: UnsafeMutableRawPointer(p), count: min(Int(v.struct_size), Self.size))
+    }
+
+    /// Write the first `count` bytes of C's layout of `self` (count ≤ sizeof) to `p`. A Swift value holds
+    /// MemoryLayout.size bytes, fewer than the stride (C's sizeof) when the struct has tail padding: those
+    /// are copied and the padding zeroed (copying `count` bytes of the value read past it: a
+    /// stack-buffer-overflow in lk_train_params_init_sized, found by make test-asan-c).
+    func copyBytes(to p: UnsafeMutableRawPointer, count n: Int) {
+        var v = self
+        withUnsafeBytes(of: &v) { src in
+            let k = min(n, src.count)
+            p.copyMemory(from: src.baseAddress!, byteCount: k)
+            if n > k { (p + k).initializeMemory(as: UInt8.self, repeating: 0, count: n - k) }
+        }
     }
 }
 

@@ -217,6 +217,51 @@ public func lk_trainer_zero_grad(_ trainer: OpaquePointer?) -> Int32 {
     }
 }
 
+/// One sequence of lk_trainer_forward_backward(_batch) read from its C arguments, named as the header
+/// names them (`at` says which sequence of a batch), before anything runs.
+private func trainSequence(_ c: LlamaConfig, _ tokens: UnsafePointer<Int32>?, _ isTarget: UnsafePointer<UInt8>?,
+                           _ nTokens: Int64, _ prefix: UnsafePointer<Float>?, _ nPrefix: Int64,
+                           at: String = "") throws -> TrainSequence {
+    let ctxLen = Int64(c.contextLength)
+    guard nTokens >= 0 else { throw invalid("n_tokens\(at) \(nTokens) is negative") }
+    guard nPrefix >= 0 else { throw invalid("n_prefix\(at) \(nPrefix) is negative") }
+    guard nTokens <= ctxLen, nPrefix <= ctxLen, nTokens + nPrefix >= 1, nTokens + nPrefix <= ctxLen else {
+        throw invalid("n_prefix\(at) \(nPrefix) + n_tokens\(at) \(nTokens) must be in 1...\(c.contextLength) (the model's context length)")
+    }
+    let ids = try tokenArray(tokens, nTokens, "tokens", allowEmpty: true)
+    let flags = try (0..<ids.count).map { j in try isTarget.map { try flag(Int32($0[j]), "is_target\(at)[\(j)]") } ?? true }
+    var pre: [Float] = []
+    if nPrefix > 0 {
+        pre = Array(UnsafeBufferPointer(start: try requirePointer(prefix, "prefix"), count: Int(nPrefix) * c.dim))
+        if let i = pre.firstIndex(where: { !$0.isFinite }) {
+            throw invalid("prefix\(at)[\(i / c.dim)][\(i % c.dim)] is not finite (\(pre[i]))")
+        }
+    }
+    return TrainSequence(tokens: ids, isTarget: flags, prefixEmbeddings: pre)
+}
+
+/// Runs one forward/backward over `batch` and writes the outputs (input gradients concatenated in batch order).
+private func forwardBackward(_ box: TrainerBox, _ batch: [TrainSequence], _ lossScale: Float,
+                             _ sumNLL: UnsafeMutablePointer<Double>?, _ predicted: UnsafeMutablePointer<Int64>?,
+                             _ inputGrad: UnsafeMutablePointer<Float>?) throws {
+    let r = try box.session.forwardBackward(batch, lossScale: lossScale, inputGradients: inputGrad != nil)
+    sumNLL?.pointee = r.sumNLL
+    predicted?.pointee = Int64(r.predicted)
+    if let inputGrad {
+        let dim = box.session.model.config.dim
+        guard let gs = r.inputGradients, gs.count == batch.count else {
+            throw CError(LK_ERR_INTERNAL, "the pass returned no input gradients for its \(batch.count) sequences")
+        }
+        var at = 0
+        for (g, seq) in zip(gs, batch) {
+            let count = (seq.prefixEmbeddings.count / dim + seq.tokens.count) * dim
+            guard g.count == count else { throw CError(LK_ERR_INTERNAL, "the pass returned \(g.count) input-gradient floats, not \(count)") }
+            (inputGrad + at).update(from: g, count: count)
+            at += count
+        }
+    }
+}
+
 @_cdecl("lk_trainer_forward_backward")
 public func lk_trainer_forward_backward(_ trainer: OpaquePointer?, _ tokens: UnsafePointer<Int32>?,
                                         _ isTarget: UnsafePointer<UInt8>?, _ nTokens: Int64,
@@ -225,37 +270,47 @@ public func lk_trainer_forward_backward(_ trainer: OpaquePointer?, _ tokens: Uns
                                         _ inputGrad: UnsafeMutablePointer<Float>?, _ inputGradCapacity: Int64) -> Int32 {
     guarded("lk_trainer_forward_backward") {
         try withTrainer(trainer, "lk_trainer_forward_backward", data: false) { box in
-            // The C arguments, named as the header names them, before anything is copied.
-            let c = box.session.model.config, ctxLen = Int64(c.contextLength)
-            guard nTokens >= 0 else { throw invalid("n_tokens \(nTokens) is negative") }
-            guard nPrefix >= 0 else { throw invalid("n_prefix \(nPrefix) is negative") }
-            guard nTokens <= ctxLen, nPrefix <= ctxLen, nTokens + nPrefix >= 1, nTokens + nPrefix <= ctxLen else {
-                throw invalid("n_prefix \(nPrefix) + n_tokens \(nTokens) must be in 1...\(c.contextLength) (the model's context length)")
-            }
+            let c = box.session.model.config
+            let seq = try trainSequence(c, tokens, isTarget, nTokens, prefix, nPrefix)
             guard lossScale.isFinite else { throw invalid("loss_scale \(lossScale) is not finite") }
             let rows = Int(nTokens + nPrefix), gradCount = rows * c.dim
             guard try capacityArg(inputGradCapacity, "input_grad_capacity") >= Int64(gradCount) || inputGrad == nil else {
                 throw CError(LK_ERR_BUFFER_TOO_SMALL, "input_grad_capacity \(inputGradCapacity) is smaller than the \(gradCount) floats of (n_prefix + n_tokens) × n_embd (\(rows) × \(c.dim))")
             }
-            let ids = try tokenArray(tokens, nTokens, "tokens", allowEmpty: true)
-            let flags = try (0..<ids.count).map { j in try isTarget.map { try flag(Int32($0[j]), "is_target[\(j)]") } ?? true }
-            var pre: [Float] = []
-            if nPrefix > 0 {
-                pre = Array(UnsafeBufferPointer(start: try requirePointer(prefix, "prefix"), count: Int(nPrefix) * c.dim))
-                if let i = pre.firstIndex(where: { !$0.isFinite }) {
-                    throw invalid("prefix[\(i / c.dim)][\(i % c.dim)] is not finite (\(pre[i]))")
-                }
+            try forwardBackward(box, [seq], lossScale, sumNLL, predicted, inputGrad)
+            return LK_OK
+        }
+    }
+}
+
+@_cdecl("lk_trainer_forward_backward_batch")
+public func lk_trainer_forward_backward_batch(_ trainer: OpaquePointer?, _ nSeqs: Int64, _ tokens: UnsafePointer<Int32>?,
+                                              _ isTarget: UnsafePointer<UInt8>?, _ nTokens: UnsafePointer<Int64>?,
+                                              _ prefix: UnsafePointer<Float>?, _ nPrefix: UnsafePointer<Int64>?,
+                                              _ lossScale: Float, _ sumNLL: UnsafeMutablePointer<Double>?,
+                                              _ predicted: UnsafeMutablePointer<Int64>?,
+                                              _ inputGrad: UnsafeMutablePointer<Float>?, _ inputGradCapacity: Int64) -> Int32 {
+    guarded("lk_trainer_forward_backward_batch") {
+        try withTrainer(trainer, "lk_trainer_forward_backward_batch", data: false) { box in
+            let c = box.session.model.config
+            guard nSeqs >= 1, nSeqs <= 65536 else { throw invalid("n_seqs \(nSeqs) must be in 1...65536") }
+            let counts = UnsafeBufferPointer(start: try requirePointer(nTokens, "n_tokens"), count: Int(nSeqs))
+            let prefixCounts = nPrefix.map { UnsafeBufferPointer(start: $0, count: Int(nSeqs)) }
+            var batch: [TrainSequence] = []
+            var tokenAt = 0, prefixAt = 0, rows = 0
+            for s in 0..<Int(nSeqs) {
+                let nt = counts[s], np = prefixCounts?[s] ?? 0
+                let seq = try trainSequence(c, tokens.map { $0 + tokenAt }, isTarget.map { $0 + tokenAt }, nt,
+                                            prefix.map { $0 + prefixAt * c.dim }, np, at: "[\(s)]")
+                tokenAt += Int(nt); prefixAt += Int(np); rows += Int(nt + np)
+                batch.append(seq)
             }
-            let r = try box.session.forwardBackward(TrainSequence(tokens: ids, isTarget: flags, prefixEmbeddings: pre),
-                                                    lossScale: lossScale, inputGradients: inputGrad != nil)
-            sumNLL?.pointee = r.sumNLL
-            predicted?.pointee = Int64(r.predicted)
-            if let inputGrad {
-                guard let g = r.inputGradients?.first, g.count == gradCount else {
-                    throw CError(LK_ERR_INTERNAL, "the pass returned no input gradient of \(gradCount) floats")
-                }
-                inputGrad.update(from: g, count: gradCount)
+            guard lossScale.isFinite else { throw invalid("loss_scale \(lossScale) is not finite") }
+            let gradCount = rows * c.dim
+            guard try capacityArg(inputGradCapacity, "input_grad_capacity") >= Int64(gradCount) || inputGrad == nil else {
+                throw CError(LK_ERR_BUFFER_TOO_SMALL, "input_grad_capacity \(inputGradCapacity) is smaller than the \(gradCount) floats of the batch's \(rows) rows × n_embd \(c.dim)")
             }
+            try forwardBackward(box, batch, lossScale, sumNLL, predicted, inputGrad)
             return LK_OK
         }
     }

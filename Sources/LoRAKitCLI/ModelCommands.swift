@@ -161,6 +161,7 @@ struct GenerateCommand: ParsableCommand {
     @Option(help: "Context size (default: min(model context, 4096)).") var ctx: Int?
     @Option(help: "LoRA adapter PATH[:SCALE] (PEFT folder or GGUF LoRA; repeatable: adapters stack).")
     var adapter: [String] = []
+    @OptionGroup var plugins: PluginOption
     @OptionGroup var sampling: SamplingOptions
     @OptionGroup var threadOpt: ThreadOption
     @Flag(help: "Print JSON with the text, token ids and timings (no streaming).") var json = false
@@ -183,6 +184,7 @@ struct GenerateCommand: ParsableCommand {
             }
             let ids = tok.encode(text, addSpecial: chat ? false : nil)
             let context = try LlamaContext(model: m, maxPositions: ctx, threads: threadOpt.threads)
+            try plugins.load()
             try attach(try loadAdapters(adapter, model: m), to: context)
             var p = GenerateParams()
             p.maxTokens = maxTokens
@@ -217,6 +219,7 @@ struct ScoreCommand: ParsableCommand {
     @Option(help: "Window size in tokens.") var ctx: Int = 512
     @Option(help: "Score only the first N tokens.") var maxTokens: Int?
     @Option(help: "LoRA adapter PATH[:SCALE] (repeatable).") var adapter: [String] = []
+    @OptionGroup var plugins: PluginOption
     @OptionGroup var threadOpt: ThreadOption
     @Flag(help: "Print JSON: {\"tokens\", \"nll\", \"ppl\"}.") var json = false
 
@@ -227,6 +230,7 @@ struct ScoreCommand: ParsableCommand {
             let text = String(decoding: try readFile(file), as: UTF8.self)
             let ids = tok.encode(text, addSpecial: false)
             let context = try LlamaContext(model: m, maxPositions: ctx, batch: ctx, threads: threadOpt.threads)
+            try plugins.load()
             try attach(try loadAdapters(adapter, model: m), to: context)
             let r = try score(context: context, tokens: ids, window: ctx, maxTokens: maxTokens)
             if json {

@@ -192,7 +192,10 @@ public final class GGUFFile: @unchecked Sendable {
             let key = try r.string("metadata key #\(i)")
             let type = try r.u32("type of \(key)")
             let value = try r.value(type: type, what: key, depth: 0)
-            if md[key] == nil { keys.append(key) }
+            // A repeated key could show different values to readers that keep the first or the last
+            // (llama.cpp refuses it too).
+            guard md[key] == nil else { throw .format("\(path): duplicate metadata key \(key) (entry #\(i))") }
+            keys.append(key)
             md[key] = value
         }
         metadataKeys = keys
@@ -200,8 +203,12 @@ public final class GGUFFile: @unchecked Sendable {
 
         var align = 32
         if let a = md["general.alignment"] {
+            switch a {
+            case .uint8, .uint16, .uint32, .uint64, .int8, .int16, .int32, .int64: break
+            default: throw .format("\(path): general.alignment \(a) is not an integer")
+            }
             guard let v = a.int, v > 0, v <= 1 << 20, v & (v - 1) == 0 else {
-                throw .format("\(path): general.alignment \(a) is not a power of two")
+                throw .format("\(path): general.alignment \(a) is not a power of two in 1...\(1 << 20)")
             }
             align = v
         }
@@ -240,7 +247,10 @@ public final class GGUFFile: @unchecked Sendable {
                 throw .format("\(path): tensor \(t.name): offset \(t.offset) is not aligned to \(align)")
             }
             guard let dt = t.dtype else { continue }  // unsupported types are reported when used
-            let bytes = try Tensor.byteCount(shape: t.shape, dtype: dt)
+            let bytes: Int
+            do { bytes = try Tensor.byteCount(shape: t.shape, dtype: dt) } catch {
+                throw .format("\(path): tensor \(t.name) (\(t.shape) \(dt)): \(error.message)")
+            }
             let start = dataOffset + t.offset
             guard start <= storage.byteCount, bytes <= storage.byteCount - start else {
                 throw .format("\(path): tensor \(t.name) (\(t.shape) \(dt), \(bytes) bytes at \(start)) extends beyond the end of the file (\(storage.byteCount) bytes): truncated file?")
@@ -290,6 +300,24 @@ struct ByteReader {
     let count: Int
     let path: String
     var position = 0
+    /// Array elements read so far (a `GGUFValue` takes ~20× the bytes of a u8 element: capped).
+    var values = 0
+
+    /// Most array elements accepted in one file's metadata (the largest vocabularies, ~260k tokens with
+    /// their types, scores and merges, hold under 2^21).
+    static let maxValues = 1 << 24
+
+    /// The fewest bytes a value of GGUF type `type` takes in the file, or nil for an unknown type.
+    static func minimumSize(type: UInt32) -> Int? {
+        switch type {
+        case 0, 1, 7: return 1        // u8, i8, bool
+        case 2, 3: return 2           // u16, i16
+        case 4, 5, 6: return 4        // u32, i32, f32
+        case 8, 10, 11, 12: return 8  // string (its u64 length), u64, i64, f64
+        case 9: return 12             // array (u32 element type, u64 length)
+        default: return nil
+        }
+    }
 
     mutating func need(_ n: Int, _ what: String) throws(LKError) {
         guard n >= 0, n <= count - position else {
@@ -340,10 +368,19 @@ struct ByteReader {
         case 9:
             guard depth < 4 else { throw .format("\(path): \(what): arrays nested too deeply") }
             let et = try u32("element type of \(what)")
+            // Checked even for an empty array, so every value read has a known type.
+            guard let minBytes = ByteReader.minimumSize(type: et) else {
+                throw .format("\(path): \(what): unknown array element type \(et) at offset \(position - 4)")
+            }
             let n = try u64("length of \(what)")
-            // Every element takes at least one byte: a length beyond the remaining bytes is corrupt.
-            guard n <= UInt64(count - position) else {
-                throw .format("\(path): \(what): array length \(n) exceeds the remaining \(count - position) bytes")
+            // Every element takes at least `minBytes` bytes: a length beyond the remaining bytes is corrupt
+            // (checked before anything is reserved for the elements).
+            guard n <= UInt64((count - position) / minBytes) else {
+                throw .format("\(path): \(what): array of \(n) elements of type \(et) needs at least \(n) × \(minBytes) bytes, the file has \(count - position) left")
+            }
+            values += Int(n)
+            guard values <= ByteReader.maxValues else {
+                throw .format("\(path): \(what): the metadata holds more than \(ByteReader.maxValues) array elements")
             }
             var out: [GGUFValue] = []
             out.reserveCapacity(Int(n))

@@ -71,6 +71,12 @@ public enum GEMMRight: @unchecked Sendable {
         .f32(ptr, rowStride: ld, colStride: 1)
     }
 
+    /// The weight tensor `w` ([rows, cols], any dtype, contiguous) as `.weight`: `B = wᵀ` when
+    /// `transposed`, else `B = w`.
+    public static func weight(_ w: Tensor, transposed: Bool) -> GEMMRight {
+        .weight(UnsafeRawPointer(w.rawPointer), dtype: w.dtype, rows: w.shape[0], cols: w.shape[1], transposed: transposed)
+    }
+
     /// (K, N) implied by a weight operand.
     var weightKN: (Int, Int)? {
         if case let .weight(_, _, rows, cols, t) = self { return t ? (cols, rows) : (rows, cols) }

@@ -27,8 +27,7 @@ public enum Linear {
             throw .shapeMismatch("out is \(out.shape), expected [\(m), \(n)]")
         }
         try GEMM.multiply(m: m, n: n, k: k, a: GEMMLeft(UnsafePointer(x.f32), rowStride: k),
-                          b: .weight(UnsafeRawPointer(w.rawPointer), dtype: w.dtype, rows: w.shape[0],
-                                     cols: w.shape[1], transposed: transposeWeight),
+                          b: .weight(w, transposed: transposeWeight),
                           c: out.f32, ldc: n, pool: pool)
     }
 
@@ -47,7 +46,7 @@ public enum Linear {
             try matVecRows(weight: w, x: x, rows: rows, ldx: k, y: y, ldy: n, pool: pool, activations: activations)
         } else {
             try GEMM.multiply(m: rows, n: n, k: k, a: GEMMLeft(x, rowStride: k),
-                              b: .weight(UnsafeRawPointer(w.rawPointer), dtype: w.dtype, rows: n, cols: k, transposed: true),
+                              b: .weight(w, transposed: true),
                               c: y, ldc: n, pool: pool)
         }
     }

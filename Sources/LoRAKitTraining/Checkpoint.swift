@@ -17,7 +17,8 @@ import LoRAKitModel
 ///
 /// Saving writes everything into `OUT/.checkpoint-<step>.tmp-<pid>` (each file fsynced), fsyncs that
 /// folder, renames it to `OUT/checkpoint-<step>`, fsyncs `OUT`, then atomically replaces `OUT/latest`, and
-/// finally deletes the oldest checkpoints beyond `keep`. A crash at any point leaves the previous checkpoint
+/// finally deletes the oldest checkpoints beyond `keep` (each renamed to a hidden `.checkpoint-<step>.old-<pid>`
+/// first, so no partly deleted checkpoint is ever visible). A crash at any point leaves the previous checkpoint
 /// complete and reachable: either `latest` still names it, or the loader falls back to it.
 ///
 /// Loading reads `latest`; leftover `.checkpoint-*.tmp-*` / `.checkpoint-*.old-*` folders are deleted; if
@@ -134,7 +135,13 @@ public enum Checkpoint {
         try AtomicFile.write(path: out + "/" + latestFile, bytes: Array((name + "\n").utf8))
 
         let older = list(dir: out).filter { $0.step <= step }.sorted { $0.step > $1.step }
-        for c in older.dropFirst(keep) { removeTree(c.path) }
+        for c in older.dropFirst(keep) {
+            // Hidden first (one rename), then deleted: a crash while deleting must not leave a partial
+            // checkpoint-N in sight (found by the kill test); loadLatest removes the hidden leftover.
+            let hidden = out + "/.\(directoryName(step: c.step)).old-\(getpid())"
+            removeTree(hidden)
+            removeTree(rename(c.path, hidden) == 0 ? hidden : c.path)
+        }
         return final
     }
 

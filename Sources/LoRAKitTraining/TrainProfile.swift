@@ -26,7 +26,8 @@ public final class TrainProfile: @unchecked Sendable {
         case baseForward
         /// Base linear layers, backward with respect to the input: dY·W.
         case baseBackward
-        /// LoRA products (forward t = x·Aᵀ, y += c·t·Bᵀ; backward dA, dB, dx), dropout included.
+        /// LoRA products (forward t = c·x·Aᵀ, y += t·Bᵀ; backward dA, dB, dx), dropout and the per-pass
+        /// rebuild of the Bᵀ panels included.
         case lora
         /// Attention forward (scores, softmax, weighted values).
         case attentionForward

@@ -5,20 +5,21 @@ import LoRAKitTokenizer
 import LoRAKitTemplates
 import LoRAKitModel
 
-/// Trainable LoRA parameters: the mutable counterpart of `LoRAModule`, with gradients, a training forward
-/// that keeps what the backward needs, and the backward itself.
+/// The trainable wrapper of a `LoRAModule`: the module's A and B as `TrainableTensor`s (values shared with
+/// the module, gradients here; the optimizer keeps its state by their names), the forward of the module
+/// itself, and the backward.
 ///
 /// Shape legend: N = rows (tokens of the whole batch), IN = input features, OUT = output features,
-/// r = rank. For a frozen W [OUT, IN]: y = x·Wᵀ + c · (x̃·Aᵀ)·Bᵀ with c = scaling, x̃ = dropout(x).
-/// Backward, with u = dy·B [N, r] and t = x̃·Aᵀ [N, r]:
-///   dB += c · dyᵀ·t,   dA += c · uᵀ·x̃,   dx += c · (u·A) ⊙ mask/(1 − p).
+/// r = rank. For a frozen W [OUT, IN]: y = x·Wᵀ + t·Bᵀ with t = c · x̃·Aᵀ [N, r], c = s (the module's
+/// scaling), x̃ = dropout(x). Backward, with u = dy·B [N, r]:
+///   dB += dyᵀ·t,   dA += c · uᵀ·x̃,   dx += c · (u·A) ⊙ mask/(1 − p).
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
 
-/// One named trainable tensor: values and gradient, both contiguous f32 of `count` elements, owned here.
+/// One named trainable tensor: values and gradient, both contiguous f32 of `count` elements.
 /// The optimizer updates `values` from `grad`; the trainer accumulates into `grad`.
 public final class TrainableTensor: @unchecked Sendable {
     /// PEFT-style name (`base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight`).
@@ -30,13 +31,23 @@ public final class TrainableTensor: @unchecked Sendable {
     public var values: UnsafeMutablePointer<Float> { valueStorage.base.assumingMemoryBound(to: Float.self) }
     public var grad: UnsafeMutablePointer<Float> { gradStorage.base.assumingMemoryBound(to: Float.self) }
 
-    public init(name: String, shape: [Int], initial: UnsafePointer<Float>) throws(LKError) {
+    /// Values copied from `initial` into storage owned here.
+    public convenience init(name: String, shape: [Int], initial: UnsafePointer<Float>) throws(LKError) {
+        let t = try Tensor(zeros: shape, dtype: .f32)
+        t.f32.update(from: initial, count: t.count)
+        try self.init(name: name, sharing: t)
+    }
+
+    /// Values shared with `tensor` (contiguous f32 at offset 0 of its storage): writes to `values` change it.
+    init(name: String, sharing tensor: Tensor) throws(LKError) {
+        guard tensor.dtype == .f32, tensor.isContiguous, tensor.offset == 0 else {
+            throw .internal("trainable tensor \(name): values must be a contiguous f32 tensor at offset 0")
+        }
         self.name = name
-        self.shape = shape
-        count = shape.reduce(1, *)
-        valueStorage = try Storage(byteCount: max(count, 1) * 4)
+        shape = tensor.shape
+        count = tensor.count
+        valueStorage = tensor.storage
         gradStorage = try Storage(lazyZeroedBytes: max(count, 1) * 4)
-        values.update(from: initial, count: count)
     }
 
     public func zeroGrad() { grad.update(repeating: 0, count: count) }
@@ -54,57 +65,51 @@ public final class TrainableTensor: @unchecked Sendable {
     public var gradArray: [Float] { Array(UnsafeBufferPointer(start: grad, count: count)) }
 }
 
-/// The LoRA term of one (layer, module) during training. B's rows are in the model's row order
-/// (GGUF-interleaved for q/k of GGUF models), like the `LoRAModule` it was made from.
-public final class TrainableLoRAModule: @unchecked Sendable {
-    public let layer: Int
-    public let module: LinearModule
-    public let rank: Int
-    public let inFeatures: Int
-    public let outFeatures: Int
-    public let alpha: Float
-    /// s (alpha/r or alpha/√r).
-    public let scaling: Float
+/// The LoRA term of one (layer, module) during training: a private copy of a `LoRAModule` whose A and B
+/// the optimizer writes. B's rows are in the model's row order (GGUF-interleaved for q/k of GGUF models),
+/// like the module it was made from.
+public final class TrainableLoRAModule: LinearAdapter, @unchecked Sendable {
+    /// The module being trained (its A and B are `a.values` and `b.values`).
+    let lora: LoRAModule
     /// A [r, IN].
     public let a: TrainableTensor
     /// B [OUT, r].
     public let b: TrainableTensor
 
+    public var layer: Int { lora.layer }
+    public var module: LinearModule { lora.module }
+    public var rank: Int { lora.rank }
+    public var inFeatures: Int { lora.inFeatures }
+    public var outFeatures: Int { lora.outFeatures }
+    public var alpha: Float { lora.alpha }
+    /// s (alpha/r or alpha/√r).
+    public var scaling: Float { lora.scaling }
+
     init(from m: LoRAModule, namePrefix: String) throws(LKError) {
-        layer = m.layer
-        module = m.module
-        rank = m.rank
-        inFeatures = m.inFeatures
-        outFeatures = m.outFeatures
-        alpha = m.alpha
-        scaling = m.scaling
-        a = try TrainableTensor(name: namePrefix + ".lora_A.weight", shape: [m.rank, m.inFeatures],
-                                initial: UnsafePointer(m.a.f32))
-        b = try TrainableTensor(name: namePrefix + ".lora_B.weight", shape: [m.outFeatures, m.rank],
-                                initial: UnsafePointer(m.b.f32))
+        lora = try m.copy()
+        a = try TrainableTensor(name: namePrefix + ".lora_A.weight", sharing: lora.a)
+        b = try TrainableTensor(name: namePrefix + ".lora_B.weight", sharing: lora.b)
     }
 
     /// An immutable `LoRAModule` with the current values.
-    func snapshot() throws(LKError) -> LoRAModule {
-        let at = try Tensor(a.array, shape: a.shape)
-        let bt = try Tensor(b.array, shape: b.shape)
-        return try LoRAModule(layer: layer, module: module, a: at, b: bt, alpha: alpha, scaling: scaling)
-    }
+    func snapshot() throws(LKError) -> LoRAModule { try lora.copy() }
 
-    /// Training forward: y[N, OUT] += c · t·Bᵀ with t = x̃·Aᵀ written to `t` ([N, r], kept for the backward).
+    /// Rebuild what a forward over `rows` rows derives from A and B (the Bᵀ panels, unless that forward
+    /// takes the GEMM); run after they change (optimizer step, load), before the next forward.
+    func prepare(rows: Int) { if !lora.usesGEMM(rows: rows) { lora.prepare() } }
+
+    public func workspaceFloats(rows: Int) -> Int { lora.workspaceFloats(rows: rows) }
+
+    /// `LoRAModule.forward`: y[N, OUT] += t·Bᵀ with t = scale · c · x̃·Aᵀ left in `workspace` ([N, r], kept
+    /// for the backward, which assumes scale 1).
     /// - x: [N, IN] the layer input, already dropped out by the caller when dropout is on.
-    func forward(x: UnsafePointer<Float>, rows n: Int, y: UnsafeMutablePointer<Float>,
-                 t: UnsafeMutablePointer<Float>, pool: ThreadPool) throws(LKError) {
-        let r = rank
-        try GEMM.multiply(m: n, n: r, k: inFeatures, a: GEMMLeft(x, rowStride: inFeatures),
-                          b: .f32Transposed(UnsafePointer(a.values), ld: inFeatures), c: t, ldc: r, pool: pool)
-        try GEMM.multiply(m: n, n: outFeatures, k: r, alpha: scaling, a: GEMMLeft(UnsafePointer(t), rowStride: r),
-                          b: .f32Transposed(UnsafePointer(b.values), ld: r), beta: 1, c: y, ldc: outFeatures,
-                          pool: pool)
+    public func forward(x: UnsafePointer<Float>, rows: Int, y: UnsafeMutablePointer<Float>, scale: Float,
+                        workspace: UnsafeMutablePointer<Float>, pool: ThreadPool) throws(LKError) {
+        try lora.forward(x: x, rows: rows, y: y, scale: scale, workspace: workspace, pool: pool)
     }
 
     /// Backward: accumulates dA and dB (when `parameters`), and (if `dx` is given) dx̃[N, IN] (+)= c · u·A.
-    /// - x: [N, IN] the (dropped-out) input used in the forward; t: [N, r] from the forward;
+    /// - x: [N, IN] the (dropped-out) input used in the forward; t: [N, r], the forward's workspace;
     ///   dy: [N, OUT]; u: workspace [N, r]; dx: [N, IN] or nil; dxBeta: 0 overwrites dx, 1 adds.
     func backward(x: UnsafePointer<Float>, t: UnsafePointer<Float>, dy: UnsafePointer<Float>, rows n: Int,
                   u: UnsafeMutablePointer<Float>, dx: UnsafeMutablePointer<Float>?, dxBeta: Float,
@@ -115,8 +120,8 @@ public final class TrainableLoRAModule: @unchecked Sendable {
         try GEMM.multiply(m: n, n: r, k: nOut, a: GEMMLeft(dy, rowStride: nOut),
                           b: .f32(UnsafePointer(b.values), ld: r), c: u, ldc: r, pool: pool)
         if parameters {
-            // dB += c · dyᵀ·t
-            try GEMM.multiply(m: nOut, n: r, k: n, alpha: c, a: .transposed(dy, ld: nOut), b: .f32(t, ld: r),
+            // dB += dyᵀ·t (t carries c)
+            try GEMM.multiply(m: nOut, n: r, k: n, a: .transposed(dy, ld: nOut), b: .f32(t, ld: r),
                               beta: 1, c: b.grad, ldc: r, pool: pool)
             // dA += c · uᵀ·x̃
             try GEMM.multiply(m: r, n: nIn, k: n, alpha: c, a: .transposed(UnsafePointer(u), ld: r),

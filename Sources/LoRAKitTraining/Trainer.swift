@@ -85,7 +85,13 @@ public final class LoRATrainer: @unchecked Sendable {
     public var profile: TrainProfile?
 
     private let byLayer: [[TrainableLoRAModule?]]
+    /// The modules in `parameters` order.
+    private let ordered: [TrainableLoRAModule]
     private let lowestLayer: Int
+    /// The plugin adapter being trained (nil: LoRA), its trainable copies by layer and module.
+    public let pluginAdapter: PluginAdapter?
+    private let pluginByLayer: [[PluginTrainable?]]
+    private let pluginModules: [PluginTrainable]
     private let maxRank: Int
     private var buffers: TrainBuffers?
 
@@ -101,6 +107,7 @@ public final class LoRATrainer: @unchecked Sendable {
         let mods = try adapter.modules(for: c.ropeLayout)
         var dict: [LoRAAdapter.Key: TrainableLoRAModule] = [:]
         var params: [TrainableTensor] = []
+        var ordered: [TrainableLoRAModule] = []
         var layers = [[TrainableLoRAModule?]](repeating: [TrainableLoRAModule?](repeating: nil,
                                                                                   count: LinearModule.allCases.count),
                                                 count: c.nLayers)
@@ -109,6 +116,7 @@ public final class LoRATrainer: @unchecked Sendable {
             let t = try TrainableLoRAModule(from: mods[k]!, namePrefix: prefix)
             dict[k] = t
             layers[k.layer][k.module.rawValue] = t
+            ordered.append(t)
             params.append(t.a)
             params.append(t.b)
         }
@@ -121,9 +129,68 @@ public final class LoRATrainer: @unchecked Sendable {
         self.dropout = p
         self.dropoutSeed = dropoutSeed
         self.byLayer = layers
+        self.ordered = ordered
         self.lowestLayer = mods.keys.map(\.layer).min() ?? 0
         self.maxRank = mods.values.map(\.rank).max() ?? 1
         self.lossChunkRows = Self.defaultLossChunkRows(vocab: c.vocabSize)
+        self.pluginAdapter = nil
+        self.pluginByLayer = []
+        self.pluginModules = []
+    }
+
+    /// A trainer of a plugin adapter (IA³, DoRA, …) starting from `plugin`'s values (copied: new instances
+    /// of its type with their own parameters). Parameters are named by their PEFT keys; the type's
+    /// `prepare` runs before every pass (after each optimizer step).
+    public init(model: LlamaModel, plugin: PluginAdapter, threads: Int? = nil) throws(LKError) {
+        try plugin.check(against: model)
+        guard plugin.type.canTrain else {
+            throw .unsupported("trainer: adapter type \"\(plugin.type.name)\" (plugin \(plugin.type.plugin.fileName)) cannot be trained (it has no backward)")
+        }
+        if let t = threads, t < 1 || t > 512 { throw .invalidArgument("trainer: threads \(t) must be in 1...512") }
+        let c = model.config
+        let pool = ThreadPool(threads: threads ?? ThreadPool.hardwareConcurrency)
+        var layers = [[PluginTrainable?]](repeating: [PluginTrainable?](repeating: nil, count: LinearModule.allCases.count),
+                                          count: c.nLayers)
+        var all: [PluginTrainable] = []
+        var params: [TrainableTensor] = []
+        for m in plugin.modules {
+            guard layers[m.layer][m.module.rawValue] == nil else {
+                throw .invalidArgument("trainer: adapter \(plugin.name) has two instances on \(m.fullName)")
+            }
+            let t = try PluginTrainable(try m.copy(model: model, pool: pool))
+            layers[m.layer][m.module.rawValue] = t
+            all.append(t)
+            params += t.tensors.compactMap { $0 }
+        }
+        self.model = model
+        self.pool = pool
+        self.config = LoRAConfig()
+        self.name = plugin.name
+        self.modules = [:]
+        self.parameters = params
+        self.dropout = 0
+        self.dropoutSeed = 0
+        self.byLayer = [[TrainableLoRAModule?]](repeating: [TrainableLoRAModule?](repeating: nil, count: LinearModule.allCases.count),
+                                                count: c.nLayers)
+        self.ordered = []
+        self.lowestLayer = plugin.modules.map(\.layer).min() ?? 0
+        self.maxRank = 1
+        self.lossChunkRows = Self.defaultLossChunkRows(vocab: c.vocabSize)
+        self.pluginAdapter = plugin
+        self.pluginByLayer = layers
+        self.pluginModules = all
+    }
+
+    /// The current values of a plugin adapter's training as a new adapter (own copies of the values).
+    public func trainedPluginAdapter(name: String? = nil) throws(LKError) -> PluginAdapter {
+        guard let p = pluginAdapter else { throw .invalidArgument("trainer: this trainer trains a LoRA adapter (use adapter())") }
+        var mods: [PluginModule] = []
+        for t in pluginModules { mods.append(try t.module.copy(model: model, pool: pool)) }
+        return PluginAdapter(name: name ?? p.name, type: p.type, config: p.config, model: model, modules: mods)
+    }
+
+    @inline(__always) private func plugin(_ l: Int, _ m: LinearModule) -> PluginTrainable? {
+        pluginByLayer.isEmpty ? nil : pluginByLayer[l][m.rawValue]
     }
 
     /// The default `lossChunkRows` for a vocabulary of `vocab` entries (≤ 96 MiB of logits, 64...512 rows).
@@ -229,9 +296,13 @@ public final class LoRATrainer: @unchecked Sendable {
         }
         tock(.embedding, t0)
         let seqs = zip(offsets, lengths).map { (offset: $0, length: $1) }
-        for l in 0..<c.nLayers {
-            try forwardLayer(l, rows: n, seqs: seqs, buf: buf, step: step, micro: microBatch)
-        }
+        // The values may have changed since the last pass (optimizer step, `load`, direct writes).
+        t0 = tick()
+        for m in ordered { m.prepare(rows: n) }
+        for p in pluginModules { try p.module.prepare(pool: pool) }
+        tock(.lora, t0)
+        let runner = Runner(trainer: self, buf: buf, seqs: seqs, step: step, micro: microBatch)
+        for l in 0..<c.nLayers { try LlamaBlock.forward(runner, layer: l, rows: n, model: model) }
 
         // Final norm, output head and loss over the predicted rows.
         let xL = buf.xs[c.nLayers]
@@ -256,9 +327,7 @@ public final class LoRATrainer: @unchecked Sendable {
             tock(.elementwise, t0)
             t0 = tick()
             try GEMM.multiply(m: cnt, n: c.vocabSize, k: c.dim, a: GEMMLeft(UnsafePointer(buf.gather), rowStride: c.dim),
-                              b: .weight(UnsafeRawPointer(model.output.rawPointer), dtype: model.output.dtype,
-                                         rows: c.vocabSize, cols: c.dim, transposed: true),
-                              c: buf.logits, ldc: c.vocabSize, pool: pool)
+                              b: .weight(model.output, transposed: true), c: buf.logits, ldc: c.vocabSize, pool: pool)
             tock(.headForward, t0, flops: headFlops * Double(cnt))
             t0 = tick()
             if backward {
@@ -269,9 +338,7 @@ public final class LoRATrainer: @unchecked Sendable {
                 tock(.loss, t0)
                 t0 = tick()
                 try GEMM.multiply(m: cnt, n: c.dim, k: c.vocabSize, a: GEMMLeft(UnsafePointer(buf.logits), rowStride: c.vocabSize),
-                                  b: .weight(UnsafeRawPointer(model.output.rawPointer), dtype: model.output.dtype,
-                                             rows: c.vocabSize, cols: c.dim, transposed: false),
-                                  c: buf.gather, ldc: c.dim, pool: pool)
+                                  b: .weight(model.output, transposed: false), c: buf.gather, ldc: c.dim, pool: pool)
                 tock(.headBackward, t0, flops: headFlops * Double(cnt))
                 t0 = tick()
                 for i in 0..<cnt {
@@ -320,13 +387,17 @@ public final class LoRATrainer: @unchecked Sendable {
     private func project(_ l: Int, _ m: LinearModule, x: UnsafePointer<Float>, rows n: Int,
                          y: UnsafeMutablePointer<Float>, buf: TrainBuffers, step: Int, micro: Int) throws(LKError) {
         let w = model.layers[l].weight(m)
+        if let pm = plugin(l, m) {
+            let t0 = tick()
+            defer { tock(.lora, t0) }
+            try pm.forward(x: x, rows: n, y: y, weight: w, pool: pool)
+            return
+        }
         // Always the GEMM (never the decode mat-vec): the same f32 arithmetic on the dequantized weights for
         // any row count, so losses do not depend on how a batch is split.
         var t0 = tick()
         try GEMM.multiply(m: n, n: w.shape[0], k: w.shape[1], a: GEMMLeft(x, rowStride: w.shape[1]),
-                          b: .weight(UnsafeRawPointer(w.rawPointer), dtype: w.dtype, rows: w.shape[0], cols: w.shape[1],
-                                     transposed: true),
-                          c: y, ldc: w.shape[0], pool: pool)
+                          b: .weight(w, transposed: true), c: y, ldc: w.shape[0], pool: pool)
         tock(.baseForward, t0, flops: 2 * Double(n) * Double(w.shape[0]) * Double(w.shape[1]))
         guard let tm = byLayer[l][m.rawValue] else { return }
         t0 = tick()
@@ -338,7 +409,7 @@ public final class LoRATrainer: @unchecked Sendable {
                               pool: pool)
             xin = UnsafePointer(buf.xDrop)
         }
-        try tm.forward(x: xin, rows: n, y: y, t: buf.t(l, m), pool: pool)
+        try tm.forward(x: xin, rows: n, y: y, scale: 1, workspace: buf.t(l, m), pool: pool)
     }
 
     /// dx (= or +=, by `beta`) dy·W + the LoRA input gradient; accumulates the LoRA parameter gradients.
@@ -348,12 +419,16 @@ public final class LoRATrainer: @unchecked Sendable {
                                  parameters: Bool, step: Int, micro: Int) throws(LKError) {
         let w = model.layers[l].weight(m)
         let (nOut, nIn) = (w.shape[0], w.shape[1])
+        if let pm = plugin(l, m) {
+            let t0 = tick()
+            defer { tock(.lora, t0) }
+            try pm.backward(x: x, dy: dy, rows: n, dx: dx, beta: beta, weight: w, parameters: parameters, pool: pool)
+            return
+        }
         var t0 = tick()
         if let dx {
             try GEMM.multiply(m: n, n: nIn, k: nOut, a: GEMMLeft(dy, rowStride: nOut),
-                              b: .weight(UnsafeRawPointer(w.rawPointer), dtype: w.dtype, rows: nOut, cols: nIn,
-                                         transposed: false),
-                              beta: beta, c: dx, ldc: nIn, pool: pool)
+                              b: .weight(w, transposed: false), beta: beta, c: dx, ldc: nIn, pool: pool)
             tock(.baseBackward, t0, flops: 2 * Double(n) * Double(nOut) * Double(nIn))
         }
         guard let tm = byLayer[l][m.rawValue] else { return }
@@ -374,46 +449,49 @@ public final class LoRATrainer: @unchecked Sendable {
         }
     }
 
-    private func forwardLayer(_ l: Int, rows n: Int, seqs: [(offset: Int, length: Int)], buf: TrainBuffers, step: Int,
-                              micro: Int) throws(LKError) {
-        let c = model.config
-        let L = model.layers[l], S = buf.layers[l]
-        let xIn = buf.xs[l], xOut = buf.xs[l + 1]
-        let pos = UnsafePointer(buf.positions)
-        var t0 = tick()
-        try Ops.rmsNormForward(x: xIn, weight: L.attnNorm.f32, out: S.xn1, rstd: S.rstd1, rows: n, dim: c.dim,
-                               eps: c.normEps, pool: pool)
-        tock(.norm, t0)
-        try project(l, .q, x: S.xn1, rows: n, y: S.q, buf: buf, step: step, micro: micro)
-        try project(l, .k, x: S.xn1, rows: n, y: S.k, buf: buf, step: step, micro: micro)
-        try project(l, .v, x: S.xn1, rows: n, y: S.v, buf: buf, step: step, micro: micro)
-        t0 = tick()
-        try Ops.ropeForward(x: S.q, out: S.q, rows: n, heads: c.nHeads, headDim: c.headDim, nRot: c.ropeDims,
-                            base: c.ropeBase, positions: pos, layout: c.ropeLayout, table: buf.rope, pool: pool)
-        try Ops.ropeForward(x: S.k, out: S.k, rows: n, heads: c.nKVHeads, headDim: c.headDim, nRot: c.ropeDims,
-                            base: c.ropeBase, positions: pos, layout: c.ropeLayout, table: buf.rope, pool: pool)
-        tock(.rope, t0)
-        t0 = tick()
-        try Ops.attentionForward(q: S.q, k: S.k, v: S.v, out: S.att, lse: S.lse, sequences: seqs, heads: c.nHeads,
-                                 kvHeads: c.nKVHeads, headDim: c.headDim, pool: pool)
-        tock(.attentionForward, t0, flops: attentionFlops(seqs))
-        try project(l, .o, x: S.att, rows: n, y: buf.tmp, buf: buf, step: step, micro: micro)
-        t0 = tick()
-        try Ops.add(xIn, buf.tmp, out: S.xMid, count: n * c.dim, pool: pool)
-        tock(.elementwise, t0)
-        t0 = tick()
-        try Ops.rmsNormForward(x: S.xMid, weight: L.ffnNorm.f32, out: S.xn2, rstd: S.rstd2, rows: n, dim: c.dim,
-                               eps: c.normEps, pool: pool)
-        tock(.norm, t0)
-        try project(l, .gate, x: S.xn2, rows: n, y: S.gate, buf: buf, step: step, micro: micro)
-        try project(l, .up, x: S.xn2, rows: n, y: S.up, buf: buf, step: step, micro: micro)
-        t0 = tick()
-        try Ops.swigluForward(gate: S.gate, up: S.up, out: buf.h, count: n * c.hiddenDim, pool: pool)
-        tock(.activation, t0)
-        try project(l, .down, x: buf.h, rows: n, y: buf.tmp, buf: buf, step: step, micro: micro)
-        t0 = tick()
-        try Ops.add(S.xMid, buf.tmp, out: xOut, count: n * c.dim, pool: pool)
-        tock(.elementwise, t0)
+    /// Training's side of `LlamaBlock`: every activation kept per layer for the backward, one GEMM per
+    /// module over the whole batch (LoRA with dropout, t kept), attention per sequence, each part timed.
+    private struct Runner: LlamaBlockRunner {
+        unowned let trainer: LoRATrainer
+        let buf: TrainBuffers
+        let seqs: [(offset: Int, length: Int)]
+        let step: Int, micro: Int
+        var pool: ThreadPool { trainer.pool }
+        var positions: UnsafePointer<Int32> { UnsafePointer(buf.positions) }
+        var ropeTable: RoPETable? { buf.rope }
+
+        func buffers(layer l: Int) -> LlamaBlock.Buffers {
+            let S = buf.layers[l]
+            return LlamaBlock.Buffers(x: buf.xs[l], xn1: S.xn1, rstd1: S.rstd1, q: S.q, k: S.k, v: S.v, att: S.att,
+                                      o: buf.tmp, xMid: S.xMid, xn2: S.xn2, rstd2: S.rstd2, gate: S.gate, up: S.up,
+                                      h: buf.h, down: buf.tmp, xOut: buf.xs[l + 1])
+        }
+
+        func project(_ l: Int, _ ms: [LinearModule], x: UnsafePointer<Float>, rows: Int,
+                     ys: [UnsafeMutablePointer<Float>]) throws(LKError) {
+            for (m, y) in zip(ms, ys) {
+                try trainer.project(l, m, x: x, rows: rows, y: y, buf: buf, step: step, micro: micro)
+            }
+        }
+
+        func attention(_ l: Int, _ b: LlamaBlock.Buffers, rows: Int) throws(LKError) {
+            let c = trainer.model.config
+            let t0 = tick()
+            try Ops.attentionForward(q: b.q, k: b.k, v: b.v, out: b.att, lse: buf.layers[l].lse, sequences: seqs,
+                                     heads: c.nHeads, kvHeads: c.nKVHeads, headDim: c.headDim, pool: pool)
+            trainer.tock(.attentionForward, t0, flops: trainer.attentionFlops(seqs))
+        }
+
+        func tick() -> Double { trainer.tick() }
+
+        func tock(_ step: LlamaBlock.Step, _ t0: Double) {
+            switch step {
+            case .norm: trainer.tock(.norm, t0)
+            case .rope: trainer.tock(.rope, t0)
+            case .residual: trainer.tock(.elementwise, t0)
+            case .activation: trainer.tock(.activation, t0)
+            }
+        }
     }
 
     /// Multiply-add pairs ×2 of one attention forward (two products over the causal half) for `seqs`.
@@ -441,7 +519,7 @@ public final class LoRATrainer: @unchecked Sendable {
         let c = model.config
         let L = model.layers[l], S = buf.layers[l]
         let mods = byLayer[l]
-        func has(_ ms: LinearModule...) -> Bool { ms.contains { mods[$0.rawValue] != nil } }
+        func has(_ ms: LinearModule...) -> Bool { ms.contains { mods[$0.rawValue] != nil || plugin(l, $0) != nil } }
         let attnPart = needInput || has(.q, .k, .v, .o)
         let dX = buf.dX
         let pos = UnsafePointer(buf.positions)
@@ -534,7 +612,7 @@ public final class LoRATrainer: @unchecked Sendable {
 final class LayerActivations {
     let storage: [Storage]
     let xn1, q, k, v, att, lse, xMid, xn2, gate, up, rstd1, rstd2: UnsafeMutablePointer<Float>
-    /// t = x̃·Aᵀ per module with an adapter ([N, r]).
+    /// t = s · x̃·Aᵀ per module with an adapter ([N, r]): the module's forward workspace.
     let t: [UnsafeMutablePointer<Float>?]
 
     init(config c: LlamaConfig, capacity n: Int, modules: [TrainableLoRAModule?]) throws(LKError) {
@@ -549,7 +627,7 @@ final class LayerActivations {
         xn2 = try alloc(n * c.dim); gate = try alloc(n * c.hiddenDim); up = try alloc(n * c.hiddenDim)
         rstd1 = try alloc(n); rstd2 = try alloc(n)
         var ts: [UnsafeMutablePointer<Float>?] = []
-        for m in modules { ts.append(m == nil ? nil : try alloc(n * m!.rank)) }
+        for m in modules { ts.append(m == nil ? nil : try alloc(m!.workspaceFloats(rows: n))) }
         t = ts
         storage = st
     }
@@ -603,5 +681,106 @@ final class TrainBuffers {
 
     @inline(__always) func t(_ l: Int, _ m: LinearModule) -> UnsafeMutablePointer<Float> {
         layers[l].t[m.rawValue]!
+    }
+}
+
+// MARK: - Plugin adapters
+
+/// One plugin instance being trained: its module (own parameters), the parameters as trainable tensors
+/// (sharing the values; nil for frozen ones) and the activations its backward reads, for batches of up to
+/// `capacity` rows: x' (input point) or h = W x (output and added points).
+final class PluginTrainable {
+    let module: PluginModule
+    let tensors: [TrainableTensor?]
+    private var capacity = 0
+    private var saved: Storage?
+    private var scratch: [Storage] = []
+    private var workspace: Storage?
+
+    init(_ m: PluginModule) throws(LKError) {
+        module = m
+        var ts: [TrainableTensor?] = []
+        let prefix = "base_model.model." + m.fullName + "."
+        for (p, v) in zip(m.parameters, m.values) {
+            ts.append(p.trainable ? try TrainableTensor(name: prefix + p.name, sharing: v) : nil)
+        }
+        tensors = ts
+    }
+
+    private func f(_ s: Storage) -> UnsafeMutablePointer<Float> { s.base.assumingMemoryBound(to: Float.self) }
+
+    private func ensure(rows n: Int) throws(LKError) {
+        let wide = max(module.inFeatures, module.outFeatures)
+        let ws = max(module.workspaceFloats(call: Int32(0), rows: n), module.workspaceFloats(call: Int32(1), rows: n), 1)
+        if n > capacity {
+            saved = try Storage(lazyZeroedBytes: n * wide * 4)
+            scratch = [try Storage(lazyZeroedBytes: n * wide * 4), try Storage(lazyZeroedBytes: n * wide * 4)]
+            capacity = n
+        }
+        if workspace == nil || workspace!.byteCount < ws * 4 { workspace = try Storage(lazyZeroedBytes: ws * 4) }
+    }
+
+    /// y[T, OUT] = the module with the instance (scale 1) on x[T, IN], keeping what the backward reads.
+    func forward(x: UnsafePointer<Float>, rows n: Int, y: UnsafeMutablePointer<Float>, weight w: Tensor,
+                 pool: ThreadPool) throws(LKError) {
+        try ensure(rows: n)
+        let nIn = module.inFeatures, nOut = module.outFeatures
+        let keep = f(saved!), ws = f(workspace!)
+        func base(_ xin: UnsafePointer<Float>, _ out: UnsafeMutablePointer<Float>) throws(LKError) {
+            try GEMM.multiply(m: n, n: nOut, k: nIn, a: GEMMLeft(xin, rowStride: nIn), b: .weight(w, transposed: true),
+                              c: out, ldc: nOut, pool: pool)
+        }
+        switch module.point {
+        case .input:
+            try module.forward(x: x, baseY: nil, rows: n, y: keep, scale: 1, workspace: ws, pool: pool)
+            try base(UnsafePointer(keep), y)
+        case .output:
+            try base(x, keep)
+            try module.forward(x: x, baseY: UnsafePointer(keep), rows: n, y: y, scale: 1, workspace: ws, pool: pool)
+        case .add:
+            try base(x, y)
+            keep.update(from: y, count: n * nOut)
+            try module.forward(x: x, baseY: UnsafePointer(keep), rows: n, y: y, scale: 1, workspace: ws, pool: pool)
+        }
+    }
+
+    /// dx (= or +=, by `beta`) dL/dx through the module and the instance; accumulates the instance's
+    /// parameter gradients when `parameters`. dx nil: parameter gradients only.
+    func backward(x: UnsafePointer<Float>, dy: UnsafePointer<Float>, rows n: Int, dx: UnsafeMutablePointer<Float>?,
+                  beta: Float, weight w: Tensor, parameters: Bool, pool: ThreadPool) throws(LKError) {
+        try ensure(rows: n)
+        let nIn = module.inFeatures, nOut = module.outFeatures
+        let keep = UnsafePointer(f(saved!)), ws = f(workspace!), a = f(scratch[0]), b = f(scratch[1])
+        let grads: [UnsafeMutablePointer<Float>?] = tensors.map { parameters ? $0?.grad : nil }
+        if !parameters && dx == nil { return }
+        // dx (beta) += d · W for d [T, OUT].
+        func throughW(_ d: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>, beta: Float) throws(LKError) {
+            try GEMM.multiply(m: n, n: nIn, k: nOut, a: GEMMLeft(d, rowStride: nOut), b: .weight(w, transposed: false),
+                              beta: beta, c: out, ldc: nIn, pool: pool)
+        }
+        switch module.point {
+        case .input:
+            // dL/dx' = dy · W, then the instance maps it to dL/dx (all of it).
+            try throughW(dy, into: a, beta: 0)
+            if dx != nil { b.update(repeating: 0, count: n * nIn) }
+            try module.backward(x: x, baseY: nil, dy: UnsafePointer(a), rows: n, dx: dx == nil ? nil : b, dBaseY: nil,
+                                paramGrads: grads, scale: 1, workspace: ws, pool: pool)
+            if let dx { for i in 0..<(n * nIn) { dx[i] = (beta == 0 ? 0 : dx[i]) + b[i] } }
+        case .output:
+            a.update(repeating: 0, count: n * nOut)
+            try module.backward(x: x, baseY: keep, dy: dy, rows: n, dx: nil, dBaseY: a, paramGrads: grads, scale: 1,
+                                workspace: ws, pool: pool)
+            if let dx { try throughW(UnsafePointer(a), into: dx, beta: beta) }
+        case .add:
+            a.update(repeating: 0, count: n * nOut)
+            if dx != nil { b.update(repeating: 0, count: n * nIn) }
+            try module.backward(x: x, baseY: keep, dy: dy, rows: n, dx: dx == nil ? nil : b, dBaseY: a, paramGrads: grads,
+                                scale: 1, workspace: ws, pool: pool)
+            if let dx {
+                for i in 0..<(n * nOut) { a[i] += dy[i] }
+                try throughW(UnsafePointer(a), into: dx, beta: beta)
+                for i in 0..<(n * nIn) { dx[i] += b[i] }
+            }
+        }
     }
 }

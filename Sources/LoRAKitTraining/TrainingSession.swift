@@ -70,7 +70,8 @@ public struct TrainingOptions: Sendable {
         func bad(_ field: String, _ problem: String) -> LKError { .invalidOption(field: field, problem: problem) }
         guard lora.dropout.isFinite, lora.dropout >= 0, lora.dropout < 1 else { throw bad("dropout", "\(lora.dropout) must be in [0, 1)") }
         if initAdapter == nil {
-            guard lora.rank >= 1, lora.rank <= 4096 else { throw bad("rank", "\(lora.rank) must be in 1...4096") }
+            let ranks = LoRAModule.rankRange
+            guard ranks.contains(lora.rank) else { throw bad("rank", "\(lora.rank) must be in \(ranks.lowerBound)...\(ranks.upperBound)") }
             guard lora.alpha.isFinite, lora.alpha > 0 else { throw bad("alpha", "\(lora.alpha) must be finite and > 0") }
             guard !lora.targets.isEmpty else { throw bad("targets", "is empty: no module would be trained") }
             let layers = lora.layers ?? [], n = model?.config.nLayers ?? 1 << 20
@@ -361,8 +362,16 @@ public final class TrainingSession: @unchecked Sendable {
     /// rows) ([P + T, C]). On error the gradients may hold a partial sum (zero them).
     public func forwardBackward(_ sequence: TrainSequence, lossScale: Float,
                                 inputGradients: Bool = false) throws(LKError) -> TrainPassResult {
+        try forwardBackward([sequence], lossScale: lossScale, inputGradients: inputGradients)
+    }
+
+    /// Forward and backward of several sequences in one pass (each attends only to itself; every base weight
+    /// is read once for all of their rows): the same gradients as one `forwardBackward` per sequence, summed.
+    /// `inputGradients` are per sequence, in batch order.
+    public func forwardBackward(_ batch: [TrainSequence], lossScale: Float,
+                                inputGradients: Bool = false) throws(LKError) -> TrainPassResult {
         try requireNoData("forwardBackward")
-        let r = try trainer.pass([sequence], gradients: true, lossScale: lossScale, inputGradients: inputGradients,
+        let r = try trainer.pass(batch, gradients: true, lossScale: lossScale, inputGradients: inputGradients,
                                  step: step, microBatch: microBatch)
         microBatch += 1
         return r

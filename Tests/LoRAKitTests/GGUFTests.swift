@@ -17,7 +17,7 @@ private let temporaryPathCount = Atomic<Int>(0)
 /// A path for a test file, unique per call: swift-testing runs tests in parallel, and two tests asking for
 /// the same name (e.g. a helper's "tok.gguf") must not overwrite each other's file.
 func temporaryPath(_ name: String) -> String {
-    let dir = String(cString: getenv("TMPDIR") ?? strdup("/tmp"))
+    let dir = getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp"  // (strdup leaked a string per call: make test-asan)
     let n = temporaryPathCount.add(1, ordering: .relaxed).newValue
     return "\(dir)/lorakit-test-\(getpid())-\(n)-\(name)"
 }

@@ -191,10 +191,11 @@ final class RealModel: @unchecked Sendable {
 
 /// Σ NLL over `ids` cut into windows of 512 evaluated alone (every position but each window's first
 /// predicted), the number of predictions, and how many top-1 predictions equal `referenceArgmax`.
-func windowedNLL(model: LlamaModel, adapters: [(LoRAAdapter, Float)] = [], ids: [Int32],
-                 referenceArgmax: [Int32]? = nil) throws -> (Double, Int, Int) {
+func windowedNLL(model: LlamaModel, adapters: [(LoRAAdapter, Float)] = [], plugins: [(PluginAdapter, Float)] = [],
+                 ids: [Int32], referenceArgmax: [Int32]? = nil) throws -> (Double, Int, Int) {
     let ctx = try LlamaContext(model: model, maxPositions: 512, threads: 2)
     for (a, s) in adapters { try ctx.attach(a, scale: s) }
+    for (a, s) in plugins { try ctx.attach(a, scale: s) }
     var nllSum = 0.0, count = 0, agree = 0
     var start = 0
     let V = model.config.vocabSize

@@ -163,6 +163,8 @@ static lk_tensor *X, *W, *O, *V, *victim_tensor;
 static lk_adapter *A, *AG, *victim_adapter;
 static lk_trainer *T, *TM, *victim_trainer;
 static lk_projector *P, *victim_projector;
+static lk_plugin *PL, *victim_plugin;
+static char p_plugin[1200];                     /* the shipped IA³ plugin (make plugins: .build/plugins/ia3.so) */
 static char p_proj[600], p_save_proj[600];
 static void *forged_heap;                       /* a real heap pointer no call ever returned */
 static int32_t n_vocab, n_embd, n_ctx_train;
@@ -170,7 +172,8 @@ static const int32_t CTX_POSITIONS = 32;
 
 typedef struct { const char *kind; void *live, *freed; char wrong_tag[64]; } handle_kind;
 static handle_kind kinds[] = {{"tensor", 0, 0, ""}, {"model", 0, 0, ""}, {"context", 0, 0, ""},
-                              {"adapter", 0, 0, ""}, {"trainer", 0, 0, ""}, {"projector", 0, 0, ""}};
+                              {"adapter", 0, 0, ""}, {"trainer", 0, 0, ""}, {"projector", 0, 0, ""},
+                              {"plugin", 0, 0, ""}};
 #define N_KINDS (sizeof kinds / sizeof kinds[0])
 
 static handle_kind *kind_named(const char *k) {
@@ -221,6 +224,7 @@ static void setup(const char *root) {
     if (!mkdtemp(tmp_dir)) die("mkdtemp: %s", strerror(errno));
     snprintf(p_model_dir, sizeof p_model_dir, "%s/Tests/LoRAKitTests/Fixtures/train/model", root);
     snprintf(p_gguf, sizeof p_gguf, "%s/Tests/LoRAKitTests/Fixtures/model/tiny-llama-f32.gguf", root);
+    snprintf(p_plugin, sizeof p_plugin, "%s/.build/plugins/ia3.so", root);
     snprintf(p_bad_jsonl, sizeof p_bad_jsonl, "%s/Tests/LoRAKitTests/Fixtures/train/data/bad.jsonl", root);
 #define TMP(var, name) snprintf(var, sizeof var, "%s/%s", tmp_dir, name)
     TMP(p_random, "random.bin");
@@ -331,6 +335,8 @@ static void setup(const char *root) {
     must(lk_projector_create(M, 4, 7, &P), "lk_projector_create(P)");
     must(lk_projector_save(P, p_proj), "lk_projector_save(P)");
     must(lk_projector_create(M, 4, 8, &victim_projector), "lk_projector_create(victim)");
+    must(lk_plugin_load(p_plugin, &PL), "lk_plugin_load(PL) (make plugins builds .build/plugins/ia3.so)");
+    must(lk_plugin_load(p_plugin, &victim_plugin), "lk_plugin_load(victim)");
 
     /* Freed handles: made, then released. */
     lk_tensor *ft;
@@ -350,6 +356,9 @@ static void setup(const char *root) {
     lk_projector *fp;
     must(lk_projector_create(M, 4, 9, &fp), "lk_projector_create(freed)");
     must(lk_projector_free(fp), "lk_projector_free(freed)");
+    lk_plugin *fpl;
+    must(lk_plugin_load(p_plugin, &fpl), "lk_plugin_load(freed)");
+    must(lk_plugin_free(fpl), "lk_plugin_free(freed)");
     must(lk_model_free(fm), "lk_model_free(freed)");
 
     kinds[0].live = X; kinds[0].freed = ft;
@@ -358,6 +367,7 @@ static void setup(const char *root) {
     kinds[3].live = A; kinds[3].freed = fa;
     kinds[4].live = T; kinds[4].freed = ftr;
     kinds[5].live = P; kinds[5].freed = fp;
+    kinds[6].live = PL; kinds[6].freed = fpl;
     for (size_t i = 0; i < N_KINDS; i++) snprintf(kinds[i].wrong_tag, sizeof kinds[i].wrong_tag, "live %s handle", kinds[i].kind);
     /* Every handle type of the header needs a live and a freed handle here. */
     for (size_t i = 0; i < ABI_N_OPAQUE; i++)
@@ -745,7 +755,11 @@ static void b_generate(call *c) {
     SET_P(c, "result", new_struct(c, "result", "lk_generate_result", 1));
 }
 static void b_string_free(call *c) {
-    char *s = malloc(8); /* "a string returned by the library (it is malloc'ed: free() is equivalent)" */
+    /* "a string returned by the library (it is malloc'ed: free() is equivalent)". Allocated once and kept
+     * in a static: the calls run in forked children, so the parent never frees it (LeakSanitizer under
+     * make test-asan reported the parent's copy as a leak). */
+    static char *s;
+    if (!s) s = malloc(8);
     memcpy(s, "string", 7);
     SET_P(c, "s", s);
 }
@@ -828,6 +842,13 @@ static void b_projector_save(call *c) {
     SET_P(c, "path", p_save_proj);
 }
 static void b_projector_free(call *c) { SET_P(c, "projector", victim_projector); }
+static void b_plugin_load(call *c) {
+    SET_P(c, "path", p_plugin);
+    out_handle(c, "out");
+}
+static void b_plugin_free(call *c) { SET_P(c, "plugin", victim_plugin); }
+static void b_plugin_info_json(call *c) { SET_P(c, "plugin", PL); buf_needed(c, 4096); }
+static void b_plugins_json(call *c) { SET_I32(c, "load_search_path", 0); buf_needed(c, 16384); }
 static void b_projector_info(call *c) {
     SET_P(c, "projector", P);
     SET_P(c, "in_features", out_mem(c, "*in_features", 8, 0));
@@ -900,6 +921,26 @@ static void b_forward_backward(call *c) {
     SET_P(c, "predicted", out_mem(c, "*predicted", 8, 0));
     SET_P(c, "input_grad", out_mem(c, "input_grad[]", (size_t)n_embd * 5 * 4, 0));
     SET_I64(c, "input_grad_capacity", (int64_t)n_embd * 5);
+}
+static void b_forward_backward_batch(call *c) {
+    /* Two sequences: one prefix row + 4 tokens, then 3 tokens without a prefix. */
+    static const int32_t tokens[7] = {1, 2, 3, 4, 5, 6, 7};
+    static const uint8_t is_target[7] = {0, 1, 1, 1, 0, 1, 1};
+    static const int64_t n_tokens[2] = {4, 3}, n_prefix[2] = {1, 0};
+    float *prefix = c_alloc(c, (size_t)n_embd * 4);
+    for (int i = 0; i < n_embd; i++) prefix[i] = (float)((i % 5) - 2) * 0.05f;
+    SET_P(c, "trainer", TM);
+    SET_I64(c, "n_seqs", 2);
+    SET_P(c, "tokens", in_mem(c, "tokens[]", tokens, sizeof tokens, 1024 * 4));
+    SET_P(c, "is_target", in_mem(c, "is_target[]", is_target, sizeof is_target, 1024));
+    SET_P(c, "n_tokens", in_mem(c, "n_tokens[]", n_tokens, sizeof n_tokens, 1024 * 8));
+    SET_P(c, "prefix", in_mem(c, "prefix[]", prefix, (size_t)n_embd * 4, (size_t)n_embd * 512 * 4));
+    SET_P(c, "n_prefix", in_mem(c, "n_prefix[]", n_prefix, sizeof n_prefix, 1024 * 8));
+    SET_F32(c, "loss_scale", 0.25f);
+    SET_P(c, "sum_nll", out_mem(c, "*sum_nll", 8, 0));
+    SET_P(c, "predicted", out_mem(c, "*predicted", 8, 0));
+    SET_P(c, "input_grad", out_mem(c, "input_grad[]", (size_t)n_embd * 8 * 4, 0));
+    SET_I64(c, "input_grad_capacity", (int64_t)n_embd * 8);
 }
 static void b_optimizer_step(call *c) {
     SET_P(c, "trainer", TM);
@@ -1090,11 +1131,16 @@ static const spec specs[] = {
     {"lk_trainer_steps", b_trainer_steps, NULL, 0},
     {"lk_trainer_zero_grad", b_zero_grad, NULL, 0},
     {"lk_trainer_forward_backward", b_forward_backward, NULL, 0},
+    {"lk_trainer_forward_backward_batch", b_forward_backward_batch, NULL, 0},
     {"lk_trainer_optimizer_step", b_optimizer_step, NULL, 0},
     {"lk_projector_create", b_projector_create, NULL, 0},
     {"lk_projector_load", b_projector_load, NULL, 0},
     {"lk_projector_save", b_projector_save, NULL, 0},
     {"lk_projector_free", b_projector_free, NULL, 0},
+    {"lk_plugin_load", b_plugin_load, NULL, 0},
+    {"lk_plugin_free", b_plugin_free, NULL, 0},
+    {"lk_plugin_info_json", b_plugin_info_json, NULL, 0},
+    {"lk_plugins_json", b_plugins_json, NULL, 0},
     {"lk_projector_info", b_projector_info, NULL, 0},
     {"lk_projector_forward", b_projector_forward, NULL, 0},
     {"lk_projector_backward", b_projector_backward, NULL, 0},
@@ -1269,6 +1315,11 @@ static const override overrides[] = {
     {"lk_trainer_forward_backward", "sum_nll", "NULL", LK_OK, "Outputs, each may be NULL"},
     {"lk_trainer_forward_backward", "predicted", "NULL", LK_OK, "Outputs, each may be NULL"},
     {"lk_trainer_forward_backward", "input_grad", "NULL", LK_OK, "Outputs, each may be NULL"},
+    {"lk_trainer_forward_backward_batch", "is_target", "NULL", LK_OK, "is_target (may be NULL: every token)"},
+    {"lk_trainer_forward_backward_batch", "n_prefix", "NULL", LK_OK, "n_prefix may be NULL: no prefixes"},
+    {"lk_trainer_forward_backward_batch", "sum_nll", "NULL", LK_OK, "Outputs, each may be NULL"},
+    {"lk_trainer_forward_backward_batch", "predicted", "NULL", LK_OK, "Outputs, each may be NULL"},
+    {"lk_trainer_forward_backward_batch", "input_grad", "NULL", LK_OK, "Outputs, each may be NULL"},
     {"lk_trainer_optimizer_step", "grad_norm", "NULL", LK_OK, "*grad_norm (may be NULL)"},
     {"lk_projector_create", "seed", "-1", LK_OK, "seed: any uint64_t"},
     {"lk_projector_create", "seed", "MIN", LK_OK, "seed: any uint64_t"},

@@ -22,8 +22,8 @@ OUT=$(mktemp -d "${TMPDIR:-/tmp}/lorakit-abi-build.XXXXXX")
 trap 'rm -rf "$OUT"' EXIT
 "$PYTHON" "$ROOT/scripts/abi_table.py" --c-table "$PREFIX/include/lorakit.h" > "$OUT/abi_table.h" \
     || fail "scripts/abi_table.py cannot parse $PREFIX/include/lorakit.h"
-# shellcheck disable=SC2086  # flag lists
-"$CC" -std=c11 -Wall -Wextra -Werror -O1 -g -I"$OUT" -o "$OUT/abi_sweep" "$HERE/abi_sweep.c" $PKG_FLAGS $FFI_FLAGS -ldl -lm \
+# shellcheck disable=SC2086  # flag lists; CC may carry flags (scripts/sanitize.sh)
+$CC -std=c11 -Wall -Wextra -Werror -O1 -g -I"$OUT" -o "$OUT/abi_sweep" "$HERE/abi_sweep.c" $PKG_FLAGS $FFI_FLAGS -ldl -lm \
     || fail "abi_sweep.c does not compile"
 # A crash is reported as a failed call; keep Swift's crash report to its one-line message.
 export SWIFT_BACKTRACE=${SWIFT_BACKTRACE:-enable=no}

@@ -69,7 +69,7 @@ static const char *lkt_cur_name = "";
 /* EXPECT_OK(call): the call returns LK_OK. */
 #define EXPECT_OK(call) lkt_expect_status((call), LK_OK, NULL, #call, __FILE__, __LINE__)
 
-static void lkt_expect_status(lk_status got, lk_status want, const char *substr, const char *expr,
+static inline void lkt_expect_status(lk_status got, lk_status want, const char *substr, const char *expr,
                               const char *file, int line) {
     const char *msg = lk_last_error();
     if (got != want) {

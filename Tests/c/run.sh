@@ -25,11 +25,15 @@ trap 'rm -rf "$OUT"' EXIT
 
 passed=0; failed=0; skipped=0
 sources=("$HERE"/test_*.c "$ROOT/bindings/c/example.c")
+# ONLY="test_threads test_train": just those programs (make test-tsan runs the threaded ones).
+if [ -n "${ONLY:-}" ]; then
+    sources=(); for name in $ONLY; do sources+=("$HERE/$name.c"); done
+fi
 for src in "${sources[@]}"; do
     name=$(basename "$src" .c)
     echo "== $name"
-    # shellcheck disable=SC2086  # PKG_FLAGS is a list of flags
-    if ! "$CC" -std=c11 -Wall -Wextra -Werror -O1 -g -o "$OUT/$name" "$src" $PKG_FLAGS -pthread -lm; then
+    # shellcheck disable=SC2086  # PKG_FLAGS is a list of flags; CC may carry flags (scripts/sanitize.sh)
+    if ! $CC -std=c11 -Wall -Wextra -Werror -O1 -g -o "$OUT/$name" "$src" $PKG_FLAGS -pthread -lm; then
         echo "  FAIL $name: does not compile"
         failed=$((failed + 1))
         continue

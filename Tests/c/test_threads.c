@@ -292,11 +292,12 @@ static void test_replaced_pools_release_their_threads(void) {
     lk_tensor_free(x); lk_tensor_free(w); lk_tensor_free(o);
 }
 
-typedef struct { volatile int stop; int flips; } flipper_arg;
+/* stop is read and written with atomics (a volatile int was a data race: make test-tsan). */
+typedef struct { int stop; int flips; } flipper_arg;
 
 static void *flipper(void *p) {
     flipper_arg *a = p;
-    while (!a->stop) {
+    while (!__atomic_load_n(&a->stop, __ATOMIC_ACQUIRE)) {
         if (lk_set_default_threads(1 + (a->flips & 1)) != LK_OK) break;
         a->flips++;
     }
@@ -312,7 +313,7 @@ static void test_set_threads_while_matmul_runs(void) {
     CHECK(pthread_create(&tf, NULL, flipper, &f) == 0);
     CHECK(pthread_create(&tj, NULL, job_run, &j) == 0);
     pthread_join(tj, NULL);
-    f.stop = 1;
+    __atomic_store_n(&f.stop, 1, __ATOMIC_RELEASE);
     pthread_join(tf, NULL);
     CHECK(j.errors == 0);
     CHECKF(j.mismatches == 0, "%d of %d results changed while the pool was swapped", j.mismatches, j.iterations);

@@ -4,19 +4,36 @@ import LoRAKitFormats
 import LoRAKitTokenizer
 import LoRAKitTemplates
 
-/// The interface every adapter type implements for one linear layer (LoRA here; plugin adapter types
-/// are wrapped behind the same protocol by the plugin host).
+/// The hook every adapter type implements for one linear layer. LoRA implements it twice over one
+/// value type: `LoRAModule` (inference) and its trainable wrapper `TrainableLoRAModule` (training).
 ///
 /// Shape legend: T = rows (tokens), IN = input features, OUT = output features of the base layer.
 /// An adapter never changes the base weight: the layer computes `y = W x` and then each attached adapter
-/// adds its own term `y += scale · Δ(x)`.
+/// adds its own term `y += scale · Δ(x)`, for one row (decode) or many (prefill, training).
+///
+/// The hook is shaped so that another adapter type — DoRA or IA³ as a dlopen'ed plugin — can implement
+/// it the way LoRA does. What such a type needs, and where LoRA has it:
+/// - parameters, named f32 tensors: LoRA's A and B (`LoRAModule.a`/`b`); training wraps them as
+///   `TrainableTensor`s (values shared, gradients; the optimizer keeps its state by their names);
+/// - a prepare step after attaching or loading and after every optimizer step, deriving what the
+///   forward needs from the parameters: `LoRAModule.prepare()` (the Bᵀ panels; the trainer runs it
+///   before every pass);
+/// - the forward over one row (decode) or many (prefill, training): `forward` below, whose workspace
+///   keeps what the backward reads. LoRA adds a term to the output, as DoRA does (DoRA also reads the
+///   base output W x, which the caller would pass along); IA³ scales the output (y := l ⊙ W x) or the
+///   input (x := l ⊙ x before the base product), at the other two points of the same projection step
+///   (`LlamaContext`'s and `LoRATrainer`'s `project`);
+/// - the backward, adding parameter gradients and the input gradient, from that workspace:
+///   `TrainableLoRAModule.backward`;
+/// - an optional merge into the base weight: `LoRAModule.merge(into:scale:pool:)`.
 public protocol LinearAdapter: AnyObject, Sendable {
     var inFeatures: Int { get }
     var outFeatures: Int { get }
     /// Floats of workspace `forward` needs for `rows` rows (the caller provides it; it must not be
     /// kernel scratch, which the GEMM itself uses).
     func workspaceFloats(rows: Int) -> Int
-    /// y[T, OUT] += scale · Δ(x[T, IN]).
+    /// y[T, OUT] += scale · Δ(x[T, IN]). On return the workspace holds what a backward needs (training
+    /// keeps it per module; inference reuses it).
     /// - x: [T, IN]; y: [T, OUT]; workspace: ≥ `workspaceFloats(rows:)` floats.
     func forward(x: UnsafePointer<Float>, rows: Int, y: UnsafeMutablePointer<Float>, scale: Float,
                  workspace: UnsafeMutablePointer<Float>, pool: ThreadPool) throws(LKError)

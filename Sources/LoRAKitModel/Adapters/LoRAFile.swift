@@ -5,126 +5,73 @@ import LoRAKitTokenizer
 import LoRAKitTemplates
 
 /// LoRA adapter files: Hugging Face PEFT folders (`adapter_config.json` + `adapter_model.safetensors`)
-/// and llama.cpp GGUF LoRA files, read into and written from one neutral type, `LoRATensors`, that the
-/// LoRA runtime consumes.
+/// and llama.cpp GGUF LoRA files, read into and written from `LoRATensors`: the file's `LoRAModule`s
+/// and what the file says about them.
 ///
 /// Math (both formats): a targeted linear layer `y = W x` becomes `y = W x + s · B (A x)` with
 /// A: [r, IN], B: [OUT, r] and s = alpha / r (PEFT default and llama.cpp), or alpha / √r (PEFT
-/// `use_rslora`). The runtime multiplies s by the user's adapter scale.
+/// `use_rslora`) — `LoRAModule.scaling`. The runtime multiplies s by the user's adapter scale.
 ///
-/// Q/K row order: Hugging Face/PEFT store the rows of `q_proj`/`k_proj` (and so B's rows) with RoPE
-/// pairs in two halves per head (`.neox`); llama.cpp's converters permute them so pairs are adjacent
-/// (`.interleaved`): within each head of size D, interleaved row 2j = half row j, row 2j+1 = half row
-/// j + D/2. `convert_lora_to_gguf.py` reuses the base model's `permute` on a `LoraTorchTensor`, which
-/// applies the row reshape/swap to `lora_B` only (A's rows are the rank, its columns the unpermuted
-/// input), so GGUF LoRA files hold interleaved B rows for q/k. `LoRATensors.rowLayout` records which
-/// order B is in; `withRowLayout(_:config:)` converts.
+/// Q/K row order (`LoRARowOrder`): PEFT folders hold B's q/k rows in Hugging Face order (`.neox`);
+/// `convert_lora_to_gguf.py` reuses the base model's `permute` on a `LoraTorchTensor`, which applies
+/// the row reshape/swap to `lora_B` only, so GGUF LoRA files hold interleaved B rows for q/k.
+/// `LoRATensors.rowLayout` records which order B is in; `withRowLayout(_:config:)` converts.
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
 import Darwin
 #endif
 
-/// The tensors and hyper-parameters of one LoRA adapter, format-neutral.
+/// The modules and hyper-parameters of one LoRA adapter, format-neutral.
 public struct LoRATensors: Sendable {
     /// One adapted linear layer.
-    public struct Entry: Sendable {
-        public var layer: Int
-        public var module: LinearModule
-        /// [r, IN], f32, contiguous.
-        public var a: Tensor
-        /// [OUT, r], f32, contiguous; rows in `LoRATensors.rowLayout` order for q/k.
-        public var b: Tensor
-        public var alpha: Float
-        public var rank: Int { a.shape[0] }
+    public typealias Entry = LoRAModule
 
-        public init(layer: Int, module: LinearModule, a: Tensor, b: Tensor, alpha: Float) {
-            self.layer = layer
-            self.module = module
-            self.a = a
-            self.b = b
-            self.alpha = alpha
-        }
-
-        /// Hugging Face module name, `model.layers.N.self_attn.q_proj` (what PEFT patterns match).
-        public var hfFullName: String { "model.layers.\(layer).\(module.hfName)" }
-        /// GGUF base tensor name, `blk.N.attn_q.weight`.
-        public var ggufBaseName: String { "blk.\(layer).\(module.ggufName).weight" }
-        /// `layer N module q (self_attn.q_proj)`, for messages.
-        public var what: String { "layer \(layer) module \(module) (\(module.hfName))" }
-    }
-
-    /// Sorted by (layer, module); at most one entry per (layer, module).
-    public var entries: [Entry]
-    /// scaling = alpha/√r if true, else alpha/r.
-    public var useRSLoRA: Bool
+    /// Sorted by (layer, module); at most one entry per (layer, module); one rsLoRA rule.
+    public private(set) var entries: [LoRAModule]
     /// Order of B's rows for q/k: `.neox` (HF/PEFT) or `.interleaved` (GGUF).
-    public var rowLayout: RoPELayout
+    public private(set) var rowLayout: RoPELayout
     /// `base_model_name_or_path`, informative.
     public var baseModel: String?
     /// Target modules as stored (a PEFT regex string is stored as its single element).
     public var targetModules: [String]
     public var dropout: Float
 
-    /// Validates the entries (f32 2-D tensors, A/B ranks agree, no duplicates) and sorts them.
-    public init(entries: [Entry], useRSLoRA: Bool = false, rowLayout: RoPELayout = .neox,
-                baseModel: String? = nil, targetModules: [String] = [], dropout: Float = 0) throws(LKError) {
+    /// Checks that no (layer, module) appears twice and that all entries follow one scale rule (rsLoRA
+    /// or not: the files hold one), and sorts the entries.
+    public init(entries: [LoRAModule], rowLayout: RoPELayout = .neox, baseModel: String? = nil,
+                targetModules: [String] = [], dropout: Float = 0) throws(LKError) {
         var seen = Set<Int>()
         for e in entries {
-            guard e.layer >= 0 else { throw .invalidArgument("LoRA: \(e.what): negative layer") }
             guard seen.insert(e.layer * LinearModule.allCases.count + e.module.rawValue).inserted else {
                 throw .invalidArgument("LoRA: \(e.what) appears twice")
             }
-            guard e.a.dtype == .f32, e.b.dtype == .f32, e.a.isContiguous, e.b.isContiguous else {
-                throw .invalidArgument("LoRA: \(e.what): A and B must be contiguous f32 tensors (got \(e.a.dtype), \(e.b.dtype))")
+            guard e.rsLoRA == entries[0].rsLoRA else {
+                throw .invalidArgument("LoRA: \(e.what) uses \(e.rsLoRA ? "rsLoRA" : "plain") scaling, \(entries[0].what) does not")
             }
-            guard e.a.rank == 2, e.b.rank == 2 else {
-                throw .shapeMismatch("LoRA: \(e.what): A \(e.a.shape) and B \(e.b.shape) must be 2-D")
-            }
-            guard e.a.shape[0] >= 1, e.a.shape[0] == e.b.shape[1] else {
-                throw .shapeMismatch("LoRA: \(e.what): rank mismatch: lora_A \(e.a.shape) has rank \(e.a.shape[0]), lora_B \(e.b.shape) has rank \(e.b.shape[1])")
-            }
-            guard e.alpha.isFinite else { throw .invalidArgument("LoRA: \(e.what): alpha \(e.alpha) is not finite") }
         }
         self.entries = entries.sorted { ($0.layer, $0.module.rawValue) < ($1.layer, $1.module.rawValue) }
-        self.useRSLoRA = useRSLoRA
         self.rowLayout = rowLayout
         self.baseModel = baseModel
         self.targetModules = targetModules
         self.dropout = dropout
     }
 
-    /// s = alpha/√r (rsLoRA) or alpha/r.
-    public func scaling(_ e: Entry) -> Float {
-        Float(LoRATensors.scaling(alpha: Double(e.alpha), rank: e.rank, rs: useRSLoRA))
-    }
+    /// scaling = alpha/√r if true, else alpha/r.
+    public var useRSLoRA: Bool { entries.first?.rsLoRA ?? false }
 
-    static func scaling(alpha: Double, rank: Int, rs: Bool) -> Double {
-        rs ? alpha / Double(rank).squareRoot() : alpha / Double(rank)
-    }
+    /// s of an entry (`LoRAModule.scaling`).
+    public func scaling(_ e: Entry) -> Float { e.scaling }
 
     /// The entry for (layer, module), if the adapter targets it.
     public func entry(layer: Int, module: LinearModule) -> Entry? {
         entries.first { $0.layer == layer && $0.module == module }
     }
 
-    /// Checks every entry against a model: layer in range, A = [r, IN], B = [OUT, r].
-    public func check(_ config: LlamaConfig) throws(LKError) {
-        for e in entries {
-            guard e.a.rank == 2, e.b.rank == 2, e.a.shape[0] == e.b.shape[1] else {
-                throw .shapeMismatch("LoRA: \(e.what): lora_A \(e.a.shape) and lora_B \(e.b.shape) are not [r, in] and [out, r]")
-            }
-            guard e.layer >= 0, e.layer < config.nLayers else {
-                throw .shapeMismatch("LoRA: \(e.what): layer \(e.layer) does not exist (the model has \(config.nLayers) layers)")
-            }
-            let (o, i) = e.module.shape(config)
-            guard e.a.shape == [e.rank, i] else {
-                throw .shapeMismatch("LoRA: \(e.what): tensor lora_A has shape \(e.a.shape), expected [\(e.rank), \(i)] ([rank, in_features])")
-            }
-            guard e.b.shape == [o, e.rank] else {
-                throw .shapeMismatch("LoRA: \(e.what): tensor lora_B has shape \(e.b.shape), expected [\(o), \(e.rank)] ([out_features, rank])")
-            }
-        }
+    /// Checks every entry against a model (`LoRAModule.check(against:for:)`): layer in range,
+    /// A = [r, IN], B = [OUT, r].
+    public func check(_ config: LlamaConfig, for what: String? = nil) throws(LKError) {
+        for e in entries { try e.check(against: config, for: what) }
     }
 
     /// A copy whose q/k B rows are in `layout` order (heads of `config.headDim`; q has `nHeads`
@@ -133,41 +80,57 @@ public struct LoRATensors: Sendable {
         if layout == rowLayout { return self }
         try check(config)
         var out = self
-        for (k, e) in entries.enumerated() where e.module == .q || e.module == .k {
-            out.entries[k].b = try LoRATensors.permuteRows(e.b, headDim: config.headDim, toInterleaved: layout == .interleaved)
+        for (k, e) in entries.enumerated() {
+            out.entries[k] = try e.withRowLayout(layout, from: rowLayout, headDim: config.headDim)
         }
         out.rowLayout = layout
         return out
     }
 
-    /// Rows of `t` ([heads·D, cols]) permuted within each head between half order and pair order.
-    static func permuteRows(_ t: Tensor, headDim d: Int, toInterleaved: Bool) throws(LKError) -> Tensor {
-        let rows = t.shape[0], cols = t.shape[1]
-        guard d % 2 == 0, rows % d == 0 else {
-            throw .shapeMismatch("LoRA: cannot permute \(rows) rows in heads of \(d)")
+    /// A contiguous f32 copy of `t` (any dtype `toFloats` reads), refusing NaN/Inf.
+    static func f32Copy(_ t: Tensor, what: String) throws(LKError) -> Tensor {
+        let c = try Tensor(t.toFloats(), shape: t.shape)
+        if let (row, col, v) = c.firstNonFinite() {
+            throw .format("\(what): value \(v) at [\(row), \(col)] is not finite (NaN/Inf)")
         }
-        let out = try Tensor(zeros: t.shape)
-        let src = t.f32, dst = out.f32
-        for h in 0..<(rows / d) {
-            for j in 0..<(d / 2) {
-                let half0 = h * d + j, half1 = h * d + j + d / 2
-                let pair0 = h * d + 2 * j, pair1 = h * d + 2 * j + 1
-                let (from0, to0, from1, to1) = toInterleaved ? (half0, pair0, half1, pair1) : (pair0, half0, pair1, half1)
-                (dst + to0 * cols).update(from: src + from0 * cols, count: cols)
-                (dst + to1 * cols).update(from: src + from1 * cols, count: cols)
-            }
+        return c
+    }
+
+    /// The A/B tensor names of each (layer, module) of a file, sorted by (layer, module). `parse` maps a
+    /// tensor name to (layer, module, isA), or nil when the name is not a LoRA tensor (`unknown` gives
+    /// the error); `label` names a module in messages (`attn_q`, `self_attn.q_proj`), `aName`/`bName`
+    /// the two tensors (`lora_A`, `lora_a`).
+    static func pairedNames(_ names: [String], file: String, aName: String, bName: String,
+                            label: (LinearModule) -> String, parse: (String) -> (Int, LinearModule, Bool)?,
+                            unknown: (String) -> LKError) throws(LKError) -> [(layer: Int, module: LinearModule, a: String, b: String)] {
+        var parts: [Int: (a: String?, b: String?)] = [:]
+        let nMod = LinearModule.allCases.count
+        for name in names {
+            guard let (layer, module, isA) = parse(name) else { throw unknown(name) }
+            let key = layer * nMod + module.rawValue
+            var p = parts[key] ?? (nil, nil)
+            if isA { p.a = name } else { p.b = name }
+            parts[key] = p
         }
+        var out: [(layer: Int, module: LinearModule, a: String, b: String)] = []
+        for key in parts.keys.sorted() {
+            let layer = key / nMod, module = LinearModule.allCases[key % nMod]
+            let p = parts[key]!
+            let what = "\(file): layer \(layer) module \(module) (\(label(module)))"
+            guard let an = p.a else { throw .format("\(what): \(bName) is present but \(aName) is missing") }
+            guard let bn = p.b else { throw .format("\(what): \(aName) is present but \(bName) is missing") }
+            out.append((layer, module, an, bn))
+        }
+        guard !out.isEmpty else { throw .format("\(file): no LoRA tensors") }
         return out
     }
 
-    /// A contiguous f32 copy of `t` (any dtype `toFloats` reads), refusing NaN/Inf.
-    static func f32Copy(_ t: Tensor, what: String) throws(LKError) -> Tensor {
-        let v = t.toFloats()
-        if let bad = v.firstIndex(where: { !$0.isFinite }) {
-            let row = t.cols == 0 ? 0 : bad / t.cols, col = t.cols == 0 ? 0 : bad % t.cols
-            throw .format("\(what): value \(v[bad]) at [\(row), \(col)] is not finite (NaN/Inf)")
+    /// `LoRAModule(...)` for a module read from `file`: its errors become format errors of the file.
+    static func module(_ file: String, layer: Int, module: LinearModule, a: Tensor, b: Tensor, alpha: Float,
+                       rsLoRA: Bool) throws(LKError) -> LoRAModule {
+        do { return try LoRAModule(layer: layer, module: module, a: a, b: b, alpha: alpha, rsLoRA: rsLoRA) } catch {
+            throw .format("\(file): \(error.message)")
         }
-        return try Tensor(v, shape: t.shape)
     }
 }
 
@@ -277,60 +240,41 @@ extension LoRATensors {
             throw .io("\(stPath): missing (a PEFT folder holds adapter_config.json and adapter_model.safetensors)")
         }
         let file = try SafetensorsFile(path: stPath)
-        var parts: [Int: (a: String?, b: String?)] = [:]
-        let nMod = LinearModule.allCases.count
-        for name in file.tensorNames {
-            guard let (layer, module, isA) = LoRATensors.parsePEFTKey(name) else {
-                if modulesToSave {
-                    throw unsupported("modules_to_save is set and \(stPath) holds tensor \(name): fully trained extra modules are not supported (only lora_A/lora_B of q,k,v,o,gate,up,down)")
-                }
-                throw .format("\(stPath): unknown tensor \(name) (expected base_model.model.model.layers.N.<self_attn.{q,k,v,o}_proj|mlp.{gate,up,down}_proj>.lora_{A,B}.weight)")
-            }
-            let key = layer * nMod + module.rawValue
-            var p = parts[key] ?? (nil, nil)
-            if isA { p.a = name } else { p.b = name }
-            parts[key] = p
-        }
-        // Compiled patterns (first matching key wins, as in PEFT).
-        func compile(_ list: [(String, Double)], _ field: String) throws(LKError) -> [(Regex<AnyRegexOutput>, Double)] {
-            var out: [(Regex<AnyRegexOutput>, Double)] = []
-            for (k, v) in list {
-                do { out.append((try Regex("(.*\\.)?(\(k))"), v)) } catch {
+        let pairs = try LoRATensors.pairedNames(
+            file.tensorNames, file: stPath, aName: "lora_A", bName: "lora_B", label: \.hfName,
+            parse: LoRATensors.parsePEFTKey,
+            unknown: { name in
+                modulesToSave
+                    ? unsupported("modules_to_save is set and \(stPath) holds tensor \(name): fully trained extra modules are not supported (only lora_A/lora_B of q,k,v,o,gate,up,down)")
+                    : .format("\(stPath): unknown tensor \(name) (expected base_model.model.model.layers.N.<self_attn.{q,k,v,o}_proj|mlp.{gate,up,down}_proj>.lora_{A,B}.weight)")
+            })
+        // Patterns: every key must be a valid regular expression; the first key, in the file's order,
+        // that matches a module (`LoRAConfig.matches`, PEFT's rule) gives its value.
+        for (field, list) in [("rank_pattern", rankPattern), ("alpha_pattern", alphaPattern)] {
+            for (k, _) in list {
+                do { _ = try Regex("(.*\\.)?(\(k))") } catch {
                     throw .format("\(cfgPath): \(field) key \"\(k)\" is not a valid regular expression: \(error)")
                 }
             }
-            return out
         }
-        let rankRx = try compile(rankPattern, "rank_pattern"), alphaRx = try compile(alphaPattern, "alpha_pattern")
-        func lookup(_ rx: [(Regex<AnyRegexOutput>, Double)], _ name: String, _ d: Double) -> Double {
-            for (re, v) in rx where (try? re.wholeMatch(in: name)) != nil { return v }
-            return d
+        func lookup(_ list: [(String, Double)], _ name: String, _ d: Double) -> Double {
+            list.first { LoRAConfig.matches(key: $0.0, name: name) }?.1 ?? d
         }
 
         var entries: [Entry] = []
-        for key in parts.keys.sorted() {
-            let layer = key / nMod, module = LinearModule.allCases[key % nMod]
-            let p = parts[key]!
-            let what = "\(stPath): layer \(layer) module \(module) (\(module.hfName))"
-            guard let an = p.a else { throw .format("\(what): lora_B is present but lora_A is missing") }
-            guard let bn = p.b else { throw .format("\(what): lora_A is present but lora_B is missing") }
-            let a = try LoRATensors.f32Copy(try file.tensor(an), what: "\(stPath): \(an)")
-            let b = try LoRATensors.f32Copy(try file.tensor(bn), what: "\(stPath): \(bn)")
-            guard a.rank == 2, b.rank == 2 else { throw .format("\(what): lora_A \(a.shape) and lora_B \(b.shape) must be 2-D") }
-            guard a.shape[0] == b.shape[1], a.shape[0] >= 1 else {
-                throw .format("\(what): rank mismatch: lora_A has shape \(a.shape) (rank \(a.shape[0])), lora_B has shape \(b.shape) (rank \(b.shape[1]))")
+        for p in pairs {
+            let a = try LoRATensors.f32Copy(try file.tensor(p.a), what: "\(stPath): \(p.a)")
+            let b = try LoRATensors.f32Copy(try file.tensor(p.b), what: "\(stPath): \(p.b)")
+            let full = LoRAConfig.hfModuleName(layer: p.layer, module: p.module)
+            let m = try LoRATensors.module(stPath, layer: p.layer, module: p.module, a: a, b: b,
+                                           alpha: Float(lookup(alphaPattern, full, alphaD)), rsLoRA: rs)
+            let wantRank = Int(lookup(rankPattern, full, Double(r)))
+            guard wantRank == m.rank else {
+                throw .format("\(stPath): \(m.what): tensors have rank \(m.rank) but the config gives rank \(wantRank) (r / rank_pattern)")
             }
-            let full = "model.layers.\(layer).\(module.hfName)"
-            let wantRank = Int(lookup(rankRx, full, Double(r)))
-            guard wantRank == a.shape[0] else {
-                throw .format("\(what): tensors have rank \(a.shape[0]) but the config gives rank \(wantRank) (r / rank_pattern)")
-            }
-            let alpha = lookup(alphaRx, full, alphaD)
-            entries.append(Entry(layer: layer, module: module, a: a, b: b, alpha: Float(alpha)))
+            entries.append(m)
         }
-        guard !entries.isEmpty else { throw .format("\(stPath): no LoRA tensors") }
-        try self.init(entries: entries, useRSLoRA: rs, rowLayout: .neox, baseModel: base,
-                      targetModules: targets, dropout: dropout)
+        try self.init(entries: entries, rowLayout: .neox, baseModel: base, targetModules: targets, dropout: dropout)
     }
 
     /// `base_model.model.model.layers.N.<hfName>.lora_{A,B}.weight` → (N, module, isA).
@@ -347,21 +291,14 @@ extension LoRATensors {
         return (layer, m, isA)
     }
 
-    /// The most frequent value (ties: the smallest).
-    static func mostCommon<T: Hashable & Comparable>(_ xs: [T]) -> T? {
-        var count: [T: Int] = [:]
-        for x in xs { count[x, default: 0] += 1 }
-        return count.max { ($0.value, $1.key) < ($1.value, $0.key) }?.key
-    }
-
-    /// The `adapter_config.json` a PEFT folder written by `writePEFT` holds.
+    /// The `adapter_config.json` a PEFT folder written by `writePEFT` holds: `r`, `lora_alpha` and the
+    /// patterns of `LoRAConfig(describing:)`, patterns in module order.
     public func peftConfigJSON() -> JSONValue {
-        let r = LoRATensors.mostCommon(entries.map(\.rank)) ?? 8
-        let alpha = LoRATensors.mostCommon(entries.map(\.alpha)) ?? Float(r)
+        let c = LoRAConfig(describing: entries, nLayers: nil, dropout: dropout)
         var rankPattern: [(String, JSONValue)] = [], alphaPattern: [(String, JSONValue)] = []
         for e in entries {
-            if e.rank != r { rankPattern.append((e.hfFullName, .number(Double(e.rank)))) }
-            if e.alpha != alpha { alphaPattern.append((e.hfFullName, .number(Double(e.alpha)))) }
+            if let r = c.rankPattern[e.hfFullName] { rankPattern.append((e.hfFullName, .number(Double(r)))) }
+            if let a = c.alphaPattern[e.hfFullName] { alphaPattern.append((e.hfFullName, .number(Double(a)))) }
         }
         // Leaf names when every adapted layer targets the same modules, else full names (PEFT would
         // otherwise add zero-B LoRA layers where the file has none: same math, but not the same adapter).
@@ -381,11 +318,11 @@ extension LoRATensors {
             ("layer_replication", .null),
             ("layers_pattern", .null),
             ("layers_to_transform", .null),
-            ("lora_alpha", .number(Double(alpha))),
+            ("lora_alpha", .number(Double(c.alpha))),
             ("lora_dropout", .number(Double(dropout))),
             ("modules_to_save", .null),
             ("peft_type", .string("LORA")),
-            ("r", .number(Double(r))),
+            ("r", .number(Double(c.rank))),
             ("rank_pattern", .object(rankPattern)),
             ("target_modules", .array(targets.map { .string($0) })),
             ("task_type", .string("CAUSAL_LM")),
@@ -450,35 +387,19 @@ extension LoRATensors {
             alpha = try f.double("adapter.lora.alpha")
             guard alpha.isFinite else { throw .format("\(path): adapter.lora.alpha \(alpha) is not finite") }
         }
-        var parts: [Int: (a: String?, b: String?)] = [:]
-        let nMod = LinearModule.allCases.count
-        for t in f.tensors {
-            guard let (layer, module, isA) = LoRATensors.parseGGUFName(t.name) else {
-                throw .unsupported("\(path): tensor \(t.name) is not supported (only blk.N.{attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down}.weight.lora_{a,b})")
-            }
-            let key = layer * nMod + module.rawValue
-            var p = parts[key] ?? (nil, nil)
-            if isA { p.a = t.name } else { p.b = t.name }
-            parts[key] = p
-        }
+        let pairs = try LoRATensors.pairedNames(
+            f.tensors.map(\.name), file: path, aName: "lora_a", bName: "lora_b", label: \.ggufName,
+            parse: LoRATensors.parseGGUFName,
+            unknown: { .unsupported("\(path): tensor \($0) is not supported (only blk.N.{attn_q,attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down}.weight.lora_{a,b})") })
         var entries: [Entry] = []
-        for key in parts.keys.sorted() {
-            let layer = key / nMod, module = LinearModule.allCases[key % nMod]
-            let p = parts[key]!
-            let what = "\(path): layer \(layer) module \(module) (\(module.ggufName))"
-            guard let an = p.a else { throw .format("\(what): lora_b is present but lora_a is missing") }
-            guard let bn = p.b else { throw .format("\(what): lora_a is present but lora_b is missing") }
-            let a = try LoRATensors.f32Copy(try f.tensor(an), what: "\(path): \(an)")
-            let b = try LoRATensors.f32Copy(try f.tensor(bn), what: "\(path): \(bn)")
-            guard a.rank == 2, b.rank == 2 else { throw .format("\(what): lora_a \(a.shape) and lora_b \(b.shape) must be 2-D") }
-            guard a.shape[0] == b.shape[1], a.shape[0] >= 1 else {
-                throw .format("\(what): rank mismatch: lora_a has ne [\(a.shape[1]), \(a.shape[0])] (rank \(a.shape[0])), lora_b has ne [\(b.shape[1]), \(b.shape[0])] (rank \(b.shape[1]))")
-            }
-            entries.append(Entry(layer: layer, module: module, a: a, b: b,
-                                 alpha: alpha == 0 ? Float(a.shape[0]) : Float(alpha)))
+        for p in pairs {
+            let a = try LoRATensors.f32Copy(try f.tensor(p.a), what: "\(path): \(p.a)")
+            let b = try LoRATensors.f32Copy(try f.tensor(p.b), what: "\(path): \(p.b)")
+            entries.append(try LoRATensors.module("\(path): \(p.module.ggufWeightName(layer: p.layer))", layer: p.layer,
+                                                  module: p.module, a: a, b: b,
+                                                  alpha: alpha == 0 ? Float(a.shape.first ?? 1) : Float(alpha), rsLoRA: false))
         }
-        guard !entries.isEmpty else { throw .format("\(path): no LoRA tensors") }
-        try self.init(entries: entries, useRSLoRA: false, rowLayout: .interleaved,
+        try self.init(entries: entries, rowLayout: .interleaved,
                       baseModel: f.metadata["general.base_model.0.name"]?.string,
                       targetModules: LinearModule.allCases.filter { m in entries.contains { $0.module == m } }.map(\.ggufName),
                       dropout: 0)
@@ -494,21 +415,28 @@ extension LoRATensors {
     }
 
     /// The single alpha a GGUF file written by `writeGGUF` carries: the most common alpha.
-    public var ggufAlpha: Float { LoRATensors.mostCommon(entries.map(\.alpha)) ?? 1 }
+    public var ggufAlpha: Float { mostCommon(entries.map(\.alpha)) ?? 1 }
 
     /// The entries as llama.cpp will apply them with one global alpha: B' = B · s_module · r / alpha_g,
     /// so that llama.cpp's scale alpha_g / r gives exactly s_module · B A. Entries whose own scaling
     /// already equals alpha_g / r (non-rsLoRA with alpha = alpha_g) keep B bit-for-bit.
     public func foldedForGGUF(alpha alphaG: Float) throws(LKError) -> [Entry] {
-        guard alphaG.isFinite, alphaG != 0 else { throw .invalidArgument("LoRA GGUF: global alpha \(alphaG) must be finite and non-zero") }
-        var out = entries
-        for (k, e) in entries.enumerated() {
-            if !useRSLoRA && e.alpha == alphaG { out[k].alpha = alphaG; continue }
-            let factor = Float(LoRATensors.scaling(alpha: Double(e.alpha), rank: e.rank, rs: useRSLoRA) * Double(e.rank) / Double(alphaG))
+        try LoRAModule.checkAlpha(alphaG, "LoRA GGUF: global alpha")
+        var out: [Entry] = []
+        for e in entries {
+            if !e.rsLoRA && e.alpha == alphaG { out.append(e); continue }
+            // s_module · r / alpha_g, computed in Double.
+            let factor = Float(LoRAModule.scaling(rank: e.rank, alpha: Double(e.alpha), rsLoRA: e.rsLoRA)
+                               * Double(e.rank) / Double(alphaG))
             let b = try Tensor(zeros: e.b.shape)
-            for i in 0..<e.b.count { b.f32[i] = e.b.f32[i] * factor }
-            out[k].b = b
-            out[k].alpha = alphaG
+            for i in 0..<e.b.count {
+                b.f32[i] = e.b.f32[i] * factor
+                // A file with ±inf would not load again (found by the peft fuzz target).
+                guard b.f32[i].isFinite else {
+                    throw .invalidArgument("LoRA GGUF: \(e.what): lora_B value \(e.b.f32[i]) times \(factor) (its scaling folded into B for the file's alpha \(alphaG)) overflows float32; this adapter cannot be written as a llama.cpp GGUF LoRA")
+                }
+            }
+            out.append(try LoRAModule(layer: e.layer, module: e.module, a: e.a, b: b, alpha: alphaG))
         }
         return out
     }

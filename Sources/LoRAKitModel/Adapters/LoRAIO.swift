@@ -17,31 +17,13 @@ public enum AdapterFormat: String, Sendable, CaseIterable {
 }
 
 extension LoRAAdapter {
-    /// Build a runtime adapter from file tensors, checked against `model` (architecture sizes, shapes,
-    /// NaN/Inf). The adapter keeps the file's row order; attaching permutes q/k rows when needed.
+    /// An adapter of a file's modules for `model`, checked against it (architecture sizes, shapes,
+    /// NaN/Inf). The adapter keeps the file's row order; attaching permutes q/k rows when needed. The
+    /// config summarises the file (`LoRAConfig(describing:)`); exact ranks and alphas live in the modules.
     public convenience init(tensors t: LoRATensors, model: LlamaModel, name: String) throws(LKError) {
-        try t.check(model.config)
-        var mods: [LoRAModule] = []
-        for e in t.entries {
-            mods.append(try LoRAModule(layer: e.layer, module: e.module, a: e.a, b: e.b, alpha: e.alpha,
-                                       rsLoRA: t.useRSLoRA))
-        }
-        let targets = Set(t.entries.map(\.module))
-        let layers = Array(Set(t.entries.map(\.layer))).sorted()
-        // The config summarises the file; exact per-module ranks/alphas live in the modules.
-        let ranks = t.entries.map(\.rank)
-        let common = LoRATensors.mostCommon(ranks) ?? ranks.first ?? 1
-        var cfg = LoRAConfig(rank: common, alpha: LoRATensors.mostCommon(t.entries.map(\.alpha)) ?? Float(common))
-        cfg.useRSLoRA = t.useRSLoRA
-        cfg.targets = targets
-        cfg.layers = layers.count == model.config.nLayers ? nil : layers
-        cfg.dropout = t.dropout
-        for e in t.entries {
-            let key = LoRAConfig.hfModuleName(layer: e.layer, module: e.module)
-            if e.rank != cfg.rank { cfg.rankPattern[key] = e.rank }
-            if e.alpha != cfg.alpha { cfg.alphaPattern[key] = e.alpha }
-        }
-        try self.init(name: name, config: cfg, modelConfig: model.config, rowLayout: t.rowLayout, modules: mods)
+        try t.check(model.config, for: model.source)
+        try self.init(name: name, config: LoRAConfig(describing: t.entries, nLayers: model.config.nLayers, dropout: t.dropout),
+                      modelConfig: model.config, rowLayout: t.rowLayout, modules: t.entries)
         try check(against: model)
     }
 
@@ -55,21 +37,12 @@ extension LoRAAdapter {
         return try LoRAAdapter(tensors: tensors, model: model, name: name ?? base)
     }
 
-    /// The adapter's tensors (each module's own rank and alpha), in its row order.
-    public func fileTensors() throws(LKError) -> LoRATensors {
-        var entries: [LoRATensors.Entry] = []
-        for k in keys {
-            guard let m = modules[k] else { continue }
-            entries.append(LoRATensors.Entry(layer: m.layer, module: m.module, a: m.a, b: m.b, alpha: m.alpha))
-        }
-        var t = try LoRATensors(entries: entries, useRSLoRA: config.useRSLoRA, rowLayout: rowLayout)
-        t.dropout = config.dropout
-        return t
-    }
+    /// The adapter's modules (each with its own rank and alpha), in its row order.
+    public func fileTensors() -> LoRATensors { tensors }
 
     /// Save as a PEFT folder or a GGUF LoRA file (atomically).
     public func save(path: String, format: AdapterFormat) throws(LKError) {
-        let t = try fileTensors()
+        let t = fileTensors()
         switch format {
         case .peft: try t.writePEFT(directory: path, config: modelConfig)
         case .gguf: try t.writeGGUF(path: path, config: modelConfig)

@@ -23,26 +23,17 @@ func mergedWeights(model: LlamaModel, adapters: [(LoRAAdapter, Float)], pool: Th
         }
         try a.check(against: model)
     }
-    var perAdapter: [[LoRAAdapter.Key: LoRAModule]] = []
-    var keys = Set<LoRAAdapter.Key>()
-    for (a, _) in adapters {
-        let m = try a.modules(for: model.config.ropeLayout)
-        perAdapter.append(m)
-        keys.formUnion(m.keys)
-    }
+    let (perAdapter, keys) = try modulesByAdapter(adapters, layout: model.config.ropeLayout)
     var out: [(LoRAAdapter.Key, [Float])] = []
-    for k in keys.sorted() {
+    for k in keys {
         let w = model.layers[k.layer].weight(k.module)
-        let (nOut, nIn) = (w.shape[0], w.shape[1])
-        var values = w.toFloats()
+        let nIn = w.shape[1]
+        var values = w.toFloats()  // [OUT, IN]
         try values.withUnsafeMutableBufferPointer { (buf: inout UnsafeMutableBufferPointer<Float>) throws(LKError) in
             for (i, (_, scale)) in adapters.enumerated() {
                 guard let m = perAdapter[i][k], scale != 0 else { continue }
-                // W[OUT, IN] += (scale·s) · B[OUT, r] · A[r, IN]
-                try GEMM.multiply(m: nOut, n: nIn, k: m.rank, alpha: scale * m.scaling,
-                                  a: GEMMLeft(UnsafePointer(m.b.f32), rowStride: m.rank),
-                                  b: .f32(UnsafePointer(m.a.f32), ld: nIn), beta: 1,
-                                  c: buf.baseAddress!, ldc: nIn, pool: pool)
+                // W += (scale·s) · B·A
+                try m.merge(into: buf.baseAddress!, scale: scale, pool: pool)
             }
         }
         for (i, v) in values.enumerated() where !v.isFinite {
@@ -51,6 +42,19 @@ func mergedWeights(model: LlamaModel, adapters: [(LoRAAdapter, Float)], pool: Th
         out.append((k, values))
     }
     return out
+}
+
+/// Each adapter's modules with B rows in `layout` order, and the sorted union of their keys.
+func modulesByAdapter(_ adapters: [(LoRAAdapter, Float)], layout: RoPELayout)
+    throws(LKError) -> ([[LoRAAdapter.Key: LoRAModule]], [LoRAAdapter.Key]) {
+    var per: [[LoRAAdapter.Key: LoRAModule]] = []
+    var keys = Set<LoRAAdapter.Key>()
+    for (a, _) in adapters {
+        let m = try a.modules(for: layout)
+        per.append(m)
+        keys.formUnion(m.keys)
+    }
+    return (per, keys.sorted())
 }
 
 /// A new model whose touched weights are W + Σ scale_i·s_i·B_i·A_i (f32, or re-quantized to `outType`);
@@ -97,7 +101,7 @@ public func writeMergedGGUF(model: LlamaModel, adapters: [(LoRAAdapter, Float)],
     }
     let ws = try mergedWeights(model: model, adapters: adapters, pool: pool)
     var byName: [String: (LoRAAdapter.Key, [Float])] = [:]
-    for (k, v) in ws { byName["blk.\(k.layer).\(k.module.ggufName).weight"] = (k, v) }
+    for (k, v) in ws { byName[k.module.ggufWeightName(layer: k.layer)] = (k, v) }
     var w = GGUFWriter()
     w.alignment = f.alignment
     for key in f.metadataKeys { if let v = f.metadata[key] { w.set(key, v) } }
@@ -134,26 +138,18 @@ public func writeMergedGGUF(model: LlamaModel, adapters: [(LoRAAdapter, Float)],
 public func combine(_ adapters: [(LoRAAdapter, Float)], rank: Int? = nil, name: String = "combined")
     throws(LKError) -> (LoRAAdapter, retainedEnergy: Double?) {
     guard let first = adapters.first?.0 else { throw .invalidArgument("combine: no adapters") }
-    if let k = rank, k < 1 || k > 4096 { throw .invalidArgument("combine: rank \(k) must be in 1...4096") }
+    if let k = rank { try LoRAModule.checkRank(k, "combine: rank") }
     let mc = first.modelConfig
-    var per: [[LoRAAdapter.Key: LoRAModule]] = []
-    var keys = Set<LoRAAdapter.Key>()
     for (a, w) in adapters {
         guard w.isFinite else { throw .invalidArgument("combine: weight \(w) of adapter \(a.name) is not finite") }
-        let c = a.modelConfig
-        guard c.nLayers == mc.nLayers, c.dim == mc.dim, c.hiddenDim == mc.hiddenDim, c.nHeads == mc.nHeads,
-              c.nKVHeads == mc.nKVHeads, c.headDim == mc.headDim else {
-            throw .shapeMismatch("combine: adapter \(a.name) was made for other model sizes than \(first.name)")
+        if let (what, mine, theirs) = a.sizeDifference(from: mc) {
+            throw .shapeMismatch("combine: adapter \(a.name) was made for a model with \(what) \(mine), \(first.name) for \(theirs)")
         }
-        let m = try a.modules(for: first.rowLayout)
-        per.append(m)
-        keys.formUnion(m.keys)
     }
+    let (per, keys) = try modulesByAdapter(adapters, layout: first.rowLayout)
     var mods: [LoRAModule] = []
     var kept = 0.0, total = 0.0
-    var rankPattern: [String: Int] = [:]
-    var maxRank = 0
-    for key in keys.sorted() {
+    for key in keys {
         var parts: [(LoRAModule, Float)] = []
         for (i, (_, w)) in adapters.enumerated() { if let m = per[i][key] { parts.append((m, w)) } }
         let r = parts.reduce(0) { $0 + $1.0.rank }
@@ -176,25 +172,14 @@ public func combine(_ adapters: [(LoRAAdapter, Float)], rank: Int? = nil, name: 
             av = a2; bv = b2; kept += e.kept; total += e.total
             outRank = min(k, r)
         }
-        guard outRank <= 4096 else {
-            throw .invalidArgument("combine: layer \(key.layer) \(key.module): total rank \(outRank) exceeds 4096 (pass rank:)")
+        guard LoRAModule.rankRange.contains(outRank) else {
+            throw .invalidArgument("combine: layer \(key.layer) \(key.module): total rank \(outRank) exceeds \(LoRAModule.rankRange.upperBound) (pass rank:)")
         }
-        let m = try LoRAModule(layer: key.layer, module: key.module, a: try Tensor(av, shape: [outRank, nIn]),
-                               b: try Tensor(bv, shape: [nOut, outRank]), alpha: Float(outRank), scaling: 1)
-        mods.append(m)
-        rankPattern[LoRAConfig.hfModuleName(layer: key.layer, module: key.module)] = outRank
-        maxRank = max(maxRank, outRank)
+        // alpha = rank: s = 1.
+        mods.append(try LoRAModule(layer: key.layer, module: key.module, a: try Tensor(av, shape: [outRank, nIn]),
+                                   b: try Tensor(bv, shape: [nOut, outRank]), alpha: Float(outRank)))
     }
-    // Describe per-module ranks with full-name patterns; alpha = rank everywhere (s = 1).
-    var cfg = LoRAConfig(rank: maxRank, alpha: Float(maxRank), useRSLoRA: false,
-                         targets: Set(keys.map(\.module)), layers: nil)
-    for (k, r) in rankPattern where r != maxRank {
-        cfg.rankPattern[k] = r
-        cfg.alphaPattern[k] = Float(r)
-    }
-    cfg.dropout = first.config.dropout
-    let layerSet = Set(keys.map(\.layer))
-    if layerSet.count < mc.nLayers { cfg.layers = layerSet.sorted() }
+    let cfg = LoRAConfig(describing: mods, nLayers: mc.nLayers, dropout: first.config.dropout)
     let out = try LoRAAdapter(name: name, config: cfg, modelConfig: mc, rowLayout: first.rowLayout, modules: mods)
     return (out, rank == nil ? nil : (total > 0 ? kept / total : 1))
 }

@@ -84,6 +84,9 @@ public enum LinearModule: Int, CaseIterable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// GGUF name of the weight of this module in `layer`: `blk.N.<stem>.weight`.
+    public func ggufWeightName(layer: Int) -> String { "blk.\(layer).\(ggufName).weight" }
+
     /// Hugging Face module path inside a layer (`model.layers.N.<path>`).
     public var hfName: String {
         switch self {

@@ -48,6 +48,8 @@ public final class LlamaContext: @unchecked Sendable {
     }
     /// LoRA adapters attached with `attach`, in attachment order (their entries live in `adapters`).
     private var loraAttachments: [LoRAAttachment] = []
+    /// Plugin adapters attached with `attach(plugin:)` (Plugins/PluginContext.swift).
+    let plugins: PluginAttachments
     private var adapterWorkspaceFloats = 0
 
     // KV cache: per layer [maxPositions, KV] for keys and values (f32, pages touched only when used).
@@ -78,6 +80,7 @@ public final class LlamaContext: @unchecked Sendable {
         self.maxPositions = n
         self.batchCapacity = min(batch, n)
         self.adapters = AdapterStack(nLayers: c.nLayers)
+        self.plugins = PluginAttachments(nLayers: c.nLayers)
         var ks: [Storage] = [], vs: [Storage] = []
         for _ in 0..<c.nLayers {
             ks.append(try Storage(lazyZeroedBytes: n * c.kvDim * 4))
@@ -212,8 +215,23 @@ public final class LlamaContext: @unchecked Sendable {
     /// y = x · Wᵀ plus every attached adapter's term for (layer, module).
     private func project(_ layer: Int, _ m: LinearModule, x: UnsafePointer<Float>, rows: Int,
                          y: UnsafeMutablePointer<Float>) throws(LKError) {
-        try Linear.forward(x: x, rows: rows, weight: model.layers[layer].weight(m), y: y, pool: pool,
-                           activations: activations)
+        let w = model.layers[layer].weight(m)
+        if !plugins.isEmpty {
+            let list = plugins.at(layer, m)
+            if !list.isEmpty {
+                let (o, i) = m.shape(model.config)
+                try plugins.project(list, x: x, rows: rows, inFeatures: i, outFeatures: o, y: y, pool: pool,
+                                    base: { (xin, yout) throws(LKError) in
+                                        try Linear.forward(x: xin, rows: rows, weight: w, y: yout, pool: pool,
+                                                           activations: activations)
+                                    },
+                                    rest: { (xin, yout) throws(LKError) in
+                                        try applyAdapters(layer, m, x: xin, rows: rows, y: yout)
+                                    })
+                return
+            }
+        }
+        try Linear.forward(x: x, rows: rows, weight: w, y: y, pool: pool, activations: activations)
         try applyAdapters(layer, m, x: x, rows: rows, y: y)
     }
 
@@ -222,6 +240,10 @@ public final class LlamaContext: @unchecked Sendable {
     /// adapters in the order of `ms`. Same results as one `project` per module.
     private func projectShared(_ layer: Int, _ ms: [LinearModule], x: UnsafePointer<Float>, rows: Int,
                                ys: [UnsafeMutablePointer<Float>]) throws(LKError) {
+        if !plugins.isEmpty && ms.contains(where: { !plugins.at(layer, $0).isEmpty }) {
+            for (m, y) in zip(ms, ys) { try project(layer, m, x: x, rows: rows, y: y) }
+            return
+        }
         let L = model.layers[layer]
         try Linear.forwardShared(x: x, rows: rows, weights: ms.map { L.weight($0) }, ys: ys, pool: pool,
                                  activations: activations)
@@ -243,41 +265,54 @@ public final class LlamaContext: @unchecked Sendable {
         }
     }
 
-    /// Run all blocks on the `rows` embeddings in `x`, at positions `position ..< position + rows`.
+    /// Run all blocks on the `rows` embeddings in `x`, at positions `position ..< position + rows`:
+    /// `LlamaBlock.forward` per layer, with the residual stream in place in `x`, k and v written to the
+    /// cache, and attention over the cached positions.
     private func forwardLayers(rows t: Int) throws(LKError) {
-        let c = model.config
         let p0 = position
         for i in 0..<t { positions[i] = Int32(p0 + i) }
-        let xp = f(x), xnp = f(xn), qp = f(q), attp = f(att), gp = f(hGate), up = f(hUp), tp = f(tmpOut)
-        let layout = c.ropeLayout
         try positions.withUnsafeBufferPointer { (pos: UnsafeBufferPointer<Int32>) throws(LKError) in
-            for l in 0..<c.nLayers {
-                let L = model.layers[l]
-                let kc = f(kCache[l]), vc = f(vCache[l])
-                // Attention.
-                try Ops.rmsNormForward(x: xp, weight: L.attnNorm.f32, out: xnp, rstd: nil, rows: t, dim: c.dim,
-                                       eps: c.normEps, pool: pool)
-                let kRows = kc + p0 * c.kvDim, vRows = vc + p0 * c.kvDim
-                try projectShared(l, [.q, .k, .v], x: xnp, rows: t, ys: [qp, kRows, vRows])
-                try Ops.ropeForward(x: qp, out: qp, rows: t, heads: c.nHeads, headDim: c.headDim, nRot: c.ropeDims,
-                                    base: c.ropeBase, positions: pos.baseAddress!, layout: layout, pool: pool)
-                try Ops.ropeForward(x: kRows, out: kRows, rows: t, heads: c.nKVHeads, headDim: c.headDim,
-                                    nRot: c.ropeDims, base: c.ropeBase, positions: pos.baseAddress!, layout: layout,
-                                    pool: pool)
-                try Ops.attentionForward(q: qp, k: kc, v: vc, out: attp, lse: nil, rows: t, keys: p0 + t,
-                                         heads: c.nHeads, kvHeads: c.nKVHeads, headDim: c.headDim, startPos: p0,
-                                         pool: pool)
-                try project(l, .o, x: attp, rows: t, y: tp)
-                try Ops.addInPlace(xp, tp, count: t * c.dim, pool: pool)
-                // MLP.
-                try Ops.rmsNormForward(x: xp, weight: L.ffnNorm.f32, out: xnp, rstd: nil, rows: t, dim: c.dim,
-                                       eps: c.normEps, pool: pool)
-                try projectShared(l, [.gate, .up], x: xnp, rows: t, ys: [gp, up])
-                try Ops.swigluForward(gate: gp, up: up, out: gp, count: t * c.hiddenDim, pool: pool)
-                try project(l, .down, x: gp, rows: t, y: tp)
-                try Ops.addInPlace(xp, tp, count: t * c.dim, pool: pool)
+            let runner = Runner(ctx: self, positions: pos.baseAddress!, start: p0)
+            for l in 0..<model.config.nLayers { try LlamaBlock.forward(runner, layer: l, rows: t, model: model) }
+        }
+    }
+
+    /// Inference's side of `LlamaBlock`: shared scratch buffers, the KV cache, decode-aware projections.
+    private struct Runner: LlamaBlockRunner {
+        unowned let ctx: LlamaContext
+        let positions: UnsafePointer<Int32>
+        /// Cache position of the first row.
+        let start: Int
+        var pool: ThreadPool { ctx.pool }
+        var ropeTable: RoPETable? { nil }
+
+        func buffers(layer l: Int) -> LlamaBlock.Buffers {
+            let c = ctx.model.config
+            let x = ctx.f(ctx.x), xn = ctx.f(ctx.xn), gate = ctx.f(ctx.hGate), tmp = ctx.f(ctx.tmpOut)
+            return LlamaBlock.Buffers(x: x, xn1: xn, rstd1: nil, q: ctx.f(ctx.q), k: ctx.f(ctx.kCache[l]) + start * c.kvDim,
+                                      v: ctx.f(ctx.vCache[l]) + start * c.kvDim, att: ctx.f(ctx.att), o: tmp,
+                                      xMid: x, xn2: xn, rstd2: nil, gate: gate, up: ctx.f(ctx.hUp), h: gate,
+                                      down: tmp, xOut: x)
+        }
+
+        func project(_ l: Int, _ ms: [LinearModule], x: UnsafePointer<Float>, rows: Int,
+                     ys: [UnsafeMutablePointer<Float>]) throws(LKError) {
+            if ms.count == 1 {
+                try ctx.project(l, ms[0], x: x, rows: rows, y: ys[0])
+            } else {
+                try ctx.projectShared(l, ms, x: x, rows: rows, ys: ys)
             }
         }
+
+        func attention(_ l: Int, _ b: LlamaBlock.Buffers, rows t: Int) throws(LKError) {
+            let c = ctx.model.config
+            try Ops.attentionForward(q: b.q, k: ctx.f(ctx.kCache[l]), v: ctx.f(ctx.vCache[l]), out: b.att, lse: nil,
+                                     rows: t, keys: start + t, heads: c.nHeads, kvHeads: c.nKVHeads,
+                                     headDim: c.headDim, startPos: start, pool: ctx.pool)
+        }
+
+        @inline(__always) func tick() -> Double { 0 }
+        @inline(__always) func tock(_ step: LlamaBlock.Step, _ t0: Double) {}
     }
 }
 

@@ -134,7 +134,7 @@ public final class LlamaModel: @unchecked Sendable {
         for l in 0..<cfg.nLayers {
             var lin: [Tensor] = []
             for m in LinearModule.allCases {
-                let name = "blk.\(l).\(m.ggufName).weight"
+                let name = m.ggufWeightName(layer: l)
                 let t = try f.tensor(name)
                 let (o, i) = m.shape(cfg)
                 try expectShape(t, name, [o, i])

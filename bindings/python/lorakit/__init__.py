@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import json
 import os
 from ctypes import POINTER, byref, c_float, c_int32, c_int64, c_void_p
 from dataclasses import dataclass
@@ -37,9 +38,9 @@ from . import _lib
 from ._lib import ABI_VERSION
 
 __all__ = [
-    "ABI_VERSION", "Adapter", "AdapterFormat", "Context", "DType", "GenerationResult", "LoRAKitError", "Model", "ModelInfo", "Projector", "Status",
-    "StopReason", "Tensor", "TrainProgress", "TrainRun", "Trainer", "abi_version", "clear_error", "cpu_count", "dtype_info", "generate", "get_threads",
-    "last_error", "matmul", "set_threads", "status_string", "version",
+    "ABI_VERSION", "Adapter", "AdapterFormat", "Context", "DType", "GenerationResult", "LoRAKitError", "Model", "ModelInfo", "Plugin", "Projector",
+    "Status", "StopReason", "Tensor", "TrainProgress", "TrainRun", "Trainer", "abi_version", "clear_error", "cpu_count", "dtype_info", "generate",
+    "get_threads", "last_error", "load_plugin", "matmul", "plugins", "set_threads", "status_string", "version",
 ]
 
 _c = _lib.lib
@@ -453,6 +454,28 @@ def _text_arg(text) -> bytes:
     raise TypeError(f"text must be str or bytes, got {type(text).__name__}")
 
 
+def _sequence_args(tokens, targets, prefix, n_embd: int, where: str = ""):
+    """One training sequence's arrays: token ids (int32), target flags (uint8, or None for targets None)
+    and prefix rows ([P, n_embd] float32, or None); `where` prefixes error messages ("sequence 3: ")."""
+    ids = _ids_arg(tokens)
+    flags = None
+    if targets is not None:
+        t = np.ascontiguousarray(targets).reshape(-1)
+        if t.size != ids.size:
+            raise ValueError(f"{where}targets has {t.size} flags for {ids.size} tokens")
+        if t.size and (t.min() < 0 or t.max() > 255):
+            raise ValueError(f"{where}targets must be 0 or 1")
+        flags = t.astype(np.uint8)
+    rows = None
+    if prefix is not None:
+        rows = np.ascontiguousarray(prefix, dtype=np.float32)
+        if rows.ndim == 1:
+            rows = rows.reshape(1, -1)
+        if rows.ndim != 2 or rows.shape[1] != n_embd:
+            raise ValueError(f"{where}prefix must have shape [rows, {n_embd}], got {list(np.shape(prefix))}")
+    return ids, flags, rows
+
+
 def _ids_arg(ids, name: str = "tokens") -> "np.ndarray":
     a = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
     if a.size and (a.min() < -2**31 or a.max() >= 2**31):
@@ -776,6 +799,60 @@ class Adapter(_Handle):
 
 
 # ---------------------------------------------------------------------------------------------------
+# Adapter plugins
+# ---------------------------------------------------------------------------------------------------
+
+class Plugin(_Handle):
+    """A loaded adapter plugin (lk_plugin_load). The plugin stays loaded for the life of the process;
+    close() only releases this handle. `info` is lk_plugin_info_json as a dict: path, name, version,
+    abi [major, minor], types [{name, description, peft_type, peft_flag, key_suffixes, merge, train}]."""
+    __slots__ = ()
+    _kind = "plugin"
+    _free = staticmethod(_c.lk_plugin_free)
+
+    def __init__(self, path):
+        out = _lib.lk_plugin_p()
+        self._handle = None
+        _check(_c.lk_plugin_load(os.fsencode(path), byref(out)))
+        self._handle = out.value
+
+    @property
+    def info(self) -> dict:
+        h = self.handle
+        return json.loads(_buffer_string(lambda b, n, need: _c.lk_plugin_info_json(h, b, n, need)).decode())
+
+    @property
+    def name(self) -> str:
+        return self.info["name"]
+
+    @property
+    def types(self) -> list[str]:
+        """The names of the adapter types it declared."""
+        return [t["name"] for t in self.info["types"]]
+
+    def __repr__(self) -> str:
+        if self._handle is None:
+            return "Plugin(<closed>)"
+        i = self.info
+        return f"Plugin({i['name']!r} {i['version']}, types={[t['name'] for t in i['types']]}, path={i['path']!r})"
+
+
+def load_plugin(path) -> Plugin:
+    """Load an adapter plugin (a shared library written against lorakit_plugin.h) and register its types
+    for the whole process. Loading the same file again returns the same plugin. Raises LoRAKitError with
+    the library's message (naming the file and, for version mismatches, both sides' values)."""
+    return Plugin(path)
+
+
+def plugins(load_search_path: bool = False) -> list[dict]:
+    """Every loaded plugin as lk_plugin_info_json dicts, in load order. With load_search_path=True the
+    search path (LORAKIT_PLUGIN_PATH, then the shipped plugins' folder) is loaded first; plugins there that
+    fail to load appear as {"error": message} entries after the loaded ones."""
+    flag = 1 if load_search_path else 0
+    return json.loads(_buffer_string(lambda b, n, need: _c.lk_plugins_json(flag, b, n, need)).decode())
+
+
+# ---------------------------------------------------------------------------------------------------
 # Multimodal projectors
 # ---------------------------------------------------------------------------------------------------
 
@@ -1043,25 +1120,10 @@ class Trainer(_Handle):
         (sum_nll, predicted, grad) with grad = d(loss_scale · Σ NLL)/d(input rows) [P + T, n_embd] when
         input_grad, else None. Only for a Trainer created with train=None."""
         h = self.handle
-        ids = _ids_arg(tokens)
-        tp = None
-        if targets is not None:
-            t = np.ascontiguousarray(targets).reshape(-1)
-            if t.size != ids.size:
-                raise ValueError(f"targets has {t.size} flags for {ids.size} tokens")
-            if t.size and (t.min() < 0 or t.max() > 255):
-                raise ValueError("targets must be 0 or 1")
-            tflags = t.astype(np.uint8)
-            tp = tflags.ctypes.data_as(POINTER(ctypes.c_uint8))
         n_embd = self.n_embd
-        pre, n_pre = None, 0
-        if prefix is not None:
-            parr = np.ascontiguousarray(prefix, dtype=np.float32)
-            if parr.ndim == 1:
-                parr = parr.reshape(1, -1)
-            if parr.ndim != 2 or parr.shape[1] != n_embd:
-                raise ValueError(f"prefix must have shape [rows, {n_embd}], got {list(np.shape(prefix))}")
-            pre, n_pre = parr.ctypes.data_as(POINTER(c_float)), parr.shape[0]
+        ids, tflags, parr = _sequence_args(tokens, targets, prefix, n_embd)
+        tp = tflags.ctypes.data_as(POINTER(ctypes.c_uint8)) if tflags is not None else None
+        pre, n_pre = (parr.ctypes.data_as(POINTER(c_float)), parr.shape[0]) if parr is not None else (None, 0)
         grad, gp, cap = None, None, 0
         if input_grad:
             grad = np.empty((n_pre + ids.size, n_embd), dtype=np.float32)
@@ -1070,6 +1132,50 @@ class Trainer(_Handle):
         _check(_c.lk_trainer_forward_backward(h, ids.ctypes.data_as(POINTER(c_int32)), tp, ids.size, pre, n_pre,
                                               float(loss_scale), byref(s), byref(n), gp, cap))
         return s.value, n.value, grad
+
+    def forward_backward_batch(self, sequences, loss_scale: float = 1.0, input_grad: bool = False):
+        """Forward and backward of several sequences in one pass (faster than one forward_backward per
+        sequence: each base weight is read once for the batch; the gradients are their sum). sequences:
+        (tokens, targets, prefix) tuples, targets and prefix may be None (as in forward_backward). Returns
+        (sum_nll, predicted, grads) with grads a list of per-sequence [P + T, n_embd] arrays when input_grad,
+        else None."""
+        seqs = list(sequences)
+        if not seqs:
+            raise ValueError("sequences is empty")
+        n_embd = self.n_embd
+        ids_all, flags_all, pre_all, n_tok, n_pre = [], [], [], [], []
+        for s, item in enumerate(seqs):
+            tokens, targets, prefix = (tuple(item) + (None, None))[:3]
+            ids, t, parr = _sequence_args(tokens, targets, prefix, n_embd, where=f"sequence {s}: ")
+            if t is None:
+                t = np.ones(ids.size, dtype=np.uint8)
+            rows = 0
+            if parr is not None:
+                pre_all.append(parr)
+                rows = parr.shape[0]
+            ids_all.append(ids); flags_all.append(t); n_tok.append(ids.size); n_pre.append(rows)
+        ids = np.ascontiguousarray(np.concatenate(ids_all), dtype=np.int32)
+        flags = np.ascontiguousarray(np.concatenate(flags_all), dtype=np.uint8)
+        nt = np.asarray(n_tok, dtype=np.int64)
+        npre = np.asarray(n_pre, dtype=np.int64)
+        pre = np.ascontiguousarray(np.concatenate(pre_all, axis=0)) if pre_all else None
+        total = int(nt.sum() + npre.sum())
+        grad, gp, cap = None, None, 0
+        if input_grad:
+            grad = np.empty((total, n_embd), dtype=np.float32)
+            gp, cap = grad.ctypes.data_as(POINTER(c_float)), grad.size
+        s_, n_ = ctypes.c_double(), c_int64()
+        _check(_c.lk_trainer_forward_backward_batch(
+            self.handle, len(seqs), ids.ctypes.data_as(POINTER(c_int32)), flags.ctypes.data_as(POINTER(ctypes.c_uint8)),
+            nt.ctypes.data_as(POINTER(c_int64)), pre.ctypes.data_as(POINTER(c_float)) if pre is not None else None,
+            npre.ctypes.data_as(POINTER(c_int64)), float(loss_scale), byref(s_), byref(n_), gp, cap))
+        grads = None
+        if input_grad:
+            grads, at = [], 0
+            for a, b in zip(n_pre, n_tok):
+                grads.append(grad[at:at + a + b])
+                at += a + b
+        return s_.value, n_.value, grads
 
     def optimizer_step(self, lr: float) -> float:
         """Clip (to max_grad_norm), AdamW with learning rate lr, count the step; returns the gradient norm

@@ -439,6 +439,25 @@ _fn("lk_model_merge_to_file", lk_status,
     [lk_model_p, POINTER(lk_adapter_p), POINTER(c_float), c_int32, c_int32, c_char_p])
 
 # ---------------------------------------------------------------------------------------------------
+# Adapter plugins
+# ---------------------------------------------------------------------------------------------------
+
+# typedef struct lk_plugin lk_plugin;   (opaque: handled as void *)
+lk_plugin_p = c_void_p
+
+# lk_status lk_plugin_load(const char *path, lk_plugin **out);
+_fn("lk_plugin_load", lk_status, [c_char_p, POINTER(lk_plugin_p)])
+
+# lk_status lk_plugin_free(lk_plugin *plugin);
+_fn("lk_plugin_free", lk_status, [lk_plugin_p])
+
+# lk_status lk_plugin_info_json(const lk_plugin *plugin, char *buf, int64_t capacity, int64_t *needed);
+_fn("lk_plugin_info_json", lk_status, [lk_plugin_p, c_void_p, c_int64, POINTER(c_int64)])
+
+# lk_status lk_plugins_json(int32_t load_search_path, char *buf, int64_t capacity, int64_t *needed);
+_fn("lk_plugins_json", lk_status, [c_int32, c_void_p, c_int64, POINTER(c_int64)])
+
+# ---------------------------------------------------------------------------------------------------
 # Multimodal projectors
 # ---------------------------------------------------------------------------------------------------
 
@@ -575,6 +594,15 @@ _fn("lk_trainer_forward_backward", lk_status,
     [lk_trainer_p, POINTER(c_int32), POINTER(ctypes.c_uint8), c_int64, POINTER(c_float), c_int64, c_float,
      POINTER(c_double), POINTER(c_int64), POINTER(c_float), c_int64])
 
+# lk_status lk_trainer_forward_backward_batch(lk_trainer *trainer, int64_t n_seqs, const int32_t *tokens,
+#                                             const uint8_t *is_target, const int64_t *n_tokens,
+#                                             const float *prefix, const int64_t *n_prefix, float loss_scale,
+#                                             double *sum_nll, int64_t *predicted, float *input_grad,
+#                                             int64_t input_grad_capacity);
+_fn("lk_trainer_forward_backward_batch", lk_status,
+    [lk_trainer_p, c_int64, POINTER(c_int32), POINTER(ctypes.c_uint8), POINTER(c_int64), POINTER(c_float),
+     POINTER(c_int64), c_float, POINTER(c_double), POINTER(c_int64), POINTER(c_float), c_int64])
+
 # lk_status lk_trainer_optimizer_step(lk_trainer *trainer, double lr, double *grad_norm);
 _fn("lk_trainer_optimizer_step", lk_status, [lk_trainer_p, c_double, POINTER(c_double)])
 
@@ -627,12 +655,13 @@ FUNCTIONS = (
     "lk_generate_params_init", "lk_generate", "lk_string_free", "lk_adapter_load", "lk_adapter_free",
     "lk_lora_params_init_sized", "lk_lora_params_init", "lk_adapter_create", "lk_adapter_save",
     "lk_context_attach_adapter", "lk_context_detach_adapter", "lk_context_set_adapter_scale",
-    "lk_context_detach_all", "lk_model_merge_to_file", "lk_projector_create", "lk_projector_load",
+    "lk_context_detach_all", "lk_model_merge_to_file", "lk_plugin_load", "lk_plugin_free", "lk_plugin_info_json",
+    "lk_plugins_json", "lk_projector_create", "lk_projector_load",
     "lk_projector_save", "lk_projector_free", "lk_projector_info", "lk_projector_forward",
     "lk_projector_backward", "lk_model_token_embeddings", "lk_train_params_init_sized", "lk_train_params_init",
     "lk_trainer_create", "lk_trainer_free", "lk_trainer_step", "lk_trainer_run", "lk_trainer_validation_loss",
     "lk_trainer_save_checkpoint", "lk_trainer_adapter", "lk_trainer_steps", "lk_trainer_zero_grad",
-    "lk_trainer_forward_backward", "lk_trainer_optimizer_step", "lk_sizeof_model_params", "lk_sizeof_model_info",
+    "lk_trainer_forward_backward", "lk_trainer_forward_backward_batch", "lk_trainer_optimizer_step", "lk_sizeof_model_params", "lk_sizeof_model_info",
     "lk_sizeof_context_params", "lk_sizeof_sampler_params", "lk_sizeof_generate_params",
     "lk_sizeof_generate_result", "lk_sizeof_chat_message", "lk_sizeof_lora_params", "lk_sizeof_train_params",
     "lk_sizeof_train_progress",
