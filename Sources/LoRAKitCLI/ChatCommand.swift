@@ -25,10 +25,12 @@ struct ChatCommand: ParsableCommand {
     @Option(help: "Maximum tokens per answer.") var maxTokens: Int = 256
     @OptionGroup var sampling: SamplingOptions
     @OptionGroup var threadOpt: ThreadOption
+    @OptionGroup var chatLimits: ChatLimitOptions
 
     func run() throws {
         try runReporting {
             let m = try loadModel(model)
+            try chatLimits.apply(to: m)
             var session = try ChatSession(model: m, contextSize: ctx ?? min(m.config.contextLength, 2048),
                                           threads: threadOpt.threads, system: system)
             for (a, s) in try loadAdapters(adapter, model: m) { try session.context.attach(a, scale: s) }

@@ -45,6 +45,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Micro-batches per optimizer step.") var gradAccum: Int = 1
     @Option(help: "Seed (data order, adapter init, dropout).") var seed: UInt64 = 0
     @OptionGroup var threadOpt: ThreadOption
+    @OptionGroup var chatLimits: ChatLimitOptions
     @Option(help: "Shuffle the examples each epoch (true/false).") var shuffle: Bool = true
     @Option(help: "Loss only on completions / assistant turns (true/false).") var completionOnly: Bool = true
     @Flag(help: "Pack examples into rows of exactly --seq tokens.") var packing = false
@@ -122,6 +123,7 @@ struct TrainCommand: ParsableCommand {
     func run() throws {
         try runReporting {
             let m = try loadModel(model)
+            try chatLimits.apply(to: m)
             // The log may live in the output folder, which the session creates only at its first checkpoint.
             if let l = log, let slash = l.lastIndex(of: "/"), slash != l.startIndex { try makeDirectories(String(l[..<slash])) }
             let session = try TrainingSession(model: m, trainPath: data, validPath: valid, options: try options())
