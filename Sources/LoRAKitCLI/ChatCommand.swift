@@ -33,7 +33,7 @@ struct ChatCommand: ParsableCommand {
             try chatLimits.apply(to: m)
             var session = try ChatSession(model: m, contextSize: ctx ?? min(m.config.contextLength, 2048),
                                           threads: threadOpt.threads, system: system)
-            for (a, s) in try loadAdapters(adapter, model: m) { try session.context.attach(a, scale: s) }
+            try attach(try loadAdapters(adapter, model: m), to: session.context)
             var params = GenerateParams()
             params.maxTokens = maxTokens
             params.sampler = sampling.params
