@@ -80,7 +80,7 @@ func lossPoints(logPath: String) -> [LossPoint] {
     for line in String(decoding: bytes, as: UTF8.self).split(separator: "\n") {
         guard let v = try? JSON.parse(Array(line.utf8)), case .object(let o) = v else { continue }
         var d: [String: Double] = [:]
-        for (k, x) in o { if case .number(let n) = x { d[k] = n } }
+        for (k, x) in o { if let n = x.double { d[k] = n } }  // "step": 3 parses as .int
         guard let s = d["step"], let loss = d["loss"] else { continue }
         let step = Int(s)
         while let last = points.last, last.step >= step { points.removeLast() }
