@@ -1,6 +1,10 @@
 # LoRAKit build, test and install.
+#   make demo                  set-up, build, model, then fine-tune a LoRA adapter and show before/after
 #   make build                 build liblorakit.so and the lorakit CLI (release)
-#   make test                  build, then run the Swift, C, Python, ABI-sweep and plugin tests (and a short kill test)
+#   make test                  build, then run the Swift, C, Python, ABI-sweep and plugin tests, a short kill test
+#                              and the examples
+#   make examples              build and run every example briefly (C, Python, packaging, Swift, demo)
+#   make wheel                 a Python wheel with liblorakit.so, the CLI and the Swift runtime inside
 #   make plugins               build the shipped adapter plugins into .build/plugins/ (ia3.so, dora.so)
 #   make test-plugins          the plugin ABI tests (plain C reference host, no liblorakit; a few seconds);
 #                              leaves the test plugins (shipped + bad ones) in .build/plugin-tests/
@@ -19,13 +23,15 @@ BUILD_DIR := $(shell swift build $(SWIFT_FLAGS) --show-bin-path 2>/dev/null)
 VERSION := $(shell sed -n 's/.*static let major = \([0-9]*\).*/\1/p' Sources/LoRAKitCore/Version.swift).$(shell sed -n 's/.*static let minor = \([0-9]*\).*/\1/p' Sources/LoRAKitCore/Version.swift).$(shell sed -n 's/.*static let patch = \([0-9]*\).*/\1/p' Sources/LoRAKitCore/Version.swift)
 # A private install used by the C tests, so they build against the installed header and library.
 TEST_PREFIX := $(CURDIR)/.build/test-prefix
+# The examples build against their own install, as a user's program would.
+EXAMPLES_PREFIX := $(CURDIR)/.build/examples-prefix
 
 # Shipped adapter plugins (examples/plugins/): IA³ in C, DoRA in Swift (its own package, only the plugin header).
 PLUGIN_DIR := $(CURDIR)/.build/plugins
 PLUGIN_CFLAGS := -std=c11 -Wall -Wextra -Werror -O2 -fPIC -shared -fvisibility=hidden -I$(CURDIR)/Include
 
 .PHONY: all build test test-swift test-c test-python test-abi test-plugins plugins install uninstall bench clean model \
-        test-kill test-kill-short fuzz fuzz-build fuzz-all fuzz-smoke test-asan test-asan-c test-tsan
+        test-kill test-kill-short fuzz fuzz-build fuzz-all fuzz-smoke test-asan test-asan-c test-tsan demo examples wheel
 
 all: build
 
@@ -33,7 +39,7 @@ build:
 	swift build $(SWIFT_FLAGS)
 	$(MAKE) --no-print-directory plugins
 
-test: build model test-plugins test-swift test-c test-python test-abi test-kill-short
+test: build model test-plugins test-swift test-c test-python test-abi test-kill-short examples
 
 # Stale .so files are deleted first: the library searches this folder, and a leftover (e.g. a bad_*.so test
 # plugin from an old checkout) once shadowed the real ia3 plugin.
@@ -52,6 +58,23 @@ test-plugins: plugins
 	mkdir -p $(PLUGIN_TEST_DIR)
 	cp $(PLUGIN_DIR)/ia3.so $(PLUGIN_DIR)/dora.so $(PLUGIN_TEST_DIR)/
 	bash Tests/plugins/run.sh $(PLUGIN_TEST_DIR)
+
+# The main job in one command: what is missing is installed, the library built, the model fetched
+# (cached), then a LoRA adapter is fine-tuned on examples/demo/data and the before/after shown.
+demo:
+	bash scripts/setup.sh
+	$(MAKE) --no-print-directory build model
+	@test -s .build/model-path || { echo "demo: the model could not be fetched (see above)" >&2; exit 1; }
+	LORAKIT_LIBRARY=$(BUILD_DIR)/liblorakit.so $(PYTHON) examples/demo/demo.py \
+	    --cli $(BUILD_DIR)/lorakit-cli --model "$$(cat .build/model-path)" --out demo-run
+
+examples: build model
+	$(MAKE) --no-print-directory install PREFIX=$(EXAMPLES_PREFIX)
+	bash examples/run.sh $(EXAMPLES_PREFIX) $(BUILD_DIR) "$$(cat .build/model-path 2>/dev/null)"
+
+wheel: build
+	$(PYTHON) -m pip wheel --no-deps -w dist bindings/python
+	@ls dist/lorakit-*.whl
 
 test-swift: test-plugins
 	LORAKIT_MODEL=$$(cat .build/model-path 2>/dev/null) swift test $(SWIFT_FLAGS)
@@ -72,9 +95,10 @@ test-python: build test-plugins
 install: build
 	install -d $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(BUILD_DIR)/liblorakit.so $(DESTDIR)$(PREFIX)/lib/liblorakit.so
-	# The Swift runtime libraries liblorakit.so needs, found through its rpath $$ORIGIN/lorakit-swift.
+	# The Swift runtime libraries liblorakit.so and the CLI need, found through their rpaths
+	# ($$ORIGIN/lorakit-swift, $$ORIGIN/../lib/lorakit-swift): no Swift toolchain is needed to run them.
 	install -d $(DESTDIR)$(PREFIX)/lib/lorakit-swift
-	for f in $$(ldd $(BUILD_DIR)/liblorakit.so | awk '/libswift|libdispatch|libBlocksRuntime|libFoundation/ {print $$3}'); do \
+	for f in $$(ldd $(BUILD_DIR)/liblorakit.so $(BUILD_DIR)/lorakit-cli | awk '/libswift|libdispatch|libBlocksRuntime|libFoundation/ {print $$3}' | sort -u); do \
 	    install -m 0644 "$$f" $(DESTDIR)$(PREFIX)/lib/lorakit-swift/; done
 	install -m 0644 Include/lorakit.h $(DESTDIR)$(PREFIX)/include/lorakit.h
 	install -m 0644 Include/lorakit_plugin.h $(DESTDIR)$(PREFIX)/include/lorakit_plugin.h

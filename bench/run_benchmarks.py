@@ -936,6 +936,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             write_block(name + (f"-{args.block_suffix}" if args.block_suffix else ""), body)
             print(f"bench: wrote the {name} section of {BENCHMARKS_MD}", file=sys.stderr)
+    if not args.no_write:
+        # The comparison tables as bar charts (bench/plots/*.svg), linked from BENCHMARKS.md.
+        subprocess.run([cli, "bench", "plot", "--markdown", str(BENCHMARKS_MD), "--link"], check=True)
     return 0
 
 

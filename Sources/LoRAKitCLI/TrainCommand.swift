@@ -19,7 +19,8 @@ struct TrainCommand: ParsableCommand {
         (e.g. ia3, dora: the shipped plugins load with no flag; others with --plugin PATH or LORAKIT_PLUGIN_PATH): \
         --targets and --layers choose the modules (and --rank, --alpha, --rslora for a LoRA-based type such as \
         dora), --adapter-config '{"feedforward_modules": ["down_proj"]}' sets any other PEFT config field; \
-        it trains without dropout and is saved as PEFT.
+        it trains without dropout and is saved as PEFT. The loss curve (training and validation loss, learning rate) \
+        is drawn as an SVG next to the log (--plot), redrawn at every checkpoint and validation.
         """)
 
     @Option(help: "GGUF file or Hugging Face folder.") var model: String
@@ -63,6 +64,10 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Validate every N steps (0: only at the end).") var validEvery: Int = 0
     @Option(help: "Resume from the latest checkpoint in this folder.") var resume: String?
     @Option(help: "Append one JSON line per step to this file.") var log: String?
+    @Option(help: ArgumentHelp("Loss-curve picture (SVG: training and validation loss, learning rate), redrawn at every checkpoint, validation and at the end; 'none' to skip.",
+                               discussion: "Default: next to --log (run/log.jsonl → run/log.svg), else OUT/loss.svg.",
+                               valueName: "svg"))
+    var plot: String?
     @Flag(help: "No progress bar (one plain line per step).") var quiet = false
     @Flag(help: "Print a JSON summary at the end.") var json = false
 
@@ -118,18 +123,50 @@ struct TrainCommand: ParsableCommand {
         return o
     }
 
+    /// Where the loss curve goes: --plot, else beside the log, else in the output folder.
+    var plotPath: String? {
+        if let p = plot { return p == "none" ? nil : p }
+        if let l = log {
+            let base = l.hasSuffix(".jsonl") ? String(l.dropLast(6)) : l.hasSuffix(".json") ? String(l.dropLast(5)) : l
+            return base + ".svg"
+        }
+        return out.map { $0 + "/loss.svg" }
+    }
+
     func run() throws {
         try runReporting {
             try plugins.load()
             let m = try loadModel(model)
             try chatLimits.apply(to: m)
+            // The log may live in the output folder, which the session creates only at its first checkpoint.
+            if let l = log, let slash = l.lastIndex(of: "/"), slash != l.startIndex { try makeDirectories(String(l[..<slash])) }
             let session = try TrainingSession(model: m, trainPath: data, validPath: valid, options: try options())
             for n in session.notes { writeStderr(n + "\n") }
+            var initialValid: Double? = nil
             if session.step == 0, let v = try session.validationLoss() {
+                initialValid = v
                 writeStderr("valid loss before training: \(fmt(v, 4))\n")
             }
+            // The curve's points: this log's earlier steps when resuming, then every step of this run.
+            var points = session.step > 0 ? (log.map { lossPoints(logPath: $0) } ?? []).filter { $0.step <= session.step } : []
+            let plotTo = plotPath
+            let title = "LoRA training: " + (out ?? data)
+            var plotError: LKError? = nil
+            func drawPlot() {
+                guard let path = plotTo, plotError == nil else { return }
+                do throws(LKError) {
+                    if let slash = path.lastIndex(of: "/"), slash != path.startIndex { try makeDirectories(String(path[..<slash])) }
+                    try SVG.write(lossCurveSVG(points, totalSteps: session.totalSteps, initialValid: initialValid, title: title), to: path)
+                } catch {
+                    plotError = error  // reported once; training goes on
+                    writeStderr("lorakit: warning: cannot write the loss curve: \(error.message)\n")
+                }
+            }
+            let saveEvery = try options().saveEvery ?? 0
             let tty = isatty(2) != 0 && !quiet
             let summary = try session.run { p in
+                points.append(LossPoint(step: p.step, loss: p.loss, lr: p.lr, validLoss: p.validLoss))
+                if p.validLoss != nil || (saveEvery > 0 && p.step % saveEvery == 0) { drawPlot() }
                 if tty {
                     writeStderr("\r" + progressBar(p) + "\u{1B}[K")
                     if p.step == p.totalSteps || p.validLoss != nil { writeStderr("\n") }
@@ -138,12 +175,15 @@ struct TrainCommand: ParsableCommand {
                 }
                 return true
             }
+            drawPlot()
+            if let path = plotTo, plotError == nil, !json { writeStderr("loss curve: \(path)\n") }
             if json {
                 var o: [(String, JSONValue)] = [("steps", .number(Double(summary.steps))),
                                                 ("stopped", .bool(summary.stoppedByCallback))]
                 if let l = summary.finalLoss { o.append(("final_loss", .number(l))) }
                 if let v = summary.validLoss { o.append(("valid_loss", .number(v))) }
                 if let a = summary.adapterPath { o.append(("adapter", .string(a))) }
+                if let path = plotTo, plotError == nil { o.append(("plot", .string(path))) }
                 o.append(("losses", .array(summary.losses.map { .number($0) })))
                 printJSON(.object(o))
             } else if let a = summary.adapterPath {
@@ -185,7 +225,8 @@ func progressBar(_ p: TrainProgress) -> String {
 }
 
 func progressLine(_ p: TrainProgress) -> String {
-    var s = "step \(p.step)/\(p.totalSteps) loss \(fmt(p.loss, 4)) lr \(sci(p.lr)) grad_norm \(fmt(p.gradNorm, 3)) \(Int(p.tokensPerSecond)) tok/s"
+    let eta = p.step > 0 ? p.elapsed / Double(p.step) * Double(p.totalSteps - p.step) : .nan
+    var s = "step \(p.step)/\(p.totalSteps) loss \(fmt(p.loss, 4)) lr \(sci(p.lr)) grad_norm \(fmt(p.gradNorm, 3)) \(Int(p.tokensPerSecond)) tok/s ETA \(duration(eta))"
     if let v = p.validLoss { s += " valid_loss \(fmt(v, 4))" }
     return s
 }
@@ -196,5 +237,6 @@ func sci(_ x: Double) -> String {
     var m = abs(x)
     while m >= 10 { m /= 10; e += 1 }
     while m < 1 { m *= 10; e -= 1 }
+    if (m * 10).rounded() >= 100 { m /= 10; e += 1 }  // 9.96 prints as 1.0e+01, not 10.0e+00
     return "\(x < 0 ? "-" : "")\(fmt(m, 1))e\(e < 0 ? "-" : "+")\(format2(abs(e)))"
 }

@@ -33,6 +33,7 @@ Environment: LORAKIT_CLI (default .build/release/lorakit-cli). Prints one line p
 from __future__ import annotations
 
 import argparse
+import xml.etree.ElementTree as ET
 import filecmp
 import json
 import os
@@ -176,6 +177,12 @@ def check_train_dir(out: Path, ref_run: Path):
         elif n == "adapter":
             if not same_tree(out / n, ref_run / n):
                 raise Failure(f"{out / n} is not the final adapter of the uninterrupted run")
+        elif n == "loss.svg":
+            # The loss curve (redrawn at each checkpoint, written atomically): always a complete SVG document.
+            try:
+                ET.parse(out / n)
+            except ET.ParseError as e:
+                raise Failure(f"{out / n} is not a complete SVG document ({e})")
         else:
             raise Failure(f"{out / n}: unexpected visible name in the output folder (a temporary mistaken for a result?)")
     latest = out / "latest"

@@ -6,8 +6,9 @@ against; importing checks it against the loaded library's lk_abi_version().
 
 The library is looked up, in order, at:
   1. $LORAKIT_LIBRARY (a path to liblorakit.so);
-  2. <repo>/.build/release/liblorakit.so, relative to this package (a source checkout after `make build`);
-  3. ctypes.util.find_library("lorakit"), then "liblorakit.so" through the dynamic loader.
+  2. lorakit/_native/lib/liblorakit.so, bundled by `pip install ./bindings/python` (with the Swift runtime);
+  3. <repo>/.build/release/liblorakit.so, relative to this package (a source checkout after `make build`);
+  4. ctypes.util.find_library("lorakit"), then "liblorakit.so" through the dynamic loader.
 """
 from __future__ import annotations
 
@@ -61,7 +62,9 @@ def _candidates() -> list[str]:
     env = os.environ.get("LORAKIT_LIBRARY")
     if env:
         found.append(env)
-    repo = Path(__file__).resolve().parents[3]
+    here = Path(__file__).resolve().parent
+    found.append(str(here / "_native" / "lib" / "liblorakit.so"))
+    repo = here.parents[2]
     found.append(str(repo / ".build" / "release" / "liblorakit.so"))
     name = ctypes.util.find_library("lorakit")
     if name:
