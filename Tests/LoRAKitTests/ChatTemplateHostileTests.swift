@@ -449,7 +449,7 @@ func onThread(stackBytes: Int, _ body: @escaping @Sendable () -> Void) {
         {{ ns.v | tojson | length }} {{ ns.v | string | length }} {{ ns.v == ns.v }} {{ [ns.v, ns.v] | unique | list | length }}
         """)
     let capLimits = cap
-    let results = Mutex<[String]>([])
+    let results = Locked<[String]>([])
     onThread(stackBytes: 1 << 20) {
         for t in [recursion, nested, shallower] {
             let r: String

@@ -442,7 +442,7 @@ import Synchronization
         let b = try LoRATests.randomAdapter(m, targets: [.q, .k], seed: 52, name: "b")
         let setups: [[(LoRAAdapter, Float)]] = [[(a, 1)], [(b, 1)], [(a, 0.5), (b, 1)], [(a, 1)]]
         let expected = try setups.map { try LoRATests.logits(m, $0) }
-        let results = Mutex<[Int: [Float]]>([:])
+        let results = Locked<[Int: [Float]]>([:])
         DispatchQueue.concurrentPerform(iterations: setups.count * 2) { i in
             let s = setups[i % setups.count]
             let out = (try? LoRATests.logits(m, s, decode: i >= setups.count)) ?? []
