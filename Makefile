@@ -9,6 +9,7 @@
 #   make test-plugins          the plugin ABI tests (plain C reference host, no liblorakit; a few seconds);
 #                              leaves the test plugins (shipped + bad ones) in .build/plugin-tests/
 #   make test-kill             crash safety: SIGKILL at random moments, KILLS=50 per operation
+#   make soak SOAK_SECONDS=…   concurrency soak (threads generating, swapping adapters, training, merging); soak-tsan under TSan
 #   make test-asan / test-tsan  the suites under AddressSanitizer+UBSan / ThreadSanitizer (scripts/sanitize.sh)
 #   make fuzz TARGET=… SECONDS=…   build and run one libFuzzer target (Fuzz/README.md); make fuzz-all
 #   make install PREFIX=/usr/local   install library, headers, pkg-config file and CLI
@@ -31,7 +32,7 @@ PLUGIN_DIR := $(CURDIR)/.build/plugins
 PLUGIN_CFLAGS := -std=c11 -Wall -Wextra -Werror -O2 -fPIC -shared -fvisibility=hidden -I$(CURDIR)/Include
 
 .PHONY: all build test test-swift test-c test-python test-abi test-plugins plugins install uninstall bench clean model \
-        test-kill test-kill-short fuzz fuzz-build fuzz-all fuzz-smoke test-asan test-asan-c test-tsan demo examples wheel
+        test-kill test-kill-short soak soak-tsan test-soak-short fuzz fuzz-build fuzz-all fuzz-smoke test-asan test-asan-c test-tsan demo examples wheel
 
 all: build
 
@@ -39,7 +40,7 @@ build:
 	swift build $(SWIFT_FLAGS)
 	$(MAKE) --no-print-directory plugins
 
-test: build model test-plugins test-swift test-c test-python test-abi test-kill-short examples
+test: build model test-plugins test-swift test-c test-python test-abi test-kill-short test-soak-short examples
 
 # Stale .so files are deleted first: the library searches this folder, and a leftover (e.g. a bad_*.so test
 # plugin from an old checkout) once shadowed the real ia3 plugin.
@@ -130,6 +131,19 @@ test-kill: build
 test-kill-short: build
 	LORAKIT_CLI=$(BUILD_DIR)/lorakit-cli $(PYTHON) Tests/kill/kill_test.py --kills 3
 
+# Concurrency soak (Tests/soak/soak.py): generators hot-swapping adapters on their own contexts, a trainer
+# saving checkpoints, merges and adapter saves, all on one model and the same adapters at once, for SOAK_SECONDS;
+# every result compared with a single-threaded reference. soak: the real model when fetched; soak-tsan: under
+# ThreadSanitizer (scripts/sanitize.sh); make test runs 10 s on the tiny fixture.
+SOAK_SECONDS ?= 300
+soak: build model
+	LORAKIT_LIBRARY=$(BUILD_DIR)/liblorakit.so LORAKIT_MODEL=$$(cat .build/model-path 2>/dev/null) \
+	    nice -n 19 $(PYTHON) Tests/soak/soak.py --seconds $(SOAK_SECONDS)
+soak-tsan: model
+	SOAK_SECONDS=$(SOAK_SECONDS) nice -n 19 bash scripts/sanitize.sh thread soak
+test-soak-short: build
+	LORAKIT_LIBRARY=$(BUILD_DIR)/liblorakit.so LORAKIT_MODEL= $(PYTHON) Tests/soak/soak.py --seconds 10
+
 # Sanitizers (scripts/sanitize.sh): each builds into its own scratch folder (.build-asan, .build-tsan) and
 # prints one line per suite: result, sanitizer reports, seconds. Run by hand; not part of make test.
 test-asan: model
@@ -141,7 +155,7 @@ test-tsan: model
 	nice -n 19 bash scripts/sanitize.sh thread swift c plugins python
 
 # Fuzzing (Fuzz/README.md): libFuzzer + AddressSanitizer builds in .build-fuzz, kept out of build and test.
-FUZZ_TARGETS := gguf-model gguf-lora safetensors hf-config peft jsonl tokenizer tokenizer-json templates
+FUZZ_TARGETS := gguf-model gguf-lora safetensors hf-config peft jsonl tokenizer tokenizer-json templates projector
 SECONDS ?= 60
 FUZZ_SECONDS ?= 30
 fuzz-build:

@@ -180,6 +180,22 @@ def lora_gguf(rank=2, alpha=4.0, modules=("attn_q", "attn_v"), layers=(0, 1), dt
     return gguf(kv, ts)
 
 
+def projector_gguf(width=64, input_width=12, dtype="f32", kind=True, extra_kv=()):
+    """A multimodal projector file (Projector.save's layout) for the tiny fixture model (width 64)."""
+    kv = [("general.architecture", T_STR, "clip"), ("general.name", T_STR, "seed projector"),
+          ("clip.has_llava_projector", T_BOOL, True), ("clip.projector_type", T_STR, "mlp"),
+          ("clip.vision.projection_dim", T_U32, width), ("lorakit.projector.input_width", T_U32, input_width)]
+    if kind:
+        kv.append(("lorakit.projector.type", T_STR, "mlp2x_gelu"))
+    kv += list(extra_kv)
+    enc, gt = (f32, 0) if dtype == "f32" else (f16, 1)
+    ts = [("mm.0.weight", [input_width, width], gt, enc(values(width * input_width, 1))),
+          ("mm.0.bias", [width], gt, enc(values(width, 2))),
+          ("mm.2.weight", [width, width], gt, enc(values(width * width, 3))),
+          ("mm.2.bias", [width], gt, enc(values(width, 4)))]
+    return gguf(kv, ts)
+
+
 def safetensors(tensors, metadata=None):
     """tensors: [(name, dtype, shape, bytes)] packed in order."""
     header = {}
@@ -220,6 +236,13 @@ def main():
     put("gguf-lora", "small-down-r1-f16.gguf", lora_gguf(rank=1, alpha=0.0, modules=("ffn_down", "attn_k"), layers=(1,), dtype="f16"))
     put("gguf-lora", "small-all-r1.gguf", lora_gguf(rank=1, alpha=2.0, layers=(0,),
                                                    modules=("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")))
+
+    # projector: files as Projector.save writes them (f32, f16), without the optional kind key, 1-wide input,
+    # and one whose width does not fit the model (refused: the fuzzer mutates it towards one that loads).
+    put("projector", "small-f32.gguf", projector_gguf())
+    put("projector", "small-f16-no-kind.gguf", projector_gguf(dtype="f16", kind=False))
+    put("projector", "input1.gguf", projector_gguf(input_width=1))
+    put("projector", "width32-refused.gguf", projector_gguf(width=32, input_width=4))
 
     # safetensors: the fixtures' adapter and shard files, and small hand-made files of every dtype.
     for d in ["r4_all", "rslora_qv", "patterns_all"]:

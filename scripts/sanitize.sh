@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build LoRAKit with a sanitizer and run the Swift, C and Python suites under it (make test-asan / test-tsan).
-#   scripts/sanitize.sh address [swift|c|abi|plugins|python …]   (default: swift c python)
-#   scripts/sanitize.sh thread  [swift|c|abi|plugins|python …]
+#   scripts/sanitize.sh address [swift|c|abi|plugins|python|soak …]   (default: swift c python)
+#   scripts/sanitize.sh thread  [swift|c|abi|plugins|python|soak …]
 #
 # address: AddressSanitizer for the Swift code, AddressSanitizer + UndefinedBehaviorSanitizer for the C code
 #   (LoRAKitKernelsC and the C test programs). Swift has no -sanitize=undefined on Linux; its own run-time
@@ -125,6 +125,13 @@ for suite in $SUITES; do
         chmod +x "$SCRATCH/lorakit-cli-wrapper"
         env LD_PRELOAD="$RUNTIME" "$PYSAN" LORAKIT_LIBRARY="$BIN/liblorakit.so" LORAKIT_CLI="$ROOT/$SCRATCH/lorakit-cli-wrapper" \
             python3 -m pytest -q -p no:cacheprovider bindings/python/tests >"$log" 2>&1; rc=$?
+        tail -n 1 "$log" ;;
+    soak)
+        # Tests/soak/soak.py for SOAK_SECONDS (default 60) on the tiny GGUF fixture (SOAK_MODEL to change),
+        # python3 uninstrumented with the runtime preloaded, as for the python suite.
+        if [ "$MODE" = address ]; then PYSAN="ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:verify_asan_link_order=0"; else PYSAN="TSAN_OPTIONS=$TSAN_OPTIONS"; fi
+        env LD_PRELOAD="$RUNTIME" "$PYSAN" LORAKIT_LIBRARY="$BIN/liblorakit.so" LORAKIT_MODEL="${SOAK_MODEL:-}" \
+            python3 Tests/soak/soak.py --seconds "${SOAK_SECONDS:-60}" >"$log" 2>&1; rc=$?
         tail -n 1 "$log" ;;
     *) echo "sanitize.sh: unknown suite $suite" >&2; status=1; continue ;;
     esac

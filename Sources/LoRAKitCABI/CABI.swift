@@ -106,7 +106,7 @@ final class Handles: @unchecked Sendable {
     /// A registry entry. The objects are the library's own thread-safe classes (models, contexts, …),
     /// whose per-use locking is their own; the registry only hands out references.
     private struct Entry: @unchecked Sendable { let kind: HandleKind; let object: AnyObject }
-    private let lock = Mutex<[UInt: Entry]>([:])
+    private let lock = Locked<[UInt: Entry]>([:])
     private let counter = Atomic<UInt>(1)
 
     func register(_ object: AnyObject, kind: HandleKind) -> OpaquePointer {
@@ -289,7 +289,7 @@ public func lk_cpu_count() -> Int32 { Int32(ThreadPool.hardwareConcurrency) }
 
 /// The pool used by context-free calls. Replaced (not mutated) by lk_set_default_threads, so a call in
 /// flight keeps the pool it started with.
-let defaultPool = Mutex<ThreadPool?>(nil)
+let defaultPool = Locked<ThreadPool?>(nil)
 
 func currentDefaultPool() -> ThreadPool {
     defaultPool.withLock { p in

@@ -1,7 +1,6 @@
 // C ABI for models, the tokenizer, chat templates, contexts and generation (lorakit.h from "Models:" on).
 import CLoRAKit
 import LoRAKit
-import Synchronization
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)

@@ -1,6 +1,6 @@
 // Hostile chat templates (issue 17): a model file's template is code from a stranger. Each case must end in
 // its expected output or error (never a trap, a stack overflow, an allocator abort or a hang), quickly.
-// The same cases seed the fuzz target's corpus (Tests/fuzz/corpus/templates, written by
+// The same cases seed the fuzz target's corpus (Fuzz/corpus/templates, written by
 // `LORAKIT_WRITE_FUZZ_SEEDS=dir swift test --filter hostileSeeds`).
 import Testing
 import Synchronization
@@ -273,7 +273,7 @@ func hostileTemplate(_ c: HostileCase) {
             #expect(u.steps < d.maxSteps / 100, "\(name): \(u.steps) steps")
             #expect(u.iterations < d.maxLoopIterations / 100, "\(name)")
             #expect(u.depth < d.maxRecursionDepth / 4, "\(name): depth \(u.depth)")
-            #expect(u.seconds < d.maxSeconds / 20, "\(name): \(u.seconds) s")
+            #expect(u.seconds < d.maxSeconds / 4, "\(name): \(u.seconds) s")
         }
     }
 }
@@ -363,7 +363,7 @@ extension TemplateValue {
     }
 }
 
-// MARK: - Fuzz findings (Tests/fuzz/findings)
+// MARK: - Fuzz findings (Fuzz/regressions/templates)
 
 /// timeout-6591f916: `{{ 'x' * 922337203-6854775807 }}` under the default limits: a 922 MB repetition is within
 /// the byte budget, but the stdlib built it one append per repetition (45 s under ASan, seconds without), with
@@ -373,7 +373,7 @@ extension TemplateValue {
     let start = monotonicNanoseconds()
     #expect(try t.render(messages: [], addGenerationPrompt: false) == "200000000 5000000 200000000")
     let seconds = Double(monotonicNanoseconds() - start) / 1e9
-    #expect(seconds < 4, "\(seconds) s")
+    #expect(seconds < 30, "\(seconds) s")  // a hang check: ~0.1 s here; one append per repetition took 45 s
     // The finding itself ('x' * 922337203, then str - int): a type error, quickly.
     let f = try ChatTemplate("{{ 'x' * 922337203-6854775807 }}")
     #expect(throws: LKError.format("chat template: line 1, column 4: unsupported operand type(s) for -: 'str' and 'int'")) {
@@ -385,11 +385,13 @@ extension TemplateValue {
 /// replace appended scalar slices to a String between `+=`s, which copies the whole string each time
 /// (quadratic: 0.8 s for 100 KB, 3.3 s for 200 KB). It now builds UTF-8 bytes once.
 @Test func fuzzSlowUnitD4a989b6ReplaceIsLinear() throws {
-    let t = try ChatTemplate("{% set s = 'ab' * 200000 %}{{ s.replace('a', 'x') | length }} {{ s | replace('a', c) | length }} {{ s.replace('', 'é') | length }} {{ ('aé' * 3).replace('é', 'ü€', 2) }}")
+    // 2 MB: linear takes milliseconds, the quadratic version would take minutes (0.8 s·(20)²), so a bound
+    // far above any load's slow-down still tells them apart (a hang check, not a speed measurement).
+    let t = try ChatTemplate("{% set s = 'ab' * 1000000 %}{{ s.replace('a', 'x') | length }} {{ s | replace('a', c) | length }} {{ s.replace('', 'é') | length }} {{ ('aé' * 3).replace('é', 'ü€', 2) }}")
     let start = monotonicNanoseconds()
-    #expect(try t.render(messages: [], addGenerationPrompt: false) == "400000 200000 800001 aü€aü€aé")
+    #expect(try t.render(messages: [], addGenerationPrompt: false) == "2000000 1000000 4000001 aü€aü€aé")
     let seconds = Double(monotonicNanoseconds() - start) / 1e9
-    #expect(seconds < 1, "\(seconds) s")
+    #expect(seconds < 30, "\(seconds) s")
 }
 
 // MARK: - Depth limits and the stack
@@ -449,7 +451,7 @@ func onThread(stackBytes: Int, _ body: @escaping @Sendable () -> Void) {
         {{ ns.v | tojson | length }} {{ ns.v | string | length }} {{ ns.v == ns.v }} {{ [ns.v, ns.v] | unique | list | length }}
         """)
     let capLimits = cap
-    let results = Mutex<[String]>([])
+    let results = Locked<[String]>([])
     onThread(stackBytes: 1 << 20) {
         for t in [recursion, nested, shallower] {
             let r: String

@@ -442,7 +442,7 @@ import Synchronization
         let b = try LoRATests.randomAdapter(m, targets: [.q, .k], seed: 52, name: "b")
         let setups: [[(LoRAAdapter, Float)]] = [[(a, 1)], [(b, 1)], [(a, 0.5), (b, 1)], [(a, 1)]]
         let expected = try setups.map { try LoRATests.logits(m, $0) }
-        let results = Mutex<[Int: [Float]]>([:])
+        let results = Locked<[Int: [Float]]>([:])
         DispatchQueue.concurrentPerform(iterations: setups.count * 2) { i in
             let s = setups[i % setups.count]
             let out = (try? LoRATests.logits(m, s, decode: i >= setups.count)) ?? []
@@ -455,67 +455,25 @@ import Synchronization
 
     // MARK: Real model (skipped loudly without LORAKIT_MODEL)
 
-    @Test func realModelDecodeOverheadAndRebuildCost() throws {
+    // Speed (decode overhead of an adapter, attach/detach/setScale cost) is measured by
+    // `lorakit bench generate --compare-adapters`, never asserted in a test (a timed assertion failed under load).
+    @Test func realModelStackEditsAndMerge() throws {
         guard let m = RealModel.shared else { return }
-        let c = m.config
         let a = try LoRAAdapter.create(for: m, config: LoRAConfig(rank: 8, alpha: 16, targets: [.q, .v]),
                                        initialization: .random(seed: 1))
-        func decodeTime(_ adapters: [(LoRAAdapter, Float)]) throws -> Double {
-            let ctx = try LlamaContext(model: m, maxPositions: 256, threads: 2)
-            for (x, s) in adapters { try ctx.attach(x, scale: s) }
-            _ = try ctx.evaluate(.tokens([1, 2, 3, 4]))
-            var best = Double.infinity
-            for _ in 0..<3 {
-                ctx.reset()
-                let t0 = DispatchTime.now().uptimeNanoseconds
-                for t in 0..<48 { _ = try ctx.evaluate(.tokens([Int32(100 + t)])) }
-                best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t0) / 48e6)
-            }
-            return best
-        }
-        var base = 0.0, lora = 0.0
-        for _ in 0..<2 { base = try decodeTime([]); lora = try decodeTime([(a, 1)]) }
-        // The adapter work alone for one decode token (all 2·layers module forwards, rows = 1): less noisy
-        // than the end-to-end difference on a shared machine.
-        let mods = a.keys.map { a.modules[$0]! }
-        let pool = ThreadPool(threads: 1)
-        var xb = [Float](repeating: 0.01, count: c.hiddenDim + c.dim), yb = [Float](repeating: 0, count: c.hiddenDim + c.dim)
-        var wsb = [Float](repeating: 0, count: 64)
-        var adapterOnly = Double.infinity
-        try xb.withUnsafeMutableBufferPointer { xp in
-            try yb.withUnsafeMutableBufferPointer { yp in
-                try wsb.withUnsafeMutableBufferPointer { wp in
-                    for _ in 0..<5 {
-                        let t0 = DispatchTime.now().uptimeNanoseconds
-                        for _ in 0..<100 {
-                            for md in mods {
-                                try md.forward(x: xp.baseAddress!, rows: 1, y: yp.baseAddress!, scale: 1,
-                                               workspace: wp.baseAddress!, pool: pool)
-                            }
-                        }
-                        adapterOnly = min(adapterOnly, Double(DispatchTime.now().uptimeNanoseconds - t0) / 100e6)
-                    }
-                }
-            }
-        }
-        print("LoRA adapter forwards alone per decode token: \(String(format: "%.4f", adapterOnly)) ms = \(String(format: "%.2f", adapterOnly / base * 100))% of a base decode step")
-        #expect(adapterOnly / base < 0.05)
-        print("LoRA decode overhead (r=8, q+v, \(c.nLayers) layers): base \(String(format: "%.3f", base)) ms/token, with adapter \(String(format: "%.3f", lora)) ms/token, +\(String(format: "%.1f", (lora / base - 1) * 100))%")
-        // Rebuild cost: 4 all-linear adapters on every layer.
+        // Editing a stack in place (setScale, detach) gives the logits of a stack built fresh that way.
         let ads = try (0..<4).map { i in
             try LoRAAdapter.create(for: m, config: LoRAConfig(rank: 4, targets: Set(LinearModule.allCases)),
                                    initialization: .random(seed: UInt64(i)), name: "r\(i)")
         }
+        let probe: [Int32] = [11, 222, 3333, 4444]
         let ctx = try LlamaContext(model: m, maxPositions: 64, threads: 2)
         for x in ads { try ctx.attach(x, scale: 1) }
-        let t0 = DispatchTime.now().uptimeNanoseconds
-        for i in 0..<20 { try ctx.setScale(Float(i), for: ads[i % 4]) }
-        let setNs = Double(DispatchTime.now().uptimeNanoseconds - t0) / 20
-        let t1 = DispatchTime.now().uptimeNanoseconds
+        for i in 0..<20 { try ctx.setScale(Float(i % 5) * 0.25, for: ads[i % 4]) }
         try ctx.detach(ads[0])
-        let detachNs = Double(DispatchTime.now().uptimeNanoseconds - t1)
-        print("AdapterStack rebuild with 4 adapters × \(c.nLayers) layers × 7 modules: setScale \(String(format: "%.3f", setNs / 1e6)) ms, detach \(String(format: "%.3f", detachNs / 1e6)) ms")
-        #expect(setNs < 1e6 && detachNs < 1e6)
+        let edited = try ctx.evaluate(.tokens(probe), logits: .all)
+        let fresh = try LoRATests.logits(m, [(ads[1], 0.5), (ads[2], 0.75), (ads[3], 1.0)], ids: probe)
+        #expect(LoRATests.rel(edited, fresh) < 1e-5, "edited stack vs fresh stack")
         // Merge on the real (Q4_1) model: merged f32 logits track the unmerged ones.
         let ids: [Int32] = Array(1...16).map { Int32($0 * 37) }
         let un = try LoRATests.logits(m, [(a, 1)], ids: ids)

@@ -1,4 +1,3 @@
-import Synchronization
 import LoRAKitCore
 import LoRAKitKernels
 import LoRAKitFormats
@@ -208,8 +207,8 @@ public final class LoRAAdapter: @unchecked Sendable {
     /// Order of B's rows for q/k: `.neox` = Hugging Face/PEFT, `.interleaved` = GGUF.
     public var rowLayout: RoPELayout { tensors.rowLayout }
 
-    private let layoutCache = Mutex<[RoPELayout: [Key: LoRAModule]]>([:])
-    private let valuesChecked = Mutex<Bool>(false)
+    private let layoutCache = Locked<[RoPELayout: [Key: LoRAModule]]>([:])
+    private let valuesChecked = Locked<Bool>(false)
 
     /// For loaders: an adapter of `modules` (their A/B rows for q/k in `rowLayout` order).
     /// Checks the config, duplicate modules, that the modules follow the config's rsLoRA rule, and every

@@ -9,7 +9,6 @@
 import LoRAKitCore
 import LoRAKitTokenizer
 import LoRAKitTemplates
-import Synchronization
 
 /// A chat template bound to a tokenizer's special tokens and named after where it came from.
 public struct ChatFormatter: Sendable {
@@ -50,8 +49,8 @@ public struct ChatFormatter: Sendable {
 
 /// A model's parsed chat template (or why it has none) and its limits; thread-safe.
 package final class ChatTemplateCache: Sendable {
-    let parsed = Mutex<Result<ChatFormatter, LKError>?>(nil)
-    let limits = Mutex<TemplateLimits>(.default)
+    let parsed = Locked<Result<ChatFormatter, LKError>?>(nil)
+    let limits = Locked<TemplateLimits>(.default)
     package init() {}
 }
 

@@ -1,5 +1,4 @@
 import CLoRAKitPlugin
-import Synchronization
 import LoRAKitCore
 #if canImport(Glibc)
 import Glibc
@@ -120,9 +119,9 @@ public final class PluginRegistry: @unchecked Sendable {
         var searchPathErrors: [String] = []
         var log: [(level: Int, message: String)] = []
     }
-    private let state = Mutex<State>(State())
+    private let state = Locked<State>(State())
     /// Loads are serialised (one entry call at a time; the registry checks and publishes atomically).
-    private let loadLock = Mutex<Void>(())
+    private let loadLock = Locked<Void>(())
 
     /// Every loaded plugin, in load order.
     public var plugins: [AdapterPlugin] { state.withLock { $0.plugins } }
