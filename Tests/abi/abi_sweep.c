@@ -723,6 +723,12 @@ static void b_chat_apply(call *c) {
     SET_I32(c, "add_generation_prompt", 1);
     buf_needed(c, 16384);
 }
+static void b_model_chat_limit(call *c) {
+    SET_P(c, "model", M);
+    SET_I32(c, "limit", LK_CHAT_LIMIT_STEPS);
+    SET_I64(c, "new_value", 50000000);
+    SET_P(c, "old_value", out_mem(c, "*old_value", 8, 0));
+}
 static void b_context_new(call *c) {
     SET_P(c, "model", M);
     lk_context_params *p = new_struct(c, "params", "lk_context_params", 0);
@@ -1170,6 +1176,7 @@ static const spec specs[] = {
     {"lk_detokenize", b_detokenize, NULL, 0},
     {"lk_token_bytes", b_token_bytes, NULL, 0},
     {"lk_chat_apply", b_chat_apply, NULL, 0},
+    {"lk_model_chat_limit", b_model_chat_limit, NULL, 0},
     {"lk_context_params_init", b_init, check_init, 0},
     {"lk_context_params_init_sized", b_init, check_init, 0},
     {"lk_context_new", b_context_new, NULL, 0},
@@ -1379,6 +1386,9 @@ static const override overrides[] = {
     {"lk_tokenize", "add_special", "-1", LK_OK, "add_special -1 = as the model's metadata says"},
     {"lk_detokenize", "n_tokens", "0", LK_OK, "no tokens is the empty text"},
     {"lk_chat_apply", "n_messages", "0", LK_OK, "messages may be empty (the template renders no turns)"},
+    {"lk_model_chat_limit", "new_value", "-1", LK_OK, "new_value == -1 only reads"},
+    {"lk_model_chat_limit", "new_value", "MAX", LK_OK, "new_value > 0 replaces it (LK_CHAT_LIMIT_STEPS has no cap)"},
+    {"lk_model_chat_limit", "old_value", "NULL", LK_OK, "*old_value (may be NULL)"},
     {"lk_generate", "text_out", "NULL", LK_OK, "text_out (may be NULL)"},
     {"lk_generate", "tokens_capacity", "0", LK_OK, "tokens_out receives the first tokens_capacity ids (0: none)"},
     {"lk_generate", "result", "NULL", LK_OK, "result (may be NULL)"},
@@ -1714,12 +1724,19 @@ static void x_lr_neg(call *c) { ARG(c, "lr").f64 = -1; }
 static void x_threads513(call *c) { ARG(c, "n_threads").i32 = 513; }
 static void x_status_42(call *c) { ARG(c, "status").i32 = 42; }
 static void x_dtype_6(call *c) { ARG(c, "dtype").i32 = 6; }
+static void x_chat_limit_8(call *c) { ARG(c, "limit").i32 = 8; }
+static void x_chat_depth_1001(call *c) {
+    ARG(c, "limit").i32 = LK_CHAT_LIMIT_RECURSION_DEPTH;
+    ARG(c, "new_value").i64 = 1001;
+}
 
 static const extra extras[] = {
     {"lk_status_string", "status = 42 (not a status)", EXPECT_CHECK, x_status_42},
     {"lk_dtype_name", "dtype = 6 (past the last dtype)", EXPECT_CHECK, x_dtype_6},
     {"lk_dtype_info", "dtype = 6 (past the last dtype)", LK_ERR_INVALID_ARGUMENT, x_dtype6},
     {"lk_set_default_threads", "n_threads = 513", LK_ERR_INVALID_ARGUMENT, x_threads513},
+    {"lk_model_chat_limit", "limit = 8 (past the last lk_chat_limit)", LK_ERR_INVALID_ARGUMENT, x_chat_limit_8},
+    {"lk_model_chat_limit", "LK_CHAT_LIMIT_RECURSION_DEPTH = 1001 (over the cap)", LK_ERR_INVALID_ARGUMENT, x_chat_depth_1001},
     {"lk_tensor_new", "n_dims = LK_MAX_DIMS + 1", LK_ERR_INVALID_ARGUMENT, x_dims9},
     {"lk_tensor_new", "shape[1] = -1", LK_ERR_INVALID_ARGUMENT, x_shape_neg},
     {"lk_tensor_new", "shape product overflows (2^62 x 4)", LK_ERR_INVALID_ARGUMENT, x_shape_overflow},

@@ -158,8 +158,8 @@ static void test_bad_input_changes_nothing(void) {
     int32_t s0 = -1, s1 = -1, x = -1, pos = -1;
     EXPECT_OK(lk_batch_add_sequence(b, &s0));
     EXPECT_OK(lk_batch_add_sequence(b, &s1));
-    EXPECT_STATUS(lk_batch_add_sequence(b, &x), LK_ERR_INVALID_ARGUMENT, "in use");
-    EXPECT_STATUS(lk_batch_fork(b, s0, &x), LK_ERR_INVALID_ARGUMENT, "in use");
+    EXPECT_STATUS(lk_batch_add_sequence(b, &x), LK_ERR_LIMIT, "in use");
+    EXPECT_STATUS(lk_batch_fork(b, s0, &x), LK_ERR_LIMIT, "in use");
     const int32_t toks[4] = {1, 2, 3, 4};
     const int64_t c31[2] = {3, 1};
     const int32_t both[2] = {s0, s1};

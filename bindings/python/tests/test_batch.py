@@ -78,7 +78,7 @@ def test_mixed_batch_matches_contexts(tiny):
 def test_bad_input_changes_nothing(tiny):
     with BatchContext(tiny, max_sequences=2, n_ctx=16, n_threads=1) as bc:
         s0, s1 = bc.add_sequence(), bc.add_sequence()
-        expect_error(Status.INVALID_ARGUMENT, "in use", bc.add_sequence)
+        expect_error(Status.LIMIT, "in use", bc.add_sequence)
         bc.step([(s0, [1, 2, 3]), (s1, [4])])
         expect_error(Status.INVALID_ARGUMENT, "twice", bc.step, [(s0, [1]), (s0, [2])])
         expect_error(Status.INVALID_ARGUMENT, "no sequence 9", bc.step, [(s0, [1]), (9, [2])])
