@@ -9,8 +9,8 @@ import http.client
 import json
 import os
 import re
-import select
 import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +18,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+ROOT = HERE.parents[2]
 CLI = os.environ.get("LORAKIT_CLI", str(ROOT / ".build" / "release" / "lorakit-cli"))
 MODEL = os.environ.get("LORAKIT_MODEL", "")
 
@@ -45,20 +47,20 @@ class Server:
         self.proc = subprocess.Popen([CLI, "serve", "--model", MODEL, "--port", "0", "--threads", "2", *map(str, args)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         self.log = []
-        deadline = time.time() + 60
         self.port = None
-        while self.port is None:
-            assert time.time() < deadline, f"server did not start: {''.join(self.log)}"
-            ready, _, _ = select.select([self.proc.stderr], [], [], 1)
-            if ready:
-                line = self.proc.stderr.readline()
-                assert line, f"server exited ({self.proc.poll()}): {''.join(self.log)}"
+        found = threading.Event()
+
+        def drain():  # read stderr to the end, so the server never blocks on a full pipe
+            for line in self.proc.stderr:
                 self.log.append(line)
-                m = re.search(r"listening on http://[^:]+:(\d+)", line)
+                m = re.search(r"lorakit serve: listening on http://[^:]+:(\d+)", line)
                 if m:
                     self.port = int(m.group(1))
-        # Keep draining stderr so the server never blocks on a full pipe.
-        threading.Thread(target=lambda: [self.log.append(x) for x in self.proc.stderr], daemon=True).start()
+                    found.set()
+            found.set()
+        threading.Thread(target=drain, daemon=True).start()
+        found.wait(60)
+        assert self.port is not None, f"server did not start (exit {self.proc.poll()}): {''.join(self.log)}"
 
     def client(self, key=KEY, **kw):
         return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=key, max_retries=0, timeout=120, **kw)
@@ -117,7 +119,7 @@ def adapters(tmp_path_factory):
     paths = {}
     with lorakit.Model(MODEL) as m:
         for i, (name, targets) in enumerate([("alpha", "q,v"), ("beta", "q,k,v,o"), ("gamma", "q,v")]):
-            a = lorakit.Adapter.create(m, rank=4, alpha=8, targets=targets, init="random", seed=11 + i)
+            a = lorakit.Adapter.create(m, rank=4, alpha=64, targets=targets, init="random", seed=11 + i)
             paths[name] = d / name
             a.save(paths[name])
             a.close()
@@ -315,7 +317,7 @@ def test_queue_full_429_and_disconnect_frees_the_sequence():
                      {"Content-Type": "application/json"})
         resp = conn.getresponse()
         assert resp.status == 200 and resp.getheader("Content-Type").startswith("text/event-stream")
-        assert resp.fp.readline().startswith(b"data: {")
+        assert resp.readline().startswith(b"data: {")
         # B waits in the queue.
         client = s.client(key="unused")
         with ThreadPoolExecutor(1) as ex:
