@@ -795,6 +795,68 @@ LK_API int64_t lk_sizeof_lora_params(void);
 LK_API int64_t lk_sizeof_train_params(void);
 LK_API int64_t lk_sizeof_train_progress(void);
 
+/* ---------------------------------------------------------------------------------------------------
+ * Batch contexts: up to max_sequences sequences over one shared model, each with its own KV cache
+ * positions and its own LoRA adapter set (none, one, or several stacked with scales), evaluated together:
+ * one lk_batch_step runs every listed sequence's new tokens (prefill several, or decode one) as the rows
+ * of one batch, so each base weight is read once per step for all of them; attention runs per sequence
+ * over its own cache, and the LoRA terms per group of rows sharing an adapter. Each sequence's logits
+ * equal those of an lk_context evaluating it alone with the same adapters attached, within the
+ * activation-quantization tolerance (decode steps of up to 11 sequences: bitwise equal).
+ * Sequence ids are small integers ≥ 0 given by the batch, never reused within it. A batch is used by
+ * one thread at a time ("in use" otherwise, LK_ERR_INVALID_ARGUMENT). An unknown sequence id, a bad
+ * position or a bad size is LK_ERR_INVALID_ARGUMENT and changes nothing.
+ * ------------------------------------------------------------------------------------------------- */
+typedef struct lk_batch lk_batch;
+
+/* A batch context for `model`: max_sequences 1...4096 sequences alive at once, n_ctx positions per
+ * sequence (0...n_ctx_train; 0 = min(n_ctx_train, 4096)), n_threads 0...512 (0 = lk_cpu_count()).
+ * The KV caches take max_sequences · n_ctx · n_layer · 2 · n_head_kv · head_dim · 4 bytes of address
+ * space, touched as positions are used. Ownership: *out belongs to the caller (lk_batch_free); it keeps
+ * the model alive. */
+LK_API lk_status lk_batch_new(lk_model *model, int32_t max_sequences, int32_t n_ctx, int32_t n_threads,
+                              lk_batch **out);
+LK_API lk_status lk_batch_free(lk_batch *batch);
+
+/* A new empty sequence (position 0, no adapters); its id in *seq. LK_ERR_INVALID_ARGUMENT when
+ * max_sequences sequences are alive (remove one first). */
+LK_API lk_status lk_batch_add_sequence(lk_batch *batch, int32_t *seq);
+
+/* Remove sequence `seq` (its cache becomes free for a new sequence). */
+LK_API lk_status lk_batch_remove_sequence(lk_batch *batch, int32_t seq);
+
+/* A new sequence with a copy of seq's cached positions and its adapters and scales (e.g. several
+ * continuations of one prompt); its id in *new_seq. LK_ERR_INVALID_ARGUMENT when the batch is full. */
+LK_API lk_status lk_batch_fork(lk_batch *batch, int32_t seq, int32_t *new_seq);
+
+/* Drop seq's cached positions from `position` on (0 <= position <= its position). */
+LK_API lk_status lk_batch_truncate(lk_batch *batch, int32_t seq, int32_t position);
+
+/* Positions cached for seq. */
+LK_API lk_status lk_batch_position(const lk_batch *batch, int32_t seq, int32_t *position);
+
+/* The ids of the live sequences, ascending, into seqs[0 .. *count). *count is the number of live
+ * sequences, also on LK_ERR_BUFFER_TOO_SMALL (capacity < *count); seqs may be NULL when capacity is 0. */
+LK_API lk_status lk_batch_sequences(const lk_batch *batch, int32_t *seqs, int64_t capacity, int64_t *count);
+
+/* Set seq's LoRA adapters: adapters[i] with multiplier scales[i] (finite), applied in this order;
+ * n_adapters 0...4096, 0 = none (adapters and scales may then be NULL). Every adapter must have been
+ * loaded/created for the batch's model and be a LoRA adapter (a plugin adapter: LK_ERR_UNSUPPORTED);
+ * the same adapter twice is LK_ERR_INVALID_ARGUMENT. Other sequences are not touched; on error nothing
+ * changes. Cached positions are kept (computed with the previous adapters). The batch holds the
+ * adapters while a sequence uses them. */
+LK_API lk_status lk_batch_set_adapters(lk_batch *batch, int32_t seq, lk_adapter *const *adapters,
+                                       const float *scales, int64_t n_adapters);
+
+/* One step: for i < n_seqs, sequence seqs[i] (distinct, live) appends its n_tokens[i] (>= 1) tokens,
+ * which follow each other in `tokens` (sequence 0's first, then sequence 1's, ...), at its next
+ * positions. logits receives n_seqs rows of n_vocab floats: row i is the logits after seqs[i]'s last
+ * token. capacity is in floats; capacity < n_seqs · n_vocab is LK_ERR_BUFFER_TOO_SMALL. Everything is
+ * checked before anything is evaluated (an unknown or repeated id, a token id outside the vocabulary, a
+ * sequence overflowing n_ctx: LK_ERR_INVALID_ARGUMENT); on error every sequence keeps its position. */
+LK_API lk_status lk_batch_step(lk_batch *batch, int64_t n_seqs, const int32_t *seqs, const int32_t *tokens,
+                               const int64_t *n_tokens, float *logits, int64_t capacity);
+
 #ifdef __cplusplus
 }
 #endif

@@ -98,7 +98,7 @@ func guarded(_ function: String, _ body: () throws -> Int) -> Int32 {
 
 /// Handles given to C are never raw object addresses: they are unique, never-reused tokens looked up
 /// in a registry, so a freed or forged handle is detected instead of dereferenced.
-enum HandleKind: UInt8 { case tensor = 1, model, context, adapter, trainer, projector, plugin }
+enum HandleKind: UInt8 { case tensor = 1, model, context, adapter, trainer, projector, plugin, batch }
 
 final class Handles: @unchecked Sendable {
     static let shared = Handles()

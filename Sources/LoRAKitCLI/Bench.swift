@@ -8,7 +8,7 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure kernels and models (figures for BENCHMARKS.md; not a test).",
-        subcommands: [BenchGEMM.self, BenchGenerate.self, BenchTrain.self]
+        subcommands: [BenchGEMM.self, BenchGenerate.self, BenchTrain.self, BenchBatch.self]
     )
 }
 

@@ -38,7 +38,7 @@ from . import _lib
 from ._lib import ABI_VERSION
 
 __all__ = [
-    "ABI_VERSION", "Adapter", "AdapterFormat", "Context", "DType", "GenerationResult", "LoRAKitError", "Model", "ModelInfo", "Plugin", "Projector",
+    "ABI_VERSION", "Adapter", "AdapterFormat", "BatchContext", "Context", "DType", "GenerationResult", "LoRAKitError", "Model", "ModelInfo", "Plugin", "Projector",
     "Status", "StopReason", "Tensor", "TrainProgress", "TrainRun", "Trainer", "abi_version", "clear_error", "cpu_count", "dtype_info", "generate",
     "get_threads", "last_error", "load_plugin", "matmul", "plugins", "set_threads", "status_string", "version",
 ]
@@ -1281,3 +1281,119 @@ def generate(ctx: Context, prompt_tokens, max_tokens: int = 128, temperature: fl
     if error:
         raise error[0]
     return GenerationResult(out, list(ids[: min(res.n_tokens, cap)]), StopReason(res.stop_reason))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Batch contexts
+# ---------------------------------------------------------------------------------------------------
+
+class BatchContext(_Handle):
+    """Many sequences over one model, each with its own KV cache positions and LoRA adapters, evaluated
+    together (lk_batch_*): one step() runs every listed sequence's new tokens as one batch, reading each
+    base weight once. Use from one thread at a time.
+
+    BatchContext(model, max_sequences, n_ctx=0, n_threads=0): n_ctx positions per sequence (0 =
+    min(model context, 4096)), n_threads 0 = cpu_count().
+    """
+    __slots__ = ("model", "n_vocab", "max_sequences")
+    _kind = "batch context"
+    _free = staticmethod(_c.lk_batch_free)
+
+    def __init__(self, model: Model, max_sequences: int, n_ctx: int = 0, n_threads: int = 0):
+        self._handle = None
+        if not isinstance(model, Model):
+            raise TypeError(f"model must be a lorakit.Model, got {type(model).__name__}")
+        self.model = model
+        self.n_vocab = model.info.n_vocab
+        self.max_sequences = int(max_sequences)
+        out = _lib.lk_batch_p()
+        _check(_c.lk_batch_new(model.handle, int(max_sequences), int(n_ctx), int(n_threads), byref(out)))
+        self._handle = out.value
+
+    def add_sequence(self) -> int:
+        """A new empty sequence (no adapters); its id."""
+        s = c_int32()
+        _check(_c.lk_batch_add_sequence(self.handle, byref(s)))
+        return s.value
+
+    def remove_sequence(self, seq: int) -> None:
+        """Remove a sequence (its cache becomes free)."""
+        _check(_c.lk_batch_remove_sequence(self.handle, int(seq)))
+
+    def fork(self, seq: int) -> int:
+        """A new sequence with a copy of seq's cache, positions, adapters and scales; its id."""
+        s = c_int32()
+        _check(_c.lk_batch_fork(self.handle, int(seq), byref(s)))
+        return s.value
+
+    def truncate(self, seq: int, position: int) -> None:
+        """Drop seq's cached positions from `position` on."""
+        _check(_c.lk_batch_truncate(self.handle, int(seq), int(position)))
+
+    def position(self, seq: int) -> int:
+        """Positions cached for seq."""
+        p = c_int32()
+        _check(_c.lk_batch_position(self.handle, int(seq), byref(p)))
+        return p.value
+
+    @property
+    def sequences(self) -> list[int]:
+        """Ids of the live sequences, ascending."""
+        buf = (c_int32 * max(1, self.max_sequences))()
+        n = c_int64()
+        _check(_c.lk_batch_sequences(self.handle, buf, self.max_sequences, byref(n)))
+        return list(buf[:n.value])
+
+    def set_adapters(self, seq: int, adapters=()) -> None:
+        """Set seq's LoRA adapters: a sequence of Adapters and/or (Adapter, scale) pairs (scale 1.0 when
+        omitted), applied in order; () = none. Other sequences are not touched."""
+        if isinstance(adapters, Adapter):
+            adapters = [adapters]
+        pairs = []
+        for i, item in enumerate(adapters):
+            if isinstance(item, Adapter):
+                a, scale = item, 1.0
+            else:
+                try:
+                    a, scale = item
+                except (TypeError, ValueError):
+                    raise TypeError(f"adapters[{i}] must be an Adapter or an (Adapter, scale) pair") from None
+            if not isinstance(a, Adapter):
+                raise TypeError(f"adapters[{i}] must be a lorakit.Adapter, got {type(a).__name__}")
+            pairs.append((a.handle, float(scale)))
+        n = len(pairs)
+        handles = (_lib.lk_adapter_p * max(1, n))(*[h for h, _ in pairs])
+        scales = (c_float * max(1, n))(*[s for _, s in pairs])
+        _check(_c.lk_batch_set_adapters(self.handle, int(seq), handles, scales, n))
+
+    def step(self, inputs) -> "np.ndarray":
+        """One step. inputs: {seq: tokens} or a sequence of (seq, tokens) pairs; each sequence appends its
+        tokens (one to decode, several to prefill). Returns float32 logits [len(inputs), n_vocab], row i
+        after input i's last token."""
+        items = list(inputs.items()) if isinstance(inputs, dict) else list(inputs)
+        if not items:
+            raise ValueError("step: no sequences given")
+        seqs, counts, parts = [], [], []
+        for i, item in enumerate(items):
+            try:
+                seq, toks = item
+            except (TypeError, ValueError):
+                raise TypeError(f"inputs[{i}] must be a (sequence, tokens) pair") from None
+            ids = _ids_arg([toks] if isinstance(toks, (int, np.integer)) else toks, f"inputs[{i}] tokens")
+            seqs.append(int(seq))
+            counts.append(ids.size)
+            parts.append(ids)
+        s = np.asarray(seqs, dtype=np.int64)
+        if s.min() < -2**31 or s.max() >= 2**31:
+            raise ValueError("step: sequence ids must fit in int32")
+        s = s.astype(np.int32)
+        n = np.asarray(counts, dtype=np.int64)
+        toks = np.ascontiguousarray(np.concatenate(parts) if n.sum() else np.zeros(1, dtype=np.int32), dtype=np.int32)
+        out = np.empty((len(items), self.n_vocab), dtype=np.float32)
+        _check(_c.lk_batch_step(self.handle, len(items), s.ctypes.data_as(POINTER(c_int32)),
+                                toks.ctypes.data_as(POINTER(c_int32)), n.ctypes.data_as(POINTER(c_int64)),
+                                out.ctypes.data_as(POINTER(c_float)), out.size))
+        return out
+
+    def __repr__(self) -> str:
+        return "BatchContext(<closed>)" if self._handle is None else f"BatchContext(sequences={self.sequences})"

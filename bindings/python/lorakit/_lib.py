@@ -624,6 +624,46 @@ _fn("lk_sizeof_train_params", c_int64, [])
 # int64_t lk_sizeof_train_progress(void);
 _fn("lk_sizeof_train_progress", c_int64, [])
 
+# ---------------------------------------------------------------------------------------------------
+# Batch contexts
+# ---------------------------------------------------------------------------------------------------
+
+lk_batch_p = c_void_p
+
+# lk_status lk_batch_new(lk_model *model, int32_t max_sequences, int32_t n_ctx, int32_t n_threads,
+#                        lk_batch **out);
+_fn("lk_batch_new", lk_status, [lk_model_p, c_int32, c_int32, c_int32, POINTER(lk_batch_p)])
+
+# lk_status lk_batch_free(lk_batch *batch);
+_fn("lk_batch_free", lk_status, [lk_batch_p])
+
+# lk_status lk_batch_add_sequence(lk_batch *batch, int32_t *seq);
+_fn("lk_batch_add_sequence", lk_status, [lk_batch_p, POINTER(c_int32)])
+
+# lk_status lk_batch_remove_sequence(lk_batch *batch, int32_t seq);
+_fn("lk_batch_remove_sequence", lk_status, [lk_batch_p, c_int32])
+
+# lk_status lk_batch_fork(lk_batch *batch, int32_t seq, int32_t *new_seq);
+_fn("lk_batch_fork", lk_status, [lk_batch_p, c_int32, POINTER(c_int32)])
+
+# lk_status lk_batch_truncate(lk_batch *batch, int32_t seq, int32_t position);
+_fn("lk_batch_truncate", lk_status, [lk_batch_p, c_int32, c_int32])
+
+# lk_status lk_batch_position(const lk_batch *batch, int32_t seq, int32_t *position);
+_fn("lk_batch_position", lk_status, [lk_batch_p, c_int32, POINTER(c_int32)])
+
+# lk_status lk_batch_sequences(const lk_batch *batch, int32_t *seqs, int64_t capacity, int64_t *count);
+_fn("lk_batch_sequences", lk_status, [lk_batch_p, POINTER(c_int32), c_int64, POINTER(c_int64)])
+
+# lk_status lk_batch_set_adapters(lk_batch *batch, int32_t seq, lk_adapter *const *adapters,
+#                                 const float *scales, int64_t n_adapters);
+_fn("lk_batch_set_adapters", lk_status, [lk_batch_p, c_int32, POINTER(lk_adapter_p), POINTER(c_float), c_int64])
+
+# lk_status lk_batch_step(lk_batch *batch, int64_t n_seqs, const int32_t *seqs, const int32_t *tokens,
+#                         const int64_t *n_tokens, float *logits, int64_t capacity);
+_fn("lk_batch_step", lk_status,
+    [lk_batch_p, c_int64, POINTER(c_int32), POINTER(c_int32), POINTER(c_int64), POINTER(c_float), c_int64])
+
 # Each ctypes Structure beside the library's lk_sizeof_*() (checked at import, and by the tests).
 STRUCTS = {
     "lk_model_params": (lk_model_params, "lk_sizeof_model_params"),
@@ -661,7 +701,9 @@ FUNCTIONS = (
     "lk_trainer_forward_backward", "lk_trainer_forward_backward_batch", "lk_trainer_optimizer_step", "lk_sizeof_model_params", "lk_sizeof_model_info",
     "lk_sizeof_context_params", "lk_sizeof_sampler_params", "lk_sizeof_generate_params",
     "lk_sizeof_generate_result", "lk_sizeof_chat_message", "lk_sizeof_lora_params", "lk_sizeof_train_params",
-    "lk_sizeof_train_progress",
+    "lk_sizeof_train_progress", "lk_batch_new", "lk_batch_free", "lk_batch_add_sequence",
+    "lk_batch_remove_sequence", "lk_batch_fork", "lk_batch_truncate", "lk_batch_position", "lk_batch_sequences",
+    "lk_batch_set_adapters", "lk_batch_step",
 )
 
 _abi = lib.lk_abi_version()

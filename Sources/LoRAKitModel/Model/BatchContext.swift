@@ -1,0 +1,418 @@
+import LoRAKitCore
+import LoRAKitKernels
+
+/// Many sequences over one shared, read-only `LlamaModel`, each with its own KV cache positions and its
+/// own LoRA adapter set (any mix of one adapter, stacked adapters with scales, or none), evaluated
+/// together: one `step` runs every listed sequence's new tokens through `LlamaBlock.forward` as the rows
+/// of one batch, so each base weight is read once per step for all sequences (a decode step of 8
+/// sequences is one 8-row product per weight), while attention runs per sequence over its own cache and
+/// the LoRA terms run per group of rows that share an adapter (two small products per group: A·x, then
+/// B·(Ax)).
+///
+/// Results: every row gets the arithmetic a single-sequence `LlamaContext` gives it when that context
+/// evaluates the same number of rows at once; batches of fewer than `Linear.smallRowLimit` rows (decode
+/// steps of up to 11 sequences) use the mat-vec kernels, whose rows are bitwise those of a one-token
+/// decode, and larger steps the f32 GEMM, so logits stay within the documented activation-quantization
+/// tolerance of a `LlamaContext` running each sequence alone (`LlamaContext.activations`).
+///
+/// Not thread-safe: one caller at a time. Sequence ids are never reused within a context.
+///
+/// Shape legend: T = rows of a step (tokens of all listed sequences), C = model width, Q = H·D,
+/// KV = Hkv·D, F = MLP width, V = vocabulary, P = `maxPositions`.
+public final class BatchContext: @unchecked Sendable {
+    public let model: LlamaModel
+    /// Most sequences alive at once.
+    public let maxSequences: Int
+    /// Positions each sequence holds (prompt + generated).
+    public let maxPositions: Int
+    /// Rows evaluated per internal pass (a step with more rows is split; results are the same).
+    public let batchCapacity: Int
+    public let pool: ThreadPool
+    /// How the linear layers quantize their input for quantized weights in small batches (as
+    /// `LlamaContext.activations`; same default).
+    public var activations: ActivationQuantization = LlamaContext.defaultActivations
+
+    /// One live sequence.
+    struct Sequence {
+        let slot: Int
+        var position: Int
+        var attachments: [(adapter: LoRAAdapter, scale: Float)]
+        /// Entries per (layer, module), in attachment order.
+        var stack: AdapterStack
+    }
+
+    private var sequences: [Int: Sequence] = [:]
+    private var freeSlots: [Int]
+    private var nextID = 0
+
+    // KV cache per slot: [nLayers, P, KV] for keys and values (f32, pages touched only when used).
+    private let kCache: [Storage]
+    private let vCache: [Storage]
+    // Activations for up to `batchCapacity` rows.
+    private let x: Storage        // [T, C] residual stream
+    private let xn: Storage       // [T, C] normed
+    private let q: Storage        // [T, Q]
+    private let k: Storage        // [T, KV] new keys (copied into each sequence's cache)
+    private let v: Storage        // [T, KV] new values
+    private let att: Storage      // [T, Q]
+    private let hGate: Storage    // [T, F]
+    private let hUp: Storage      // [T, F]
+    private let tmpOut: Storage   // [T, max(C, Q, KV)]
+    private var adapterWorkspace: Storage?
+    private var positions: [Int32]
+
+    /// Create a context for up to `maxSequences` sequences (1...4096) of `maxPositions` positions each
+    /// (default min(model context, 4096)). The caches are reserved, not touched: memory grows with the
+    /// positions actually used.
+    public init(model: LlamaModel, maxSequences: Int, maxPositions: Int? = nil, threads: Int? = nil) throws(LKError) {
+        let c = model.config
+        guard maxSequences >= 1, maxSequences <= 4096 else {
+            throw .invalidArgument("maxSequences \(maxSequences) must be in 1...4096")
+        }
+        let n = maxPositions ?? min(c.contextLength, 4096)
+        guard n >= 1, n <= c.contextLength else {
+            throw .invalidArgument("maxPositions \(n) must be in 1...\(c.contextLength) (the model's context length)")
+        }
+        if let t = threads, t < 1 || t > 512 { throw .invalidArgument("threads \(t) must be in 1...512") }
+        let perSlot = try checkedProduct([c.nLayers, n, c.kvDim, 4], what: "batch KV cache")
+        _ = try checkedProduct([perSlot, 2, maxSequences], what: "batch KV cache")
+        self.model = model
+        self.maxSequences = maxSequences
+        self.maxPositions = n
+        self.pool = ThreadPool(threads: threads ?? ThreadPool.hardwareConcurrency)
+        self.batchCapacity = 512
+        var ks: [Storage] = [], vs: [Storage] = []
+        for _ in 0..<maxSequences {
+            ks.append(try Storage(lazyZeroedBytes: perSlot))
+            vs.append(try Storage(lazyZeroedBytes: perSlot))
+        }
+        kCache = ks
+        vCache = vs
+        freeSlots = Array((0..<maxSequences).reversed())
+        let b = batchCapacity
+        x = try Storage(lazyZeroedBytes: b * c.dim * 4)
+        xn = try Storage(lazyZeroedBytes: b * c.dim * 4)
+        q = try Storage(lazyZeroedBytes: b * c.qDim * 4)
+        k = try Storage(lazyZeroedBytes: b * c.kvDim * 4)
+        v = try Storage(lazyZeroedBytes: b * c.kvDim * 4)
+        att = try Storage(lazyZeroedBytes: b * c.qDim * 4)
+        hGate = try Storage(lazyZeroedBytes: b * c.hiddenDim * 4)
+        hUp = try Storage(lazyZeroedBytes: b * c.hiddenDim * 4)
+        tmpOut = try Storage(lazyZeroedBytes: b * max(c.dim, c.kvDim, c.qDim) * 4)
+        positions = [Int32](repeating: 0, count: b)
+    }
+
+    // MARK: Sequences
+
+    /// Ids of the live sequences, ascending.
+    public var activeSequences: [Int] { sequences.keys.sorted() }
+
+    /// A new empty sequence (position 0, no adapters); its id. Error when `maxSequences` are alive.
+    public func addSequence() throws(LKError) -> Int {
+        guard let slot = freeSlots.popLast() else {
+            throw .invalidArgument("addSequence: all \(maxSequences) sequences of the batch context are in use (remove one first)")
+        }
+        let id = nextID
+        nextID += 1
+        sequences[id] = Sequence(slot: slot, position: 0, attachments: [],
+                                 stack: AdapterStack(nLayers: model.config.nLayers))
+        return id
+    }
+
+    /// Remove a sequence (its cache slot becomes free).
+    public func removeSequence(_ id: Int) throws(LKError) {
+        let s = try sequence(id, "removeSequence")
+        sequences[id] = nil
+        freeSlots.append(s.slot)
+    }
+
+    /// A new sequence with a copy of `id`'s cached positions and its adapter set (scales included); its id.
+    public func fork(_ id: Int) throws(LKError) -> Int {
+        let s = try sequence(id, "fork")
+        guard let slot = freeSlots.popLast() else {
+            throw .invalidArgument("fork: all \(maxSequences) sequences of the batch context are in use (remove one first)")
+        }
+        let c = model.config
+        let n = s.position * c.kvDim
+        if n > 0 {
+            for l in 0..<c.nLayers {
+                (f(kCache[slot]) + l * maxPositions * c.kvDim).update(from: f(kCache[s.slot]) + l * maxPositions * c.kvDim, count: n)
+                (f(vCache[slot]) + l * maxPositions * c.kvDim).update(from: f(vCache[s.slot]) + l * maxPositions * c.kvDim, count: n)
+            }
+        }
+        let nid = nextID
+        nextID += 1
+        sequences[nid] = Sequence(slot: slot, position: s.position, attachments: s.attachments, stack: s.stack)
+        return nid
+    }
+
+    /// Drop `id`'s cached positions from `position` on (0 ≤ position ≤ its current position).
+    public func truncate(_ id: Int, to position: Int) throws(LKError) {
+        let s = try sequence(id, "truncate")
+        guard position >= 0, position <= s.position else {
+            throw .invalidArgument("truncate: position \(position) of sequence \(id) outside 0...\(s.position)")
+        }
+        sequences[id]!.position = position
+    }
+
+    /// Positions cached for `id`.
+    public func position(of id: Int) throws(LKError) -> Int { try sequence(id, "position").position }
+
+    // MARK: Adapters
+
+    /// Set `id`'s LoRA adapters (applied in this order, each with its multiplier; [] = none). Checks every
+    /// adapter against the model and every scale (finite), and refuses the same adapter twice; on error
+    /// nothing changes. Other sequences are not touched. Adapters are shared, not copied.
+    public func setAdapters(_ adapters: [(adapter: LoRAAdapter, scale: Float)], for id: Int) throws(LKError) {
+        _ = try sequence(id, "setAdapters")
+        var stack = AdapterStack(nLayers: model.config.nLayers)
+        for (i, e) in adapters.enumerated() {
+            guard e.scale.isFinite else {
+                throw .invalidArgument("setAdapters: adapter \(i) (\(e.adapter.name)): scale \(e.scale) is not finite")
+            }
+            guard !adapters[..<i].contains(where: { $0.adapter === e.adapter }) else {
+                throw .invalidArgument("setAdapters: adapter \(i) (\(e.adapter.name)) is listed twice (one entry per adapter; scales add up in one)")
+            }
+            try e.adapter.check(against: model)
+            let mods = try e.adapter.modules(for: model.config.ropeLayout)
+            for key in e.adapter.keys {
+                stack.append(key.layer, key.module, AdapterStack.Entry(adapter: mods[key]!, scale: e.scale))
+            }
+        }
+        sequences[id]!.attachments = adapters
+        sequences[id]!.stack = stack
+    }
+
+    /// `id`'s LoRA adapters and their scales, in order.
+    public func adapters(of id: Int) throws(LKError) -> [(adapter: LoRAAdapter, scale: Float)] {
+        try sequence(id, "adapters").attachments
+    }
+
+    // MARK: Step
+
+    /// One step: every listed sequence appends its tokens at its next positions (prefill several, or
+    /// decode one). Each base weight is read once for all rows of the step (per internal pass of up to
+    /// `batchCapacity` rows). Returns the logits of each listed sequence's last token ([V] floats each),
+    /// in input order. Errors (unknown or repeated id, empty token list, token id outside the vocabulary,
+    /// overflow of `maxPositions`) are raised before anything is computed; on any error every sequence
+    /// keeps its position.
+    public func step(_ inputs: [(sequence: Int, tokens: [Int32])]) throws(LKError) -> [[Float]] {
+        let c = model.config
+        guard !inputs.isEmpty else { throw .invalidArgument("step: no sequences given") }
+        var seen = Set<Int>()
+        for (i, input) in inputs.enumerated() {
+            let s = try sequence(input.sequence, "step: input \(i)")
+            guard seen.insert(input.sequence).inserted else {
+                throw .invalidArgument("step: sequence \(input.sequence) is listed twice (inputs \(inputs.firstIndex { $0.sequence == input.sequence }!) and \(i))")
+            }
+            guard !input.tokens.isEmpty else {
+                throw .invalidArgument("step: input \(i) (sequence \(input.sequence)) has no tokens")
+            }
+            guard input.tokens.count <= maxPositions - s.position else {
+                throw .invalidArgument("step: input \(i): \(input.tokens.count) tokens at position \(s.position) overflow sequence \(input.sequence)'s \(maxPositions) positions")
+            }
+            for (j, t) in input.tokens.enumerated() where t < 0 || Int(t) >= c.vocabSize {
+                throw .invalidArgument("step: input \(i) (sequence \(input.sequence)): token id \(t) at index \(j) is outside the vocabulary of \(c.vocabSize)")
+            }
+        }
+        // Sequences with the same adapter set side by side, so that their rows form one LoRA group.
+        var groupOf: [Int] = []
+        for (i, input) in inputs.enumerated() {
+            let a = sequences[input.sequence]!.attachments
+            let g = inputs[..<i].firstIndex { BatchContext.sameAdapters(sequences[$0.sequence]!.attachments, a) } ?? i
+            groupOf.append(g)
+        }
+        let order = inputs.indices.sorted { (groupOf[$0], $0) < (groupOf[$1], $1) }
+        let saved = inputs.map { sequences[$0.sequence]!.position }
+        var out = [[Float]](repeating: [], count: inputs.count)
+        // Passes of up to `batchCapacity` rows; a long input may span several.
+        var cursor = 0          // index into `order`
+        var offset = 0          // tokens of inputs[order[cursor]] already done
+        do throws(LKError) {
+            while cursor < order.count {
+                var segs: [Segment] = []
+                var rows = 0
+                while cursor < order.count && rows < batchCapacity {
+                    let i = order[cursor]
+                    let toks = inputs[i].tokens
+                    let n = min(toks.count - offset, batchCapacity - rows)
+                    let s = sequences[inputs[i].sequence]!
+                    segs.append(Segment(input: i, id: inputs[i].sequence, slot: s.slot, row: rows, rows: n,
+                                        start: s.position, tokenOffset: offset, last: offset + n == toks.count))
+                    rows += n
+                    offset += n
+                    if offset == toks.count { cursor += 1; offset = 0 }
+                }
+                try pass(segs, rows: rows, inputs: inputs, out: &out)
+            }
+        } catch {
+            for (i, input) in inputs.enumerated() { sequences[input.sequence]?.position = saved[i] }
+            throw error
+        }
+        return out
+    }
+
+    /// One listed sequence's rows within a pass.
+    struct Segment {
+        let input: Int, id: Int, slot: Int
+        /// First row in the pass and row count.
+        let row: Int, rows: Int
+        /// Cache position of the first row.
+        let start: Int
+        /// Index of the first row's token in the input.
+        let tokenOffset: Int
+        /// Whether the input's last token is in this segment.
+        let last: Bool
+    }
+
+    /// Embedding → blocks → (for segments holding an input's last token) final norm and head.
+    private func pass(_ segs: [Segment], rows t: Int, inputs: [(sequence: Int, tokens: [Int32])],
+                      out: inout [[Float]]) throws(LKError) {
+        let c = model.config
+        var ids = [Int32](repeating: 0, count: t)
+        for s in segs {
+            for r in 0..<s.rows {
+                ids[s.row + r] = inputs[s.input].tokens[s.tokenOffset + r]
+                positions[s.row + r] = Int32(s.start + r)
+            }
+        }
+        try ids.withUnsafeBufferPointer { (b: UnsafeBufferPointer<Int32>) throws(LKError) in
+            try Ops.embeddingForward(table: UnsafeRawPointer(model.tokenEmbedding.rawPointer),
+                                     dtype: model.tokenEmbedding.dtype, vocab: c.vocabSize, dim: c.dim,
+                                     ids: b.baseAddress!, rows: t, out: f(x), pool: pool)
+        }
+        let groups = adapterGroups(segs)
+        try positions.withUnsafeBufferPointer { (pos: UnsafeBufferPointer<Int32>) throws(LKError) in
+            let runner = Runner(ctx: self, positions: pos.baseAddress!, segs: segs, groups: groups)
+            for l in 0..<c.nLayers { try LlamaBlock.forward(runner, layer: l, rows: t, model: model) }
+        }
+        for s in segs { sequences[s.id]!.position = s.start + s.rows }
+        // Logits of the last rows: gathered, normed, then the head (int16, as LlamaContext) in groups of
+        // at most 8 rows, the mat-vec kernel's row block, so each row is bitwise a one-row head product.
+        let lasts = segs.filter(\.last)
+        if lasts.isEmpty { return }
+        let xg = f(xn), xs = f(tmpOut), xr = f(x)
+        for (j, s) in lasts.enumerated() {
+            (xg + j * c.dim).update(from: xr + (s.row + s.rows - 1) * c.dim, count: c.dim)
+        }
+        try Ops.rmsNormForward(x: xg, weight: model.outputNorm.f32, out: xs, rstd: nil, rows: lasts.count,
+                               dim: c.dim, eps: c.normEps, pool: pool)
+        var j0 = 0
+        while j0 < lasts.count {
+            let n = min(8, lasts.count - j0)
+            var logits = [Float](repeating: 0, count: n * c.vocabSize)
+            try logits.withUnsafeMutableBufferPointer { (o: inout UnsafeMutableBufferPointer<Float>) throws(LKError) in
+                try Linear.forward(x: UnsafePointer(xs + j0 * c.dim), rows: n, weight: model.output,
+                                   y: o.baseAddress!, pool: pool, activations: .int16)
+            }
+            for r in 0..<n {
+                out[lasts[j0 + r].input] = Array(logits[(r * c.vocabSize)..<((r + 1) * c.vocabSize)])
+            }
+            j0 += n
+        }
+    }
+
+    /// Runs of consecutive segments with the same (adapter, scale) list; the layer/module entries are
+    /// looked up per projection (an adapter may leave modules out).
+    private func adapterGroups(_ segs: [Segment]) -> [Range<Int>] {
+        var runs: [Range<Int>] = []
+        var i = 0
+        while i < segs.count {
+            var j = i + 1
+            let a = sequences[segs[i].id]!.attachments
+            while j < segs.count && BatchContext.sameAdapters(sequences[segs[j].id]!.attachments, a) { j += 1 }
+            if !a.isEmpty { runs.append(i..<j) }
+            i = j
+        }
+        return runs
+    }
+
+    static func sameAdapters(_ a: [(adapter: LoRAAdapter, scale: Float)],
+                             _ b: [(adapter: LoRAAdapter, scale: Float)]) -> Bool {
+        a.count == b.count && zip(a, b).allSatisfy { $0.adapter === $1.adapter && $0.scale == $1.scale }
+    }
+
+    /// y += each row's adapter terms for (layer, module): per run of segments with the same adapter set,
+    /// each entry in order over the run's rows at once (A·x, then B·(Ax)).
+    fileprivate func applyAdapters(_ layer: Int, _ m: LinearModule, x: UnsafePointer<Float>,
+                                   y: UnsafeMutablePointer<Float>, segs: [Segment], runs: [Range<Int>]) throws(LKError) {
+        if runs.isEmpty { return }
+        let (nOut, nIn) = m.shape(model.config)
+        for run in runs {
+            let list = sequences[segs[run.lowerBound].id]!.stack.at(layer, m)
+            if list.isEmpty { continue }
+            let r0 = segs[run.lowerBound].row
+            let n = segs[run.upperBound - 1].row + segs[run.upperBound - 1].rows - r0
+            for e in list {
+                let need = max(e.adapter.workspaceFloats(rows: n), 1)
+                if adapterWorkspace == nil || adapterWorkspace!.byteCount < need * 4 {
+                    adapterWorkspace = try Storage(lazyZeroedBytes: need * 4)
+                }
+                try e.adapter.forward(x: x + r0 * nIn, rows: n, y: y + r0 * nOut, scale: e.scale,
+                                      workspace: f(adapterWorkspace!), pool: pool)
+            }
+        }
+    }
+
+    // MARK: Helpers
+
+    private func sequence(_ id: Int, _ what: String) throws(LKError) -> Sequence {
+        guard let s = sequences[id] else {
+            throw .invalidArgument("\(what): no sequence \(id) in the batch context (live: \(activeSequences.map(String.init).joined(separator: ", ")))")
+        }
+        return s
+    }
+
+    @inline(__always) fileprivate func f(_ s: Storage) -> UnsafeMutablePointer<Float> {
+        s.base.assumingMemoryBound(to: Float.self)
+    }
+
+    fileprivate func cacheK(_ slot: Int, _ layer: Int) -> UnsafeMutablePointer<Float> {
+        f(kCache[slot]) + layer * maxPositions * model.config.kvDim
+    }
+
+    fileprivate func cacheV(_ slot: Int, _ layer: Int) -> UnsafeMutablePointer<Float> {
+        f(vCache[slot]) + layer * maxPositions * model.config.kvDim
+    }
+
+    /// The batch's side of `LlamaBlock`: all rows through each base product at once, adapters per
+    /// group of rows, k/v copied into each sequence's cache, attention per sequence.
+    private struct Runner: LlamaBlockRunner {
+        unowned let ctx: BatchContext
+        let positions: UnsafePointer<Int32>
+        let segs: [Segment]
+        let groups: [Range<Int>]
+        var pool: ThreadPool { ctx.pool }
+        var ropeTable: RoPETable? { nil }
+
+        func buffers(layer l: Int) -> LlamaBlock.Buffers {
+            let x = ctx.f(ctx.x), xn = ctx.f(ctx.xn), gate = ctx.f(ctx.hGate), tmp = ctx.f(ctx.tmpOut)
+            return LlamaBlock.Buffers(x: x, xn1: xn, rstd1: nil, q: ctx.f(ctx.q), k: ctx.f(ctx.k), v: ctx.f(ctx.v),
+                                      att: ctx.f(ctx.att), o: tmp, xMid: x, xn2: xn, rstd2: nil, gate: gate,
+                                      up: ctx.f(ctx.hUp), h: gate, down: tmp, xOut: x)
+        }
+
+        func project(_ l: Int, _ ms: [LinearModule], x: UnsafePointer<Float>, rows: Int,
+                     ys: [UnsafeMutablePointer<Float>]) throws(LKError) {
+            let L = ctx.model.layers[l]
+            try Linear.forwardShared(x: x, rows: rows, weights: ms.map { L.weight($0) }, ys: ys, pool: ctx.pool,
+                                     activations: ctx.activations)
+            for (m, y) in zip(ms, ys) { try ctx.applyAdapters(l, m, x: x, y: y, segs: segs, runs: groups) }
+        }
+
+        func attention(_ l: Int, _ b: LlamaBlock.Buffers, rows t: Int) throws(LKError) {
+            let c = ctx.model.config
+            for s in segs {
+                let kc = ctx.cacheK(s.slot, l), vc = ctx.cacheV(s.slot, l)
+                (kc + s.start * c.kvDim).update(from: b.k + s.row * c.kvDim, count: s.rows * c.kvDim)
+                (vc + s.start * c.kvDim).update(from: b.v + s.row * c.kvDim, count: s.rows * c.kvDim)
+                try Ops.attentionForward(q: b.q + s.row * c.qDim, k: kc, v: vc, out: b.att + s.row * c.qDim, lse: nil,
+                                         rows: s.rows, keys: s.start + s.rows, heads: c.nHeads, kvHeads: c.nKVHeads,
+                                         headDim: c.headDim, startPos: s.start, pool: ctx.pool)
+            }
+        }
+
+        @inline(__always) func tick() -> Double { 0 }
+        @inline(__always) func tock(_ step: LlamaBlock.Step, _ t0: Double) {}
+    }
+}
