@@ -26,7 +26,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Sequences decoded together (slots of the continuous batch).") var maxSequences: Int = 4
     @Option(help: "Requests that may wait for a free sequence; more get 429.") var maxQueue: Int = 64
     @Option(help: "Positions per sequence, prompt + completion (default: min(model context, 4096)).") var ctx: Int?
-    @Option(help: "Engine: batch (one batch context, weights read once per step) or contexts (one context per sequence).")
+    @Option(help: "Engine: batch (one BatchContext: each step reads the weights once for all sequences) or contexts (one LlamaContext per sequence, evaluated one after the other).")
     var engine: String = "batch"
     @Option(help: "Require Authorization: Bearer KEY on every route but /health (default: $LORAKIT_API_KEY if set).")
     var apiKey: String?
@@ -86,8 +86,10 @@ func getenvString(_ name: String) -> String? {
 func makeServeEngine(_ kind: String, model: LlamaModel, maxSequences: Int, ctx: Int?,
                      threads: Int) throws(LKError) -> (any SequenceBatchEngine, String, Int) {
     switch kind {
-    case "contexts", "batch":
-        // BatchContext is not in this build yet: both run on one LlamaContext per sequence.
+    case "batch":
+        let e = try BatchContext(model: model, maxSequences: maxSequences, maxPositions: ctx, threads: threads)
+        return (e, "batch", e.maxPositions)
+    case "contexts":
         let e = try LlamaContextEngine(model: model, maxSequences: maxSequences, maxPositions: ctx, threads: threads)
         return (e, "contexts", e.maxPositions)
     default:

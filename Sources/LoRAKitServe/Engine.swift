@@ -126,3 +126,7 @@ public final class LlamaContextEngine: SequenceBatchEngine {
         return out
     }
 }
+
+/// The batch context (LoRAKitModel) is the server's default engine: one step runs every running
+/// sequence's rows through each base weight once, LoRA per group of rows sharing an adapter set.
+extension BatchContext: SequenceBatchEngine {}
