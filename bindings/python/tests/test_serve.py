@@ -345,3 +345,20 @@ def test_queue_full_429_and_disconnect_frees_the_sequence():
         assert m[f'lorakit_generation_tokens_total{{model="{BASE}"}}'] < 8 + 150
     finally:
         s.stop()
+
+
+def test_contexts_engine_gives_the_same_outputs(server, adapters):
+    """--engine contexts (one LlamaContext per sequence) answers as the default batch engine does."""
+    s = Server("--engine", "contexts", "--adapter", f"alpha={adapters['alpha']}", "--max-sequences", "3", "--ctx", CTX)
+    try:
+        assert json.loads(s.request("GET", "/health")[1])["engine"] == "contexts"
+        assert json.loads(server.request("GET", "/health")[1])["engine"] == "batch"
+        jobs = [("alpha", "Water boils at"), (BASE, "Water boils at"), ("alpha", "Once upon a time"), (BASE, "The quick brown fox")]
+
+        def ask(srv, job):
+            return srv.client().completions.create(model=job[0], prompt=job[1], max_tokens=10, temperature=0).choices[0].text
+        with ThreadPoolExecutor(len(jobs)) as ex:
+            got = list(ex.map(lambda j: ask(s, j), jobs))
+        assert got == [ask(server, j) for j in jobs]
+    finally:
+        s.stop()
