@@ -114,7 +114,7 @@ test-tsan: model
 	nice -n 19 bash scripts/sanitize.sh thread swift c plugins python
 
 # Fuzzing (Fuzz/README.md): libFuzzer + AddressSanitizer builds in .build-fuzz, kept out of build and test.
-FUZZ_TARGETS := gguf-model gguf-lora safetensors hf-config peft jsonl tokenizer tokenizer-json
+FUZZ_TARGETS := gguf-model gguf-lora safetensors hf-config peft jsonl tokenizer tokenizer-json templates
 SECONDS ?= 60
 FUZZ_SECONDS ?= 30
 fuzz-build:

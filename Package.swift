@@ -149,7 +149,7 @@ if ProcessInfo.processInfo.environment["LORAKIT_FUZZ"] == "1" {
     let fuzzTargets = [
         ("gguf-model", "FuzzGGUFModel"), ("gguf-lora", "FuzzGGUFLoRA"), ("safetensors", "FuzzSafetensors"),
         ("hf-config", "FuzzHFConfig"), ("peft", "FuzzPEFT"), ("jsonl", "FuzzJSONL"), ("tokenizer", "FuzzTokenizer"),
-        ("tokenizer-json", "FuzzTokenizerJSON"),
+        ("tokenizer-json", "FuzzTokenizerJSON"), ("templates", "FuzzTemplates"),
     ]
     for (product, target) in fuzzTargets {
         package.targets.append(.executableTarget(name: target, dependencies: ["LoRAKit", "FuzzSupport", "FuzzDriver"],

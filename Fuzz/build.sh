@@ -11,7 +11,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 mkdir -p .build-fuzz
-ALL="gguf-model gguf-lora safetensors hf-config peft jsonl tokenizer tokenizer-json"
+ALL="gguf-model gguf-lora safetensors hf-config peft jsonl tokenizer tokenizer-json templates"
 for t in ${*:-$ALL}; do
     if ! LORAKIT_FUZZ=1 swift build -c release --scratch-path .build-fuzz \
         -Xswiftc -sanitize=fuzzer,address -Xcc -fsanitize=fuzzer-no-link,address -Xswiftc -use-ld=lld \

@@ -87,6 +87,7 @@ enum {
     LK_ERR_OUT_OF_MEMORY = -7,      /* allocation failed or would exceed a sane limit */
     LK_ERR_ABI = -8,                /* ABI version or struct size mismatch */
     LK_ERR_BUFFER_TOO_SMALL = -9,   /* a caller buffer is too small; the needed size was returned */
+    LK_ERR_LIMIT = -10,             /* a configured limit (time, work, memory, size) was reached */
     LK_ERR_INTERNAL = -100          /* a bug in LoRAKit: please report it with lk_last_error() */
 };
 
@@ -283,9 +284,34 @@ typedef struct lk_chat_message {
 /* Render messages with the model's chat template (as transformers' apply_chat_template(messages,
  * tokenize=False, add_generation_prompt)); the template also sees bos_token and eos_token. messages may
  * be NULL when n_messages is 0; role and content must be non-NULL UTF-8. NUL-terminated output in buf.
- * LK_ERR_UNSUPPORTED without a chat template; LK_ERR_FORMAT for a template error while rendering. */
+ * LK_ERR_UNSUPPORTED without a chat template; LK_ERR_FORMAT for a template error while rendering (or a template
+ * that does not parse: the model still loads); LK_ERR_LIMIT when the render exceeds a limit (lk_model_chat_limit);
+ * LK_ERR_INVALID_ARGUMENT when the template calls raise_exception. The message names the model's path. */
 LK_API lk_status lk_chat_apply(const lk_model *model, const lk_chat_message *messages, int64_t n_messages,
                                int32_t add_generation_prompt, char *buf, int64_t capacity, int64_t *needed);
+
+/* Limits on rendering a model's chat template (lk_chat_apply, and training on {"messages"} data). The template
+ * comes with the model file, so it is untrusted code: each render runs under a budget. A render that would
+ * exceed a resource limit fails with LK_ERR_LIMIT, one exceeding a structural limit (loop iterations, nesting)
+ * with LK_ERR_FORMAT like any template error; lk_last_error() names the model, the place in the template and
+ * the limit. The model stays usable. The defaults are far above what real chat templates use. */
+typedef int32_t lk_chat_limit;
+enum {
+    LK_CHAT_LIMIT_OUTPUT_BYTES = 0,     /* bytes of rendered text (default 64 MiB) */
+    LK_CHAT_LIMIT_ALLOCATED_BYTES = 1,  /* bytes of strings and lists built during a render (default 1 GiB) */
+    LK_CHAT_LIMIT_LOOP_ITERATIONS = 2,  /* for-loop iterations per render (default 1000000) */
+    LK_CHAT_LIMIT_STEPS = 3,            /* units of work per render (default 100000000) */
+    LK_CHAT_LIMIT_RECURSION_DEPTH = 4,  /* nesting of statements, expressions and macro calls (default 200, at most 1000) */
+    LK_CHAT_LIMIT_VALUE_DEPTH = 5,      /* nesting of lists and dicts (default 100, at most 1000) */
+    LK_CHAT_LIMIT_MILLISECONDS = 6,     /* wall-clock time per render (default 10000) */
+    LK_CHAT_LIMIT_TEMPLATE_BYTES = 7    /* template size, checked when the template is first parsed (default 1 MiB) */
+};
+
+/* Read, and optionally change, one chat-template limit of a model (as sqlite3_limit). *old_value (may be NULL)
+ * receives the value in force before the call; new_value > 0 replaces it for later renders on any thread,
+ * new_value == -1 only reads. Any other new_value, a depth over 1000, or an unknown limit: LK_ERR_INVALID_ARGUMENT
+ * naming the limit, and nothing changes. Thread-safe. */
+LK_API lk_status lk_model_chat_limit(lk_model *model, lk_chat_limit limit, int64_t new_value, int64_t *old_value);
 
 /* ---------------------------------------------------------------------------------------------------
  * Contexts: a KV cache, a thread pool and sampler state over a shared model. One context is used by
@@ -818,15 +844,15 @@ LK_API lk_status lk_batch_new(lk_model *model, int32_t max_sequences, int32_t n_
                               lk_batch **out);
 LK_API lk_status lk_batch_free(lk_batch *batch);
 
-/* A new empty sequence (position 0, no adapters); its id in *seq. LK_ERR_INVALID_ARGUMENT when
- * max_sequences sequences are alive (remove one first). */
+/* A new empty sequence (position 0, no adapters); its id in *seq. LK_ERR_LIMIT when max_sequences
+ * sequences are alive (remove one first). */
 LK_API lk_status lk_batch_add_sequence(lk_batch *batch, int32_t *seq);
 
 /* Remove sequence `seq` (its cache becomes free for a new sequence). */
 LK_API lk_status lk_batch_remove_sequence(lk_batch *batch, int32_t seq);
 
 /* A new sequence with a copy of seq's cached positions and its adapters and scales (e.g. several
- * continuations of one prompt); its id in *new_seq. LK_ERR_INVALID_ARGUMENT when the batch is full. */
+ * continuations of one prompt); its id in *new_seq. LK_ERR_LIMIT when the batch is full. */
 LK_API lk_status lk_batch_fork(lk_batch *batch, int32_t seq, int32_t *new_seq);
 
 /* Drop seq's cached positions from `position` on (0 <= position <= its position). */

@@ -35,6 +35,7 @@ func statusCode(_ e: LKError) -> Int {
     case .format: LK_ERR_FORMAT
     case .outOfMemory: LK_ERR_OUT_OF_MEMORY
     case .internal: LK_ERR_INTERNAL
+    case .limit: LK_ERR_LIMIT
     }
 }
 
@@ -257,6 +258,7 @@ public func lk_status_string(_ status: Int32) -> UnsafePointer<CChar> {
     case LK_ERR_OUT_OF_MEMORY: cString("out of memory")
     case LK_ERR_ABI: cString("ABI mismatch")
     case LK_ERR_BUFFER_TOO_SMALL: cString("buffer too small")
+    case LK_ERR_LIMIT: cString("limit exceeded")
     case LK_ERR_INTERNAL: cString("internal error")
     default: cString("unknown status")
     }

@@ -10,23 +10,11 @@ import Darwin
 
 // MARK: - Handle objects
 
-/// What an lk_model handle refers to: the immutable model plus a lazily parsed chat template.
+/// What an lk_model handle refers to: the immutable model (its chat template is parsed and cached by the model).
 final class ModelBox: @unchecked Sendable {
     let model: LlamaModel
-    private let template = Mutex<ChatTemplate?>(nil)
 
     init(_ m: LlamaModel) { model = m }
-
-    /// The parsed chat template (parsed once, then shared; ChatTemplate.render is thread-safe).
-    func chatTemplate() throws -> ChatTemplate {
-        guard let src = model.chatTemplate else {
-            throw CError(LK_ERR_UNSUPPORTED, "\(model.source): the model has no chat template (tokenizer.chat_template)")
-        }
-        if let t = template.withLock({ $0 }) { return t }
-        let t = try ChatTemplate(src)
-        template.withLock { $0 = t }
-        return t
-    }
 }
 
 /// What an lk_context handle refers to. Holds its ModelBox (and so the model) strongly: freeing the
@@ -186,9 +174,6 @@ public func lk_token_bytes(_ model: OpaquePointer?, _ token: Int32, _ buf: Unsaf
     }
 }
 
-/// The chat-apply shim's name for lk_chat_message.
-typealias CChatMessage = lk_chat_message
-
 @_cdecl("lk_chat_apply")
 public func lk_chat_apply(_ model: OpaquePointer?, _ messages: UnsafeRawPointer?, _ nMessages: Int64,
                           _ addGenerationPrompt: Int32, _ buf: UnsafeMutablePointer<CChar>?, _ capacity: Int64,
@@ -204,20 +189,14 @@ public func lk_chat_apply(_ model: OpaquePointer?, _ messages: UnsafeRawPointer?
         if nMessages > 0 && messages == nil { throw invalid("messages is NULL but n_messages is \(nMessages)") }
         var msgs: [ChatMessage] = []
         if let messages {
-            let mp = messages.assumingMemoryBound(to: CChatMessage.self)
+            let mp = messages.assumingMemoryBound(to: lk_chat_message.self)
             for i in 0..<Int(nMessages) {
                 let role = try cStringArg(mp[i].role, "messages[\(i)].role")
                 let content = try cStringArg(mp[i].content, "messages[\(i)].content")
                 msgs.append(ChatMessage(role: role, content: content))
             }
         }
-        let tpl = try box.chatTemplate()
-        var extra: [String: TemplateValue] = [:]
-        if let tok = box.model.tokenizer {
-            if let b = tok.bos, let s = tok.token(b) { extra["bos_token"] = .string(s) }
-            if let e = tok.eos, let s = tok.token(e) { extra["eos_token"] = .string(s) }
-        }
-        let text = try tpl.render(messages: msgs, addGenerationPrompt: addGenerationPrompt == 1, extra: extra)
+        let text = try box.model.applyChatTemplate(messages: msgs, addGenerationPrompt: addGenerationPrompt == 1)
         return try copyString(text, buf: buf, capacity: capacity, needed: needed)
     }
 }
@@ -392,4 +371,48 @@ public func lk_generate(_ ctx: OpaquePointer?, _ prompt: UnsafePointer<Int32>?, 
 @_cdecl("lk_string_free")
 public func lk_string_free(_ s: UnsafeMutablePointer<CChar>?) {
     free(s)
+}
+
+// MARK: - Chat-template limits
+
+@_cdecl("lk_model_chat_limit")
+public func lk_model_chat_limit(_ model: OpaquePointer?, _ limit: Int32, _ newValue: Int64,
+                                _ oldValue: UnsafeMutablePointer<Int64>?) -> Int32 {
+    guarded("lk_model_chat_limit") {
+        let box = try modelArg(model)
+        guard let field = ChatLimitField(cValue: Int(limit)) else {
+            throw invalid("limit \(limit) is not an lk_chat_limit (LK_CHAT_LIMIT_OUTPUT_BYTES...LK_CHAT_LIMIT_TEMPLATE_BYTES, 0...7)")
+        }
+        guard newValue > 0 || newValue == -1 else {
+            throw invalid("new_value \(newValue) for \(field.cName) must be positive, or -1 to only read")
+        }
+        let old: Int
+        do throws(LKError) {
+            old = try box.model.exchangeChatTemplateLimit(field.keyPath, newValue == -1 ? nil : Int(newValue))
+        } catch {
+            throw invalid("new_value \(newValue) for \(field.cName): \(error.message)")
+        }
+        oldValue?.pointee = Int64(old)
+        return LK_OK
+    }
+}
+
+/// An lk_chat_limit: its header name and the `TemplateLimits` field it reads and writes.
+struct ChatLimitField {
+    let cName: String
+    let keyPath: WritableKeyPath<TemplateLimits, Int>
+
+    init?(cValue: Int) {
+        switch cValue {
+        case LK_CHAT_LIMIT_OUTPUT_BYTES: (cName, keyPath) = ("LK_CHAT_LIMIT_OUTPUT_BYTES", \.maxOutputBytes)
+        case LK_CHAT_LIMIT_ALLOCATED_BYTES: (cName, keyPath) = ("LK_CHAT_LIMIT_ALLOCATED_BYTES", \.maxAllocatedBytes)
+        case LK_CHAT_LIMIT_LOOP_ITERATIONS: (cName, keyPath) = ("LK_CHAT_LIMIT_LOOP_ITERATIONS", \.maxLoopIterations)
+        case LK_CHAT_LIMIT_STEPS: (cName, keyPath) = ("LK_CHAT_LIMIT_STEPS", \.maxSteps)
+        case LK_CHAT_LIMIT_RECURSION_DEPTH: (cName, keyPath) = ("LK_CHAT_LIMIT_RECURSION_DEPTH", \.maxRecursionDepth)
+        case LK_CHAT_LIMIT_VALUE_DEPTH: (cName, keyPath) = ("LK_CHAT_LIMIT_VALUE_DEPTH", \.maxValueDepth)
+        case LK_CHAT_LIMIT_MILLISECONDS: (cName, keyPath) = ("LK_CHAT_LIMIT_MILLISECONDS", \.maxMilliseconds)
+        case LK_CHAT_LIMIT_TEMPLATE_BYTES: (cName, keyPath) = ("LK_CHAT_LIMIT_TEMPLATE_BYTES", \.maxTemplateBytes)
+        default: return nil
+        }
+    }
 }

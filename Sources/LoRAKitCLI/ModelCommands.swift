@@ -49,6 +49,37 @@ struct ThreadOption: ParsableArguments {
     @Option(help: "Threads (default: all cores).") var threads: Int = ThreadPool.hardwareConcurrency
 }
 
+/// `--chat-limit NAME=VALUE`: the model's chat-template limits (TemplateLimits), for `generate --chat` and for
+/// training on {"messages"} data.
+struct ChatLimitOptions: ParsableArguments {
+    @Option(help: ArgumentHelp("A chat-template limit NAME=VALUE (repeatable); NAME: \(ChatLimitOptions.names.joined(separator: ", ")).",
+                               valueName: "name=value"))
+    var chatLimit: [String] = []
+
+    /// The limits' names as flags spell them (`loop-iterations`).
+    static let names = TemplateLimits.named.map { dashed($0.name) }
+    static func dashed(_ s: String) -> String { String(s.map { $0 == "_" ? "-" : $0 }) }
+
+    /// Sets each given limit on `model`, failing with the flag, the name and the reason.
+    func apply(to model: LlamaModel) throws(LKError) {
+        let names = Self.names
+        for spec in chatLimit {
+            let parts = spec.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let i = names.firstIndex(of: Self.dashed(parts[0])) else {
+                throw .invalidArgument("--chat-limit \"\(spec)\": expected NAME=VALUE with NAME one of \(names.joined(separator: ", "))")
+            }
+            guard let v = Int(parts[1]), v > 0 else {
+                throw .invalidArgument("--chat-limit \(names[i])=\(parts[1]): the value must be a positive integer")
+            }
+            do throws(LKError) {
+                _ = try model.exchangeChatTemplateLimit(TemplateLimits.named[i].field, v)
+            } catch {
+                throw .invalidArgument("--chat-limit \(names[i])=\(v): \(error.message)")
+            }
+        }
+    }
+}
+
 struct InfoCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "info", abstract: "Show a model's architecture, sizes, vocabulary and chat template.")
     @Argument(help: "GGUF file or Hugging Face folder.") var model: String
@@ -89,6 +120,10 @@ struct InfoCommand: ParsableCommand {
                     ("add_bos", .bool(t.addBOS)),
                 ]) } ?? .string("none: \(m.tokenizerError ?? "")")),
                 ("chat_template", m.chatTemplate.map { .string($0) } ?? .null),
+                // A template that does not parse is shown with the reason (the model still loads and runs).
+                ("chat_template_error", m.chatTemplate == nil ? .null : { () -> JSONValue in
+                    do throws(LKError) { _ = try m.chatFormatter(); return .null } catch { return .string(error.message) }
+                }()),
             ]
             if json {
                 printJSON(.object(obj))
@@ -164,23 +199,20 @@ struct GenerateCommand: ParsableCommand {
     @OptionGroup var plugins: PluginOption
     @OptionGroup var sampling: SamplingOptions
     @OptionGroup var threadOpt: ThreadOption
+    @OptionGroup var chatLimits: ChatLimitOptions
     @Flag(help: "Print JSON with the text, token ids and timings (no streaming).") var json = false
 
     func run() throws {
         try runReporting {
             let m = try loadModel(model)
+            try chatLimits.apply(to: m)
             let tok = try m.requireTokenizer()
             var text = prompt
             if chat {
-                guard let src = m.chatTemplate else { throw LKError.unsupported("\(model): the model has no chat template") }
-                let tpl = try ChatTemplate(src)
                 var msgs: [ChatMessage] = []
                 if let s = system { msgs.append(ChatMessage(role: "system", content: s)) }
                 msgs.append(ChatMessage(role: "user", content: prompt))
-                var extra: [String: TemplateValue] = [:]
-                if let b = tok.bos, let s = tok.token(b) { extra["bos_token"] = .string(s) }
-                if let e = tok.eos, let s = tok.token(e) { extra["eos_token"] = .string(s) }
-                text = try tpl.render(messages: msgs, addGenerationPrompt: true, extra: extra)
+                text = try m.applyChatTemplate(messages: msgs, addGenerationPrompt: true)
             }
             let ids = tok.encode(text, addSpecial: chat ? false : nil)
             let context = try LlamaContext(model: m, maxPositions: ctx, threads: threadOpt.threads)

@@ -44,6 +44,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Micro-batches per optimizer step.") var gradAccum: Int = 1
     @Option(help: "Seed (data order, adapter init, dropout).") var seed: UInt64 = 0
     @OptionGroup var threadOpt: ThreadOption
+    @OptionGroup var chatLimits: ChatLimitOptions
     @Option(help: "Shuffle the examples each epoch (true/false).") var shuffle: Bool = true
     @Option(help: "Loss only on completions / assistant turns (true/false).") var completionOnly: Bool = true
     @Flag(help: "Pack examples into rows of exactly --seq tokens.") var packing = false
@@ -107,6 +108,7 @@ struct TrainCommand: ParsableCommand {
     func run() throws {
         try runReporting {
             let m = try loadModel(model)
+            try chatLimits.apply(to: m)
             let session = try TrainingSession(model: m, trainPath: data, validPath: valid, options: try options())
             for n in session.notes { writeStderr(n + "\n") }
             if session.step == 0, let v = try session.validationLoss() {

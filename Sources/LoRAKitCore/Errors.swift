@@ -21,11 +21,14 @@ public enum LKError: Error, CustomStringConvertible, Equatable {
     case outOfMemory(String)
     /// Something that should not happen did; a bug in LoRAKit.
     case `internal`(String)
+    /// A configured limit was reached: time, work, memory or size (e.g. a chat template's budget,
+    /// `TemplateLimits`). Nothing was changed; the same call with higher limits may succeed.
+    case limit(String)
 
     public var message: String {
         switch self {
         case .invalidArgument(let m), .shapeMismatch(let m), .unsupported(let m), .io(let m),
-             .format(let m), .outOfMemory(let m), .internal(let m):
+             .format(let m), .outOfMemory(let m), .internal(let m), .limit(let m):
             return m
         case .invalidOption(let field, let problem):
             return "\(field) \(problem)"
@@ -40,6 +43,22 @@ public enum LKError: Error, CustomStringConvertible, Equatable {
     }
 
     public var description: String { message }
+
+    /// The same error with `prefix` before its message (e.g. the path of the file it concerns); an option
+    /// error keeps its field first, as it is.
+    public func prefixed(_ prefix: String) -> LKError {
+        switch self {
+        case .invalidArgument(let m): return .invalidArgument(prefix + m)
+        case .shapeMismatch(let m): return .shapeMismatch(prefix + m)
+        case .unsupported(let m): return .unsupported(prefix + m)
+        case .io(let m): return .io(prefix + m)
+        case .format(let m): return .format(prefix + m)
+        case .outOfMemory(let m): return .outOfMemory(prefix + m)
+        case .invalidOption: return self  // its field stays first
+        case .internal(let m): return .internal(prefix + m)
+        case .limit(let m): return .limit(prefix + m)
+        }
+    }
 }
 
 /// Multiply sizes, failing instead of trapping on overflow.

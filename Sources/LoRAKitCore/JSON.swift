@@ -12,9 +12,13 @@ import Darwin
 #endif
 
 /// A JSON value. Objects keep their keys in document order (duplicates are kept as written).
+/// Numbers are read as Python's `json.loads` reads them: `.int` when written without a fraction or
+/// exponent and within Int64 (`3`, `-0`), `.number` otherwise (`3.0`, `1e3`, `12345678901234567890`).
+/// Equality compares numbers by value across the two cases, as Python does (`1 == 1.0`).
 public enum JSONValue: Equatable, Sendable {
     case null
     case bool(Bool)
+    case int(Int)
     case number(Double)
     case string(String)
     case array([JSONValue])
@@ -25,6 +29,8 @@ public enum JSONValue: Equatable, Sendable {
         case (.null, .null): return true
         case (.bool(let x), .bool(let y)): return x == y
         case (.number(let x), .number(let y)): return x == y
+        case (.int(let x), .int(let y)): return x == y
+        case (.int(let x), .number(let y)), (.number(let y), .int(let x)): return Int(exactly: y) == x  // exact, as Python compares
         case (.string(let x), .string(let y)): return x == y
         case (.array(let x), .array(let y)): return x == y
         case (.object(let x), .object(let y)):
@@ -45,9 +51,17 @@ public enum JSONValue: Equatable, Sendable {
 
     public var isNull: Bool { if case .null = self { return true } else { return false } }
     public var string: String? { if case .string(let s) = self { return s } else { return nil } }
-    public var double: Double? { if case .number(let d) = self { return d } else { return nil } }
-    /// The number as an `Int` when it is integral and fits exactly; nil otherwise.
+    /// The number as a `Double` (an `.int` converted, rounding beyond 2^53).
+    public var double: Double? {
+        switch self {
+        case .number(let d): return d
+        case .int(let i): return Double(i)
+        default: return nil
+        }
+    }
+    /// The number as an `Int`: an `.int`, or a `.number` that is integral and within ±2^53; nil otherwise.
     public var int: Int? {
+        if case .int(let i) = self { return i }
         guard case .number(let d) = self, d.rounded(.towardZero) == d,
               d >= -9.007_199_254_740_992e15, d <= 9.007_199_254_740_992e15 else { return nil }
         return Int(d)
@@ -108,6 +122,7 @@ public enum JSON {
         switch v {
         case .null: out.append(contentsOf: "null".utf8)
         case .bool(let b): out.append(contentsOf: (b ? "true" : "false").utf8)
+        case .int(let i): out.append(contentsOf: String(i).utf8)
         case .number(let d): out.append(contentsOf: formatNumber(d).utf8)
         case .string(let s): writeString(s, into: &out)
         case .array(let a):
@@ -253,7 +268,7 @@ struct JSONParser {
         case UInt8(ascii: "f"): try literal("false"); return .bool(false)
         case UInt8(ascii: "n"): try literal("null"); return .null
         case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-            return .number(try number())
+            return try number()
         default:
             throw error("unexpected \(describeCurrent()), expected a value")
         }
@@ -270,7 +285,8 @@ struct JSONParser {
 
     @inline(__always) func isDigit(_ k: Int) -> Bool { k < n && p[k] >= 0x30 && p[k] <= 0x39 }
 
-    mutating func number() throws(LKError) -> Double {
+    /// A number: `.int` without fraction or exponent when it fits in Int64, else `.number`.
+    mutating func number() throws(LKError) -> JSONValue {
         let start = i
         var negative = false
         if p[i] == UInt8(ascii: "-") { negative = true; i += 1 }
@@ -301,13 +317,14 @@ struct JSONParser {
             guard isDigit(i) else { throw error("invalid number: expected a digit in the exponent") }
             while isDigit(i) { i += 1 }
         }
-        if integral && digits <= 15 {
-            let v = Double(mantissa)
-            return negative ? -v : v
+        if integral && digits <= 18 {
+            let v = Int(mantissa)  // < 10^18: fits
+            return .int(negative ? -v : v)
         }
         let text = String(decoding: UnsafeBufferPointer(start: p + start, count: i - start), as: UTF8.self)
+        if integral, let v = Int(text) { return .int(v) }
         guard let d = Double(text) else { throw error("invalid number \(text)", at: start) }
-        return d  // huge exponents give ±inf, as in most parsers
+        return .number(d)  // huge exponents give ±inf, as in most parsers
     }
 
     @inline(__always) func hexValue(_ b: UInt8) -> UInt32? {

@@ -435,6 +435,27 @@ private func mvQuant(_ segs: UnsafeBufferPointer<Segment>, _ n: Int, _ x: Unsafe
             for r in 0..<nr {
                 lk_quantize_x8(path, wide, x + r * ldx, Int64(nb), xq + r * np * xqStride, xf + r * np * 4)
             }
+            if nr > 1 && lk_qdot_multi_supported(path) != 0 {
+                // Several x rows: each weight block unpacked once for all of them (same results).
+                let npx = (nr + 1) / 2
+                withUnsafeTemporaryAllocation(of: Int8.self, capacity: npx * np * 2 * xqStride) { xiBuf in
+                    withUnsafeTemporaryAllocation(of: Float.self, capacity: npx * np * 8) { xfiBuf in
+                        let xi = xiBuf.baseAddress!, xfi = xfiBuf.baseAddress!
+                        lk_qdot_interleave(wide, xq, xf, Int64(nr), Int64(nb), xi, xfi)
+                        pool.run(maxTasks: mvTasks(bytes * nr, total, pool)) { idx, cnt in
+                            let range = partition(total, index: idx, count: cnt, align: 4)
+                            if range.isEmpty { return }
+                            forEachPiece(segs, range) { s, rows in
+                                let w = s.w + rows.lowerBound * s.rowStride
+                                lk_qdot_rows_multi(path, wide, qdotType(s.dtype), w, s.rowStride, Int64(rows.count),
+                                                   Int64(nb), xi, xfi, Int64(nr), s.y + yOffset + rows.lowerBound,
+                                                   Int64(ldy))
+                            }
+                        }
+                    }
+                }
+                return
+            }
             pool.run(maxTasks: mvTasks(bytes * nr, total, pool)) { idx, cnt in
                 let range = partition(total, index: idx, count: cnt, align: 4)
                 if range.isEmpty { return }

@@ -72,6 +72,14 @@ static int cpu_has(int32_t path) {
 }
 #endif
 
+#if LK_X86
+static int cpu_has_avx512bw(void) {
+    uint32_t a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (b >> 30) & 1;
+}
+#endif
+
 int32_t lk_qdot_path_supported(int32_t path) {
     if (path == LK_QDOT_AUTO || path == LK_QDOT_SCALAR) return 1;
 #if LK_X86
@@ -354,4 +362,176 @@ void lk_qdot_rows(int32_t path, int32_t wide, int32_t type, const void *w, size_
 #endif
     default: rows_scalar(wide, type, wb, row_stride, n_rows, n_blocks, xq, xf, y); return;
     }
+}
+
+/* MARK: - Several x rows at once (AVX512-VNNI on 512-bit registers)
+ *
+ * Two x rows share a 512-bit register: its low half holds row A's 32 bytes, its high half row B's, and
+ * the weights' 32 bytes are broadcast to both halves, so one vpdpbusd makes the 8 lanes of both rows.
+ * Each weight block is unpacked once for up to 8 x rows. Per (weight row, x row) the lanes, the scale
+ * products, the fma into the accumulators, the bias sums and the final reduction are the operations of
+ * qdot_x86.h's `pair`/`finish` (lane-wise the same IEEE operations), so the results are bitwise those of
+ * lk_qdot_rows. */
+#if LK_X86
+#define LK_T512 __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+
+LK_T512 static inline __m512i dup256(__m256i v) { return _mm512_inserti64x4(_mm512_castsi256_si512(v), v, 1); }
+
+LK_T512 static inline __m256i load2_512(const uint8_t *a, const uint8_t *b) {
+    __m128i lo = _mm_loadu_si128((const __m128i *)a);
+    if (!b) return _mm256_inserti128_si256(_mm256_setzero_si256(), lo, 0);
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), _mm_loadu_si128((const __m128i *)b), 1);
+}
+
+LK_T512 static inline float finish_256(const int type, __m256 acc, __m128 bias) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    __m128 t = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    float s = _mm_cvtss_f32(t) + _mm_cvtss_f32(_mm_shuffle_ps(t, t, 1));
+    if (type == 0) return s;
+    float b = _mm_cvtss_f32(_mm_shuffle_ps(bias, bias, 1)) + _mm_cvtss_f32(_mm_shuffle_ps(bias, bias, 3));
+    return type == 1 ? s + -8.0f * b : s + b;
+}
+
+/* xi: npx x-row pairs, each (np + odd) pairs of blocks of S2 = 2·stride bytes: [A.h0 B.h0 A.h1 B.h1]
+ * (+ [A.l0 B.l0 A.l1 B.l1] when wide), 32 bytes each; xfi: per x-row pair and block pair 8 floats
+ * [A.f(4) B.f(4)]. y[j·ldy + r] for x row j < nx. */
+LK_T512 static inline __attribute__((always_inline)) void multi_t(
+    const int type, const int wide, const uint8_t *w, size_t rs, int64_t n_rows, int64_t nb, const int8_t *xi,
+    const float *xfi, int64_t nx, float *y, int64_t ldy) {
+    const size_t bb = type == 0 ? 34 : (type == 1 ? 18 : 20);
+    const int64_t np = nb / 2, npp = (nb + 1) / 2, s2 = wide ? 256 : 128;
+    const int64_t npx = (nx + 1) / 2;
+    const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    for (int64_t r = 0; r < n_rows; r++) {
+        const uint8_t *row = w + r * rs;
+        __m512 acc[4];
+        __m256 bias[4];
+        for (int j = 0; j < 4; j++) { acc[j] = _mm512_setzero_ps(); bias[j] = _mm256_setzero_ps(); }
+        for (int64_t p = 0; p < npp; p++) {
+            const uint8_t *blk = row + (size_t)(2 * p) * bb;
+            const int two = p < np;
+            const uint8_t *nxt = two ? blk + bb : NULL;
+#if LK_PREFETCH > 0
+            _mm_prefetch((const char *)(blk + LK_PREFETCH), _MM_HINT_T0);
+#endif
+            __m512i u0, u1;
+            __mmask64 n0 = 0, n1 = 0;
+            if (type == 0) {
+                __m256i w0 = load2_512(blk + 2, nxt ? nxt + 2 : NULL);
+                __m256i w1 = load2_512(blk + 18, nxt ? nxt + 18 : NULL);
+                __m512i ww0 = dup256(w0), ww1 = dup256(w1);
+                u0 = _mm512_abs_epi8(ww0);
+                u1 = _mm512_abs_epi8(ww1);
+                n0 = _mm512_movepi8_mask(ww0);
+                n1 = _mm512_movepi8_mask(ww1);
+            } else {
+                const int off = type == 2 ? 4 : 2;
+                __m256i v = load2_512(blk + off, nxt ? nxt + off : NULL);
+                u0 = dup256(_mm256_and_si256(v, m4));
+                u1 = dup256(_mm256_and_si256(_mm256_srli_epi16(v, 4), m4));
+            }
+            uint32_t h0, h1 = 0;
+            memcpy(&h0, blk, 4);
+            if (two) memcpy(&h1, nxt, 4);
+            __m128i h = _mm_insert_epi32(_mm_cvtsi32_si128((int)h0), (int)h1, 1);
+            if (type != 2) h = _mm_shufflelo_epi16(h, _MM_SHUFFLE(2, 2, 0, 0));
+            __m128 c = _mm_cvtph_ps(h);
+            __m256 c2 = _mm256_insertf128_ps(_mm256_castps128_ps256(c), c, 1);
+            for (int64_t j = 0; j < npx; j++) {
+                const int8_t *xp = xi + (j * npp + p) * s2;
+                __m512i xh0 = _mm512_loadu_si512((const void *)xp), xh1 = _mm512_loadu_si512((const void *)(xp + 64));
+                const __m512i zero = _mm512_setzero_si512();
+                __m512i isum;
+                if (type == 0) {
+                    isum = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, u0, _mm512_mask_sub_epi8(xh0, n0, zero, xh0)), u1,
+                                               _mm512_mask_sub_epi8(xh1, n1, zero, xh1));
+                } else {
+                    isum = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, u0, xh0), u1, xh1);
+                }
+                if (wide) {
+                    __m512i xl0 = _mm512_loadu_si512((const void *)(xp + 128)), xl1 = _mm512_loadu_si512((const void *)(xp + 192));
+                    __m512i il;
+                    if (type == 0) {
+                        il = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, u0, _mm512_mask_sub_epi8(xl0, n0, zero, xl0)), u1,
+                                                 _mm512_mask_sub_epi8(xl1, n1, zero, xl1));
+                    } else {
+                        il = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, u0, xl0), u1, xl1);
+                    }
+                    isum = _mm512_add_epi32(_mm512_slli_epi32(isum, 7), il);
+                }
+                __m256 pp = _mm256_mul_ps(c2, _mm256_loadu_ps(xfi + (j * npp + p) * 8));
+                __m512 sc = _mm512_permutexvar_ps(idx, _mm512_castps256_ps512(pp));
+                acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), sc, acc[j]);
+                if (type != 0) bias[j] = _mm256_add_ps(bias[j], pp);
+            }
+        }
+        for (int64_t j = 0; j < npx; j++) {
+            y[(2 * j) * ldy + r] = finish_256(type, _mm512_castps512_ps256(acc[j]), _mm256_castps256_ps128(bias[j]));
+            if (2 * j + 1 < nx)
+                y[(2 * j + 1) * ldy + r] = finish_256(type, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[j]), 1)), _mm256_extractf128_ps(bias[j], 1));
+        }
+    }
+}
+
+LK_T512 static void multi_512(int32_t wide, int32_t type, const uint8_t *w, size_t rs, int64_t n_rows, int64_t nb,
+                              const int8_t *xi, const float *xfi, int64_t nx, float *y, int64_t ldy) {
+    switch (type * 2 + wide) {
+    case 0: multi_t(0, 0, w, rs, n_rows, nb, xi, xfi, nx, y, ldy); break;
+    case 1: multi_t(0, 1, w, rs, n_rows, nb, xi, xfi, nx, y, ldy); break;
+    case 2: multi_t(1, 0, w, rs, n_rows, nb, xi, xfi, nx, y, ldy); break;
+    case 3: multi_t(1, 1, w, rs, n_rows, nb, xi, xfi, nx, y, ldy); break;
+    case 4: multi_t(2, 0, w, rs, n_rows, nb, xi, xfi, nx, y, ldy); break;
+    default: multi_t(2, 1, w, rs, n_rows, nb, xi, xfi, nx, y, ldy); break;
+    }
+}
+#endif
+
+int32_t lk_qdot_multi_supported(int32_t path) {
+#if LK_X86
+    static int known = -1;  /* benign race: every thread computes the same value (cpuid is slow: cached) */
+    int v = __atomic_load_n(&known, __ATOMIC_RELAXED);
+    if (v < 0) {
+        v = lk_qdot_path_supported(LK_QDOT_AVX512VNNI) && cpu_has_avx512bw();
+        __atomic_store_n(&known, v, __ATOMIC_RELAXED);
+    }
+    int32_t p = resolve(path);
+    return (p == LK_QDOT_AVXVNNI || p == LK_QDOT_AVX512VNNI) && v;
+#else
+    (void)path;
+    return 0;
+#endif
+}
+
+void lk_qdot_interleave(int32_t wide, const int8_t *xq, const float *xf, int64_t n_x, int64_t n_blocks, int8_t *xi,
+                        float *xfi) {
+    const int64_t npp = (n_blocks + 1) / 2, stride = wide ? 128 : 64, npx = (n_x + 1) / 2;
+    for (int64_t j = 0; j < npx; j++) {
+        const int64_t a = 2 * j, b = 2 * j + 1;
+        for (int64_t p = 0; p < npp; p++) {
+            int8_t *o = xi + (j * npp + p) * 2 * stride;
+            float *of = xfi + (j * npp + p) * 8;
+            for (int64_t part = 0; part < stride / 32; part++) {
+                memcpy(o + 64 * part, xq + (a * npp + p) * stride + 32 * part, 32);
+                if (b < n_x) memcpy(o + 64 * part + 32, xq + (b * npp + p) * stride + 32 * part, 32);
+                else memset(o + 64 * part + 32, 0, 32);
+            }
+            for (int k = 0; k < 4; k++) {
+                of[k] = xf[(a * npp + p) * 4 + k];
+                of[4 + k] = b < n_x ? xf[(b * npp + p) * 4 + k] : 0.0f;
+            }
+        }
+    }
+}
+
+void lk_qdot_rows_multi(int32_t path, int32_t wide, int32_t type, const void *w, size_t row_stride, int64_t n_rows,
+                        int64_t n_blocks, const int8_t *xi, const float *xfi, int64_t n_x, float *y, int64_t ldy) {
+#if LK_X86
+    if (lk_qdot_multi_supported(path) && n_x >= 1 && n_x <= 8) {
+        multi_512(wide != 0, type, (const uint8_t *)w, row_stride, n_rows, n_blocks, xi, xfi, n_x, y, ldy);
+        return;
+    }
+#endif
+    (void)path; (void)wide; (void)type; (void)w; (void)row_stride; (void)n_rows; (void)n_blocks; (void)xi;
+    (void)xfi; (void)n_x; (void)y; (void)ldy;
 }

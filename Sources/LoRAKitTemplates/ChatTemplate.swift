@@ -5,7 +5,14 @@
 // transformers' `tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=...)` does:
 // an ImmutableSandboxedEnvironment with trim_blocks=True, lstrip_blocks=True and the loopcontrols extension,
 // HF's `tojson` (no HTML escaping, ensure_ascii=False), and the globals `raise_exception` and `namespace`.
-// The lexer, parser and interpreter are in ChatTemplateParser.swift and ChatTemplateRuntime.swift.
+//
+// A template comes with a model file: it is untrusted code. Parsing bounds its size and nesting; rendering runs
+// under a budget (TemplateLimits) that counts every step, loop iteration, recursion level and byte of every
+// intermediate string or list, so no template can trap, hang or exhaust memory: it fails with LKError.limit.
+//
+// The engine, as template engines are split: TemplateLexer → TemplateParser → TemplateAST, run by
+// TemplateInterpreter over TemplateValues (with TemplateOperators, TemplateMethods, TemplateFilters),
+// charging TemplateBudget.
 
 import LoRAKitCore
 
@@ -85,12 +92,101 @@ extension TemplateValue: ExpressibleByStringLiteral, ExpressibleByIntegerLiteral
 }
 
 extension TemplateValue {
-    /// Parses JSON text (RFC 8259) into a value: objects keep their key order, numbers without a fraction or
-    /// exponent become `.int` (as Python's `json.loads` does), others `.double`. Nesting is limited to 512 levels.
-    /// Throws `LKError.format` with the byte offset of the first error.
+    /// Converts parsed JSON: objects keep their key order (a repeated key keeps its first position and its
+    /// last value, as Python's `json.loads`), `.int` numbers stay integers and others become `.double`.
+    public init(_ json: JSONValue) {
+        switch json {
+        case .null: self = .none
+        case .bool(let b): self = .bool(b)
+        case .int(let i): self = .int(i)
+        case .number(let d): self = .double(d)
+        case .string(let s): self = .string(s)
+        case .array(let a): self = .array(a.map(TemplateValue.init))
+        case .object(let o): self = .dict(TemplateDictionary(o.map { ($0.0, TemplateValue($0.1)) }))
+        }
+    }
+
+    /// Parses JSON text (RFC 8259, as `JSON.parse`) into a value; see `init(_: JSONValue)`.
+    /// Throws `LKError.format` naming the line and column of the first error.
     public init(json text: String) throws(LKError) {
-        var parser = JSONReader(Array(text.utf8))
-        self = try parser.parseDocument()
+        self.init(try JSON.parse(text))
+    }
+}
+
+/// Bounds on what a chat template may do: parsing (`maxTemplateBytes`) and each render (the rest). A
+/// template comes with a model file, so it is code from a stranger. Exceeding a resource bound (template
+/// size, output, allocated bytes, steps, time) is `LKError.limit`; exceeding a structural bound (loop
+/// iterations, recursion or value nesting) is `LKError.format`, a template error as Python's RecursionError
+/// is (and as these were before the budget existed). Either names the operation and the field, and leaves
+/// nothing behind. The defaults are far above what real chat templates use (the nine families LoRAKit tests
+/// use well under 2% of each on a 1,000-turn, 1 MB conversation: see ChatTemplateHostileTests) and low
+/// enough that one render of a hostile template costs at most about a gigabyte and ten seconds.
+public struct TemplateLimits: Sendable, Equatable {
+    /// Bytes of template source `ChatTemplate.init` accepts (real templates: 0.3–20 KB).
+    public var maxTemplateBytes = 1 << 20
+    /// Bytes of rendered text: the prompt, and each macro's or `{% set %}` block's text.
+    public var maxOutputBytes = 64 << 20
+    /// Bytes allocated for strings and lists over a whole render, the output and every intermediate value
+    /// included (freed ones too: the count only grows). Lists count `MemoryLayout` bytes per element.
+    public var maxAllocatedBytes = 1 << 30
+    /// For-loop iterations (and loop-filter tests), summed over all loops of a render.
+    public var maxLoopIterations = 1_000_000
+    /// Units of work: one per statement, expression, loop iteration, element a builtin visits (compares,
+    /// copies, sorts) and per 16 characters it scans.
+    public var maxSteps = 100_000_000
+    /// Nesting of statements, expressions and macro calls while rendering (the stack's depth); at most
+    /// `depthCap`.
+    public var maxRecursionDepth = 200
+    /// Nesting of lists and dicts, given (`extra`) or built; at most `depthCap`.
+    public var maxValueDepth = 100
+    /// Wall-clock time of a render, in seconds (a monotonic clock, read every 4096 steps).
+    public var maxSeconds = 10.0
+
+    /// The highest `maxRecursionDepth` and `maxValueDepth` accepted. Each level is a few native stack frames
+    /// (the interpreter, `tojson`, `repr` and comparisons recurse), so the depth limits are what keeps a
+    /// template from overflowing the calling thread's stack; at this cap a render needs under 1 MiB of stack
+    /// (ChatTemplateHostileTests runs the deepest templates at the cap on a 1 MiB thread), so any thread of a
+    /// C or Python host (8 MiB main thread, 8 MiB default pthreads on Linux, 512 KiB on macOS above the cap's
+    /// need of real templates) is safe.
+    public static let depthCap = 1000
+
+    public init() {}
+
+    /// The defaults.
+    public static let `default` = TemplateLimits()
+
+    /// The integer limits by the names the C ABI (`LK_CHAT_LIMIT_*`), Python (`ChatLimit`) and the CLI
+    /// (`--chat-limit NAME=VALUE`) give them, in `lk_chat_limit` order.
+    nonisolated(unsafe) public static let named: [(name: String, field: WritableKeyPath<TemplateLimits, Int>)] = [
+        ("output_bytes", \.maxOutputBytes), ("allocated_bytes", \.maxAllocatedBytes),
+        ("loop_iterations", \.maxLoopIterations), ("steps", \.maxSteps), ("recursion_depth", \.maxRecursionDepth),
+        ("value_depth", \.maxValueDepth), ("milliseconds", \.maxMilliseconds), ("template_bytes", \.maxTemplateBytes),
+    ]
+
+    /// `maxSeconds` in whole milliseconds (the C ABI's and Python's unit); setting it sets `maxSeconds`.
+    public var maxMilliseconds: Int {
+        get {
+            let ms = (maxSeconds * 1000).rounded()
+            return ms.isNaN || ms < 0 ? 0 : ms >= 9.2e18 ? Int.max : Int(ms)
+        }
+        set { maxSeconds = Double(newValue) / 1000 }
+    }
+
+    /// Checks that every bound is positive (`maxSeconds` finite) and the depths at most `depthCap`, naming
+    /// the field.
+    public func validate() throws(LKError) {
+        for (name, v) in [("maxTemplateBytes", maxTemplateBytes), ("maxOutputBytes", maxOutputBytes),
+                          ("maxAllocatedBytes", maxAllocatedBytes), ("maxLoopIterations", maxLoopIterations),
+                          ("maxSteps", maxSteps), ("maxRecursionDepth", maxRecursionDepth), ("maxValueDepth", maxValueDepth)]
+        where v <= 0 {
+            throw .invalidArgument("TemplateLimits.\(name) is \(v); it must be positive")
+        }
+        for (name, v) in [("maxRecursionDepth", maxRecursionDepth), ("maxValueDepth", maxValueDepth)] where v > Self.depthCap {
+            throw .invalidArgument("TemplateLimits.\(name) is \(v); it must be in 1...\(Self.depthCap) (deeper nesting could overflow the thread's stack)")
+        }
+        guard maxSeconds.isFinite, maxSeconds > 0 else {
+            throw .invalidArgument("TemplateLimits.maxSeconds is \(maxSeconds); it must be positive and finite")
+        }
     }
 }
 
@@ -101,8 +197,13 @@ public final class ChatTemplate: Sendable {
     let program: [JStmt]
 
     /// Parses `source` (a Jinja2 chat template). Syntax errors, unknown filters and unknown tests throw
-    /// `LKError.format` with the line and column of the problem.
-    public init(_ source: String) throws(LKError) {
+    /// `LKError.format` with the line and column of the problem; a source over `limits.maxTemplateBytes`
+    /// throws `LKError.limit`.
+    public init(_ source: String, limits: TemplateLimits = .default) throws(LKError) {
+        try limits.validate()
+        guard source.utf8.count <= limits.maxTemplateBytes else {
+            throw .limit("chat template: the template is \(source.utf8.count) bytes, more than \(limits.maxTemplateBytes) (TemplateLimits.maxTemplateBytes)")
+        }
         self.source = source
         self.program = try JinjaParser.parse(source)
     }
@@ -115,9 +216,17 @@ public final class ChatTemplate: Sendable {
     ///
     /// - Throws: `LKError.invalidArgument` with the template's message when it calls `raise_exception(msg)`;
     ///   `LKError.format` (with line and column) for errors while rendering, such as an attribute of an
-    ///   undefined value, a type error in an operator, or a loop/size limit being exceeded.
+    ///   undefined value, a type error in an operator or an integer out of the 64-bit range;
+    ///   `LKError.limit` (with line and column) when the render exceeds one of `limits`.
     public func render(messages: [ChatMessage], addGenerationPrompt: Bool,
-                       extra: [String: TemplateValue] = [:]) throws(LKError) -> String {
+                       extra: [String: TemplateValue] = [:], limits: TemplateLimits = .default) throws(LKError) -> String {
+        try measure(messages: messages, addGenerationPrompt: addGenerationPrompt, extra: extra, limits: limits).text
+    }
+
+    /// `render`, and what it used of the budget.
+    func measure(messages: [ChatMessage], addGenerationPrompt: Bool, extra: [String: TemplateValue] = [:],
+                 limits: TemplateLimits = .default) throws(LKError) -> (text: String, usage: TemplateUsage) {
+        try limits.validate()
         var vars: [String: TemplateValue] = [
             "messages": .array(messages.map { .dict(["role": .string($0.role), "content": .string($0.content)]) }),
             "add_generation_prompt": .bool(addGenerationPrompt),
@@ -125,179 +234,12 @@ public final class ChatTemplate: Sendable {
             "documents": .none,
         ]
         for (k, v) in extra { vars[k] = v }
-        var interpreter = JinjaInterpreter(globals: vars)
-        return try interpreter.run(program)
-    }
-}
-
-// MARK: - JSON reader (for TemplateValue(json:))
-
-struct JSONReader {
-    let b: [UInt8]
-    var i = 0
-    var depth = 0
-
-    init(_ bytes: [UInt8]) { b = bytes }
-
-    func fail(_ m: String) -> LKError { .format("JSON: \(m) at byte \(i)") }
-
-    mutating func ws() {
-        while i < b.count, b[i] == 0x20 || b[i] == 0x0A || b[i] == 0x0D || b[i] == 0x09 { i += 1 }
-    }
-
-    mutating func parseDocument() throws(LKError) -> TemplateValue {
-        ws()
-        let v = try value()
-        ws()
-        guard i == b.count else { throw fail("trailing characters") }
-        return v
-    }
-
-    mutating func literal(_ word: String, _ v: TemplateValue) throws(LKError) -> TemplateValue {
-        let w = Array(word.utf8)
-        guard i + w.count <= b.count, Array(b[i..<(i + w.count)]) == w else { throw fail("invalid literal") }
-        i += w.count
-        return v
-    }
-
-    mutating func value() throws(LKError) -> TemplateValue {
-        guard i < b.count else { throw fail("unexpected end") }
-        switch b[i] {
-        case UInt8(ascii: "{"):
-            depth += 1
-            guard depth <= 512 else { throw fail("nesting too deep") }
-            defer { depth -= 1 }
-            i += 1
-            var d = TemplateDictionary()
-            ws()
-            if i < b.count, b[i] == UInt8(ascii: "}") { i += 1; return .dict(d) }
-            while true {
-                ws()
-                guard i < b.count, b[i] == UInt8(ascii: "\"") else { throw fail("expected a string key") }
-                let k = try string()
-                ws()
-                guard i < b.count, b[i] == UInt8(ascii: ":") else { throw fail("expected ':'") }
-                i += 1
-                ws()
-                d[k] = try value()
-                ws()
-                guard i < b.count else { throw fail("unexpected end") }
-                if b[i] == UInt8(ascii: ",") { i += 1; continue }
-                if b[i] == UInt8(ascii: "}") { i += 1; return .dict(d) }
-                throw fail("expected ',' or '}'")
-            }
-        case UInt8(ascii: "["):
-            depth += 1
-            guard depth <= 512 else { throw fail("nesting too deep") }
-            defer { depth -= 1 }
-            i += 1
-            var a: [TemplateValue] = []
-            ws()
-            if i < b.count, b[i] == UInt8(ascii: "]") { i += 1; return .array(a) }
-            while true {
-                ws()
-                a.append(try value())
-                ws()
-                guard i < b.count else { throw fail("unexpected end") }
-                if b[i] == UInt8(ascii: ",") { i += 1; continue }
-                if b[i] == UInt8(ascii: "]") { i += 1; return .array(a) }
-                throw fail("expected ',' or ']'")
-            }
-        case UInt8(ascii: "\""):
-            return .string(try string())
-        case UInt8(ascii: "t"): return try literal("true", .bool(true))
-        case UInt8(ascii: "f"): return try literal("false", .bool(false))
-        case UInt8(ascii: "n"): return try literal("null", .none)
-        default:
-            return try number()
-        }
-    }
-
-    mutating func number() throws(LKError) -> TemplateValue {
-        let start = i
-        var isFloat = false
-        if i < b.count, b[i] == UInt8(ascii: "-") { i += 1 }
-        let digitsStart = i
-        while i < b.count, b[i] >= 0x30, b[i] <= 0x39 { i += 1 }
-        guard i > digitsStart else { throw fail("invalid value") }
-        if i < b.count, b[i] == UInt8(ascii: ".") {
-            isFloat = true
-            i += 1
-            let f = i
-            while i < b.count, b[i] >= 0x30, b[i] <= 0x39 { i += 1 }
-            guard i > f else { throw fail("invalid number") }
-        }
-        if i < b.count, b[i] == UInt8(ascii: "e") || b[i] == UInt8(ascii: "E") {
-            isFloat = true
-            i += 1
-            if i < b.count, b[i] == UInt8(ascii: "+") || b[i] == UInt8(ascii: "-") { i += 1 }
-            let e = i
-            while i < b.count, b[i] >= 0x30, b[i] <= 0x39 { i += 1 }
-            guard i > e else { throw fail("invalid number") }
-        }
-        let text = String(decoding: b[start..<i], as: UTF8.self)
-        if !isFloat, let n = Int(text) { return .int(n) }
-        guard let d = Double(text) else { throw fail("invalid number") }
-        return .double(d)
-    }
-
-    mutating func hex4() throws(LKError) -> UInt32 {
-        guard i + 4 <= b.count else { throw fail("bad \\u escape") }
-        var v: UInt32 = 0
-        for _ in 0..<4 {
-            let c = b[i]
-            let d: UInt32
-            switch c {
-            case 0x30...0x39: d = UInt32(c - 0x30)
-            case 0x41...0x46: d = UInt32(c - 0x41 + 10)
-            case 0x61...0x66: d = UInt32(c - 0x61 + 10)
-            default: throw fail("bad \\u escape")
-            }
-            v = v * 16 + d
-            i += 1
-        }
-        return v
-    }
-
-    mutating func string() throws(LKError) -> String {
-        i += 1  // opening quote
-        var bytes: [UInt8] = []
-        while true {
-            guard i < b.count else { throw fail("unterminated string") }
-            let c = b[i]
-            if c == UInt8(ascii: "\"") { i += 1; break }
-            if c < 0x20 { throw fail("control character in string") }
-            if c != UInt8(ascii: "\\") { bytes.append(c); i += 1; continue }
-            i += 1
-            guard i < b.count else { throw fail("unterminated string") }
-            let e = b[i]
-            i += 1
-            switch e {
-            case UInt8(ascii: "\""): bytes.append(0x22)
-            case UInt8(ascii: "\\"): bytes.append(0x5C)
-            case UInt8(ascii: "/"): bytes.append(0x2F)
-            case UInt8(ascii: "b"): bytes.append(0x08)
-            case UInt8(ascii: "f"): bytes.append(0x0C)
-            case UInt8(ascii: "n"): bytes.append(0x0A)
-            case UInt8(ascii: "r"): bytes.append(0x0D)
-            case UInt8(ascii: "t"): bytes.append(0x09)
-            case UInt8(ascii: "u"):
-                var code = try hex4()
-                if code >= 0xD800, code < 0xDC00, i + 1 < b.count, b[i] == UInt8(ascii: "\\"), b[i + 1] == UInt8(ascii: "u") {
-                    let save = i
-                    i += 2
-                    let low = try hex4()
-                    if low >= 0xDC00, low < 0xE000 {
-                        code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
-                    } else {
-                        i = save
-                    }
-                }
-                let scalar = Unicode.Scalar(code) ?? "\u{FFFD}"
-                bytes.append(contentsOf: Array(String(Character(scalar)).utf8))
-            default: throw fail("bad escape")
-            }
-        }
-        return String(decoding: bytes, as: UTF8.self)
+        let start = monotonicNanoseconds()
+        let interpreter = try JinjaInterpreter(globals: vars, limits: limits)
+        let text = try interpreter.run(program)
+        let b = interpreter.budget
+        let usage = TemplateUsage(bytes: b.bytes, steps: b.steps, iterations: b.iterations, depth: b.peakDepth,
+                                  outputBytes: text.utf8.count, seconds: Double(monotonicNanoseconds() - start) / 1e9)
+        return (text, usage)
     }
 }

@@ -125,7 +125,7 @@ public enum TrainRecord: Sendable, Equatable {
         switch v {
         case .null: return "null"
         case .bool: return "a boolean"
-        case .number: return "a number"
+        case .number, .int: return "a number"
         case .string: return "a string"
         case .array: return "an array"
         case .object: return "an object"
@@ -291,31 +291,30 @@ public struct TrainExample: Sendable, Equatable {
 /// Turns records into token ids and target flags (the rules are in this file's header).
 public struct TrainEncoder: Sendable {
     public let tokenizer: Tokenizer
-    public let chatTemplate: ChatTemplate?
     /// Add BOS to text and prompts (the tokenizer's setting unless overridden).
     public let addBOS: Bool
-    /// Extra template variables (`bos_token`, `eos_token`).
-    public let templateExtra: [String: TemplateValue]
+    /// What renders conversations for `messages` records.
+    enum Chat: Sendable {
+        case none
+        case formatter(ChatFormatter)
+        case model(LlamaModel)
+    }
+    let chat: Chat
 
+    /// A tokenizer and a chat template (with `bos_token`/`eos_token` from the tokenizer).
     public init(tokenizer: Tokenizer, chatTemplate: ChatTemplate?, addBOS: Bool? = nil) {
         self.tokenizer = tokenizer
-        self.chatTemplate = chatTemplate
         self.addBOS = addBOS ?? tokenizer.addBOS
-        var extra: [String: TemplateValue] = [:]
-        if let b = tokenizer.bos, let s = tokenizer.token(b) { extra["bos_token"] = .string(s) }
-        if let e = tokenizer.eos, let s = tokenizer.token(e) { extra["eos_token"] = .string(s) }
-        templateExtra = extra
+        chat = chatTemplate.map { .formatter(ChatFormatter(template: $0, tokenizer: tokenizer, source: "the chat template")) } ?? .none
     }
 
-    /// The model's tokenizer and chat template (when it has one; a missing template is only an error for
-    /// `messages` records).
+    /// The model's tokenizer and chat template (`LlamaModel.applyChatTemplate`: parsed when the first
+    /// `messages` record needs it, so a model whose template is missing or broken still trains on other records;
+    /// its errors name the model).
     public init(model: LlamaModel) throws(LKError) {
-        let tok = try model.requireTokenizer()
-        var tpl: ChatTemplate? = nil
-        if let src = model.chatTemplate {
-            do { tpl = try ChatTemplate(src) } catch { throw .format("\(model.source): the chat template does not parse: \(error.message)") }
-        }
-        self.init(tokenizer: tok, chatTemplate: tpl)
+        tokenizer = try model.requireTokenizer()
+        addBOS = tokenizer.addBOS
+        chat = model.chatTemplate == nil ? .none : .model(model)
     }
 
     func eos() throws(TrainDataProblem) -> Int32 {
@@ -358,11 +357,15 @@ public struct TrainEncoder: Sendable {
     }
 
     func render(_ msgs: ArraySlice<ChatMessage>, _ agp: Bool) throws(TrainDataProblem) -> [UInt8] {
-        guard let tpl = chatTemplate else {
+        if case .none = chat {
             throw TrainDataProblem("a \"messages\" record needs a chat template, and the model has none")
         }
-        do {
-            return Array(try tpl.render(messages: Array(msgs), addGenerationPrompt: agp, extra: templateExtra).utf8)
+        do throws(LKError) {
+            switch chat {
+            case .none: return []
+            case .formatter(let f): return Array(try f.apply(messages: Array(msgs), addGenerationPrompt: agp).utf8)
+            case .model(let m): return Array(try m.applyChatTemplate(messages: Array(msgs), addGenerationPrompt: agp).utf8)
+            }
         } catch {
             throw TrainDataProblem("the chat template failed to render the conversation: \(error.message)")
         }

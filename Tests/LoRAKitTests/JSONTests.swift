@@ -42,6 +42,22 @@ import Glibc
         #expect(d.object?.count == 2 && d["k"]?.int == 2)
     }
 
+    /// Numbers as Python's json.loads reads them: integers without fraction or exponent stay integers.
+    @Test func integersAreIntegers() throws {
+        #expect(try JSON.parse("[3, -0, 9223372036854775807, -9223372036854775808]") ==
+                .array([.int(3), .int(0), .int(Int.max), .int(Int.min)]))
+        if case .int = try JSON.parse("3") {} else { Issue.record("3 is not .int") }
+        if case .number(let d) = try JSON.parse("3.0") { #expect(d == 3) } else { Issue.record("3.0 is not .number") }
+        if case .number(let d) = try JSON.parse("1e3") { #expect(d == 1000) } else { Issue.record("1e3 is not .number") }
+        if case .number(let d) = try JSON.parse("9223372036854775808") { #expect(d == 9223372036854775808) } else { Issue.record("2^63 is not .number") }
+        // Equality across the cases is by value, exactly (as Python's 1 == 1.0).
+        #expect(JSONValue.int(3) == .number(3) && JSONValue.number(3) == .int(3))
+        #expect(JSONValue.int(9007199254740993) != .number(9007199254740992))
+        #expect(JSONValue.int(1) != .number(1.5) && JSONValue.int(1) != .string("1"))
+        #expect(JSONValue.int(7).int == 7 && JSONValue.int(7).double == 7.0 && JSONValue.number(7).int == 7)
+        #expect(JSON.serialize(.array([.int(-12), .int(Int.max), .number(2.5)])) == "[-12,9223372036854775807,2.5]")
+    }
+
     @Test func stringEscapes() throws {
         let v = try JSON.parse(#""a\"b\\c\/d\b\f\n\r\t\u0041\u00e9\u4e2d\ud83d\ude00""#)
         #expect(v.string == "a\"b\\c/d\u{8}\u{c}\n\r\tAé中😀")

@@ -164,6 +164,7 @@ static lk_adapter *A, *AG, *victim_adapter;
 static lk_trainer *T, *TM, *victim_trainer;
 static lk_projector *P, *victim_projector;
 static lk_plugin *PL, *victim_plugin;
+static lk_batch *B, *victim_batch;              /* B: sequence 0 at position 3 with adapter A */
 static char p_plugin[1200];                     /* the shipped IA³ plugin (make plugins: .build/plugins/ia3.so) */
 static char p_proj[600], p_save_proj[600];
 static void *forged_heap;                       /* a real heap pointer no call ever returned */
@@ -173,7 +174,7 @@ static const int32_t CTX_POSITIONS = 32;
 typedef struct { const char *kind; void *live, *freed; char wrong_tag[64]; } handle_kind;
 static handle_kind kinds[] = {{"tensor", 0, 0, ""}, {"model", 0, 0, ""}, {"context", 0, 0, ""},
                               {"adapter", 0, 0, ""}, {"trainer", 0, 0, ""}, {"projector", 0, 0, ""},
-                              {"plugin", 0, 0, ""}};
+                              {"plugin", 0, 0, ""}, {"batch", 0, 0, ""}};
 #define N_KINDS (sizeof kinds / sizeof kinds[0])
 
 static handle_kind *kind_named(const char *k) {
@@ -337,6 +338,20 @@ static void setup(const char *root) {
     must(lk_projector_create(M, 4, 8, &victim_projector), "lk_projector_create(victim)");
     must(lk_plugin_load(p_plugin, &PL), "lk_plugin_load(PL) (make plugins builds .build/plugins/ia3.so)");
     must(lk_plugin_load(p_plugin, &victim_plugin), "lk_plugin_load(victim)");
+    must(lk_batch_new(M, 4, CTX_POSITIONS, 1, &B), "lk_batch_new(B)");
+    must(lk_batch_new(M, 2, CTX_POSITIONS, 1, &victim_batch), "lk_batch_new(victim)");
+    {
+        int32_t s0;
+        must(lk_batch_add_sequence(B, &s0), "lk_batch_add_sequence(B)");
+        lk_adapter *ads[1] = {A};
+        const float sc[1] = {0.5f};
+        must(lk_batch_set_adapters(B, s0, ads, sc, 1), "lk_batch_set_adapters(B)");
+        const int32_t toks[3] = {5, 6, 7};
+        const int64_t n3 = 3;
+        float *lg = malloc((size_t)n_vocab * 4);
+        must(lk_batch_step(B, 1, &s0, toks, &n3, lg, n_vocab), "lk_batch_step(B)");
+        free(lg);
+    }
 
     /* Freed handles: made, then released. */
     lk_tensor *ft;
@@ -359,6 +374,9 @@ static void setup(const char *root) {
     lk_plugin *fpl;
     must(lk_plugin_load(p_plugin, &fpl), "lk_plugin_load(freed)");
     must(lk_plugin_free(fpl), "lk_plugin_free(freed)");
+    lk_batch *fb;
+    must(lk_batch_new(M, 1, CTX_POSITIONS, 1, &fb), "lk_batch_new(freed)");
+    must(lk_batch_free(fb), "lk_batch_free(freed)");
     must(lk_model_free(fm), "lk_model_free(freed)");
 
     kinds[0].live = X; kinds[0].freed = ft;
@@ -368,6 +386,7 @@ static void setup(const char *root) {
     kinds[4].live = T; kinds[4].freed = ftr;
     kinds[5].live = P; kinds[5].freed = fp;
     kinds[6].live = PL; kinds[6].freed = fpl;
+    kinds[7].live = B; kinds[7].freed = fb;
     for (size_t i = 0; i < N_KINDS; i++) snprintf(kinds[i].wrong_tag, sizeof kinds[i].wrong_tag, "live %s handle", kinds[i].kind);
     /* Every handle type of the header needs a live and a freed handle here. */
     for (size_t i = 0; i < ABI_N_OPAQUE; i++)
@@ -704,6 +723,12 @@ static void b_chat_apply(call *c) {
     SET_I32(c, "add_generation_prompt", 1);
     buf_needed(c, 16384);
 }
+static void b_model_chat_limit(call *c) {
+    SET_P(c, "model", M);
+    SET_I32(c, "limit", LK_CHAT_LIMIT_STEPS);
+    SET_I64(c, "new_value", 50000000);
+    SET_P(c, "old_value", out_mem(c, "*old_value", 8, 0));
+}
 static void b_context_new(call *c) {
     SET_P(c, "model", M);
     lk_context_params *p = new_struct(c, "params", "lk_context_params", 0);
@@ -806,6 +831,63 @@ static void b_merge(call *c) {
     SET_I32(c, "n", 1);
     SET_I32(c, "out_type", LK_DTYPE_F32);
     SET_P(c, "path", p_merged);
+}
+static void b_batch_new(call *c) {
+    SET_P(c, "model", M);
+    SET_I32(c, "max_sequences", 2);
+    SET_I32(c, "n_ctx", CTX_POSITIONS);
+    SET_I32(c, "n_threads", 1);
+    out_handle(c, "out");
+}
+static void b_batch_free(call *c) { SET_P(c, "batch", victim_batch); }
+static void b_batch_add_sequence(call *c) {
+    SET_P(c, "batch", B);
+    SET_P(c, "seq", out_mem(c, "*seq", 4, 0));
+}
+static void b_batch_remove_sequence(call *c) {
+    SET_P(c, "batch", B);
+    SET_I32(c, "seq", 0);
+}
+static void b_batch_fork(call *c) {
+    SET_P(c, "batch", B);
+    SET_I32(c, "seq", 0);
+    SET_P(c, "new_seq", out_mem(c, "*new_seq", 4, 0));
+}
+static void b_batch_truncate(call *c) {
+    SET_P(c, "batch", B);
+    SET_I32(c, "seq", 0);
+    SET_I32(c, "position", 1);
+}
+static void b_batch_position(call *c) {
+    SET_P(c, "batch", B);
+    SET_I32(c, "seq", 0);
+    SET_P(c, "position", out_mem(c, "*position", 4, 0));
+}
+static void b_batch_sequences(call *c) {
+    SET_P(c, "batch", B);
+    SET_P(c, "seqs", out_mem(c, "seqs[]", 4 * 4, 0));
+    SET_I64(c, "capacity", 4);
+    SET_P(c, "count", out_mem(c, "*count", 8, REG_NEEDED));
+}
+static void b_batch_set_adapters(call *c) {
+    lk_adapter *ads[1] = {A};
+    const float scales[1] = {2.0f};
+    SET_P(c, "batch", B);
+    SET_I32(c, "seq", 0);
+    SET_P(c, "adapters", in_mem(c, "adapters[]", ads, sizeof ads, 8 * sizeof(void *)));
+    SET_P(c, "scales", in_mem(c, "scales[]", scales, sizeof scales, 8 * sizeof(float)));
+    SET_I64(c, "n_adapters", 1);
+}
+static void b_batch_step(call *c) {
+    const int32_t seqs[1] = {0};
+    const int64_t counts[1] = {3};
+    SET_P(c, "batch", B);
+    SET_I64(c, "n_seqs", 1);
+    SET_P(c, "seqs", in_mem(c, "seqs[]", seqs, sizeof seqs, 64 * 4));
+    SET_P(c, "tokens", in_mem(c, "tokens[]", some_tokens, 3 * 4, 1024 * 4));
+    SET_P(c, "n_tokens", in_mem(c, "n_tokens[]", counts, sizeof counts, 64 * 8));
+    SET_P(c, "logits", out_mem(c, "logits[]", (size_t)n_vocab * 4, 0));
+    SET_I64(c, "capacity", n_vocab);
 }
 static void b_trainer_create(call *c) {
     SET_P(c, "model", M);
@@ -1094,6 +1176,7 @@ static const spec specs[] = {
     {"lk_detokenize", b_detokenize, NULL, 0},
     {"lk_token_bytes", b_token_bytes, NULL, 0},
     {"lk_chat_apply", b_chat_apply, NULL, 0},
+    {"lk_model_chat_limit", b_model_chat_limit, NULL, 0},
     {"lk_context_params_init", b_init, check_init, 0},
     {"lk_context_params_init_sized", b_init, check_init, 0},
     {"lk_context_new", b_context_new, NULL, 0},
@@ -1155,6 +1238,16 @@ static const spec specs[] = {
     {"lk_sizeof_lora_params", b_none, check_sizeof, 0},
     {"lk_sizeof_train_params", b_none, check_sizeof, 0},
     {"lk_sizeof_train_progress", b_none, check_sizeof, 0},
+    {"lk_batch_new", b_batch_new, NULL, 0},
+    {"lk_batch_free", b_batch_free, NULL, 0},
+    {"lk_batch_add_sequence", b_batch_add_sequence, NULL, 0},
+    {"lk_batch_remove_sequence", b_batch_remove_sequence, NULL, 0},
+    {"lk_batch_fork", b_batch_fork, NULL, 0},
+    {"lk_batch_truncate", b_batch_truncate, NULL, 0},
+    {"lk_batch_position", b_batch_position, NULL, 0},
+    {"lk_batch_sequences", b_batch_sequences, NULL, 0},
+    {"lk_batch_set_adapters", b_batch_set_adapters, NULL, 0},
+    {"lk_batch_step", b_batch_step, NULL, 0},
 };
 #define N_SPECS (sizeof specs / sizeof specs[0])
 
@@ -1293,6 +1386,9 @@ static const override overrides[] = {
     {"lk_tokenize", "add_special", "-1", LK_OK, "add_special -1 = as the model's metadata says"},
     {"lk_detokenize", "n_tokens", "0", LK_OK, "no tokens is the empty text"},
     {"lk_chat_apply", "n_messages", "0", LK_OK, "messages may be empty (the template renders no turns)"},
+    {"lk_model_chat_limit", "new_value", "-1", LK_OK, "new_value == -1 only reads"},
+    {"lk_model_chat_limit", "new_value", "MAX", LK_OK, "new_value > 0 replaces it (LK_CHAT_LIMIT_STEPS has no cap)"},
+    {"lk_model_chat_limit", "old_value", "NULL", LK_OK, "*old_value (may be NULL)"},
     {"lk_generate", "text_out", "NULL", LK_OK, "text_out (may be NULL)"},
     {"lk_generate", "tokens_capacity", "0", LK_OK, "tokens_out receives the first tokens_capacity ids (0: none)"},
     {"lk_generate", "result", "NULL", LK_OK, "result (may be NULL)"},
@@ -1328,6 +1424,9 @@ static const override overrides[] = {
     {"lk_projector_info", "width", "NULL", LK_OK, "Either pointer may be NULL"},
     {"lk_projector_forward", "n_rows", "0", LK_OK, "n_rows may be 0 (nothing is written)"},
     {"lk_model_token_embeddings", "n_tokens", "0", LK_OK, "n_tokens may be 0 (nothing is written)"},
+    {"lk_batch_new", "n_ctx", "0", LK_OK, "n_ctx 0 = min(n_ctx_train, 4096)"},
+    {"lk_batch_new", "n_threads", "0", LK_OK, "n_threads 0 = lk_cpu_count()"},
+    {"lk_batch_set_adapters", "n_adapters", "0", LK_OK, "n_adapters 0 = none"},
 };
 #define N_OVERRIDES (sizeof overrides / sizeof overrides[0])
 static int override_used[N_OVERRIDES];
@@ -1612,6 +1711,11 @@ static void x_init_adapter_peft_trunc(call *c) { tparams(c)->init_adapter = p_pe
 static void x_resume_folder_empty(call *c) { tparams(c)->resume_dir = p_folder; }
 static void x_trainer_T(call *c) { ARG(c, "trainer").p = T; }
 static void x_trainer_TM(call *c) { ARG(c, "trainer").p = TM; }
+static void x_bseq7(call *c) { ((int32_t *)ARG(c, "seqs").p)[0] = 7; }
+static void x_bstep_overflow(call *c) { ((int64_t *)ARG(c, "n_tokens").p)[0] = CTX_POSITIONS; }
+static void x_bstep_short(call *c) { ARG(c, "capacity").i64 = n_vocab - 1; }
+static void x_badapter_other_model(call *c) { ((void **)ARG(c, "adapters").p)[0] = AG; }
+static void x_btrunc_past(call *c) { ARG(c, "position").i32 = 4; }
 static void x_is_target2(call *c) { ((uint8_t *)ARG(c, "is_target").p)[2] = 2; }
 static void x_prefix_nan(call *c) { ((float *)ARG(c, "prefix").p)[5] = NAN; }
 static void x_fb_overflow(call *c) { ARG(c, "n_tokens").i64 = n_ctx_train; } /* + 1 prefix row */
@@ -1620,12 +1724,19 @@ static void x_lr_neg(call *c) { ARG(c, "lr").f64 = -1; }
 static void x_threads513(call *c) { ARG(c, "n_threads").i32 = 513; }
 static void x_status_42(call *c) { ARG(c, "status").i32 = 42; }
 static void x_dtype_6(call *c) { ARG(c, "dtype").i32 = 6; }
+static void x_chat_limit_8(call *c) { ARG(c, "limit").i32 = 8; }
+static void x_chat_depth_1001(call *c) {
+    ARG(c, "limit").i32 = LK_CHAT_LIMIT_RECURSION_DEPTH;
+    ARG(c, "new_value").i64 = 1001;
+}
 
 static const extra extras[] = {
     {"lk_status_string", "status = 42 (not a status)", EXPECT_CHECK, x_status_42},
     {"lk_dtype_name", "dtype = 6 (past the last dtype)", EXPECT_CHECK, x_dtype_6},
     {"lk_dtype_info", "dtype = 6 (past the last dtype)", LK_ERR_INVALID_ARGUMENT, x_dtype6},
     {"lk_set_default_threads", "n_threads = 513", LK_ERR_INVALID_ARGUMENT, x_threads513},
+    {"lk_model_chat_limit", "limit = 8 (past the last lk_chat_limit)", LK_ERR_INVALID_ARGUMENT, x_chat_limit_8},
+    {"lk_model_chat_limit", "LK_CHAT_LIMIT_RECURSION_DEPTH = 1001 (over the cap)", LK_ERR_INVALID_ARGUMENT, x_chat_depth_1001},
     {"lk_tensor_new", "n_dims = LK_MAX_DIMS + 1", LK_ERR_INVALID_ARGUMENT, x_dims9},
     {"lk_tensor_new", "shape[1] = -1", LK_ERR_INVALID_ARGUMENT, x_shape_neg},
     {"lk_tensor_new", "shape product overflows (2^62 x 4)", LK_ERR_INVALID_ARGUMENT, x_shape_overflow},
@@ -1722,6 +1833,13 @@ static const extra extras[] = {
     {"lk_trainer_forward_backward", "input_grad_capacity one short", LK_ERR_BUFFER_TOO_SMALL, x_fb_grad_small},
     {"lk_trainer_optimizer_step", "trainer with training data", LK_ERR_INVALID_ARGUMENT, x_trainer_T},
     {"lk_trainer_optimizer_step", "lr = -1", LK_ERR_INVALID_ARGUMENT, x_lr_neg},
+    {"lk_batch_step", "seqs[0] = 7 (no such sequence)", LK_ERR_INVALID_ARGUMENT, x_bseq7},
+    {"lk_batch_step", "tokens[0] = -1", LK_ERR_INVALID_ARGUMENT, x_tok0_neg},
+    {"lk_batch_step", "tokens[0] = n_vocab", LK_ERR_INVALID_ARGUMENT, x_tok0_vocab},
+    {"lk_batch_step", "n_tokens[0] overflows n_ctx", LK_ERR_INVALID_ARGUMENT, x_bstep_overflow},
+    {"lk_batch_step", "capacity one short", LK_ERR_BUFFER_TOO_SMALL, x_bstep_short},
+    {"lk_batch_set_adapters", "an adapter of another model", LK_ERR_INVALID_ARGUMENT, x_badapter_other_model},
+    {"lk_batch_truncate", "position past the sequence's position", LK_ERR_INVALID_ARGUMENT, x_btrunc_past},
 };
 #define N_EXTRAS (sizeof extras / sizeof extras[0])
 

@@ -75,7 +75,8 @@ static void test_status_strings(void) {
         {LK_OK, "ok"}, {LK_STOPPED, "stop"}, {LK_ERR_INVALID_ARGUMENT, "argument"},
         {LK_ERR_INVALID_HANDLE, "handle"}, {LK_ERR_SHAPE, "shape"}, {LK_ERR_UNSUPPORTED, "unsupported"},
         {LK_ERR_IO, "I/O"}, {LK_ERR_FORMAT, "malformed"}, {LK_ERR_OUT_OF_MEMORY, "memory"},
-        {LK_ERR_ABI, "ABI"}, {LK_ERR_BUFFER_TOO_SMALL, "buffer"}, {LK_ERR_INTERNAL, "internal"},
+        {LK_ERR_ABI, "ABI"}, {LK_ERR_BUFFER_TOO_SMALL, "buffer"}, {LK_ERR_LIMIT, "limit"},
+        {LK_ERR_INTERNAL, "internal"},
     };
     size_t n = sizeof codes / sizeof codes[0];
     const char *unknown = lk_status_string(12345);
@@ -91,7 +92,7 @@ static void test_status_strings(void) {
             CHECKF(strcmp(s, lk_status_string(codes[j].code)) != 0, "codes %d and %d share the name \"%s\"",
                    (int)codes[i].code, (int)codes[j].code, s);
     }
-    const lk_status odd[] = {2, -10, -99, -101, INT32_MIN, INT32_MAX};
+    const lk_status odd[] = {2, -11, -99, -101, INT32_MIN, INT32_MAX};
     for (size_t i = 0; i < sizeof odd / sizeof odd[0]; i++) {
         const char *s = lk_status_string(odd[i]);
         CHECKF(s != NULL && strstr(s, "unknown") != NULL, "status %d -> \"%s\"", (int)odd[i], s ? s : "(NULL)");

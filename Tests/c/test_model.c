@@ -14,6 +14,8 @@
 #include "lk_test.h"
 
 #include <pthread.h>
+#include <math.h>
+#include <unistd.h>
 
 /* ------------------------------------------------------------------------------------------------ */
 /* Helpers                                                                                           */
@@ -257,6 +259,72 @@ static void test_tiny_tokenizer_calls_fail_clearly(void) {
     lk_chat_message msg = {"user", "hi"};
     EXPECT_STATUS(lk_chat_apply(m, &msg, 1, 1, buf, sizeof buf, &need), LK_ERR_UNSUPPORTED, "chat template");
     EXPECT_OK(lk_model_free(m));
+}
+
+/* Issue 17: a model folder whose chat template is hostile still loads; lk_chat_apply fails with the status
+ * and a message naming the folder, the place in the template and the limit; the process and the model survive. */
+static void test_hostile_chat_templates(void) {
+    static const struct { const char *template_; lk_status status; const char *names; } cases[] = {
+        {"{{ range(9223372036854775807) | length }}", LK_ERR_FORMAT, "line 1, column 9: Range too big"},
+        {"{% set s = \"x\" * 100000 %}{{ s.replace(\"\", s) | length }}", LK_ERR_LIMIT, "str.replace()"},
+        {"{{ 'a\nb' | indent(9223372036854775807) }}", LK_ERR_LIMIT, "9223372036854775807 spaces"},
+        {"{{ [1, 2] | tojson(indent=9223372036854775807) }}", LK_ERR_LIMIT, "9223372036854775807 spaces"},
+        {"{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", LK_ERR_FORMAT, "TemplateLimits.maxRecursionDepth"},
+        {"{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", LK_ERR_FORMAT,
+         "TemplateLimits.maxLoopIterations"},
+        {"{% set ns = namespace(s='xy') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", LK_ERR_LIMIT,
+         "TemplateLimits.maxAllocatedBytes"},
+    };
+    char dir[4096], hf[4096], path[4200], target[4200], buf[256];
+    snprintf(hf, sizeof hf, "%s", tiny_path);
+    *strrchr(hf, '/') = 0;
+    strcat(hf, "/tiny-llama-hf");
+    snprintf(dir, sizeof dir, "%s/lk-hostile-XXXXXX", getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
+    CHECK(mkdtemp(dir) != NULL);
+    const char *files[2] = {"config.json", "model.safetensors"};
+    for (int f = 0; f < 2; f++) {
+        snprintf(path, sizeof path, "%s/%s", dir, files[f]);
+        snprintf(target, sizeof target, "%s/%s", hf, files[f]);
+        CHECK(symlink(target, path) == 0);
+    }
+    snprintf(path, sizeof path, "%s/chat_template.jinja", dir);
+    lk_chat_message msg = {"user", "hi"};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        FILE *fp = fopen(path, "wb");
+        CHECK(fp != NULL);
+        fputs(cases[i].template_, fp);
+        fclose(fp);
+        lk_model *m = load_or_die(dir);
+        /* keep the allocation-bound cases light */
+        EXPECT_OK(lk_model_chat_limit(m, LK_CHAT_LIMIT_ALLOCATED_BYTES, 64 << 20, NULL));
+        int64_t need = 0;
+        memset(buf, 0x5a, sizeof buf);
+        lk_status s = lk_chat_apply(m, &msg, 1, 1, buf, sizeof buf, &need);
+        CHECKF(s == cases[i].status, "case %zu: status %d, %s", i, s, lk_last_error());
+        CHECKF(strstr(lk_last_error(), cases[i].names) != NULL, "case %zu: %s", i, lk_last_error());
+        CHECKF(strstr(lk_last_error(), dir) != NULL && strstr(lk_last_error(), ": chat template: ") != NULL,
+               "case %zu: %s", i, lk_last_error());
+        CHECK((unsigned char)buf[0] == 0x5a); /* the buffer is untouched */
+        /* The model still runs. */
+        lk_context *ctx = NULL;
+        EXPECT_OK(lk_context_new(m, NULL, &ctx));
+        int32_t toks[3] = {1, 2, 3};
+        float logits[1024];
+        lk_model_info info;
+        info.struct_size = sizeof info;
+        EXPECT_OK(lk_model_get_info(m, &info));
+        CHECK(info.n_vocab <= 1024 && info.has_chat_template == 1);
+        EXPECT_OK(lk_context_eval(ctx, toks, 3, LK_LOGITS_LAST, logits, 1024));
+        CHECK(isfinite(logits[0]));
+        EXPECT_OK(lk_context_free(ctx));
+        EXPECT_OK(lk_model_free(m));
+    }
+    unlink(path);
+    for (int f = 0; f < 2; f++) {
+        snprintf(path, sizeof path, "%s/%s", dir, files[f]);
+        unlink(path);
+    }
+    rmdir(dir);
 }
 
 static void test_model_load_errors(void) {
@@ -885,6 +953,33 @@ static void test_real_chat(void) {
     bad[1].role = "user";
     bad[1].content = "\xe2\x82";
     EXPECT_STATUS(lk_chat_apply(m, bad, 2, 1, buf, sizeof buf, &need), LK_ERR_INVALID_ARGUMENT, "messages[1].content");
+
+    /* Chat-template limits: a render over one fails with LK_ERR_LIMIT naming the model; the model stays usable. */
+    int64_t old = 0;
+    EXPECT_OK(lk_model_chat_limit(m, LK_CHAT_LIMIT_STEPS, -1, &old));
+    CHECK(old == 100000000);
+    EXPECT_OK(lk_model_chat_limit(m, LK_CHAT_LIMIT_STEPS, 10, &old));
+    CHECK(old == 100000000);
+    EXPECT_STATUS(lk_chat_apply(m, two, 2, 1, buf, sizeof buf, &need), LK_ERR_LIMIT, "TemplateLimits.maxSteps");
+    CHECKF(strstr(lk_last_error(), path) != NULL, "%s", lk_last_error());
+    EXPECT_OK(lk_model_chat_limit(m, LK_CHAT_LIMIT_STEPS, 100000000, &old));
+    CHECK(old == 10);
+    EXPECT_OK(lk_chat_apply(m, two, 2, 1, buf, sizeof buf, &need));
+    CHECKF(strcmp(buf, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n") == 0, "%s", buf);
+    EXPECT_OK(lk_model_chat_limit(m, LK_CHAT_LIMIT_MILLISECONDS, -1, NULL));
+    EXPECT_STATUS(lk_model_chat_limit(m, LK_CHAT_LIMIT_STEPS, 0, &old), LK_ERR_INVALID_ARGUMENT, "new_value");
+    EXPECT_STATUS(lk_model_chat_limit(m, 8, -1, &old), LK_ERR_INVALID_ARGUMENT, "limit 8");
+    EXPECT_STATUS(lk_model_chat_limit(NULL, LK_CHAT_LIMIT_STEPS, -1, &old), LK_ERR_INVALID_HANDLE, NULL);
+    /* The depth limits are capped (a deeper stack could overflow the caller's thread); nothing changes. */
+    EXPECT_STATUS(lk_model_chat_limit(m, LK_CHAT_LIMIT_RECURSION_DEPTH, 1001, &old), LK_ERR_INVALID_ARGUMENT,
+                  "LK_CHAT_LIMIT_RECURSION_DEPTH: TemplateLimits.maxRecursionDepth is 1001; it must be in 1...1000");
+    EXPECT_OK(lk_model_chat_limit(m, LK_CHAT_LIMIT_RECURSION_DEPTH, 1000, &old));
+    CHECK(old == 200);
+    EXPECT_OK(lk_model_chat_limit(m, LK_CHAT_LIMIT_MILLISECONDS, 2500, &old));
+    CHECK(old == 10000);
+    EXPECT_OK(lk_model_chat_limit(m, LK_CHAT_LIMIT_MILLISECONDS, -1, &old));
+    CHECK(old == 2500);
+    CHECKF(strcmp(lk_status_string(LK_ERR_LIMIT), "limit exceeded") == 0, "%s", lk_status_string(LK_ERR_LIMIT));
     EXPECT_OK(lk_model_free(m));
 }
 
@@ -1109,7 +1204,7 @@ LKT_MAIN("test_model: models, tokenizer, chat, contexts, generation", setup,
          TESTCASE(test_struct_sizes_match_c), TESTCASE(test_params_init_defaults), TESTCASE(test_params_init_sized),
          TESTCASE(test_tiny_info),
          TESTCASE(test_tiny_strings_and_meta), TESTCASE(test_tiny_tokenizer_calls_fail_clearly),
-         TESTCASE(test_model_load_errors), TESTCASE(test_bad_handles), TESTCASE(test_info_struct_size),
+         TESTCASE(test_model_load_errors), TESTCASE(test_hostile_chat_templates), TESTCASE(test_bad_handles), TESTCASE(test_info_struct_size),
          TESTCASE(test_context_new_errors), TESTCASE(test_tiny_eval_modes), TESTCASE(test_tiny_context_overflow),
          TESTCASE(test_tiny_eval_embeddings), TESTCASE(test_tiny_generate_ids), TESTCASE(test_generate_bad_input),
          TESTCASE(test_context_outlives_model_handle), TESTCASE(test_real_info), TESTCASE(test_real_tokenize),

@@ -72,6 +72,23 @@ void lk_quantize_x8(int32_t path, int32_t wide, const float *x, int64_t n_blocks
 void lk_qdot_rows(int32_t path, int32_t wide, int32_t type, const void *w, size_t row_stride, int64_t n_rows,
                   int64_t n_blocks, const int8_t *xq, const float *xf, float *y);
 
+/* Several x rows against the same weight rows, each weight block read and unpacked once (AVX512-VNNI on
+ * 512-bit registers, two x rows per register). 1 if this kernel serves `path` on this CPU (the path
+ * resolves to avxvnni or avx512vnni and the CPU has AVX512-VNNI and AVX512BW); otherwise callers use
+ * lk_qdot_rows per x row (same results). */
+int32_t lk_qdot_multi_supported(int32_t path);
+
+/* Interleave n_x quantized x rows (each as lk_quantize_x8 wrote it: ⌈n_blocks/2⌉ pairs, consecutive) for
+ * lk_qdot_rows_multi: xi gets ⌈n_x/2⌉·⌈n_blocks/2⌉·2·(wide ? 128 : 64) bytes, xfi ⌈n_x/2⌉·⌈n_blocks/2⌉·8
+ * floats (an odd last row is paired with zeros). */
+void lk_qdot_interleave(int32_t wide, const int8_t *xq, const float *xf, int64_t n_x, int64_t n_blocks, int8_t *xi,
+                        float *xfi);
+
+/* y[j·ldy + r] = lk_qdot_rows' y[r] for x row j < n_x (1...8), from the interleaved rows; bitwise the
+ * same values. Only when lk_qdot_multi_supported(path) (otherwise it does nothing). */
+void lk_qdot_rows_multi(int32_t path, int32_t wide, int32_t type, const void *w, size_t row_stride, int64_t n_rows,
+                        int64_t n_blocks, const int8_t *xi, const float *xfi, int64_t n_x, float *y, int64_t ldy);
+
 #pragma GCC visibility pop
 
 #ifdef __cplusplus

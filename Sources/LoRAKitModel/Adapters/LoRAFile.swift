@@ -163,6 +163,7 @@ extension LoRATensors {
             case .object(let o): return !o.isEmpty
             case .string(let s): return !s.isEmpty
             case .number(let d): return d != 0
+            case .int(let i): return i != 0
             case .null: return false
             }
         }

@@ -396,19 +396,3 @@ extension Tensor {
         return nil
     }
 }
-
-extension LKError {
-    /// The same error with `prefix` before its message; an option error keeps its field first, as it is.
-    package func prefixed(_ prefix: String) -> LKError {
-        switch self {
-        case .invalidArgument(let m): return .invalidArgument(prefix + m)
-        case .shapeMismatch(let m): return .shapeMismatch(prefix + m)
-        case .unsupported(let m): return .unsupported(prefix + m)
-        case .io(let m): return .io(prefix + m)
-        case .format(let m): return .format(prefix + m)
-        case .outOfMemory(let m): return .outOfMemory(prefix + m)
-        case .internal(let m): return .internal(prefix + m)
-        case .invalidOption: return self
-        }
-    }
-}

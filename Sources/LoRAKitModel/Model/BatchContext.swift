@@ -107,10 +107,10 @@ public final class BatchContext: @unchecked Sendable {
     /// Ids of the live sequences, ascending.
     public var activeSequences: [Int] { sequences.keys.sorted() }
 
-    /// A new empty sequence (position 0, no adapters); its id. Error when `maxSequences` are alive.
+    /// A new empty sequence (position 0, no adapters); its id. `.limit` when `maxSequences` are alive.
     public func addSequence() throws(LKError) -> Int {
         guard let slot = freeSlots.popLast() else {
-            throw .invalidArgument("addSequence: all \(maxSequences) sequences of the batch context are in use (remove one first)")
+            throw .limit("addSequence: all \(maxSequences) sequences of the batch context are in use (remove one first)")
         }
         let id = nextID
         nextID += 1
@@ -130,7 +130,7 @@ public final class BatchContext: @unchecked Sendable {
     public func fork(_ id: Int) throws(LKError) -> Int {
         let s = try sequence(id, "fork")
         guard let slot = freeSlots.popLast() else {
-            throw .invalidArgument("fork: all \(maxSequences) sequences of the batch context are in use (remove one first)")
+            throw .limit("fork: all \(maxSequences) sequences of the batch context are in use (remove one first)")
         }
         let c = model.config
         let n = s.position * c.kvDim

@@ -38,6 +38,8 @@ public final class LlamaModel: @unchecked Sendable {
     public let tokenizer: Tokenizer?
     /// Why `tokenizer` is nil (no vocabulary in the file, or an unsupported tokenizer type).
     public let tokenizerError: String?
+    /// The parsed chat template and its limits (LlamaModel+Chat.swift).
+    package let chatCache = ChatTemplateCache()
 
     /// The input embedding rows [n, C] (f32, dequantized) of token ids: what the model's first layer sees
     /// for them, e.g. to place caller-made rows (projected image features) between pieces of text.

@@ -38,9 +38,9 @@ from . import _lib
 from ._lib import ABI_VERSION
 
 __all__ = [
-    "ABI_VERSION", "Adapter", "AdapterFormat", "BatchContext", "Context", "DType", "GenerationResult", "LoRAKitError", "Model", "ModelInfo", "Plugin", "Projector",
-    "Status", "StopReason", "Tensor", "TrainProgress", "TrainRun", "Trainer", "abi_version", "clear_error", "cpu_count", "dtype_info", "generate",
-    "get_threads", "last_error", "load_plugin", "matmul", "plugins", "set_threads", "status_string", "version",
+    "ABI_VERSION", "Adapter", "AdapterFormat", "BatchContext", "ChatLimit", "Context", "DType", "GenerationResult", "LoRAKitError", "Model",
+    "ModelInfo", "Plugin", "Projector", "Status", "StopReason", "Tensor", "TrainProgress", "TrainRun", "Trainer", "abi_version", "clear_error",
+    "cpu_count", "dtype_info", "generate", "get_threads", "last_error", "load_plugin", "matmul", "plugins", "set_threads", "status_string", "version",
 ]
 
 _c = _lib.lib
@@ -59,7 +59,20 @@ class Status(enum.IntEnum):
     OUT_OF_MEMORY = _lib.LK_ERR_OUT_OF_MEMORY
     ABI = _lib.LK_ERR_ABI
     BUFFER_TOO_SMALL = _lib.LK_ERR_BUFFER_TOO_SMALL
+    LIMIT = _lib.LK_ERR_LIMIT
     INTERNAL = _lib.LK_ERR_INTERNAL
+
+
+class ChatLimit(enum.IntEnum):
+    """lk_chat_limit: the limits on rendering a model's chat template (Model.chat_limit)."""
+    OUTPUT_BYTES = _lib.LK_CHAT_LIMIT_OUTPUT_BYTES
+    ALLOCATED_BYTES = _lib.LK_CHAT_LIMIT_ALLOCATED_BYTES
+    LOOP_ITERATIONS = _lib.LK_CHAT_LIMIT_LOOP_ITERATIONS
+    STEPS = _lib.LK_CHAT_LIMIT_STEPS
+    RECURSION_DEPTH = _lib.LK_CHAT_LIMIT_RECURSION_DEPTH
+    VALUE_DEPTH = _lib.LK_CHAT_LIMIT_VALUE_DEPTH
+    MILLISECONDS = _lib.LK_CHAT_LIMIT_MILLISECONDS
+    TEMPLATE_BYTES = _lib.LK_CHAT_LIMIT_TEMPLATE_BYTES
 
 
 class DType(enum.IntEnum):
@@ -588,6 +601,13 @@ class Model(_Handle):
         raw = _buffer_string(lambda b, n, need: _c.lk_chat_apply(h, arr, len(pairs), int(bool(add_generation_prompt)),
                                                                   b, n, need))
         return raw.decode("utf-8", "replace")
+
+    def chat_limit(self, limit: ChatLimit, value: Optional[int] = None) -> int:
+        """The value of one chat-template limit (lk_model_chat_limit); with value, set it for later renders and
+        return the previous one. A render over a limit raises LoRAKitError (Status.LIMIT or Status.FORMAT)."""
+        old = c_int64()
+        _check(_c.lk_model_chat_limit(self.handle, int(limit), -1 if value is None else int(value), byref(old)))
+        return old.value
 
     def merge_to_file(self, adapters, path, out_type=None) -> None:
         """Write this model's GGUF file with adapters merged into the weights (lk_model_merge_to_file).

@@ -35,6 +35,7 @@ LK_ERR_FORMAT = -6
 LK_ERR_OUT_OF_MEMORY = -7
 LK_ERR_ABI = -8
 LK_ERR_BUFFER_TOO_SMALL = -9
+LK_ERR_LIMIT = -10
 LK_ERR_INTERNAL = -100
 
 # ---------------------------------------------------------------------------------------------------
@@ -259,6 +260,20 @@ class lk_chat_message(Structure):
 #                         int32_t add_generation_prompt, char *buf, int64_t capacity, int64_t *needed);
 _fn("lk_chat_apply", lk_status,
     [lk_model_p, POINTER(lk_chat_message), c_int64, c_int32, c_void_p, c_int64, POINTER(c_int64)])
+
+# typedef int32_t lk_chat_limit;
+lk_chat_limit = c_int32
+LK_CHAT_LIMIT_OUTPUT_BYTES = 0
+LK_CHAT_LIMIT_ALLOCATED_BYTES = 1
+LK_CHAT_LIMIT_LOOP_ITERATIONS = 2
+LK_CHAT_LIMIT_STEPS = 3
+LK_CHAT_LIMIT_RECURSION_DEPTH = 4
+LK_CHAT_LIMIT_VALUE_DEPTH = 5
+LK_CHAT_LIMIT_MILLISECONDS = 6
+LK_CHAT_LIMIT_TEMPLATE_BYTES = 7
+
+# lk_status lk_model_chat_limit(lk_model *model, lk_chat_limit limit, int64_t new_value, int64_t *old_value);
+_fn("lk_model_chat_limit", lk_status, [lk_model_p, lk_chat_limit, c_int64, POINTER(c_int64)])
 
 # ---------------------------------------------------------------------------------------------------
 # Contexts
@@ -686,6 +701,7 @@ FUNCTIONS = (
     "lk_tensor_size", "lk_tensor_copy_to_f32", "lk_tensor_copy_bytes", "lk_matmul", "lk_model_params_init_sized",
     "lk_model_params_init", "lk_model_load", "lk_model_free", "lk_model_get_info", "lk_model_architecture",
     "lk_model_chat_template", "lk_model_meta", "lk_tokenize", "lk_detokenize", "lk_token_bytes", "lk_chat_apply",
+    "lk_model_chat_limit",
     "lk_context_params_init_sized", "lk_context_params_init", "lk_context_new", "lk_context_free",
     "lk_context_reset", "lk_context_position", "lk_context_eval", "lk_context_eval_embeddings",
     "lk_sampler_params_init_sized", "lk_sampler_params_init", "lk_generate_params_init_sized",

@@ -85,3 +85,32 @@ def test_convert_merge_combine_round_trip(tmp_path):
     assert 0 < low["retained_energy"] < 1
     r = run("merge", "--model", TINY, "--adapter", tmp_path / "nope", "--out", tmp_path / "x.gguf", ok=False)
     assert r.returncode == 1 and "nope" in r.stderr
+
+
+def test_info_shows_a_template_that_does_not_parse(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (folder / f).symlink_to(FIX / "model" / "tiny-llama-hf" / f)
+    (folder / "chat_template.jinja").write_text("{% if %}")
+    info = json.loads(run("info", folder, "--json").stdout)
+    assert info["chat_template"] == "{% if %}"
+    assert info["chat_template_error"] == (f"{folder}: chat template: line 1, column 7: expected an expression, "
+                                           "got 'end of statement block'")
+
+
+@needs_model
+def test_generate_chat_limits():
+    r = run("generate", "--model", MODEL, "--prompt", "Hi", "--chat", "--max-tokens", "1", "--chat-limit", "steps=10", ok=False)
+    assert r.returncode == 1 and "Fatal" not in r.stderr
+    assert r.stderr.startswith(f"lorakit: error: {MODEL}: chat template: line 1, column "), r.stderr
+    assert "TemplateLimits.maxSteps" in r.stderr
+    r = run("generate", "--model", MODEL, "--prompt", "Hi", "--chat", "--chat-limit", "recursion-depth=1001", ok=False)
+    assert r.returncode == 1
+    assert r.stderr.strip() == ("lorakit: error: --chat-limit recursion-depth=1001: TemplateLimits.maxRecursionDepth is 1001; "
+                                "it must be in 1...1000 (deeper nesting could overflow the thread's stack)"), r.stderr
+    r = run("generate", "--model", MODEL, "--prompt", "Hi", "--chat", "--chat-limit", "speed=3", ok=False)
+    assert r.returncode == 1 and "--chat-limit \"speed=3\": expected NAME=VALUE" in r.stderr, r.stderr
+    r = run("generate", "--model", MODEL, "--prompt", "Hi", "--chat", "--max-tokens", "1", "--json",
+            "--chat-limit", "steps=1000000", "--chat-limit", "milliseconds=5000")
+    assert json.loads(r.stdout)["prompt_tokens"] > 5

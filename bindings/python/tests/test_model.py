@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import lorakit as lk  # noqa: E402
-from lorakit import Context, LoRAKitError, Model, Status, StopReason, _lib  # noqa: E402
+from lorakit import ChatLimit, Context, LoRAKitError, Model, Status, StopReason, _lib  # noqa: E402
 
 TINY = HERE.parents[2] / "Tests" / "LoRAKitTests" / "Fixtures" / "model" / "tiny-llama-f32.gguf"
 REAL = os.environ.get("LORAKIT_MODEL") or ""
@@ -243,6 +243,34 @@ def test_real_chat(real):
 
 
 @needs_real
+def test_real_chat_limits(real):
+    msgs = [("user", "Hi")]
+    want = real.chat(msgs)
+    assert real.chat_limit(ChatLimit.STEPS) == 100_000_000
+    assert real.chat_limit(ChatLimit.MILLISECONDS) == 10_000
+    assert real.chat_limit(ChatLimit.ALLOCATED_BYTES) == 1 << 30
+    try:
+        assert real.chat_limit(ChatLimit.STEPS, 10) == 100_000_000
+        assert real.chat_limit(ChatLimit.STEPS) == 10
+        e = expect_error(Status.LIMIT, "TemplateLimits.maxSteps", real.chat, msgs)
+        assert e.message.startswith("lk_chat_apply: " + REAL + ": chat template: line 1, column "), e.message
+        real.chat_limit(ChatLimit.STEPS, 100_000_000)
+        real.chat_limit(ChatLimit.OUTPUT_BYTES, len(want.encode()) - 1)
+        expect_error(Status.LIMIT, "TemplateLimits.maxOutputBytes", real.chat, msgs)
+        real.chat_limit(ChatLimit.OUTPUT_BYTES, len(want.encode()))
+        assert real.chat(msgs) == want
+        real.chat_limit(ChatLimit.LOOP_ITERATIONS, 1)
+        expect_error(Status.FORMAT, "too many loop iterations", real.chat, [("user", "a"), ("assistant", "b")])
+    finally:
+        real.chat_limit(ChatLimit.STEPS, 100_000_000)
+        real.chat_limit(ChatLimit.OUTPUT_BYTES, 64 << 20)
+        real.chat_limit(ChatLimit.LOOP_ITERATIONS, 1_000_000)
+    assert real.chat(msgs) == want  # the model stays usable
+    expect_error(Status.INVALID_ARGUMENT, "new_value 0", real.chat_limit, ChatLimit.STEPS, 0)
+    expect_error(Status.INVALID_ARGUMENT, "limit 99", real.chat_limit, 99)
+
+
+@needs_real
 def test_real_generate_stream_stop(real):
     prompt = real.tokenize("The capital of France is")
     with Context(real, n_ctx=256) as ctx:
@@ -308,3 +336,56 @@ def test_real_two_threads_share_model(real):
     for t in threads:
         t.join()
     assert par == seq
+
+
+HF = HERE.parents[2] / "Tests" / "LoRAKitTests" / "Fixtures" / "model" / "tiny-llama-hf"
+
+# Issue 17's hostile templates, each a template of a model folder: (template, status, what the message names).
+HOSTILE = [
+    ("{{ range(9223372036854775807) | length }}", Status.FORMAT, "Range too big"),
+    ('{% set s = "x" * 100000 %}{{ s.replace("", s) | length }}', Status.LIMIT, "str.replace()"),
+    ("{{ 'a\nb' | indent(9223372036854775807) }}", Status.LIMIT, "9223372036854775807 spaces"),
+    ("{{ [1, 2] | tojson(indent=9223372036854775807) }}", Status.LIMIT, "9223372036854775807 spaces"),
+    ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", Status.FORMAT, "TemplateLimits.maxRecursionDepth"),
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", Status.FORMAT,
+     "TemplateLimits.maxLoopIterations"),
+    ("{% set ns = namespace(l=[1]) %}{% for i in range(64) %}{% set ns.l = ns.l + ns.l %}{% endfor %}", Status.LIMIT,
+     "TemplateLimits.maxAllocatedBytes"),
+    ("{% if %}", Status.FORMAT, "expected an expression"),
+]
+
+
+@pytest.mark.parametrize("template,status,names", HOSTILE)
+def test_hostile_chat_template(tmp_path, template, status, names):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (folder / f).symlink_to(HF / f)
+    (folder / "chat_template.jinja").write_text(template)
+    m = Model(str(folder))  # a template that fails (even to parse) does not stop the model from loading
+    assert m.chat_template == template
+    m.chat_limit(ChatLimit.ALLOCATED_BYTES, 64 << 20)  # keep the suite light; the limit is what is hit
+    for _ in range(2):
+        e = expect_error(status, names, m.chat, [("user", "hi")])
+        assert e.message.startswith("lk_chat_apply: " + str(folder) + ": chat template: "), e.message
+    # The process and the model survive: the model still evaluates.
+    with Context(m, n_ctx=16, n_threads=1) as ctx:
+        logits = ctx.eval([1, 2, 3])
+        assert np.isfinite(logits).all() and logits.shape[-1] == m.info.n_vocab
+
+
+def test_chat_limit_depth_cap(tmp_path):
+    folder = tmp_path / "model"
+    folder.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (folder / f).symlink_to(HF / f)
+    (folder / "chat_template.jinja").write_text("{{ messages | length }}")
+    m = Model(str(folder))
+    assert m.chat_limit(ChatLimit.RECURSION_DEPTH) == 200
+    assert m.chat_limit(ChatLimit.VALUE_DEPTH, 1000) == 100
+    e = expect_error(Status.INVALID_ARGUMENT, "LK_CHAT_LIMIT_RECURSION_DEPTH", m.chat_limit, ChatLimit.RECURSION_DEPTH, 1001)
+    assert "must be in 1...1000" in e.message, e.message
+    assert m.chat_limit(ChatLimit.RECURSION_DEPTH) == 200  # unchanged
+    assert m.chat_limit(ChatLimit.MILLISECONDS, 1500) == 10_000
+    assert m.chat_limit(ChatLimit.MILLISECONDS) == 1500
+    assert m.chat([("user", "a"), ("assistant", "b")]) == "2"

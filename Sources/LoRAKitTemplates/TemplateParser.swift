@@ -1,513 +1,11 @@
-// Lexer and parser for the Jinja2 subset used by chat templates (see ChatTemplate.swift).
-// The lexer follows jinja2/lexer.py with trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=False;
-// the expression grammar and precedence follow jinja2/parser.py.
+// The parser for the Jinja2 subset used by chat templates: tokens (TemplateLexer.swift) to the syntax tree
+// (TemplateAST.swift). The statement set is jinja's with the loopcontrols extension and transformers'
+// `{% generation %}`; the expression grammar and precedence follow jinja2/parser.py.
+//
+// Nesting is bounded (`maxDepth`) counting both recursion and left-deep chains (`a + b + c …`, `x|f|g …`,
+// `a.b.c …`), so the tree's height is bounded too: evaluating and freeing it cannot exhaust the stack.
 
 import LoRAKitCore
-
-// MARK: - AST
-
-/// A source position: 1-based line and column (in Unicode scalars).
-struct JLoc: Sendable {
-    var line: Int32
-    var col: Int32
-    var text: String { "line \(line), column \(col)" }
-}
-
-struct JExpr: Sendable {
-    var kind: JExprKind
-    var loc: JLoc
-}
-
-struct JKeyValue: Sendable {
-    var key: JExpr
-    var value: JExpr
-}
-
-struct JKwarg: Sendable {
-    var name: String
-    var value: JExpr
-}
-
-enum JBinOp: String, Sendable {
-    case add = "+", sub = "-", mul = "*", div = "/", floorDiv = "//", mod = "%", pow = "**"
-}
-
-enum JCmpOp: String, Sendable {
-    case eq = "==", ne = "!=", lt = "<", le = "<=", gt = ">", ge = ">=", isIn = "in", notIn = "not in"
-}
-
-struct JFilterCall: Sendable {
-    var name: String
-    var args: [JExpr]
-    var kwargs: [JKwarg]
-    var loc: JLoc
-}
-
-indirect enum JExprKind: Sendable {
-    case const(TemplateValue)
-    case name(String)
-    case list([JExpr])
-    case tuple([JExpr])
-    case dict([JKeyValue])
-    case attr(JExpr, String)
-    case item(JExpr, JExpr)
-    case slice(JExpr, JExpr?, JExpr?, JExpr?)
-    case call(JExpr, [JExpr], [JKwarg])
-    case filter(JExpr, JFilterCall)
-    case test(JExpr, String, [JExpr], negated: Bool)
-    case neg(JExpr)
-    case pos(JExpr)
-    case not(JExpr)
-    case and(JExpr, JExpr)
-    case or(JExpr, JExpr)
-    case binary(JBinOp, JExpr, JExpr)
-    case concat([JExpr])
-    case compare(JExpr, [(JCmpOp, JExpr)])
-    case cond(test: JExpr, then: JExpr, otherwise: JExpr?)
-}
-
-enum JTarget: Sendable {
-    case name(String)
-    case names([String])
-    case attr(String, String)
-}
-
-struct JBranch: Sendable {
-    var cond: JExpr
-    var body: [JStmt]
-}
-
-struct JForLoop: Sendable {
-    var target: JTarget
-    var iter: JExpr
-    var filter: JExpr?
-    var body: [JStmt]
-    var elseBody: [JStmt]
-}
-
-struct JMacroDef: Sendable {
-    var name: String
-    var params: [(String, JExpr?)]
-    var body: [JStmt]
-}
-
-struct JStmt: Sendable {
-    var kind: JStmtKind
-    var loc: JLoc
-}
-
-indirect enum JStmtKind: Sendable {
-    case text(String)
-    case output(JExpr)
-    case ifChain([JBranch], [JStmt])
-    case forLoop(JForLoop)
-    case set(JTarget, JExpr)
-    case setBlock(JTarget, [JFilterCall], [JStmt])
-    case macro(JMacroDef)
-    case filterBlock([JFilterCall], [JStmt])
-    case block([JStmt])
-    case breakLoop
-    case continueLoop
-}
-
-// MARK: - Tokens
-
-enum JTokKind: Equatable {
-    case text, varBegin, varEnd, blockBegin, blockEnd, name, string, int, float, op, eof
-}
-
-struct JToken {
-    var kind: JTokKind
-    var text: String = ""
-    var int: Int = 0
-    var float: Double = 0
-    var loc: JLoc
-}
-
-/// Python's `str.isspace` (also what `\s` matches in a `str` regex).
-@inline(__always)
-func jIsSpace(_ c: Unicode.Scalar) -> Bool {
-    switch c.value {
-    case 0x09...0x0D, 0x1C...0x20, 0x85, 0xA0, 0x1680, 0x2000...0x200A, 0x2028, 0x2029, 0x202F, 0x205F, 0x3000:
-        return true
-    default:
-        return false
-    }
-}
-
-func jString(_ scalars: ArraySlice<Unicode.Scalar>) -> String {
-    var s = ""
-    s.unicodeScalars.append(contentsOf: scalars)
-    return s
-}
-
-// MARK: - Lexer
-
-struct JinjaLexer {
-    var s: [Unicode.Scalar]
-    var lineStarts: [Int] = [0]
-    var tokens: [JToken] = []
-
-    init(_ source: String) {
-        // Normalize \r\n and \r to \n, and drop one trailing newline (keep_trailing_newline=False).
-        var out: [Unicode.Scalar] = []
-        out.reserveCapacity(source.unicodeScalars.count)
-        var prevCR = false
-        for c in source.unicodeScalars {
-            if c == "\r" {
-                out.append("\n")
-                prevCR = true
-                continue
-            }
-            if c == "\n" && prevCR { prevCR = false; continue }
-            prevCR = false
-            out.append(c)
-        }
-        if out.last == "\n" { out.removeLast() }
-        s = out
-        for (i, c) in s.enumerated() where c == "\n" { lineStarts.append(i + 1) }
-    }
-
-    func loc(_ pos: Int) -> JLoc {
-        var lo = 0, hi = lineStarts.count - 1
-        while lo < hi {
-            let mid = (lo + hi + 1) / 2
-            if lineStarts[mid] <= pos { lo = mid } else { hi = mid - 1 }
-        }
-        return JLoc(line: Int32(lo + 1), col: Int32(pos - lineStarts[lo] + 1))
-    }
-
-    func fail(_ msg: String, _ pos: Int) -> LKError {
-        .format("chat template: \(loc(pos).text): \(msg)")
-    }
-
-    func at(_ p: Int, _ lit: String) -> Bool {
-        var q = p
-        for c in lit.unicodeScalars {
-            guard q < s.count, s[q] == c else { return false }
-            q += 1
-        }
-        return true
-    }
-
-    func skipSpace(_ p: Int) -> Int {
-        var q = p
-        while q < s.count, jIsSpace(s[q]) { q += 1 }
-        return q
-    }
-
-    /// Applies `-` stripping or lstrip_blocks to the text before a tag (jinja's OptionalLStrip).
-    func stripText(_ start: Int, _ end: Int, sign: Unicode.Scalar?, lstrip: Bool, lineStarting: Bool) -> Int {
-        if sign == "-" {
-            var e = end
-            while e > start, jIsSpace(s[e - 1]) { e -= 1 }
-            return e
-        }
-        if sign != "+" && lstrip {
-            var lPos = start
-            var q = end
-            while q > start {
-                if s[q - 1] == "\n" { lPos = q; break }
-                q -= 1
-            }
-            if lPos > start || lineStarting {
-                if lPos < end, (lPos..<end).allSatisfy({ jIsSpace(s[$0]) }) { return lPos }
-            }
-        }
-        return end
-    }
-
-    mutating func emitText(_ start: Int, _ end: Int) {
-        if end > start { tokens.append(JToken(kind: .text, text: jString(s[start..<end]), loc: loc(start))) }
-    }
-
-    mutating func tokenize() throws(LKError) -> [JToken] {
-        var pos = 0
-        var lineStarting = true
-        while pos < s.count {
-            // Find the next tag start.
-            var p = pos
-            var kind: Unicode.Scalar = " "
-            while p + 1 < s.count {
-                if s[p] == "{", s[p + 1] == "{" || s[p + 1] == "%" || s[p + 1] == "#" { kind = s[p + 1]; break }
-                p += 1
-            }
-            if kind == " " {
-                emitText(pos, s.count)
-                break
-            }
-            var sign: Unicode.Scalar? = nil
-            if p + 2 < s.count, s[p + 2] == "-" || s[p + 2] == "+" { sign = s[p + 2] }
-            var bodyStart = p + 2 + (sign == nil ? 0 : 1)
-
-            // {% raw %} … {% endraw %}
-            if kind == "%" {
-                var q = skipSpace(bodyStart)
-                if at(q, "raw") {
-                    q = skipSpace(q + 3)
-                    var rawEnd: Int? = nil
-                    if at(q, "-%}") { rawEnd = skipSpace(q + 3) } else if at(q, "%}") { rawEnd = q + 2 }
-                    if let rawStart = rawEnd {
-                        let textEnd = stripText(pos, p, sign: sign, lstrip: true, lineStarting: lineStarting)
-                        emitText(pos, textEnd)
-                        // Search for {%[-+]? endraw ...%}
-                        var r = rawStart
-                        var found = false
-                        while r + 1 < s.count {
-                            if s[r] == "{", s[r + 1] == "%" {
-                                var esign: Unicode.Scalar? = nil
-                                var t = r + 2
-                                if t < s.count, s[t] == "-" || s[t] == "+" { esign = s[t]; t += 1 }
-                                t = skipSpace(t)
-                                if at(t, "endraw") {
-                                    t = skipSpace(t + 6)
-                                    var after: Int? = nil
-                                    if at(t, "+%}") { after = t + 3 }
-                                    else if at(t, "-%}") { after = skipSpace(t + 3) }
-                                    else if at(t, "%}") { after = t + 2; if after! < s.count, s[after!] == "\n" { after! += 1 } }
-                                    if let a = after {
-                                        let bodyEnd = stripText(rawStart, r, sign: esign, lstrip: true, lineStarting: false)
-                                        emitText(rawStart, bodyEnd)
-                                        lineStarting = s[a - 1] == "\n"
-                                        pos = a
-                                        found = true
-                                        break
-                                    }
-                                }
-                            }
-                            r += 1
-                        }
-                        guard found else { throw fail("missing end of raw directive", p) }
-                        continue
-                    }
-                }
-            }
-
-            let textEnd = stripText(pos, p, sign: sign, lstrip: kind != "{", lineStarting: lineStarting)
-            emitText(pos, textEnd)
-            lineStarting = false
-
-            if kind == "#" {
-                var q = bodyStart
-                var end: Int? = nil
-                while q < s.count {
-                    if s[q] == "+", at(q + 1, "#}") { end = q + 3; break }
-                    if s[q] == "-", at(q + 1, "#}") { end = skipSpace(q + 3); break }
-                    if at(q, "#}") {
-                        end = q + 2
-                        if end! < s.count, s[end!] == "\n" { end! += 1 }
-                        break
-                    }
-                    q += 1
-                }
-                guard let e = end else { throw fail("missing end of comment tag", p) }
-                lineStarting = s[e - 1] == "\n"
-                pos = e
-                continue
-            }
-
-            let isBlock = kind == "%"
-            tokens.append(JToken(kind: isBlock ? .blockBegin : .varBegin, loc: loc(p)))
-            var stack: [Unicode.Scalar] = []
-            var q = bodyStart
-            while true {
-                if stack.isEmpty {
-                    var end: Int? = nil
-                    if isBlock {
-                        if at(q, "+%}") { end = q + 3 }
-                        else if at(q, "-%}") { end = skipSpace(q + 3) }
-                        else if at(q, "%}") { end = q + 2; if end! < s.count, s[end!] == "\n" { end! += 1 } }
-                    } else {
-                        if at(q, "-}}") { end = skipSpace(q + 3) }
-                        else if at(q, "}}") { end = q + 2 }
-                    }
-                    if let e = end {
-                        tokens.append(JToken(kind: isBlock ? .blockEnd : .varEnd, loc: loc(q)))
-                        lineStarting = s[e - 1] == "\n"
-                        q = e
-                        break
-                    }
-                }
-                let ws = skipSpace(q)
-                if ws > q { q = ws; continue }
-                guard q < s.count else {
-                    throw fail("unexpected end of template: the '\(isBlock ? "{%" : "{{")' tag at \(loc(p).text) is not closed", q)
-                }
-                bodyStart = q
-                q = try lexToken(q, &stack)
-            }
-            pos = q
-        }
-        tokens.append(JToken(kind: .eof, loc: loc(s.count)))
-        return tokens
-    }
-
-    func isDigit(_ c: Unicode.Scalar) -> Bool { c.value >= 0x30 && c.value <= 0x39 }
-    func isNameStart(_ c: Unicode.Scalar) -> Bool {
-        c == "_" || (c.value < 128 ? (c.properties.isAlphabetic) : c.properties.isXIDStart)
-    }
-    func isNameChar(_ c: Unicode.Scalar) -> Bool {
-        c == "_" || (c.value < 128 ? (c.properties.isAlphabetic || isDigit(c)) : c.properties.isXIDContinue)
-    }
-
-    /// Digits with single underscores between them, starting at p; returns the end (== p if none).
-    func scanDigits(_ p: Int, _ ok: (Unicode.Scalar) -> Bool) -> Int {
-        var q = p
-        guard q < s.count, ok(s[q]) else { return p }
-        q += 1
-        while q < s.count {
-            if ok(s[q]) { q += 1; continue }
-            if s[q] == "_", q + 1 < s.count, ok(s[q + 1]) { q += 2; continue }
-            break
-        }
-        return q
-    }
-
-    mutating func lexToken(_ p: Int, _ stack: inout [Unicode.Scalar]) throws(LKError) -> Int {
-        let c = s[p]
-        let l = loc(p)
-        if isDigit(c) {
-            // Prefixed integers.
-            if c == "0", p + 1 < s.count {
-                let x = s[p + 1]
-                let radix: Int? = (x == "x" || x == "X") ? 16 : (x == "o" || x == "O") ? 8 : (x == "b" || x == "B") ? 2 : nil
-                if let r = radix {
-                    var q = p + 2
-                    var digits = ""
-                    while q < s.count {
-                        if s[q] == "_" { q += 1; continue }
-                        guard let d = Int(String(Character(s[q])), radix: r) else { break }
-                        _ = d
-                        digits.unicodeScalars.append(s[q])
-                        q += 1
-                    }
-                    guard !digits.isEmpty, let v = Int(digits, radix: r) else { throw fail("invalid integer literal", p) }
-                    tokens.append(JToken(kind: .int, int: v, loc: l))
-                    return q
-                }
-            }
-            var q = scanDigits(p, isDigit)
-            var isFloat = false
-            let afterDot = p > 0 && s[p - 1] == "."
-            if !afterDot {
-                if q + 1 < s.count, s[q] == ".", isDigit(s[q + 1]) {
-                    q = scanDigits(q + 1, isDigit)
-                    isFloat = true
-                }
-                if q < s.count, s[q] == "e" || s[q] == "E" {
-                    var e = q + 1
-                    if e < s.count, s[e] == "+" || s[e] == "-" { e += 1 }
-                    let d = scanDigits(e, isDigit)
-                    if d > e { q = d; isFloat = true }
-                }
-            }
-            let text = String(jString(s[p..<q]).filter { $0 != "_" })
-            if isFloat {
-                guard let v = Double(text) else { throw fail("invalid float literal", p) }
-                tokens.append(JToken(kind: .float, float: v, loc: l))
-            } else {
-                guard let v = Int(text) else { throw fail("integer literal too large", p) }
-                tokens.append(JToken(kind: .int, int: v, loc: l))
-            }
-            return q
-        }
-        if isNameStart(c) {
-            var q = p + 1
-            while q < s.count, isNameChar(s[q]) { q += 1 }
-            tokens.append(JToken(kind: .name, text: jString(s[p..<q]), loc: l))
-            return q
-        }
-        if c == "'" || c == "\"" {
-            var q = p + 1
-            while q < s.count, s[q] != c {
-                if s[q] == "\\" { q += 1 }
-                q += 1
-            }
-            guard q < s.count else { throw fail("unterminated string literal", p) }
-            let value = try unescape(p + 1, q)
-            tokens.append(JToken(kind: .string, text: value, loc: l))
-            return q + 1
-        }
-        for op in ["//", "**", "==", "!=", ">=", "<="] where at(p, op) {
-            tokens.append(JToken(kind: .op, text: op, loc: l))
-            return p + 2
-        }
-        switch c {
-        case "+", "-", "/", "*", "%", "~", ">", "<", "=", ".", ":", "|", ",", ";":
-            break
-        case "(": stack.append(")")
-        case "[": stack.append("]")
-        case "{": stack.append("}")
-        case ")", "]", "}":
-            guard let expected = stack.popLast() else { throw fail("unexpected '\(c)'", p) }
-            guard expected == c else { throw fail("unexpected '\(c)', expected '\(expected)'", p) }
-        default:
-            throw fail("unexpected character '\(c.escaped(asASCII: false))'", p)
-        }
-        tokens.append(JToken(kind: .op, text: String(Character(c)), loc: l))
-        return p + 1
-    }
-
-    /// Decodes a string literal body as Python's `unicode-escape` codec does (what jinja applies).
-    func unescape(_ start: Int, _ end: Int) throws(LKError) -> String {
-        var out = ""
-        var i = start
-        func hex(_ n: Int) throws(LKError) -> Unicode.Scalar {
-            guard i + n <= end else { throw fail("truncated \\x/\\u escape in string literal", i) }
-            var v: UInt32 = 0
-            for k in 0..<n {
-                guard let d = Int(String(Character(s[i + k])), radix: 16) else {
-                    throw fail("invalid \\x/\\u escape in string literal", i)
-                }
-                v = v * 16 + UInt32(d)
-            }
-            i += n
-            guard let sc = Unicode.Scalar(v) else { throw fail("invalid code point in string literal", i) }
-            return sc
-        }
-        while i < end {
-            let c = s[i]
-            if c != "\\" || i + 1 >= end {
-                out.unicodeScalars.append(c)
-                i += 1
-                continue
-            }
-            let e = s[i + 1]
-            i += 2
-            switch e {
-            case "\n": break
-            case "\\": out.unicodeScalars.append("\\")
-            case "'": out.unicodeScalars.append("'")
-            case "\"": out.unicodeScalars.append("\"")
-            case "a": out.unicodeScalars.append("\u{07}")
-            case "b": out.unicodeScalars.append("\u{08}")
-            case "f": out.unicodeScalars.append("\u{0C}")
-            case "n": out.unicodeScalars.append("\n")
-            case "r": out.unicodeScalars.append("\r")
-            case "t": out.unicodeScalars.append("\t")
-            case "v": out.unicodeScalars.append("\u{0B}")
-            case "x": out.unicodeScalars.append(try hex(2))
-            case "u": out.unicodeScalars.append(try hex(4))
-            case "U": out.unicodeScalars.append(try hex(8))
-            case "0"..."7":
-                var v = e.value - 0x30
-                var n = 1
-                while n < 3, i < end, s[i].value >= 0x30, s[i].value <= 0x37 {
-                    v = v * 8 + (s[i].value - 0x30)
-                    i += 1
-                    n += 1
-                }
-                out.unicodeScalars.append(Unicode.Scalar(v)!)
-            default:
-                out.unicodeScalars.append("\\")
-                out.unicodeScalars.append(e)
-            }
-        }
-        return out
-    }
-}
-
-// MARK: - Parser
 
 struct JinjaParser {
     var toks: [JToken]
@@ -774,10 +272,12 @@ struct JinjaParser {
     }
 
     mutating func parseExpression() throws(LKError) -> JExpr {
+        let base = depth
+        defer { depth = base }
         try enter(cur.loc)
-        defer { depth -= 1 }
         var e = try parseOr()
         while isName("if") {
+            try enter(cur.loc)
             _ = advance()
             let test = try parseOr()
             var otherwise: JExpr? = nil
@@ -791,8 +291,11 @@ struct JinjaParser {
     }
 
     mutating func parseOr() throws(LKError) -> JExpr {
+        let base = depth
+        defer { depth = base }
         var l = try parseAnd()
         while isName("or") {
+            try enter(cur.loc)
             _ = advance()
             let r = try parseAnd()
             l = JExpr(kind: .or(l, r), loc: l.loc)
@@ -801,8 +304,11 @@ struct JinjaParser {
     }
 
     mutating func parseAnd() throws(LKError) -> JExpr {
+        let base = depth
+        defer { depth = base }
         var l = try parseNot()
         while isName("and") {
+            try enter(cur.loc)
             _ = advance()
             let r = try parseNot()
             l = JExpr(kind: .and(l, r), loc: l.loc)
@@ -842,8 +348,11 @@ struct JinjaParser {
     }
 
     mutating func parseMath1() throws(LKError) -> JExpr {
+        let base = depth
+        defer { depth = base }
         var l = try parseConcat()
         while cur.kind == .op, cur.text == "+" || cur.text == "-" {
+            try enter(cur.loc)
             let op = JBinOp(rawValue: advance().text)!
             let r = try parseConcat()
             l = JExpr(kind: .binary(op, l, r), loc: l.loc)
@@ -861,8 +370,11 @@ struct JinjaParser {
     }
 
     mutating func parseMath2() throws(LKError) -> JExpr {
+        let base = depth
+        defer { depth = base }
         var l = try parsePow()
         while cur.kind == .op, ["*", "/", "//", "%"].contains(cur.text) {
+            try enter(cur.loc)
             let op = JBinOp(rawValue: advance().text)!
             let r = try parsePow()
             l = JExpr(kind: .binary(op, l, r), loc: l.loc)
@@ -871,8 +383,11 @@ struct JinjaParser {
     }
 
     mutating func parsePow() throws(LKError) -> JExpr {
+        let base = depth
+        defer { depth = base }
         var l = try parseUnary()
         while isOp("**") {
+            try enter(cur.loc)
             _ = advance()
             let r = try parseUnary()
             l = JExpr(kind: .binary(.pow, l, r), loc: l.loc)
@@ -881,8 +396,9 @@ struct JinjaParser {
     }
 
     mutating func parseUnary(withFilter: Bool = true) throws(LKError) -> JExpr {
+        let base = depth
+        defer { depth = base }
         try enter(cur.loc)
-        defer { depth -= 1 }
         var node: JExpr
         if isOp("-") {
             let loc = advance().loc
@@ -953,8 +469,11 @@ struct JinjaParser {
     }
 
     mutating func parsePostfix(_ node: JExpr) throws(LKError) -> JExpr {
+        let base = depth
+        defer { depth = base }
         var node = node
         while true {
+            if isOp(".") || isOp("[") || isOp("(") { try enter(cur.loc) }
             if isOp(".") {
                 _ = advance()
                 let t = advance()
@@ -1062,8 +581,11 @@ struct JinjaParser {
     }
 
     mutating func parseFilterExpr(_ node: JExpr) throws(LKError) -> JExpr {
+        let base = depth
+        defer { depth = base }
         var node = node
         while true {
+            if isOp("|") || isName("is") || isOp("(") { try enter(cur.loc) }
             if isOp("|") {
                 _ = advance()
                 let f = try parseFilterCall()
