@@ -290,16 +290,10 @@ public final class LoRAServer: Sendable {
     }
 }
 
-/// The model's chat template applied to `messages`, with a generation prompt (as `lorakit generate --chat`).
+/// The model's chat template applied to `messages`, with a generation prompt, as `lorakit generate --chat`
+/// (`LlamaModel.applyChatTemplate`: parsed once, under the model's template limits).
 func renderChat(_ m: LlamaModel, _ msgs: [ChatMessage]) throws(LKError) -> String {
-    guard let src = m.chatTemplate else { throw .unsupported("\(m.source): the model has no chat template") }
-    let tpl = try ChatTemplate(src)
-    var extra: [String: TemplateValue] = [:]
-    if let tok = m.tokenizer {
-        if let b = tok.bos, let s = tok.token(b) { extra["bos_token"] = .string(s) }
-        if let e = tok.eos, let s = tok.token(e) { extra["eos_token"] = .string(s) }
-    }
-    return try tpl.render(messages: msgs, addGenerationPrompt: true, extra: extra)
+    try m.applyChatTemplate(messages: msgs, addGenerationPrompt: true)
 }
 
 func randomID() -> String {
