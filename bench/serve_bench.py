@@ -10,11 +10,12 @@ adapters, the same threads and as many sequence slots as clients. Every request 
 /v1/completions call, greedy, `ignore_eos` with a fixed `max_tokens`, naming one of the 8 adapters (lorakit:
 `"model": "<adapter>"`; llama-server: per-request `"lora": [{"id": i, "scale": 1}]`, the others at scale 0).
 
-Per server: first every request alone, one after the other (the reference texts), then the measured run: K
-client threads send the M requests, each thread one at a time, with the same client code (http.client,
-server-sent events). Reported: aggregate completion tokens/s (all tokens / wall time from the first send to
-the last end), time to first token p50/p99, lost requests (HTTP error, no [DONE], wrong token count) and
-responses that differ from the same request alone.
+Both servers run side by side. First every request alone on each, one after the other (the reference
+texts); then --rounds measured rounds, alternating between the servers: K client threads send the M requests,
+each thread one at a time, with the same client code (http.client, server-sent events). Reported per server,
+for the median round by tokens/s: aggregate completion tokens/s (all tokens / wall time from the first send
+to the last end), time to first token p50/p99; over all rounds: lost requests (HTTP error, no [DONE], a
+finish other than `length`) and responses that differ from the same request alone.
 
 The peer (--peer auto) is built once under /tmp (never committed): llama.cpp's source as vendored by the
 llama-cpp-python sdist from PyPI (the version installed here, else the newest), cmake from PyPI, target
@@ -197,12 +198,13 @@ def percentile(xs, p):
     return xs[f] if f + 1 >= len(xs) else xs[f] + (xs[f + 1] - xs[f]) * (k - f)
 
 
-def run_load(port, bodies, clients):
-    """Every request alone (reference), then all of them from `clients` threads. Returns the figures."""
-    alone = []
-    for b in bodies:
-        text, _, _, err = stream_request(port, b)
-        alone.append((text, err))
+def reference(port, bodies):
+    """Every request alone, one after the other: [(text, error)]."""
+    return [stream_request(port, b)[::3] for b in bodies]
+
+
+def run_load(port, bodies, clients, alone):
+    """All requests from `clients` threads (each sends its next request when the previous one ended)."""
     results = [None] * len(bodies)
     nxt = [0]
     lock = threading.Lock()
@@ -237,6 +239,16 @@ def run_load(port, bodies, clients):
     }
 
 
+def summarize(runs):
+    """The median round by tokens/s, with every round's tokens/s and the totals of lost / differing responses."""
+    med = dict(sorted(runs, key=lambda r: r["tokens_per_s"])[len(runs) // 2])
+    med["rounds_tokens_per_s"] = [round(r["tokens_per_s"], 1) for r in runs]
+    med["lost"] = sum(r["lost"] for r in runs)
+    med["differ_from_alone"] = sum(r["differ_from_alone"] for r in runs)
+    med["responses_checked"] = sum(r["requests"] for r in runs)
+    return med
+
+
 # ------------------------------------------------------------------------------------------------------
 
 def make_adapters(model, cli, out):
@@ -268,6 +280,7 @@ def main():
     ap.add_argument("--ctx", type=int, default=512, help="positions per sequence (slot)")
     ap.add_argument("--engine", default="batch", help="lorakit serve --engine")
     ap.add_argument("--peer", default="auto", help="auto (build llama-server under /tmp), none, or a llama-server path")
+    ap.add_argument("--rounds", type=int, default=3, help="measured rounds per server, alternating")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
 
@@ -281,45 +294,55 @@ def main():
     out = {"model": Path(a.model).name, "threads": a.threads, "clients": a.clients, "requests": a.requests,
            "max_tokens": a.max_tokens, "cpu_count": os.cpu_count()}
 
-    # LoRAKit
-    port = free_port()
-    args = [a.cli, "serve", "--model", a.model, "--port", str(port), "--threads", str(a.threads), "--max-sequences",
-            str(a.clients), "--ctx", str(a.ctx), "--engine", a.engine, "--max-queue", str(4 * a.requests)]
-    for i, p in enumerate(peft):
-        args += ["--adapter", f"a{i}={p}"]
-    srv = Proc(args, "/health", port)
+    # Both servers stay up; the measured rounds alternate (LoRAKit, then llama-server), so that the load of
+    # other processes on the machine hits both alike.
+    servers = {}
     try:
-        ours = [dict(b, model=f"a{b['adapter']}") for b in bodies]
-        for b in ours:
-            del b["adapter"]
-        out["lorakit"] = run_load(port, ours, a.clients)
-        out["lorakit"]["engine"] = a.engine
-    finally:
-        srv.stop()
-    log("lorakit:", json.dumps(out["lorakit"]))
-
-    # llama-server
-    peer, why = (None, "--peer none") if a.peer == "none" else (Path(a.peer), None) if a.peer != "auto" else build_llama_server()
-    if peer is None:
-        out["llama_server"] = {"skipped": why}
-    else:
         port = free_port()
-        args = [str(peer), "-m", a.model, "--host", "127.0.0.1", "--port", str(port), "-t", str(a.threads), "-tb",
-                str(a.threads), "-np", str(a.clients), "-c", str(a.ctx * a.clients), "--lora-init-without-apply"]
-        for g in gguf:
-            args += ["--lora", str(g)]
-        srv = Proc(args, "/health", port)
-        try:
+        args = [a.cli, "serve", "--model", a.model, "--port", str(port), "--threads", str(a.threads), "--max-sequences",
+                str(a.clients), "--ctx", str(a.ctx), "--engine", a.engine, "--max-queue", str(4 * a.requests)]
+        for i, p in enumerate(peft):
+            args += ["--adapter", f"a{i}={p}"]
+        ours = []
+        for b in bodies:
+            t = dict(b, model=f"a{b['adapter']}")
+            del t["adapter"]
+            ours.append(t)
+        servers["lorakit"] = (Proc(args, "/health", port), ours)
+
+        peer, why = ((None, "--peer none") if a.peer == "none" else (Path(a.peer), None) if a.peer != "auto"
+                     else build_llama_server())
+        if peer is None:
+            out["llama_server"] = {"skipped": why}
+        else:
+            port = free_port()
+            args = [str(peer), "-m", a.model, "--host", "127.0.0.1", "--port", str(port), "-t", str(a.threads), "-tb",
+                    str(a.threads), "-np", str(a.clients), "-c", str(a.ctx * a.clients), "--lora-init-without-apply"]
+            for g in gguf:
+                args += ["--lora", str(g)]
             theirs = []
             for b in bodies:
                 t = dict(b, model="base", lora=[{"id": i, "scale": 1.0 if i == b["adapter"] else 0.0} for i in range(8)])
                 del t["adapter"]
                 theirs.append(t)
-            out["llama_server"] = run_load(port, theirs, a.clients)
-            out["llama_server"]["binary"] = str(peer)
-        finally:
-            srv.stop()
-        log("llama-server:", json.dumps(out["llama_server"]))
+            servers["llama_server"] = (Proc(args, "/health", port), theirs)
+            out["llama_server_binary"] = str(peer)
+        alone = {}
+        for name, (proc, reqs) in servers.items():
+            log(f"{name}: {len(reqs)} requests alone (reference)")
+            alone[name] = reference(proc.port, reqs)
+        runs = {name: [] for name in servers}
+        for r in range(a.rounds):
+            for name, (proc, reqs) in servers.items():
+                runs[name].append(run_load(proc.port, reqs, a.clients, alone[name]))
+                log(f"round {r + 1} {name}: {runs[name][-1]['tokens_per_s']:.1f} tokens/s, "
+                    f"TTFT p50 {1000 * runs[name][-1]['ttft_p50_s']:.0f} ms")
+        for name in servers:
+            out[name] = summarize(runs[name])
+        out["lorakit"]["engine"] = a.engine
+    finally:
+        for proc, _ in servers.values():
+            proc.stop()
     out["loadavg_before"] = load_before
     out["loadavg_after"] = os.getloadavg()
     shutil.rmtree(tmp, ignore_errors=True)
@@ -333,8 +356,10 @@ def main():
             if "skipped" in r or not r:
                 print(f"| {name} | skipped: {r.get('skipped')} | | | | | | |")
                 continue
-            print(f"| {name} | {r['requests']} × {a.max_tokens} | {r['clients']} | {r['tokens_per_s']:.1f} | "
-                  f"{1000 * r['ttft_p50_s']:.0f} | {1000 * r['ttft_p99_s']:.0f} | {r['lost']} | {r['differ_from_alone']} |")
+            print(f"| {name} | {r['requests']} × {a.max_tokens} | {r['clients']} | {r['tokens_per_s']:.1f} "
+                  f"({', '.join(map(str, r['rounds_tokens_per_s']))}) | {1000 * r['ttft_p50_s']:.0f} | "
+                  f"{1000 * r['ttft_p99_s']:.0f} | {r['lost']} / {r['responses_checked']} | "
+                  f"{r['differ_from_alone']} / {r['responses_checked']} |")
         print(f"load average before {load_before[0]:.2f}, after {out['loadavg_after'][0]:.2f}")
 
 
