@@ -60,7 +60,9 @@ class Server:
             found.set()
         threading.Thread(target=drain, daemon=True).start()
         found.wait(60)
-        assert self.port is not None, f"server did not start (exit {self.proc.poll()}): {''.join(self.log)}"
+        if self.port is None:
+            self.stop()
+            raise AssertionError(f"server did not start (exit {self.proc.poll()}): {''.join(self.log)}")
 
     def client(self, key=KEY, **kw):
         return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=key, max_retries=0, timeout=120, **kw)
