@@ -328,9 +328,12 @@ def main():
             servers["llama_server"] = (Proc(args, "/health", port), theirs)
             out["llama_server_binary"] = str(peer)
         alone = {}
+        alone_speed = {}
         for name, (proc, reqs) in servers.items():
             log(f"{name}: {len(reqs)} requests alone (reference)")
+            t0 = time.perf_counter()
             alone[name] = reference(proc.port, reqs)
+            alone_speed[name] = sum(b["max_tokens"] for b in reqs) / (time.perf_counter() - t0)
         runs = {name: [] for name in servers}
         for r in range(a.rounds):
             for name, (proc, reqs) in servers.items():
@@ -339,6 +342,8 @@ def main():
                     f"TTFT p50 {1000 * runs[name][-1]['ttft_p50_s']:.0f} ms")
         for name in servers:
             out[name] = summarize(runs[name])
+            # One request at a time (the reference pass): the server's speed without concurrency.
+            out[name]["alone_tokens_per_s"] = alone_speed[name]
         out["lorakit"]["engine"] = a.engine
     finally:
         for proc, _ in servers.values():
@@ -349,8 +354,9 @@ def main():
     if a.json:
         print(json.dumps(out, indent=1))
     else:
-        print("| server | requests × tokens | clients | tokens/s | TTFT p50 ms | TTFT p99 ms | lost | differ from alone |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("| server | requests × tokens | clients | tokens/s (rounds) | TTFT p50 ms | TTFT p99 ms | lost | differ from alone "
+              "| one request at a time: tokens/s |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for name in ("lorakit", "llama_server"):
             r = out.get(name, {})
             if "skipped" in r or not r:
@@ -359,7 +365,7 @@ def main():
             print(f"| {name} | {r['requests']} × {a.max_tokens} | {r['clients']} | {r['tokens_per_s']:.1f} "
                   f"({', '.join(map(str, r['rounds_tokens_per_s']))}) | {1000 * r['ttft_p50_s']:.0f} | "
                   f"{1000 * r['ttft_p99_s']:.0f} | {r['lost']} / {r['responses_checked']} | "
-                  f"{r['differ_from_alone']} / {r['responses_checked']} |")
+                  f"{r['differ_from_alone']} / {r['responses_checked']} | {r['alone_tokens_per_s']:.1f} |")
         print(f"load average before {load_before[0]:.2f}, after {out['loadavg_after'][0]:.2f}")
 
 
