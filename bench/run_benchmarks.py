@@ -14,6 +14,8 @@ Each section measures one thing and owns one block of BENCHMARKS.md between
   adapters  decode/prefill speed with unmerged LoRA adapters attached relative to none, measured in one
          process with base and adapted decode steps interleaved (`lorakit-cli bench generate
          --compare-adapters`), at 1 and 2 threads, plus attach/detach/swap times.
+  batch     issue 13: a BatchContext decoding 8 sequences with 8 different r=8 q,v adapters vs one sequence
+            with one adapter and 8 sequences without (`lorakit bench batch`), and batch vs single prefill.
   train     LoRA training steps (4 × 128 tokens, r=8 q,v) vs PEFT + PyTorch (bench/peft_train.py):
             tokens/s and peak RSS. Threads from LORAKIT_BENCH_TRAIN_THREADS (default "1,2"), timed
             steps from LORAKIT_BENCH_TRAIN_STEPS (default 5), runs per side from
@@ -617,7 +619,50 @@ def section_train(cli: str, seconds: float, command: str) -> str:
     return "\n".join(lines)
 
 
-SECTIONS = {"gemm": section_gemm, "generate": section_generate, "adapters": section_adapters, "train": section_train}
+BATCH_THREADS = [1, 2]
+BATCH_ARGS = ["--sequences", "8", "--rank", "8", "--targets", "q,v", "--prompt", "64", "--decode", "32", "--rounds", "7"]
+
+
+def section_batch(cli: str, seconds: float, command: str) -> str:
+    """Issue 13: a BatchContext decoding 8 sequences, each with its own r=8 q,v adapter, against one
+    sequence with one adapter (LlamaContext) and 8 sequences without adapters; batch prefill against a
+    single-sequence prefill. One process per thread count, cases interleaved per round, medians
+    (`lorakit bench batch`)."""
+    model = model_path()
+    lines = ["### Batch contexts: many sequences, a different adapter each (issue 13)", ""]
+    lines += [f"- Date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC",
+              f"- CPU: {cpu_model()}; {load_note()}"]
+    if not model:
+        return "\n".join(lines + ["", "n/a: the model could not be fetched"])
+    lines += [f"- Model: `{Path(model).name}`; `lorakit bench batch {' '.join(BATCH_ARGS)} --threads T`",
+              "- Cases, interleaved in every round (rotating order), medians over rounds: (a) 1 sequence with 1 "
+              "random r=8 q,v adapter on a LlamaContext (today's path); (b) 8 sequences, no adapter, one "
+              "BatchContext step per token; (c) 8 sequences, each its own r=8 q,v adapter. Decode: 32 greedy "
+              "steps after a 64-token prompt, aggregate tokens/s = sequences · steps / seconds. Prefill: one "
+              "64-token prompt on a LlamaContext vs 8 × 64 tokens in one BatchContext step.",
+              f"- Command: `{command}`", "",
+              "| threads | (a) 1 seq + adapter tok/s | (b) 8 seq, none tok/s | (c) 8 seq, own adapters tok/s | "
+              "(c)/(a) | (c)/(b) | prefill single tok/s | prefill batch tok/s | batch/single |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    notes = []
+    for t in BATCH_THREADS:
+        out, err = run_cli(cli, ["bench", "batch", "--model", model, "--threads", str(t), "--json"] + BATCH_ARGS)
+        if out is None:
+            lines.append(f"| {t} | n/a | | | | | | | |")
+            notes.append(f"{t} threads: {err}")
+            continue
+        lines.append(f"| {t} | {fmt(out['decode_single_adapter_tokens_per_s'])} | "
+                     f"{fmt(out['decode_batch_no_adapter_tokens_per_s'])} | "
+                     f"{fmt(out['decode_batch_own_adapters_tokens_per_s'])} | {out['ratio_c_over_a']:.2f} | "
+                     f"{out['ratio_c_over_b']:.2f} | {fmt(out['prefill_single_tokens_per_s'])} | "
+                     f"{fmt(out['prefill_batch_tokens_per_s'])} | {out['ratio_prefill_batch_over_single']:.2f} |")
+    for n in notes:
+        lines += ["", "Note: " + n]
+    return "\n".join(lines)
+
+
+SECTIONS = {"gemm": section_gemm, "generate": section_generate, "adapters": section_adapters, "train": section_train,
+            "batch": section_batch}
 
 # --------------------------------------------------------------------------------------------------
 # BENCHMARKS.md

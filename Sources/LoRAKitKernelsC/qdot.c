@@ -397,10 +397,9 @@ LK_T512 static inline float finish_256(const int type, __m256 acc, __m128 bias) 
  * [A.f(4) B.f(4)]. y[j·ldy + r] for x row j < nx. */
 LK_T512 static inline __attribute__((always_inline)) void multi_t(
     const int type, const int wide, const uint8_t *w, size_t rs, int64_t n_rows, int64_t nb, const int8_t *xi,
-    const float *xfi, int64_t nx, float *y, int64_t ldy) {
+    const float *xfi, const int npx, int64_t nx, float *y, int64_t ldy) {
     const size_t bb = type == 0 ? 34 : (type == 1 ? 18 : 20);
     const int64_t np = nb / 2, npp = (nb + 1) / 2, s2 = wide ? 256 : 128;
-    const int64_t npx = (nx + 1) / 2;
     const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     for (int64_t r = 0; r < n_rows; r++) {
@@ -438,7 +437,7 @@ LK_T512 static inline __attribute__((always_inline)) void multi_t(
             if (type != 2) h = _mm_shufflelo_epi16(h, _MM_SHUFFLE(2, 2, 0, 0));
             __m128 c = _mm_cvtph_ps(h);
             __m256 c2 = _mm256_insertf128_ps(_mm256_castps128_ps256(c), c, 1);
-            for (int64_t j = 0; j < npx; j++) {
+            for (int j = 0; j < npx; j++) {
                 const int8_t *xp = xi + (j * npp + p) * s2;
                 __m512i xh0 = _mm512_loadu_si512((const void *)xp), xh1 = _mm512_loadu_si512((const void *)(xp + 64));
                 const __m512i zero = _mm512_setzero_si512();
@@ -466,7 +465,7 @@ LK_T512 static inline __attribute__((always_inline)) void multi_t(
                 if (type != 0) bias[j] = _mm256_add_ps(bias[j], pp);
             }
         }
-        for (int64_t j = 0; j < npx; j++) {
+        for (int j = 0; j < npx; j++) {
             y[(2 * j) * ldy + r] = finish_256(type, _mm512_castps512_ps256(acc[j]), _mm256_castps256_ps128(bias[j]));
             if (2 * j + 1 < nx)
                 y[(2 * j + 1) * ldy + r] = finish_256(type, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[j]), 1)), _mm256_extractf128_ps(bias[j], 1));
@@ -474,17 +473,28 @@ LK_T512 static inline __attribute__((always_inline)) void multi_t(
     }
 }
 
+/* `type`, `wide` and the number of x-row pairs are constants in each variant, so the loops over the
+ * pairs unroll and the accumulators stay in registers. */
+#define LK_MULTI_NPX(T, W)                                                                            \
+    switch (npx) {                                                                                    \
+    case 1: multi_t(T, W, w, rs, n_rows, nb, xi, xfi, 1, nx, y, ldy); break;                          \
+    case 2: multi_t(T, W, w, rs, n_rows, nb, xi, xfi, 2, nx, y, ldy); break;                          \
+    case 3: multi_t(T, W, w, rs, n_rows, nb, xi, xfi, 3, nx, y, ldy); break;                          \
+    default: multi_t(T, W, w, rs, n_rows, nb, xi, xfi, 4, nx, y, ldy); break;                         \
+    }
 LK_T512 static void multi_512(int32_t wide, int32_t type, const uint8_t *w, size_t rs, int64_t n_rows, int64_t nb,
                               const int8_t *xi, const float *xfi, int64_t nx, float *y, int64_t ldy) {
+    const int npx = (int)((nx + 1) / 2);
     switch (type * 2 + wide) {
-    case 0: multi_t(0, 0, w, rs, n_rows, nb, xi, xfi, nx, y, ldy); break;
-    case 1: multi_t(0, 1, w, rs, n_rows, nb, xi, xfi, nx, y, ldy); break;
-    case 2: multi_t(1, 0, w, rs, n_rows, nb, xi, xfi, nx, y, ldy); break;
-    case 3: multi_t(1, 1, w, rs, n_rows, nb, xi, xfi, nx, y, ldy); break;
-    case 4: multi_t(2, 0, w, rs, n_rows, nb, xi, xfi, nx, y, ldy); break;
-    default: multi_t(2, 1, w, rs, n_rows, nb, xi, xfi, nx, y, ldy); break;
+    case 0: LK_MULTI_NPX(0, 0) break;
+    case 1: LK_MULTI_NPX(0, 1) break;
+    case 2: LK_MULTI_NPX(1, 0) break;
+    case 3: LK_MULTI_NPX(1, 1) break;
+    case 4: LK_MULTI_NPX(2, 0) break;
+    default: LK_MULTI_NPX(2, 1) break;
     }
 }
+#undef LK_MULTI_NPX
 #endif
 
 int32_t lk_qdot_multi_supported(int32_t path) {
