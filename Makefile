@@ -35,8 +35,11 @@ build:
 
 test: build model test-plugins test-swift test-c test-python test-abi test-kill-short
 
+# Stale .so files are deleted first: the library searches this folder, and a leftover (e.g. a bad_*.so test
+# plugin from an old checkout) once shadowed the real ia3 plugin.
 plugins:
 	mkdir -p $(PLUGIN_DIR)
+	rm -f $(PLUGIN_DIR)/*.so
 	$(CC) $(PLUGIN_CFLAGS) -o $(PLUGIN_DIR)/ia3.so examples/plugins/ia3/ia3.c -lm
 	swift build -c release --package-path examples/plugins/dora
 	cp "$$(swift build -c release --package-path examples/plugins/dora --show-bin-path)/liblorakit-dora.so" $(PLUGIN_DIR)/dora.so

@@ -462,13 +462,27 @@ typedef struct lk_lora_params {
                               LK_LORA_INIT_GAUSSIAN (A ~ N(0, 1/rank), B = 0), LK_LORA_INIT_RANDOM (A and B
                               both random, ΔW != 0: for tests) */
     uint64_t seed;         /* random seed; default 0 */
+    /* Added after the first version (a struct_size that ends before them: their defaults apply). */
+    const char *adapter_type;   /* NULL (default): a LoRA adapter. Else the name of a plugin adapter type
+                                   ("ia3", "dora", ...: a loaded plugin's, else one on the search path; an
+                                   unknown name is LK_ERR_INVALID_ARGUMENT listing the loaded types): a new
+                                   adapter of that type on targets (every layer), with rank, alpha and
+                                   use_rslora as PEFT's r, lora_alpha, use_rslora for a LORA-based type (DoRA),
+                                   parameters from the type's own initialisation and seed; init must be
+                                   LK_LORA_INIT_PEFT and dropout 0. Borrowed for the call. */
+    const char *adapter_config; /* NULL (default), or a JSON object of PEFT config fields for adapter_type,
+                                   set over those derived from the fields above (e.g. {"target_modules":
+                                   ["k_proj", "v_proj", "down_proj"], "feedforward_modules": ["down_proj"]},
+                                   {"layers_to_transform": [0, 1]}); IA3 without feedforward_modules gets PEFT's
+                                   LLaMA default (down_proj when targeted). Borrowed for the call. */
 } lk_lora_params;
 
 LK_API void lk_lora_params_init_sized(lk_lora_params *p, size_t size);
 LK_API void lk_lora_params_init(lk_lora_params *p);
 #define lk_lora_params_init(p) lk_lora_params_init_sized((p), sizeof(lk_lora_params))
 
-/* A new adapter for `model` (every layer, the target modules). params may be NULL for defaults.
+/* A new adapter for `model` (every layer, the target modules). params may be NULL for defaults. With
+ * params->adapter_type set, an adapter of that plugin type (saved as LK_ADAPTER_PEFT only).
  * Errors: LK_ERR_INVALID_ARGUMENT naming the field. Ownership as lk_adapter_load. */
 LK_API lk_status lk_adapter_create(lk_model *model, const lk_lora_params *params, lk_adapter **out);
 
@@ -682,6 +696,14 @@ typedef struct lk_train_params {
                                       without training data (train_path NULL): AdamW updates it, zero_grad
                                       zeroes its gradients, checkpoints hold it (projector.gguf) and resume
                                       restores it. The trainer keeps it alive. */
+    const char *adapter_type;      /* NULL (default): train LoRA. Else a plugin adapter type ("ia3", "dora", ...)
+                                      trained the same way (AdamW, schedules, accumulation, checkpoints, exact
+                                      resume): a new adapter as lk_lora_params.adapter_type describes (targets,
+                                      layers, rank, alpha, use_rslora, seed), or init_adapter when it is a PEFT
+                                      folder of a plugin type (adapter_type NULL or its name). dropout must be 0,
+                                      init LK_LORA_INIT_PEFT, format LK_ADAPTER_PEFT; lk_trainer_adapter returns
+                                      an adapter of the type. */
+    const char *adapter_config;    /* as lk_lora_params.adapter_config (needs adapter_type) */
 } lk_train_params;
 
 /* Fill *p with defaults (and struct_size): see "Params structs" above. The function named

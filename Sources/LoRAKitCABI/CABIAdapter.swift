@@ -111,6 +111,13 @@ public func lk_adapter_create(_ model: OpaquePointer?, _ params: UnsafePointer<l
         let box = try modelArg(model)
         let p = try lk_lora_params.read(params)
         let config = try loraConfig(rank: p.rank, alpha: p.alpha, useRSLoRA: p.use_rslora, targets: p.targets, dropout: p.dropout)
+        let extra = try adapterConfigArg(p.adapter_config)
+        if let type = try adapterTypeArg(p.adapter_type) {  // a plugin adapter type (CABIPlugin.swift)
+            let a = try createPluginAdapter(box.model, type: type, config: config, initialization: p.`init`,
+                                            adapterConfig: extra, seed: p.seed)
+            return Handles.shared.give(AdapterBox(plugin: a, box), kind: .adapter, to: o)
+        }
+        guard extra == nil else { throw invalid("params->adapter_config is set but params->adapter_type is NULL (the fields are for a plugin adapter type)") }
         let a = try LoRAAdapter.create(for: box.model, config: config,
                                        initialization: try loraInitialization(p.`init`, seed: p.seed), seed: p.seed)
         return giveAdapter(a, box, o)

@@ -67,6 +67,8 @@ func trainingOptions(_ params: UnsafePointer<lk_train_params>?) throws -> Traini
     o.resume = try optionalPath(p.resume_dir, "params->resume_dir")
     o.initAdapter = try optionalPath(p.init_adapter, "params->init_adapter")
     o.logPath = try optionalPath(p.log_path, "params->log_path")
+    o.adapterType = try adapterTypeArg(p.adapter_type)
+    o.adapterConfig = try adapterConfigArg(p.adapter_config)
     return o
 }
 
@@ -191,8 +193,11 @@ public func lk_trainer_save_checkpoint(_ trainer: OpaquePointer?) -> Int32 {
 public func lk_trainer_adapter(_ trainer: OpaquePointer?, _ out: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
     guarded("lk_trainer_adapter") {
         let o = try requirePointer(out, "out")
-        let (a, m) = try withTrainer(trainer, "lk_trainer_adapter") { box in (try box.session.adapter(), box.modelBox) }
-        return giveAdapter(a, m, o)
+        let (a, m) = try withTrainer(trainer, "lk_trainer_adapter") { box in (try box.session.trainedAdapter(), box.modelBox) }
+        switch a {
+        case .lora(let l): return giveAdapter(l, m, o)
+        case .plugin(let p): return Handles.shared.give(AdapterBox(plugin: p, m), kind: .adapter, to: o)
+        }
     }
 }
 

@@ -114,6 +114,11 @@ struct BenchGenerate: ParsableCommand {
     @Option(help: "Targets of the random adapters (e.g. q,v or all-linear).") var loraTargets: String = "q,v"
     @Flag(help: "Measure the base model and the adapted one interleaved in this process and report per-round speed ratios (needs --lora-adapters ≥ 1).")
     var compareAdapters = false
+    @Option(help: "Type of the measured adapters: lora, or a plugin adapter type (ia3, dora, …; rank and targets as for LoRA).")
+    var adapterType: String = "lora"
+    @Flag(help: "With --compare-adapters: the base side has one r=--lora-rank LoRA on the same targets attached (a plugin type vs LoRA).")
+    var baselineLora = false
+    @OptionGroup var plugins: PluginOption
     @Option(help: "Rounds (prompt + decode steps, each measured base and adapted) with --compare-adapters.")
     var rounds: Int = 8
     @Flag(help: "Print JSON.") var json = false
@@ -126,17 +131,22 @@ struct BenchGenerate: ParsableCommand {
             if compareAdapters && (loraAdapters < 1 || genTokens < 1) {
                 throw LKError.invalidArgument("--compare-adapters needs --lora-adapters 1 or more and --gen-tokens 1 or more")
             }
+            if baselineLora && !compareAdapters { throw LKError.invalidArgument("--baseline-lora needs --compare-adapters") }
+            try plugins.load()
             let m = try loadModel(model)
             let ctx = try LlamaContext(model: m, maxPositions: promptTokens + genTokens + 1, threads: threads)
             var attachSeconds: [Double] = [], detachSeconds: [Double] = [], swapSeconds: [Double] = []
-            var made: [LoRAAdapter] = []
+            var made: [BenchAdapter] = [], baseline: [BenchAdapter] = []
             var attached = false
-            /// Attach or detach all adapters, recording the time per adapter.
+            /// Attach or detach all adapters (and the other way round the baseline's), recording the time per
+            /// measured adapter.
             func setAttached(_ on: Bool) throws(LKError) {
                 if on == attached { return }
+                if on { for a in baseline { try a.detach(ctx) } }
                 let t0 = monotonicSeconds()
-                if on { for a in made { try ctx.attach(a, scale: 1) } } else { for a in made { try ctx.detach(a) } }
+                if on { for a in made { try a.attach(ctx) } } else { for a in made { try a.detach(ctx) } }
                 let per = (monotonicSeconds() - t0) / Double(made.count)
+                if !on { for a in baseline { try a.attach(ctx) } }
                 if on { attachSeconds.append(per) } else { detachSeconds.append(per) }
                 attached = on
             }
@@ -144,8 +154,12 @@ struct BenchGenerate: ParsableCommand {
                 var cfg = LoRAConfig(rank: loraRank, alpha: Float(2 * loraRank))
                 cfg.targets = try LoRAConfig.parseTargets(loraTargets)
                 for i in 0...loraAdapters {
-                    made.append(try LoRAAdapter.create(for: m, config: cfg, initialization: .random(seed: UInt64(i + 1)),
-                                                       name: "bench\(i)"))
+                    made.append(try BenchAdapter.make(type: adapterType, model: m, config: cfg, seed: UInt64(i + 1),
+                                                      name: "bench\(i)"))
+                }
+                if baselineLora {
+                    baseline = [try BenchAdapter.make(type: "lora", model: m, config: cfg, seed: 99, name: "baseline")]
+                    for a in baseline { try a.attach(ctx) }
                 }
                 // The last one is the spare for the swap measurement.
                 let spare = made.removeLast()
@@ -155,8 +169,8 @@ struct BenchGenerate: ParsableCommand {
                     try setAttached(true)
                     for (out, inn) in [(made[made.count - 1], spare), (spare, made[made.count - 1])] {
                         let t0 = monotonicSeconds()
-                        try ctx.detach(out)
-                        try ctx.attach(inn, scale: 1)
+                        try out.detach(ctx)
+                        try inn.attach(ctx)
                         swapSeconds.append(monotonicSeconds() - t0)
                     }
                     try setAttached(false)
@@ -241,7 +255,8 @@ struct BenchGenerate: ParsableCommand {
                     ("prefill_runs", .array(prefill.map { .number($0) })), ("decode_runs", .array(decode.map { .number($0) })),
                     ("peak_rss_bytes", .number(Double(rss))),
                     ("lora_adapters", .number(Double(loraAdapters))), ("lora_rank", .number(Double(loraRank))),
-                    ("lora_targets", .string(loraTargets)),
+                    ("lora_targets", .string(loraTargets)), ("adapter_type", .string(adapterType)),
+                    ("baseline", .string(baselineLora ? "lora r=\(loraRank) \(loraTargets)" : "none")),
                     // Per adapter: the best, the median and the worst of all attach/detach calls made.
                     ("attach_seconds", stat(attachSeconds) { $0.min()! }),
                     ("detach_seconds", stat(detachSeconds) { $0.min()! }),
@@ -277,6 +292,37 @@ struct BenchGenerate: ParsableCommand {
             } else {
                 print("prefill \(promptTokens) tokens: \(format6(pMean)) tok/s; decode \(genTokens) tokens: \(format6(dMean)) tok/s; peak RSS \(rss / 1_048_576) MiB")
             }
+        }
+    }
+}
+
+/// An adapter the generate bench attaches: LoRA (random A and B) or of a plugin type (created by its type's
+/// own initialisation: the values do not change the work).
+enum BenchAdapter {
+    case lora(LoRAAdapter)
+    case plugin(PluginAdapter)
+
+    static func make(type: String, model: LlamaModel, config: LoRAConfig, seed: UInt64, name: String) throws(LKError) -> BenchAdapter {
+        if type == "lora" {
+            return .lora(try LoRAAdapter.create(for: model, config: config, initialization: .random(seed: seed), name: name))
+        }
+        let t = try PluginAdapter.resolveType(named: type)
+        let options = try PluginAdapter.peftOptions(type: t, targets: config.targets, layers: nil, rank: config.rank,
+                                                    alpha: config.alpha, useRSLoRA: false, extra: nil)
+        return .plugin(try PluginAdapter.create(type: t, model: model, options: options, seed: seed, name: name))
+    }
+
+    func attach(_ ctx: LlamaContext) throws(LKError) {
+        switch self {
+        case .lora(let a): try ctx.attach(a, scale: 1)
+        case .plugin(let a): try ctx.attach(a, scale: 1)
+        }
+    }
+
+    func detach(_ ctx: LlamaContext) throws(LKError) {
+        switch self {
+        case .lora(let a): try ctx.detach(a)
+        case .plugin(let a): try ctx.detach(a)
         }
     }
 }

@@ -15,7 +15,11 @@ struct TrainCommand: ParsableCommand {
         One step = --grad-accum micro-batches of --batch examples; the loss is the mean cross-entropy \
         over all predicted tokens of the step. --out DIR receives checkpoint-N/ folders (adapter, optimizer \
         state, trainer state; the last --keep kept, written atomically) and the final adapter: DIR/adapter/ \
-        (PEFT) or DIR/adapter.gguf.
+        (PEFT) or DIR/adapter.gguf. --adapter-type NAME trains an adapter of a plugin type instead of LoRA \
+        (e.g. ia3, dora: the shipped plugins load with no flag; others with --plugin PATH or LORAKIT_PLUGIN_PATH): \
+        --targets and --layers choose the modules (and --rank, --alpha, --rslora for a LoRA-based type such as \
+        dora), --adapter-config '{"feedforward_modules": ["down_proj"]}' sets any other PEFT config field; \
+        it trains without dropout and is saved as PEFT.
         """)
 
     @Option(help: "GGUF file or Hugging Face folder.") var model: String
@@ -28,6 +32,9 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Layers to adapt, comma-separated (default: all).") var layers: String?
     @Option(help: "LoRA dropout.") var dropout: Float = 0
     @Option(help: "Start from this adapter (PEFT folder or GGUF LoRA) instead of a new one.") var `init`: String?
+    @Option(help: "Train a new adapter of this plugin type (e.g. ia3, dora) instead of LoRA.") var adapterType: String?
+    @Option(help: "PEFT config fields for --adapter-type, as a JSON object.") var adapterConfig: String?
+    @OptionGroup var plugins: PluginOption
     @Option(help: "Peak learning rate.") var lr: Double = 2e-4
     @Option(help: "AdamW decoupled weight decay.") var weightDecay: Double = 0.01
     @Option(help: "AdamW beta1.") var adamBeta1: Double = 0.9
@@ -75,6 +82,12 @@ struct TrainCommand: ParsableCommand {
         }
         o.lora = lora
         o.initAdapter = `init`
+        o.adapterType = adapterType
+        if let text = adapterConfig {
+            do throws(LKError) { o.adapterConfig = try JSON.parse(text) } catch {
+                throw .invalidArgument("--adapter-config: not JSON: \(error.message)")
+            }
+        }
         o.optimizer = OptimizerConfig(lr: lr, beta1: adamBeta1, beta2: adamBeta2, eps: adamEpsilon,
                                       weightDecay: weightDecay, maxGradNorm: maxGradNorm > 0 ? maxGradNorm : nil)
         o.schedule = try LRScheduleKind(parsing: schedule)
@@ -107,6 +120,7 @@ struct TrainCommand: ParsableCommand {
 
     func run() throws {
         try runReporting {
+            try plugins.load()
             let m = try loadModel(model)
             try chatLimits.apply(to: m)
             let session = try TrainingSession(model: m, trainPath: data, validPath: valid, options: try options())

@@ -35,9 +35,12 @@ public struct LoadedCheckpoint: @unchecked Sendable {
     /// The checkpoint folder.
     public let path: String
     public let step: Int
-    /// The adapter, with its B rows in the order it had when saved (the trainer's order), so that the
-    /// optimizer moments line up with its tensors.
-    public let adapter: LoRAAdapter
+    /// The LoRA adapter, with its B rows in the order it had when saved (the trainer's order), so that the
+    /// optimizer moments line up with its tensors; nil in a checkpoint of a plugin adapter.
+    public let adapter: LoRAAdapter!
+    /// The adapter of a plugin type (IA³, DoRA, …) when the checkpoint's adapter_config.json names one
+    /// (rows in the model's order, as the trainer keeps them); nil for LoRA.
+    public let pluginAdapter: PluginAdapter?
     public let optimizer: AdamWState
     /// The projector trained with the adapter (`projector.gguf`), if the checkpoint has one.
     public let projector: Projector?
@@ -84,6 +87,22 @@ public enum Checkpoint {
     @discardableResult
     public static func save(dir: String, step: Int, adapter: LoRAAdapter, optimizer: AdamW,
                             trainerState: JSONValue, keep: Int = 2, projector: Projector? = nil) throws(LKError) -> String {
+        try save(dir: dir, step: step, rowLayout: adapter.rowLayout, optimizer: optimizer, trainerState: trainerState,
+                 keep: keep, projector: projector) { (sub: String) throws(LKError) in try adapter.save(path: sub, format: .peft) }
+    }
+
+    /// The same for an adapter of a plugin type: its PEFT folder (PluginAdapter.save) is the checkpoint's
+    /// adapter; the optimizer state needs no row-layout key (the adapter loads back in the model's order).
+    @discardableResult
+    public static func save(dir: String, step: Int, plugin: PluginAdapter, optimizer: AdamW,
+                            trainerState: JSONValue, keep: Int = 2, projector: Projector? = nil) throws(LKError) -> String {
+        try save(dir: dir, step: step, rowLayout: nil, optimizer: optimizer, trainerState: trainerState,
+                 keep: keep, projector: projector) { (sub: String) throws(LKError) in try plugin.save(peftDirectory: sub) }
+    }
+
+    private static func save(dir: String, step: Int, rowLayout: RoPELayout?, optimizer: AdamW, trainerState: JSONValue,
+                             keep: Int, projector: Projector?,
+                             writeAdapter: (String) throws(LKError) -> Void) throws(LKError) -> String {
         guard step >= 0 else { throw .invalidArgument("checkpoint step \(step) must be ≥ 0") }
         guard keep >= 1 else { throw .invalidArgument("checkpoints to keep (\(keep)) must be ≥ 1") }
         guard trainerState.object != nil else { throw .invalidArgument("trainer state must be a JSON object") }
@@ -103,7 +122,7 @@ public enum Checkpoint {
         // The adapter goes through a sub-folder (LoRAAdapter.save replaces a whole folder), then its two
         // files are moved up.
         let sub = tmp + "/adapter"
-        try adapter.save(path: sub, format: .peft)
+        try writeAdapter(sub)
         for f in DirectoryReplace.listDirectory(sub) {
             guard rename(sub + "/" + f, tmp + "/" + f) == 0 else {
                 throw .io("\(tmp)/\(f): rename failed: \(String(cString: strerror(errno)))")
@@ -112,7 +131,7 @@ public enum Checkpoint {
         guard rmdir(sub) == 0 else { throw .io("\(sub): cannot remove: \(String(cString: strerror(errno)))") }
         try projector?.save(to: tmp + "/projector.gguf")
         try optimizer.saveState(to: tmp + "/optimizer.safetensors",
-                                extraMetadata: [rowLayoutKey: layoutName(adapter.rowLayout)])
+                                extraMetadata: rowLayout.map { [rowLayoutKey: layoutName($0)] } ?? [:])
         try AtomicFile.write(path: tmp + "/trainer_state.json",
                              bytes: Array((JSON.serialize(trainerState, pretty: true) + "\n").utf8))
         try fsyncDirectory(tmp)
@@ -159,6 +178,12 @@ public enum Checkpoint {
             throw .format("\(p)/trainer_state.json: step \(JSON.serialize(s)) does not match the folder's step \(step)")
         }
         let opt = try AdamWState(path: p + "/optimizer.safetensors")
+        let projector = access(p + "/projector.gguf", F_OK) == 0 ? try Projector.load(path: p + "/projector.gguf", model: model) : nil
+        if PluginAdapter.isPluginFolder(p) {
+            let plugin = try PluginAdapter.load(peftDirectory: p, model: model, name: base)
+            return LoadedCheckpoint(path: p, step: step, adapter: nil, pluginAdapter: plugin, optimizer: opt,
+                                    projector: projector, trainerState: state, warnings: [])
+        }
         var adapter = try LoRAAdapter.load(path: p, model: model, name: base)
         if let l = opt.metadata[rowLayoutKey] {
             guard let layout = layout(named: l) else {
@@ -170,9 +195,8 @@ public enum Checkpoint {
                                           rowLayout: layout, modules: Array(mods.values))
             }
         }
-        let projector = access(p + "/projector.gguf", F_OK) == 0 ? try Projector.load(path: p + "/projector.gguf", model: model) : nil
-        return LoadedCheckpoint(path: p, step: step, adapter: adapter, optimizer: opt, projector: projector,
-                                trainerState: state, warnings: [])
+        return LoadedCheckpoint(path: p, step: step, adapter: adapter, pluginAdapter: nil, optimizer: opt,
+                                projector: projector, trainerState: state, warnings: [])
     }
 
     /// The checkpoint to resume from in `dir`, or nil when `dir` holds none (a fresh start).
@@ -218,7 +242,8 @@ public enum Checkpoint {
                 let ck = try load(path: c, model: model)
                 if c != first, let f = first { warnings.append("\(f) could not be used; resuming from \(c) instead") }
                 else if c != first { warnings.append("resuming from the newest complete checkpoint, \(c)") }
-                return LoadedCheckpoint(path: ck.path, step: ck.step, adapter: ck.adapter, optimizer: ck.optimizer, projector: ck.projector,
+                return LoadedCheckpoint(path: ck.path, step: ck.step, adapter: ck.adapter, pluginAdapter: ck.pluginAdapter,
+                                        optimizer: ck.optimizer, projector: ck.projector,
                                         trainerState: ck.trainerState, warnings: warnings)
             } catch {
                 failures.append(error.message)

@@ -189,6 +189,33 @@ public final class LoRATrainer: @unchecked Sendable {
         return PluginAdapter(name: name ?? p.name, type: p.type, config: p.config, model: model, modules: mods)
     }
 
+    /// Overwrite a plugin trainer's values with `plugin`'s (same type, modules and shapes), e.g. when
+    /// resuming; `prepare` runs again before the next pass.
+    public func load(plugin: PluginAdapter) throws(LKError) {
+        guard let mine = pluginAdapter else {
+            throw .invalidArgument("trainer: adapter \(plugin.name) is of plugin type \"\(plugin.type.name)\", but this trainer trains a LoRA adapter")
+        }
+        try plugin.check(against: model)
+        guard plugin.type === mine.type else {
+            throw .invalidArgument("trainer: adapter \(plugin.name) is of type \"\(plugin.type.name)\", the trainer trains type \"\(mine.type.name)\"")
+        }
+        let want = pluginModules.map { "\($0.module.fullName)" }, got = plugin.modules.map(\.fullName)
+        guard want == got else {
+            throw .shapeMismatch("trainer: adapter \(plugin.name) has modules [\(got.joined(separator: ", "))], the trainer trains [\(want.joined(separator: ", "))]")
+        }
+        for (t, m) in zip(pluginModules, plugin.modules) {
+            for (i, (d, s)) in zip(t.module.values, m.values).enumerated() {
+                guard d.shape == s.shape else {
+                    throw .shapeMismatch("trainer: adapter \(plugin.name) \(m.fullName).\(m.parameters[i].name) has shape \(s.shape), training uses \(d.shape)")
+                }
+            }
+        }
+        for (t, m) in zip(pluginModules, plugin.modules) {
+            for (d, s) in zip(t.module.values, m.values) { d.f32.update(from: s.f32, count: s.count) }
+            try t.module.prepare(pool: pool)
+        }
+    }
+
     @inline(__always) private func plugin(_ l: Int, _ m: LinearModule) -> PluginTrainable? {
         pluginByLayer.isEmpty ? nil : pluginByLayer[l][m.rawValue]
     }

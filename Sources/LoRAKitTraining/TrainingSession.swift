@@ -60,8 +60,21 @@ public struct TrainingOptions: Sendable {
     public var resume: String? = nil
     /// Append one JSON line per step (and per validation) to this file [`log_path`].
     public var logPath: String? = nil
+    /// Train a new adapter of this plugin type (`PluginAdapterType.name`, e.g. "ia3", "dora"; a loaded
+    /// plugin's, else one on the search path) instead of LoRA [`adapter_type`]. Its PEFT config comes from
+    /// `lora` (targets, layers; rank, alpha and rsLoRA for a `LORA`-based type such as DoRA) and
+    /// `adapterConfig` (`PluginAdapter.peftOptions`); its parameters start from the type's init rules and
+    /// `seed`. Plugin adapters train without dropout, start with the type's own initialisation and save
+    /// as PEFT. An `initAdapter` folder of a plugin type trains that type (this field may then name it).
+    public var adapterType: String? = nil
+    /// PEFT config fields for `adapterType` (a JSON object, e.g. `{"feedforward_modules": ["down_proj"]}`),
+    /// set over those derived from `lora` [`adapter_config`].
+    public var adapterConfig: JSONValue? = nil
 
     public init() {}
+
+    /// Whether the run trains a plugin adapter (`adapterType` set, or `initAdapter` a plugin type's folder).
+    public var trainsPlugin: Bool { adapterType != nil || initAdapter.map(PluginAdapter.isPluginFolder) == true }
 
     /// Checks every option, before anything is loaded; the error (`LKError.invalidOption`) names the field
     /// as above. With `model`, the layers are checked against it. The optimizer's, the schedule's and the
@@ -92,10 +105,27 @@ public struct TrainingOptions: Sendable {
         if let s = saveEvery, s < 0 { throw bad("save_every", "\(s) must be ≥ 0 (0: only at the end)") }
         guard keep >= 1 else { throw bad("keep", "\(keep) must be ≥ 1") }
         if let v = validEvery, v < 0 { throw bad("valid_every", "\(v) must be ≥ 0 (0: at the last step)") }
-        for (field, path) in [("out_dir", outDir), ("resume_dir", resume), ("init_adapter", initAdapter), ("log_path", logPath)]
+        for (field, path) in [("out_dir", outDir), ("resume_dir", resume), ("init_adapter", initAdapter), ("log_path", logPath),
+                              ("adapter_type", adapterType)]
         where path?.isEmpty == true {
             throw bad(field, "is empty (unset it for none)")
         }
+        if let c = adapterConfig {
+            guard adapterType != nil else { throw bad("adapter_config", "is set but adapter_type is not (the fields are for a plugin adapter type)") }
+            guard c.object != nil else { throw bad("adapter_config", "must be a JSON object of PEFT config fields, not \(JSON.serialize(c).prefix(80))") }
+        }
+        if trainsPlugin {
+            let what = "adapter_type \(adapterType ?? "(from init_adapter)")"
+            guard lora.dropout == 0 else { throw bad("dropout", "\(lora.dropout): plugin adapters (\(what)) train without dropout; set it to 0") }
+            guard initialization == .peft else { throw bad("init", "plugin adapters (\(what)) start from their type's own initialisation; leave init at its default (PEFT)") }
+            guard format == .peft else { throw bad("format", "gguf holds LoRA adapters only; a plugin adapter (\(what)) is saved as PEFT") }
+        }
+    }
+
+    /// The PEFT config of a new adapter of plugin type `type` (see `adapterType`).
+    public func pluginConfig(for type: PluginAdapterType) throws(LKError) -> JSONValue {
+        try PluginAdapter.peftOptions(type: type, targets: lora.targets, layers: lora.layers, rank: lora.rank,
+                                      alpha: lora.alpha, useRSLoRA: lora.useRSLoRA, extra: adapterConfig)
     }
 
     /// `seq` capped at the model's context length (examples are cut to it like to any `seq`), and the note
@@ -111,15 +141,34 @@ public struct TrainingOptions: Sendable {
     /// The adapter (loaded from `initAdapter` or created), its trainer and an AdamW over its tensors.
     static func makeTrainer(model: LlamaModel, options: TrainingOptions,
                             projector: Projector? = nil) throws(LKError) -> (LoRATrainer, AdamW) {
-        let adapter: LoRAAdapter
-        if let path = options.initAdapter {
-            adapter = try LoRAAdapter.load(path: path, model: model)
+        let trainer: LoRATrainer
+        if options.trainsPlugin {
+            let plugin: PluginAdapter
+            if let path = options.initAdapter {
+                guard PluginAdapter.isPluginFolder(path) else {
+                    throw .invalidOption(field: "init_adapter", problem: "\(path) is not a PEFT folder of a plugin adapter type (adapter_type \"\(options.adapterType ?? "")\" trains one)")
+                }
+                plugin = try PluginAdapter.load(peftDirectory: path, model: model)
+                if let t = options.adapterType, t != plugin.type.name {
+                    throw .invalidOption(field: "adapter_type", problem: "\"\(t)\", but init_adapter \(path) is of type \"\(plugin.type.name)\"")
+                }
+            } else {
+                let type = try PluginAdapter.resolveType(named: options.adapterType!)
+                plugin = try PluginAdapter.create(type: type, model: model, options: try options.pluginConfig(for: type),
+                                                  seed: options.seed, name: type.name)
+            }
+            trainer = try LoRATrainer(model: model, plugin: plugin, threads: options.threads)
         } else {
-            adapter = try LoRAAdapter.create(for: model, config: options.lora, initialization: options.initialization,
-                                             seed: options.seed, name: "lora")
-        }
-        let trainer = try LoRATrainer(model: model, adapter: adapter, threads: options.threads,
+            let adapter: LoRAAdapter
+            if let path = options.initAdapter {
+                adapter = try LoRAAdapter.load(path: path, model: model)
+            } else {
+                adapter = try LoRAAdapter.create(for: model, config: options.lora, initialization: options.initialization,
+                                                 seed: options.seed, name: "lora")
+            }
+            trainer = try LoRATrainer(model: model, adapter: adapter, threads: options.threads,
                                       dropout: options.lora.dropout, dropoutSeed: options.seed)
+        }
         var params: [OptimizerParameter] = []
         for p in trainer.parameters {
             let (v, g) = try p.tensors()
@@ -148,6 +197,8 @@ public struct TrainingOptions: Sendable {
         if let l = lora.layers { o.append(("layers", .array(l.map { .number(Double($0)) }))) }
         if let i = initAdapter { o.append(("init", .string(i))) }
         if lrMinRatio != 0 { o.append(("lr_min_ratio", .number(lrMinRatio))) }
+        if let t = adapterType { o.append(("adapter_type", .string(t))) }
+        if let c = adapterConfig { o.append(("adapter_config", c)) }
         return .object(o)
     }
 }
@@ -288,7 +339,14 @@ public final class TrainingSession: @unchecked Sendable {
             }
             notes += ck.warnings
             let state = source == nil ? nil : try TrainerState(json: ck.trainerState)
-            try trainer.load(ck.adapter)
+            switch (trainer.pluginAdapter, ck.pluginAdapter) {
+            case (nil, nil): try trainer.load(ck.adapter)
+            case (_?, let saved?): try trainer.load(plugin: saved)
+            case (let mine?, nil):
+                throw .invalidArgument("resume: \(ck.path) holds a LoRA adapter, but this session trains adapter type \"\(mine.type.name)\"")
+            case (nil, let saved?):
+                throw .invalidArgument("resume: \(ck.path) holds an adapter of type \"\(saved.type.name)\"; set adapter_type to \"\(saved.type.name)\" to continue it")
+            }
             switch (projector, ck.projector) {
             case let (mine?, saved?):
                 try mine.copyParameters(from: saved, source: ck.path + "/projector.gguf")
@@ -310,8 +368,19 @@ public final class TrainingSession: @unchecked Sendable {
         }
     }
 
-    /// The current adapter (a snapshot of the trained values).
-    public func adapter() throws(LKError) -> LoRAAdapter { try trainer.adapter() }
+    /// The current LoRA adapter (a snapshot of the trained values); a session training a plugin type
+    /// throws (use `trainedAdapter()`).
+    public func adapter() throws(LKError) -> LoRAAdapter {
+        if let p = trainer.pluginAdapter {
+            throw .invalidArgument("the session trains an adapter of plugin type \"\(p.type.name)\", not LoRA (use trainedAdapter())")
+        }
+        return try trainer.adapter()
+    }
+
+    /// The current adapter, LoRA or of a plugin type (a snapshot of the trained values).
+    public func trainedAdapter() throws(LKError) -> TrainedAdapter {
+        trainer.pluginAdapter == nil ? .lora(try trainer.adapter()) : .plugin(try trainer.trainedPluginAdapter())
+    }
 
     /// Mean NLL over every predicted token of `data` (the validation set by default); nil without data.
     public func validationLoss(_ data: TrainDataset? = nil) throws(LKError) -> Double? {
@@ -338,8 +407,14 @@ public final class TrainingSession: @unchecked Sendable {
                          losses: Array(losses.suffix(10_000))).json
         } ?? .object([("step", .number(Double(step))), ("manual", .bool(true)),
                       ("rng", .string(String(options.seed))), ("options", options.json)])
-        return try Checkpoint.save(dir: dir, step: step, adapter: try trainer.adapter(), optimizer: optimizer,
-                                   trainerState: state, keep: options.keep, projector: projector)
+        switch try trainedAdapter() {
+        case .lora(let a):
+            return try Checkpoint.save(dir: dir, step: step, adapter: a, optimizer: optimizer,
+                                       trainerState: state, keep: options.keep, projector: projector)
+        case .plugin(let a):
+            return try Checkpoint.save(dir: dir, step: step, plugin: a, optimizer: optimizer,
+                                       trainerState: state, keep: options.keep, projector: projector)
+        }
     }
 
     // MARK: Step by step (no training data)
@@ -480,9 +555,8 @@ public final class TrainingSession: @unchecked Sendable {
     public func finish() throws(LKError) -> String? {
         guard let dir = options.outDir else { return nil }
         try saveCheckpoint()
-        let a = try trainer.adapter()
         let path = options.format == .gguf ? dir + "/adapter.gguf" : dir + "/adapter"
-        try a.save(path: path, format: options.format)
+        try trainedAdapter().save(path: path, format: options.format)
         return path
     }
 
@@ -502,6 +576,31 @@ public final class TrainingSession: @unchecked Sendable {
         let adapterPath = try finish()
         return TrainSummary(steps: step, stoppedByCallback: stopped, finalLoss: losses.last, validLoss: lastValid,
                             adapterPath: adapterPath, losses: losses)
+    }
+}
+
+/// A trained adapter: LoRA, or of a plugin type (IA³, DoRA, …).
+public enum TrainedAdapter: @unchecked Sendable {
+    case lora(LoRAAdapter)
+    case plugin(PluginAdapter)
+
+    public var name: String {
+        switch self {
+        case .lora(let a): return a.name
+        case .plugin(let a): return a.name
+        }
+    }
+
+    /// Save as `format` (a plugin adapter: PEFT only).
+    public func save(path: String, format: AdapterFormat) throws(LKError) {
+        switch self {
+        case .lora(let a): try a.save(path: path, format: format)
+        case .plugin(let a):
+            guard format == .peft else {
+                throw .unsupported("adapter \(a.name) is of plugin type \"\(a.type.name)\": GGUF LoRA files hold LoRA only; save it as PEFT")
+            }
+            try a.save(peftDirectory: path)
+        }
     }
 }
 

@@ -92,7 +92,7 @@ import Glibc
             #expect(x.rank == y.rank && x.alpha == y.alpha && x.scaling == y.scaling)
         }
         // The optimizer resumes exactly: continuing the original and the restored run gives the same values.
-        let b = ck.adapter
+        let b: LoRAAdapter = ck.adapter
         let opt2 = try AdamW(parameters: try parameters(b), config: OptimizerConfig(lr: 1e-2))
         try opt2.restore(ck.optimizer)
         #expect(opt2.stepCount == 3 && ck.optimizer.step == 3)

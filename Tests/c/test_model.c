@@ -13,6 +13,8 @@
  */
 #include "lk_test.h"
 
+#include <stddef.h>
+
 #include <pthread.h>
 #include <math.h>
 #include <unistd.h>
@@ -182,7 +184,28 @@ static void test_params_init_sized(void) {
     CHECK_INIT_SIZED(lk_context_params, q->n_ctx == 0 && q->n_batch == 0 && q->n_threads == 0);
     CHECK_INIT_SIZED(lk_sampler_params, q->temperature == 0.8f && q->top_k == 40 && q->repeat_last_n == 64);
     CHECK_INIT_SIZED(lk_generate_params, q->max_tokens == 128 && q->stop_at_eos == 1 && q->sampler == NULL);
-    CHECK_INIT_SIZED(lk_lora_params, q->rank == 8 && q->alpha == 16.0f && q->targets == NULL);
+    /* lk_lora_params grew (adapter_type, adapter_config): the old init fills the first version only. */
+    {
+        const size_t first = offsetof(lk_lora_params, adapter_type);
+        unsigned char raw[sizeof(lk_lora_params) + 16];
+        lk_lora_params *q = (lk_lora_params *)(void *)raw;
+        int untouched = 1;
+        memset(raw, 0xAB, sizeof raw);
+        lk_lora_params_init_sized(q, sizeof raw);
+        CHECKF(q->struct_size == sizeof(lk_lora_params) && q->rank == 8 && q->alpha == 16.0f && q->targets == NULL &&
+               q->adapter_type == NULL && q->adapter_config == NULL, "lk_lora_params: clamped init wrote struct_size %u",
+               (unsigned)q->struct_size);
+        for (size_t i = sizeof(lk_lora_params); i < sizeof raw; i++) untouched &= raw[i] == 0xAB;
+        CHECKF(untouched, "lk_lora_params: the clamped init wrote past the library's struct");
+        memset(raw, 0xAB, sizeof raw);
+        (lk_lora_params_init)(q);
+        CHECKF(q->struct_size == first && q->rank == 8 && q->seed == 0, "lk_lora_params: the old init wrote struct_size %u",
+               (unsigned)q->struct_size);
+        for (size_t i = first; i < sizeof raw; i++) untouched &= raw[i] == 0xAB;
+        CHECKF(untouched, "lk_lora_params: the old init wrote past the first version");
+        lk_lora_params_init_sized(q, first - 1);
+        CHECKF(q->struct_size == first, "lk_lora_params: a size below the first version wrote something");
+    }
 }
 
 /* ------------------------------------------------------------------------------------------------ */

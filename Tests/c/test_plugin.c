@@ -291,6 +291,146 @@ static void test_unknown_adapter_type(void) {
     lk_model_free(m);
 }
 
+/* New plugin adapters from C: lk_adapter_create with lk_lora_params.adapter_type (fresh IA³ and DoRA leave
+ * the logits as they are; the PEFT config holds the type's fields), and training one with lk_trainer_*
+ * (adapter_type "dora" and "ia3": the loss goes down, lk_trainer_adapter is of the type, the final PEFT folder
+ * loads back to the same logits). Bad type names and configs are refused naming the field. The plugins
+ * come from the search path (no lk_plugin_load). */
+static void test_create_and_train_plugin_adapters(void) {
+    lk_model *m = tiny();
+    if (!m) return;
+    lk_context *ctx = NULL;
+    EXPECT_OK(lk_context_new(m, NULL, &ctx));
+    const float *base = expected_logits(NULL);
+    lk_lora_params lp;
+    lk_lora_params_init(&lp);
+    lp.targets = "k,v,down";
+    lp.adapter_type = "ia3";
+    lk_adapter *ia3 = NULL, *dora = NULL;
+    EXPECT_OK(lk_adapter_create(m, &lp, &ia3));
+    lp.targets = "q,v";
+    lp.rank = 4;
+    lp.alpha = 8;
+    lp.adapter_type = "dora";
+    lp.adapter_config = "{\"layers_to_transform\": [1]}";
+    EXPECT_OK(lk_adapter_create(m, &lp, &dora));
+    lk_adapter *fresh[2] = {ia3, dora};
+    for (int k = 0; k < 2; k++) {
+        if (!fresh[k]) continue;
+        EXPECT_OK(lk_context_attach_adapter(ctx, fresh[k], 1.0f));
+        float d = max_diff_logits(ctx, base);
+        CHECKF(d < 2e-4f, "fresh %s: max |dlogit| vs base %g", k ? "dora" : "ia3", (double)d);
+        EXPECT_OK(lk_context_detach_adapter(ctx, fresh[k]));
+    }
+    char out[4300], cfgpath[4400];
+    snprintf(out, sizeof out, "/tmp/lorakit-ctest-newdora-%d", (int)getpid());
+    EXPECT_OK(lk_adapter_save(dora, out, LK_ADAPTER_PEFT));
+    snprintf(cfgpath, sizeof cfgpath, "%s/adapter_config.json", out);
+    size_t n = 0;
+    char *cfg = lk_read_file(cfgpath, &n);
+    CHECK(cfg != NULL);
+    if (cfg) {
+        CHECKF(strstr(cfg, "\"use_dora\": true") && strstr(cfg, "\"r\": 4") && strstr(cfg, "\"layers_to_transform\""),
+               "saved DoRA config: %s", cfg);
+        free(cfg);
+    }
+    lk_adapter_free(ia3);
+    lk_adapter_free(dora);
+
+    /* Refusals, each naming the field; nothing is returned. */
+    lk_adapter *bad = NULL;
+    lp.adapter_config = NULL;
+    lp.adapter_type = "loha";
+    EXPECT_STATUS(lk_adapter_create(m, &lp, &bad), LK_ERR_INVALID_ARGUMENT, "adapter_type \"loha\" is not an adapter type of any loaded plugin");
+    lp.adapter_type = "";
+    EXPECT_STATUS(lk_adapter_create(m, &lp, &bad), LK_ERR_INVALID_ARGUMENT, "params->adapter_type is empty");
+    lp.adapter_type = "ia3";
+    lp.adapter_config = "[1, 2]";
+    EXPECT_STATUS(lk_adapter_create(m, &lp, &bad), LK_ERR_INVALID_ARGUMENT, "adapter_config must be a JSON object");
+    lp.adapter_config = "{\"target_modules\": ";
+    EXPECT_STATUS(lk_adapter_create(m, &lp, &bad), LK_ERR_INVALID_ARGUMENT, "params->adapter_config is not JSON");
+    lp.adapter_config = NULL;
+    lp.init = LK_LORA_INIT_RANDOM;
+    EXPECT_STATUS(lk_adapter_create(m, &lp, &bad), LK_ERR_INVALID_ARGUMENT, "params->init");
+    CHECK(bad == NULL);
+
+    /* Training: DoRA on q, v and IA³ on k, v, down, 4 steps each, through the data loop. */
+    char data[4300];
+    snprintf(data, sizeof data, "%s/train/data/text.jsonl", fixtures);
+    const char *types[2] = {"dora", "ia3"};
+    for (int k = 0; k < 2; k++) {
+        char run[4300], final_dir[4400];
+        snprintf(run, sizeof run, "/tmp/lorakit-ctest-train-%s-%d", types[k], (int)getpid());
+        lk_train_params tp;
+        lk_train_params_init(&tp);
+        tp.adapter_type = types[k];
+        tp.targets = k == 0 ? "q,v" : "k,v,down";
+        tp.rank = 4;
+        tp.alpha = 8;
+        tp.lr = 2e-2;
+        tp.steps = 4;
+        tp.batch = 2;
+        tp.seq = 24;
+        tp.threads = 2;
+        tp.seed = 3;
+        tp.out_dir = run;
+        lk_trainer *t = NULL;
+        EXPECT_OK(lk_trainer_create(m, data, NULL, &tp, &t));
+        if (!t) continue;
+        double first = NAN, last = NAN;
+        for (int s = 0; s < 4; s++) {
+            lk_train_progress pr;
+            pr.struct_size = sizeof pr;
+            EXPECT_OK(lk_trainer_step(t, &pr));
+            if (s == 0) first = pr.loss;
+            last = pr.loss;
+        }
+        CHECKF(last < first, "%s: loss %g after 4 steps, %g at the first", types[k], last, first);
+        lk_adapter *trained = NULL, *loaded = NULL;
+        EXPECT_OK(lk_trainer_adapter(t, &trained));
+        EXPECT_STATUS(lk_adapter_save(trained, "/tmp/x.gguf", LK_ADAPTER_GGUF), LK_ERR_UNSUPPORTED, "GGUF LoRA files hold LoRA only");
+        EXPECT_OK(lk_trainer_run(t, NULL, NULL, NULL));  /* all steps done: the final checkpoint and adapter */
+        snprintf(final_dir, sizeof final_dir, "%s/adapter", run);
+        EXPECT_OK(lk_adapter_load(m, final_dir, &loaded));
+        if (trained && loaded) {
+            static float want[16 * VOCAB];
+            EXPECT_OK(lk_context_attach_adapter(ctx, trained, 1.0f));
+            EXPECT_OK(lk_context_reset(ctx));
+            EXPECT_OK(lk_context_eval(ctx, seq0, 16, LK_LOGITS_ALL, want, 16 * VOCAB));
+            EXPECT_OK(lk_context_detach_adapter(ctx, trained));
+            EXPECT_OK(lk_context_attach_adapter(ctx, loaded, 1.0f));
+            float d = max_diff_logits(ctx, want);
+            CHECKF(d <= 1e-6f, "%s: saved vs trained max |dlogit| %g", types[k], (double)d);
+            CHECKF(max_diff_logits(ctx, base) > 1e-4f, "%s: training changed nothing", types[k]);
+            EXPECT_OK(lk_context_detach_adapter(ctx, loaded));
+            printf("  %s trained from C: loss %.5f -> %.5f\n", types[k], first, last);
+        }
+        lk_adapter_free(trained);
+        lk_adapter_free(loaded);
+        lk_trainer_free(t);
+        char cmd[4400];
+        snprintf(cmd, sizeof cmd, "rm -rf '%s'", run);
+        if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", run);
+    }
+    /* The trainer refuses dropout and GGUF output for a plugin type, naming the field. */
+    lk_train_params tp;
+    lk_train_params_init(&tp);
+    tp.adapter_type = "ia3";
+    tp.steps = 1;
+    tp.dropout = 0.1f;
+    lk_trainer *t = NULL;
+    EXPECT_STATUS(lk_trainer_create(m, data, NULL, &tp, &t), LK_ERR_INVALID_ARGUMENT, "dropout");
+    tp.dropout = 0;
+    tp.format = LK_ADAPTER_GGUF;
+    EXPECT_STATUS(lk_trainer_create(m, data, NULL, &tp, &t), LK_ERR_INVALID_ARGUMENT, "format");
+    CHECK(t == NULL);
+    char cmd[4400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", out);
+    if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", out);
+    lk_context_free(ctx);
+    lk_model_free(m);
+}
+
 int main(int argc, char **argv) {
     static const lkt_case cases[] = {
         TESTCASE(test_load_shipped),
@@ -299,6 +439,7 @@ int main(int argc, char **argv) {
         TESTCASE(test_search_path),
         TESTCASE(test_plugin_adapters_match_peft),
         TESTCASE(test_unknown_adapter_type),
+        TESTCASE(test_create_and_train_plugin_adapters),
     };
     return lkt_main(argc, argv, "plugin tests", setup, cases, sizeof cases / sizeof cases[0]);
 }

@@ -240,14 +240,25 @@ public final class LlamaContext: @unchecked Sendable {
     /// adapters in the order of `ms`. Same results as one `project` per module.
     private func projectShared(_ layer: Int, _ ms: [LinearModule], x: UnsafePointer<Float>, rows: Int,
                                ys: [UnsafeMutablePointer<Float>]) throws(LKError) {
-        if !plugins.isEmpty && ms.contains(where: { !plugins.at(layer, $0).isEmpty }) {
+        // Plugin instances at the input point change what a module's base product reads: each module alone.
+        // Output points and added terms (IA³ on k/v, DoRA) run after the shared base products.
+        if !plugins.isEmpty && ms.contains(where: { PluginAttachments.hasInputPoint(plugins.at(layer, $0)) }) {
             for (m, y) in zip(ms, ys) { try project(layer, m, x: x, rows: rows, y: y) }
             return
         }
         let L = model.layers[layer]
         try Linear.forwardShared(x: x, rows: rows, weights: ms.map { L.weight($0) }, ys: ys, pool: pool,
                                  activations: activations)
-        for (m, y) in zip(ms, ys) { try applyAdapters(layer, m, x: x, rows: rows, y: y) }
+        for (m, y) in zip(ms, ys) {
+            if !plugins.isEmpty {
+                let list = plugins.at(layer, m)
+                if !list.isEmpty {
+                    let (o, i) = m.shape(model.config)
+                    try plugins.applyAfterBase(list, x: x, rows: rows, inFeatures: i, outFeatures: o, y: y, pool: pool)
+                }
+            }
+            try applyAdapters(layer, m, x: x, rows: rows, y: y)
+        }
     }
 
     /// y += every attached adapter's term for (layer, module).

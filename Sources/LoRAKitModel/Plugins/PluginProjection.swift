@@ -77,34 +77,62 @@ final class PluginAttachments {
                  y: UnsafeMutablePointer<Float>, pool: ThreadPool,
                  base: (UnsafePointer<Float>, UnsafeMutablePointer<Float>) throws(LKError) -> Void,
                  rest: (UnsafePointer<Float>, UnsafeMutablePointer<Float>) throws(LKError) -> Void) throws(LKError) {
-        let width = max(inFeatures, outFeatures)
-        try ensure(floats: t * width, count: 4)
-        var ws = 0
-        for e in list {
-            for call in [LKP_CALL_FORWARD] { ws = max(ws, e.module.workspaceFloats(call: Int32(call), rows: t)) }
-        }
-        if workspace == nil || workspace!.byteCount < ws * 4 { workspace = try Storage(lazyZeroedBytes: max(ws, 1) * 4) }
-        let wsp = workspace!.base.assumingMemoryBound(to: Float.self)
-        let b = buffers.map { $0.base.assumingMemoryBound(to: Float.self) }
-        // Inputs: ping-pong between b[0] and b[1].
+        let wsp = try prepare(list, rows: t, width: max(inFeatures, outFeatures))
+        // Inputs: ping-pong between buffers 0 and 1.
         var xin = x
         var k = 0
         for e in list where e.module.point == .input {
-            try e.module.forward(x: xin, baseY: nil, rows: t, y: b[k], scale: e.scale, workspace: wsp, pool: pool)
-            xin = UnsafePointer(b[k])
+            let dst = buffer(k)
+            try e.module.forward(x: xin, baseY: nil, rows: t, y: dst, scale: e.scale, workspace: wsp, pool: pool)
+            xin = UnsafePointer(dst)
             k ^= 1
         }
         try base(xin, y)
-        let hasOutput = list.contains { $0.module.point == .output }
-        let hasAdd = list.contains { $0.module.point == .add }
-        if !hasOutput && !hasAdd { try rest(xin, y); return }
-        // h (the plain base product) in b[2]; outputs ping-pong through b[3] and y.
-        let h = b[2]
+        try afterBase(list, x: xin, rows: t, outFeatures: outFeatures, y: y, workspace: wsp, pool: pool)
+        try rest(xin, y)
+    }
+
+    /// Whether an entry sits at the input point (its module's base product must wait for x').
+    static func hasInputPoint(_ list: [Entry]) -> Bool { list.contains { $0.module.point == .input } }
+
+    /// The part of `project` after the base product, for a list without `.input` entries whose y already
+    /// holds x·Wᵀ (the context computed it together with other modules': q/k/v, gate/up): the output
+    /// points and the added terms. The host's own adapters are the caller's.
+    func applyAfterBase(_ list: [Entry], x: UnsafePointer<Float>, rows t: Int, inFeatures: Int, outFeatures: Int,
+                        y: UnsafeMutablePointer<Float>, pool: ThreadPool) throws(LKError) {
+        let wsp = try prepare(list, rows: t, width: max(inFeatures, outFeatures))
+        try afterBase(list, x: x, rows: t, outFeatures: outFeatures, y: y, workspace: wsp, pool: pool)
+    }
+
+    /// Buffers for `rows` rows of `width` floats and the workspace every entry's forward needs.
+    private func prepare(_ list: [Entry], rows t: Int, width: Int) throws(LKError) -> UnsafeMutablePointer<Float> {
+        try ensure(floats: t * width, count: 4)
+        var ws = 0
+        for e in list { ws = max(ws, e.module.workspaceFloats(call: Int32(LKP_CALL_FORWARD), rows: t)) }
+        if workspace == nil || workspace!.byteCount < ws * 4 { workspace = try Storage(lazyZeroedBytes: max(ws, 1) * 4) }
+        return workspace!.base.assumingMemoryBound(to: Float.self)
+    }
+
+    @inline(__always) private func buffer(_ i: Int) -> UnsafeMutablePointer<Float> {
+        buffers[i].base.assumingMemoryBound(to: Float.self)
+    }
+
+    /// Outputs and added terms on y = h (the base product of x').
+    private func afterBase(_ list: [Entry], x xin: UnsafePointer<Float>, rows t: Int, outFeatures: Int,
+                           y: UnsafeMutablePointer<Float>, workspace wsp: UnsafeMutablePointer<Float>,
+                           pool: ThreadPool) throws(LKError) {
+        var hasOutput = false, hasAdd = false
+        for e in list {
+            if e.module.point == .output { hasOutput = true } else if e.module.point == .add { hasAdd = true }
+        }
+        if !hasOutput && !hasAdd { return }
+        // h (the plain base product) in buffer 2; outputs ping-pong through buffer 3 and y.
+        let h = buffer(2)
         h.update(from: y, count: t * outFeatures)
         if hasOutput {
             var cur = UnsafePointer(h)
             for e in list where e.module.point == .output {
-                let dst = cur == UnsafePointer(y) ? b[3] : y
+                let dst = cur == UnsafePointer(y) ? buffer(3) : y
                 try e.module.forward(x: xin, baseY: cur, rows: t, y: dst, scale: e.scale, workspace: wsp, pool: pool)
                 cur = UnsafePointer(dst)
             }
@@ -113,7 +141,6 @@ final class PluginAttachments {
         for e in list where e.module.point == .add {
             try e.module.forward(x: xin, baseY: UnsafePointer(h), rows: t, y: y, scale: e.scale, workspace: wsp, pool: pool)
         }
-        try rest(xin, y)
     }
 
     private func ensure(floats: Int, count: Int) throws(LKError) {

@@ -758,6 +758,16 @@ class AdapterFormat(enum.IntEnum):
 _INITS = {"peft": _lib.LK_LORA_INIT_PEFT, "gaussian": _lib.LK_LORA_INIT_GAUSSIAN, "random": _lib.LK_LORA_INIT_RANDOM}
 
 
+def _adapter_type_args(adapter_type, adapter_config):
+    """lk_lora_params / lk_train_params .adapter_type and .adapter_config from Python values."""
+    if adapter_type is not None and not isinstance(adapter_type, str):
+        raise TypeError(f"adapter_type must be a str or None, got {type(adapter_type).__name__}")
+    if adapter_config is not None and not isinstance(adapter_config, dict):
+        raise TypeError(f"adapter_config must be a dict of PEFT config fields or None, got {type(adapter_config).__name__}")
+    return (None if adapter_type is None else adapter_type.encode("utf-8"),
+            None if adapter_config is None else json.dumps(adapter_config).encode("utf-8"))
+
+
 class Adapter(_Handle):
     """A LoRA adapter made for one Model (kept alive by the adapter). Attach it to any number of
     contexts of that model with Context.attach. Build with Adapter.load or Adapter.create."""
@@ -786,10 +796,13 @@ class Adapter(_Handle):
 
     @classmethod
     def create(cls, model: "Model", rank: int = 8, alpha: float = 16.0, targets: "str | Sequence[str]" = "q,v",
-               use_rslora: bool = False, dropout: float = 0.0, init: str = "peft", seed: int = 0) -> "Adapter":
+               use_rslora: bool = False, dropout: float = 0.0, init: str = "peft", seed: int = 0,
+               adapter_type: Optional[str] = None, adapter_config: Optional[dict] = None) -> "Adapter":
         """A new adapter for every layer of `model`. targets: "q,v", "all-linear", or a list of module
         names. init: "peft" (B = 0: no effect until trained), "gaussian", or "random" (A and B random,
-        for tests)."""
+        for tests). adapter_type: a plugin adapter type ("ia3", "dora", ...) instead of LoRA, with
+        adapter_config a dict of PEFT config fields set over those made from targets (and rank, alpha,
+        use_rslora for a LoRA-based type such as DoRA), e.g. {"feedforward_modules": ["down_proj"]}."""
         if not isinstance(model, Model):
             raise TypeError(f"model must be a lorakit.Model, got {type(model).__name__}")
         if init not in _INITS:
@@ -801,6 +814,7 @@ class Adapter(_Handle):
         tb = targets.encode("utf-8")
         p.rank, p.alpha, p.use_rslora = int(rank), float(alpha), int(bool(use_rslora))
         p.targets, p.dropout, p.init, p.seed = tb, float(dropout), _INITS[init], int(seed)
+        p.adapter_type, p.adapter_config = _adapter_type_args(adapter_type, adapter_config)
         out = _lib.lk_adapter_p()
         _check(_c.lk_adapter_create(model.handle, byref(p), byref(out)))
         return cls._wrap(model, out.value)
@@ -1015,7 +1029,8 @@ class Trainer(_Handle):
     "q,v" / "all-linear" / a list of names, layers as a list of ints (None: all), init "peft" /
     "gaussian" / "random", schedule "constant" / "linear" / "cosine", format "peft" / "gguf", truncate
     "cut" / "error", adam_beta1 / adam_beta2 / adam_epsilon as transformers names them (lr_min_ratio:
-    its cosine_with_min_lr min_lr_rate), flags as
+    its cosine_with_min_lr min_lr_rate), adapter_type "ia3" / "dora" / ... (a plugin type trained instead
+    of LoRA) with adapter_config a dict of PEFT config fields (as Adapter.create), flags as
     bools, steps None (or 0) = from epochs, paths as str / os.PathLike or None. Nothing is written
     until the first step (or save_checkpoint); with resume_dir the trainer continues from the latest
     checkpoint there.
@@ -1035,7 +1050,8 @@ class Trainer(_Handle):
                  format: "AdapterFormat | str" = AdapterFormat.PEFT, out_dir=None, resume_dir=None,
                  init_adapter=None, log_path=None, adam_beta1: float = 0.9, adam_beta2: float = 0.999,
                  adam_epsilon: float = 1e-8, truncate: str = "cut", lr_min_ratio: float = 0.0,
-                 projector: "Optional[Projector]" = None):
+                 projector: "Optional[Projector]" = None, adapter_type: Optional[str] = None,
+                 adapter_config: Optional[dict] = None):
         self._handle = None
         if not isinstance(model, Model):
             raise TypeError(f"model must be a lorakit.Model, got {type(model).__name__}")
@@ -1069,6 +1085,7 @@ class Trainer(_Handle):
         p.adam_beta1, p.adam_beta2, p.adam_epsilon = float(adam_beta1), float(adam_beta2), float(adam_epsilon)
         p.truncate = _TRUNCATIONS[truncate]
         p.lr_min_ratio = float(lr_min_ratio)
+        p.adapter_type, p.adapter_config = _adapter_type_args(adapter_type, adapter_config)
         if projector is not None:
             if not isinstance(projector, Projector):
                 raise TypeError(f"projector must be a lorakit.Projector, got {type(projector).__name__}")

@@ -409,11 +409,13 @@ LK_LORA_INIT_RANDOM = 2
 # typedef struct lk_lora_params {
 #     uint32_t struct_size; int32_t rank; float alpha; int32_t use_rslora; const char *targets;
 #     float dropout; int32_t init; uint64_t seed;
+#     const char *adapter_type; const char *adapter_config;
 # } lk_lora_params;
 class lk_lora_params(Structure):
     _fields_ = [
         ("struct_size", c_uint32), ("rank", c_int32), ("alpha", c_float), ("use_rslora", c_int32),
         ("targets", c_char_p), ("dropout", c_float), ("init", c_int32), ("seed", c_uint64),
+        ("adapter_type", c_char_p), ("adapter_config", c_char_p),
     ]
 
 
@@ -528,7 +530,7 @@ LK_TRUNCATE_ERROR = 1
 #     int32_t save_every; int32_t keep; int32_t valid_every; int32_t format;
 #     const char *out_dir; const char *resume_dir; const char *init_adapter; const char *log_path;
 #     double adam_beta1; double adam_beta2; double adam_epsilon; int32_t truncate; double lr_min_ratio;
-#     lk_projector *projector;
+#     lk_projector *projector; const char *adapter_type; const char *adapter_config;
 # } lk_train_params;
 class lk_train_params(Structure):
     _fields_ = [
@@ -542,7 +544,7 @@ class lk_train_params(Structure):
         ("out_dir", c_char_p), ("resume_dir", c_char_p), ("init_adapter", c_char_p), ("log_path", c_char_p),
         ("adam_beta1", c_double), ("adam_beta2", c_double), ("adam_epsilon", c_double), ("truncate", c_int32),
         ("lr_min_ratio", c_double),
-        ("projector", lk_projector_p),
+        ("projector", lk_projector_p), ("adapter_type", c_char_p), ("adapter_config", c_char_p),
     ]
 
 

@@ -63,6 +63,12 @@ private final class DoRAInstance {
 
 /// Run body(index, count) on the host's threads (contiguous shares via lkp_split).
 private final class Job { let body: (Int, Int) -> Void; init(_ b: @escaping (Int, Int) -> Void) { body = b } }
+/// `rows` 1 (a decoded token): run here, without a hand-out to the host's threads (the work of one row
+/// is a few microseconds, less than waking the pool).
+private func parallel(_ exec: OpaquePointer?, rows: Int64, _ body: @escaping (Int, Int) -> Void) {
+    if rows <= 1 { body(0, 1); return }
+    parallel(exec, body)
+}
 private func parallel(_ exec: OpaquePointer?, _ body: @escaping (Int, Int) -> Void) {
     let job = Unmanaged.passRetained(Job(body))
     host.pointee.parallel_for(exec, { user, index, count in
@@ -76,9 +82,24 @@ private func parallel(_ exec: OpaquePointer?, _ body: @escaping (Int, Int) -> Vo
     return Int(b)..<Int(e)
 }
 
+/// Σ a[j]·b[j] in a fixed order: 8-wide lanes (two accumulators over 16-float blocks), summed, then the tail.
+/// (A plain loop is one dependent add per element, which Swift does not reorder: at decode the adapter's
+/// A·x and B·u cost ~5 % of a token on SmolLM2 with DoRA on q, v; this is several times faster.)
 @inline(__always) private func dot(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
-    var s: Float = 0
-    for j in 0..<n { s += a[j] * b[j] }
+    var j = 0
+    var s0 = SIMD8<Float>(), s1 = SIMD8<Float>()
+    let ra = UnsafeRawPointer(a), rb = UnsafeRawPointer(b)
+    while j + 16 <= n {
+        s0 += ra.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self) * rb.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self)
+        s1 += ra.loadUnaligned(fromByteOffset: (j + 8) * 4, as: SIMD8<Float>.self) * rb.loadUnaligned(fromByteOffset: (j + 8) * 4, as: SIMD8<Float>.self)
+        j += 16
+    }
+    if j + 8 <= n {
+        s0 += ra.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self) * rb.loadUnaligned(fromByteOffset: j * 4, as: SIMD8<Float>.self)
+        j += 8
+    }
+    var s = (s0 + s1).sum()
+    while j < n { s += a[j] * b[j]; j += 1 }
     return s
 }
 
@@ -236,7 +257,7 @@ private func forward(_ args: UnsafePointer<lkp_forward_args>?) -> lkp_status {
     let A = a.params[0]!, B = a.params[1]!, mn = inst.mn
     let x = a.x!, h = a.base_y!, y = a.y!, U = a.workspace!
     let xs = Int(a.x_stride), hs = Int(a.base_y_stride), ys = Int(a.y_stride)
-    parallel(a.exec) { index, count in
+    parallel(a.exec, rows: a.rows) { index, count in
         for t in split(Int(a.rows), index, count) {
             let u = U + t * r, xt = x + t * xs, ht = h + t * hs, yt = y + t * ys
             for k in 0..<r { u[k] = dot(A + k * IN, xt, IN) }                          // u = A x_t
