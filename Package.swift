@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 // LoRAKit: LoRA fine-tuning and inference for LLMs on the CPU, as a Swift library with a C ABI.
 import PackageDescription
 import Foundation
@@ -51,6 +51,10 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        // The HTTP server of `lorakit serve` (LoRAKitServe only; liblorakit.so does not depend on it). Its
+        // default traits (swift-configuration support, full Foundation) are off: nothing here uses them, and
+        // they add build time.
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.0.0", traits: []),
     ],
     targets: [
         // The few kernels that need instructions Swift's SIMD types cannot express (widening integer
@@ -102,11 +106,23 @@ let package = Package(
             // so an installed library also loads on a machine without a Swift toolchain.
             linkerSettings: [.unsafeFlags(["-Xlinker", "-rpath", "-Xlinker", "$ORIGIN/lorakit-swift"], .when(platforms: [.linux]))]
         ),
+        // `lorakit serve`: an OpenAI-compatible HTTP server with continuous batching over a multi-sequence
+        // engine, one adapter per request (Hummingbird). Used by the CLI only.
+        .target(
+            name: "LoRAKitServe",
+            dependencies: [
+                "LoRAKit",
+                .product(name: "Hummingbird", package: "hummingbird"),
+            ],
+            path: "Sources/LoRAKitServe",
+            swiftSettings: fastFlags
+        ),
         // The `lorakit` command-line tool (built as lorakit-cli, installed as lorakit).
         .executableTarget(
             name: "LoRAKitCLI",
             dependencies: [
                 "LoRAKit",
+                "LoRAKitServe",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             path: "Sources/LoRAKitCLI",

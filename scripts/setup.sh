@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what building and testing LoRAKit needs on Debian/Ubuntu (run as root or with sudo):
 # a C compiler, make, pkg-config, libffi (the C ABI sweep, Tests/abi), and the Python packages of the
-# binding tests. Swift 6.x must already
+# binding tests (and the openai client for the server tests). Swift 6.x must already
 # be on PATH (https://swift.org/install). Idempotent: installs only what is missing.
 set -euo pipefail
 SUDO=""
@@ -18,7 +18,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 PY="${PYTHON:-python3}"
 missing=()
-for mod in pytest numpy; do
+for mod in pytest numpy openai; do  # openai: the client of the `lorakit serve` tests
     "$PY" -c "import $mod" 2>/dev/null || missing+=("$mod")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -7,6 +7,6 @@ struct LoRAKitCommand: ParsableCommand {
         commandName: "lorakit",
         abstract: "LoRA fine-tuning and inference for LLMs on the CPU.",
         version: LoRAKitVersion.string,
-        subcommands: [InfoCommand.self, TokenizeCommand.self, GenerateCommand.self, ScoreCommand.self, MergeCommand.self, ConvertCommand.self, CombineCommand.self, PluginsCommand.self, TrainCommand.self, ChatCommand.self, BenchCommand.self]
+        subcommands: [InfoCommand.self, TokenizeCommand.self, GenerateCommand.self, ScoreCommand.self, MergeCommand.self, ConvertCommand.self, CombineCommand.self, PluginsCommand.self, TrainCommand.self, ChatCommand.self, BenchCommand.self, ServeCommand.self]
     )
 }

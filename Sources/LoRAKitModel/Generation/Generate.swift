@@ -39,16 +39,18 @@ public struct GenerationResult: Sendable {
 }
 
 /// Streams text pieces as complete UTF-8 (through `UTF8StreamDecoder`) and holds back any tail that
-/// could start a stop string.
-struct TextStream {
+/// could start a stop string. (`package`: the server's scheduler streams each sequence through one.)
+package struct TextStream {
     var decoder = UTF8StreamDecoder()
     /// Complete text held back because it may be the start of a stop string.
     var held = ""
     var emitted = ""
     let stops: [String]
 
+    package init(stops: [String]) { self.stops = stops }
+
     /// Add bytes; returns newly safe text, and whether a stop string matched (text then excludes it).
-    mutating func push(_ bytes: [UInt8]) -> (String, Bool) {
+    package mutating func push(_ bytes: [UInt8]) -> (String, Bool) {
         let full = emitted + held + decoder.append(bytes)
         for s in stops where !s.isEmpty {
             if let r = full.firstRange(of: s) {
@@ -77,7 +79,7 @@ struct TextStream {
     }
 
     /// Everything still held back (at the end of generation).
-    mutating func flush() -> String {
+    package mutating func flush() -> String {
         let s = held + decoder.flush()
         held = ""
         emitted += s
