@@ -496,6 +496,27 @@ def _ids_arg(ids, name: str = "tokens") -> "np.ndarray":
     return a.astype(np.int32)
 
 
+def _adapter_arrays(adapters):
+    """(handles, scales, count) C arrays from a sequence of Adapters and/or (Adapter, scale) pairs (scale 1.0
+    when omitted); TypeError naming the entry otherwise."""
+    pairs = []
+    for i, item in enumerate(adapters):
+        if isinstance(item, Adapter):
+            a, scale = item, 1.0
+        else:
+            try:
+                a, scale = item
+            except (TypeError, ValueError):
+                raise TypeError(f"adapters[{i}] must be an Adapter or an (Adapter, scale) pair") from None
+        if not isinstance(a, Adapter):
+            raise TypeError(f"adapters[{i}] must be a lorakit.Adapter, got {type(a).__name__}")
+        pairs.append((a.handle, float(scale)))
+    n = len(pairs)
+    handles = (_lib.lk_adapter_p * max(1, n))(*[h for h, _ in pairs])
+    scales = (c_float * max(1, n))(*[s for _, s in pairs])
+    return handles, scales, n
+
+
 class Model(_Handle):
     """A loaded model (GGUF file). Immutable; may be used from many threads and shared by contexts.
 
@@ -620,21 +641,7 @@ class Model(_Handle):
                 isinstance(adapters, tuple) and len(adapters) == 2 and isinstance(adapters[0], Adapter)
                 and not isinstance(adapters[1], Adapter)):
             adapters = [adapters]
-        pairs = []
-        for i, item in enumerate(adapters):
-            if isinstance(item, Adapter):
-                a, scale = item, 1.0
-            else:
-                try:
-                    a, scale = item
-                except (TypeError, ValueError):
-                    raise TypeError(f"adapters[{i}] must be an Adapter or an (Adapter, scale) pair") from None
-            if not isinstance(a, Adapter):
-                raise TypeError(f"adapters[{i}] must be a lorakit.Adapter, got {type(a).__name__}")
-            pairs.append((a.handle, float(scale)))
-        n = len(pairs)
-        handles = (_lib.lk_adapter_p * max(1, n))(*[h for h, _ in pairs])
-        scales = (c_float * max(1, n))(*[s for _, s in pairs])
+        handles, scales, n = _adapter_arrays(adapters)
         t = -1 if out_type is None else _dtype_arg(out_type)
         _check(_c.lk_model_merge_to_file(self.handle, handles, scales, n, t, os.fsencode(path)))
 
@@ -1386,21 +1393,7 @@ class BatchContext(_Handle):
         omitted), applied in order; () = none. Other sequences are not touched."""
         if isinstance(adapters, Adapter):
             adapters = [adapters]
-        pairs = []
-        for i, item in enumerate(adapters):
-            if isinstance(item, Adapter):
-                a, scale = item, 1.0
-            else:
-                try:
-                    a, scale = item
-                except (TypeError, ValueError):
-                    raise TypeError(f"adapters[{i}] must be an Adapter or an (Adapter, scale) pair") from None
-            if not isinstance(a, Adapter):
-                raise TypeError(f"adapters[{i}] must be a lorakit.Adapter, got {type(a).__name__}")
-            pairs.append((a.handle, float(scale)))
-        n = len(pairs)
-        handles = (_lib.lk_adapter_p * max(1, n))(*[h for h, _ in pairs])
-        scales = (c_float * max(1, n))(*[s for _, s in pairs])
+        handles, scales, n = _adapter_arrays(adapters)
         _check(_c.lk_batch_set_adapters(self.handle, int(seq), handles, scales, n))
 
     def step(self, inputs) -> "np.ndarray":
