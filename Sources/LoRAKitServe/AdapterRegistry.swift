@@ -1,5 +1,4 @@
 import LoRAKit
-import Synchronization
 
 /// The served adapters by name (vLLM's convention: a request's `"model"` names the adapter), with the
 /// number of requests using each, so that unloading waits for them.
@@ -17,7 +16,7 @@ public final class AdapterRegistry: Sendable {
         var order: [String] = []
         var reserved: Set<String> = []   // names being loaded
     }
-    private let state = Mutex(State())
+    private let state = Locked(State())
     public let baseName: String
     public let model: LlamaModel
 

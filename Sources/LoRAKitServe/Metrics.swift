@@ -1,5 +1,4 @@
 import LoRAKit
-import Synchronization
 
 /// Counters of the server, rendered as Prometheus text (`GET /metrics`). Thread-safe.
 public final class ServeMetrics: Sendable {
@@ -22,7 +21,7 @@ public final class ServeMetrics: Sendable {
         var ttftCount = 0
         var queueSum = 0.0
     }
-    private let data = Mutex(Data())
+    private let data = Locked(Data())
 
     public init() {}
 

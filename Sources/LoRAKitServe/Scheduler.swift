@@ -69,7 +69,7 @@ public final class Scheduler: @unchecked Sendable {
         var running = 0
         var stopping = false
     }
-    private let shared = Mutex(Shared())
+    private let shared = Locked(Shared())
     private let wake = DispatchSemaphore(value: 0)
     private let stopped = DispatchSemaphore(value: 0)
 
