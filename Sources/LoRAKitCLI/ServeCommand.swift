@@ -25,6 +25,8 @@ struct ServeCommand: ParsableCommand {
     var modelName: String?
     @Option(help: "Sequences decoded together (slots of the continuous batch).") var maxSequences: Int = 4
     @Option(help: "Requests that may wait for a free sequence; more get 429.") var maxQueue: Int = 64
+    @Option(help: "Tokens one engine step evaluates at most: long prompts are prefilled in chunks of this size, so they do not stall the other streams (vLLM's --max-num-batched-tokens).")
+    var maxBatchTokens: Int = 512
     @Option(help: "Positions per sequence, prompt + completion (default: min(model context, 4096)).") var ctx: Int?
     @Option(help: "Engine: batch (one BatchContext: each step reads the weights once for all sequences) or contexts (one LlamaContext per sequence, evaluated one after the other).")
     var engine: String = "batch"
@@ -42,6 +44,7 @@ struct ServeCommand: ParsableCommand {
             var opts = ServeOptions(modelName: name, modelPath: model)
             opts.maxSequences = maxSequences
             opts.maxQueue = maxQueue
+            opts.maxStepTokens = maxBatchTokens
             opts.apiKey = apiKey ?? getenvString("LORAKIT_API_KEY")
             opts.host = host
             opts.port = port

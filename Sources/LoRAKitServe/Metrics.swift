@@ -20,6 +20,7 @@ public final class ServeMetrics: Sendable {
         var ttftSum = 0.0
         var ttftCount = 0
         var queueSum = 0.0
+        var stepRowsMax = 0
     }
     private let data = Locked(Data())
 
@@ -55,6 +56,7 @@ public final class ServeMetrics: Sendable {
             d.steps += 1
             d.stepSeconds += seconds
             d.stepRows += rows
+            d.stepRowsMax = max(d.stepRowsMax, rows)
             d.stepSequences += sequences
             for (k, v) in tokens { d.generated[k, default: 0] += v }
             d.recent.append((now, tokens))
@@ -134,6 +136,8 @@ public final class ServeMetrics: Sendable {
             metric("lorakit_steps_total", "counter", "Engine steps (one token for every running sequence, prompts of new ones).", [("", Double(d.steps))])
             metric("lorakit_step_seconds_total", "counter", "Seconds spent in engine steps.", [("", d.stepSeconds)])
             metric("lorakit_step_tokens_total", "counter", "Tokens evaluated by engine steps (prefill and decode).", [("", Double(d.stepRows))])
+            metric("lorakit_step_tokens_max", "gauge", "The most tokens one engine step evaluated (at most --max-batch-tokens, but for decoding sequences).",
+                   [("", Double(d.stepRowsMax))])
             metric("lorakit_step_sequences_total", "counter", "Sum over steps of the sequences in the step.", [("", Double(d.stepSequences))])
             metric("lorakit_time_to_first_token_seconds_sum", "counter", "Sum of times from queueing to the first generated token.", [("", d.ttftSum)])
             metric("lorakit_time_to_first_token_seconds_count", "counter", "Requests that generated a first token.", [("", Double(d.ttftCount))])

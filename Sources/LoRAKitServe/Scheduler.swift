@@ -49,12 +49,19 @@ public final class ServeRequest: Sendable {
 }
 
 /// Continuous batching: one thread owns the engine. Each iteration it admits queued requests into free
-/// sequences (their whole prompt is that step's input: prefill), advances every running sequence by one
-/// token in the same `step`, samples each sequence's next token with its own sampler, streams the text,
-/// and frees the sequences that ended (EOS, stop string, max_tokens, full context, client gone).
+/// sequences, advances every running sequence by one token in the same `step`, samples each sequence's
+/// next token with its own sampler, streams the text, and frees the sequences that ended (EOS, stop
+/// string, max_tokens, full context, client gone).
+///
+/// Prompts are prefilled in chunks (vLLM's chunked prefill): a step evaluates one token of every decoding
+/// sequence, then as many prompt tokens as fit in `maxStepTokens`, oldest request first. A long prompt thus
+/// takes several steps instead of stalling every other stream for the whole prefill; a sequence samples
+/// its first token in the step that evaluates the last token of its prompt.
 public final class Scheduler: @unchecked Sendable {
     public let maxSequences: Int
     public let maxQueue: Int
+    /// Tokens one step evaluates at most (decoding sequences always get their one token).
+    public let maxStepTokens: Int
     /// Positions per sequence (prompt + generated).
     public let maxPositions: Int
     public let metrics: ServeMetrics
@@ -74,11 +81,13 @@ public final class Scheduler: @unchecked Sendable {
     private let stopped = DispatchSemaphore(value: 0)
 
     public init(engine: any SequenceBatchEngine, tokenizer: Tokenizer, maxSequences: Int, maxQueue: Int, maxPositions: Int,
-                metrics: ServeMetrics, onDone: @escaping @Sendable (ServeRequest) -> Void = { _ in }) {
+                maxStepTokens: Int = 512, metrics: ServeMetrics,
+                onDone: @escaping @Sendable (ServeRequest) -> Void = { _ in }) {
         self.engine = engine
         self.tokenizer = tokenizer
         self.maxSequences = maxSequences
         self.maxQueue = maxQueue
+        self.maxStepTokens = max(1, maxStepTokens)
         self.maxPositions = maxPositions
         self.metrics = metrics
         self.onDone = onDone
@@ -185,6 +194,7 @@ public final class Scheduler: @unchecked Sendable {
             // New requests: a sequence each, with its adapter; the prompt is this step's input.
             for req in admitted {
                 if req.isCancelled { end(req, nil, seq: nil, reason: "cancelled"); continue }
+                if req.prompt.isEmpty { end(req, .failed("the prompt has no tokens"), seq: nil, reason: "error"); continue }
                 if req.params.maxTokens == 0 {
                     end(req, .finished(reason: "length", promptTokens: req.prompt.count, completionTokens: 0), seq: nil, reason: "length")
                     continue
@@ -206,10 +216,23 @@ public final class Scheduler: @unchecked Sendable {
             shared.withLock { $0.running = running.count }
             if running.isEmpty { continue }
 
+            // This step's input: one token of each decoding sequence, then prompt chunks within the budget
+            // (`running` keeps admission order, so the oldest prompt goes first).
+            var take = [Int](repeating: 0, count: running.count)
+            var budget = maxStepTokens
+            for (i, r) in running.enumerated() where r.generated > 0 {
+                take[i] = 1
+                budget -= 1
+            }
+            for (i, r) in running.enumerated() where r.generated == 0 && budget > 0 {
+                take[i] = min(r.pending.count, budget)
+                budget -= take[i]
+            }
+            let inStep = running.indices.filter { take[$0] > 0 }
             let t0 = monotonicSeconds()
             let logits: [[Float]]
             do throws(LKError) {
-                logits = try engine.step(running.map { (sequence: $0.seq, tokens: $0.pending) })
+                logits = try engine.step(inStep.map { (sequence: running[$0].seq, tokens: Array(running[$0].pending.prefix(take[$0]))) })
             } catch {
                 for r in running { end(r.req, .failed(error.message), seq: r.seq, reason: "error") }
                 running = []
@@ -219,10 +242,17 @@ public final class Scheduler: @unchecked Sendable {
             var rows = 0
             var next: [Running] = []
             var perModel: [String: Int] = [:]
+            var stepLogits = [[Float]?](repeating: nil, count: running.count)
+            for (k, i) in inStep.enumerated() { stepLogits[i] = logits[k] }
             for (i, var r) in running.enumerated() {
-                rows += r.pending.count
-                r.position += r.pending.count
-                var l = logits[i]
+                rows += take[i]
+                r.position += take[i]
+                r.pending.removeFirst(take[i])
+                // Not in this step, or its prompt is not all evaluated yet: nothing to sample.
+                guard var l = stepLogits[i], r.pending.isEmpty else {
+                    next.append(r)
+                    continue
+                }
                 let tok = r.sampler.sample(logits: &l, history: r.history)
                 r.history.append(tok)
                 r.generated += 1
@@ -255,7 +285,7 @@ public final class Scheduler: @unchecked Sendable {
                 }
             }
             running = next
-            metrics.step(seconds: t1 - t0, rows: rows, sequences: logits.count, tokens: perModel)
+            metrics.step(seconds: t1 - t0, rows: rows, sequences: inStep.count, tokens: perModel)
         }
     }
 }

@@ -8,6 +8,9 @@ public struct ServeOptions: Sendable {
     public var modelPath: String
     public var maxSequences = 4
     public var maxQueue = 64
+    /// Tokens one engine step evaluates at most: prompts are prefilled in chunks of what is left after one
+    /// token for every decoding sequence (`Scheduler.maxStepTokens`).
+    public var maxStepTokens = 512
     /// Required as `Authorization: Bearer KEY` on every route but /health when set.
     public var apiKey: String?
     public var host = "127.0.0.1"
@@ -40,6 +43,9 @@ public final class LoRAServer: Sendable {
     public init(model: LlamaModel, engine: any SequenceBatchEngine, engineName: String, maxPositions: Int,
                 options: ServeOptions) throws(LKError) {
         guard options.maxSequences >= 1 else { throw .invalidOption(field: "max_sequences", problem: "\(options.maxSequences) must be ≥ 1") }
+        guard options.maxStepTokens >= 1 else {
+            throw .invalidOption(field: "max_batch_tokens", problem: "\(options.maxStepTokens) must be ≥ 1")
+        }
         guard options.maxQueue >= 0 else { throw .invalidOption(field: "max_queue", problem: "\(options.maxQueue) must be ≥ 0") }
         guard options.port >= 0, options.port <= 65535 else { throw .invalidOption(field: "port", problem: "\(options.port) must be in 0...65535") }
         if let k = options.apiKey, k.isEmpty { throw .invalidOption(field: "api_key", problem: "is empty") }
@@ -53,7 +59,7 @@ public final class LoRAServer: Sendable {
         let metrics = ServeMetrics()
         self.metrics = metrics
         self.scheduler = Scheduler(engine: engine, tokenizer: tokenizer, maxSequences: options.maxSequences,
-                                   maxQueue: options.maxQueue, maxPositions: maxPositions, metrics: metrics,
+                                   maxQueue: options.maxQueue, maxPositions: maxPositions, maxStepTokens: options.maxStepTokens, metrics: metrics,
                                    onDone: { r in if r.adapter != nil { registry.release(r.modelName) } })
     }
 

@@ -364,3 +364,31 @@ def test_contexts_engine_gives_the_same_outputs(server, adapters):
         assert got == [ask(server, j) for j in jobs]
     finally:
         s.stop()
+
+
+def test_long_prompts_are_prefilled_in_chunks(adapters):
+    """--max-batch-tokens 8: a long prompt is evaluated 8 tokens a step while other streams keep decoding,
+    and every answer is still the one `lorakit generate` gives (its whole prompt in one evaluation)."""
+    s = Server("--adapter", f"alpha={adapters['alpha']}", "--max-sequences", "3", "--ctx", CTX, "--max-batch-tokens", "8")
+    try:
+        long_prompt = ("The history of the city begins with a small fishing village on the river, where traders "
+                       "from the north and the south met each summer to exchange salt, wool and iron tools, and")
+        jobs = [("alpha", long_prompt, adapters["alpha"]), (BASE, "The capital of France is", None),
+                ("alpha", "Water boils at", adapters["alpha"]), (BASE, long_prompt, None)]
+        client = s.client()
+
+        def ask(job):
+            return client.completions.create(model=job[0], prompt=job[1], max_tokens=12, temperature=0)
+        with ThreadPoolExecutor(len(jobs)) as ex:
+            got = list(ex.map(ask, jobs))
+        for (model, prompt, path), r in zip(jobs, got):
+            assert r.choices[0].text == generate(prompt, path, max_tokens=12)["text"], (model, prompt)
+        prompt_tokens = sum(r.usage.prompt_tokens for r in got)
+        assert got[0].usage.prompt_tokens > 30
+        m = s.metrics()
+        assert m["lorakit_step_tokens_max"] <= 8
+        # Every prompt token and every generated token but the last of each request went through a step.
+        assert m["lorakit_step_tokens_total"] == prompt_tokens + sum(r.usage.completion_tokens - 1 for r in got)
+        assert m["lorakit_steps_total"] >= prompt_tokens / 8
+    finally:
+        s.stop()
