@@ -46,7 +46,7 @@ private func randomFloats(_ n: Int, seed: UInt64) -> [Float] {
             for i in shapes.indices {
                 outs[i] = Array(UnsafeBufferPointer(start: os[i], count: outs[i].count))
                 #expect(outs[i].map(\.bitPattern) == refs[i].map(\.bitPattern), "sequence \(i) threads \(pool.activeCount)")
-                #expect(outs[i].allSatisfy(\.isFinite))
+                #expect(outs[i].allSatisfy { $0.isFinite })
             }
         }
         // A sequence whose rows overflow its keys is refused.

@@ -214,8 +214,8 @@ private let plainShapes: [(Int, Int)] = [(1, 1), (7, 13), (33, 577), (1000, 13),
                         }
                     }
                     // The NaN row gives NaN everywhere, the others finite values.
-                    #expect(singles[0][6].allSatisfy(\.isNaN))
-                    #expect(singles[0][5].allSatisfy(\.isFinite))
+                    #expect(singles[0][6].allSatisfy { $0.isNaN })
+                    #expect(singles[0][5].allSatisfy { $0.isFinite })
                 }
             }
         }
