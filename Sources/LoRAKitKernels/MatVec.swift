@@ -31,11 +31,6 @@ import LoRAKitCore
 /// Threads take contiguous ranges of output rows.
 
 import LoRAKitKernelsC
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
 // MARK: - Public API
 
@@ -494,7 +489,7 @@ private func mvQuant(_ segs: UnsafeBufferPointer<Segment>, _ n: Int, _ x: Unsafe
     // activations (and on AVX2 with either), the x16 kernel: x as int16, no digit split; int8 activations
     // on AVX512-VNNI keep the two-rows-per-register vpdpbusd kernel (half the multiplies of int16).
     let multi8 = nr > 1 && lk_qdot_multi_supported(path) != 0
-    if nr > 1 && lk_qdot_x16_supported(path) != 0 && (wide == 1 || !multi8) && !MultiKernelChoice.forceMulti8 {
+    if nr > 1 && lk_qdot_x16_supported(path) != 0 && (wide == 1 || !multi8) {
         let npx = (nr + 1) / 2
         withUnsafeTemporaryAllocation(of: Int16.self, capacity: max(1, npx * np * 128)) { xiBuf in
             withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, npx * np * 16 + np * 16)) { fBuf in
@@ -553,12 +548,4 @@ private func mvQuant(_ segs: UnsafeBufferPointer<Segment>, _ n: Int, _ x: Unsafe
             }
         }
     }
-}
-
-/// Temporary (measurement only): LORAKIT_MULTI=dp8 forces the vpdpbusd multi-row kernel.
-enum MultiKernelChoice {
-    static let forceMulti8: Bool = {
-        guard let v = getenv("LORAKIT_MULTI") else { return false }
-        return String(cString: v) == "dp8"
-    }()
 }
