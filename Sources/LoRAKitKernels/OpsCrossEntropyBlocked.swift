@@ -1,4 +1,9 @@
 import LoRAKitCore
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 
 /// The output head, cross-entropy and its gradient with respect to the hidden rows, computed in
 /// vocabulary blocks, so the [R, V] logits (and their gradient) never exist at once.
@@ -57,7 +62,7 @@ extension Ops {
                 let y = Int(targets[t]) - vocabStart
                 if y >= 0 && y < cols { targetLogit[t] = lr[y] }
                 let old = runningMax[t]
-                let newMax = max(old, rowMax(lr, cols))
+                let newMax = max(old, rowMaxF(lr, cols))
                 // Earlier blocks were taken against `old`: bring their sum (and Σ E·W) to `newMax`.
                 if newMax > old && old > -.infinity {
                     let f = scalarExp(old - newMax)
@@ -104,14 +109,6 @@ extension Ops {
                 while i < dim { a[i] = a[i] * f - scale * w[i]; i += 1 }
             }
         }
-    }
-
-    /// x[i] *= f for i < n.
-    @inline(__always) static func scaleRow(_ x: UnsafeMutablePointer<Float>, _ n: Int, _ f: Float) {
-        let fv = SIMD8<Float>(repeating: f)
-        var i = 0
-        while i + 8 <= n { st8(ld8(x + i) * fv, x + i); i += 8 }
-        while i < n { x[i] *= f; i += 1 }
     }
 
     /// The whole blocked head loss for rows X against a head weight (any stored dtype), products
