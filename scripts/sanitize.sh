@@ -2,6 +2,7 @@
 # Build LoRAKit with a sanitizer and run the Swift, C and Python suites under it (make test-asan / test-tsan).
 #   scripts/sanitize.sh address [swift|c|abi|plugins|python|soak …]   (default: swift c python)
 #   scripts/sanitize.sh thread  [swift|c|abi|plugins|python|soak …]
+#   SANITIZE_SWIFT_FILTER=REGEX scripts/sanitize.sh address swift   (only the Swift tests matching REGEX)
 #
 # address: AddressSanitizer for the Swift code, AddressSanitizer + UndefinedBehaviorSanitizer for the C code
 #   (LoRAKitKernelsC and the C test programs). Swift has no -sanitize=undefined on Linux; its own run-time
@@ -112,7 +113,8 @@ for suite in $SUITES; do
     case "$suite" in
     swift)
         # shellcheck disable=SC2086
-        swift test $FLAGS --skip-build >"$log" 2>&1; rc=$?
+        # SANITIZE_SWIFT_FILTER=REGEX: only the matching Swift tests (swift test --filter).
+        swift test $FLAGS --skip-build ${SANITIZE_SWIFT_FILTER:+--filter "$SANITIZE_SWIFT_FILTER"} >"$log" 2>&1; rc=$?
         grep -E "^(✔|✘|􀟈|.*Test run with|.*tests? (passed|failed))" "$log" | tail -n 3 ;;
     c|abi)
         PREFIX="$ROOT/$SCRATCH/test-prefix"
