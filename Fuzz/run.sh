@@ -32,8 +32,9 @@ export LORAKIT_ROOT="$ROOT"
 export SWIFT_BACKTRACE=${SWIFT_BACKTRACE:-enable=no}
 # The tokenizer target also fuzzes SmolLM2's tokenizer when the real model is cached.
 if [ -z "${LORAKIT_MODEL:-}" ] && [ -s "$ROOT/.build/model-path" ]; then export LORAKIT_MODEL=$(cat "$ROOT/.build/model-path"); fi
-# Leaks are findings; the Swift runtime's one-time caches are reachable and not reported.
-export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:symbolize=1}
+# Leaks are findings (Fuzz/lsan.supp: what is not, and why); malloc_context_size=64: allocation stacks deep
+# enough for the suppressions' frames (a template parse under chatFormatter is 30+ frames deep).
+export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1:symbolize=1:malloc_context_size=64}
 export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$ROOT/Fuzz/lsan.supp:print_suppressions=0}
 
 dirs=("$WORK" "$SEEDS")
