@@ -35,7 +35,7 @@ case "$MODE" in
              RT=asan
              REPORT='ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|Simultaneous accesses'
              # malloc_context_size=64: allocation stacks deep enough for the suppressions' frames (a template
-             # parse under chatFormatter is 40+ frames deep; the default keeps 30).
+             # parse under chatFormatter is 30+ frames deep; the default keeps 30: scripts/lsan.supp).
              export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:halt_on_error=1:print_summary=1:malloc_context_size=64}
              export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
              export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$ROOT/scripts/lsan.supp:print_suppressions=0} ;;
