@@ -456,9 +456,10 @@ func onThread(stackBytes: Int, _ body: @escaping @Sendable () -> Void) {
 /// made for the ordinary build need more room there.
 let runningUnderSanitizer: Bool = {
     #if canImport(Glibc)
-    let me = dlopen(nil, RTLD_NOW)
-    defer { if me != nil { dlclose(me) } }
-    return ["__asan_init", "__tsan_init", "__msan_init", "__sanitizer_print_stack_trace"].contains { dlsym(me, $0) != nil }
+    guard let me = dlopen(nil, RTLD_NOW) else { return false }
+    defer { dlclose(me) }
+    let runtimeSymbols: [String] = ["__asan_init", "__tsan_init", "__msan_init", "__sanitizer_print_stack_trace"]
+    return runtimeSymbols.contains { name in dlsym(me, name) != nil }
     #else
     return false
     #endif
