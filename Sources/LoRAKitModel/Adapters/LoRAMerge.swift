@@ -100,14 +100,25 @@ public func writeMergedGGUF(model: LlamaModel, adapters: [(LoRAAdapter, Float)],
         throw .unsupported("writeMergedGGUF: \(model.source) was not loaded from a GGUF file")
     }
     let ws = try mergedWeights(model: model, adapters: adapters, pool: pool)
-    var byName: [String: (LoRAAdapter.Key, [Float])] = [:]
-    for (k, v) in ws { byName[k.module.ggufWeightName(layer: k.layer)] = (k, v) }
+    var byName: [String: (what: String, values: [Float])] = [:]
+    for (k, v) in ws { byName[k.module.ggufWeightName(layer: k.layer)] = ("layer \(k.layer) \(k.module)", v) }
+    try writeGGUF(copying: f, replacing: byName, outType: outType, path: path)
+}
+
+/// `f`'s metadata and tensors, in order, with the tensors named in `replacing` swapped for the given f32
+/// values (in `outType`; `what` names the weight in errors). A non-finite value is refused (a merge
+/// overflowed). The file every merge to GGUF writes (LoRA only, or with plugin adapters). Atomic.
+func writeGGUF(copying f: GGUFFile, replacing byName: [String: (what: String, values: [Float])],
+               outType: MergedWeightType, path: String) throws(LKError) {
     var w = GGUFWriter()
     w.alignment = f.alignment
     for key in f.metadataKeys { if let v = f.metadata[key] { w.set(key, v) } }
     for info in f.tensors {
         let base = try f.tensor(info.name)
-        guard let (k, v) = byName[info.name] else { try w.add(info.name, base); continue }
+        guard let (what, v) = byName[info.name] else { try w.add(info.name, base); continue }
+        for (i, x) in v.enumerated() where !x.isFinite {
+            throw .invalidArgument("merge: \(what) merged weight element \(i) is \(x) (overflow)")
+        }
         let dt: DType
         switch outType {
         case .f32: dt = .f32
@@ -118,7 +129,7 @@ public func writeMergedGGUF(model: LlamaModel, adapters: [(LoRAAdapter, Float)],
         var t = try Tensor(v, shape: base.shape)
         if dt != .f32 {
             do throws(LKError) { t = try t.converted(to: dt) } catch {
-                throw .shapeMismatch("writeMergedGGUF: layer \(k.layer) \(k.module): \(error.message)")
+                throw .shapeMismatch("writeMergedGGUF: \(what): \(error.message)")
             }
         }
         try w.add(info.name, t)

@@ -125,33 +125,9 @@ public func writeMergedGGUF(model: LlamaModel, adapters: [(LoRAAdapter, Float)],
     guard let f = model.gguf else {
         throw .unsupported("writeMergedGGUF: \(model.source) was not loaded from a GGUF file")
     }
-    var byName: [String: (String, [Float])] = [:]
+    var byName: [String: (what: String, values: [Float])] = [:]
     for w in try mergedAdapterWeights(model: model, lora: adapters, plugins: plugins, pool: pool) {
         byName["blk.\(w.layer).\(w.module.ggufName).weight"] = ("layer \(w.layer) \(w.module)", w.values)
     }
-    var w = GGUFWriter()
-    w.alignment = f.alignment
-    for key in f.metadataKeys { if let v = f.metadata[key] { w.set(key, v) } }
-    for info in f.tensors {
-        let base = try f.tensor(info.name)
-        guard let (what, v) = byName[info.name] else { try w.add(info.name, base); continue }
-        for (i, x) in v.enumerated() where !x.isFinite {
-            throw .invalidArgument("merge: \(what) merged weight element \(i) is \(x) (overflow)")
-        }
-        let dt: DType
-        switch outType {
-        case .f32: dt = .f32
-        case .f16: dt = .f16
-        case .q8_0: dt = .q8_0
-        case .same: dt = base.dtype
-        }
-        var t = try Tensor(v, shape: base.shape)
-        if dt != .f32 {
-            do throws(LKError) { t = try t.converted(to: dt) } catch {
-                throw .shapeMismatch("writeMergedGGUF: \(what): \(error.message)")
-            }
-        }
-        try w.add(info.name, t)
-    }
-    try w.write(to: path)
+    try writeGGUF(copying: f, replacing: byName, outType: outType, path: path)
 }
