@@ -2,6 +2,7 @@
 # Build LoRAKit with a sanitizer and run the Swift, C and Python suites under it (make test-asan / test-tsan).
 #   scripts/sanitize.sh address [swift|c|abi|plugins|python|soak …]   (default: swift c python)
 #   scripts/sanitize.sh thread  [swift|c|abi|plugins|python|soak …]
+#   SANITIZE_SWIFT_FILTER=REGEX scripts/sanitize.sh address swift   (only the Swift tests matching REGEX)
 #
 # address: AddressSanitizer for the Swift code, AddressSanitizer + UndefinedBehaviorSanitizer for the C code
 #   (LoRAKitKernelsC and the C test programs). Swift has no -sanitize=undefined on Linux; its own run-time
@@ -14,7 +15,11 @@
 # plugins: Tests/plugins (no liblorakit): the reference host, its thread pool, forward from two threads on one
 #   plugin instance, the C plugins; built with the sanitizer (no library build when it is the only suite).
 # Each mode builds into its own folder (.build-asan, .build-tsan) and installs there for the C tests; the
-# Python tests load the sanitized liblorakit.so with the sanitizer runtime preloaded into python3.
+# Python tests load the sanitized liblorakit.so with the sanitizer runtime preloaded into the real python3
+# interpreter (sys.executable: a pyenv shim is a shell script, and the preload would go to the shell), and
+# under TSan also the toolchain's libdispatch and blocks runtime, which its runtime calls into.
+# The Swift, C and Python suites load the shipped plugins from .build/plugin-tests: `make test-plugins`
+# (ordinary, uninstrumented build) runs first when one of them is selected.
 # Output: each suite's log in .build-<mode>/logs/, and one summary line per suite:
 #   "<mode> <suite>: <result>, N sanitizer reports, S s". Exit status non-zero on any failure or report.
 set -u
@@ -29,7 +34,9 @@ case "$MODE" in
              export LORAKIT_EXCLUSIVITY_CHECKS=1  # Package.swift: keep -enforce-exclusivity=checked
              RT=asan
              REPORT='ERROR: AddressSanitizer|ERROR: LeakSanitizer|runtime error:|Simultaneous accesses'
-             export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:halt_on_error=1:print_summary=1}
+             # malloc_context_size=64: allocation stacks deep enough for the suppressions' frames (a template
+             # parse under chatFormatter is 30+ frames deep; the default keeps 30: scripts/lsan.supp).
+             export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:halt_on_error=1:print_summary=1:malloc_context_size=64}
              export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
              export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$ROOT/scripts/lsan.supp:print_suppressions=0} ;;
     thread)  TAG=tsan
@@ -55,6 +62,12 @@ export SWIFT_BACKTRACE=enable=no
 MODEL=$(cat .build/model-path 2>/dev/null || true)
 [ -n "$MODEL" ] || MODEL=$(scripts/fetch_model.sh 2>/dev/null || true)
 export LORAKIT_MODEL=$MODEL
+
+# The real interpreter (a pyenv shim is a shell script: LD_PRELOAD would instrument bash, not python).
+PY=$("${PYTHON:-python3}" -c 'import sys; print(sys.executable)' 2>/dev/null || command -v python3)
+# What python3 preloads: the sanitizer runtime, and for TSan the libdispatch and blocks runtime it calls.
+PRELOAD="$RUNTIME"
+[ "$MODE" = thread ] && PRELOAD="$RUNTIME $SWIFTLIB/libdispatch.so $SWIFTLIB/libBlocksRuntime.so"
 
 status=0
 now() { date +%s; }
@@ -85,6 +98,14 @@ fi
 BIN=$(swift build $FLAGS --show-bin-path)
 echo "$MODE build: $(( $(now) - t )) s"
 fi
+# The Swift, C and Python suites read the shipped plugins and the bad test plugins from .build/plugin-tests.
+case " $SUITES " in *" swift "*|*" c "*|*" python "*)
+    t=$(now)
+    if ! make --no-print-directory test-plugins >"$LOGS/test-plugins.log" 2>&1; then
+        tail -n 20 "$LOGS/test-plugins.log"; echo "$MODE test-plugins: FAILED"; exit 1
+    fi
+    echo "$MODE test-plugins (ordinary build, for the swift/c/python suites): $(( $(now) - t )) s" ;;
+esac
 
 for suite in $SUITES; do
     t=$(now)
@@ -92,7 +113,8 @@ for suite in $SUITES; do
     case "$suite" in
     swift)
         # shellcheck disable=SC2086
-        swift test $FLAGS --skip-build >"$log" 2>&1; rc=$?
+        # SANITIZE_SWIFT_FILTER=REGEX: only the matching Swift tests (swift test --filter).
+        swift test $FLAGS --skip-build ${SANITIZE_SWIFT_FILTER:+--filter "$SANITIZE_SWIFT_FILTER"} >"$log" 2>&1; rc=$?
         grep -E "^(✔|✘|􀟈|.*Test run with|.*tests? (passed|failed))" "$log" | tail -n 3 ;;
     c|abi)
         PREFIX="$ROOT/$SCRATCH/test-prefix"
@@ -123,15 +145,15 @@ for suite in $SUITES; do
         if [ "$MODE" = address ]; then PYSAN="ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:verify_asan_link_order=0"; else PYSAN="TSAN_OPTIONS=$TSAN_OPTIONS"; fi
         printf '#!/bin/sh\nunset LD_PRELOAD\nexec "%s" "$@"\n' "$BIN/lorakit-cli" >"$SCRATCH/lorakit-cli-wrapper"
         chmod +x "$SCRATCH/lorakit-cli-wrapper"
-        env LD_PRELOAD="$RUNTIME" "$PYSAN" LORAKIT_LIBRARY="$BIN/liblorakit.so" LORAKIT_CLI="$ROOT/$SCRATCH/lorakit-cli-wrapper" \
-            python3 -m pytest -q -p no:cacheprovider bindings/python/tests >"$log" 2>&1; rc=$?
+        env LD_PRELOAD="$PRELOAD" "$PYSAN" LORAKIT_LIBRARY="$BIN/liblorakit.so" LORAKIT_CLI="$ROOT/$SCRATCH/lorakit-cli-wrapper" \
+            "$PY" -m pytest -q -p no:cacheprovider bindings/python/tests >"$log" 2>&1; rc=$?
         tail -n 1 "$log" ;;
     soak)
         # Tests/soak/soak.py for SOAK_SECONDS (default 60) on the tiny GGUF fixture (SOAK_MODEL to change),
         # python3 uninstrumented with the runtime preloaded, as for the python suite.
         if [ "$MODE" = address ]; then PYSAN="ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:verify_asan_link_order=0"; else PYSAN="TSAN_OPTIONS=$TSAN_OPTIONS"; fi
-        env LD_PRELOAD="$RUNTIME" "$PYSAN" LORAKIT_LIBRARY="$BIN/liblorakit.so" LORAKIT_MODEL="${SOAK_MODEL:-}" \
-            python3 Tests/soak/soak.py --seconds "${SOAK_SECONDS:-60}" >"$log" 2>&1; rc=$?
+        env LD_PRELOAD="$PRELOAD" "$PYSAN" LORAKIT_LIBRARY="$BIN/liblorakit.so" LORAKIT_MODEL="${SOAK_MODEL:-}" \
+            "$PY" Tests/soak/soak.py --seconds "${SOAK_SECONDS:-60}" >"$log" 2>&1; rc=$?
         tail -n 1 "$log" ;;
     *) echo "sanitize.sh: unknown suite $suite" >&2; status=1; continue ;;
     esac

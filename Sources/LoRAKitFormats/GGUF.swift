@@ -319,31 +319,31 @@ struct ByteReader {
         }
     }
 
-    mutating func need(_ n: Int, _ what: String) throws(LKError) {
+    mutating func need(_ n: Int, _ what: @autoclosure () -> String) throws(LKError) {
         guard n >= 0, n <= count - position else {
-            throw .format("\(path): truncated file: reading \(what) needs \(n) bytes at offset \(position), file has \(count)")
+            throw .format("\(path): truncated file: reading \(what()) needs \(n) bytes at offset \(position), file has \(count)")
         }
     }
-    mutating func u8(_ what: String) throws(LKError) -> UInt8 {
-        try need(1, what); defer { position += 1 }
+    mutating func u8(_ what: @autoclosure () -> String) throws(LKError) -> UInt8 {
+        try need(1, what()); defer { position += 1 }
         return base.load(fromByteOffset: position, as: UInt8.self)
     }
-    mutating func u16(_ what: String) throws(LKError) -> UInt16 {
-        try need(2, what); defer { position += 2 }
+    mutating func u16(_ what: @autoclosure () -> String) throws(LKError) -> UInt16 {
+        try need(2, what()); defer { position += 2 }
         return UInt16(littleEndian: base.loadUnaligned(fromByteOffset: position, as: UInt16.self))
     }
-    mutating func u32(_ what: String) throws(LKError) -> UInt32 {
-        try need(4, what); defer { position += 4 }
+    mutating func u32(_ what: @autoclosure () -> String) throws(LKError) -> UInt32 {
+        try need(4, what()); defer { position += 4 }
         return UInt32(littleEndian: base.loadUnaligned(fromByteOffset: position, as: UInt32.self))
     }
-    mutating func u64(_ what: String) throws(LKError) -> UInt64 {
-        try need(8, what); defer { position += 8 }
+    mutating func u64(_ what: @autoclosure () -> String) throws(LKError) -> UInt64 {
+        try need(8, what()); defer { position += 8 }
         return UInt64(littleEndian: base.loadUnaligned(fromByteOffset: position, as: UInt64.self))
     }
-    mutating func string(_ what: String) throws(LKError) -> String {
-        let n = try u64("length of \(what)")
+    mutating func string(_ what: @autoclosure () -> String) throws(LKError) -> String {
+        let n = try u64("length of \(what())")
         guard n <= UInt64(count - position) else {
-            throw .format("\(path): truncated file or corrupt length: \(what) claims \(n) bytes at offset \(position), file has \(count)")
+            throw .format("\(path): truncated file or corrupt length: \(what()) claims \(n) bytes at offset \(position), file has \(count)")
         }
         let len = Int(n)
         let s = String(decoding: UnsafeRawBufferPointer(start: base + position, count: len), as: UTF8.self)
@@ -351,48 +351,48 @@ struct ByteReader {
         return s
     }
 
-    mutating func value(type: UInt32, what: String, depth: Int) throws(LKError) -> GGUFValue {
+    mutating func value(type: UInt32, what: @autoclosure () -> String, depth: Int) throws(LKError) -> GGUFValue {
         switch type {
-        case 0: return .uint8(try u8(what))
-        case 1: return .int8(Int8(bitPattern: try u8(what)))
-        case 2: return .uint16(try u16(what))
-        case 3: return .int16(Int16(bitPattern: try u16(what)))
-        case 4: return .uint32(try u32(what))
-        case 5: return .int32(Int32(bitPattern: try u32(what)))
-        case 6: return .float32(Float(bitPattern: try u32(what)))
+        case 0: return .uint8(try u8(what()))
+        case 1: return .int8(Int8(bitPattern: try u8(what())))
+        case 2: return .uint16(try u16(what()))
+        case 3: return .int16(Int16(bitPattern: try u16(what())))
+        case 4: return .uint32(try u32(what()))
+        case 5: return .int32(Int32(bitPattern: try u32(what())))
+        case 6: return .float32(Float(bitPattern: try u32(what())))
         case 7:
-            let b = try u8(what)
-            guard b <= 1 else { throw .format("\(path): \(what): bool value \(b) at offset \(position - 1)") }
+            let b = try u8(what())
+            guard b <= 1 else { throw .format("\(path): \(what()): bool value \(b) at offset \(position - 1)") }
             return .bool(b == 1)
-        case 8: return .string(try string(what))
+        case 8: return .string(try string(what()))
         case 9:
-            guard depth < 4 else { throw .format("\(path): \(what): arrays nested too deeply") }
-            let et = try u32("element type of \(what)")
+            guard depth < 4 else { throw .format("\(path): \(what()): arrays nested too deeply") }
+            let et = try u32("element type of \(what())")
             // Checked even for an empty array, so every value read has a known type.
             guard let minBytes = ByteReader.minimumSize(type: et) else {
-                throw .format("\(path): \(what): unknown array element type \(et) at offset \(position - 4)")
+                throw .format("\(path): \(what()): unknown array element type \(et) at offset \(position - 4)")
             }
-            let n = try u64("length of \(what)")
+            let n = try u64("length of \(what())")
             // Every element takes at least `minBytes` bytes: a length beyond the remaining bytes is corrupt
             // (checked before anything is reserved for the elements).
             guard n <= UInt64((count - position) / minBytes) else {
-                throw .format("\(path): \(what): array of \(n) elements of type \(et) needs at least \(n) × \(minBytes) bytes, the file has \(count - position) left")
+                throw .format("\(path): \(what()): array of \(n) elements of type \(et) needs at least \(n) × \(minBytes) bytes, the file has \(count - position) left")
             }
             values += Int(n)
             guard values <= ByteReader.maxValues else {
-                throw .format("\(path): \(what): the metadata holds more than \(ByteReader.maxValues) array elements")
+                throw .format("\(path): \(what()): the metadata holds more than \(ByteReader.maxValues) array elements")
             }
             var out: [GGUFValue] = []
             out.reserveCapacity(Int(n))
             for i in 0..<Int(n) {
-                out.append(try value(type: et, what: "\(what)[\(i)]", depth: depth + 1))
+                out.append(try value(type: et, what: "\(what())[\(i)]", depth: depth + 1))
             }
             return .array(elementType: et, out)
-        case 10: return .uint64(try u64(what))
-        case 11: return .int64(Int64(bitPattern: try u64(what)))
-        case 12: return .float64(Double(bitPattern: try u64(what)))
+        case 10: return .uint64(try u64(what()))
+        case 11: return .int64(Int64(bitPattern: try u64(what())))
+        case 12: return .float64(Double(bitPattern: try u64(what())))
         default:
-            throw .format("\(path): \(what): unknown metadata value type \(type) at offset \(position - 4)")
+            throw .format("\(path): \(what()): unknown metadata value type \(type) at offset \(position - 4)")
         }
     }
 }

@@ -381,6 +381,30 @@ extension TemplateValue {
     }
 }
 
+/// timeout-c9787575: `{{ 'x' * 922374406-6854775807 }}` is 32 bytes long, so the fuzz target rendered it under
+/// the default limits: a 922 MB repetition within the default 1 GiB allocation budget, legitimately expensive
+/// (longer than libFuzzer's 20 s timeout under ASan), not a bug. The fuzz target's default-limits case now has
+/// a 16 MiB allocation and output budget and a 2 s clock (Fuzz/Sources/FuzzTemplates), under which the
+/// repetition is refused before anything is allocated.
+@Test func fuzzTimeoutC9787575FuzzBudgetRefusesTheRepetition() throws {
+    let bytes = readBytes(HardeningRegressionTests.regressions + "/templates/timeout-c9787575f599adc9b418c747005b7572283efe8d")
+    let source = String(decoding: bytes, as: UTF8.self)
+    #expect(source == "{{ 'x' * 922374406-6854775807 }}" && bytes.count % 32 == 0)
+    var budget = TemplateLimits.default
+    budget.maxAllocatedBytes = 16 << 20
+    budget.maxOutputBytes = 16 << 20
+    budget.maxSeconds = 2
+    let t = try ChatTemplate(source)
+    do {
+        let out = try t.render(messages: [], addGenerationPrompt: false, limits: budget)
+        Issue.record("rendered \(out.utf8.count) bytes")
+    } catch {
+        guard case .limit(let m) = error else { Issue.record("expected a limit error, got \(error)"); return }
+        #expect(m.hasPrefix("chat template: line 1, column "), "\(m)")
+        #expect(m.hasSuffix("'*': a 1-byte string repeated 922374406 times needs 922374406 bytes, more than the 16777216 left of the 16777216 bytes a render may allocate for strings and lists (TemplateLimits.maxAllocatedBytes)"), "\(m)")
+    }
+}
+
 /// slow-unit-d4a989b6: `{% set s = 'ab' * 50000 %}{{ s | replace('a', c) | length }}` took 8+ s under ASan:
 /// replace appended scalar slices to a String between `+=`s, which copies the whole string each time
 /// (quadratic: 0.8 s for 100 KB, 3.3 s for 200 KB). It now builds UTF-8 bytes once.
@@ -427,9 +451,25 @@ func onThread(stackBytes: Int, _ body: @escaping @Sendable () -> Void) {
     #endif
 }
 
+/// Whether a sanitizer runtime (ASan, TSan, …) is linked into this process (scripts/sanitize.sh builds).
+/// Sanitized code has larger frames (ASan: redzones around locals, a fake stack), so stack-depth checks
+/// made for the ordinary build need more room there.
+let runningUnderSanitizer: Bool = {
+    #if canImport(Glibc)
+    guard let me = dlopen(nil, RTLD_NOW) else { return false }
+    defer { dlclose(me) }
+    let runtimeSymbols: [String] = ["__asan_init", "__tsan_init", "__msan_init", "__sanitizer_print_stack_trace"]
+    return runtimeSymbols.contains { name in dlsym(me, name) != nil }
+    #else
+    return false
+    #endif
+}()
+
 /// The depth limits are capped (TemplateLimits.depthCap) so that no setting lets a template overflow the stack:
 /// at the cap, the deepest macro recursion and the deepest list (built, compared, printed, serialized) render
-/// on a thread with a 1 MiB stack (C hosts' threads have 8 MiB on Linux, 512 KiB+ on macOS).
+/// on a thread with a 1 MiB stack (C hosts' threads have 8 MiB on Linux, 512 KiB+ on macOS). Under a
+/// sanitizer (make test-asan / test-tsan) the frames are several times larger, and the thread gets 8 MiB,
+/// the stack of a Linux host's threads: the check there is that the cap fits a real host thread.
 @Test func depthLimitsAtTheCapFitAOneMiBStack() throws {
     var l = TemplateLimits()
     l.maxRecursionDepth = TemplateLimits.depthCap + 1
@@ -452,7 +492,7 @@ func onThread(stackBytes: Int, _ body: @escaping @Sendable () -> Void) {
         """)
     let capLimits = cap
     let results = Locked<[String]>([])
-    onThread(stackBytes: 1 << 20) {
+    onThread(stackBytes: runningUnderSanitizer ? 8 << 20 : 1 << 20) {
         for t in [recursion, nested, shallower] {
             let r: String
             do throws(LKError) { r = try t.render(messages: [], addGenerationPrompt: false, limits: capLimits) } catch { r = "error: \(error.message)" }

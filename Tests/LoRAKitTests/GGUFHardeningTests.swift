@@ -381,4 +381,61 @@ import Glibc
             unlink(path)
         }
     }
+
+    // MARK: Error messages
+
+    /// The reader names what it was reading only when it fails (the descriptions are built lazily, so a
+    /// valid file with a large vocabulary formats none of them): each message, whole, for every kind of
+    /// description — metadata key, its type, its value, array elements nested two deep, element types,
+    /// lengths, and every field of a tensor info.
+    @Test func errorMessagesNameWhatWasRead() {
+        func expectMessage(_ g: Bytes, _ rest: String, sourceLocation: SourceLocation = #_sourceLocation) {
+            let path = temporaryPath("msg.gguf")
+            defer { unlink(path) }
+            writeBytes(path, g.b)
+            #expect(throws: LKError.format(path + ": " + rest), sourceLocation: sourceLocation) { try GGUFFile(path: path) }
+        }
+        var g = Bytes()  // the header is 24 bytes
+        g.header(tensors: 0, kv: 1); g.zeros(4)
+        expectMessage(g, "truncated file: reading length of metadata key #0 needs 8 bytes at offset 24, file has 28")
+        g = Bytes(); g.header(tensors: 0, kv: 2); g.kvU32("a", 1); g.u64(1 << 40)
+        expectMessage(g, "truncated file or corrupt length: metadata key #1 claims 1099511627776 bytes at offset 49, file has 49")
+        g = Bytes(); g.header(tensors: 0, kv: 1); g.str("a")
+        expectMessage(g, "truncated file: reading type of a needs 4 bytes at offset 33, file has 33")
+        g = Bytes(); g.header(tensors: 0, kv: 1); g.str("k"); g.u32(4); g.zeros(2)
+        expectMessage(g, "truncated file: reading k needs 4 bytes at offset 37, file has 39")
+        g = Bytes(); g.header(tensors: 0, kv: 1); g.str("s"); g.u32(8); g.zeros(3)
+        expectMessage(g, "truncated file: reading length of s needs 8 bytes at offset 37, file has 40")
+        g = Bytes(); g.header(tensors: 0, kv: 1); g.str("t"); g.u32(9); g.zeros(2)
+        expectMessage(g, "truncated file: reading element type of t needs 4 bytes at offset 37, file has 39")
+        g = Bytes(); g.header(tensors: 0, kv: 1); g.str("t"); g.u32(9); g.u32(10); g.zeros(3)
+        expectMessage(g, "truncated file: reading length of t needs 8 bytes at offset 41, file has 44")
+        // Arrays of arrays: the element's name carries each index.
+        g = Bytes(); g.header(tensors: 0, kv: 1); g.str("t"); g.u32(9); g.u32(9); g.u64(1); g.u32(0); g.u64(2); g.u8(1)
+        expectMessage(g, "t[0]: array of 2 elements of type 0 needs at least 2 × 1 bytes, the file has 1 left")
+        g = Bytes(); g.header(tensors: 0, kv: 1); g.str("t"); g.u32(9); g.u32(9); g.u64(1); g.u32(7); g.u64(2); g.u8(1); g.u8(2); g.zeros(2)
+        expectMessage(g, "t[0][1]: bool value 2 at offset 62")
+        g = Bytes(); g.header(tensors: 0, kv: 1); g.str("s"); g.u32(9); g.u32(8); g.u64(2); g.str("x"); g.u64(100); g.zeros(3)
+        expectMessage(g, "truncated file or corrupt length: s[1] claims 100 bytes at offset 66, file has 69")
+        // value → array of arrays (9) of length 1, four levels down: k[0][0][0][0] is one too many.
+        g = Bytes(); g.header(tensors: 0, kv: 1); g.str("k"); g.u32(9); for _ in 0..<5 { g.u32(9); g.u64(1) }; g.zeros(64)
+        expectMessage(g, "k[0][0][0][0]: arrays nested too deeply")
+        g = Bytes(); g.header(tensors: 0, kv: 1); g.str("k"); g.u32(13)
+        expectMessage(g, "k: unknown metadata value type 13 at offset 33")
+        g = Bytes(); g.header(tensors: 0, kv: 1); g.str("k"); g.u32(9); g.u32(99); g.zeros(8)
+        expectMessage(g, "k: unknown array element type 99 at offset 37")
+        // Tensor infos.
+        g = Bytes(); g.header(tensors: 1, kv: 0); g.zeros(4)
+        expectMessage(g, "truncated file: reading length of tensor #0 name needs 8 bytes at offset 24, file has 28")
+        g = Bytes(); g.header(tensors: 1, kv: 0); g.str("w")
+        expectMessage(g, "truncated file: reading n_dims of w needs 4 bytes at offset 33, file has 33")
+        g = Bytes(); g.header(tensors: 1, kv: 0); g.str("w"); g.u32(2); g.u64(4); g.zeros(3)
+        expectMessage(g, "truncated file: reading dim 1 of w needs 8 bytes at offset 45, file has 48")
+        g = Bytes(); g.header(tensors: 1, kv: 0); g.str("w"); g.u32(1); g.u64(4)
+        expectMessage(g, "truncated file: reading type of w needs 4 bytes at offset 45, file has 45")
+        g = Bytes(); g.header(tensors: 1, kv: 0); g.str("w"); g.u32(1); g.u64(4); g.u32(0)
+        expectMessage(g, "truncated file: reading offset of w needs 8 bytes at offset 49, file has 49")
+        g = Bytes(); g.header(tensors: 2, kv: 0); g.tensor("w", [4]); g.str("v"); g.u32(7)
+        expectMessage(g, "tensor v: n_dims 7 outside 1...4")
+    }
 }
