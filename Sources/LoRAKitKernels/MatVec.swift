@@ -116,33 +116,8 @@ public func matVecRows(weight: Tensor, x: UnsafePointer<Float>, rows: Int, ldx: 
 public func matVecShared(weights: [Tensor], x: UnsafePointer<Float>, ys: [UnsafeMutablePointer<Float>],
                          pool: ThreadPool, activations: ActivationQuantization = .int16,
                          kernel: QuantKernel = .auto) throws(LKError) {
-    guard weights.count == ys.count else {
-        throw .invalidArgument("matVecShared: \(weights.count) weights but \(ys.count) outputs")
-    }
-    guard let first = weights.first else { return }
-    var segs: [Segment] = []
-    segs.reserveCapacity(weights.count)
-    var start = 0
-    for (j, w) in weights.enumerated() {
-        let s = try segment(w, start: start, y: ys[j], ldy: w.shape.first ?? 0, what: "matVecShared: weight \(j)")
-        guard s.inner == segs.first?.inner ?? s.inner else {
-            throw .shapeMismatch("matVecShared: weight \(j) has \(s.inner) inputs, weight 0 has \(segs[0].inner)")
-        }
-        segs.append(s)
-        start += s.out
-    }
-    let quantized = first.dtype.isQuantized
-    if !segs.allSatisfy({ $0.dtype.isQuantized == quantized && (quantized || $0.dtype == first.dtype) }) {
-        for (j, w) in weights.enumerated() {
-            try matVec(weight: w, x: x, y: ys[j], pool: pool, activations: activations, kernel: kernel)
-        }
-        return
-    }
-    if start == 0 { return }
-    segs.withUnsafeBufferPointer { b in
-        run(b, dtype: first.dtype, inner: segs[0].inner, x: x, ldx: segs[0].inner, nr: 1, row0: 0,
-            pool: pool, activations: activations, kernel: kernel)
-    }
+    try matVecRowsShared(weights: weights, x: x, rows: 1, ldx: weights.first?.shape.last ?? 0, ys: ys,
+                         pool: pool, activations: activations, kernel: kernel)
 }
 
 /// `ys[j][r·out_j + o] = Σ_i weights[j][o][i] · x[r·ldx + i]` for several weights that read the same
