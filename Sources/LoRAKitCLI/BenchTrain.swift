@@ -28,6 +28,8 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "Learning rate of the AdamW update.") var lr: Float = 2e-4
     @Option(help: "Seed of the random tokens (and of the adapter's A initialisation).") var seed: UInt64 = 42
     @Option(help: "Rows of the output head and loss computed at once (default: the trainer's).") var lossChunkRows: Int?
+    @Option(help: "Vocabulary entries of the output head and loss computed at once; 0 = whole rows (default: the trainer's, \(LoRATrainer.defaultLossVocabBlock)).")
+    var lossVocabBlock: Int?
     @Flag(help: "Also time every part of the timed steps (forward, backward, head, loss, optimizer) and print where the time goes.")
     var profile = false
     @Flag(help: "Print JSON.") var json = false
@@ -49,6 +51,10 @@ struct BenchTrain: ParsableCommand {
             if let r = lossChunkRows {
                 guard r >= 1 else { throw LKError.invalidArgument("bench train: loss-chunk-rows \(r) must be ≥ 1") }
                 trainer.lossChunkRows = r
+            }
+            if let b = lossVocabBlock {
+                guard b >= 0 else { throw LKError.invalidArgument("bench train: loss-vocab-block \(b) must be ≥ 0 (0: whole rows)") }
+                trainer.lossVocabBlock = b
             }
             var params: [OptimizerParameter] = []
             for p in trainer.parameters {
@@ -97,7 +103,7 @@ struct BenchTrain: ParsableCommand {
             let trainRSS = resetHWM ? vmHWMBytes() : nil
             let act = LoRATrainer.activationBytes(config: c, rows: batch * seq, maxRank: rank,
                                                   adapterModules: trainer.modules.count,
-                                                  chunkRows: trainer.lossChunkRows)
+                                                  chunkRows: trainer.lossChunkRows, vocabBlock: trainer.lossVocabBlock)
             let stepMs = stepSeconds.map { $0 * 1000 }
             let median = stepMs.sorted()[stepMs.count / 2]
             // The profile: per part, ms per step, share of the step and GFLOP/s where counted.
@@ -125,6 +131,7 @@ struct BenchTrain: ParsableCommand {
                     ("peak_rss_training_bytes", trainRSS.map { .number(Double($0)) } ?? .null),
                     ("activation_bytes_estimate", .number(Double(act))),
                     ("loss_chunk_rows", .number(Double(trainer.lossChunkRows))),
+                    ("loss_vocab_block", .number(Double(trainer.lossVocabBlock))),
                 ] + (profile ? [("profile", .array(parts.map { p in
                     .object([("part", .string(p.0)), ("ms_per_step", .number(p.1 * 1000 / Double(steps))),
                              ("share", .number(p.1 / total)),

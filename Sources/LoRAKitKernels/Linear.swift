@@ -52,9 +52,10 @@ public enum Linear {
     }
 
     /// The forwards of several linear layers on the same input (e.g. the q, k and v projections):
-    /// `ys[j][T, N_j] = x[T, K] · weights[j]ᵀ`. One row goes to `matVecShared` (one hand-out to the thread
-    /// pool for all weights, x quantized once for quantized weights); more rows to `forward` per weight.
-    /// Each `ys[j]` is bitwise equal to `forward(x:rows:weight: weights[j] ...)`.
+    /// `ys[j][T, N_j] = x[T, K] · weights[j]ᵀ`. One row goes to `matVecShared` and a few rows (below
+    /// `smallRowLimit`) to `matVecRowsShared` (one hand-out to the thread pool for all weights, each x row
+    /// quantized once for quantized weights); more rows to `forward` per weight. Each `ys[j]` is bitwise
+    /// equal to `forward(x:rows:weight: weights[j] ...)`.
     public static func forwardShared(x: UnsafePointer<Float>, rows: Int, weights: [Tensor],
                                      ys: [UnsafeMutablePointer<Float>], pool: ThreadPool,
                                      activations: ActivationQuantization = .int16) throws(LKError) {
@@ -63,6 +64,9 @@ public enum Linear {
         }
         if rows == 1 {
             try matVecShared(weights: weights, x: x, ys: ys, pool: pool, activations: activations)
+        } else if rows > 1 && rows < smallRowLimit && weights.allSatisfy({ $0.rank == 2 }) {
+            try matVecRowsShared(weights: weights, x: x, rows: rows, ldx: weights.first?.shape[1] ?? 0, ys: ys,
+                                 pool: pool, activations: activations)
         } else {
             for (w, y) in zip(weights, ys) {
                 try forward(x: x, rows: rows, weight: w, y: y, pool: pool, activations: activations)

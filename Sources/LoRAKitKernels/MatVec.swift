@@ -78,15 +78,18 @@ public func matVec(weight: Tensor, x: UnsafePointer<Float>, y: UnsafeMutablePoin
                    ldy: weight.shape.first ?? 0, pool: pool, activations: activations, kernel: kernel)
 }
 
-/// `y[r·ldy + o] = Σ_i weight[o][i] · x[r·ldx + i]` for `rows` activation rows (meant for 2–8, e.g. a few
-/// tokens of speculative decoding or a small batch). Plain-dtype weights are read once for up to 8 rows
-/// (larger `rows` are processed 8 at a time); quantized weights are read once per row by the integer
-/// kernel (its rows are few). Row `r` of the result is bitwise equal to `matVec` on row `r` of `x`.
+/// `y[r·ldy + o] = Σ_i weight[o][i] · x[r·ldx + i]` for `rows` activation rows (meant for 2–11, e.g. a
+/// few tokens of speculative decoding or a decode step of a small batch). Weights are read once for up
+/// to 8 rows (larger `rows` are processed 8 at a time): plain dtypes by `dotRowMulti`; quantized ones by
+/// the C multi-row kernels, which unpack each weight block once for all rows — `lk_qdot_rows_x16` (x as
+/// int16: `vpmaddwd` with AVX2, `vpdpwssd` on 512-bit registers with AVX512-VNNI, two weight rows per
+/// pass) and, for int8 activations on AVX512-VNNI, `lk_qdot_rows_multi` (`vpdpbusd`); other paths run the
+/// one-row kernel per row. Row `r` of the result is bitwise equal to `matVec` on row `r` of `x`.
 public func matVecRows(weight: Tensor, x: UnsafePointer<Float>, rows: Int, ldx: Int,
                        y: UnsafeMutablePointer<Float>, ldy: Int, pool: ThreadPool,
                        activations: ActivationQuantization = .int16, kernel: QuantKernel = .auto) throws(LKError) {
     guard rows >= 0 else { throw .invalidArgument("matVec: negative row count \(rows)") }
-    let seg = try segment(weight, start: 0, y: y, what: "matVec")
+    let seg = try segment(weight, start: 0, y: y, ldy: ldy, what: "matVec")
     if rows > 1 {
         guard ldx >= seg.inner else { throw .invalidArgument("matVec: ldx \(ldx) < in \(seg.inner)") }
         guard ldy >= seg.out else { throw .invalidArgument("matVec: ldy \(ldy) < out \(seg.out)") }
@@ -98,8 +101,8 @@ public func matVecRows(weight: Tensor, x: UnsafePointer<Float>, rows: Int, ldx: 
         var r0 = 0
         while r0 < rows {
             let nr = min(8, rows - r0)
-            run(segs, dtype: seg.dtype, inner: seg.inner, x: x + r0 * ldx, ldx: ldx, nr: nr, yOffset: r0 * ldy,
-                ldy: ldy, pool: pool, activations: activations, kernel: kernel)
+            run(segs, dtype: seg.dtype, inner: seg.inner, x: x + r0 * ldx, ldx: ldx, nr: nr, row0: r0,
+                pool: pool, activations: activations, kernel: kernel)
             r0 += nr
         }
     }
@@ -121,7 +124,7 @@ public func matVecShared(weights: [Tensor], x: UnsafePointer<Float>, ys: [Unsafe
     segs.reserveCapacity(weights.count)
     var start = 0
     for (j, w) in weights.enumerated() {
-        let s = try segment(w, start: start, y: ys[j], what: "matVecShared: weight \(j)")
+        let s = try segment(w, start: start, y: ys[j], ldy: w.shape.first ?? 0, what: "matVecShared: weight \(j)")
         guard s.inner == segs.first?.inner ?? s.inner else {
             throw .shapeMismatch("matVecShared: weight \(j) has \(s.inner) inputs, weight 0 has \(segs[0].inner)")
         }
@@ -137,14 +140,64 @@ public func matVecShared(weights: [Tensor], x: UnsafePointer<Float>, ys: [Unsafe
     }
     if start == 0 { return }
     segs.withUnsafeBufferPointer { b in
-        run(b, dtype: first.dtype, inner: segs[0].inner, x: x, ldx: segs[0].inner, nr: 1, yOffset: 0, ldy: 0,
+        run(b, dtype: first.dtype, inner: segs[0].inner, x: x, ldx: segs[0].inner, nr: 1, row0: 0,
             pool: pool, activations: activations, kernel: kernel)
+    }
+}
+
+/// `ys[j][r·out_j + o] = Σ_i weights[j][o][i] · x[r·ldx + i]` for several weights that read the same
+/// `rows` activation rows (e.g. the q, k and v projections of a few tokens; `out_j` = `weights[j].shape[0]`,
+/// so each `ys[j]` is a contiguous `[rows, out_j]`): `matVecRows` for all weights at once — one hand-out
+/// to the thread pool per 8 rows and, for quantized weights, each x row quantized once for all of them.
+/// Row `r` of each `ys[j]` is bitwise equal to `matVec(weight: weights[j], ...)` on row `r` of `x`. The
+/// weights need the same `in`; if they mix plain and quantized dtypes, or different plain dtypes, they
+/// are computed one by one.
+public func matVecRowsShared(weights: [Tensor], x: UnsafePointer<Float>, rows: Int, ldx: Int,
+                             ys: [UnsafeMutablePointer<Float>], pool: ThreadPool,
+                             activations: ActivationQuantization = .int16, kernel: QuantKernel = .auto) throws(LKError) {
+    guard weights.count == ys.count else {
+        throw .invalidArgument("matVecRowsShared: \(weights.count) weights but \(ys.count) outputs")
+    }
+    guard rows >= 0 else { throw .invalidArgument("matVecRowsShared: negative row count \(rows)") }
+    guard let first = weights.first else { return }
+    var segs: [Segment] = []
+    segs.reserveCapacity(weights.count)
+    var start = 0
+    for (j, w) in weights.enumerated() {
+        let s = try segment(w, start: start, y: ys[j], ldy: w.shape.first ?? 0, what: "matVecRowsShared: weight \(j)")
+        guard s.inner == segs.first?.inner ?? s.inner else {
+            throw .shapeMismatch("matVecRowsShared: weight \(j) has \(s.inner) inputs, weight 0 has \(segs[0].inner)")
+        }
+        segs.append(s)
+        start += s.out
+    }
+    if rows > 1 {
+        guard ldx >= segs[0].inner else { throw .invalidArgument("matVecRowsShared: ldx \(ldx) < in \(segs[0].inner)") }
+    }
+    let quantized = first.dtype.isQuantized
+    if !segs.allSatisfy({ $0.dtype.isQuantized == quantized && (quantized || $0.dtype == first.dtype) }) {
+        for (j, w) in weights.enumerated() {
+            try matVecRows(weight: w, x: x, rows: rows, ldx: ldx, y: ys[j], ldy: w.shape[0], pool: pool,
+                           activations: activations, kernel: kernel)
+        }
+        return
+    }
+    if start == 0 || rows == 0 { return }
+    segs.withUnsafeBufferPointer { b in
+        var r0 = 0
+        while r0 < rows {
+            let nr = min(8, rows - r0)
+            run(b, dtype: first.dtype, inner: segs[0].inner, x: x + r0 * ldx, ldx: ldx, nr: nr, row0: r0,
+                pool: pool, activations: activations, kernel: kernel)
+            r0 += nr
+        }
     }
 }
 
 // MARK: - Segments
 
-/// One weight's rows within the concatenated output rows of a call: rows `start ..< start + out`.
+/// One weight's rows within the concatenated output rows of a call: rows `start ..< start + out`; the
+/// result of x row r goes to `y + r·ldy`.
 private struct Segment {
     var w: UnsafeRawPointer
     var rowStride: Int      // bytes between weight rows
@@ -152,11 +205,12 @@ private struct Segment {
     var inner: Int
     var start: Int
     var y: UnsafeMutablePointer<Float>
+    var ldy: Int
     var dtype: DType
 }
 
 /// Validate a weight for the mat-vec kernels.
-private func segment(_ weight: Tensor, start: Int, y: UnsafeMutablePointer<Float>,
+private func segment(_ weight: Tensor, start: Int, y: UnsafeMutablePointer<Float>, ldy: Int,
                      what: String) throws(LKError) -> Segment {
     guard weight.rank == 2 else {
         throw .shapeMismatch("\(what): weight must have shape [out, in], got \(weight.shape)")
@@ -176,7 +230,7 @@ private func segment(_ weight: Tensor, start: Int, y: UnsafeMutablePointer<Float
         rowStride = weight.strides[0] * dtype.blockBytes
     }
     return Segment(w: UnsafeRawPointer(weight.rawPointer), rowStride: rowStride, out: out, inner: inner,
-                   start: start, y: y, dtype: dtype)
+                   start: start, y: y, ldy: ldy, dtype: dtype)
 }
 
 /// `body(segment, rows)` for the part of `range` (of the concatenated rows) in each segment, with
@@ -190,16 +244,17 @@ private func forEachPiece(_ segs: UnsafeBufferPointer<Segment>, _ range: Range<I
     }
 }
 
-/// `nr` ≤ 8 x rows (`ldx` apart) against all segments (one dtype family: all quantized, or all the same
-/// plain dtype); results of x row r go to `segment.y + yOffset + r·ldy`.
+/// `nr` ≤ 8 x rows (`ldx` apart; rows `row0 ..< row0 + nr` of the call) against all segments (one dtype
+/// family: all quantized, or all the same plain dtype); results of x row r go to
+/// `segment.y + (row0 + r)·segment.ldy`.
 private func run(_ segs: UnsafeBufferPointer<Segment>, dtype: DType, inner: Int, x: UnsafePointer<Float>,
-                 ldx: Int, nr: Int, yOffset: Int, ldy: Int, pool: ThreadPool, activations: ActivationQuantization,
+                 ldx: Int, nr: Int, row0: Int, pool: ThreadPool, activations: ActivationQuantization,
                  kernel: QuantKernel) {
     switch dtype {
-    case .f32: mvFloat(F32Row.self, segs, inner, x, ldx, nr, yOffset, ldy, pool)
-    case .f16: mvFloat(F16Row.self, segs, inner, x, ldx, nr, yOffset, ldy, pool)
-    case .bf16: mvFloat(BF16Row.self, segs, inner, x, ldx, nr, yOffset, ldy, pool)
-    case .q8_0, .q4_0, .q4_1: mvQuant(segs, inner, x, ldx, nr, yOffset, ldy, pool, kernel, activations)
+    case .f32: mvFloat(F32Row.self, segs, inner, x, ldx, nr, row0, pool)
+    case .f16: mvFloat(F16Row.self, segs, inner, x, ldx, nr, row0, pool)
+    case .bf16: mvFloat(BF16Row.self, segs, inner, x, ldx, nr, row0, pool)
+    case .q8_0, .q4_0, .q4_1: mvQuant(segs, inner, x, ldx, nr, row0, pool, kernel, activations)
     }
 }
 
@@ -374,7 +429,7 @@ private func dotRowMulti<R: FloatRow>(_: R.Type, _ w: UnsafeRawPointer, _ n: Int
 }
 
 private func mvFloat<R: FloatRow>(_ kind: R.Type, _ segs: UnsafeBufferPointer<Segment>, _ n: Int,
-                                  _ x: UnsafePointer<Float>, _ ldx: Int, _ nr: Int, _ yOffset: Int, _ ldy: Int,
+                                  _ x: UnsafePointer<Float>, _ ldx: Int, _ nr: Int, _ row0: Int,
                                   _ pool: ThreadPool) {
     let total = totals(segs).rows
     let tasks = mvTasks(total * n * R.elementBytes * nr, total, pool)
@@ -382,7 +437,7 @@ private func mvFloat<R: FloatRow>(_ kind: R.Type, _ segs: UnsafeBufferPointer<Se
         let range = partition(total, index: idx, count: cnt, align: 4)
         if range.isEmpty { return }
         forEachPiece(segs, range) { s, rows in
-            let w = s.w, rs = s.rowStride, y = s.y + yOffset
+            let w = s.w, rs = s.rowStride, y = s.y + row0 * s.ldy, ldy = s.ldy
             if nr == 1 {
                 var o = rows.lowerBound
                 while o + 4 <= rows.upperBound {
@@ -418,7 +473,7 @@ private func qdotType(_ d: DType) -> Int32 {
 }
 
 private func mvQuant(_ segs: UnsafeBufferPointer<Segment>, _ n: Int, _ x: UnsafePointer<Float>, _ ldx: Int,
-                     _ nr: Int, _ yOffset: Int, _ ldy: Int, _ pool: ThreadPool, _ kernel: QuantKernel,
+                     _ nr: Int, _ row0: Int, _ pool: ThreadPool, _ kernel: QuantKernel,
                      _ activations: ActivationQuantization) {
     // Integer path (C kernel): each x row is quantized once per call (block pairs of 64 int8 digits, or
     // 128 for int16 as two digits, and 4 floats; see lk_qdot.h); each weight block is multiplied in
@@ -429,41 +484,65 @@ private func mvQuant(_ segs: UnsafeBufferPointer<Segment>, _ n: Int, _ x: Unsafe
     let xqStride = wide == 1 ? 128 : 64
     let (total, bytes) = totals(segs)
     let path = kernel.rawValue
+    let tasks = mvTasks(bytes * nr, total, pool)
+    // Several x rows: each weight block unpacked once for all of them (same results). With int16
+    // activations (and on AVX2 with either), the x16 kernel: x as int16, no digit split; int8 activations
+    // on AVX512-VNNI keep the two-rows-per-register vpdpbusd kernel (half the multiplies of int16).
+    let multi8 = nr > 1 && lk_qdot_multi_supported(path) != 0
+    if nr > 1 && lk_qdot_x16_supported(path) != 0 && (wide == 1 || !multi8) {
+        let npx = (nr + 1) / 2
+        withUnsafeTemporaryAllocation(of: Int16.self, capacity: max(1, npx * np * 128)) { xiBuf in
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, npx * np * 16 + np * 16)) { fBuf in
+                let xi = xiBuf.baseAddress!, xd = fBuf.baseAddress!, xs = xd + npx * np * 16
+                lk_quantize_x16(path, wide, x, Int64(ldx), Int64(nr), Int64(nb), xi, xd, xs)
+                pool.run(maxTasks: tasks) { idx, cnt in
+                    let range = partition(total, index: idx, count: cnt, align: 4)
+                    if range.isEmpty { return }
+                    forEachPiece(segs, range) { s, rows in
+                        lk_qdot_rows_x16(path, qdotType(s.dtype), s.w + rows.lowerBound * s.rowStride, s.rowStride,
+                                         Int64(rows.count), Int64(nb), xi, xd, xs, Int64(nr),
+                                         s.y + row0 * s.ldy + rows.lowerBound, Int64(s.ldy))
+                    }
+                }
+            }
+        }
+        return
+    }
     withUnsafeTemporaryAllocation(of: Int8.self, capacity: max(1, nr * np * xqStride)) { xqBuf in
         withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, nr * np * 4)) { xfBuf in
             let xq = xqBuf.baseAddress!, xf = xfBuf.baseAddress!
             for r in 0..<nr {
                 lk_quantize_x8(path, wide, x + r * ldx, Int64(nb), xq + r * np * xqStride, xf + r * np * 4)
             }
-            if nr > 1 && lk_qdot_multi_supported(path) != 0 {
-                // Several x rows: each weight block unpacked once for all of them (same results).
+            if multi8 {
                 let npx = (nr + 1) / 2
-                withUnsafeTemporaryAllocation(of: Int8.self, capacity: npx * np * 2 * xqStride) { xiBuf in
-                    withUnsafeTemporaryAllocation(of: Float.self, capacity: npx * np * 8) { xfiBuf in
+                withUnsafeTemporaryAllocation(of: Int8.self, capacity: max(1, npx * np * 2 * xqStride)) { xiBuf in
+                    withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, npx * np * 8)) { xfiBuf in
                         let xi = xiBuf.baseAddress!, xfi = xfiBuf.baseAddress!
                         lk_qdot_interleave(wide, xq, xf, Int64(nr), Int64(nb), xi, xfi)
-                        pool.run(maxTasks: mvTasks(bytes * nr, total, pool)) { idx, cnt in
+                        pool.run(maxTasks: tasks) { idx, cnt in
                             let range = partition(total, index: idx, count: cnt, align: 4)
                             if range.isEmpty { return }
                             forEachPiece(segs, range) { s, rows in
                                 let w = s.w + rows.lowerBound * s.rowStride
                                 lk_qdot_rows_multi(path, wide, qdotType(s.dtype), w, s.rowStride, Int64(rows.count),
-                                                   Int64(nb), xi, xfi, Int64(nr), s.y + yOffset + rows.lowerBound,
-                                                   Int64(ldy))
+                                                   Int64(nb), xi, xfi, Int64(nr), s.y + row0 * s.ldy + rows.lowerBound,
+                                                   Int64(s.ldy))
                             }
                         }
                     }
                 }
                 return
             }
-            pool.run(maxTasks: mvTasks(bytes * nr, total, pool)) { idx, cnt in
+            pool.run(maxTasks: tasks) { idx, cnt in
                 let range = partition(total, index: idx, count: cnt, align: 4)
                 if range.isEmpty { return }
                 forEachPiece(segs, range) { s, rows in
                     let w = s.w + rows.lowerBound * s.rowStride, type = qdotType(s.dtype)
                     for r in 0..<nr {
                         lk_qdot_rows(path, wide, type, w, s.rowStride, Int64(rows.count), Int64(nb),
-                                     xq + r * np * xqStride, xf + r * np * 4, s.y + yOffset + r * ldy + rows.lowerBound)
+                                     xq + r * np * xqStride, xf + r * np * 4,
+                                     s.y + (row0 + r) * s.ldy + rows.lowerBound)
                     }
                 }
             }

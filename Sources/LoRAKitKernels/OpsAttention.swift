@@ -143,6 +143,81 @@ extension Ops {
         }
     }
 
+    /// One sequence of `attentionForwardMany`: its queries and outputs ([rows, H·D]), its keys and values
+    /// ([startPos + rows, Hkv·D]), its row count and the position of its first row.
+    public struct AttentionSequence {
+        public var q: UnsafePointer<Float>
+        public var k: UnsafePointer<Float>
+        public var v: UnsafePointer<Float>
+        public var out: UnsafeMutablePointer<Float>
+        public var rows: Int
+        public var startPos: Int
+
+        public init(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+                    out: UnsafeMutablePointer<Float>, rows: Int, startPos: Int) {
+            self.q = q; self.k = k; self.v = v; self.out = out; self.rows = rows; self.startPos = startPos
+        }
+    }
+
+    /// `attentionForward` (keys = startPos + rows, no lse) for several independent sequences with the same
+    /// head shape, e.g. the decode rows of a batch of sequences: sequences of fewer than
+    /// `attentionBlockedMinRows` rows share one hand-out to the thread pool, their (row, head) items dealt
+    /// round-robin to the participants; longer ones run `attentionForward` one by one. Each output is
+    /// computed exactly as `attentionForward` computes it (bitwise the same).
+    public static func attentionForwardMany(_ seqs: [AttentionSequence], heads: Int, kvHeads: Int, headDim: Int,
+                                            scale: Float? = nil, pool: ThreadPool = .shared) throws(LKError) {
+        for s in seqs {
+            try checkAttention("attentionForwardMany", rows: s.rows, keys: s.startPos + s.rows, heads: heads,
+                               kvHeads: kvHeads, headDim: headDim, startPos: s.startPos)
+        }
+        let sc = scale ?? 1 / Float(headDim).squareRoot()
+        var small: [AttentionSequence] = []
+        for s in seqs where s.rows > 0 {
+            if s.rows >= attentionBlockedMinRows {
+                try attentionForward(q: s.q, k: s.k, v: s.v, out: s.out, lse: nil, rows: s.rows, keys: s.startPos + s.rows,
+                                     heads: heads, kvHeads: kvHeads, headDim: headDim, startPos: s.startPos,
+                                     scale: sc, pool: pool)
+            } else {
+                small.append(s)
+            }
+        }
+        if small.isEmpty { return }
+        let D = headDim, H = heads, rep = heads / kvHeads
+        let ldq = H * D, ldk = kvHeads * D
+        // first[i]: index of sequence i's first item; items = all (row, head) pairs.
+        var first: [Int] = [], items = 0, flops = 0, maxKeys = 1
+        for s in small {
+            first.append(items)
+            items += s.rows * H
+            flops += s.rows * H * (s.startPos + (s.rows + 1) / 2) * D * 2
+            maxKeys = max(maxKeys, s.startPos + s.rows)
+        }
+        first.append(items)
+        small.withUnsafeBufferPointer { sb in
+            first.withUnsafeBufferPointer { fb in
+                pool.run(maxTasks: attentionTasks(flops, items, pool)) { idx, cnt in
+                    let sp = pool.scratch(idx, bytes: maxKeys * 4).assumingMemoryBound(to: Float.self)
+                    var item = idx, i = 0
+                    while item < items {
+                        while fb[i + 1] <= item { i += 1 }
+                        let seq = sb[i], local = item - fb[i]
+                        let t = local / H, h = local % H, g = h / rep
+                        let n = seq.startPos + t + 1
+                        let qr = seq.q + t * ldq + h * D, o = seq.out + t * ldq + h * D
+                        scores(qr, seq.k + g * D, ld: ldk, n, D, sc, sp)
+                        let m = rowMax(sp, n)
+                        let sum = expShifted(sp, sp, n, m)
+                        o.update(repeating: 0, count: D)
+                        combine(sp, seq.v + g * D, ld: ldk, n, D, o)
+                        let inv = Float(1 / sum)
+                        for j in 0..<D { o[j] *= inv }
+                        item += cnt
+                    }
+                }
+            }
+        }
+    }
+
     /// `attentionForward` one (row, head) at a time (decode and short prefills), sizes already validated.
     static func attentionForwardRowwise(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                         out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?,

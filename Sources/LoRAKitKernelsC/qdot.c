@@ -545,3 +545,342 @@ void lk_qdot_rows_multi(int32_t path, int32_t wide, int32_t type, const void *w,
     (void)path; (void)wide; (void)type; (void)w; (void)row_stride; (void)n_rows; (void)n_blocks; (void)xi;
     (void)xfi; (void)n_x; (void)y; (void)ldy;
 }
+
+/* MARK: - Several x rows at once, x as int16 ("x16"; AVX2 and AVX512-VNNI)
+ *
+ * The integers q of a quantized x row (|q| ≤ 16256, the value 128·hi + lo of the wide digits, or the int8
+ * value) fit int16, and the weights widen to int16 (nibbles 0..15, q8_0 −128..127): one vpmaddwd /
+ * vpdpwssd multiplies 16 pairs, so an int16 x needs no digit split (half the multiplies of two-digit
+ * vpdpbusd per x row) and no shift-and-add to combine digits. Viewing 16 weight bytes as 8 int16 words,
+ * word m = qs[2m] | qs[2m+1]<<8, four operands come out of shifts and masks:
+ *   W0 = positions 2m, W1 = 16 + 2m, W2 = 2m + 1, W3 = 17 + 2m      (q4: nibbles; q8_0: qs and qs+16)
+ * and dword lane l of the pair sums of W0..W3 holds positions {4l..4l+3} ∪ {16+4l..16+4l+3}: exactly the
+ * lane l of lk_qdot.h. The lane sums are exact integers either way, and the scale products, fma, bias sums
+ * and final reduction are the operations of qdot_x86.h's `pair`/`finish`, so the results are bitwise those
+ * of lk_qdot_rows.
+ *
+ * Layout, for n_x ≤ 8 x rows (npx = ⌈n_x/2⌉ row pairs j, npp = ⌈n_blocks/2⌉ block pairs p; row r = 2j + h,
+ * block c = 2p + k):
+ *   xi[(j·npp + p)·128 + o·32 + h·16 + k·8 + m], o = 0..3: q_c[2m], q_c[16+2m], q_c[2m+1], q_c[17+2m]
+ *   xd[(j·npp + p)·16 + h·8 + k·4 + 0..3] = dx_c (four copies)
+ *   xs[p·16 + 2r + k] = xs_c
+ * Missing rows and an odd last block are zeros. */
+#if LK_X86
+/* quantize_block_avx2's q of one block (the same values) stored as int16 in the x16 operand order: o[0..7]
+ * = q[0, 2, .., 14], o[32..39] = q[16, .., 30], o[64..71] = q[1, .., 15], o[96..103] = q[17, .., 31]. */
+static void quantize_block_x16_avx2(const float *x, float levels, int16_t *o, float *dx, float *xs) {
+    int32_t q[32];
+    quantize_block_avx2(x, levels, q, dx, xs);
+    /* int16 [q0..3 q8..11 | q4..7 q12..15] → in order → per 128-bit lane evens then odds → [evens | odds] */
+    const __m256i eo = _mm256_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+                                        0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+    for (int half = 0; half < 2; half++) {
+        __m256i a = _mm256_loadu_si256((const __m256i *)(q + 16 * half));
+        __m256i b = _mm256_loadu_si256((const __m256i *)(q + 16 * half + 8));
+        __m256i v = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, b), _MM_SHUFFLE(3, 1, 2, 0));
+        v = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(v, eo), _MM_SHUFFLE(3, 1, 2, 0));
+        _mm_storeu_si128((__m128i *)(o + 32 * half), _mm256_castsi256_si128(v));
+        _mm_storeu_si128((__m128i *)(o + 64 + 32 * half), _mm256_extracti128_si256(v, 1));
+    }
+}
+
+/* x rows quantized (as lk_quantize_x8 does) straight into the x16 layout. */
+static void quantize_x16_row(int vec, float levels, const float *x, int64_t nb, int64_t npp, int64_t j, int h,
+                             int r, int16_t *xi, float *xd, float *xs) {
+    for (int64_t c = 0; c < 2 * npp; c++) {
+        const int64_t p = c / 2;
+        const int k = (int)(c & 1);
+        int32_t q[32];
+        float dx = 0, s = 0;
+        int16_t *o = xi + (j * npp + p) * 128 + h * 16 + k * 8;
+        if (c < nb && vec) {
+            quantize_block_x16_avx2(x + 32 * c, levels, o, &dx, &s);
+        } else {
+            if (c >= nb) memset(q, 0, sizeof q);
+            else quantize_block_scalar(x + 32 * c, levels, q, &dx, &s);
+            for (int m = 0; m < 8; m++) {
+                o[m] = (int16_t)q[2 * m];
+                o[32 + m] = (int16_t)q[16 + 2 * m];
+                o[64 + m] = (int16_t)q[2 * m + 1];
+                o[96 + m] = (int16_t)q[17 + 2 * m];
+            }
+        }
+        float *d = xd + (j * npp + p) * 16 + h * 8 + k * 4;
+        d[0] = d[1] = d[2] = d[3] = dx;
+        xs[p * 16 + 2 * r + k] = s;
+    }
+}
+#endif
+
+void lk_quantize_x16(int32_t path, int32_t wide, const float *x, int64_t ldx, int64_t n_x, int64_t n_blocks,
+                     int16_t *xi, float *xd, float *xs) {
+#if LK_X86
+    const float levels = wide ? 16256.0f : 127.0f;
+    const int vec = resolve(path) != LK_QDOT_SCALAR;
+    const int64_t npp = (n_blocks + 1) / 2, npx = (n_x + 1) / 2;
+    memset(xs, 0, (size_t)npp * 16 * sizeof(float));
+    for (int64_t r = 0; r < 2 * npx; r++) {
+        const int64_t j = r / 2;
+        const int h = (int)(r & 1);
+        if (r < n_x) {
+            quantize_x16_row(vec, levels, x + r * ldx, n_blocks, npp, j, h, (int)r, xi, xd, xs);
+        } else {
+            for (int64_t p = 0; p < npp; p++) {
+                for (int o = 0; o < 4; o++) memset(xi + (j * npp + p) * 128 + o * 32 + h * 16, 0, 16 * sizeof(int16_t));
+                memset(xd + (j * npp + p) * 16 + h * 8, 0, 8 * sizeof(float));
+            }
+        }
+    }
+#else
+    (void)path; (void)wide; (void)x; (void)ldx; (void)n_x; (void)n_blocks; (void)xi; (void)xd; (void)xs;
+#endif
+}
+
+#if LK_X86
+#define LK_TX2 __attribute__((target("avx2,fma,f16c")))
+
+/* f32 [d_b, m_b, d_b+1, m_b+1] of a block pair (q4_0, q8_0: m = d; no second block: zeros), exactly the
+ * cvtph of qdot_x86.h's `pair`. */
+LK_TX2 static inline __attribute__((always_inline)) __m128 x16_scales(const int type, const uint8_t *blk,
+                                                                     const uint8_t *nxt) {
+    uint32_t h0, h1 = 0;
+    memcpy(&h0, blk, 4);
+    if (nxt) memcpy(&h1, nxt, 4);
+    __m128i h = _mm_insert_epi32(_mm_cvtsi32_si128((int)h0), (int)h1, 1);
+    if (type != 2) h = _mm_shufflelo_epi16(h, _MM_SHUFFLE(2, 2, 0, 0));
+    return _mm_cvtph_ps(h);
+}
+
+LK_TX2 static inline __m256i x16_load2(const uint8_t *a, const uint8_t *b) {
+    __m128i lo = _mm_loadu_si128((const __m128i *)a);
+    if (!b) return _mm256_inserti128_si256(_mm256_setzero_si256(), lo, 0);
+    return _mm256_inserti128_si256(_mm256_castsi128_si256(lo), _mm_loadu_si128((const __m128i *)b), 1);
+}
+
+/* The final reduction of qdot_x86.h's `finish`, with bias1 = b1 and bias3 = b3. */
+LK_TX2 static inline float x16_finish(const int type, __m256 acc, float b1, float b3) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    __m128 t = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    float s = _mm_cvtss_f32(t) + _mm_cvtss_f32(_mm_shuffle_ps(t, t, 1));
+    if (type == 0) return s;
+    float b = b1 + b3;
+    return type == 1 ? s + -8.0f * b : s + b;
+}
+
+/* AVX2: one x row per 256-bit register, x rows 4g ..< 4g + nr (nr ≤ 4) against every weight row (each
+ * weight row's blocks unpacked once per group; 16 registers: 4 weight operands, 4 accumulators). */
+LK_TX2 static inline __attribute__((always_inline)) void x16_avx2_t(
+    const int type, const int nr, const uint8_t *w, size_t rs, int64_t n_rows, int64_t nb, const int16_t *xi,
+    const float *xd, const float *xs, int64_t g, float *y, int64_t ldy) {
+    const size_t bb = type == 0 ? 34 : (type == 1 ? 18 : 20);
+    const int64_t np = nb / 2, npp = (nb + 1) / 2;
+    const __m256i dix = _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2), mix = _mm256_setr_epi32(1, 3, 1, 3, 1, 3, 1, 3);
+    for (int64_t r = 0; r < n_rows; r++) {
+        const uint8_t *row = w + r * rs;
+        __m256 acc[4], bias = _mm256_setzero_ps();
+        for (int i = 0; i < 4; i++) acc[i] = _mm256_setzero_ps();
+        for (int64_t p = 0; p < npp; p++) {
+            const uint8_t *blk = row + (size_t)(2 * p) * bb, *nxt = p < np ? blk + bb : NULL;
+#if LK_PREFETCH > 0
+            _mm_prefetch((const char *)(blk + LK_PREFETCH), _MM_HINT_T0);
+#endif
+            __m256i W0, W1, W2, W3;
+            if (type == 0) {
+                __m256i a = x16_load2(blk + 2, nxt ? nxt + 2 : NULL), c = x16_load2(blk + 18, nxt ? nxt + 18 : NULL);
+                W0 = _mm256_srai_epi16(_mm256_slli_epi16(a, 8), 8);
+                W2 = _mm256_srai_epi16(a, 8);
+                W1 = _mm256_srai_epi16(_mm256_slli_epi16(c, 8), 8);
+                W3 = _mm256_srai_epi16(c, 8);
+            } else {
+                const int off = type == 2 ? 4 : 2;
+                __m256i v = x16_load2(blk + off, nxt ? nxt + off : NULL);
+                const __m256i m4 = _mm256_set1_epi16(0x000F);
+                W0 = _mm256_and_si256(v, m4);
+                W1 = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+                W2 = _mm256_and_si256(_mm256_srli_epi16(v, 8), m4);
+                W3 = _mm256_srli_epi16(v, 12);
+            }
+            __m256 c8 = _mm256_castps128_ps256(x16_scales(type, blk, nxt));
+            __m256 D = _mm256_permutevar8x32_ps(c8, dix);
+            for (int i = 0; i < nr; i++) {
+                const int64_t rr = 4 * g + i, j = rr / 2, h = rr & 1;
+                const int16_t *xp = xi + (j * npp + p) * 128 + h * 16;
+                __m256i s0 = _mm256_madd_epi16(W0, _mm256_loadu_si256((const __m256i *)xp));
+                __m256i s1 = _mm256_madd_epi16(W1, _mm256_loadu_si256((const __m256i *)(xp + 32)));
+                __m256i s2 = _mm256_madd_epi16(W2, _mm256_loadu_si256((const __m256i *)(xp + 64)));
+                __m256i s3 = _mm256_madd_epi16(W3, _mm256_loadu_si256((const __m256i *)(xp + 96)));
+                __m256i isum = _mm256_add_epi32(_mm256_add_epi32(s0, s1), _mm256_add_epi32(s2, s3));
+                __m256 sc = _mm256_mul_ps(D, _mm256_loadu_ps(xd + (j * npp + p) * 16 + h * 8));
+                acc[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), sc, acc[i]);
+            }
+            if (type != 0) {
+                __m256 M = _mm256_permutevar8x32_ps(c8, mix);
+                bias = _mm256_add_ps(bias, _mm256_mul_ps(M, _mm256_loadu_ps(xs + p * 16 + g * 8)));
+            }
+        }
+        float bl[8];
+        _mm256_storeu_ps(bl, bias);
+        for (int i = 0; i < nr; i++) y[(4 * g + i) * ldy + r] = x16_finish(type, acc[i], bl[2 * i], bl[2 * i + 1]);
+    }
+}
+
+#define LK_X16_NR(T)                                                                                  \
+    switch (nr) {                                                                                     \
+    case 1: x16_avx2_t(T, 1, w, rs, n_rows, nb, xi, xd, xs, g, y, ldy); break;                        \
+    case 2: x16_avx2_t(T, 2, w, rs, n_rows, nb, xi, xd, xs, g, y, ldy); break;                        \
+    case 3: x16_avx2_t(T, 3, w, rs, n_rows, nb, xi, xd, xs, g, y, ldy); break;                        \
+    default: x16_avx2_t(T, 4, w, rs, n_rows, nb, xi, xd, xs, g, y, ldy); break;                       \
+    }
+LK_TX2 static void x16_avx2_group(int32_t type, int nr, const uint8_t *w, size_t rs, int64_t n_rows, int64_t nb,
+                                  const int16_t *xi, const float *xd, const float *xs, int64_t g, float *y, int64_t ldy) {
+    switch (type) {
+    case 0: LK_X16_NR(0) break;
+    case 1: LK_X16_NR(1) break;
+    default: LK_X16_NR(2) break;
+    }
+}
+#undef LK_X16_NR
+
+LK_TX2 static void x16_avx2(int32_t type, const uint8_t *w, size_t rs, int64_t n_rows, int64_t nb, const int16_t *xi,
+                            const float *xd, const float *xs, int64_t nx, float *y, int64_t ldy) {
+    /* Weight rows in chunks of 16, so a chunk stays in L1 while each group of x rows passes over it. */
+    for (int64_t r0 = 0; r0 < n_rows; r0 += 16) {
+        const int64_t nrow = n_rows - r0 < 16 ? n_rows - r0 : 16;
+        for (int64_t g = 0; 4 * g < nx; g++) {
+            const int nr = (int)(nx - 4 * g < 4 ? nx - 4 * g : 4);
+            x16_avx2_group(type, nr, w + r0 * rs, rs, nrow, nb, xi, xd, xs, g, y + r0, ldy);
+        }
+    }
+}
+
+/* acc + vpdpwssd(a, b), kept as one instruction: the compiler otherwise splits it into vpmaddwd + vpaddd
+ * (its generic tuning), which costs a third more vector operations in this kernel. */
+LK_T512 static inline __m512i x16_dpwssd(__m512i acc, __m512i a, __m512i b) {
+    __asm__("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+    return acc;
+}
+
+/* AVX512-VNNI: two x rows per 512-bit register (row 2j in the low half, 2j+1 in the high half, the weight
+ * operands broadcast to both), all row pairs and two weight rows per pass, so each x load serves two weight
+ * rows; vpdpwssd accumulates the four products. */
+LK_T512 static inline __attribute__((always_inline)) void x16_512_rows(
+    const int type, const int npx, const int nw, const uint8_t *row0, size_t rs, int64_t nb, const int16_t *xi,
+    const float *xd, const float *xs, int64_t nx, float *y, int64_t ldy) {
+    const size_t bb = type == 0 ? 34 : (type == 1 ? 18 : 20);
+    const int64_t np = nb / 2, npp = (nb + 1) / 2;
+    const __m512i dix = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 0, 0, 0, 0, 2, 2, 2, 2);
+    const __m512i mix = _mm512_setr_epi32(1, 3, 1, 3, 1, 3, 1, 3, 1, 3, 1, 3, 1, 3, 1, 3);
+    __m512 acc[2][4], bias[2];
+    for (int i = 0; i < 2; i++) {
+        bias[i] = _mm512_setzero_ps();
+        for (int j = 0; j < 4; j++) acc[i][j] = _mm512_setzero_ps();
+    }
+    for (int64_t p = 0; p < npp; p++) {
+        __m512i W[2][4];
+        __m512 D[2], M[2];
+        for (int i = 0; i < nw; i++) {
+            const uint8_t *blk = row0 + i * rs + (size_t)(2 * p) * bb, *nxt = p < np ? blk + bb : NULL;
+#if LK_PREFETCH > 0
+            _mm_prefetch((const char *)(blk + LK_PREFETCH), _MM_HINT_T0);
+#endif
+            if (type == 0) {
+                __m512i a = _mm512_broadcast_i64x4(load2_512(blk + 2, nxt ? nxt + 2 : NULL));
+                __m512i c = _mm512_broadcast_i64x4(load2_512(blk + 18, nxt ? nxt + 18 : NULL));
+                W[i][0] = _mm512_srai_epi16(_mm512_slli_epi16(a, 8), 8);
+                W[i][2] = _mm512_srai_epi16(a, 8);
+                W[i][1] = _mm512_srai_epi16(_mm512_slli_epi16(c, 8), 8);
+                W[i][3] = _mm512_srai_epi16(c, 8);
+            } else {
+                const int off = type == 2 ? 4 : 2;
+                __m512i v = _mm512_broadcast_i64x4(load2_512(blk + off, nxt ? nxt + off : NULL));
+                const __m512i m4 = _mm512_set1_epi16(0x000F);
+                W[i][0] = _mm512_and_si512(v, m4);
+                W[i][1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                W[i][2] = _mm512_and_si512(_mm512_srli_epi16(v, 8), m4);
+                W[i][3] = _mm512_srli_epi16(v, 12);
+            }
+            __m512 c16 = _mm512_castps128_ps512(x16_scales(type, blk, nxt));
+            D[i] = _mm512_permutexvar_ps(dix, c16);
+            M[i] = _mm512_permutexvar_ps(mix, c16);
+        }
+        for (int j = 0; j < npx; j++) {
+            const int16_t *xp = xi + (j * npp + p) * 128;
+            __m512i X0 = _mm512_loadu_si512((const void *)xp), X1 = _mm512_loadu_si512((const void *)(xp + 32));
+            __m512i X2 = _mm512_loadu_si512((const void *)(xp + 64)), X3 = _mm512_loadu_si512((const void *)(xp + 96));
+            __m512 dd = _mm512_loadu_ps(xd + (j * npp + p) * 16);
+            for (int i = 0; i < nw; i++) {
+                __m512i isum = _mm512_madd_epi16(W[i][0], X0);
+                isum = x16_dpwssd(isum, W[i][1], X1);
+                isum = x16_dpwssd(isum, W[i][2], X2);
+                isum = x16_dpwssd(isum, W[i][3], X3);
+                acc[i][j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), _mm512_mul_ps(D[i], dd), acc[i][j]);
+            }
+        }
+        if (type != 0) {
+            __m512 s16 = _mm512_loadu_ps(xs + p * 16);
+            for (int i = 0; i < nw; i++) bias[i] = _mm512_add_ps(bias[i], _mm512_mul_ps(M[i], s16));
+        }
+    }
+    for (int i = 0; i < nw; i++) {
+        float bl[16];
+        _mm512_storeu_ps(bl, bias[i]);
+        for (int j = 0; j < npx; j++) {
+            y[(2 * j) * ldy + i] = x16_finish(type, _mm512_castps512_ps256(acc[i][j]), bl[4 * j], bl[4 * j + 1]);
+            if (2 * j + 1 < nx)
+                y[(2 * j + 1) * ldy + i] = x16_finish(type, _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[i][j]), 1)),
+                                                      bl[4 * j + 2], bl[4 * j + 3]);
+        }
+    }
+}
+
+LK_T512 static inline __attribute__((always_inline)) void x16_512_t(
+    const int type, const int npx, const uint8_t *w, size_t rs, int64_t n_rows, int64_t nb, const int16_t *xi,
+    const float *xd, const float *xs, int64_t nx, float *y, int64_t ldy) {
+    int64_t r = 0;
+    for (; r + 2 <= n_rows; r += 2) x16_512_rows(type, npx, 2, w + r * rs, rs, nb, xi, xd, xs, nx, y + r, ldy);
+    if (r < n_rows) x16_512_rows(type, npx, 1, w + r * rs, rs, nb, xi, xd, xs, nx, y + r, ldy);
+}
+
+#define LK_X16_NPX(T)                                                                                 \
+    switch (npx) {                                                                                    \
+    case 1: x16_512_t(T, 1, w, rs, n_rows, nb, xi, xd, xs, nx, y, ldy); break;                        \
+    case 2: x16_512_t(T, 2, w, rs, n_rows, nb, xi, xd, xs, nx, y, ldy); break;                        \
+    case 3: x16_512_t(T, 3, w, rs, n_rows, nb, xi, xd, xs, nx, y, ldy); break;                        \
+    default: x16_512_t(T, 4, w, rs, n_rows, nb, xi, xd, xs, nx, y, ldy); break;                       \
+    }
+LK_T512 static void x16_512(int32_t type, const uint8_t *w, size_t rs, int64_t n_rows, int64_t nb, const int16_t *xi,
+                            const float *xd, const float *xs, int64_t nx, float *y, int64_t ldy) {
+    const int npx = (int)((nx + 1) / 2);
+    switch (type) {
+    case 0: LK_X16_NPX(0) break;
+    case 1: LK_X16_NPX(1) break;
+    default: LK_X16_NPX(2) break;
+    }
+}
+#undef LK_X16_NPX
+#endif
+
+int32_t lk_qdot_x16_supported(int32_t path) {
+#if LK_X86
+    const int32_t p = resolve(path);
+    return p == LK_QDOT_AVX2 || p == LK_QDOT_AVXVNNI || p == LK_QDOT_AVX512VNNI;
+#else
+    (void)path;
+    return 0;
+#endif
+}
+
+void lk_qdot_rows_x16(int32_t path, int32_t type, const void *w, size_t row_stride, int64_t n_rows, int64_t n_blocks,
+                      const int16_t *xi, const float *xd, const float *xs, int64_t n_x, float *y, int64_t ldy) {
+#if LK_X86
+    if (!lk_qdot_x16_supported(path) || n_x < 1 || n_x > 8) return;
+    if (lk_qdot_multi_supported(path)) {
+        x16_512(type, (const uint8_t *)w, row_stride, n_rows, n_blocks, xi, xd, xs, n_x, y, ldy);
+    } else {
+        x16_avx2(type, (const uint8_t *)w, row_stride, n_rows, n_blocks, xi, xd, xs, n_x, y, ldy);
+    }
+#else
+    (void)path; (void)type; (void)w; (void)row_stride; (void)n_rows; (void)n_blocks; (void)xi; (void)xd; (void)xs;
+    (void)n_x; (void)y; (void)ldy;
+#endif
+}

@@ -15,8 +15,9 @@ import LoRAKitModel
 ///
 /// Every linear product runs once over all N rows of the batch (one GEMM per module); attention runs per
 /// sequence (causal, positions 0..<n within the sequence; sequences never see each other). The output
-/// head and the loss run over the predicted rows only, `lossChunkRows` rows at a time, so the
-/// [N, V] logits are never materialised.
+/// head and the loss run over the predicted rows only, `lossChunkRows` rows at a time and
+/// `lossVocabBlock` vocabulary entries at a time, so neither the [N, V] logits nor a chunk's
+/// [rows, V] logits are materialised.
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -81,6 +82,15 @@ public final class LoRATrainer: @unchecked Sendable {
     /// V = 49152 (the two head products ≈ 8–10 % faster than 256 rows, 25–35 % faster than 64), 196 for
     /// V = 128256. Values do not depend on it (every row's products and loss are computed alike).
     public var lossChunkRows: Int
+    /// Vocabulary entries of the output head and loss computed at once (0: whole rows). With blocks, a
+    /// chunk of rows holds [rows, lossVocabBlock] logits instead of [rows, V] (4 MiB instead of 96 MiB for
+    /// 512 rows of V = 49152): the loss takes an online log-sum-exp over the blocks and the gradient
+    /// with respect to the hidden rows is accumulated block by block (`Ops.headLossBlockFold`), with the
+    /// same two passes over the head weight. Losses and gradients equal the whole-row ones up to
+    /// rounding (the exps are taken against running maxima).
+    public var lossVocabBlock: Int = LoRATrainer.defaultLossVocabBlock
+    /// The default `lossVocabBlock`: 2048 entries (a 512-row chunk's block of logits is 4 MiB).
+    public static let defaultLossVocabBlock = 2048
     /// When set, every pass adds its time per part (and the GEMM flops) to it.
     public var profile: TrainProfile?
 
@@ -299,6 +309,10 @@ public final class LoRATrainer: @unchecked Sendable {
         let predicted = predRows.count
         let scale = lossScale ?? (predicted > 0 ? 1 / Float(predicted) : 0)
         guard scale.isFinite else { throw .invalidArgument("train: loss scale \(scale) is not finite") }
+        guard lossChunkRows >= 1 else { throw .invalidArgument("train: lossChunkRows \(lossChunkRows) must be at least 1") }
+        guard lossVocabBlock >= 0 else {
+            throw .invalidArgument("train: lossVocabBlock \(lossVocabBlock) must be 0 (whole rows) or positive")
+        }
         let buf = try buffers(rows: n)
         let backward = gradients || inputGradients
 
@@ -352,6 +366,19 @@ public final class LoRATrainer: @unchecked Sendable {
                 buf.chunkTargets[i] = predTargets[start + i]
             }
             tock(.elementwise, t0)
+            if buf.vocabBlock > 0 {
+                try blockedHeadLoss(rows: cnt, buf: buf, scale: scale, backward: backward)
+                if backward {
+                    t0 = tick()
+                    for i in 0..<cnt {
+                        (buf.dxF + Int(predRows[start + i]) * c.dim).update(from: buf.headAcc + i * c.dim, count: c.dim)
+                    }
+                    tock(.elementwise, t0)
+                }
+                for i in 0..<cnt { sumNLL += Double(buf.losses[i]) }
+                start += cnt
+                continue
+            }
             t0 = tick()
             try GEMM.multiply(m: cnt, n: c.vocabSize, k: c.dim, a: GEMMLeft(UnsafePointer(buf.gather), rowStride: c.dim),
                               b: .weight(model.output, transposed: true), c: buf.logits, ldc: c.vocabSize, pool: pool)
@@ -406,6 +433,56 @@ public final class LoRATrainer: @unchecked Sendable {
             result.inputGradients = grads
         }
         return result
+    }
+
+    /// The output head and loss of the `cnt` rows in buf.gather (targets in buf.chunkTargets) in
+    /// vocabulary blocks of buf.vocabBlock entries: losses in buf.losses and, with `backward`,
+    /// scale · dLoss/d(row) in buf.headAcc (buf.gather is overwritten with the targets' head rows).
+    private func blockedHeadLoss(rows cnt: Int, buf: TrainBuffers, scale: Float, backward: Bool) throws(LKError) {
+        let c = model.config, w = model.output
+        let (vocab, dim) = (c.vocabSize, c.dim)
+        let rb = try w.dtype.rowBytes(dim)
+        let head = UnsafeRawPointer(w.rawPointer)
+        let acc: UnsafeMutablePointer<Float>? = backward ? buf.headAcc : nil
+        var t0 = tick()
+        try Ops.headLossBlockBegin(rows: cnt, runningMax: buf.runMax, runningSum: buf.runSum, targetLogit: buf.targetLogit)
+        tock(.loss, t0)
+        var v0 = 0
+        while v0 < vocab {
+            let cols = min(buf.vocabBlock, vocab - v0)
+            let wb = head + v0 * rb
+            let flops = 2 * Double(cnt) * Double(cols) * Double(dim)
+            t0 = tick()
+            // logits[cnt, cols] = X · W[v0 ..< v0 + cols]ᵀ
+            try GEMM.multiply(m: cnt, n: cols, k: dim, a: GEMMLeft(UnsafePointer(buf.gather), rowStride: dim),
+                              b: .weight(wb, dtype: w.dtype, rows: cols, cols: dim, transposed: true),
+                              c: buf.logits, ldc: cols, pool: pool)
+            tock(.headForward, t0, flops: flops)
+            t0 = tick()
+            try Ops.headLossBlockFold(logits: buf.logits, ld: cols, rows: cnt, cols: cols, vocabStart: v0,
+                                      targets: buf.chunkTargets, runningMax: buf.runMax, runningSum: buf.runSum,
+                                      targetLogit: buf.targetLogit, acc: acc, dim: dim, pool: pool)
+            tock(.loss, t0)
+            if let acc {
+                t0 = tick()
+                // acc[cnt, C] (+)= exp(logits − running max) · W[v0 ..< v0 + cols]
+                try GEMM.multiply(m: cnt, n: dim, k: cols, a: GEMMLeft(UnsafePointer(buf.logits), rowStride: cols),
+                                  b: .weight(wb, dtype: w.dtype, rows: cols, cols: dim, transposed: false),
+                                  beta: v0 == 0 ? 0 : 1, c: acc, ldc: dim, pool: pool)
+                tock(.headBackward, t0, flops: flops)
+            }
+            v0 += cols
+        }
+        t0 = tick()
+        if backward {
+            try Ops.embeddingForward(table: head, dtype: w.dtype, vocab: vocab, dim: dim, ids: buf.chunkTargets,
+                                     rows: cnt, out: buf.gather, pool: pool)
+        }
+        try Ops.headLossBlockFinish(rows: cnt, vocab: vocab, dim: dim, targets: buf.chunkTargets, scale: scale,
+                                    runningMax: buf.runMax, runningSum: buf.runSum, targetLogit: buf.targetLogit,
+                                    losses: buf.losses, acc: acc, targetRows: backward ? UnsafePointer(buf.gather) : nil,
+                                    pool: pool)
+        tock(.loss, t0)
     }
 
     // MARK: Layers
@@ -489,8 +566,8 @@ public final class LoRATrainer: @unchecked Sendable {
 
         func buffers(layer l: Int) -> LlamaBlock.Buffers {
             let S = buf.layers[l]
-            return LlamaBlock.Buffers(x: buf.xs[l], xn1: S.xn1, rstd1: S.rstd1, q: S.q, k: S.k, v: S.v, att: S.att,
-                                      o: buf.tmp, xMid: S.xMid, xn2: S.xn2, rstd2: S.rstd2, gate: S.gate, up: S.up,
+            return LlamaBlock.Buffers(x: buf.xs[l], xn1: buf.xn, rstd1: S.rstd1, q: S.q, k: S.k, v: S.v, att: S.att,
+                                      o: buf.tmp, xMid: S.xMid, xn2: buf.xn, rstd2: S.rstd2, gate: S.gate, up: S.up,
                                       h: buf.h, down: buf.tmp, xOut: buf.xs[l + 1])
         }
 
@@ -566,9 +643,16 @@ public final class LoRATrainer: @unchecked Sendable {
                 try Ops.swigluBackward(gate: S.gate, up: S.up, dout: buf.dh, dgate: buf.dGate, dup: buf.dUp,
                                        count: n * c.hiddenDim, accumulate: false, pool: pool)
                 tock(.activation, t0)
-                try projectBackward(l, .gate, x: S.xn2, dy: buf.dGate, rows: n, dx: attnPart ? buf.dxn : nil, beta: 0,
+                if has(.gate, .up) {
+                    // xn2, the input of gate and up, for their adapters (not kept by the forward).
+                    t0 = tick()
+                    try Ops.rmsNormForward(x: S.xMid, weight: L.ffnNorm.f32, out: buf.xn, rstd: nil, rows: n, dim: c.dim,
+                                           eps: c.normEps, pool: pool)
+                    tock(.norm, t0)
+                }
+                try projectBackward(l, .gate, x: buf.xn, dy: buf.dGate, rows: n, dx: attnPart ? buf.dxn : nil, beta: 0,
                                     buf: buf, parameters: parameters, step: step, micro: micro)
-                try projectBackward(l, .up, x: S.xn2, dy: buf.dUp, rows: n, dx: attnPart ? buf.dxn : nil, beta: 1,
+                try projectBackward(l, .up, x: buf.xn, dy: buf.dUp, rows: n, dx: attnPart ? buf.dxn : nil, beta: 1,
                                     buf: buf, parameters: parameters, step: step, micro: micro)
                 if attnPart {
                     t0 = tick()
@@ -599,9 +683,16 @@ public final class LoRATrainer: @unchecked Sendable {
                              accumulate: false, table: buf.rope, pool: pool)
         tock(.rope, t0)
         let dxn: UnsafeMutablePointer<Float>? = needInput ? buf.dxn : nil
-        try projectBackward(l, .q, x: S.xn1, dy: buf.dqr, rows: n, dx: dxn, beta: 0, buf: buf, parameters: parameters, step: step, micro: micro)
-        try projectBackward(l, .k, x: S.xn1, dy: buf.dkr, rows: n, dx: dxn, beta: 1, buf: buf, parameters: parameters, step: step, micro: micro)
-        try projectBackward(l, .v, x: S.xn1, dy: buf.dv, rows: n, dx: dxn, beta: 1, buf: buf, parameters: parameters, step: step, micro: micro)
+        if has(.q, .k, .v) {
+            // xn1, the input of q, k and v, for their adapters (not kept by the forward).
+            t0 = tick()
+            try Ops.rmsNormForward(x: buf.xs[l], weight: L.attnNorm.f32, out: buf.xn, rstd: nil, rows: n, dim: c.dim,
+                                   eps: c.normEps, pool: pool)
+            tock(.norm, t0)
+        }
+        try projectBackward(l, .q, x: buf.xn, dy: buf.dqr, rows: n, dx: dxn, beta: 0, buf: buf, parameters: parameters, step: step, micro: micro)
+        try projectBackward(l, .k, x: buf.xn, dy: buf.dkr, rows: n, dx: dxn, beta: 1, buf: buf, parameters: parameters, step: step, micro: micro)
+        try projectBackward(l, .v, x: buf.xn, dy: buf.dv, rows: n, dx: dxn, beta: 1, buf: buf, parameters: parameters, step: step, micro: micro)
         if needInput {
             t0 = tick()
             try Ops.rmsNormBackward(dout: buf.dxn, x: buf.xs[l], weight: L.attnNorm.f32, rstd: S.rstd1, dx: dX,
@@ -615,30 +706,45 @@ public final class LoRATrainer: @unchecked Sendable {
     private func buffers(rows n: Int) throws(LKError) -> TrainBuffers {
         // Loss chunks never hold more rows than a batch has.
         func chunk(_ cap: Int) -> Int { max(1, min(lossChunkRows, cap)) }
-        if let b = buffers, b.capacity >= n, b.chunkRows == chunk(b.capacity) { return b }
+        let block = Self.vocabBlock(lossVocabBlock, vocab: model.config.vocabSize)
+        if let b = buffers, b.capacity >= n, b.chunkRows == chunk(b.capacity), b.vocabBlock == block { return b }
         let cap = max(n, buffers?.capacity ?? 0)
         buffers = nil
-        let b = try TrainBuffers(config: model.config, capacity: cap, chunkRows: chunk(cap),
+        let b = try TrainBuffers(config: model.config, capacity: cap, chunkRows: chunk(cap), vocabBlock: block,
                                  maxRank: maxRank, modules: byLayer)
         buffers = b
         return b
     }
 
-    /// Bytes of activation memory the trainer holds for batches of up to `rows` rows.
+    /// The vocabulary block the buffers use for a `lossVocabBlock` setting: 0 (whole rows) or 1...V.
+    static func vocabBlock(_ setting: Int, vocab: Int) -> Int { setting <= 0 ? 0 : min(setting, max(vocab, 1)) }
+
+    /// Bytes of activation memory the trainer holds for batches of up to `rows` rows (`TrainBuffers` and
+    /// `LayerActivations`, buffer by buffer; the LoRA workspaces counted as rows × maxRank per module).
     public static func activationBytes(config c: LlamaConfig, rows n: Int, maxRank: Int, adapterModules: Int,
-                                       chunkRows: Int? = nil) -> Int {
+                                       chunkRows: Int? = nil, vocabBlock: Int? = nil) -> Int {
         let rc = max(1, min(chunkRows ?? defaultLossChunkRows(vocab: c.vocabSize), n))
-        let perLayer = n * (4 * c.dim + 2 * c.qDim + 2 * c.kvDim + 2 * c.hiddenDim + c.nHeads + 2)
-        let shared = n * ((c.nLayers + 1) * c.dim + 4 * c.dim + 4 * c.qDim + 3 * c.kvDim + 5 * c.hiddenDim
-                          + maxRank + 1 + c.ropeDims) + rc * (c.vocabSize + 2 * c.dim + 3)
+        let vb = Self.vocabBlock(vocabBlock ?? defaultLossVocabBlock, vocab: c.vocabSize)
+        let wide = max(c.dim, c.qDim, c.hiddenDim)
+        // Kept per layer: q, k, v, att, attention lse, xMid, gate, up, two rstd (the normed inputs are not).
+        let perLayer = n * (c.dim + 2 * c.qDim + 2 * c.kvDim + 2 * c.hiddenDim + c.nHeads + 2)
+        // xs, xF, dxF, dX, dxn, xn, rstdF, dAtt, dq, dqr, dk, dkr, dv, dh, dGate, dUp, h, u, xDrop, tmp,
+        // positions, the RoPE table; per loss chunk: gather, logits, losses, rowScale, targets, and with
+        // vocabulary blocks headAcc, runMax, targetLogit, runSum (f64).
+        let shared = n * ((c.nLayers + 1) * c.dim + 5 * c.dim + 1 + 3 * c.qDim + 3 * c.kvDim + 4 * c.hiddenDim
+                          + maxRank + 2 * wide + 1 + c.ropeDims)
+            + rc * ((vb > 0 ? vb : c.vocabSize) + c.dim + 3) + (vb > 0 ? rc * (c.dim + 4) : 0)
         return 4 * (c.nLayers * perLayer + shared + adapterModules * n * maxRank)
     }
 }
 
-/// Activations kept for the backward, per layer. All [N, ·] f32 with N = capacity.
+/// Activations kept for the backward, per layer. All [N, ·] f32 with N = capacity. The normed inputs
+/// xn1, xn2 are not kept: the forward writes them to the shared `TrainBuffers.xn`, and the backward
+/// recomputes them (from x and xMid, kept anyway) only for a layer whose q/k/v or gate/up carry an
+/// adapter (the base products' backward does not read their input).
 final class LayerActivations {
     let storage: [Storage]
-    let xn1, q, k, v, att, lse, xMid, xn2, gate, up, rstd1, rstd2: UnsafeMutablePointer<Float>
+    let q, k, v, att, lse, xMid, gate, up, rstd1, rstd2: UnsafeMutablePointer<Float>
     /// t = s · x̃·Aᵀ per module with an adapter ([N, r]): the module's forward workspace.
     let t: [UnsafeMutablePointer<Float>?]
 
@@ -649,9 +755,9 @@ final class LayerActivations {
             st.append(s)
             return s.base.assumingMemoryBound(to: Float.self)
         }
-        xn1 = try alloc(n * c.dim); q = try alloc(n * c.qDim); k = try alloc(n * c.kvDim); v = try alloc(n * c.kvDim)
+        q = try alloc(n * c.qDim); k = try alloc(n * c.kvDim); v = try alloc(n * c.kvDim)
         att = try alloc(n * c.qDim); lse = try alloc(n * c.nHeads); xMid = try alloc(n * c.dim)
-        xn2 = try alloc(n * c.dim); gate = try alloc(n * c.hiddenDim); up = try alloc(n * c.hiddenDim)
+        gate = try alloc(n * c.hiddenDim); up = try alloc(n * c.hiddenDim)
         rstd1 = try alloc(n); rstd2 = try alloc(n)
         var ts: [UnsafeMutablePointer<Float>?] = []
         for m in modules { ts.append(m == nil ? nil : try alloc(m!.workspaceFloats(rows: n))) }
@@ -664,21 +770,28 @@ final class LayerActivations {
 final class TrainBuffers {
     let capacity: Int
     let chunkRows: Int
+    /// Vocabulary entries of the loss per block (0: whole rows).
+    let vocabBlock: Int
     let layers: [LayerActivations]
     /// Residual stream at the input of each layer and after the last: nLayers + 1 of [N, C].
     let xs: [UnsafeMutablePointer<Float>]
-    let xF, rstdF, dxF, dX, dxn, dAtt, dq, dqr, dk, dkr, dv, dh, dGate, dUp, h, u, xDrop, tmp: UnsafeMutablePointer<Float>
+    let xF, rstdF, dxF, dX, dxn, xn, dAtt, dq, dqr, dk, dkr, dv, dh, dGate, dUp, h, u, xDrop, tmp: UnsafeMutablePointer<Float>
     let gather, logits, losses, rowScale: UnsafeMutablePointer<Float>
+    /// With vocabulary blocks: Σ exp·W then the rows' gradient [rc, C]; running max, target logit [rc].
+    let headAcc, runMax, targetLogit: UnsafeMutablePointer<Float>
+    /// With vocabulary blocks: running Σ exp per row [rc] (f64).
+    let runSum: UnsafeMutablePointer<Double>
     let chunkTargets: UnsafeMutablePointer<Int32>
     let positions: UnsafeMutablePointer<Int32>
     /// cos/sin of the rotary angles for every position a sequence of up to `capacity` rows uses.
     let rope: RoPETable
     private var storage: [Storage] = []
 
-    init(config c: LlamaConfig, capacity n: Int, chunkRows rc: Int, maxRank: Int,
+    init(config c: LlamaConfig, capacity n: Int, chunkRows rc: Int, vocabBlock vb: Int, maxRank: Int,
          modules: [[TrainableLoRAModule?]]) throws(LKError) {
         capacity = n
         chunkRows = rc
+        vocabBlock = vb
         rope = try RoPETable(nRot: c.ropeDims, base: c.ropeBase, positions: min(n, c.contextLength))
         var st: [Storage] = []
         func alloc(_ floats: Int) throws(LKError) -> UnsafeMutablePointer<Float> {
@@ -694,13 +807,16 @@ final class TrainBuffers {
         xs = x
         let wide = max(c.dim, c.qDim, c.hiddenDim)
         xF = try alloc(n * c.dim); rstdF = try alloc(n); dxF = try alloc(n * c.dim); dX = try alloc(n * c.dim)
-        dxn = try alloc(n * c.dim); dAtt = try alloc(n * c.qDim); dq = try alloc(n * c.qDim)
+        dxn = try alloc(n * c.dim); xn = try alloc(n * c.dim); dAtt = try alloc(n * c.qDim); dq = try alloc(n * c.qDim)
         dqr = try alloc(n * c.qDim); dk = try alloc(n * c.kvDim); dkr = try alloc(n * c.kvDim)
         dv = try alloc(n * c.kvDim); dh = try alloc(n * c.hiddenDim); dGate = try alloc(n * c.hiddenDim)
         dUp = try alloc(n * c.hiddenDim); h = try alloc(n * c.hiddenDim); u = try alloc(n * maxRank)
         xDrop = try alloc(n * wide); tmp = try alloc(n * wide)
-        gather = try alloc(rc * c.dim); logits = try alloc(rc * c.vocabSize); losses = try alloc(rc)
+        gather = try alloc(rc * c.dim); logits = try alloc(rc * (vb > 0 ? vb : c.vocabSize)); losses = try alloc(rc)
         rowScale = try alloc(rc)
+        let blocked = vb > 0 ? rc : 0
+        headAcc = try alloc(blocked * c.dim); runMax = try alloc(blocked); targetLogit = try alloc(blocked)
+        runSum = try alloc(2 * blocked).withMemoryRebound(to: Double.self, capacity: max(blocked, 1)) { $0 }
         chunkTargets = try alloc(rc).withMemoryRebound(to: Int32.self, capacity: rc) { $0 }
         positions = try alloc(n).withMemoryRebound(to: Int32.self, capacity: n) { $0 }
         storage = st

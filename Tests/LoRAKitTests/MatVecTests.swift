@@ -163,6 +163,64 @@ private let plainShapes: [(Int, Int)] = [(1, 1), (7, 13), (33, 577), (1000, 13),
         }
     }
 
+    /// `matVecRowsShared` (several weights, 1–11 x rows, x quantized once per row) gives, row by row, bitwise
+    /// a one-row `matVec` of each weight, for every kernel path this CPU runs (the multi-row kernels: x16
+    /// with AVX2 and AVX512-VNNI, the vpdpbusd one for int8 on AVX512-VNNI), both activation
+    /// quantizations, mixed quantized types, odd block counts, row counts that are not multiples of 4 (and
+    /// of 2), an all-zero block, tiny and huge blocks, a NaN row, and 1–3 threads.
+    @Test func rowsSharedEqualsSingleRows() throws {
+        let cases: [(n: Int, weights: [(Int, DType)])] = [
+            (96, [(37, .q4_1), (12, .q4_1), (5, .q4_1)]),
+            (160, [(9, .q8_0), (33, .q4_0), (6, .q4_1), (1, .q8_0)]),
+            (576, [(13, .q4_1), (2, .q8_0)]),
+            (32, [(7, .q4_0), (3, .q4_1)]),
+        ]
+        for (g, cs) in cases.enumerated() {
+            let n = cs.n
+            let ws = try cs.weights.enumerated().map { try makeWeight(out: $1.0, in: n, dtype: $1.1, seed: UInt64(300 + 11 * g + $0)) }
+            let ldx = n + 3
+            var x = randomValues(11 * ldx, seed: UInt64(400 + g), scale: 2)
+            if n >= 64 { for i in 32..<64 { x[2 * ldx + i] = 0 } }               // row 2: an all-zero block
+            if n >= 96 { for i in 64..<96 { x[3 * ldx + i] *= 1e-30 } }          // row 3: a tiny block
+            for i in 0..<32 { x[4 * ldx + i] *= 1e20 }                            // row 4: a huge block
+            x[6 * ldx + n - 1] = .nan                                             // row 6: NaN in the last block
+            for kernel in kernelPaths {
+                for act in bothActivations {
+                    // The one-row results, per weight and x row.
+                    let singles = try ws.map { w in
+                        try (0..<11).map { r in try run(w, Array(x[(r * ldx)..<(r * ldx + n)]), threads: 1, act, kernel: kernel) }
+                    }
+                    for rows in [1, 2, 3, 5, 8, 9, 11] {
+                        for threads in 1...3 where threads == 2 || rows == 8 || rows == 3 {
+                            let ptrs = ws.map { w in
+                                let p = UnsafeMutablePointer<Float>.allocate(capacity: rows * w.shape[0] + 1)
+                                p.initialize(repeating: -7, count: rows * w.shape[0] + 1)
+                                return p
+                            }
+                            defer { ptrs.forEach { $0.deallocate() } }
+                            try x.withUnsafeBufferPointer { xp in
+                                try matVecRowsShared(weights: ws, x: xp.baseAddress!, rows: rows, ldx: ldx, ys: ptrs,
+                                                     pool: pools[threads - 1], activations: act, kernel: kernel)
+                            }
+                            for (j, w) in ws.enumerated() {
+                                let out = w.shape[0]
+                                for r in 0..<rows {
+                                    let got = Array(UnsafeBufferPointer(start: ptrs[j] + r * out, count: out))
+                                    #expect(got.map(\.bitPattern) == singles[j][r].map(\.bitPattern),
+                                            "case \(g) weight \(j) (\(w.dtype)) \(kernel) \(act) rows \(rows) row \(r) threads \(threads)")
+                                }
+                                #expect(ptrs[j][rows * out] == -7, "case \(g) weight \(j): wrote past its rows")
+                            }
+                        }
+                    }
+                    // The NaN row gives NaN everywhere, the others finite values.
+                    #expect(singles[0][6].allSatisfy { $0.isNaN })
+                    #expect(singles[0][5].allSatisfy { $0.isFinite })
+                }
+            }
+        }
+    }
+
     @Test func stridedF32Rows() throws {
         // A [5, 40] view of a [5, 48] buffer (row stride 48).
         let full = try Tensor(randomValues(5 * 48, seed: 4), shape: [5, 48])

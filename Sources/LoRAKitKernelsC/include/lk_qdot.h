@@ -89,6 +89,22 @@ void lk_qdot_interleave(int32_t wide, const int8_t *xq, const float *xf, int64_t
 void lk_qdot_rows_multi(int32_t path, int32_t wide, int32_t type, const void *w, size_t row_stride, int64_t n_rows,
                         int64_t n_blocks, const int8_t *xi, const float *xfi, int64_t n_x, float *y, int64_t ldy);
 
+/* Several x rows with x as int16 ("x16": no digit split; vpmaddwd with AVX2, vpdpwssd with AVX512-VNNI;
+ * layout in qdot.c). 1 if lk_qdot_rows_x16 serves `path` on this CPU (it resolves to avx2, avxvnni or
+ * avx512vnni); otherwise callers use lk_qdot_rows per x row (same results). */
+int32_t lk_qdot_x16_supported(int32_t path);
+
+/* Quantize n_x ≤ 8 rows of n_blocks·32 floats (`ldx` apart) exactly as lk_quantize_x8 does (same q, dx, xs)
+ * into the x16 layout: xi ⌈n_x/2⌉·⌈n_blocks/2⌉·128 int16, xd ⌈n_x/2⌉·⌈n_blocks/2⌉·16 floats,
+ * xs ⌈n_blocks/2⌉·16 floats. Only when lk_qdot_x16_supported(path). */
+void lk_quantize_x16(int32_t path, int32_t wide, const float *x, int64_t ldx, int64_t n_x, int64_t n_blocks,
+                     int16_t *xi, float *xd, float *xs);
+
+/* y[j·ldy + r] = lk_qdot_rows' y[r] for x row j < n_x (1...8) quantized by lk_quantize_x16 (with the same
+ * `wide`); bitwise the same values. Only when lk_qdot_x16_supported(path) (otherwise it does nothing). */
+void lk_qdot_rows_x16(int32_t path, int32_t type, const void *w, size_t row_stride, int64_t n_rows, int64_t n_blocks,
+                      const int16_t *xi, const float *xd, const float *xs, int64_t n_x, float *y, int64_t ldy);
+
 #pragma GCC visibility pop
 
 #ifdef __cplusplus

@@ -59,7 +59,12 @@ public final class BatchContext: @unchecked Sendable {
     private let hUp: Storage      // [T, F]
     private let tmpOut: Storage   // [T, max(C, Q, KV)]
     private var adapterWorkspace: Storage?
+    /// Logits of up to 8 rows ([8, V]), allocated on first use.
+    private var logitsBuffer: Storage?
     private var positions: [Int32]
+    /// cos/sin of every rotary angle for positions 0..<maxPositions (the values `Ops.ropeForward` computes
+    /// per row), so a step does not recompute them per row and per layer.
+    private let ropeTable: RoPETable
 
     /// Create a context for up to `maxSequences` sequences (1...4096) of `maxPositions` positions each
     /// (default min(model context, 4096)). The caches are reserved, not touched: memory grows with the
@@ -100,6 +105,7 @@ public final class BatchContext: @unchecked Sendable {
         hUp = try Storage(lazyZeroedBytes: b * c.hiddenDim * 4)
         tmpOut = try Storage(lazyZeroedBytes: b * max(c.dim, c.kvDim, c.qDim) * 4)
         positions = [Int32](repeating: 0, count: b)
+        ropeTable = try RoPETable(nRot: c.ropeDims, base: c.ropeBase, positions: n)
     }
 
     // MARK: Sequences
@@ -297,16 +303,15 @@ public final class BatchContext: @unchecked Sendable {
         }
         try Ops.rmsNormForward(x: xg, weight: model.outputNorm.f32, out: xs, rstd: nil, rows: lasts.count,
                                dim: c.dim, eps: c.normEps, pool: pool)
+        if logitsBuffer == nil { logitsBuffer = try Storage(lazyZeroedBytes: 8 * c.vocabSize * 4) }
+        let logits = f(logitsBuffer!)
         var j0 = 0
         while j0 < lasts.count {
             let n = min(8, lasts.count - j0)
-            var logits = [Float](repeating: 0, count: n * c.vocabSize)
-            try logits.withUnsafeMutableBufferPointer { (o: inout UnsafeMutableBufferPointer<Float>) throws(LKError) in
-                try Linear.forward(x: UnsafePointer(xs + j0 * c.dim), rows: n, weight: model.output,
-                                   y: o.baseAddress!, pool: pool, activations: .int16)
-            }
+            try Linear.forward(x: UnsafePointer(xs + j0 * c.dim), rows: n, weight: model.output, y: logits,
+                               pool: pool, activations: .int16)
             for r in 0..<n {
-                out[lasts[j0 + r].input] = Array(logits[(r * c.vocabSize)..<((r + 1) * c.vocabSize)])
+                out[lasts[j0 + r].input] = Array(UnsafeBufferPointer(start: logits + r * c.vocabSize, count: c.vocabSize))
             }
             j0 += n
         }
@@ -383,7 +388,7 @@ public final class BatchContext: @unchecked Sendable {
         let segs: [Segment]
         let groups: [Range<Int>]
         var pool: ThreadPool { ctx.pool }
-        var ropeTable: RoPETable? { nil }
+        var ropeTable: RoPETable? { ctx.ropeTable }
 
         func buffers(layer l: Int) -> LlamaBlock.Buffers {
             let x = ctx.f(ctx.x), xn = ctx.f(ctx.xn), gate = ctx.f(ctx.hGate), tmp = ctx.f(ctx.tmpOut)
@@ -400,16 +405,20 @@ public final class BatchContext: @unchecked Sendable {
             for (m, y) in zip(ms, ys) { try ctx.applyAdapters(l, m, x: x, y: y, segs: segs, runs: groups) }
         }
 
+        /// k/v rows into each sequence's cache, then attention for all sequences (decode rows of every
+        /// sequence in one hand-out to the thread pool; each output as `Ops.attentionForward` gives it).
         func attention(_ l: Int, _ b: LlamaBlock.Buffers, rows t: Int) throws(LKError) {
             let c = ctx.model.config
+            var seqs: [Ops.AttentionSequence] = []
+            seqs.reserveCapacity(segs.count)
             for s in segs {
                 let kc = ctx.cacheK(s.slot, l), vc = ctx.cacheV(s.slot, l)
                 (kc + s.start * c.kvDim).update(from: b.k + s.row * c.kvDim, count: s.rows * c.kvDim)
                 (vc + s.start * c.kvDim).update(from: b.v + s.row * c.kvDim, count: s.rows * c.kvDim)
-                try Ops.attentionForward(q: b.q + s.row * c.qDim, k: kc, v: vc, out: b.att + s.row * c.qDim, lse: nil,
-                                         rows: s.rows, keys: s.start + s.rows, heads: c.nHeads, kvHeads: c.nKVHeads,
-                                         headDim: c.headDim, startPos: s.start, pool: ctx.pool)
+                seqs.append(Ops.AttentionSequence(q: b.q + s.row * c.qDim, k: kc, v: vc, out: b.att + s.row * c.qDim,
+                                                  rows: s.rows, startPos: s.start))
             }
+            try Ops.attentionForwardMany(seqs, heads: c.nHeads, kvHeads: c.nKVHeads, headDim: c.headDim, pool: ctx.pool)
         }
 
         @inline(__always) func tick() -> Double { 0 }

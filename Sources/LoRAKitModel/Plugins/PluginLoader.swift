@@ -12,8 +12,11 @@ import Darwin
 /// `dlopen(RTLD_NOW | RTLD_LOCAL)`, the entry symbol, the entry call (its error message copied through the
 /// host's `set_error`), then the tables: size, ABI major, types (size, name, required functions, PEFT
 /// mapping, no duplicates within the plugin or with types already registered). Any failure registers
-/// nothing. A loaded plugin is never unloaded (no `dlclose` once registered): instances made by its
-/// types may live in any model, adapter, context or trainer until process exit.
+/// nothing. A loaded plugin is never unloaded: instances made by its types may live in any model, adapter,
+/// context or trainer until process exit. A refused one is closed but stays mapped (`RTLD_NODELETE`): its
+/// constructors and entry may already have registered state that points into it (a Swift plugin's
+/// metadata and conformance records with the Swift runtime, one-time initialisers), so unmapping it could
+/// leave the host with dangling pointers.
 
 /// One loaded plugin: its file, its table's name and version, and the adapter types it declared.
 /// Lives until process exit.
@@ -161,7 +164,7 @@ public final class PluginRegistry: @unchecked Sendable {
         let real = canonicalPath(path)
         if let p = state.withLock({ s in s.plugins.first { $0.realPath == real } }) { return p }
         _ = dlerror()
-        guard let h = dlopen(path, RTLD_NOW | RTLD_LOCAL) else {
+        guard let h = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE) else {
             let why = dlerror().map { String(cString: $0) } ?? "unknown error"
             // A file that exists but is no loadable library is malformed content; anything else (missing,
             // a folder, unreadable) is an I/O error.
