@@ -845,10 +845,11 @@ LK_API int64_t lk_sizeof_train_progress(void);
 
 /* ---------------------------------------------------------------------------------------------------
  * Batch contexts: up to max_sequences sequences over one shared model, each with its own KV cache
- * positions and its own LoRA adapter set (none, one, or several stacked with scales), evaluated together:
+ * positions and its own adapter set (none, one, or several stacked with scales), evaluated together:
  * one lk_batch_step runs every listed sequence's new tokens (prefill several, or decode one) as the rows
  * of one batch, so each base weight is read once per step for all of them; attention runs per sequence
- * over its own cache, and the LoRA terms per group of rows sharing an adapter. Each sequence's logits
+ * over its own cache, and the adapter terms per group of rows sharing an adapter set (LoRA and plugin
+ * types). Each sequence's logits
  * equal those of an lk_context evaluating it alone with the same adapters attached, within the
  * activation-quantization tolerance (decode steps of up to 11 sequences: bitwise equal).
  * Sequence ids are small integers ≥ 0 given by the batch, never reused within it. A batch is used by
@@ -887,10 +888,10 @@ LK_API lk_status lk_batch_position(const lk_batch *batch, int32_t seq, int32_t *
  * sequences, also on LK_ERR_BUFFER_TOO_SMALL (capacity < *count); seqs may be NULL when capacity is 0. */
 LK_API lk_status lk_batch_sequences(const lk_batch *batch, int32_t *seqs, int64_t capacity, int64_t *count);
 
-/* Set seq's LoRA adapters: adapters[i] with multiplier scales[i] (finite), applied in this order;
- * n_adapters 0...4096, 0 = none (adapters and scales may then be NULL). Every adapter must have been
- * loaded/created for the batch's model and be a LoRA adapter (a plugin adapter: LK_ERR_UNSUPPORTED);
- * the same adapter twice is LK_ERR_INVALID_ARGUMENT. Other sequences are not touched; on error nothing
+/* Set seq's adapters: adapters[i] with multiplier scales[i] (finite), applied in this order, as when
+ * attached to an lk_context in this order; n_adapters 0...4096, 0 = none (adapters and scales may then
+ * be NULL). LoRA and plugin adapters (IA³, DoRA, ...) mix freely. Every adapter must have been
+ * loaded/created for the batch's model; the same adapter twice is LK_ERR_INVALID_ARGUMENT. Other sequences are not touched; on error nothing
  * changes. Cached positions are kept (computed with the previous adapters). The batch holds the
  * adapters while a sequence uses them. */
 LK_API lk_status lk_batch_set_adapters(lk_batch *batch, int32_t seq, lk_adapter *const *adapters,

@@ -5,27 +5,6 @@ import LoRAKit
 
 // MARK: - Handle object
 
-/// A LoRA adapter, or an adapter of a plugin type (IA³, DoRA, …: Include/lorakit_plugin.h).
-enum AnyAdapter {
-    case lora(LoRAAdapter)
-    case plugin(PluginAdapter)
-
-    var name: String {
-        switch self {
-        case .lora(let a): return a.name
-        case .plugin(let a): return a.name
-        }
-    }
-
-    func same(as o: AnyAdapter) -> Bool {
-        switch (self, o) {
-        case (.lora(let a), .lora(let b)): return a === b
-        case (.plugin(let a), .plugin(let b)): return a === b
-        default: return false
-        }
-    }
-}
-
 /// What an lk_adapter handle refers to: an immutable adapter plus the model it was made for, held
 /// strongly (freeing the model handle first is legal). Contexts that have the adapter attached hold
 /// the adapter themselves, so freeing the handle does not detach it.

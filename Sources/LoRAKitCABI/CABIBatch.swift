@@ -131,7 +131,7 @@ public func lk_batch_set_adapters(_ batch: OpaquePointer?, _ seq: Int32, _ adapt
     guarded("lk_batch_set_adapters") {
         guard nAdapters >= 0, nAdapters <= 4096 else { throw invalid("n_adapters \(nAdapters) must be in 0...4096") }
         let n = Int(nAdapters)
-        var list: [(adapter: LoRAAdapter, scale: Float)] = []
+        var list: [(adapter: AnyAdapter, scale: Float)] = []
         if n > 0 {
             let hs = try requirePointer(adapters, "adapters")
             let ss = try requirePointer(scales, "scales")
@@ -139,7 +139,7 @@ public func lk_batch_set_adapters(_ batch: OpaquePointer?, _ seq: Int32, _ adapt
                 for i in 0..<n {
                     let a = try adapterArg(hs[i], "adapters[\(i)]")
                     try requireSameModel(a, box.batch.model, "adapters[\(i)]", "batch's model")
-                    list.append((try a.lora("adapters[\(i)]"), try scaleArg(ss[i], "scales[\(i)]")))
+                    list.append((a.any, try scaleArg(ss[i], "scales[\(i)]")))
                 }
                 try box.batch.setAdapters(list, for: try sequenceArg(seq))
             }

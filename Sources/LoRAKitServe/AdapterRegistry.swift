@@ -6,7 +6,7 @@ public final class AdapterRegistry: Sendable {
     public struct Entry: Sendable {
         public let name: String
         public let path: String
-        public let adapter: LoRAAdapter
+        public let adapter: AnyAdapter
         public let created: Int
         var inUse = 0
         var unloading = false
@@ -25,7 +25,7 @@ public final class AdapterRegistry: Sendable {
         self.baseName = baseName
     }
 
-    /// Loads `path` (PEFT folder or GGUF LoRA) as `name`. Errors name the field: `lora_name` (empty, the
+    /// Loads `path` (PEFT folder — LoRA, or a plugin type's such as DoRA or IA³ — or GGUF LoRA) as `name`. Errors name the field: `lora_name` (empty, the
     /// base model's name, or already loaded) or `lora_path` (the loader's message).
     public func load(name: String, path: String) throws(ServeError) {
         guard !name.isEmpty else { throw .badRequest("lora_name is empty", param: "lora_name") }
@@ -40,13 +40,14 @@ public final class AdapterRegistry: Sendable {
         guard free else {
             throw .badRequest("an adapter named \"\(name)\" is already loaded (unload it first)", param: "lora_name")
         }
-        let adapter: LoRAAdapter
+        let adapter: AnyAdapter
         do throws(LKError) {
             guard !path.isEmpty else { throw LKError.invalidArgument("lora_path is empty") }
             if PluginAdapter.isPluginFolder(path) {
-                throw LKError.unsupported("\(path) is a plugin-type adapter; the server serves LoRA adapters only")
+                adapter = .plugin(try PluginAdapter.load(peftDirectory: path, model: model, name: name))
+            } else {
+                adapter = .lora(try LoRAAdapter.load(path: path, model: model, name: name))
             }
-            adapter = try LoRAAdapter.load(path: path, model: model, name: name)
             try adapter.check(against: model)
         } catch {
             state.withLock { _ = $0.reserved.remove(name) }
@@ -62,8 +63,8 @@ public final class AdapterRegistry: Sendable {
 
     /// The adapter named `name`, counted as in use until `release(name)`; nil if there is none or it is
     /// being unloaded.
-    public func acquire(_ name: String) -> LoRAAdapter? {
-        state.withLock { s -> LoRAAdapter? in
+    public func acquire(_ name: String) -> AnyAdapter? {
+        state.withLock { s -> AnyAdapter? in
             guard var e = s.entries[name], !e.unloading else { return nil }
             e.inUse += 1
             s.entries[name] = e

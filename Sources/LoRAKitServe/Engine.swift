@@ -17,7 +17,7 @@ public protocol SequenceBatchEngine: AnyObject {
     /// Positions in `id`'s cache.
     func position(of id: Int) throws(LKError) -> Int
     /// Replaces the adapters of one sequence (others are untouched); [] = the base model.
-    func setAdapters(_ adapters: [(adapter: LoRAAdapter, scale: Float)], for id: Int) throws(LKError)
+    func setAdapters(_ adapters: [(adapter: AnyAdapter, scale: Float)], for id: Int) throws(LKError)
     /// Appends each input's tokens to its sequence and evaluates them all as one step; the logits [V] of
     /// each input's last token, in input order.
     func step(_ inputs: [(sequence: Int, tokens: [Int32])]) throws(LKError) -> [[Float]]
@@ -95,15 +95,23 @@ public final class LlamaContextEngine: SequenceBatchEngine {
 
     public func position(of id: Int) throws(LKError) -> Int { try slot(id, "position").position }
 
-    public func setAdapters(_ adapters: [(adapter: LoRAAdapter, scale: Float)], for id: Int) throws(LKError) {
+    public func setAdapters(_ adapters: [(adapter: AnyAdapter, scale: Float)], for id: Int) throws(LKError) {
         let c = try slot(id, "setAdapters")
-        let before = c.attachedAdapters
-        c.detachAll()
-        do throws(LKError) {
-            for (a, s) in adapters { try c.attach(a, scale: s) }
-        } catch {
+        let before = c.attachedAdapters, beforePlugins = c.attachedPluginAdapters
+        func attach(_ list: [(adapter: AnyAdapter, scale: Float)]) throws(LKError) {
             c.detachAll()
-            for (a, s) in before { try? c.attach(a, scale: s) }
+            c.detachAllPlugins()
+            for (a, s) in list {
+                switch a {
+                case .lora(let l): try c.attach(l, scale: s)
+                case .plugin(let p): try c.attach(p, scale: s)
+                }
+            }
+        }
+        do throws(LKError) {
+            try attach(adapters)
+        } catch {
+            try? attach(before.map { (.lora($0.adapter), $0.scale) } + beforePlugins.map { (.plugin($0.adapter), $0.scale) })
             throw error
         }
     }

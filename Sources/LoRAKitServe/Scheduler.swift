@@ -25,7 +25,7 @@ public final class ServeRequest: Sendable {
     /// The served model name the request named (the base model's name or an adapter's).
     public let modelName: String
     /// The adapter it runs with (nil: the base model), at `scale`.
-    public let adapter: LoRAAdapter?
+    public let adapter: AnyAdapter?
     public let scale: Float
     public let events: AsyncStream<ServeEvent>
     let continuation: AsyncStream<ServeEvent>.Continuation
@@ -33,7 +33,7 @@ public final class ServeRequest: Sendable {
     public let enqueuedAt: Double
     private let cancelled = Atomic<Bool>(false)
 
-    public init(prompt: [Int32], params: GenerateParams, modelName: String, adapter: LoRAAdapter?, scale: Float = 1) {
+    public init(prompt: [Int32], params: GenerateParams, modelName: String, adapter: AnyAdapter?, scale: Float = 1) {
         self.prompt = prompt
         self.params = params
         self.modelName = modelName

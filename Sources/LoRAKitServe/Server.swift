@@ -147,7 +147,7 @@ public final class LoRAServer: Sendable {
         } catch {
             return fail(error)
         }
-        var adapter: LoRAAdapter? = nil
+        var adapter: AnyAdapter? = nil
         if parsed.model != options.modelName {
             guard let a = registry.acquire(parsed.model) else {
                 return fail(.badRequest("The model `\(parsed.model)` does not exist (GET /v1/models lists the base model and the adapters)",

@@ -76,7 +76,7 @@ import Testing
                 // Fork sequence 1 (same cache and adapters), then give the fork its own adapter.
                 let f = try b.fork(ids[1])
                 #expect(try b.position(of: f) == b.position(of: ids[1]))
-                #expect(try b.adapters(of: f).map { ObjectIdentifier($0.adapter) } == [ObjectIdentifier(a1)])
+                #expect(try b.adapters(of: f).map { ObjectIdentifier($0.adapter.object) } == [ObjectIdentifier(a1)])
                 hist[f] = hist[ids[1]]!
                 try b.setAdapters([(a3, 2)], for: f)
                 hist[f]!.append(.adapters([(adapter: a3, scale: Float(2))]))

@@ -2,12 +2,15 @@ import LoRAKitCore
 import LoRAKitKernels
 
 /// Many sequences over one shared, read-only `LlamaModel`, each with its own KV cache positions and its
-/// own LoRA adapter set (any mix of one adapter, stacked adapters with scales, or none), evaluated
-/// together: one `step` runs every listed sequence's new tokens through `LlamaBlock.forward` as the rows
+/// own adapter set (any mix of one adapter, stacked adapters with scales, or none; LoRA and plugin
+/// types), evaluated together: one `step` runs every listed sequence's new tokens through `LlamaBlock.forward` as the rows
 /// of one batch, so each base weight is read once per step for all sequences (a decode step of 8
 /// sequences is one 8-row product per weight), while attention runs per sequence over its own cache and
-/// the LoRA terms run per group of rows that share an adapter (two small products per group: A·x, then
-/// B·(Ax)).
+/// the LoRA terms run per group of rows that share an adapter set (two small products per group: A·x,
+/// then B·(Ax)). Plugin adapters run per group around the shared base product, as in a `LlamaContext`:
+/// a group whose plugin rewrites a module's input (IA³ on the MLP input) gets its rows of that input
+/// rewritten before the one base product of the module, output points and added terms (IA³ on k/v, DoRA)
+/// run on the group's rows after it, and LoRA terms read the rewritten input.
 ///
 /// Results: every row gets the arithmetic a single-sequence `LlamaContext` gives it when that context
 /// evaluates the same number of rows at once; batches of fewer than `Linear.smallRowLimit` rows (decode
@@ -36,9 +39,12 @@ public final class BatchContext: @unchecked Sendable {
     struct Sequence {
         let slot: Int
         var position: Int
-        var attachments: [(adapter: LoRAAdapter, scale: Float)]
-        /// Entries per (layer, module), in attachment order.
+        var attachments: [(adapter: AnyAdapter, scale: Float)]
+        /// LoRA entries per (layer, module), in attachment order.
         var stack: AdapterStack
+        /// Plugin adapters' instances per (layer, module) and their buffers; nil when none is attached.
+        /// Never changed once made (`setAdapters` makes a new one), so a fork may share it.
+        var plugins: PluginAttachments?
     }
 
     private var sequences: [Int: Sequence] = [:]
@@ -59,6 +65,9 @@ public final class BatchContext: @unchecked Sendable {
     private let hUp: Storage      // [T, F]
     private let tmpOut: Storage   // [T, max(C, Q, KV)]
     private var adapterWorkspace: Storage?
+    /// A module's input with plugin input points applied to some groups' rows ([T, max(C, F)]), made on
+    /// first use.
+    private var pluginInput: Storage?
     /// Logits of up to 8 rows ([8, V]), allocated on first use.
     private var logitsBuffer: Storage?
     private var positions: [Int32]
@@ -121,7 +130,7 @@ public final class BatchContext: @unchecked Sendable {
         let id = nextID
         nextID += 1
         sequences[id] = Sequence(slot: slot, position: 0, attachments: [],
-                                 stack: AdapterStack(nLayers: model.config.nLayers))
+                                 stack: AdapterStack(nLayers: model.config.nLayers), plugins: nil)
         return id
     }
 
@@ -148,7 +157,8 @@ public final class BatchContext: @unchecked Sendable {
         }
         let nid = nextID
         nextID += 1
-        sequences[nid] = Sequence(slot: slot, position: s.position, attachments: s.attachments, stack: s.stack)
+        sequences[nid] = Sequence(slot: slot, position: s.position, attachments: s.attachments, stack: s.stack,
+                                  plugins: s.plugins)
         return nid
     }
 
@@ -166,31 +176,47 @@ public final class BatchContext: @unchecked Sendable {
 
     // MARK: Adapters
 
-    /// Set `id`'s LoRA adapters (applied in this order, each with its multiplier; [] = none). Checks every
-    /// adapter against the model and every scale (finite), and refuses the same adapter twice; on error
-    /// nothing changes. Other sequences are not touched. Adapters are shared, not copied.
-    public func setAdapters(_ adapters: [(adapter: LoRAAdapter, scale: Float)], for id: Int) throws(LKError) {
+    /// Set `id`'s adapters (LoRA and plugin types, each with its multiplier; [] = none). LoRA adapters
+    /// add their terms in this order; plugin adapters sit at their points of each module in this order
+    /// (see `PluginAttachments.project`), as when attached to a `LlamaContext` in the same order. Checks
+    /// every adapter against the model and every scale (finite), and refuses the same adapter twice; on
+    /// error nothing changes. Other sequences are not touched. Adapters are shared, not copied.
+    public func setAdapters(_ adapters: [(adapter: AnyAdapter, scale: Float)], for id: Int) throws(LKError) {
         _ = try sequence(id, "setAdapters")
         var stack = AdapterStack(nLayers: model.config.nLayers)
+        var plugins: PluginAttachments? = nil
         for (i, e) in adapters.enumerated() {
             guard e.scale.isFinite else {
                 throw .invalidArgument("setAdapters: adapter \(i) (\(e.adapter.name)): scale \(e.scale) is not finite")
             }
-            guard !adapters[..<i].contains(where: { $0.adapter === e.adapter }) else {
+            guard !adapters[..<i].contains(where: { $0.adapter.same(as: e.adapter) }) else {
                 throw .invalidArgument("setAdapters: adapter \(i) (\(e.adapter.name)) is listed twice (one entry per adapter; scales add up in one)")
             }
             try e.adapter.check(against: model)
-            let mods = try e.adapter.modules(for: model.config.ropeLayout)
-            for key in e.adapter.keys {
-                stack.append(key.layer, key.module, AdapterStack.Entry(adapter: mods[key]!, scale: e.scale))
+            switch e.adapter {
+            case .lora(let a):
+                let mods = try a.modules(for: model.config.ropeLayout)
+                for key in a.keys {
+                    stack.append(key.layer, key.module, AdapterStack.Entry(adapter: mods[key]!, scale: e.scale))
+                }
+            case .plugin(let p):
+                if plugins == nil { plugins = PluginAttachments(nLayers: model.config.nLayers) }
+                try plugins!.attach(p, scale: e.scale)
             }
         }
         sequences[id]!.attachments = adapters
         sequences[id]!.stack = stack
+        sequences[id]!.plugins = plugins
     }
 
-    /// `id`'s LoRA adapters and their scales, in order.
-    public func adapters(of id: Int) throws(LKError) -> [(adapter: LoRAAdapter, scale: Float)] {
+    /// `setAdapters` for LoRA adapters only.
+    @_disfavoredOverload
+    public func setAdapters(_ adapters: [(adapter: LoRAAdapter, scale: Float)], for id: Int) throws(LKError) {
+        try setAdapters(adapters.map { (adapter: AnyAdapter.lora($0.adapter), scale: $0.scale) }, for: id)
+    }
+
+    /// `id`'s adapters and their scales, in order.
+    public func adapters(of id: Int) throws(LKError) -> [(adapter: AnyAdapter, scale: Float)] {
         try sequence(id, "adapters").attachments
     }
 
@@ -332,34 +358,109 @@ public final class BatchContext: @unchecked Sendable {
         return runs
     }
 
-    static func sameAdapters(_ a: [(adapter: LoRAAdapter, scale: Float)],
-                             _ b: [(adapter: LoRAAdapter, scale: Float)]) -> Bool {
-        a.count == b.count && zip(a, b).allSatisfy { $0.adapter === $1.adapter && $0.scale == $1.scale }
+    static func sameAdapters(_ a: [(adapter: AnyAdapter, scale: Float)],
+                             _ b: [(adapter: AnyAdapter, scale: Float)]) -> Bool {
+        a.count == b.count && zip(a, b).allSatisfy { $0.adapter.same(as: $1.adapter) && $0.scale == $1.scale }
     }
 
-    /// y += each row's adapter terms for (layer, module): per run of segments with the same adapter set,
-    /// each entry in order over the run's rows at once (A·x, then B·(Ax)).
-    fileprivate func applyAdapters(_ layer: Int, _ m: LinearModule, x: UnsafePointer<Float>,
-                                   y: UnsafeMutablePointer<Float>, segs: [Segment], runs: [Range<Int>]) throws(LKError) {
+    /// First row and row count of a run of segments.
+    fileprivate func span(_ run: Range<Int>, _ segs: [Segment]) -> (row: Int, rows: Int) {
+        let r0 = segs[run.lowerBound].row
+        return (r0, segs[run.upperBound - 1].row + segs[run.upperBound - 1].rows - r0)
+    }
+
+    /// The plugin attachments of a run's sequences (nil: none).
+    fileprivate func plugins(_ run: Range<Int>, _ segs: [Segment]) -> PluginAttachments? {
+        sequences[segs[run.lowerBound].id]!.plugins
+    }
+
+    /// Groups of at most this many rows take part in one hand-out of all of a projection's adapter
+    /// products to the thread pool (see `applyAdapters`); larger groups let each product use the pool.
+    static let taskParallelRows = 16
+
+    /// ys[i] += each row's adapter terms for (layer, ms[i]), all modules reading x: one task per (module,
+    /// run of segments with the same adapter set), applying that run's entries in order over its rows at
+    /// once (for LoRA: A·x, then B·(Ax)). When every run is small (decode steps) and there are at least as
+    /// many tasks as participants, the tasks are dealt round-robin to the thread pool in one hand-out —
+    /// each task on one participant, whose own pool calls then run inline — so that eight sequences with
+    /// eight adapters cost two thread hand-outs per projection, not one serial product per sequence.
+    /// Otherwise tasks run one after another and each product may use the pool. Each row's result is the
+    /// same either way (every product runs the same operations whichever thread runs it).
+    fileprivate func applyAdapters(_ layer: Int, _ ms: [LinearModule], x: UnsafePointer<Float>,
+                                   ys: [UnsafeMutablePointer<Float>], segs: [Segment], runs: [Range<Int>]) throws(LKError) {
         if runs.isEmpty { return }
-        let (nOut, nIn) = m.shape(model.config)
-        for run in runs {
-            let list = sequences[segs[run.lowerBound].id]!.stack.at(layer, m)
-            if list.isEmpty { continue }
-            let r0 = segs[run.lowerBound].row
-            let n = segs[run.upperBound - 1].row + segs[run.upperBound - 1].rows - r0
-            for e in list {
-                let need = max(e.adapter.workspaceFloats(rows: n), 1)
-                if adapterWorkspace == nil || adapterWorkspace!.byteCount < need * 4 {
-                    adapterWorkspace = try Storage(lazyZeroedBytes: need * 4)
-                }
-                try e.adapter.forward(x: x + r0 * nIn, rows: n, y: y + r0 * nOut, scale: e.scale,
-                                      workspace: f(adapterWorkspace!), pool: pool)
+        struct Task {
+            let list: [AdapterStack.Entry]
+            let x: UnsafePointer<Float>
+            let y: UnsafeMutablePointer<Float>
+            let rows: Int
+            /// Offset of the task's workspace in floats.
+            let workspace: Int
+        }
+        var tasks: [Task] = []
+        var floats = 0
+        for (m, y) in zip(ms, ys) {
+            let (nOut, nIn) = m.shape(model.config)
+            for run in runs {
+                let list = sequences[segs[run.lowerBound].id]!.stack.at(layer, m)
+                if list.isEmpty { continue }
+                let (r0, n) = span(run, segs)
+                tasks.append(Task(list: list, x: x + r0 * nIn, y: y + r0 * nOut, rows: n, workspace: floats))
+                let need = list.reduce(1) { max($0, $1.adapter.workspaceFloats(rows: n)) }
+                floats += (need + 15) & ~15     // 64-byte apart: no two participants share a cache line
             }
         }
+        if tasks.isEmpty { return }
+        if adapterWorkspace == nil || adapterWorkspace!.byteCount < floats * 4 {
+            adapterWorkspace = try Storage(lazyZeroedBytes: floats * 4)
+        }
+        let ws = f(adapterWorkspace!)
+        let together = tasks.count >= pool.activeCount && pool.activeCount > 1
+            && tasks.allSatisfy { $0.rows <= BatchContext.taskParallelRows }
+        if !together {
+            for t in tasks {
+                for e in t.list {
+                    try e.adapter.forward(x: t.x, rows: t.rows, y: t.y, scale: e.scale, workspace: ws + t.workspace,
+                                          pool: pool)
+                }
+            }
+            return
+        }
+        // First error by task index (each slot written by the one participant running that task).
+        var errors = [LKError?](repeating: nil, count: tasks.count)
+        let pool = self.pool
+        tasks.withUnsafeBufferPointer { tb in
+            errors.withUnsafeMutableBufferPointer { eb in
+                pool.run(maxTasks: tb.count) { idx, cnt in
+                    var i = idx
+                    while i < tb.count {
+                        let t = tb[i]
+                        do throws(LKError) {
+                            for e in t.list {
+                                try e.adapter.forward(x: t.x, rows: t.rows, y: t.y, scale: e.scale,
+                                                      workspace: ws + t.workspace, pool: pool)
+                            }
+                        } catch {
+                            eb[i] = error
+                        }
+                        i += cnt
+                    }
+                }
+            }
+        }
+        if let e = errors.lazy.compactMap({ $0 }).first { throw e }
     }
 
     // MARK: Helpers
+
+    /// `pluginInput`, made on first use.
+    fileprivate func pluginInputBuffer() throws(LKError) -> UnsafeMutablePointer<Float> {
+        if pluginInput == nil {
+            let c = model.config
+            pluginInput = try Storage(lazyZeroedBytes: batchCapacity * max(c.dim, c.hiddenDim) * 4)
+        }
+        return f(pluginInput!)
+    }
 
     private func sequence(_ id: Int, _ what: String) throws(LKError) -> Sequence {
         guard let s = sequences[id] else {
@@ -400,9 +501,65 @@ public final class BatchContext: @unchecked Sendable {
         func project(_ l: Int, _ ms: [LinearModule], x: UnsafePointer<Float>, rows: Int,
                      ys: [UnsafeMutablePointer<Float>]) throws(LKError) {
             let L = ctx.model.layers[l]
-            try Linear.forwardShared(x: x, rows: rows, weights: ms.map { L.weight($0) }, ys: ys, pool: ctx.pool,
-                                     activations: ctx.activations)
-            for (m, y) in zip(ms, ys) { try ctx.applyAdapters(l, m, x: x, y: y, segs: segs, runs: groups) }
+            // Runs with plugin instances on one of these modules (none: the shared base products, then LoRA).
+            let withPlugins = groups.filter { run in
+                guard let p = ctx.plugins(run, segs) else { return false }
+                return ms.contains { !p.at(l, $0).isEmpty }
+            }
+            if withPlugins.isEmpty {
+                try Linear.forwardShared(x: x, rows: rows, weights: ms.map { L.weight($0) }, ys: ys, pool: ctx.pool,
+                                         activations: ctx.activations)
+                try ctx.applyAdapters(l, ms, x: x, ys: ys, segs: segs, runs: groups)
+                return
+            }
+            let c = ctx.model.config
+            let inputPoint = withPlugins.contains { run in
+                ms.contains { PluginAttachments.hasInputPoint(ctx.plugins(run, segs)!.at(l, $0)) }
+            }
+            if !inputPoint {
+                // Output points and added terms on each run's rows after the shared base products.
+                try Linear.forwardShared(x: x, rows: rows, weights: ms.map { L.weight($0) }, ys: ys, pool: ctx.pool,
+                                         activations: ctx.activations)
+                for (m, y) in zip(ms, ys) {
+                    let (nOut, nIn) = m.shape(c)
+                    for run in withPlugins {
+                        let p = ctx.plugins(run, segs)!, list = p.at(l, m)
+                        if list.isEmpty { continue }
+                        let (r0, n) = ctx.span(run, segs)
+                        try p.applyAfterBase(list, x: x + r0 * nIn, rows: n, inFeatures: nIn, outFeatures: nOut,
+                                             y: y + r0 * nOut, pool: ctx.pool)
+                    }
+                }
+                try ctx.applyAdapters(l, ms, x: x, ys: ys, segs: segs, runs: groups)
+                return
+            }
+            // A run rewrites a module's input: each module alone, over x with those runs' rows rewritten.
+            for (m, y) in zip(ms, ys) {
+                let (nOut, nIn) = m.shape(c)
+                var xm = x
+                let rewriting = withPlugins.filter { PluginAttachments.hasInputPoint(ctx.plugins($0, segs)!.at(l, m)) }
+                if !rewriting.isEmpty {
+                    let xb = try ctx.pluginInputBuffer()
+                    xb.update(from: x, count: rows * nIn)
+                    for run in rewriting {
+                        let p = ctx.plugins(run, segs)!
+                        let (r0, n) = ctx.span(run, segs)
+                        try p.applyInput(p.at(l, m), x: x + r0 * nIn, rows: n, inFeatures: nIn, outFeatures: nOut,
+                                         into: xb + r0 * nIn, pool: ctx.pool)
+                    }
+                    xm = UnsafePointer(xb)
+                }
+                try Linear.forward(x: xm, rows: rows, weight: L.weight(m), y: y, pool: ctx.pool,
+                                   activations: ctx.activations)
+                for run in withPlugins {
+                    let p = ctx.plugins(run, segs)!, list = p.at(l, m)
+                    if list.isEmpty { continue }
+                    let (r0, n) = ctx.span(run, segs)
+                    try p.applyAfterBase(list, x: xm + r0 * nIn, rows: n, inFeatures: nIn, outFeatures: nOut,
+                                         y: y + r0 * nOut, pool: ctx.pool)
+                }
+                try ctx.applyAdapters(l, [m], x: xm, ys: [y], segs: segs, runs: groups)
+            }
         }
 
         /// k/v rows into each sequence's cache, then attention for all sequences (decode rows of every

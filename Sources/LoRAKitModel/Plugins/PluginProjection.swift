@@ -78,7 +78,15 @@ final class PluginAttachments {
                  base: (UnsafePointer<Float>, UnsafeMutablePointer<Float>) throws(LKError) -> Void,
                  rest: (UnsafePointer<Float>, UnsafeMutablePointer<Float>) throws(LKError) -> Void) throws(LKError) {
         let wsp = try prepare(list, rows: t, width: max(inFeatures, outFeatures))
-        // Inputs: ping-pong between buffers 0 and 1.
+        let xin = try inputs(list, x: x, rows: t, workspace: wsp, pool: pool)
+        try base(xin, y)
+        try afterBase(list, x: xin, rows: t, outFeatures: outFeatures, y: y, workspace: wsp, pool: pool)
+        try rest(xin, y)
+    }
+
+    /// x' of the `.input` entries (x itself when there are none): ping-pong between buffers 0 and 1.
+    private func inputs(_ list: [Entry], x: UnsafePointer<Float>, rows t: Int, workspace wsp: UnsafeMutablePointer<Float>,
+                        pool: ThreadPool) throws(LKError) -> UnsafePointer<Float> {
         var xin = x
         var k = 0
         for e in list where e.module.point == .input {
@@ -87,9 +95,16 @@ final class PluginAttachments {
             xin = UnsafePointer(dst)
             k ^= 1
         }
-        try base(xin, y)
-        try afterBase(list, x: xin, rows: t, outFeatures: outFeatures, y: y, workspace: wsp, pool: pool)
-        try rest(xin, y)
+        return xin
+    }
+
+    /// The first part of `project`: x' of the `.input` entries of `list` written to `dst` [T, IN] (a batch
+    /// context rewrites one group's rows of a module input shared with other groups).
+    func applyInput(_ list: [Entry], x: UnsafePointer<Float>, rows t: Int, inFeatures: Int, outFeatures: Int,
+                    into dst: UnsafeMutablePointer<Float>, pool: ThreadPool) throws(LKError) {
+        let wsp = try prepare(list, rows: t, width: max(inFeatures, outFeatures))
+        let xin = try inputs(list, x: x, rows: t, workspace: wsp, pool: pool)
+        if xin != UnsafePointer(dst) { dst.update(from: xin, count: t * inFeatures) }
     }
 
     /// Whether an entry sits at the input point (its module's base product must wait for x').

@@ -1389,7 +1389,7 @@ class BatchContext(_Handle):
         return list(buf[:n.value])
 
     def set_adapters(self, seq: int, adapters=()) -> None:
-        """Set seq's LoRA adapters: a sequence of Adapters and/or (Adapter, scale) pairs (scale 1.0 when
+        """Set seq's adapters (LoRA or plugin types): a sequence of Adapters and/or (Adapter, scale) pairs (scale 1.0 when
         omitted), applied in order; () = none. Other sequences are not touched."""
         if isinstance(adapters, Adapter):
             adapters = [adapters]
