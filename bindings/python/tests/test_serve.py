@@ -309,6 +309,32 @@ def test_load_and_unload_adapter(server, adapters):
     expect_error(*server.request("POST", "/v1/unload_lora_adapter", {"lora_name": "gamma"}), 400, "lora_name")
 
 
+def test_plugin_adapters_served_in_one_batch(server, adapters):
+    """Plugin-type PEFT folders (DoRA, IA³: the SmolLM2 fixtures of Tests/LoRAKitTests/Fixtures/plugins) load
+    through /v1/load_lora_adapter and are served in the same batch as LoRA and base requests: every greedy
+    answer equals `lorakit generate` with that adapter attached alone."""
+    fixtures = ROOT / "Tests" / "LoRAKitTests" / "Fixtures" / "plugins" / "smollm2"
+    plugins = {"dora-qv": fixtures / "dora_qv", "ia3-kvd": fixtures / "ia3_kvd"}
+    for name, path in plugins.items():
+        status, body = server.request("POST", "/v1/load_lora_adapter", {"lora_name": name, "lora_path": str(path)})
+        assert status == 200, body
+    client = server.client()
+    assert set(plugins) <= {m.id for m in client.models.list().data}
+    prompt = "The three primary colors are"
+    jobs = [("dora-qv", plugins["dora-qv"]), ("ia3-kvd", plugins["ia3-kvd"]), ("alpha", adapters["alpha"]), (BASE, None)]
+    refs = {name: generate(prompt, path, max_tokens=12)["text"] for name, path in jobs}
+    assert refs["dora-qv"] != refs[BASE] or refs["ia3-kvd"] != refs[BASE]  # the adapters matter
+
+    def ask(name):
+        return client.completions.create(model=name, prompt=prompt, max_tokens=12, temperature=0).choices[0].text
+    with ThreadPoolExecutor(len(jobs)) as ex:
+        got = dict(zip([n for n, _ in jobs], ex.map(ask, [n for n, _ in jobs])))
+    assert got == refs
+    for name in plugins:
+        status, body = server.request("POST", "/v1/unload_lora_adapter", {"lora_name": name})
+        assert status == 200, body
+
+
 def test_queue_full_429_and_disconnect_frees_the_sequence():
     s = Server("--max-sequences", "1", "--max-queue", "1", "--ctx", 1024)
     try:
