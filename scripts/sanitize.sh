@@ -30,6 +30,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 case "$MODE" in
     address) TAG=asan
+             export LORAKIT_SANITIZER=address
              SWIFT_SAN=(-Xswiftc -sanitize=address -Xcc -fsanitize=address,undefined -Xcc -fno-sanitize-recover=undefined)
              export LORAKIT_EXCLUSIVITY_CHECKS=1  # Package.swift: keep -enforce-exclusivity=checked
              RT=asan
@@ -40,6 +41,7 @@ case "$MODE" in
              export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
              export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$ROOT/scripts/lsan.supp:print_suppressions=0} ;;
     thread)  TAG=tsan
+             export LORAKIT_SANITIZER=thread   # tests with hang checks allow for the slowdown
              SWIFT_SAN=(-Xswiftc -sanitize=thread -Xcc -fsanitize=thread)
              RT=tsan
              REPORT='WARNING: ThreadSanitizer|ERROR: ThreadSanitizer'

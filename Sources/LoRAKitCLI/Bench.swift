@@ -186,6 +186,8 @@ struct BenchGenerate: ParsableCommand {
     @Option(help: "Rounds (prompt + decode steps, each measured base and adapted) with --compare-adapters.")
     var rounds: Int = 8
     @Flag(help: "Print JSON.") var json = false
+    @Flag(help: "After the timed runs, decode --gen-tokens tokens after the prompt once more with a profile attached and report where each token's time goes: base mat-vecs, adapters, attention, norms, RoPE, residual adds, SwiGLU, output head, sampling, the rest; thread hand-outs per token and their estimated cost.")
+    var profile = false
 
     func run() throws {
         try runReporting {
@@ -200,17 +202,17 @@ struct BenchGenerate: ParsableCommand {
             let m = try loadModel(model)
             let ctx = try LlamaContext(model: m, maxPositions: promptTokens + genTokens + 1, threads: threads)
             var attachSeconds: [Double] = [], detachSeconds: [Double] = [], swapSeconds: [Double] = []
-            var made: [BenchAdapter] = [], baseline: [BenchAdapter] = []
+            var made: [AnyAdapter] = [], baseline: [AnyAdapter] = []
             var attached = false
             /// Attach or detach all adapters (and the other way round the baseline's), recording the time per
             /// measured adapter.
             func setAttached(_ on: Bool) throws(LKError) {
                 if on == attached { return }
-                if on { for a in baseline { try a.detach(ctx) } }
+                if on { for a in baseline { try ctx.detach(a) } }
                 let t0 = monotonicSeconds()
-                if on { for a in made { try a.attach(ctx) } } else { for a in made { try a.detach(ctx) } }
+                if on { for a in made { try ctx.attach(a) } } else { for a in made { try ctx.detach(a) } }
                 let per = (monotonicSeconds() - t0) / Double(made.count)
-                if !on { for a in baseline { try a.attach(ctx) } }
+                if !on { for a in baseline { try ctx.attach(a) } }
                 if on { attachSeconds.append(per) } else { detachSeconds.append(per) }
                 attached = on
             }
@@ -218,12 +220,12 @@ struct BenchGenerate: ParsableCommand {
                 var cfg = LoRAConfig(rank: loraRank, alpha: Float(2 * loraRank))
                 cfg.targets = try LoRAConfig.parseTargets(loraTargets)
                 for i in 0...loraAdapters {
-                    made.append(try BenchAdapter.make(type: adapterType, model: m, config: cfg, seed: UInt64(i + 1),
+                    made.append(try makeBenchAdapter(type: adapterType, model: m, config: cfg, seed: UInt64(i + 1),
                                                       name: "bench\(i)"))
                 }
                 if baselineLora {
-                    baseline = [try BenchAdapter.make(type: "lora", model: m, config: cfg, seed: 99, name: "baseline")]
-                    for a in baseline { try a.attach(ctx) }
+                    baseline = [try makeBenchAdapter(type: "lora", model: m, config: cfg, seed: 99, name: "baseline")]
+                    for a in baseline { try ctx.attach(a) }
                 }
                 // The last one is the spare for the swap measurement.
                 let spare = made.removeLast()
@@ -233,8 +235,8 @@ struct BenchGenerate: ParsableCommand {
                     try setAttached(true)
                     for (out, inn) in [(made[made.count - 1], spare), (spare, made[made.count - 1])] {
                         let t0 = monotonicSeconds()
-                        try out.detach(ctx)
-                        try inn.attach(ctx)
+                        try ctx.detach(out)
+                        try ctx.attach(inn)
                         swapSeconds.append(monotonicSeconds() - t0)
                     }
                     try setAttached(false)
@@ -309,6 +311,7 @@ struct BenchGenerate: ParsableCommand {
             }
             let pMean = prefill.reduce(0, +) / Double(prefill.count)
             let dMean = decode.isEmpty ? 0 : decode.reduce(0, +) / Double(decode.count)
+            let prof = profile && genTokens > 0 ? try decodeProfile(ctx, prompt: prompt, weightBytes: m.weightBytes) : nil
             let rss = peakRSSBytes()
             func stat(_ v: [Double], _ f: ([Double]) -> Double) -> JSONValue { v.isEmpty ? .null : .number(f(v)) }
             if json {
@@ -336,6 +339,7 @@ struct BenchGenerate: ParsableCommand {
                     ("kv_cache_bytes_per_token", .number(Double(2 * m.config.nLayers * m.config.kvDim * 4))),
                     ("kv_cache_dtype", .string("f32")),
                 ] + kernelPathFields()
+                if let p = prof { fields.append(("profile", p.json)) }
                 if compareAdapters {
                     func spread(_ v: [Double]) -> JSONValue {
                         v.isEmpty ? .null : .object([("min", .number(v.min()!)), ("median", .number(median(v))),
@@ -360,39 +364,77 @@ struct BenchGenerate: ParsableCommand {
             } else {
                 print("prefill \(promptTokens) tokens: \(format6(pMean)) tok/s; decode \(genTokens) tokens: \(format6(dMean)) tok/s; peak RSS \(rss / 1_048_576) MiB; \(KernelPath.summary), activations \(ctx.activations)")
             }
+            if let p = prof, !json { print(p.text) }
         }
     }
 }
 
+/// A per-token decode profile (`bench generate --profile`).
+struct DecodeProfileReport {
+    let json: JSONValue
+    let text: String
+}
+
+/// Decode `genTokens` tokens after `prompt` (greedy) with a `DecodeProfile` attached, then time empty
+/// thread hand-outs to estimate what the profile's hand-outs cost.
+func decodeProfile(_ ctx: LlamaContext, prompt: [Int32], weightBytes: Int) throws(LKError) -> DecodeProfileReport {
+    let n = ctx.maxPositions - prompt.count - 1
+    ctx.reset()
+    var logits = try ctx.evaluate(.tokens(prompt))
+    let p = DecodeProfile()
+    ctx.profile = p
+    defer { ctx.profile = nil }
+    for _ in 0..<max(n, 1) {
+        let s0 = DecodeProfile.now()
+        let next = Sampler.argmax(logits)
+        p.addOutside(.sampling, seconds: DecodeProfile.now() - s0)
+        logits = try ctx.evaluate(.tokens([next]))
+    }
+    ctx.profile = nil
+    var hs: [Double] = []
+    for _ in 0..<5000 {
+        let t0 = DecodeProfile.now()
+        ctx.pool.run { _, _ in }
+        hs.append(DecodeProfile.now() - t0)
+    }
+    let handOut = ctx.pool.activeCount > 1 ? median(hs) : 0
+    let tokens = Double(max(p.tokens, 1))
+    let perToken = p.wallSeconds / tokens
+    let parts = DecodeProfile.Part.allCases.map { ($0, p.seconds[$0.rawValue] / tokens) }
+    let rest = perToken - parts.reduce(0) { $0 + $1.1 }
+    let handOutsPerToken = Double(p.handOuts) / tokens
+    let sync = handOutsPerToken * handOut
+    let readSeconds = (p.seconds[DecodeProfile.Part.baseProducts.rawValue] + p.seconds[DecodeProfile.Part.head.rawValue]) / tokens
+    let gbps = Double(weightBytes) / readSeconds / 1e9
+    func pad(_ s: String, _ n: Int) -> String { String(repeating: " ", count: max(0, n - s.count)) + s }
+    func left(_ s: String, _ n: Int) -> String { s + String(repeating: " ", count: max(0, n - s.count)) }
+    func ms(_ s: Double) -> String { pad(fixed(s * 1000, 3), 7) + " ms" }
+    func pct(_ s: Double) -> String { pad(fixed(100 * s / perToken, 1), 5) + "%" }
+    var lines = ["decode profile: \(p.tokens) tokens after a \(prompt.count)-token prompt, \(ctx.pool.activeCount) threads: \(fixed(perToken * 1000, 3)) ms/token (\(fixed(1 / perToken, 1)) tok/s)"]
+    for (part, s) in parts { lines.append("  \(left(part.label, 20)) \(ms(s))  \(pct(s))") }
+    lines.append("  \(left("rest (checks, calls)", 20)) \(ms(rest))  \(pct(rest))")
+    lines.append("  weights read by the mat-vecs and the head: \(fixed(Double(weightBytes) / 1e6, 1)) MB/token at \(fixed(gbps, 2)) GB/s")
+    lines.append("  thread hand-outs: \(fixed(handOutsPerToken, 0)) per token; an empty hand-out takes \(fixed(handOut * 1e6, 2)) µs: ≈ \(fixed(sync * 1000, 3)) ms/token (\(fixed(100 * sync / perToken, 1))%) of synchronisation, inside the parts above")
+    let json: JSONValue = .object([
+        ("tokens", .number(Double(p.tokens))), ("ms_per_token", .number(perToken * 1000)),
+        ("parts_ms_per_token", .object(parts.map { ("\($0.0)", .number($0.1 * 1000)) } + [("rest", .number(rest * 1000))])),
+        ("weight_bytes_per_token", .number(Double(weightBytes))), ("weight_read_gbps", .number(gbps)),
+        ("hand_outs_per_token", .number(handOutsPerToken)), ("hand_out_seconds", .number(handOut)),
+        ("sync_ms_per_token_estimate", .number(sync * 1000)),
+    ])
+    return DecodeProfileReport(json: json, text: lines.joined(separator: "\n"))
+}
+
 /// An adapter the generate bench attaches: LoRA (random A and B) or of a plugin type (created by its type's
 /// own initialisation: the values do not change the work).
-enum BenchAdapter {
-    case lora(LoRAAdapter)
-    case plugin(PluginAdapter)
-
-    static func make(type: String, model: LlamaModel, config: LoRAConfig, seed: UInt64, name: String) throws(LKError) -> BenchAdapter {
-        if type == "lora" {
-            return .lora(try LoRAAdapter.create(for: model, config: config, initialization: .random(seed: seed), name: name))
-        }
-        let t = try PluginAdapter.resolveType(named: type)
-        let options = try PluginAdapter.peftOptions(type: t, targets: config.targets, layers: nil, rank: config.rank,
-                                                    alpha: config.alpha, useRSLoRA: false, extra: nil)
-        return .plugin(try PluginAdapter.create(type: t, model: model, options: options, seed: seed, name: name))
+func makeBenchAdapter(type: String, model: LlamaModel, config: LoRAConfig, seed: UInt64, name: String) throws(LKError) -> AnyAdapter {
+    if type == "lora" {
+        return .lora(try LoRAAdapter.create(for: model, config: config, initialization: .random(seed: seed), name: name))
     }
-
-    func attach(_ ctx: LlamaContext) throws(LKError) {
-        switch self {
-        case .lora(let a): try ctx.attach(a, scale: 1)
-        case .plugin(let a): try ctx.attach(a, scale: 1)
-        }
-    }
-
-    func detach(_ ctx: LlamaContext) throws(LKError) {
-        switch self {
-        case .lora(let a): try ctx.detach(a)
-        case .plugin(let a): try ctx.detach(a)
-        }
-    }
+    let t = try PluginAdapter.resolveType(named: type)
+    let options = try PluginAdapter.peftOptions(type: t, targets: config.targets, layers: nil, rank: config.rank,
+                                                alpha: config.alpha, useRSLoRA: false, extra: nil)
+    return .plugin(try PluginAdapter.create(type: t, model: model, options: options, seed: seed, name: name))
 }
 
 /// The median (mean of the two middle values for an even count; 0 for none).

@@ -23,7 +23,7 @@ enum SVG {
     /// A number with up to `digits` decimals and no trailing zeros (axis labels).
     static func num(_ x: Double, _ digits: Int = 3) -> String {
         guard x.isFinite else { return "\(x)" }
-        var s = fmt(x, digits)
+        var s = fixed(x, digits)
         if s.contains(".") {
             while s.hasSuffix("0") { s.removeLast() }
             if s.hasSuffix(".") { s.removeLast() }
@@ -112,8 +112,8 @@ func lossCurveSVG(_ points: [LossPoint], totalSteps: Int, initialValid: Double?,
 
     """
     var sub = "step \(points.last?.step ?? 0)/\(totalSteps)"
-    if let l = train.last?.1 { sub += ", training loss \(fmt(l, 4))" }
-    if let v = valid.last?.1 { sub += ", validation loss \(fmt(v, 4))" }
+    if let l = train.last?.1 { sub += ", training loss \(fixed(l, 4))" }
+    if let v = valid.last?.1 { sub += ", validation loss \(fixed(v, 4))" }
     s += "<text x=\"\(SVG.c(w / 2))\" y=\"40\" text-anchor=\"middle\" fill=\"#555\">\(SVG.escape(sub))</text>\n"
     // Grid and axes.
     for t in SVG.ticks(0, lossMax) {

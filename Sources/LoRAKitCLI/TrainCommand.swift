@@ -145,7 +145,7 @@ struct TrainCommand: ParsableCommand {
             var initialValid: Double? = nil
             if session.step == 0, let v = try session.validationLoss() {
                 initialValid = v
-                writeStderr("valid loss before training: \(fmt(v, 4))\n")
+                writeStderr("valid loss before training: \(fixed(v, 4))\n")
             }
             // The curve's points: this log's earlier steps when resuming, then every step of this run.
             var points = session.step > 0 ? (log.map { lossPoints(logPath: $0) } ?? []).filter { $0.step <= session.step } : []
@@ -193,17 +193,6 @@ struct TrainCommand: ParsableCommand {
     }
 }
 
-func fmt(_ x: Double, _ digits: Int) -> String {
-    guard x.isFinite else { return "\(x)" }
-    var p = 1.0
-    for _ in 0..<digits { p *= 10 }
-    let v = (x * p).rounded() / p
-    var s = "\(v)"
-    if let dot = s.firstIndex(of: "."), s.distance(from: dot, to: s.endIndex) - 1 < digits {
-        s += String(repeating: "0", count: digits - s.distance(from: dot, to: s.endIndex) + 1)
-    }
-    return s
-}
 
 func duration(_ s: Double) -> String {
     guard s.isFinite, s >= 0 else { return "?" }
@@ -219,15 +208,15 @@ func progressBar(_ p: TrainProgress) -> String {
     let done = p.totalSteps > 0 ? min(width, width * p.step / p.totalSteps) : 0
     let bar = String(repeating: "#", count: done) + String(repeating: ".", count: width - done)
     let eta = p.step > 0 ? p.elapsed / Double(p.step) * Double(p.totalSteps - p.step) : .nan
-    var s = "[\(bar)] \(p.step)/\(p.totalSteps) loss \(fmt(p.loss, 4)) lr \(sci(p.lr)) \(Int(p.tokensPerSecond)) tok/s ETA \(duration(eta))"
-    if let v = p.validLoss { s += " valid \(fmt(v, 4))" }
+    var s = "[\(bar)] \(p.step)/\(p.totalSteps) loss \(fixed(p.loss, 4)) lr \(sci(p.lr)) \(Int(p.tokensPerSecond)) tok/s ETA \(duration(eta))"
+    if let v = p.validLoss { s += " valid \(fixed(v, 4))" }
     return s
 }
 
 func progressLine(_ p: TrainProgress) -> String {
     let eta = p.step > 0 ? p.elapsed / Double(p.step) * Double(p.totalSteps - p.step) : .nan
-    var s = "step \(p.step)/\(p.totalSteps) loss \(fmt(p.loss, 4)) lr \(sci(p.lr)) grad_norm \(fmt(p.gradNorm, 3)) \(Int(p.tokensPerSecond)) tok/s ETA \(duration(eta))"
-    if let v = p.validLoss { s += " valid_loss \(fmt(v, 4))" }
+    var s = "step \(p.step)/\(p.totalSteps) loss \(fixed(p.loss, 4)) lr \(sci(p.lr)) grad_norm \(fixed(p.gradNorm, 3)) \(Int(p.tokensPerSecond)) tok/s ETA \(duration(eta))"
+    if let v = p.validLoss { s += " valid_loss \(fixed(v, 4))" }
     return s
 }
 
@@ -238,5 +227,5 @@ func sci(_ x: Double) -> String {
     while m >= 10 { m /= 10; e += 1 }
     while m < 1 { m *= 10; e -= 1 }
     if (m * 10).rounded() >= 100 { m /= 10; e += 1 }  // 9.96 prints as 1.0e+01, not 10.0e+00
-    return "\(x < 0 ? "-" : "")\(fmt(m, 1))e\(e < 0 ? "-" : "+")\(format2(abs(e)))"
+    return "\(x < 0 ? "-" : "")\(fixed(m, 1))e\(e < 0 ? "-" : "+")\(format2(abs(e)))"
 }

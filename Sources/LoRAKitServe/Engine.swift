@@ -101,12 +101,7 @@ public final class LlamaContextEngine: SequenceBatchEngine {
         func attach(_ list: [(adapter: AnyAdapter, scale: Float)]) throws(LKError) {
             c.detachAll()
             c.detachAllPlugins()
-            for (a, s) in list {
-                switch a {
-                case .lora(let l): try c.attach(l, scale: s)
-                case .plugin(let p): try c.attach(p, scale: s)
-                }
-            }
+            for (a, s) in list { try c.attach(a, scale: s) }
         }
         do throws(LKError) {
             try attach(adapters)

@@ -9,12 +9,7 @@ import Testing
 /// (`dora_qv`) adds terms to q/v that read the base output.
 @Suite(.serialized) struct BatchPluginTests {
     static func attach(_ c: LlamaContext, _ list: [(adapter: AnyAdapter, scale: Float)]) throws {
-        for (a, s) in list {
-            switch a {
-            case .lora(let l): try c.attach(l, scale: s)
-            case .plugin(let p): try c.attach(p, scale: s)
-            }
-        }
+        for (a, s) in list { try c.attach(a, scale: s) }
     }
 
     @Test func pluginAdaptersInABatchMatchSingleContexts() throws {

@@ -65,6 +65,11 @@ public final class LlamaContext: @unchecked Sendable {
     private let tmpOut: Storage   // [T, max(C, KV)]
     private var adapterWorkspace: Storage?
     private var positions: [Int32]
+    /// cos/sin of every rotary angle for positions 0..<maxPositions (the values `Ops.ropeForward` computes
+    /// per row), so that a decode step does not recompute them per layer.
+    private let ropeTable: RoPETable
+    /// When set, every evaluation adds its time per part (see `DecodeProfile`).
+    public var profile: DecodeProfile?
 
     /// Create a context. `maxPositions` defaults to min(model context, 4096); `batch` to 512.
     public init(model: LlamaModel, maxPositions: Int? = nil, batch: Int = 512, threads: Int? = nil) throws(LKError) {
@@ -97,7 +102,11 @@ public final class LlamaContext: @unchecked Sendable {
         hUp = try Storage(lazyZeroedBytes: b * c.hiddenDim * 4)
         tmpOut = try Storage(lazyZeroedBytes: b * max(c.dim, c.kvDim, c.qDim) * 4)
         positions = [Int32](repeating: 0, count: b)
+        ropeTable = try RoPETable(nRot: c.ropeDims, base: c.ropeBase, positions: n)
     }
+
+    @inline(__always) func tick() -> Double { profile == nil ? 0 : DecodeProfile.now() }
+    @inline(__always) func tock(_ part: DecodeProfile.Part, _ t0: Double) { profile?.add(part, t0) }
 
     /// Forget all cached positions (start a new sequence). Attached adapters stay.
     public func reset() { position = 0 }
@@ -147,6 +156,7 @@ public final class LlamaContext: @unchecked Sendable {
                 throw .invalidArgument("evaluate: embedding value at row \(i / c.dim), column \(i % c.dim) is not finite (\(p[i]))")
             }
         }
+        let w0 = tick(), h0 = pool.handOutCount
         var out: [Float] = []
         if request == .all { out.reserveCapacity(total * c.vocabSize) }
         let start = position
@@ -154,6 +164,7 @@ public final class LlamaContext: @unchecked Sendable {
         do throws(LKError) {
             while done < total {
                 let t = min(batchCapacity, total - done)
+                var t0 = tick()
                 switch input {
                 case .tokens(let ids):
                     try ids.withUnsafeBufferPointer { (b: UnsafeBufferPointer<Int32>) throws(LKError) in
@@ -164,10 +175,12 @@ public final class LlamaContext: @unchecked Sendable {
                 case .embeddings(let p, _):
                     f(x).update(from: p + done * c.dim, count: t * c.dim)
                 }
+                tock(.embedding, t0)
                 try forwardLayers(rows: t)
                 position += t
                 done += t
                 let isLast = done == total
+                t0 = tick()
                 switch request {
                 case .none: break
                 case .last where isLast:
@@ -187,10 +200,17 @@ public final class LlamaContext: @unchecked Sendable {
                                            y: o.baseAddress! + base, pool: pool, activations: .int16)
                     }
                 }
+                tock(.head, t0)
             }
         } catch {
             position = start
             throw error
+        }
+        if let p = profile {
+            p.wallSeconds += DecodeProfile.now() - w0
+            p.tokens += total
+            p.evaluations += 1
+            p.handOuts += pool.handOutCount - h0
         }
         return out
     }
@@ -220,18 +240,28 @@ public final class LlamaContext: @unchecked Sendable {
             let list = plugins.at(layer, m)
             if !list.isEmpty {
                 let (o, i) = m.shape(model.config)
+                let t0 = tick()
+                var inBase = 0.0
                 try plugins.project(list, x: x, rows: rows, inFeatures: i, outFeatures: o, y: y, pool: pool,
                                     base: { (xin, yout) throws(LKError) in
+                                        let b0 = tick()
                                         try Linear.forward(x: xin, rows: rows, weight: w, y: yout, pool: pool,
                                                            activations: activations)
+                                        if profile != nil { inBase += DecodeProfile.now() - b0 }
                                     },
                                     rest: { (xin, yout) throws(LKError) in
                                         try applyAdapters(layer, m, x: xin, rows: rows, y: yout)
                                     })
+                if let p = profile {
+                    p.add(.baseProducts, seconds: inBase)
+                    p.add(.adapters, seconds: DecodeProfile.now() - t0 - inBase)
+                }
                 return
             }
         }
+        let t0 = tick()
         try Linear.forward(x: x, rows: rows, weight: w, y: y, pool: pool, activations: activations)
+        tock(.baseProducts, t0)
         try applyAdapters(layer, m, x: x, rows: rows, y: y)
     }
 
@@ -247,14 +277,18 @@ public final class LlamaContext: @unchecked Sendable {
             return
         }
         let L = model.layers[layer]
+        var t0 = tick()
         try Linear.forwardShared(x: x, rows: rows, weights: ms.map { L.weight($0) }, ys: ys, pool: pool,
                                  activations: activations)
+        tock(.baseProducts, t0)
         for (m, y) in zip(ms, ys) {
             if !plugins.isEmpty {
                 let list = plugins.at(layer, m)
                 if !list.isEmpty {
                     let (o, i) = m.shape(model.config)
+                    t0 = tick()
                     try plugins.applyAfterBase(list, x: x, rows: rows, inFeatures: i, outFeatures: o, y: y, pool: pool)
+                    tock(.adapters, t0)
                 }
             }
             try applyAdapters(layer, m, x: x, rows: rows, y: y)
@@ -266,6 +300,8 @@ public final class LlamaContext: @unchecked Sendable {
                                y: UnsafeMutablePointer<Float>) throws(LKError) {
         let list = adapters.at(layer, m)
         if list.isEmpty { return }
+        let t0 = tick()
+        defer { tock(.adapters, t0) }
         let need = adapterWorkspaceFloats
         if adapterWorkspace == nil || adapterWorkspace!.byteCount < need * 4 {
             adapterWorkspace = try Storage(lazyZeroedBytes: max(need, 1) * 4)
@@ -295,7 +331,7 @@ public final class LlamaContext: @unchecked Sendable {
         /// Cache position of the first row.
         let start: Int
         var pool: ThreadPool { ctx.pool }
-        var ropeTable: RoPETable? { nil }
+        var ropeTable: RoPETable? { ctx.ropeTable }
 
         func buffers(layer l: Int) -> LlamaBlock.Buffers {
             let c = ctx.model.config
@@ -317,13 +353,22 @@ public final class LlamaContext: @unchecked Sendable {
 
         func attention(_ l: Int, _ b: LlamaBlock.Buffers, rows t: Int) throws(LKError) {
             let c = ctx.model.config
+            let t0 = ctx.tick()
             try Ops.attentionForward(q: b.q, k: ctx.f(ctx.kCache[l]), v: ctx.f(ctx.vCache[l]), out: b.att, lse: nil,
                                      rows: t, keys: start + t, heads: c.nHeads, kvHeads: c.nKVHeads,
                                      headDim: c.headDim, startPos: start, pool: ctx.pool)
+            ctx.tock(.attention, t0)
         }
 
-        @inline(__always) func tick() -> Double { 0 }
-        @inline(__always) func tock(_ step: LlamaBlock.Step, _ t0: Double) {}
+        @inline(__always) func tick() -> Double { ctx.tick() }
+        @inline(__always) func tock(_ step: LlamaBlock.Step, _ t0: Double) {
+            switch step {
+            case .norm: ctx.tock(.norm, t0)
+            case .rope: ctx.tock(.rope, t0)
+            case .residual: ctx.tock(.residual, t0)
+            case .activation: ctx.tock(.activation, t0)
+            }
+        }
     }
 }
 

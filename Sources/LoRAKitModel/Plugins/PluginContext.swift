@@ -27,4 +27,20 @@ extension LlamaContext {
 
     /// Detach every plugin adapter (LoRA adapters stay; `detachAll` detaches those).
     public func detachAllPlugins() { plugins.detachAll() }
+
+    /// Attach a LoRA or plugin adapter (`attach(_:scale:)` of its kind).
+    public func attach(_ adapter: AnyAdapter, scale: Float = 1) throws(LKError) {
+        switch adapter {
+        case .lora(let a): try attach(a, scale: scale)
+        case .plugin(let a): try attach(a, scale: scale)
+        }
+    }
+
+    /// Detach a LoRA or plugin adapter (`detach(_:)` of its kind).
+    public func detach(_ adapter: AnyAdapter) throws(LKError) {
+        switch adapter {
+        case .lora(let a): try detach(a)
+        case .plugin(let a): try detach(a)
+        }
+    }
 }

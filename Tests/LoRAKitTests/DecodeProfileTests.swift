@@ -1,0 +1,45 @@
+import Testing
+@testable import LoRAKitCore
+@testable import LoRAKitModel
+
+/// `LlamaContext.profile` (issue 16's per-token decode profile): the parts add up to at most the wall time,
+/// every part that ran has time, tokens / evaluations / hand-outs are counted, and the logits do not change.
+@Suite struct DecodeProfileTests {
+    @Test func profileCountsPartsAndLeavesLogitsAlone() throws {
+        let m = try LlamaModel(gguf: LoRATests.q8Path)
+        let a = try LoRATests.randomAdapter(m, targets: [.q, .v], rank: 4, alpha: 8, seed: 21)
+        let plain = try LlamaContext(model: m, maxPositions: 64, threads: 2)
+        let ctx = try LlamaContext(model: m, maxPositions: 64, threads: 2)
+        try plain.attach(a)
+        try ctx.attach(a)
+        let prompt: [Int32] = [5, 77, 300, 2, 511, 42, 9]
+        let p = DecodeProfile()
+        ctx.profile = p
+        let h0 = ctx.pool.handOutCount
+        var mine = try ctx.evaluate(.tokens(prompt))
+        var ref = try plain.evaluate(.tokens(prompt))
+        #expect(mine == ref)
+        for _ in 0..<5 {
+            let next = Sampler.argmax(ref)
+            mine = try ctx.evaluate(.tokens([next]))
+            ref = try plain.evaluate(.tokens([next]))
+            #expect(mine == ref)
+        }
+        #expect(p.tokens == prompt.count + 5)
+        #expect(p.evaluations == 6)
+        #expect(p.handOuts == ctx.pool.handOutCount - h0)
+        for part: DecodeProfile.Part in [.embedding, .baseProducts, .adapters, .attention, .norm, .rope, .residual,
+                                         .activation, .head] {
+            #expect(p.seconds[part.rawValue] > 0, "\(part.label)")
+        }
+        #expect(p.seconds[DecodeProfile.Part.sampling.rawValue] == 0)
+        let parts = p.seconds.reduce(0, +)
+        #expect(parts <= p.wallSeconds, "parts \(parts) s, wall \(p.wallSeconds) s")
+        // Detached: nothing more is counted.
+        ctx.profile = nil
+        _ = try ctx.evaluate(.tokens([1]))
+        #expect(p.tokens == prompt.count + 5)
+        p.reset()
+        #expect(p.tokens == 0 && p.wallSeconds == 0 && p.seconds.allSatisfy { $0 == 0 })
+    }
+}
