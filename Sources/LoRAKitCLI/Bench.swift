@@ -385,17 +385,17 @@ func decodeProfile(_ ctx: LlamaContext, prompt: [Int32], weightBytes: Int) throw
     ctx.profile = p
     defer { ctx.profile = nil }
     for _ in 0..<max(n, 1) {
-        let s0 = DecodeProfile.now()
+        let s0 = monotonicSeconds()
         let next = Sampler.argmax(logits)
-        p.addOutside(.sampling, seconds: DecodeProfile.now() - s0)
+        p.addOutside(.sampling, seconds: monotonicSeconds() - s0)
         logits = try ctx.evaluate(.tokens([next]))
     }
     ctx.profile = nil
     var hs: [Double] = []
     for _ in 0..<5000 {
-        let t0 = DecodeProfile.now()
+        let t0 = monotonicSeconds()
         ctx.pool.run { _, _ in }
-        hs.append(DecodeProfile.now() - t0)
+        hs.append(monotonicSeconds() - t0)
     }
     let handOut = ctx.pool.activeCount > 1 ? median(hs) : 0
     let tokens = Double(max(p.tokens, 1))

@@ -92,11 +92,4 @@ public final class TrainProfile: @unchecked Sendable {
         seconds[part.rawValue] += s
         flops[part.rawValue] += f
     }
-
-    /// Monotonic clock in seconds.
-    @inline(__always) static func now() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
-    }
 }

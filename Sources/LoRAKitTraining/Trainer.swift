@@ -607,13 +607,13 @@ public final class LoRATrainer: @unchecked Sendable {
     }
 
     /// Start timing a part (0 when no profile is attached).
-    @inline(__always) private func tick() -> Double { profile == nil ? 0 : TrainProfile.now() }
+    @inline(__always) private func tick() -> Double { profile == nil ? 0 : monotonicSeconds() }
 
     /// End timing a part started at `t0` (`flops` is evaluated only when a profile is attached).
     @inline(__always) private func tock(_ part: TrainProfile.Part, _ t0: Double,
                                         flops: @autoclosure () -> Double = 0) {
         guard let p = profile else { return }
-        p.add(part, seconds: TrainProfile.now() - t0, flops: flops())
+        p.add(part, seconds: monotonicSeconds() - t0, flops: flops())
     }
 
     /// On entry buf.dX = dLoss/d(layer output); on exit dLoss/d(layer input) (when `needInput`).

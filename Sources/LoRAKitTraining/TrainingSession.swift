@@ -580,29 +580,7 @@ public final class TrainingSession: @unchecked Sendable {
 }
 
 /// A trained adapter: LoRA, or of a plugin type (IA³, DoRA, …).
-public enum TrainedAdapter: @unchecked Sendable {
-    case lora(LoRAAdapter)
-    case plugin(PluginAdapter)
-
-    public var name: String {
-        switch self {
-        case .lora(let a): return a.name
-        case .plugin(let a): return a.name
-        }
-    }
-
-    /// Save as `format` (a plugin adapter: PEFT only).
-    public func save(path: String, format: AdapterFormat) throws(LKError) {
-        switch self {
-        case .lora(let a): try a.save(path: path, format: format)
-        case .plugin(let a):
-            guard format == .peft else {
-                throw .unsupported("adapter \(a.name) is of plugin type \"\(a.type.name)\": GGUF LoRA files hold LoRA only; save it as PEFT")
-            }
-            try a.save(peftDirectory: path)
-        }
-    }
-}
+public typealias TrainedAdapter = AnyAdapter
 
 /// An append-only text log (one line per call, flushed).
 final class LogFile {

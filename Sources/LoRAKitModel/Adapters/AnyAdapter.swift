@@ -24,6 +24,18 @@ public enum AnyAdapter: Sendable {
 
     public func same(as o: AnyAdapter) -> Bool { object === o.object }
 
+    /// Save as `format` (a plugin adapter: PEFT only).
+    public func save(path: String, format: AdapterFormat) throws(LKError) {
+        switch self {
+        case .lora(let a): try a.save(path: path, format: format)
+        case .plugin(let a):
+            guard format == .peft else {
+                throw .unsupported("adapter \(a.name) is of plugin type \"\(a.type.name)\": GGUF LoRA files hold LoRA only; save it as PEFT")
+            }
+            try a.save(peftDirectory: path)
+        }
+    }
+
     /// Whether the adapter was made for `model` (sizes, layers, finite values): the adapter's own check.
     public func check(against model: LlamaModel) throws(LKError) {
         switch self {

@@ -70,19 +70,12 @@ public final class DecodeProfile: @unchecked Sendable {
         tokens = 0; evaluations = 0; handOuts = 0; wallSeconds = 0
     }
 
-    @inline(__always) func add(_ part: Part, _ t0: Double) { seconds[part.rawValue] += DecodeProfile.now() - t0 }
+    @inline(__always) func add(_ part: Part, _ t0: Double) { seconds[part.rawValue] += monotonicSeconds() - t0 }
     @inline(__always) func add(_ part: Part, seconds s: Double) { seconds[part.rawValue] += s }
 
     /// Add time spent outside `evaluate` (the caller's sampling) to a part and to the wall time.
     public func addOutside(_ part: Part, seconds s: Double) {
         seconds[part.rawValue] += s
         wallSeconds += s
-    }
-
-    /// Monotonic clock in seconds.
-    @inline(__always) public static func now() -> Double {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return Double(ts.tv_sec) + Double(ts.tv_nsec) * 1e-9
     }
 }

@@ -113,7 +113,7 @@ public func generate(context ctx: LlamaContext, prompt: [Int32], params: Generat
     while out.count < params.maxTokens {
         let s0 = ctx.tick()
         let next = sampler.sample(logits: &logits, history: history)
-        ctx.profile?.addOutside(.sampling, seconds: DecodeProfile.now() - s0)
+        ctx.profile?.addOutside(.sampling, seconds: monotonicSeconds() - s0)
         out.append(next)
         history.append(next)
         if endIDs.contains(next) { reason = .eos; break }

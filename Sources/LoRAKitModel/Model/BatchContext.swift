@@ -520,16 +520,7 @@ public final class BatchContext: @unchecked Sendable {
                 // Output points and added terms on each run's rows after the shared base products.
                 try Linear.forwardShared(x: x, rows: rows, weights: ms.map { L.weight($0) }, ys: ys, pool: ctx.pool,
                                          activations: ctx.activations)
-                for (m, y) in zip(ms, ys) {
-                    let (nOut, nIn) = m.shape(c)
-                    for run in withPlugins {
-                        let p = ctx.plugins(run, segs)!, list = p.at(l, m)
-                        if list.isEmpty { continue }
-                        let (r0, n) = ctx.span(run, segs)
-                        try p.applyAfterBase(list, x: x + r0 * nIn, rows: n, inFeatures: nIn, outFeatures: nOut,
-                                             y: y + r0 * nOut, pool: ctx.pool)
-                    }
-                }
+                for (m, y) in zip(ms, ys) { try afterBase(l, m, runs: withPlugins, x: x, y: y) }
                 try ctx.applyAdapters(l, ms, x: x, ys: ys, segs: segs, runs: groups)
                 return
             }
@@ -551,14 +542,22 @@ public final class BatchContext: @unchecked Sendable {
                 }
                 try Linear.forward(x: xm, rows: rows, weight: L.weight(m), y: y, pool: ctx.pool,
                                    activations: ctx.activations)
-                for run in withPlugins {
-                    let p = ctx.plugins(run, segs)!, list = p.at(l, m)
-                    if list.isEmpty { continue }
-                    let (r0, n) = ctx.span(run, segs)
-                    try p.applyAfterBase(list, x: xm + r0 * nIn, rows: n, inFeatures: nIn, outFeatures: nOut,
-                                         y: y + r0 * nOut, pool: ctx.pool)
-                }
+                try afterBase(l, m, runs: withPlugins, x: xm, y: y)
                 try ctx.applyAdapters(l, [m], x: xm, ys: [y], segs: segs, runs: groups)
+            }
+        }
+
+        /// The output points and added terms of each run's plugin instances on (l, m), over the run's rows
+        /// of y = x·Wᵀ (x: the module input, after any input points).
+        func afterBase(_ l: Int, _ m: LinearModule, runs: [Range<Int>], x: UnsafePointer<Float>,
+                       y: UnsafeMutablePointer<Float>) throws(LKError) {
+            let (nOut, nIn) = m.shape(ctx.model.config)
+            for run in runs {
+                let p = ctx.plugins(run, segs)!, list = p.at(l, m)
+                if list.isEmpty { continue }
+                let (r0, n) = ctx.span(run, segs)
+                try p.applyAfterBase(list, x: x + r0 * nIn, rows: n, inFeatures: nIn, outFeatures: nOut,
+                                     y: y + r0 * nOut, pool: ctx.pool)
             }
         }
 

@@ -105,7 +105,7 @@ public final class LlamaContext: @unchecked Sendable {
         ropeTable = try RoPETable(nRot: c.ropeDims, base: c.ropeBase, positions: n)
     }
 
-    @inline(__always) func tick() -> Double { profile == nil ? 0 : DecodeProfile.now() }
+    @inline(__always) func tick() -> Double { profile == nil ? 0 : monotonicSeconds() }
     @inline(__always) func tock(_ part: DecodeProfile.Part, _ t0: Double) { profile?.add(part, t0) }
 
     /// Forget all cached positions (start a new sequence). Attached adapters stay.
@@ -207,7 +207,7 @@ public final class LlamaContext: @unchecked Sendable {
             throw error
         }
         if let p = profile {
-            p.wallSeconds += DecodeProfile.now() - w0
+            p.wallSeconds += monotonicSeconds() - w0
             p.tokens += total
             p.evaluations += 1
             p.handOuts += pool.handOutCount - h0
@@ -247,14 +247,14 @@ public final class LlamaContext: @unchecked Sendable {
                                         let b0 = tick()
                                         try Linear.forward(x: xin, rows: rows, weight: w, y: yout, pool: pool,
                                                            activations: activations)
-                                        if profile != nil { inBase += DecodeProfile.now() - b0 }
+                                        if profile != nil { inBase += monotonicSeconds() - b0 }
                                     },
                                     rest: { (xin, yout) throws(LKError) in
                                         try applyAdapters(layer, m, x: xin, rows: rows, y: yout)
                                     })
                 if let p = profile {
                     p.add(.baseProducts, seconds: inBase)
-                    p.add(.adapters, seconds: DecodeProfile.now() - t0 - inBase)
+                    p.add(.adapters, seconds: monotonicSeconds() - t0 - inBase)
                 }
                 return
             }
