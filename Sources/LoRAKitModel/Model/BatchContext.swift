@@ -3,10 +3,10 @@ import LoRAKitKernels
 
 /// Many sequences over one shared, read-only `LlamaModel`, each with its own KV cache positions and its
 /// own adapter set (any mix of one adapter, stacked adapters with scales, or none; LoRA and plugin
-/// types), evaluated together: one `step` runs every listed sequence's new tokens through `LlamaBlock.forward` as the rows
-/// of one batch, so each base weight is read once per step for all sequences (a decode step of 8
-/// sequences is one 8-row product per weight), while attention runs per sequence over its own cache and
-/// the LoRA terms run per group of rows that share an adapter set (two small products per group: A·x,
+/// types), evaluated together: one `step` runs every listed sequence's new tokens through
+/// `LlamaBlock.forward` as the rows of one batch, so each base weight is read once per step for all
+/// sequences (a decode step of 8 sequences is one 8-row product per weight), while attention runs per
+/// sequence over its own cache and the LoRA terms run per group of rows that share an adapter set (two small products per group: A·x,
 /// then B·(Ax)). Plugin adapters run per group around the shared base product, as in a `LlamaContext`:
 /// a group whose plugin rewrites a module's input (IA³ on the MLP input) gets its rows of that input
 /// rewritten before the one base product of the module, output points and added terms (IA³ on k/v, DoRA)
