@@ -322,6 +322,10 @@ typedef struct lk_context_params {
     int32_t n_ctx;        /* positions (prompt + generated), 0...n_ctx_train; 0 = min(n_ctx_train, 4096) */
     int32_t n_batch;      /* tokens per internal step, 0...65536; 0 = 512 */
     int32_t n_threads;    /* 0...512; 0 = lk_cpu_count() */
+    /* Added after the first version (a struct_size that ends before it: its default applies). */
+    lk_dtype kv_type;     /* KV cache element type: LK_DTYPE_F32 (default; exact) or LK_DTYPE_F16 (half the
+                             memory and half the bytes a decoded token reads; keys and values rounded to
+                             f16 as they are stored, as llama.cpp's default cache) */
 } lk_context_params;
 
 LK_API void lk_context_params_init_sized(lk_context_params *p, size_t size);
@@ -329,8 +333,9 @@ LK_API void lk_context_params_init(lk_context_params *p);
 #define lk_context_params_init(p) lk_context_params_init_sized((p), sizeof(lk_context_params))
 
 /* Ownership: *out belongs to the caller (lk_context_free); it keeps the model alive. params may be NULL.
- * The KV cache takes n_ctx · n_layer · 2 · n_head_kv · head_dim · 4 bytes of address space, touched
- * as positions are used. */
+ * The KV cache takes n_ctx · n_layer · 2 · n_head_kv · head_dim · 4 bytes of address space (2 with
+ * kv_type LK_DTYPE_F16, plus 2 · n_ctx · n_head_kv · head_dim · 4 bytes of prefill scratch), touched as
+ * positions are used. */
 LK_API lk_status lk_context_new(lk_model *model, const lk_context_params *params, lk_context **out);
 LK_API lk_status lk_context_free(lk_context *ctx);
 

@@ -219,9 +219,11 @@ public func lk_context_new(_ model: OpaquePointer?, _ params: UnsafePointer<lk_c
         guard cp.n_threads >= 0, cp.n_threads <= 512 else {
             throw invalid("params->n_threads \(cp.n_threads) must be in 0...512 (0 = lk_cpu_count())")
         }
+        let kv = try cEnum(cp.kv_type, "params->kv_type", "LK_DTYPE_F32 or LK_DTYPE_F16",
+                           [LK_DTYPE_F32: KVCacheType.f32, LK_DTYPE_F16: .f16])
         let ctx = try LlamaContext(model: box.model, maxPositions: cp.n_ctx == 0 ? nil : Int(cp.n_ctx),
                                    batch: cp.n_batch == 0 ? 512 : Int(cp.n_batch),
-                                   threads: cp.n_threads == 0 ? nil : Int(cp.n_threads))
+                                   threads: cp.n_threads == 0 ? nil : Int(cp.n_threads), kvType: kv)
         return Handles.shared.give(ContextBox(ctx, box), kind: .context, to: o)
     }
 }

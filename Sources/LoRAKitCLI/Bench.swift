@@ -183,6 +183,7 @@ struct BenchGenerate: ParsableCommand {
     @Flag(help: "With --compare-adapters: the base side has one r=--lora-rank LoRA on the same targets attached (a plugin type vs LoRA).")
     var baselineLora = false
     @OptionGroup var plugins: PluginOption
+    @OptionGroup var kv: KVTypeOption
     @Option(help: "Rounds (prompt + decode steps, each measured base and adapted) with --compare-adapters.")
     var rounds: Int = 8
     @Flag(help: "Print JSON.") var json = false
@@ -200,7 +201,8 @@ struct BenchGenerate: ParsableCommand {
             if baselineLora && !compareAdapters { throw LKError.invalidArgument("--baseline-lora needs --compare-adapters") }
             try plugins.load()
             let m = try loadModel(model)
-            let ctx = try LlamaContext(model: m, maxPositions: promptTokens + genTokens + 1, threads: threads)
+            let ctx = try LlamaContext(model: m, maxPositions: promptTokens + genTokens + 1, threads: threads,
+                                       kvType: kv.kvType)
             var attachSeconds: [Double] = [], detachSeconds: [Double] = [], swapSeconds: [Double] = []
             var made: [AnyAdapter] = [], baseline: [AnyAdapter] = []
             var attached = false
@@ -335,9 +337,9 @@ struct BenchGenerate: ParsableCommand {
                     ("swap_seconds_median", stat(swapSeconds, median)),
                     ("swap_seconds_max", stat(swapSeconds) { $0.max()! }),
                     ("activations", .string("\(ctx.activations)")),
-                    // The KV cache holds f32 keys and values for every layer.
-                    ("kv_cache_bytes_per_token", .number(Double(2 * m.config.nLayers * m.config.kvDim * 4))),
-                    ("kv_cache_dtype", .string("f32")),
+                    // The KV cache holds keys and values for every layer.
+                    ("kv_cache_bytes_per_token", .number(Double(2 * m.config.nLayers * m.config.kvDim * ctx.kvType.bytes))),
+                    ("kv_cache_dtype", .string(ctx.kvType.rawValue)),
                 ] + kernelPathFields()
                 if let p = prof { fields.append(("profile", p.json)) }
                 if compareAdapters {
@@ -362,7 +364,7 @@ struct BenchGenerate: ParsableCommand {
                 func f3(_ x: Double) -> String { "\((x * 1000).rounded() / 1000)" }
                 print("decode adapted/base over \(rounds) rounds: median \(f3(median(decodeRatios))) (min \(f3(decodeRatios.min()!)), max \(f3(decodeRatios.max()!))); base \(format6(median(baseDecode))) tok/s, adapted \(format6(median(decode))) tok/s; prefill ratio median \(f3(median(prefillRatios))); attach \(f3(median(attachSeconds) * 1000)) ms, detach \(f3(median(detachSeconds) * 1000)) ms, swap \(f3(median(swapSeconds) * 1000)) ms; \(KernelPath.summary), activations \(ctx.activations)")
             } else {
-                print("prefill \(promptTokens) tokens: \(format6(pMean)) tok/s; decode \(genTokens) tokens: \(format6(dMean)) tok/s; peak RSS \(rss / 1_048_576) MiB; \(KernelPath.summary), activations \(ctx.activations)")
+                print("prefill \(promptTokens) tokens: \(format6(pMean)) tok/s; decode \(genTokens) tokens: \(format6(dMean)) tok/s; peak RSS \(rss / 1_048_576) MiB; \(KernelPath.summary), activations \(ctx.activations), KV cache \(ctx.kvType.rawValue)")
             }
             if let p = prof, !json { print(p.text) }
         }

@@ -25,6 +25,7 @@ struct ChatCommand: ParsableCommand {
     @Option(help: "Maximum tokens per answer.") var maxTokens: Int = 256
     @OptionGroup var sampling: SamplingOptions
     @OptionGroup var threadOpt: ThreadOption
+    @OptionGroup var kv: KVTypeOption
     @OptionGroup var chatLimits: ChatLimitOptions
 
     func run() throws {
@@ -32,7 +33,7 @@ struct ChatCommand: ParsableCommand {
             let m = try loadModel(model)
             try chatLimits.apply(to: m)
             var session = try ChatSession(model: m, contextSize: ctx ?? min(m.config.contextLength, 2048),
-                                          threads: threadOpt.threads, system: system)
+                                          threads: threadOpt.threads, kvType: kv.kvType, system: system)
             try attach(try loadAdapters(adapter, model: m), to: session.context)
             var params = GenerateParams()
             params.maxTokens = maxTokens
@@ -121,11 +122,11 @@ struct ChatSession {
     /// The tokens the context's cache holds, position by position.
     var cached: [Int32] = []
 
-    init(model: LlamaModel, contextSize: Int, threads: Int, system: String?) throws(LKError) {
+    init(model: LlamaModel, contextSize: Int, threads: Int, kvType: KVCacheType = .f32, system: String?) throws(LKError) {
         guard let src = model.chatTemplate else { throw .unsupported("\(model.source): the model has no chat template") }
         template = try ChatTemplate(src)
         tokenizer = try model.requireTokenizer()
-        context = try LlamaContext(model: model, maxPositions: contextSize, threads: threads)
+        context = try LlamaContext(model: model, maxPositions: contextSize, threads: threads, kvType: kvType)
         self.system = system
         if let b = tokenizer.bos, let s = tokenizer.token(b) { extra["bos_token"] = .string(s) }
         if let e = tokenizer.eos, let s = tokenizer.token(e) { extra["eos_token"] = .string(s) }

@@ -49,6 +49,14 @@ struct ThreadOption: ParsableArguments {
     @Option(help: "Threads (default: all cores).") var threads: Int = ThreadPool.hardwareConcurrency
 }
 
+extension KVCacheType: ExpressibleByArgument {}
+
+/// `--kv-type`: the element type of an inference context's KV cache.
+struct KVTypeOption: ParsableArguments {
+    @Option(help: "KV cache element type: f32 (exact) or f16 (half the memory and half the bytes a decoded token reads).")
+    var kvType: KVCacheType = .f32
+}
+
 /// `--chat-limit NAME=VALUE`: the model's chat-template limits (TemplateLimits), for `generate --chat` and for
 /// training on {"messages"} data.
 struct ChatLimitOptions: ParsableArguments {
@@ -199,6 +207,7 @@ struct GenerateCommand: ParsableCommand {
     @OptionGroup var plugins: PluginOption
     @OptionGroup var sampling: SamplingOptions
     @OptionGroup var threadOpt: ThreadOption
+    @OptionGroup var kv: KVTypeOption
     @OptionGroup var chatLimits: ChatLimitOptions
     @Flag(help: "Print JSON with the text, token ids and timings (no streaming).") var json = false
 
@@ -215,7 +224,7 @@ struct GenerateCommand: ParsableCommand {
                 text = try m.applyChatTemplate(messages: msgs, addGenerationPrompt: true)
             }
             let ids = tok.encode(text, addSpecial: chat ? false : nil)
-            let context = try LlamaContext(model: m, maxPositions: ctx, threads: threadOpt.threads)
+            let context = try LlamaContext(model: m, maxPositions: ctx, threads: threadOpt.threads, kvType: kv.kvType)
             try plugins.load()
             try attach(try loadAdapters(adapter, model: m), to: context)
             var p = GenerateParams()
@@ -253,6 +262,7 @@ struct ScoreCommand: ParsableCommand {
     @Option(help: "LoRA adapter PATH[:SCALE] (repeatable).") var adapter: [String] = []
     @OptionGroup var plugins: PluginOption
     @OptionGroup var threadOpt: ThreadOption
+    @OptionGroup var kv: KVTypeOption
     @Flag(help: "Print JSON: {\"tokens\", \"nll\", \"ppl\"}.") var json = false
 
     func run() throws {
@@ -261,7 +271,8 @@ struct ScoreCommand: ParsableCommand {
             let tok = try m.requireTokenizer()
             let text = String(decoding: try readFile(file), as: UTF8.self)
             let ids = tok.encode(text, addSpecial: false)
-            let context = try LlamaContext(model: m, maxPositions: ctx, batch: ctx, threads: threadOpt.threads)
+            let context = try LlamaContext(model: m, maxPositions: ctx, batch: ctx, threads: threadOpt.threads,
+                                           kvType: kv.kvType)
             try plugins.load()
             try attach(try loadAdapters(adapter, model: m), to: context)
             let r = try score(context: context, tokens: ids, window: ctx, maxTokens: maxTokens)

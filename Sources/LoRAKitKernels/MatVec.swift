@@ -264,14 +264,16 @@ private func hsum(_ v: SIMD8<Float>) -> Float {
 
 // MARK: - Float weights
 
-private protocol FloatRow {
+/// How a row of float-like values (f32, f16, bf16) is read as f32: the float weights of the mat-vec and
+/// the keys and values of an f16 KV cache (OpsAttention.swift).
+protocol FloatRow {
     static var elementBytes: Int { get }
     /// Eight weights starting at element `i` of row `p`, as f32.
     static func load8(_ p: UnsafeRawPointer, _ i: Int) -> SIMD8<Float>
     static func load1(_ p: UnsafeRawPointer, _ i: Int) -> Float
 }
 
-private enum F32Row: FloatRow {
+enum F32Row: FloatRow {
     static var elementBytes: Int { 4 }
     @inline(__always) static func load8(_ p: UnsafeRawPointer, _ i: Int) -> SIMD8<Float> {
         p.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self)
@@ -281,7 +283,7 @@ private enum F32Row: FloatRow {
     }
 }
 
-private enum F16Row: FloatRow {
+enum F16Row: FloatRow {
     static var elementBytes: Int { 2 }
     @inline(__always) static func load8(_ p: UnsafeRawPointer, _ i: Int) -> SIMD8<Float> {
         let h = p.loadUnaligned(fromByteOffset: i * 2, as: SIMD8<UInt16>.self)

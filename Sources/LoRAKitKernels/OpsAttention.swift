@@ -17,87 +17,132 @@ import Darwin
 extension Ops {
     /// Σ a[i]·b[i] in Float with SIMD8 partial sums (fixed order).
     @inline(__always) static func dotF(_ a: UnsafePointer<Float>, _ b: UnsafePointer<Float>, _ n: Int) -> Float {
-        var acc = SIMD8<Float>()
-        var i = 0
-        while i + 8 <= n { acc.addProduct(ld8(a + i), ld8(b + i)); i += 8 }
-        var s = acc.sum()
-        while i < n { s = s.addingProduct(a[i], b[i]); i += 1 }
-        return s
+        dotRowF(F32Row.self, a, UnsafeRawPointer(b), n)
     }
 
     /// y += alpha · x over n values (SIMD8 + scalar tail).
     @inline(__always) static func axpyF(_ alpha: Float, _ x: UnsafePointer<Float>, _ y: UnsafeMutablePointer<Float>,
                                         _ n: Int) {
-        let av = SIMD8<Float>(repeating: alpha)
-        var i = 0
-        while i + 8 <= n { var v = ld8(y + i); v.addProduct(av, ld8(x + i)); st8(v, y + i); i += 8 }
-        while i < n { y[i] = y[i].addingProduct(alpha, x[i]); i += 1 }
+        axpyRow(F32Row.self, alpha, UnsafeRawPointer(x), y, n)
     }
 
-    /// Four dot products sharing `x`: (x·y0, x·y1, x·y2, x·y3), each with its own accumulator (fixed order).
-    @inline(__always) static func dot4(_ x: UnsafePointer<Float>, _ y0: UnsafePointer<Float>, _ y1: UnsafePointer<Float>,
-                                       _ y2: UnsafePointer<Float>, _ y3: UnsafePointer<Float>, _ n: Int) -> SIMD4<Float> {
+    /// Four dot products sharing `x`: (x·y0, x·y1, x·y2, x·y3), the y_i read as `R`, each with its own
+    /// accumulator (fixed order).
+    @inline(__always) static func dot4<R: FloatRow>(_: R.Type, _ x: UnsafePointer<Float>, _ y0: UnsafeRawPointer,
+                                                    _ y1: UnsafeRawPointer, _ y2: UnsafeRawPointer,
+                                                    _ y3: UnsafeRawPointer, _ n: Int) -> SIMD4<Float> {
         var a0 = SIMD8<Float>(), a1 = SIMD8<Float>(), a2 = SIMD8<Float>(), a3 = SIMD8<Float>()
         var i = 0
         while i + 8 <= n {
             let xv = ld8(x + i)
-            a0.addProduct(xv, ld8(y0 + i)); a1.addProduct(xv, ld8(y1 + i))
-            a2.addProduct(xv, ld8(y2 + i)); a3.addProduct(xv, ld8(y3 + i))
+            a0.addProduct(xv, R.load8(y0, i)); a1.addProduct(xv, R.load8(y1, i))
+            a2.addProduct(xv, R.load8(y2, i)); a3.addProduct(xv, R.load8(y3, i))
             i += 8
         }
         var r = SIMD4<Float>(a0.sum(), a1.sum(), a2.sum(), a3.sum())
         while i < n {
-            r[0] = r[0].addingProduct(x[i], y0[i]); r[1] = r[1].addingProduct(x[i], y1[i])
-            r[2] = r[2].addingProduct(x[i], y2[i]); r[3] = r[3].addingProduct(x[i], y3[i])
+            r[0] = r[0].addingProduct(x[i], R.load1(y0, i)); r[1] = r[1].addingProduct(x[i], R.load1(y1, i))
+            r[2] = r[2].addingProduct(x[i], R.load1(y2, i)); r[3] = r[3].addingProduct(x[i], R.load1(y3, i))
             i += 1
         }
         return r
     }
 
-    /// y += c0·x0 + c1·x1 + c2·x2 + c3·x3 (four fused multiply-adds per element, in that order).
-    @inline(__always) static func axpy4(_ c: SIMD4<Float>, _ x0: UnsafePointer<Float>, _ x1: UnsafePointer<Float>,
-                                        _ x2: UnsafePointer<Float>, _ x3: UnsafePointer<Float>,
-                                        _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+    /// `dot4` over f32 vectors.
+    @inline(__always) static func dot4(_ x: UnsafePointer<Float>, _ y0: UnsafePointer<Float>, _ y1: UnsafePointer<Float>,
+                                       _ y2: UnsafePointer<Float>, _ y3: UnsafePointer<Float>, _ n: Int) -> SIMD4<Float> {
+        dot4(F32Row.self, x, UnsafeRawPointer(y0), UnsafeRawPointer(y1), UnsafeRawPointer(y2), UnsafeRawPointer(y3), n)
+    }
+
+    /// x·y with `y` read as `R` (SIMD8 partial sums, fixed order).
+    @inline(__always) static func dotRowF<R: FloatRow>(_: R.Type, _ x: UnsafePointer<Float>, _ y: UnsafeRawPointer,
+                                                       _ n: Int) -> Float {
+        var acc = SIMD8<Float>()
+        var i = 0
+        while i + 8 <= n { acc.addProduct(ld8(x + i), R.load8(y, i)); i += 8 }
+        var s = acc.sum()
+        while i < n { s = s.addingProduct(x[i], R.load1(y, i)); i += 1 }
+        return s
+    }
+
+    /// y += c0·x0 + c1·x1 + c2·x2 + c3·x3, the x_i read as `R` (four fused multiply-adds per element, in
+    /// that order).
+    @inline(__always) static func axpy4<R: FloatRow>(_: R.Type, _ c: SIMD4<Float>, _ x0: UnsafeRawPointer,
+                                                     _ x1: UnsafeRawPointer, _ x2: UnsafeRawPointer,
+                                                     _ x3: UnsafeRawPointer, _ y: UnsafeMutablePointer<Float>, _ n: Int) {
         let c0 = SIMD8<Float>(repeating: c[0]), c1 = SIMD8<Float>(repeating: c[1])
         let c2 = SIMD8<Float>(repeating: c[2]), c3 = SIMD8<Float>(repeating: c[3])
         var i = 0
         while i + 8 <= n {
             var v = ld8(y + i)
-            v.addProduct(c0, ld8(x0 + i)); v.addProduct(c1, ld8(x1 + i))
-            v.addProduct(c2, ld8(x2 + i)); v.addProduct(c3, ld8(x3 + i))
+            v.addProduct(c0, R.load8(x0, i)); v.addProduct(c1, R.load8(x1, i))
+            v.addProduct(c2, R.load8(x2, i)); v.addProduct(c3, R.load8(x3, i))
             st8(v, y + i)
             i += 8
         }
         while i < n {
-            y[i] = y[i].addingProduct(c[0], x0[i]).addingProduct(c[1], x1[i]).addingProduct(c[2], x2[i])
-                .addingProduct(c[3], x3[i])
+            y[i] = y[i].addingProduct(c[0], R.load1(x0, i)).addingProduct(c[1], R.load1(x1, i))
+                .addingProduct(c[2], R.load1(x2, i)).addingProduct(c[3], R.load1(x3, i))
             i += 1
         }
     }
 
-    /// s[j] = scale · x·y_j for j < n, where y_j = y + j·ld; keys in blocks of four.
-    @inline(__always) static func scores(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, ld: Int, _ n: Int,
-                                         _ d: Int, _ scale: Float, _ s: UnsafeMutablePointer<Float>) {
+    /// `axpy4` over f32 vectors.
+    @inline(__always) static func axpy4(_ c: SIMD4<Float>, _ x0: UnsafePointer<Float>, _ x1: UnsafePointer<Float>,
+                                        _ x2: UnsafePointer<Float>, _ x3: UnsafePointer<Float>,
+                                        _ y: UnsafeMutablePointer<Float>, _ n: Int) {
+        axpy4(F32Row.self, c, UnsafeRawPointer(x0), UnsafeRawPointer(x1), UnsafeRawPointer(x2), UnsafeRawPointer(x3), y, n)
+    }
+
+    /// o += alpha · y over n values, `y` read as `R` (SIMD8 + scalar tail).
+    @inline(__always) static func axpyRow<R: FloatRow>(_: R.Type, _ alpha: Float, _ y: UnsafeRawPointer,
+                                                       _ o: UnsafeMutablePointer<Float>, _ n: Int) {
+        let av = SIMD8<Float>(repeating: alpha)
+        var i = 0
+        while i + 8 <= n { var v = ld8(o + i); v.addProduct(av, R.load8(y, i)); st8(v, o + i); i += 8 }
+        while i < n { o[i] = o[i].addingProduct(alpha, R.load1(y, i)); i += 1 }
+    }
+
+    /// s[j] = scale · x·y_j for j < n, where y_j is row j of `y` (rows `ld` elements apart, read as `R`);
+    /// keys in blocks of four.
+    @inline(__always) static func scores<R: FloatRow>(_ kind: R.Type, _ x: UnsafePointer<Float>, _ y: UnsafeRawPointer,
+                                                      ld: Int, _ n: Int, _ d: Int, _ scale: Float,
+                                                      _ s: UnsafeMutablePointer<Float>) {
+        let step = ld * R.elementBytes
         var j = 0
         while j + 4 <= n {
-            let b = y + j * ld
-            let r = scale * dot4(x, b, b + ld, b + 2 * ld, b + 3 * ld, d)
+            let b = y + j * step
+            let r = scale * dot4(kind, x, b, b + step, b + 2 * step, b + 3 * step, d)
             s[j] = r[0]; s[j + 1] = r[1]; s[j + 2] = r[2]; s[j + 3] = r[3]
             j += 4
         }
-        while j < n { s[j] = scale * dotF(x, y + j * ld, d); j += 1 }
+        while j < n { s[j] = scale * dotRowF(kind, x, y + j * step, d); j += 1 }
     }
 
-    /// o += Σ_j c[j] · y_j for j < n, where y_j = y + j·ld; rows in blocks of four.
-    @inline(__always) static func combine(_ c: UnsafePointer<Float>, _ y: UnsafePointer<Float>, ld: Int, _ n: Int,
-                                          _ d: Int, _ o: UnsafeMutablePointer<Float>) {
+    /// `scores` over f32 rows.
+    @inline(__always) static func scores(_ x: UnsafePointer<Float>, _ y: UnsafePointer<Float>, ld: Int, _ n: Int,
+                                         _ d: Int, _ scale: Float, _ s: UnsafeMutablePointer<Float>) {
+        scores(F32Row.self, x, UnsafeRawPointer(y), ld: ld, n, d, scale, s)
+    }
+
+    /// o += Σ_j c[j] · y_j for j < n, where y_j is row j of `y` (rows `ld` elements apart, read as `R`);
+    /// rows in blocks of four.
+    @inline(__always) static func combine<R: FloatRow>(_ kind: R.Type, _ c: UnsafePointer<Float>, _ y: UnsafeRawPointer,
+                                                       ld: Int, _ n: Int, _ d: Int, _ o: UnsafeMutablePointer<Float>) {
+        let step = ld * R.elementBytes
         var j = 0
         while j + 4 <= n {
-            let b = y + j * ld
-            axpy4(SIMD4(c[j], c[j + 1], c[j + 2], c[j + 3]), b, b + ld, b + 2 * ld, b + 3 * ld, o, d)
+            let b = y + j * step
+            axpy4(kind, SIMD4(c[j], c[j + 1], c[j + 2], c[j + 3]), b, b + step, b + 2 * step, b + 3 * step, o, d)
             j += 4
         }
-        while j < n { axpyF(c[j], y + j * ld, o, d); j += 1 }
+        while j < n { axpyRow(kind, c[j], y + j * step, o, d); j += 1 }
+    }
+
+    /// `combine` over f32 rows.
+    @inline(__always) static func combine(_ c: UnsafePointer<Float>, _ y: UnsafePointer<Float>, ld: Int, _ n: Int,
+                                          _ d: Int, _ o: UnsafeMutablePointer<Float>) {
+        combine(F32Row.self, c, UnsafeRawPointer(y), ld: ld, n, d, o)
     }
 
     static func checkAttention(_ what: String, rows: Int, keys: Int, heads: Int, kvHeads: Int, headDim: Int,
@@ -140,6 +185,41 @@ extension Ops {
         } else {
             attentionForwardRowwise(q: q, k: k, v: v, out: out, lse: lse, rows: rows, keys: keys, heads: heads,
                                     kvHeads: kvHeads, headDim: headDim, startPos: startPos, scale: sc, pool: pool)
+        }
+    }
+
+    /// `attentionForward` over a KV cache whose keys and values are stored as `type` ([S, Hkv·D] each, at
+    /// `k` and `v`). With f16, decode and short prefills (fewer than `attentionBlockedMinRows` rows) read
+    /// the f16 rows directly, so a decoded token reads half the cache bytes; longer prefills convert the
+    /// `keys` rows they see to f32 in `scratch` (2·keys·Hkv·D floats, required for f16) and run the blocked
+    /// kernel. Every score and product is in f32, as with an f32 cache holding the same (f16-rounded) values.
+    public static func attentionForward(q: UnsafePointer<Float>, k: UnsafeRawPointer, v: UnsafeRawPointer,
+                                        type: KVCacheType, out: UnsafeMutablePointer<Float>, rows: Int, keys: Int,
+                                        heads: Int, kvHeads: Int, headDim: Int, startPos: Int,
+                                        scratch: UnsafeMutablePointer<Float>?, scale: Float? = nil,
+                                        pool: ThreadPool = .shared) throws(LKError) {
+        switch type {
+        case .f32:
+            try attentionForward(q: q, k: k.assumingMemoryBound(to: Float.self), v: v.assumingMemoryBound(to: Float.self),
+                                 out: out, lse: nil, rows: rows, keys: keys, heads: heads, kvHeads: kvHeads,
+                                 headDim: headDim, startPos: startPos, scale: scale, pool: pool)
+        case .f16:
+            try checkAttention("attentionForward", rows: rows, keys: keys, heads: heads, kvHeads: kvHeads,
+                               headDim: headDim, startPos: startPos)
+            let sc = scale ?? 1 / Float(headDim).squareRoot()
+            if rows >= attentionBlockedMinRows {
+                guard let scratch else { throw .invalidArgument("attentionForward: an f16 KV cache needs scratch for a prefill") }
+                let n = keys * kvHeads * headDim
+                dequantize(k, dtype: .f16, count: n, into: scratch)
+                dequantize(v, dtype: .f16, count: n, into: scratch + n)
+                attentionForwardBlocked(q: q, k: scratch, v: scratch + n, out: out, lse: nil,
+                                        spans: [AttentionSpan(qRow: 0, kRow: 0, rows: rows, start: startPos)],
+                                        heads: heads, kvHeads: kvHeads, headDim: headDim, scale: sc, pool: pool)
+            } else {
+                attentionForwardRowwise(F16Row.self, q: q, k: k, v: v, out: out, lse: nil, rows: rows, keys: keys,
+                                        heads: heads, kvHeads: kvHeads, headDim: headDim, startPos: startPos,
+                                        scale: sc, pool: pool)
+            }
         }
     }
 
@@ -223,8 +303,19 @@ extension Ops {
                                         out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?,
                                         rows: Int, keys: Int, heads: Int, kvHeads: Int, headDim: Int,
                                         startPos: Int, scale sc: Float, pool: ThreadPool) {
+        attentionForwardRowwise(F32Row.self, q: q, k: UnsafeRawPointer(k), v: UnsafeRawPointer(v), out: out, lse: lse,
+                                rows: rows, keys: keys, heads: heads, kvHeads: kvHeads, headDim: headDim,
+                                startPos: startPos, scale: sc, pool: pool)
+    }
+
+    /// The row-wise forward with keys and values read as `R` (f32, or f16 from an f16 KV cache).
+    static func attentionForwardRowwise<R: FloatRow>(_ kind: R.Type, q: UnsafePointer<Float>, k: UnsafeRawPointer,
+                                                     v: UnsafeRawPointer, out: UnsafeMutablePointer<Float>,
+                                                     lse: UnsafeMutablePointer<Float>?, rows: Int, keys: Int,
+                                                     heads: Int, kvHeads: Int, headDim: Int, startPos: Int,
+                                                     scale sc: Float, pool: ThreadPool) {
         let D = headDim, H = heads, rep = heads / kvHeads
-        let ldq = H * D, ldk = kvHeads * D
+        let ldq = H * D, ldk = kvHeads * D, eb = R.elementBytes
         let items = rows * H
         let flops = rows * H * (startPos + (rows + 1) / 2) * D * 2
         pool.run(maxTasks: attentionTasks(flops, items, pool)) { idx, cnt in
@@ -234,11 +325,11 @@ extension Ops {
                 let t = item / H, h = item % H, g = h / rep
                 let n = startPos + t + 1
                 let qr = q + t * ldq + h * D, o = out + t * ldq + h * D
-                scores(qr, k + g * D, ld: ldk, n, D, sc, s)
+                scores(kind, qr, k + g * D * eb, ld: ldk, n, D, sc, s)
                 let m = rowMax(s, n)
                 let sum = expShifted(s, s, n, m)
                 o.update(repeating: 0, count: D)
-                combine(s, v + g * D, ld: ldk, n, D, o)
+                combine(kind, s, v + g * D * eb, ld: ldk, n, D, o)
                 let inv = Float(1 / sum)
                 for i in 0..<D { o[i] *= inv }
                 lse?[t * H + h] = Float(Double(m) + log(sum))
@@ -362,4 +453,14 @@ extension Ops {
             }
         }
     }
+}
+
+/// The element type of a KV cache's keys and values: f32 (exact), or f16 (half the memory and half the
+/// bytes a decoded token reads, keys and values rounded to nearest even as they are stored; llama.cpp's
+/// default cache type).
+public enum KVCacheType: String, Sendable, CaseIterable {
+    case f32, f16
+
+    /// Bytes per stored value.
+    public var bytes: Int { self == .f32 ? 4 : 2 }
 }

@@ -181,9 +181,29 @@ static void test_params_init_defaults(void) {
 
 static void test_params_init_sized(void) {
     CHECK_INIT_SIZED(lk_model_params, q->reserved == 0);
-    CHECK_INIT_SIZED(lk_context_params, q->n_ctx == 0 && q->n_batch == 0 && q->n_threads == 0);
     CHECK_INIT_SIZED(lk_sampler_params, q->temperature == 0.8f && q->top_k == 40 && q->repeat_last_n == 64);
     CHECK_INIT_SIZED(lk_generate_params, q->max_tokens == 128 && q->stop_at_eos == 1 && q->sampler == NULL);
+    /* lk_context_params grew (kv_type): the old init fills the first version only. */
+    {
+        const size_t first = offsetof(lk_context_params, kv_type);
+        unsigned char raw[sizeof(lk_context_params) + 16];
+        lk_context_params *q = (lk_context_params *)(void *)raw;
+        int untouched = 1;
+        memset(raw, 0xAB, sizeof raw);
+        lk_context_params_init_sized(q, sizeof raw);
+        CHECKF(q->struct_size == sizeof(lk_context_params) && q->n_ctx == 0 && q->n_threads == 0 &&
+               q->kv_type == LK_DTYPE_F32, "lk_context_params: clamped init wrote struct_size %u", (unsigned)q->struct_size);
+        for (size_t i = sizeof(lk_context_params); i < sizeof raw; i++) untouched &= raw[i] == 0xAB;
+        CHECKF(untouched, "lk_context_params: the clamped init wrote past the library's struct");
+        memset(raw, 0xAB, sizeof raw);
+        (lk_context_params_init)(q);
+        CHECKF(q->struct_size == first && q->n_ctx == 0 && q->n_batch == 0 && q->n_threads == 0,
+               "lk_context_params: the old init wrote struct_size %u", (unsigned)q->struct_size);
+        for (size_t i = first; i < sizeof raw; i++) untouched &= raw[i] == 0xAB;
+        CHECKF(untouched, "lk_context_params: the old init wrote past the first version");
+        lk_context_params_init_sized(q, first - 1);
+        CHECKF(q->struct_size == first, "lk_context_params: a size below the first version wrote something");
+    }
     /* lk_lora_params grew (adapter_type, adapter_config): the old init fills the first version only. */
     {
         const size_t first = offsetof(lk_lora_params, adapter_type);
@@ -485,11 +505,28 @@ static void test_context_new_errors(void) {
     EXPECT_STATUS(lk_context_new(m, &cp, &c), LK_ERR_INVALID_ARGUMENT, "n_threads");
     cp.n_threads = 1;
     EXPECT_STATUS(lk_context_new(m, &cp, NULL), LK_ERR_INVALID_ARGUMENT, "out");
+    cp.kv_type = (lk_dtype)2; /* Q4_0: not a cache type */
+    EXPECT_STATUS(lk_context_new(m, &cp, &c), LK_ERR_INVALID_ARGUMENT, "params->kv_type");
+    cp.kv_type = (lk_dtype)-7;
+    EXPECT_STATUS(lk_context_new(m, &cp, &c), LK_ERR_INVALID_ARGUMENT, "params->kv_type");
+    cp.kv_type = LK_DTYPE_F32;
     cp.struct_size = 0;
     EXPECT_STATUS(lk_context_new(m, &cp, &c), LK_ERR_ABI, "struct_size");
-    cp.struct_size = sizeof cp - 4;
+    cp.struct_size = offsetof(lk_context_params, kv_type) - 4;
     EXPECT_STATUS(lk_context_new(m, &cp, &c), LK_ERR_ABI, "lk_context_params");
     CHECK(c == (lk_context *)0x1);
+    /* A first-version struct (ends before kv_type): the garbage after it is not read, f32 applies. */
+    {
+        struct { lk_context_params p; } old;
+        memset(&old, 0xFF, sizeof old);
+        lk_context_params_init(&old.p);
+        old.p.struct_size = offsetof(lk_context_params, kv_type);
+        old.p.kv_type = (lk_dtype)99;
+        old.p.n_ctx = 8;
+        EXPECT_OK(lk_context_new(m, &old.p, &c));
+        EXPECT_OK(lk_context_free(c));
+        c = (lk_context *)0x1;
+    }
     /* Larger: ok. NULL params: defaults (n_ctx = min(256, 4096) = 256). */
     struct { lk_context_params p; int32_t future[6]; } big;
     memset(&big, 0xFF, sizeof big);
@@ -568,6 +605,40 @@ static void test_tiny_eval_modes(void) {
     CHECK(memcmp(again, last, 512 * sizeof(float)) == 0);
     free(last); free(all); free(again);
     EXPECT_OK(lk_context_free(c));
+    EXPECT_OK(lk_model_free(m));
+}
+
+/* kv_type LK_DTYPE_F16: the same logits as an f32 cache within f16 rounding of keys and values, and
+ * decoding token by token through the f16 cache equals evaluating the prompt at once. */
+static void test_tiny_f16_kv_cache(void) {
+    lk_model *m = tiny();
+    lk_context_params cp;
+    lk_context_params_init(&cp);
+    cp.n_ctx = 64;
+    cp.n_threads = 2;
+    cp.kv_type = LK_DTYPE_F16;
+    lk_context *h = NULL;
+    EXPECT_OK(lk_context_new(m, &cp, &h));
+    lk_context *f = new_ctx(m, 64, 2);
+    enum { N = 20 };
+    int32_t toks[N];
+    for (int i = 0; i < N; i++) toks[i] = (int32_t)((i * 37 + 5) % 512);
+    float *a = malloc(N * 512 * sizeof(float)), *b = malloc(N * 512 * sizeof(float)), *one = malloc(512 * sizeof(float));
+    EXPECT_OK(lk_context_eval(f, toks, N, LK_LOGITS_ALL, a, N * 512));
+    EXPECT_OK(lk_context_eval(h, toks, N, LK_LOGITS_ALL, b, N * 512));
+    float dmax = 0;
+    for (int i = 0; i < N * 512; i++) dmax = fmaxf(dmax, fabsf(a[i] - b[i]));
+    CHECKF(dmax > 0 && dmax < 2e-2f, "f16 vs f32 cache: max |dlogit| %g", dmax);
+    EXPECT_OK(lk_context_reset(h));
+    float worst = 0;
+    for (int t = 0; t < N; t++) {
+        EXPECT_OK(lk_context_eval(h, &toks[t], 1, LK_LOGITS_LAST, one, 512));
+        for (int i = 0; i < 512; i++) worst = fmaxf(worst, fabsf(one[i] - b[t * 512 + i]));
+    }
+    CHECKF(worst < 1e-4f, "f16 cache: token by token vs prompt at once: max |dlogit| %g", worst);
+    free(a); free(b); free(one);
+    EXPECT_OK(lk_context_free(h));
+    EXPECT_OK(lk_context_free(f));
     EXPECT_OK(lk_model_free(m));
 }
 
@@ -1228,7 +1299,7 @@ LKT_MAIN("test_model: models, tokenizer, chat, contexts, generation", setup,
          TESTCASE(test_tiny_info),
          TESTCASE(test_tiny_strings_and_meta), TESTCASE(test_tiny_tokenizer_calls_fail_clearly),
          TESTCASE(test_model_load_errors), TESTCASE(test_hostile_chat_templates), TESTCASE(test_bad_handles), TESTCASE(test_info_struct_size),
-         TESTCASE(test_context_new_errors), TESTCASE(test_tiny_eval_modes), TESTCASE(test_tiny_context_overflow),
+         TESTCASE(test_context_new_errors), TESTCASE(test_tiny_eval_modes), TESTCASE(test_tiny_f16_kv_cache), TESTCASE(test_tiny_context_overflow),
          TESTCASE(test_tiny_eval_embeddings), TESTCASE(test_tiny_generate_ids), TESTCASE(test_generate_bad_input),
          TESTCASE(test_context_outlives_model_handle), TESTCASE(test_real_info), TESTCASE(test_real_tokenize),
          TESTCASE(test_real_detokenize_and_token_bytes), TESTCASE(test_real_chat),

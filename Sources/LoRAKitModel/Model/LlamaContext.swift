@@ -26,6 +26,9 @@ public final class LlamaContext: @unchecked Sendable {
     public let batchCapacity: Int
     /// Positions currently in the KV cache.
     public private(set) var position = 0
+    /// How the KV cache stores keys and values (f32 by default; f16 halves its memory and what a decoded
+    /// token reads from it).
+    public let kvType: KVCacheType
     /// How the linear layers quantize their input when they meet quantized weights in decode (one token)
     /// and small batches (below `Linear.smallRowLimit` rows; larger batches compute in f32). `.int16`
     /// keeps SmolLM2-135M's decode logits within 0.015 of f32 math (greedy output identical to
@@ -52,9 +55,15 @@ public final class LlamaContext: @unchecked Sendable {
     let plugins: PluginAttachments
     private var adapterWorkspaceFloats = 0
 
-    // KV cache: per layer [maxPositions, KV] for keys and values (f32, pages touched only when used).
+    // KV cache: per layer [maxPositions, KV] for keys and values (`kvType`, pages touched only when used).
     private let kCache: [Storage]
     private let vCache: [Storage]
+    // With an f16 cache: the new rows' keys and values in f32 ([T, KV] each; stored into the cache after
+    // RoPE), and the f32 copy of a layer's cached keys and values that a long prefill's attention reads
+    // ([2, maxPositions, KV]).
+    private let kNew: Storage?
+    private let vNew: Storage?
+    private let kvScratch: Storage?
     // Activations for up to `batchCapacity` rows.
     private let x: Storage        // [T, C] residual stream
     private let xn: Storage       // [T, C] normed
@@ -72,7 +81,8 @@ public final class LlamaContext: @unchecked Sendable {
     public var profile: DecodeProfile?
 
     /// Create a context. `maxPositions` defaults to min(model context, 4096); `batch` to 512.
-    public init(model: LlamaModel, maxPositions: Int? = nil, batch: Int = 512, threads: Int? = nil) throws(LKError) {
+    public init(model: LlamaModel, maxPositions: Int? = nil, batch: Int = 512, threads: Int? = nil,
+                kvType: KVCacheType = .f32) throws(LKError) {
         let c = model.config
         let n = maxPositions ?? min(c.contextLength, 4096)
         guard n >= 1, n <= c.contextLength else {
@@ -84,16 +94,24 @@ public final class LlamaContext: @unchecked Sendable {
         self.pool = ThreadPool(threads: threads ?? ThreadPool.hardwareConcurrency)
         self.maxPositions = n
         self.batchCapacity = min(batch, n)
+        self.kvType = kvType
         self.adapters = AdapterStack(nLayers: c.nLayers)
         self.plugins = PluginAttachments(nLayers: c.nLayers)
         var ks: [Storage] = [], vs: [Storage] = []
         for _ in 0..<c.nLayers {
-            ks.append(try Storage(lazyZeroedBytes: n * c.kvDim * 4))
-            vs.append(try Storage(lazyZeroedBytes: n * c.kvDim * 4))
+            ks.append(try Storage(lazyZeroedBytes: n * c.kvDim * kvType.bytes))
+            vs.append(try Storage(lazyZeroedBytes: n * c.kvDim * kvType.bytes))
         }
         kCache = ks
         vCache = vs
         let b = batchCapacity
+        if kvType == .f32 {
+            kNew = nil; vNew = nil; kvScratch = nil
+        } else {
+            kNew = try Storage(lazyZeroedBytes: b * c.kvDim * 4)
+            vNew = try Storage(lazyZeroedBytes: b * c.kvDim * 4)
+            kvScratch = try Storage(lazyZeroedBytes: 2 * n * c.kvDim * 4)
+        }
         x = try Storage(lazyZeroedBytes: b * c.dim * 4)
         xn = try Storage(lazyZeroedBytes: b * c.dim * 4)
         q = try Storage(lazyZeroedBytes: b * c.qDim * 4)
@@ -336,8 +354,10 @@ public final class LlamaContext: @unchecked Sendable {
         func buffers(layer l: Int) -> LlamaBlock.Buffers {
             let c = ctx.model.config
             let x = ctx.f(ctx.x), xn = ctx.f(ctx.xn), gate = ctx.f(ctx.hGate), tmp = ctx.f(ctx.tmpOut)
-            return LlamaBlock.Buffers(x: x, xn1: xn, rstd1: nil, q: ctx.f(ctx.q), k: ctx.f(ctx.kCache[l]) + start * c.kvDim,
-                                      v: ctx.f(ctx.vCache[l]) + start * c.kvDim, att: ctx.f(ctx.att), o: tmp,
+            // f32 cache: k and v are written in place; f16: into kNew/vNew, stored by `attention`.
+            let k = ctx.kNew.map { ctx.f($0) } ?? ctx.f(ctx.kCache[l]) + start * c.kvDim
+            let v = ctx.vNew.map { ctx.f($0) } ?? ctx.f(ctx.vCache[l]) + start * c.kvDim
+            return LlamaBlock.Buffers(x: x, xn1: xn, rstd1: nil, q: ctx.f(ctx.q), k: k, v: v, att: ctx.f(ctx.att), o: tmp,
                                       xMid: x, xn2: xn, rstd2: nil, gate: gate, up: ctx.f(ctx.hUp), h: gate,
                                       down: tmp, xOut: x)
         }
@@ -354,9 +374,16 @@ public final class LlamaContext: @unchecked Sendable {
         func attention(_ l: Int, _ b: LlamaBlock.Buffers, rows t: Int) throws(LKError) {
             let c = ctx.model.config
             let t0 = ctx.tick()
-            try Ops.attentionForward(q: b.q, k: ctx.f(ctx.kCache[l]), v: ctx.f(ctx.vCache[l]), out: b.att, lse: nil,
-                                     rows: t, keys: start + t, heads: c.nHeads, kvHeads: c.nKVHeads,
-                                     headDim: c.headDim, startPos: start, pool: ctx.pool)
+            let kc = ctx.kCache[l].base, vc = ctx.vCache[l].base
+            if ctx.kvType == .f16 {
+                let off = start * c.kvDim * 2
+                quantize(b.k, count: t * c.kvDim, dtype: .f16, into: kc + off)
+                quantize(b.v, count: t * c.kvDim, dtype: .f16, into: vc + off)
+            }
+            try Ops.attentionForward(q: b.q, k: UnsafeRawPointer(kc), v: UnsafeRawPointer(vc), type: ctx.kvType,
+                                     out: b.att, rows: t, keys: start + t, heads: c.nHeads, kvHeads: c.nKVHeads,
+                                     headDim: c.headDim, startPos: start, scratch: ctx.kvScratch.map { ctx.f($0) },
+                                     pool: ctx.pool)
             ctx.tock(.attention, t0)
         }
 

@@ -662,14 +662,16 @@ _LOGITS = {"none": _lib.LK_LOGITS_NONE, "last": _lib.LK_LOGITS_LAST, "all": _lib
 class Context(_Handle):
     """A KV cache and thread pool over a model. Use from one thread at a time.
 
-    Context(model, n_ctx=0, n_threads=0, n_batch=0): 0 = the library's defaults (n_ctx = min(model
-    context, 4096), n_threads = cpu_count(), n_batch = 512).
+    Context(model, n_ctx=0, n_threads=0, n_batch=0, kv_type="f32"): 0 = the library's defaults (n_ctx =
+    min(model context, 4096), n_threads = cpu_count(), n_batch = 512). kv_type "f16" (or DType.F16) keeps
+    the KV cache in f16: half its memory and half what a decoded token reads, keys and values rounded
+    to f16 as they are stored.
     """
     __slots__ = ("model", "n_vocab", "n_embd")
     _kind = "context"
     _free = staticmethod(_c.lk_context_free)
 
-    def __init__(self, model: Model, n_ctx: int = 0, n_threads: int = 0, n_batch: int = 0):
+    def __init__(self, model: Model, n_ctx: int = 0, n_threads: int = 0, n_batch: int = 0, kv_type="f32"):
         self._handle = None
         if not isinstance(model, Model):
             raise TypeError(f"model must be a lorakit.Model, got {type(model).__name__}")
@@ -679,6 +681,7 @@ class Context(_Handle):
         p = _lib.lk_context_params()
         _c.lk_context_params_init_sized(byref(p), ctypes.sizeof(p))
         p.n_ctx, p.n_threads, p.n_batch = n_ctx, n_threads, n_batch
+        p.kv_type = _dtype_arg(kv_type)
         out = _lib.lk_context_p()
         _check(_c.lk_context_new(model.handle, byref(p), byref(out)))
         self._handle = out.value

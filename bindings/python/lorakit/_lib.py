@@ -288,9 +288,11 @@ _fn("lk_model_chat_limit", lk_status, [lk_model_p, lk_chat_limit, c_int64, POINT
 #     int32_t n_ctx;
 #     int32_t n_batch;
 #     int32_t n_threads;
+#     lk_dtype kv_type;
 # } lk_context_params;
 class lk_context_params(Structure):
-    _fields_ = [("struct_size", c_uint32), ("n_ctx", c_int32), ("n_batch", c_int32), ("n_threads", c_int32)]
+    _fields_ = [("struct_size", c_uint32), ("n_ctx", c_int32), ("n_batch", c_int32), ("n_threads", c_int32),
+                ("kv_type", lk_dtype)]
 
 
 # void lk_context_params_init_sized(lk_context_params *p, size_t size);

@@ -176,6 +176,20 @@ def test_context_params_errors(tiny):
         Context("not a model")
 
 
+def test_tiny_f16_kv_cache(tiny):
+    toks = [(i * 37 + 5) % 512 for i in range(20)]
+    with Context(tiny, n_ctx=64, n_threads=2) as f32, Context(tiny, n_ctx=64, n_threads=2, kv_type="f16") as f16:
+        a = f32.eval(toks, logits="all")
+        b = f16.eval(toks, logits="all")
+        d = np.abs(a - b).max()
+        assert 0 < d < 2e-2, d  # keys and values rounded to f16
+        f16.reset()
+        one = np.stack([f16.eval([t]) for t in toks])
+        np.testing.assert_allclose(one, b, atol=1e-4, rtol=0)
+    expect_error(Status.INVALID_ARGUMENT, "params->kv_type", Context, tiny, kv_type="q8_0")
+    expect_error(Status.INVALID_ARGUMENT, "params->kv_type", Context, tiny, kv_type=77)
+
+
 def test_tiny_generate_ids(tiny):
     with Context(tiny, n_ctx=64, n_threads=1) as ctx:
         prompt = [1, 100, 200, 300]
