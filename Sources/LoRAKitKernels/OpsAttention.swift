@@ -108,15 +108,30 @@ extension Ops {
     @inline(__always) static func scores<R: FloatRow>(_ kind: R.Type, _ x: UnsafePointer<Float>, _ y: UnsafeRawPointer,
                                                       ld: Int, _ n: Int, _ d: Int, _ scale: Float,
                                                       _ s: UnsafeMutablePointer<Float>) {
+        scores(kind, x, queries: 1, y, ld: ld, n, d, scale, s)
+    }
+
+    /// `scores` for `queries` query vectors that share the keys (x_r = x + r·d, scores to s + r·n: the
+    /// query heads of one key-value head): each block of four keys is read from memory once and from cache
+    /// for the other queries. Each s[r·n + j] is computed exactly as `scores` computes it for x_r alone.
+    @inline(__always) static func scores<R: FloatRow>(_ kind: R.Type, _ x: UnsafePointer<Float>, queries: Int,
+                                                      _ y: UnsafeRawPointer, ld: Int, _ n: Int, _ d: Int,
+                                                      _ scale: Float, _ s: UnsafeMutablePointer<Float>) {
         let step = ld * R.elementBytes
         var j = 0
         while j + 4 <= n {
             let b = y + j * step
-            let r = scale * dot4(kind, x, b, b + step, b + 2 * step, b + 3 * step, d)
-            s[j] = r[0]; s[j + 1] = r[1]; s[j + 2] = r[2]; s[j + 3] = r[3]
+            for q in 0..<queries {
+                let r = scale * dot4(kind, x + q * d, b, b + step, b + 2 * step, b + 3 * step, d)
+                let sq = s + q * n + j
+                sq[0] = r[0]; sq[1] = r[1]; sq[2] = r[2]; sq[3] = r[3]
+            }
             j += 4
         }
-        while j < n { s[j] = scale * dotRowF(kind, x, y + j * step, d); j += 1 }
+        while j < n {
+            for q in 0..<queries { s[q * n + j] = scale * dotRowF(kind, x + q * d, y + j * step, d) }
+            j += 1
+        }
     }
 
     /// `scores` over f32 rows.
@@ -129,14 +144,64 @@ extension Ops {
     /// rows in blocks of four.
     @inline(__always) static func combine<R: FloatRow>(_ kind: R.Type, _ c: UnsafePointer<Float>, _ y: UnsafeRawPointer,
                                                        ld: Int, _ n: Int, _ d: Int, _ o: UnsafeMutablePointer<Float>) {
+        combine(kind, c, outputs: 1, y, ld: ld, n, d, o)
+    }
+
+    /// `combine` for `outputs` weight vectors over the same rows (c_r = c + r·n into o_r = o + r·d), each
+    /// block of four rows read from memory once; each o_r computed exactly as `combine` computes it alone.
+    @inline(__always) static func combine<R: FloatRow>(_ kind: R.Type, _ c: UnsafePointer<Float>, outputs: Int,
+                                                       _ y: UnsafeRawPointer, ld: Int, _ n: Int, _ d: Int,
+                                                       _ o: UnsafeMutablePointer<Float>) {
         let step = ld * R.elementBytes
         var j = 0
         while j + 4 <= n {
             let b = y + j * step
-            axpy4(kind, SIMD4(c[j], c[j + 1], c[j + 2], c[j + 3]), b, b + step, b + 2 * step, b + 3 * step, o, d)
+            for r in 0..<outputs {
+                let cr = c + r * n
+                axpy4(kind, SIMD4(cr[j], cr[j + 1], cr[j + 2], cr[j + 3]), b, b + step, b + 2 * step, b + 3 * step,
+                      o + r * d, d)
+            }
             j += 4
         }
-        while j < n { axpyRow(kind, c[j], y + j * step, o, d); j += 1 }
+        while j < n {
+            for r in 0..<outputs { axpyRow(kind, c[r * n + j], y + j * step, o + r * d, d) }
+            j += 1
+        }
+    }
+
+    /// One item of the row-wise forward: the `heads` query heads of one row that share a key-value head
+    /// (q and out at the first of them, [heads·D] each; k and v at the group's column of the first key of
+    /// a cache whose rows are `ld` elements apart, read as `R`), over n keys; `s` holds heads·(n + 1)
+    /// floats. Without `partial`: writes the normalized outputs and lse[0..<heads] when given, each head
+    /// computed exactly as for that head alone. With `partial`: leaves the outputs unnormalized (Σ_j
+    /// exp(s_j − m)·v_j) and writes each head's maximum m and Σ exp(s_j − m) there, for `mergeChunks`.
+    @inline(__always) static func attentionItem<R: FloatRow>(_ kind: R.Type, q: UnsafePointer<Float>, k: UnsafeRawPointer,
+                                                             v: UnsafeRawPointer, ld: Int, out: UnsafeMutablePointer<Float>,
+                                                             lse: UnsafeMutablePointer<Float>?, heads: Int, n: Int,
+                                                             headDim D: Int, scale sc: Float,
+                                                             scratch s: UnsafeMutablePointer<Float>,
+                                                             partial: (max: UnsafeMutablePointer<Float>,
+                                                                       sum: UnsafeMutablePointer<Double>)? = nil) {
+        scores(kind, q, queries: heads, k, ld: ld, n, D, sc, s)
+        let inv = s + heads * n
+        for r in 0..<heads {
+            let sr = s + r * n
+            let m = rowMax(sr, n)
+            let sum = expShifted(sr, sr, n, m)
+            if let partial {
+                partial.max[r] = m; partial.sum[r] = sum
+            } else {
+                inv[r] = Float(1 / sum)
+                lse?[r] = Float(Double(m) + log(sum))
+            }
+        }
+        out.update(repeating: 0, count: heads * D)
+        combine(kind, s, outputs: heads, v, ld: ld, n, D, out)
+        if partial != nil { return }
+        for r in 0..<heads {
+            let o = out + r * D, f = inv[r]
+            for i in 0..<D { o[i] *= f }
+        }
     }
 
     /// `combine` over f32 rows.
@@ -166,8 +231,9 @@ extension Ops {
 
     /// out[t, h] = Σ_j softmax_j(scale · q[t, h]·k[j, g]) · v[j, g] over j ≤ startPos + t, g = h/(H/Hkv).
     /// From `attentionBlockedMinRows` rows on (prefill), query blocks are computed with the GEMM micro-kernel
-    /// (see OpsAttentionBlocked.swift); fewer rows (decode) go one (row, head) item at a time, items dealt
-    /// round-robin to the participants. Either way each output is computed by one thread.
+    /// (see OpsAttentionBlocked.swift); fewer rows (decode) go one (row, key-value head) item at a time, the
+    /// query heads of a group reading its keys and values once (`attentionItem`), items dealt round-robin to
+    /// the participants. Either way each output is computed by one thread.
     /// - q: [T, H·D]; k, v: [S, Hkv·D]; out: [T, H·D]; lse: [T, H] or nil (log-sum-exp of the scaled
     ///   scores, needed by the backward); scale defaults to 1/√D.
     public static func attentionForward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
@@ -241,7 +307,7 @@ extension Ops {
 
     /// `attentionForward` (keys = startPos + rows, no lse) for several independent sequences with the same
     /// head shape, e.g. the decode rows of a batch of sequences: sequences of fewer than
-    /// `attentionBlockedMinRows` rows share one hand-out to the thread pool, their (row, head) items dealt
+    /// `attentionBlockedMinRows` rows share one hand-out to the thread pool, their (row, key-value head) items dealt
     /// round-robin to the participants; longer ones run `attentionForward` one by one. Each output is
     /// computed exactly as `attentionForward` computes it (bitwise the same).
     public static func attentionForwardMany(_ seqs: [AttentionSequence], heads: Int, kvHeads: Int, headDim: Int,
@@ -262,43 +328,14 @@ extension Ops {
             }
         }
         if small.isEmpty { return }
-        let D = headDim, H = heads, rep = heads / kvHeads
-        let ldq = H * D, ldk = kvHeads * D
-        // first[i]: index of sequence i's first item; items = all (row, head) pairs.
-        var first: [Int] = [], items = 0, flops = 0, maxKeys = 1
-        for s in small {
-            first.append(items)
-            items += s.rows * H
-            flops += s.rows * H * (s.startPos + (s.rows + 1) / 2) * D * 2
-            maxKeys = max(maxKeys, s.startPos + s.rows)
+        let rs = small.map {
+            RowwiseSequence(q: $0.q, k: UnsafeRawPointer($0.k), v: UnsafeRawPointer($0.v), out: $0.out, lse: nil,
+                            rows: $0.rows, startPos: $0.startPos)
         }
-        first.append(items)
-        small.withUnsafeBufferPointer { sb in
-            first.withUnsafeBufferPointer { fb in
-                pool.run(maxTasks: attentionTasks(flops, items, pool)) { idx, cnt in
-                    let sp = pool.scratch(idx, bytes: maxKeys * 4).assumingMemoryBound(to: Float.self)
-                    var item = idx, i = 0
-                    while item < items {
-                        while fb[i + 1] <= item { i += 1 }
-                        let seq = sb[i], local = item - fb[i]
-                        let t = local / H, h = local % H, g = h / rep
-                        let n = seq.startPos + t + 1
-                        let qr = seq.q + t * ldq + h * D, o = seq.out + t * ldq + h * D
-                        scores(qr, seq.k + g * D, ld: ldk, n, D, sc, sp)
-                        let m = rowMax(sp, n)
-                        let sum = expShifted(sp, sp, n, m)
-                        o.update(repeating: 0, count: D)
-                        combine(sp, seq.v + g * D, ld: ldk, n, D, o)
-                        let inv = Float(1 / sum)
-                        for j in 0..<D { o[j] *= inv }
-                        item += cnt
-                    }
-                }
-            }
-        }
+        attentionRowwise(F32Row.self, rs, heads: heads, kvHeads: kvHeads, headDim: headDim, scale: sc, pool: pool)
     }
 
-    /// `attentionForward` one (row, head) at a time (decode and short prefills), sizes already validated.
+    /// `attentionForward` one (row, key-value head) at a time (decode and short prefills), sizes already validated.
     static func attentionForwardRowwise(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
                                         out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?,
                                         rows: Int, keys: Int, heads: Int, kvHeads: Int, headDim: Int,
@@ -314,26 +351,118 @@ extension Ops {
                                                      lse: UnsafeMutablePointer<Float>?, rows: Int, keys: Int,
                                                      heads: Int, kvHeads: Int, headDim: Int, startPos: Int,
                                                      scale sc: Float, pool: ThreadPool) {
-        let D = headDim, H = heads, rep = heads / kvHeads
+        attentionRowwise(kind, [RowwiseSequence(q: q, k: k, v: v, out: out, lse: lse, rows: rows, startPos: startPos)],
+                         heads: heads, kvHeads: kvHeads, headDim: headDim, scale: sc, pool: pool)
+    }
+
+    /// Keys per item of the row-wise forward on long sequences: from `attentionKeyChunk` + 1 keys on, a
+    /// row attends to its keys in chunks of this many, one item per (row, chunk) covering every head, so
+    /// the chunk's key and value rows (all heads side by side) are read from memory once and used from
+    /// cache by every head; the chunks' partial sums are merged at the end (`mergeChunks`). Shorter
+    /// sequences: one item per (row, key-value head), no merge.
+    static let attentionKeyChunk = 256
+
+    /// A sequence of the row-wise forward: queries and outputs [rows, H·D], keys and values
+    /// [startPos + rows, Hkv·D] (read as the kernel's `R`), lse [rows, H] or nil.
+    struct RowwiseSequence {
+        var q: UnsafePointer<Float>
+        var k: UnsafeRawPointer
+        var v: UnsafeRawPointer
+        var out: UnsafeMutablePointer<Float>
+        var lse: UnsafeMutablePointer<Float>?
+        var rows: Int
+        var startPos: Int
+    }
+
+    /// The row-wise forward of several sequences in one hand-out to the pool, items dealt round-robin.
+    /// A sequence of at most `attentionKeyChunk` keys has one item per (row, key-value head); a longer one
+    /// one item per (row, key chunk), each row's chunks merged after. Every row's result depends only on
+    /// its own queries, keys and count of keys: the same alone or beside other sequences, in a prefill
+    /// or decoded one row at a time.
+    static func attentionRowwise<R: FloatRow>(_ kind: R.Type, _ seqs: [RowwiseSequence], heads: Int, kvHeads: Int,
+                                              headDim: Int, scale sc: Float, pool: ThreadPool) {
+        let D = headDim, H = heads, rep = heads / kvHeads, C = attentionKeyChunk
         let ldq = H * D, ldk = kvHeads * D, eb = R.elementBytes
-        let items = rows * H
-        let flops = rows * H * (startPos + (rows + 1) / 2) * D * 2
-        pool.run(maxTasks: attentionTasks(flops, items, pool)) { idx, cnt in
-            let s = pool.scratch(idx, bytes: max(keys, 1) * 4).assumingMemoryBound(to: Float.self)
-            var item = idx
-            while item < items {
-                let t = item / H, h = item % H, g = h / rep
-                let n = startPos + t + 1
-                let qr = q + t * ldq + h * D, o = out + t * ldq + h * D
-                scores(kind, qr, k + g * D * eb, ld: ldk, n, D, sc, s)
-                let m = rowMax(s, n)
-                let sum = expShifted(s, s, n, m)
+        // Per sequence: its first item, items per row (kvHeads, or its chunk count), and the first of its
+        // partial slots (one per (row, chunk) of a chunked sequence).
+        var first: [Int] = [], per: [Int] = [], slot0: [Int] = [], items = 0, slots = 0, flops = 0
+        for s in seqs {
+            let keys = s.startPos + s.rows
+            let chunks = (keys + C - 1) / C
+            first.append(items)
+            per.append(chunks > 1 ? chunks : H)
+            slot0.append(slots)
+            items += s.rows * per.last!
+            if chunks > 1 { slots += s.rows * chunks }
+            flops += s.rows * H * (s.startPos + (s.rows + 1) / 2) * D * 2
+        }
+        first.append(items)
+        if items == 0 { return }
+        let pOut = UnsafeMutablePointer<Float>.allocate(capacity: max(slots * H * D, 1))
+        let pMax = UnsafeMutablePointer<Float>.allocate(capacity: max(slots * H, 1))
+        let pSum = UnsafeMutablePointer<Double>.allocate(capacity: max(slots * H, 1))
+        defer { pOut.deallocate(); pMax.deallocate(); pSum.deallocate() }
+        // attentionItem's scores and inverses: rep·(n + 1) floats, n ≤ C keys per item.
+        let scratchFloats = rep * (min(C, seqs.reduce(1) { max($0, $1.startPos + $1.rows) }) + 1)
+        seqs.withUnsafeBufferPointer { sb in
+            pool.run(maxTasks: attentionTasks(flops, items, pool)) { idx, cnt in
+                let sp = pool.scratch(idx, bytes: scratchFloats * 4).assumingMemoryBound(to: Float.self)
+                var item = idx, i = 0
+                while item < items {
+                    while first[i + 1] <= item { i += 1 }
+                    let seq = sb[i], local = item - first[i]
+                    let t = local / per[i], n = seq.startPos + t + 1
+                    if seq.startPos + seq.rows <= C {
+                        let h = local % per[i], g = h / rep, off = t * ldq + h * D
+                        attentionItem(kind, q: seq.q + off, k: seq.k + g * D * eb, v: seq.v + g * D * eb, ld: ldk,
+                                      out: seq.out + off, lse: seq.lse.map { $0 + t * H + h }, heads: 1, n: n,
+                                      headDim: D, scale: sc, scratch: sp)
+                    } else {
+                        let c = local % per[i], j0 = c * C
+                        if j0 < n {
+                            let slot = slot0[i] + local, len = min(C, n - j0)
+                            for g in 0..<kvHeads {
+                                let at = (j0 * ldk + g * D) * eb, h0 = slot * H + g * rep
+                                attentionItem(kind, q: seq.q + t * ldq + g * rep * D, k: seq.k + at, v: seq.v + at,
+                                              ld: ldk, out: pOut + h0 * D, lse: nil, heads: rep, n: len, headDim: D,
+                                              scale: sc, scratch: sp, partial: (pMax + h0, pSum + h0))
+                            }
+                        }
+                    }
+                    item += cnt
+                }
+            }
+        }
+        for (i, s) in seqs.enumerated() where s.startPos + s.rows > C {
+            mergeChunks(s, chunks: per[i], slot0: slot0[i], heads: H, headDim: D, pOut: pOut, pMax: pMax, pSum: pSum)
+        }
+    }
+
+    /// Each row of a chunked sequence: out = Σ_c w_c·o_c / Σ_c w_c·S_c with w_c = exp(m_c − max_c m_c) over
+    /// the row's chunks (o_c, m_c, S_c: a chunk's unnormalized output, maximum and Σexp); lse = max + log Σ.
+    /// A row with one chunk gets exactly the unchunked result (w = 1).
+    static func mergeChunks(_ s: RowwiseSequence, chunks: Int, slot0: Int, heads H: Int, headDim D: Int,
+                            pOut: UnsafeMutablePointer<Float>, pMax: UnsafeMutablePointer<Float>,
+                            pSum: UnsafeMutablePointer<Double>) {
+        let C = attentionKeyChunk
+        for t in 0..<s.rows {
+            let used = (s.startPos + t + C) / C  // ⌈(startPos + t + 1) / C⌉
+            let base = slot0 + t * chunks
+            for h in 0..<H {
+                var m = -Float.infinity
+                for c in 0..<used { m = max(m, pMax[(base + c) * H + h]) }
+                var total = 0.0
+                let o = s.out + (t * H + h) * D
                 o.update(repeating: 0, count: D)
-                combine(kind, s, v + g * D * eb, ld: ldk, n, D, o)
-                let inv = Float(1 / sum)
-                for i in 0..<D { o[i] *= inv }
-                lse?[t * H + h] = Float(Double(m) + log(sum))
-                item += cnt
+                for c in 0..<used {
+                    let at = (base + c) * H + h
+                    let w = exp(Double(pMax[at] - m))
+                    total += pSum[at] * w
+                    axpyF(Float(w), pOut + at * D, o, D)
+                }
+                let inv = Float(1 / total)
+                for d in 0..<D { o[d] *= inv }
+                s.lse?[t * H + h] = Float(Double(m) + log(total))
             }
         }
     }

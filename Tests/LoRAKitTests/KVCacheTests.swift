@@ -59,6 +59,56 @@ import Testing
         }
     }
 
+    /// Rows with more than `attentionKeyChunk` keys attend chunk by chunk (partial sums merged): equal to
+    /// the reference, one row at a time equal to the rows at once, alone equal to beside other sequences,
+    /// f32 and f16.
+    @Test func chunkedRowwiseAttention() throws {
+        let pool = testPools[2], C = Ops.attentionKeyChunk
+        let (H, Hkv, D) = (9, 3, 64)
+        for (T, start) in [(1, 2 * C + 37), (6, C - 3), (5, 3 * C), (1, C)] {
+            let S = start + T
+            let q = FBuf(randn(T * H * D, seed: 21)), k = FBuf(randn(S * Hkv * D, seed: 22))
+            let v = FBuf(randn(S * Hkv * D, seed: 23))
+            let ref = attentionRef(q: q.d, k: k.d, v: v.d, T: T, S: S, H: H, Hkv: Hkv, D: D, start: start)
+            let out = FBuf(T * H * D, .nan), lse = FBuf(T * H, .nan)
+            try Ops.attentionForward(q: q.p, k: k.p, v: v.p, out: out.p, lse: lse.p, rows: T, keys: S, heads: H,
+                                     kvHeads: Hkv, headDim: D, startPos: start, pool: pool)
+            expectClose(out.a, ref.out, atol: 2e-6, rtol: 2e-5, "chunked attention T \(T) start \(start)")
+            expectClose(lse.a, ref.lse, atol: 2e-6, rtol: 2e-6, "chunked lse T \(T) start \(start)")
+            for t in 0..<T {
+                let o = FBuf(H * D)
+                try Ops.attentionForward(q: q.p + t * H * D, k: k.p, v: v.p, out: o.p, lse: nil, rows: 1,
+                                         keys: start + t + 1, heads: H, kvHeads: Hkv, headDim: D,
+                                         startPos: start + t, pool: pool)
+                #expect(o.a == Array(out.a[(t * H * D)..<((t + 1) * H * D)]), "row \(t) alone, start \(start)")
+            }
+            // Beside a short sequence in one hand-out: the same bits.
+            let q2 = FBuf(randn(2 * H * D, seed: 24)), k2 = FBuf(randn(9 * Hkv * D, seed: 25))
+            let v2 = FBuf(randn(9 * Hkv * D, seed: 26))
+            let many = FBuf(T * H * D, .nan), other = FBuf(2 * H * D, .nan), otherAlone = FBuf(2 * H * D, .nan)
+            try Ops.attentionForwardMany([
+                Ops.AttentionSequence(q: q2.p, k: k2.p, v: v2.p, out: other.p, rows: 2, startPos: 7),
+                Ops.AttentionSequence(q: q.p, k: k.p, v: v.p, out: many.p, rows: T, startPos: start),
+            ], heads: H, kvHeads: Hkv, headDim: D, pool: pool)
+            try Ops.attentionForward(q: q2.p, k: k2.p, v: v2.p, out: otherAlone.p, lse: nil, rows: 2, keys: 9, heads: H,
+                                     kvHeads: Hkv, headDim: D, startPos: 7, pool: pool)
+            #expect(many.a == out.a && other.a == otherAlone.a, "attentionForwardMany T \(T) start \(start)")
+            // f16 cache: the f32 kernel on the rounded values, bit for bit (both row-wise).
+            let (kb, kr) = Self.f16(k), (vb, vr) = Self.f16(v)
+            let o16 = FBuf(T * H * D, .nan), o32 = FBuf(T * H * D, .nan)
+            try kb.withUnsafeBytes { kp in
+                try vb.withUnsafeBytes { vp in
+                    try Ops.attentionForward(q: q.p, k: kp.baseAddress!, v: vp.baseAddress!, type: .f16, out: o16.p,
+                                             rows: T, keys: S, heads: H, kvHeads: Hkv, headDim: D, startPos: start,
+                                             scratch: nil, pool: pool)
+                }
+            }
+            try Ops.attentionForward(q: q.p, k: kr.p, v: vr.p, out: o32.p, lse: nil, rows: T, keys: S, heads: H,
+                                     kvHeads: Hkv, headDim: D, startPos: start, pool: pool)
+            #expect(o16.a == o32.a, "f16 chunked T \(T) start \(start)")
+        }
+    }
+
     @Test func f16ContextMatchesF32AndDecodeEqualsPrefill() throws {
         let m = try LlamaModel(gguf: fixturePath("model/tiny-llama-f32.gguf"))
         let ids: [Int32] = [5, 77, 300, 2, 511, 40, 41, 42, 43, 44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 1, 9]
