@@ -355,12 +355,15 @@ extension Ops {
                          heads: heads, kvHeads: kvHeads, headDim: headDim, scale: sc, pool: pool)
     }
 
-    /// Keys per item of the row-wise forward on long sequences: from `attentionKeyChunk` + 1 keys on, a
-    /// row attends to its keys in chunks of this many, one item per (row, chunk) covering every head, so
-    /// the chunk's key and value rows (all heads side by side) are read from memory once and used from
-    /// cache by every head; the chunks' partial sums are merged at the end (`mergeChunks`). Shorter
-    /// sequences: one item per (row, key-value head), no merge.
+    /// Keys per item of the row-wise forward on long sequences (`attentionChunkedMinKeys` keys or more):
+    /// a row attends to its keys in chunks of this many, one item per (row, chunk), the query heads of a
+    /// key-value head reading its keys and values once; the chunks' partial sums are merged at the end
+    /// (`mergeChunks`). Shorter sequences: one item per (row, head), no merge.
     static let attentionKeyChunk = 256
+    /// Sequences of at least this many keys attend in chunks. Below it the per-head items are as fast or
+    /// faster (SmolLM2-135M, 1 and 2 threads, f32 and f16 caches: decode at position 2048 unchunked 41.3 vs
+    /// 36.6 tok/s at 1 thread f32; at 4096 chunked 22.0 vs 18.3 and 38.0 vs 29.1 at 2 threads).
+    static let attentionChunkedMinKeys = 3072
 
     /// A sequence of the row-wise forward: queries and outputs [rows, H·D], keys and values
     /// [startPos + rows, Hkv·D] (read as the kernel's `R`), lse [rows, H] or nil.
@@ -375,20 +378,20 @@ extension Ops {
     }
 
     /// The row-wise forward of several sequences in one hand-out to the pool, items dealt round-robin.
-    /// A sequence of at most `attentionKeyChunk` keys has one item per (row, key-value head); a longer one
-    /// one item per (row, key chunk), each row's chunks merged after. Every row's result depends only on
-    /// its own queries, keys and count of keys: the same alone or beside other sequences, in a prefill
-    /// or decoded one row at a time.
+    /// A sequence of fewer than `attentionChunkedMinKeys` keys has one item per (row, head); a longer one
+    /// one item per (row, key chunk), each row's chunks merged after (its rows with fewer keys than that
+    /// are computed unchunked). Every row's result depends only on its own queries, keys and count of
+    /// keys: the same alone or beside other sequences, in a prefill or decoded one row at a time.
     static func attentionRowwise<R: FloatRow>(_ kind: R.Type, _ seqs: [RowwiseSequence], heads: Int, kvHeads: Int,
                                               headDim: Int, scale sc: Float, pool: ThreadPool) {
         let D = headDim, H = heads, rep = heads / kvHeads, C = attentionKeyChunk
         let ldq = H * D, ldk = kvHeads * D, eb = R.elementBytes
-        // Per sequence: its first item, items per row (kvHeads, or its chunk count), and the first of its
+        // Per sequence: its first item, items per row (H, or its chunk count), and the first of its
         // partial slots (one per (row, chunk) of a chunked sequence).
         var first: [Int] = [], per: [Int] = [], slot0: [Int] = [], items = 0, slots = 0, flops = 0
         for s in seqs {
             let keys = s.startPos + s.rows
-            let chunks = (keys + C - 1) / C
+            let chunks = keys >= attentionChunkedMinKeys ? (keys + C - 1) / C : 1  // > 1 when chunked
             first.append(items)
             per.append(chunks > 1 ? chunks : H)
             slot0.append(slots)
@@ -402,8 +405,8 @@ extension Ops {
         let pMax = UnsafeMutablePointer<Float>.allocate(capacity: max(slots * H, 1))
         let pSum = UnsafeMutablePointer<Double>.allocate(capacity: max(slots * H, 1))
         defer { pOut.deallocate(); pMax.deallocate(); pSum.deallocate() }
-        // attentionItem's scores and inverses: rep·(n + 1) floats, n ≤ C keys per item.
-        let scratchFloats = rep * (min(C, seqs.reduce(1) { max($0, $1.startPos + $1.rows) }) + 1)
+        // attentionItem's scores and inverses: rep·(n + 1) floats (chunked: n ≤ C), n + 1 unchunked.
+        let scratchFloats = rep * (seqs.reduce(1) { max($0, $1.startPos + $1.rows) } + 1)
         seqs.withUnsafeBufferPointer { sb in
             pool.run(maxTasks: attentionTasks(flops, items, pool)) { idx, cnt in
                 let sp = pool.scratch(idx, bytes: scratchFloats * 4).assumingMemoryBound(to: Float.self)
@@ -412,11 +415,17 @@ extension Ops {
                     while first[i + 1] <= item { i += 1 }
                     let seq = sb[i], local = item - first[i]
                     let t = local / per[i], n = seq.startPos + t + 1
-                    if seq.startPos + seq.rows <= C {
-                        let h = local % per[i], g = h / rep, off = t * ldq + h * D
-                        attentionItem(kind, q: seq.q + off, k: seq.k + g * D * eb, v: seq.v + g * D * eb, ld: ldk,
-                                      out: seq.out + off, lse: seq.lse.map { $0 + t * H + h }, heads: 1, n: n,
-                                      headDim: D, scale: sc, scratch: sp)
+                    if n < attentionChunkedMinKeys {
+                        // Unchunked: item = head (a short sequence), or the row's first chunk item does every
+                        // head (a row of a chunked sequence that is itself short).
+                        let chunked = seq.startPos + seq.rows >= attentionChunkedMinKeys
+                        if chunked && local % per[i] != 0 { item += cnt; continue }
+                        for h in chunked ? 0..<H : (local % per[i])..<(local % per[i] + 1) {
+                            let g = h / rep, off = t * ldq + h * D
+                            attentionItem(kind, q: seq.q + off, k: seq.k + g * D * eb, v: seq.v + g * D * eb,
+                                          ld: ldk, out: seq.out + off, lse: seq.lse.map { $0 + t * H + h }, heads: 1,
+                                          n: n, headDim: D, scale: sc, scratch: sp)
+                        }
                     } else {
                         let c = local % per[i], j0 = c * C
                         if j0 < n {
@@ -433,19 +442,19 @@ extension Ops {
                 }
             }
         }
-        for (i, s) in seqs.enumerated() where s.startPos + s.rows > C {
+        for (i, s) in seqs.enumerated() where s.startPos + s.rows >= attentionChunkedMinKeys {
             mergeChunks(s, chunks: per[i], slot0: slot0[i], heads: H, headDim: D, pOut: pOut, pMax: pMax, pSum: pSum)
         }
     }
 
-    /// Each row of a chunked sequence: out = Σ_c w_c·o_c / Σ_c w_c·S_c with w_c = exp(m_c − max_c m_c) over
-    /// the row's chunks (o_c, m_c, S_c: a chunk's unnormalized output, maximum and Σexp); lse = max + log Σ.
-    /// A row with one chunk gets exactly the unchunked result (w = 1).
+    /// Each row of a chunked sequence with at least `attentionChunkedMinKeys` keys (shorter rows were
+    /// computed unchunked): out = Σ_c w_c·o_c / Σ_c w_c·S_c with w_c = exp(m_c − max_c m_c) over the row's
+    /// chunks (o_c, m_c, S_c: a chunk's unnormalized output, maximum and Σexp); lse = max + log Σ.
     static func mergeChunks(_ s: RowwiseSequence, chunks: Int, slot0: Int, heads H: Int, headDim D: Int,
                             pOut: UnsafeMutablePointer<Float>, pMax: UnsafeMutablePointer<Float>,
                             pSum: UnsafeMutablePointer<Double>) {
         let C = attentionKeyChunk
-        for t in 0..<s.rows {
+        for t in 0..<s.rows where s.startPos + t + 1 >= attentionChunkedMinKeys {
             let used = (s.startPos + t + C) / C  // ⌈(startPos + t + 1) / C⌉
             let base = slot0 + t * chunks
             for h in 0..<H {

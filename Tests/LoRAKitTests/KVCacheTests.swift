@@ -59,13 +59,13 @@ import Testing
         }
     }
 
-    /// Rows with more than `attentionKeyChunk` keys attend chunk by chunk (partial sums merged): equal to
-    /// the reference, one row at a time equal to the rows at once, alone equal to beside other sequences,
-    /// f32 and f16.
+    /// Rows with `attentionChunkedMinKeys` keys or more attend chunk by chunk (partial sums merged): equal
+    /// to the reference, one row at a time equal to the rows at once (also when a call's rows straddle the
+    /// threshold), alone equal to beside other sequences, f32 and f16.
     @Test func chunkedRowwiseAttention() throws {
-        let pool = testPools[2], C = Ops.attentionKeyChunk
+        let pool = testPools[2], C = Ops.attentionKeyChunk, M = Ops.attentionChunkedMinKeys
         let (H, Hkv, D) = (9, 3, 64)
-        for (T, start) in [(1, 2 * C + 37), (6, C - 3), (5, 3 * C), (1, C)] {
+        for (T, start) in [(1, M + 37), (6, M - 3), (5, M + C), (1, M - 1), (3, M - 3)] {
             let S = start + T
             let q = FBuf(randn(T * H * D, seed: 21)), k = FBuf(randn(S * Hkv * D, seed: 22))
             let v = FBuf(randn(S * Hkv * D, seed: 23))
