@@ -169,6 +169,21 @@ extension Ops {
         }
     }
 
+    /// `attentionItem` for one head (its single-query kernels, no partial results).
+    @inline(__always) static func attentionHead<R: FloatRow>(_ kind: R.Type, q: UnsafePointer<Float>, k: UnsafeRawPointer,
+                                                             v: UnsafeRawPointer, ld: Int, out: UnsafeMutablePointer<Float>,
+                                                             lse: UnsafeMutablePointer<Float>?, n: Int, headDim D: Int,
+                                                             scale sc: Float, scratch s: UnsafeMutablePointer<Float>) {
+        scores(kind, q, k, ld: ld, n, D, sc, s)
+        let m = rowMax(s, n)
+        let sum = expShifted(s, s, n, m)
+        out.update(repeating: 0, count: D)
+        combine(kind, s, v, ld: ld, n, D, out)
+        let inv = Float(1 / sum)
+        for i in 0..<D { out[i] *= inv }
+        lse?.pointee = Float(Double(m) + log(sum))
+    }
+
     /// One item of the row-wise forward: the `heads` query heads of one row that share a key-value head
     /// (q and out at the first of them, [heads·D] each; k and v at the group's column of the first key of
     /// a cache whose rows are `ld` elements apart, read as `R`), over n keys; `s` holds heads·(n + 1)
@@ -422,9 +437,9 @@ extension Ops {
                         if chunked && local % per[i] != 0 { item += cnt; continue }
                         for h in chunked ? 0..<H : (local % per[i])..<(local % per[i] + 1) {
                             let g = h / rep, off = t * ldq + h * D
-                            attentionItem(kind, q: seq.q + off, k: seq.k + g * D * eb, v: seq.v + g * D * eb,
-                                          ld: ldk, out: seq.out + off, lse: seq.lse.map { $0 + t * H + h }, heads: 1,
-                                          n: n, headDim: D, scale: sc, scratch: sp)
+                            attentionHead(kind, q: seq.q + off, k: seq.k + g * D * eb, v: seq.v + g * D * eb,
+                                          ld: ldk, out: seq.out + off, lse: seq.lse.map { $0 + t * H + h }, n: n,
+                                          headDim: D, scale: sc, scratch: sp)
                         }
                     } else {
                         let c = local % per[i], j0 = c * C
