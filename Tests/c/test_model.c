@@ -179,53 +179,40 @@ static void test_params_init_defaults(void) {
         T##_init_sized(NULL, sizeof(T)); /* no-op */                                                  \
     } while (0)
 
+/* For a struct `T` that grew after its first version (which ended at field `first_new`): the clamped init
+ * fills the whole struct (`check_full`), the old init function only the first version (`check_first`),
+ * and a size below the first version writes nothing. */
+#define CHECK_INIT_GROWN(T, first_new, check_full, check_first)                                       \
+    do {                                                                                              \
+        const size_t first = offsetof(T, first_new);                                                  \
+        unsigned char raw[sizeof(T) + 16];                                                            \
+        T *q = (T *)(void *)raw;                                                                      \
+        int untouched = 1;                                                                            \
+        memset(raw, 0xAB, sizeof raw);                                                                \
+        T##_init_sized(q, sizeof raw);                                                                \
+        CHECKF(q->struct_size == sizeof(T) && (check_full), #T ": clamped init wrote struct_size %u", (unsigned)q->struct_size); \
+        for (size_t i = sizeof(T); i < sizeof raw; i++) untouched &= raw[i] == 0xAB;                  \
+        CHECKF(untouched, #T ": the clamped init wrote past the library's struct");                   \
+        memset(raw, 0xAB, sizeof raw);                                                                \
+        (T##_init)(q);                                                                                \
+        CHECKF(q->struct_size == first && (check_first), #T ": the old init wrote struct_size %u", (unsigned)q->struct_size); \
+        for (size_t i = first; i < sizeof raw; i++) untouched &= raw[i] == 0xAB;                      \
+        CHECKF(untouched, #T ": the old init wrote past the first version");                          \
+        T##_init_sized(q, first - 1);                                                                 \
+        CHECKF(q->struct_size == first, #T ": a size below the first version wrote something");      \
+    } while (0)
+
 static void test_params_init_sized(void) {
     CHECK_INIT_SIZED(lk_model_params, q->reserved == 0);
     CHECK_INIT_SIZED(lk_sampler_params, q->temperature == 0.8f && q->top_k == 40 && q->repeat_last_n == 64);
     CHECK_INIT_SIZED(lk_generate_params, q->max_tokens == 128 && q->stop_at_eos == 1 && q->sampler == NULL);
-    /* lk_context_params grew (kv_type): the old init fills the first version only. */
-    {
-        const size_t first = offsetof(lk_context_params, kv_type);
-        unsigned char raw[sizeof(lk_context_params) + 16];
-        lk_context_params *q = (lk_context_params *)(void *)raw;
-        int untouched = 1;
-        memset(raw, 0xAB, sizeof raw);
-        lk_context_params_init_sized(q, sizeof raw);
-        CHECKF(q->struct_size == sizeof(lk_context_params) && q->n_ctx == 0 && q->n_threads == 0 &&
-               q->kv_type == LK_DTYPE_F32, "lk_context_params: clamped init wrote struct_size %u", (unsigned)q->struct_size);
-        for (size_t i = sizeof(lk_context_params); i < sizeof raw; i++) untouched &= raw[i] == 0xAB;
-        CHECKF(untouched, "lk_context_params: the clamped init wrote past the library's struct");
-        memset(raw, 0xAB, sizeof raw);
-        (lk_context_params_init)(q);
-        CHECKF(q->struct_size == first && q->n_ctx == 0 && q->n_batch == 0 && q->n_threads == 0,
-               "lk_context_params: the old init wrote struct_size %u", (unsigned)q->struct_size);
-        for (size_t i = first; i < sizeof raw; i++) untouched &= raw[i] == 0xAB;
-        CHECKF(untouched, "lk_context_params: the old init wrote past the first version");
-        lk_context_params_init_sized(q, first - 1);
-        CHECKF(q->struct_size == first, "lk_context_params: a size below the first version wrote something");
-    }
-    /* lk_lora_params grew (adapter_type, adapter_config): the old init fills the first version only. */
-    {
-        const size_t first = offsetof(lk_lora_params, adapter_type);
-        unsigned char raw[sizeof(lk_lora_params) + 16];
-        lk_lora_params *q = (lk_lora_params *)(void *)raw;
-        int untouched = 1;
-        memset(raw, 0xAB, sizeof raw);
-        lk_lora_params_init_sized(q, sizeof raw);
-        CHECKF(q->struct_size == sizeof(lk_lora_params) && q->rank == 8 && q->alpha == 16.0f && q->targets == NULL &&
-               q->adapter_type == NULL && q->adapter_config == NULL, "lk_lora_params: clamped init wrote struct_size %u",
-               (unsigned)q->struct_size);
-        for (size_t i = sizeof(lk_lora_params); i < sizeof raw; i++) untouched &= raw[i] == 0xAB;
-        CHECKF(untouched, "lk_lora_params: the clamped init wrote past the library's struct");
-        memset(raw, 0xAB, sizeof raw);
-        (lk_lora_params_init)(q);
-        CHECKF(q->struct_size == first && q->rank == 8 && q->seed == 0, "lk_lora_params: the old init wrote struct_size %u",
-               (unsigned)q->struct_size);
-        for (size_t i = first; i < sizeof raw; i++) untouched &= raw[i] == 0xAB;
-        CHECKF(untouched, "lk_lora_params: the old init wrote past the first version");
-        lk_lora_params_init_sized(q, first - 1);
-        CHECKF(q->struct_size == first, "lk_lora_params: a size below the first version wrote something");
-    }
+    /* Structs that grew: the old init (the function behind the macro's name) fills the first version only. */
+    CHECK_INIT_GROWN(lk_context_params, kv_type, q->n_ctx == 0 && q->n_threads == 0 && q->kv_type == LK_DTYPE_F32,
+                     q->n_ctx == 0 && q->n_batch == 0 && q->n_threads == 0);
+    CHECK_INIT_GROWN(lk_lora_params, adapter_type,
+                     q->rank == 8 && q->alpha == 16.0f && q->targets == NULL && q->adapter_type == NULL &&
+                         q->adapter_config == NULL,
+                     q->rank == 8 && q->seed == 0);
 }
 
 /* ------------------------------------------------------------------------------------------------ */
