@@ -3,6 +3,7 @@
 #   scripts/sanitize.sh address [swift|c|abi|plugins|python|soak …]   (default: swift c python)
 #   scripts/sanitize.sh thread  [swift|c|abi|plugins|python|soak …]
 #   SANITIZE_SWIFT_FILTER=REGEX scripts/sanitize.sh address swift   (only the Swift tests matching REGEX)
+#   SANITIZE_PYTHON_FILTER=EXPR scripts/sanitize.sh thread python    (only the Python tests pytest -k EXPR selects)
 #
 # address: AddressSanitizer for the Swift code, AddressSanitizer + UndefinedBehaviorSanitizer for the C code
 #   (LoRAKitKernelsC and the C test programs). Swift has no -sanitize=undefined on Linux; its own run-time
@@ -106,6 +107,8 @@ case " $SUITES " in *" swift "*|*" c "*|*" python "*)
     if ! make --no-print-directory test-plugins >"$LOGS/test-plugins.log" 2>&1; then
         tail -n 20 "$LOGS/test-plugins.log"; echo "$MODE test-plugins: FAILED"; exit 1
     fi
+    # The sanitized CLI (lorakit serve in the Python tests) searches its own build folder's plugins/.
+    mkdir -p "$SCRATCH/plugins" && cp .build/plugins/ia3.so .build/plugins/dora.so "$SCRATCH/plugins/"
     echo "$MODE test-plugins (ordinary build, for the swift/c/python suites): $(( $(now) - t )) s" ;;
 esac
 
@@ -148,7 +151,7 @@ for suite in $SUITES; do
         printf '#!/bin/sh\nunset LD_PRELOAD\nexec "%s" "$@"\n' "$BIN/lorakit-cli" >"$SCRATCH/lorakit-cli-wrapper"
         chmod +x "$SCRATCH/lorakit-cli-wrapper"
         env LD_PRELOAD="$PRELOAD" "$PYSAN" LORAKIT_LIBRARY="$BIN/liblorakit.so" LORAKIT_CLI="$ROOT/$SCRATCH/lorakit-cli-wrapper" \
-            "$PY" -m pytest -q -p no:cacheprovider bindings/python/tests >"$log" 2>&1; rc=$?
+            "$PY" -m pytest -q -p no:cacheprovider ${SANITIZE_PYTHON_FILTER:+-k "$SANITIZE_PYTHON_FILTER"} bindings/python/tests >"$log" 2>&1; rc=$?
         tail -n 1 "$log" ;;
     soak)
         # Tests/soak/soak.py for SOAK_SECONDS (default 60) on the tiny GGUF fixture (SOAK_MODEL to change),

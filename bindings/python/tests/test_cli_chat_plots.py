@@ -140,13 +140,17 @@ def polyline_points(el) -> list:
     return [tuple(map(float, p.split(","))) for p in el.get("points").split()]
 
 
+# A sanitizer build (scripts/sanitize.sh sets LORAKIT_SANITIZER) trains 5–15× slower.
+TRAIN_TIMEOUT = 600 * (4 if os.environ.get("LORAKIT_SANITIZER") else 1)
+
+
 @needs_model
 def test_train_draws_the_loss_curve_beside_the_log_and_keeps_it_across_resume(tmp_path):
     out, log = tmp_path / "run", tmp_path / "run" / "log.jsonl"
     common = ["train", "--model", MODEL, "--data", DEMO / "train.jsonl", "--valid", DEMO / "valid.jsonl",
               "--rank", "4", "--batch", "2", "--seq", "64", "--valid-every", "2", "--save-every", "2",
               "--threads", "2", "--out", out, "--log", log]
-    r = subprocess.run([CLI, *map(str, common), "--steps", "3"], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([CLI, *map(str, common), "--steps", "3"], capture_output=True, text=True, timeout=TRAIN_TIMEOUT)
     assert r.returncode == 0, r.stderr
     svg = tmp_path / "run" / "log.svg"  # beside the log, same name
     assert f"loss curve: {svg}" in r.stderr
@@ -165,7 +169,7 @@ def test_train_draws_the_loss_curve_beside_the_log_and_keeps_it_across_resume(tm
     losses = [e["loss"] for e in entries]
     assert all((ys[i] < ys[j]) == (losses[i] > losses[j]) for i in range(3) for j in range(3) if losses[i] != losses[j])
 
-    r = subprocess.run([CLI, *map(str, common), "--steps", "5", "--resume", out], capture_output=True, text=True, timeout=600)
+    r = subprocess.run([CLI, *map(str, common), "--steps", "5", "--resume", out], capture_output=True, text=True, timeout=TRAIN_TIMEOUT)
     assert r.returncode == 0, r.stderr
     root = svg_root(svg)
     train = [pl for pl in root.findall(f"{SVG_NS}polyline") if pl.get("stroke") == "#1f77b4"][0]

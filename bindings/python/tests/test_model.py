@@ -379,6 +379,13 @@ def test_hostile_chat_template(tmp_path, template, status, names):
     m = Model(str(folder))  # a template that fails (even to parse) does not stop the model from loading
     assert m.chat_template == template
     m.chat_limit(ChatLimit.ALLOCATED_BYTES, 64 << 20)  # keep the suite light; the limit is what is hit
+    if os.environ.get("LORAKIT_SANITIZER") and status != Status.LIMIT:
+        # Under a sanitizer (5–15× slower) a long-running template may meet the time limit first.
+        try:
+            m.chat([("user", "hi")])
+        except LoRAKitError as e:
+            if e.status == Status.LIMIT and "TemplateLimits.maxSeconds" in e.message:
+                status, names = Status.LIMIT, "TemplateLimits.maxSeconds"
     for _ in range(2):
         e = expect_error(status, names, m.chat, [("user", "hi")])
         assert e.message.startswith("lk_chat_apply: " + str(folder) + ": chat template: "), e.message
