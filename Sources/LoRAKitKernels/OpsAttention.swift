@@ -169,7 +169,7 @@ extension Ops {
         }
     }
 
-    /// `attentionItem` for one head (its single-query kernels, no partial results).
+    /// One unchunked (row, head) item of the row-wise forward: out = softmax(scale·q·kᵀ)·v over n keys, lse.
     @inline(__always) static func attentionHead<R: FloatRow>(_ kind: R.Type, q: UnsafePointer<Float>, k: UnsafeRawPointer,
                                                              v: UnsafeRawPointer, ld: Int, out: UnsafeMutablePointer<Float>,
                                                              lse: UnsafeMutablePointer<Float>?, n: Int, headDim D: Int,
@@ -184,39 +184,25 @@ extension Ops {
         lse?.pointee = Float(Double(m) + log(sum))
     }
 
-    /// One item of the row-wise forward: the `heads` query heads of one row that share a key-value head
-    /// (q and out at the first of them, [heads·D] each; k and v at the group's column of the first key of
-    /// a cache whose rows are `ld` elements apart, read as `R`), over n keys; `s` holds heads·(n + 1)
-    /// floats. Without `partial`: writes the normalized outputs and lse[0..<heads] when given, each head
-    /// computed exactly as for that head alone. With `partial`: leaves the outputs unnormalized (Σ_j
-    /// exp(s_j − m)·v_j) and writes each head's maximum m and Σ exp(s_j − m) there, for `mergeChunks`.
-    @inline(__always) static func attentionItem<R: FloatRow>(_ kind: R.Type, q: UnsafePointer<Float>, k: UnsafeRawPointer,
-                                                             v: UnsafeRawPointer, ld: Int, out: UnsafeMutablePointer<Float>,
-                                                             lse: UnsafeMutablePointer<Float>?, heads: Int, n: Int,
-                                                             headDim D: Int, scale sc: Float,
-                                                             scratch s: UnsafeMutablePointer<Float>,
-                                                             partial: (max: UnsafeMutablePointer<Float>,
-                                                                       sum: UnsafeMutablePointer<Double>)? = nil) {
+    /// One chunk item of the row-wise forward: the `heads` query heads of one row that share a key-value
+    /// head (q and out at the first of them, [heads·D] each; k and v at the group's column of the chunk's
+    /// first key, in a cache whose rows are `ld` elements apart, read as `R`), over the chunk's n keys; `s`
+    /// holds heads·n floats. Leaves the outputs unnormalized (Σ_j exp(s_j − m)·v_j) and writes each head's
+    /// maximum m to `maxes` and Σ exp(s_j − m) to `sums`, for `mergeChunks`.
+    @inline(__always) static func attentionChunk<R: FloatRow>(_ kind: R.Type, q: UnsafePointer<Float>, k: UnsafeRawPointer,
+                                                              v: UnsafeRawPointer, ld: Int, out: UnsafeMutablePointer<Float>,
+                                                              maxes: UnsafeMutablePointer<Float>,
+                                                              sums: UnsafeMutablePointer<Double>, heads: Int, n: Int,
+                                                              headDim D: Int, scale sc: Float,
+                                                              scratch s: UnsafeMutablePointer<Float>) {
         scores(kind, q, queries: heads, k, ld: ld, n, D, sc, s)
-        let inv = s + heads * n
         for r in 0..<heads {
             let sr = s + r * n
-            let m = rowMax(sr, n)
-            let sum = expShifted(sr, sr, n, m)
-            if let partial {
-                partial.max[r] = m; partial.sum[r] = sum
-            } else {
-                inv[r] = Float(1 / sum)
-                lse?[r] = Float(Double(m) + log(sum))
-            }
+            maxes[r] = rowMax(sr, n)
+            sums[r] = expShifted(sr, sr, n, maxes[r])
         }
         out.update(repeating: 0, count: heads * D)
         combine(kind, s, outputs: heads, v, ld: ld, n, D, out)
-        if partial != nil { return }
-        for r in 0..<heads {
-            let o = out + r * D, f = inv[r]
-            for i in 0..<D { o[i] *= f }
-        }
     }
 
     /// `combine` over f32 rows.
@@ -246,9 +232,9 @@ extension Ops {
 
     /// out[t, h] = Σ_j softmax_j(scale · q[t, h]·k[j, g]) · v[j, g] over j ≤ startPos + t, g = h/(H/Hkv).
     /// From `attentionBlockedMinRows` rows on (prefill), query blocks are computed with the GEMM micro-kernel
-    /// (see OpsAttentionBlocked.swift); fewer rows (decode) go one (row, key-value head) item at a time, the
-    /// query heads of a group reading its keys and values once (`attentionItem`), items dealt round-robin to
-    /// the participants. Either way each output is computed by one thread.
+    /// (see OpsAttentionBlocked.swift); fewer rows (decode) go row-wise: one (row, head) item at a time, or
+    /// from `attentionChunkedMinKeys` keys on one (row, key chunk) item (`attentionRowwise`), items dealt
+    /// round-robin to the participants. Either way each output is computed by one thread.
     /// - q: [T, H·D]; k, v: [S, Hkv·D]; out: [T, H·D]; lse: [T, H] or nil (log-sum-exp of the scaled
     ///   scores, needed by the backward); scale defaults to 1/√D.
     public static func attentionForward(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
@@ -420,8 +406,8 @@ extension Ops {
         let pMax = UnsafeMutablePointer<Float>.allocate(capacity: max(slots * H, 1))
         let pSum = UnsafeMutablePointer<Double>.allocate(capacity: max(slots * H, 1))
         defer { pOut.deallocate(); pMax.deallocate(); pSum.deallocate() }
-        // attentionItem's scores and inverses: rep·(n + 1) floats (chunked: n ≤ C), n + 1 unchunked.
-        let scratchFloats = rep * (seqs.reduce(1) { max($0, $1.startPos + $1.rows) } + 1)
+        // Scores: n floats for an unchunked head (n ≤ the longest sequence), rep·C for a chunk item.
+        let scratchFloats = max(rep * C, seqs.reduce(1) { max($0, $1.startPos + $1.rows) })
         seqs.withUnsafeBufferPointer { sb in
             pool.run(maxTasks: attentionTasks(flops, items, pool)) { idx, cnt in
                 let sp = pool.scratch(idx, bytes: scratchFloats * 4).assumingMemoryBound(to: Float.self)
@@ -447,9 +433,9 @@ extension Ops {
                             let slot = slot0[i] + local, len = min(C, n - j0)
                             for g in 0..<kvHeads {
                                 let at = (j0 * ldk + g * D) * eb, h0 = slot * H + g * rep
-                                attentionItem(kind, q: seq.q + t * ldq + g * rep * D, k: seq.k + at, v: seq.v + at,
-                                              ld: ldk, out: pOut + h0 * D, lse: nil, heads: rep, n: len, headDim: D,
-                                              scale: sc, scratch: sp, partial: (pMax + h0, pSum + h0))
+                                attentionChunk(kind, q: seq.q + t * ldq + g * rep * D, k: seq.k + at, v: seq.v + at,
+                                               ld: ldk, out: pOut + h0 * D, maxes: pMax + h0, sums: pSum + h0,
+                                               heads: rep, n: len, headDim: D, scale: sc, scratch: sp)
                             }
                         }
                     }
