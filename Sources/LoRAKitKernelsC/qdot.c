@@ -305,7 +305,7 @@ static void rows_scalar(int32_t wide, int32_t type, const uint8_t *w, size_t rs,
 #if LK_X86
 /* Software prefetch distance in bytes (0: none); see rows_t in qdot_x86.h. */
 #ifndef LK_PREFETCH
-#define LK_PREFETCH 4096
+#define LK_PREFETCH 8192
 #endif
 
 /* AVX2: u8×s8 pairs to s16 (vpmaddubsw), then pairs to s32 (vpmaddwd with ones). Nibbles: two
