@@ -255,54 +255,95 @@ extension Ops {
         }
     }
 
+    /// Where a KV cache keeps key (or value) row j of key-value head g: at element
+    /// `g·headStride + j·rowStride` from its start.
+    public struct KVLayout: Sendable, Equatable {
+        public var headStride: Int
+        public var rowStride: Int
+        public init(headStride: Int, rowStride: Int) { self.headStride = headStride; self.rowStride = rowStride }
+        /// [S, Hkv·D], a row per position: the layout of training tensors and of `BatchContext`'s caches.
+        public static func rows(kvHeads: Int, headDim: Int) -> KVLayout {
+            KVLayout(headStride: headDim, rowStride: kvHeads * headDim)
+        }
+        /// [Hkv, capacity, D]: each key-value head's rows contiguous (`LlamaContext`'s cache). Decode reads
+        /// one head's keys as one stream instead of a third of every row (SmolLM2's three key-value heads):
+        /// attention over 1.5K positions read its cache at twice the speed this way.
+        public static func heads(capacity: Int, headDim: Int) -> KVLayout {
+            KVLayout(headStride: capacity * headDim, rowStride: headDim)
+        }
+    }
+
     /// `attentionForward` over a KV cache whose keys and values are stored as `type` ([S, Hkv·D] each, at
     /// `k` and `v`). With f16, decode and short prefills (fewer than `attentionBlockedMinRows` rows) read
     /// the f16 rows directly, so a decoded token reads half the cache bytes; longer prefills convert the
     /// `keys` rows they see to f32 in `scratch` (2·keys·Hkv·D floats, required for f16) and run the blocked
     /// kernel. Every score and product is in f32, as with an f32 cache holding the same (f16-rounded) values.
     public static func attentionForward(q: UnsafePointer<Float>, k: UnsafeRawPointer, v: UnsafeRawPointer,
-                                        type: KVCacheType, out: UnsafeMutablePointer<Float>, rows: Int, keys: Int,
-                                        heads: Int, kvHeads: Int, headDim: Int, startPos: Int,
+                                        type: KVCacheType, layout: KVLayout? = nil, out: UnsafeMutablePointer<Float>,
+                                        rows: Int, keys: Int, heads: Int, kvHeads: Int, headDim: Int, startPos: Int,
                                         scratch: UnsafeMutablePointer<Float>?, scale: Float? = nil,
                                         pool: ThreadPool = .shared) throws(LKError) {
+        try checkAttention("attentionForward", rows: rows, keys: keys, heads: heads, kvHeads: kvHeads,
+                           headDim: headDim, startPos: startPos)
+        let lay = layout ?? .rows(kvHeads: kvHeads, headDim: headDim)
+        guard lay.rowStride >= 0, lay.headStride >= 0 else {
+            throw .invalidArgument("attentionForward: negative KV layout strides \(lay.headStride), \(lay.rowStride)")
+        }
+        let sc = scale ?? 1 / Float(headDim).squareRoot()
+        let span = [AttentionSpan(qRow: 0, kRow: 0, rows: rows, start: startPos)]
         switch type {
         case .f32:
-            try attentionForward(q: q, k: k.assumingMemoryBound(to: Float.self), v: v.assumingMemoryBound(to: Float.self),
-                                 out: out, lse: nil, rows: rows, keys: keys, heads: heads, kvHeads: kvHeads,
-                                 headDim: headDim, startPos: startPos, scale: scale, pool: pool)
-        case .f16:
-            try checkAttention("attentionForward", rows: rows, keys: keys, heads: heads, kvHeads: kvHeads,
-                               headDim: headDim, startPos: startPos)
-            let sc = scale ?? 1 / Float(headDim).squareRoot()
+            let kf = k.assumingMemoryBound(to: Float.self), vf = v.assumingMemoryBound(to: Float.self)
             if rows >= attentionBlockedMinRows {
-                guard let scratch else { throw .invalidArgument("attentionForward: an f16 KV cache needs scratch for a prefill") }
-                let n = keys * kvHeads * headDim
-                dequantize(k, dtype: .f16, count: n, into: scratch)
-                dequantize(v, dtype: .f16, count: n, into: scratch + n)
-                attentionForwardBlocked(q: q, k: scratch, v: scratch + n, out: out, lse: nil,
-                                        spans: [AttentionSpan(qRow: 0, kRow: 0, rows: rows, start: startPos)],
-                                        heads: heads, kvHeads: kvHeads, headDim: headDim, scale: sc, pool: pool)
+                attentionForwardBlocked(q: q, k: kf, v: vf, layout: lay, out: out, lse: nil, spans: span, heads: heads,
+                                        kvHeads: kvHeads, headDim: headDim, scale: sc, pool: pool)
             } else {
-                attentionForwardRowwise(F16Row.self, q: q, k: k, v: v, out: out, lse: nil, rows: rows, keys: keys,
-                                        heads: heads, kvHeads: kvHeads, headDim: headDim, startPos: startPos,
+                attentionRowwise(F32Row.self, [RowwiseSequence(q: q, k: k, v: v, layout: lay, out: out, lse: nil, rows: rows,
+                                                               startPos: startPos)],
+                                 heads: heads, kvHeads: kvHeads, headDim: headDim, scale: sc, pool: pool)
+            }
+        case .f16:
+            if rows >= attentionBlockedMinRows {
+                // The keys' rows converted to f32, each key-value head's [keys, D] contiguous.
+                guard let scratch else { throw .invalidArgument("attentionForward: an f16 KV cache needs scratch for a prefill") }
+                let n = keys * kvHeads * headDim, D = headDim
+                for g in 0..<kvHeads {
+                    for (src, dst) in [(k, scratch), (v, scratch + n)] {
+                        let from = src + g * lay.headStride * 2, to = dst + g * keys * D
+                        if lay.rowStride == D {
+                            dequantize(from, dtype: .f16, count: keys * D, into: to)
+                        } else {
+                            for j in 0..<keys { dequantize(from + j * lay.rowStride * 2, dtype: .f16, count: D, into: to + j * D) }
+                        }
+                    }
+                }
+                attentionForwardBlocked(q: q, k: scratch, v: scratch + n, layout: .heads(capacity: keys, headDim: D),
+                                        out: out, lse: nil, spans: span, heads: heads, kvHeads: kvHeads, headDim: D,
                                         scale: sc, pool: pool)
+            } else {
+                attentionRowwise(F16Row.self, [RowwiseSequence(q: q, k: k, v: v, layout: lay, out: out, lse: nil, rows: rows,
+                                                               startPos: startPos)],
+                                 heads: heads, kvHeads: kvHeads, headDim: headDim, scale: sc, pool: pool)
             }
         }
     }
 
     /// One sequence of `attentionForwardMany`: its queries and outputs ([rows, H·D]), its keys and values
-    /// ([startPos + rows, Hkv·D]), its row count and the position of its first row.
+    /// (startPos + rows positions laid out as `layout`; nil: [startPos + rows, Hkv·D]), its row count and
+    /// the position of its first row.
     public struct AttentionSequence {
         public var q: UnsafePointer<Float>
         public var k: UnsafePointer<Float>
         public var v: UnsafePointer<Float>
+        public var layout: KVLayout?
         public var out: UnsafeMutablePointer<Float>
         public var rows: Int
         public var startPos: Int
 
-        public init(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
+        public init(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, layout: KVLayout? = nil,
                     out: UnsafeMutablePointer<Float>, rows: Int, startPos: Int) {
-            self.q = q; self.k = k; self.v = v; self.out = out; self.rows = rows; self.startPos = startPos
+            self.q = q; self.k = k; self.v = v; self.layout = layout; self.out = out; self.rows = rows
+            self.startPos = startPos
         }
     }
 
@@ -321,17 +362,18 @@ extension Ops {
         var small: [AttentionSequence] = []
         for s in seqs where s.rows > 0 {
             if s.rows >= attentionBlockedMinRows {
-                try attentionForward(q: s.q, k: s.k, v: s.v, out: s.out, lse: nil, rows: s.rows, keys: s.startPos + s.rows,
-                                     heads: heads, kvHeads: kvHeads, headDim: headDim, startPos: s.startPos,
-                                     scale: sc, pool: pool)
+                attentionForwardBlocked(q: s.q, k: s.k, v: s.v, layout: s.layout, out: s.out, lse: nil,
+                                        spans: [AttentionSpan(qRow: 0, kRow: 0, rows: s.rows, start: s.startPos)],
+                                        heads: heads, kvHeads: kvHeads, headDim: headDim, scale: sc, pool: pool)
             } else {
                 small.append(s)
             }
         }
         if small.isEmpty { return }
         let rs = small.map {
-            RowwiseSequence(q: $0.q, k: UnsafeRawPointer($0.k), v: UnsafeRawPointer($0.v), out: $0.out, lse: nil,
-                            rows: $0.rows, startPos: $0.startPos)
+            RowwiseSequence(q: $0.q, k: UnsafeRawPointer($0.k), v: UnsafeRawPointer($0.v),
+                            layout: $0.layout ?? .rows(kvHeads: kvHeads, headDim: headDim), out: $0.out, lse: nil, rows: $0.rows,
+                            startPos: $0.startPos)
         }
         attentionRowwise(F32Row.self, rs, heads: heads, kvHeads: kvHeads, headDim: headDim, scale: sc, pool: pool)
     }
@@ -352,7 +394,8 @@ extension Ops {
                                                      lse: UnsafeMutablePointer<Float>?, rows: Int, keys: Int,
                                                      heads: Int, kvHeads: Int, headDim: Int, startPos: Int,
                                                      scale sc: Float, pool: ThreadPool) {
-        attentionRowwise(kind, [RowwiseSequence(q: q, k: k, v: v, out: out, lse: lse, rows: rows, startPos: startPos)],
+        attentionRowwise(kind, [RowwiseSequence(q: q, k: k, v: v, layout: .rows(kvHeads: kvHeads, headDim: headDim), out: out,
+                                                lse: lse, rows: rows, startPos: startPos)],
                          heads: heads, kvHeads: kvHeads, headDim: headDim, scale: sc, pool: pool)
     }
 
@@ -372,6 +415,7 @@ extension Ops {
         var q: UnsafePointer<Float>
         var k: UnsafeRawPointer
         var v: UnsafeRawPointer
+        var layout: KVLayout
         var out: UnsafeMutablePointer<Float>
         var lse: UnsafeMutablePointer<Float>?
         var rows: Int
@@ -386,7 +430,7 @@ extension Ops {
     static func attentionRowwise<R: FloatRow>(_ kind: R.Type, _ seqs: [RowwiseSequence], heads: Int, kvHeads: Int,
                                               headDim: Int, scale sc: Float, pool: ThreadPool) {
         let D = headDim, H = heads, rep = heads / kvHeads, C = attentionKeyChunk
-        let ldq = H * D, ldk = kvHeads * D, eb = R.elementBytes
+        let ldq = H * D, eb = R.elementBytes
         // Per sequence: its first item, items per row (H, or its chunk count), and the first of its
         // partial slots (one per (row, chunk) of a chunked sequence).
         var first: [Int] = [], per: [Int] = [], slot0: [Int] = [], items = 0, slots = 0, flops = 0
@@ -423,8 +467,9 @@ extension Ops {
                         if chunked && local % per[i] != 0 { item += cnt; continue }
                         for h in chunked ? 0..<H : (local % per[i])..<(local % per[i] + 1) {
                             let g = h / rep, off = t * ldq + h * D
-                            attentionHead(kind, q: seq.q + off, k: seq.k + g * D * eb, v: seq.v + g * D * eb,
-                                          ld: ldk, out: seq.out + off, lse: seq.lse.map { $0 + t * H + h }, n: n,
+                            let at = g * seq.layout.headStride * eb
+                            attentionHead(kind, q: seq.q + off, k: seq.k + at, v: seq.v + at,
+                                          ld: seq.layout.rowStride, out: seq.out + off, lse: seq.lse.map { $0 + t * H + h }, n: n,
                                           headDim: D, scale: sc, scratch: sp)
                         }
                     } else {
@@ -432,9 +477,9 @@ extension Ops {
                         if j0 < n {
                             let slot = slot0[i] + local, len = min(C, n - j0)
                             for g in 0..<kvHeads {
-                                let at = (j0 * ldk + g * D) * eb, h0 = slot * H + g * rep
+                                let at = (j0 * seq.layout.rowStride + g * seq.layout.headStride) * eb, h0 = slot * H + g * rep
                                 attentionChunk(kind, q: seq.q + t * ldq + g * rep * D, k: seq.k + at, v: seq.v + at,
-                                               ld: ldk, out: pOut + h0 * D, maxes: pMax + h0, sums: pSum + h0,
+                                               ld: seq.layout.rowStride, out: pOut + h0 * D, maxes: pMax + h0, sums: pSum + h0,
                                                heads: rep, n: len, headDim: D, scale: sc, scratch: sp)
                             }
                         }

@@ -118,11 +118,13 @@ extension Ops {
 
     /// The blocked forward over validated spans (see the file comment).
     static func attentionForwardBlocked(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>,
-                                        out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?,
-                                        spans: [AttentionSpan], heads: Int, kvHeads: Int, headDim: Int,
-                                        scale sc: Float, blockRows: Int = attentionBlockRows, pool: ThreadPool) {
+                                        layout: KVLayout? = nil, out: UnsafeMutablePointer<Float>,
+                                        lse: UnsafeMutablePointer<Float>?, spans: [AttentionSpan], heads: Int,
+                                        kvHeads: Int, headDim: Int, scale sc: Float,
+                                        blockRows: Int = attentionBlockRows, pool: ThreadPool) {
         let D = headDim, H = heads, Hkv = kvHeads, rep = heads / kvHeads, br = blockRows
-        let ldq = H * D, ldk = Hkv * D
+        let lay = layout ?? .rows(kvHeads: kvHeads, headDim: headDim)
+        let ldq = H * D, ldk = lay.rowStride, gs = lay.headStride
         // Items (span, block, KV head), numbered span by span; itemEnd[s] is one past span s's last item.
         var itemEnd = [Int](), total = 0, flops = 0
         for sp in spans {
@@ -148,8 +150,8 @@ extension Ops {
                     let r0 = b * br, nr = min(br, sp.rows - r0), nk = sp.start + r0 + nr
                     let row0 = sp.qRow + r0
                     // Kᵀ and V of the keys this block meets, packed once for the group's query heads.
-                    packRight(.f32Transposed(k + sp.kRow * ldk + g * D, ld: ldk), k: D, n: nk, into: kT, ws: ws)
-                    packRight(.f32(v + sp.kRow * ldk + g * D, ld: ldk), k: nk, n: D, into: vP, ws: ws)
+                    packRight(.f32Transposed(k + sp.kRow * ldk + g * gs, ld: ldk), k: D, n: nk, into: kT, ws: ws)
+                    packRight(.f32(v + sp.kRow * ldk + g * gs, ld: ldk), k: nk, n: D, into: vP, ws: ws)
                     for h in (g * rep)..<((g + 1) * rep) {
                         // S = scale · Q_blk · Kᵀ.
                         multiplyPacked(m: nr, n: nk, k: D, alpha: sc, a: GEMMLeft(q + row0 * ldq + h * D, rowStride: ldq),

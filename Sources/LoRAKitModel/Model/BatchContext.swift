@@ -51,7 +51,8 @@ public final class BatchContext: @unchecked Sendable {
     private var freeSlots: [Int]
     private var nextID = 0
 
-    // KV cache per slot: [nLayers, P, KV] for keys and values (f32, pages touched only when used).
+    // KV cache per slot: [nLayers, Hkv, P, D] for keys and values (f32, pages touched only when used; each
+    // key-value head's rows contiguous, `Ops.KVLayout.heads`).
     private let kCache: [Storage]
     private let vCache: [Storage]
     // Activations for up to `batchCapacity` rows.
@@ -148,11 +149,13 @@ public final class BatchContext: @unchecked Sendable {
             throw .limit("fork: all \(maxSequences) sequences of the batch context are in use (remove one first)")
         }
         let c = model.config
-        let n = s.position * c.kvDim
-        if n > 0 {
+        if s.position > 0 {
             for l in 0..<c.nLayers {
-                (f(kCache[slot]) + l * maxPositions * c.kvDim).update(from: f(kCache[s.slot]) + l * maxPositions * c.kvDim, count: n)
-                (f(vCache[slot]) + l * maxPositions * c.kvDim).update(from: f(vCache[s.slot]) + l * maxPositions * c.kvDim, count: n)
+                for g in 0..<c.nKVHeads {
+                    let off = g * maxPositions * c.headDim
+                    (cacheK(slot, l) + off).update(from: cacheK(s.slot, l) + off, count: s.position * c.headDim)
+                    (cacheV(slot, l) + off).update(from: cacheV(s.slot, l) + off, count: s.position * c.headDim)
+                }
             }
         }
         let nid = nextID
@@ -567,11 +570,19 @@ public final class BatchContext: @unchecked Sendable {
             let c = ctx.model.config
             var seqs: [Ops.AttentionSequence] = []
             seqs.reserveCapacity(segs.count)
+            let D = c.headDim, n = ctx.maxPositions
             for s in segs {
                 let kc = ctx.cacheK(s.slot, l), vc = ctx.cacheV(s.slot, l)
-                (kc + s.start * c.kvDim).update(from: b.k + s.row * c.kvDim, count: s.rows * c.kvDim)
-                (vc + s.start * c.kvDim).update(from: b.v + s.row * c.kvDim, count: s.rows * c.kvDim)
-                seqs.append(Ops.AttentionSequence(q: b.q + s.row * c.qDim, k: kc, v: vc, out: b.att + s.row * c.qDim,
+                for g in 0..<c.nKVHeads {
+                    let at = (g * n + s.start) * D
+                    for r in 0..<s.rows {
+                        let from = (s.row + r) * c.kvDim + g * D
+                        (kc + at + r * D).update(from: b.k + from, count: D)
+                        (vc + at + r * D).update(from: b.v + from, count: D)
+                    }
+                }
+                seqs.append(Ops.AttentionSequence(q: b.q + s.row * c.qDim, k: kc, v: vc,
+                                                  layout: .heads(capacity: n, headDim: D), out: b.att + s.row * c.qDim,
                                                   rows: s.rows, startPos: s.start))
             }
             try Ops.attentionForwardMany(seqs, heads: c.nHeads, kvHeads: c.nKVHeads, headDim: c.headDim, pool: ctx.pool)

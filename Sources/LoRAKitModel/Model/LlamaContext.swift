@@ -55,14 +55,15 @@ public final class LlamaContext: @unchecked Sendable {
     let plugins: PluginAttachments
     private var adapterWorkspaceFloats = 0
 
-    // KV cache: per layer [maxPositions, KV] for keys and values (`kvType`, pages touched only when used).
+    // KV cache: per layer [Hkv, maxPositions, D] for keys and values (`kvType`, pages touched only when
+    // used): each key-value head's rows contiguous (`Ops.KVLayout.heads`), so decode streams them.
     private let kCache: [Storage]
     private let vCache: [Storage]
-    // With an f16 cache: the new rows' keys and values in f32 ([T, KV] each; stored into the cache after
-    // RoPE), and the f32 copy of a layer's cached keys and values that a long prefill's attention reads
+    // The new rows' keys and values in f32 ([T, KV] each; stored into the cache after RoPE) and, with an
+    // f16 cache, the f32 copy of a layer's cached keys and values that a long prefill's attention reads
     // ([2, maxPositions, KV]).
-    private let kNew: Storage?
-    private let vNew: Storage?
+    private let kNew: Storage
+    private let vNew: Storage
     private let kvScratch: Storage?
     // Activations for up to `batchCapacity` rows.
     private let x: Storage        // [T, C] residual stream
@@ -105,13 +106,9 @@ public final class LlamaContext: @unchecked Sendable {
         kCache = ks
         vCache = vs
         let b = batchCapacity
-        if kvType == .f32 {
-            kNew = nil; vNew = nil; kvScratch = nil
-        } else {
-            kNew = try Storage(lazyZeroedBytes: b * c.kvDim * 4)
-            vNew = try Storage(lazyZeroedBytes: b * c.kvDim * 4)
-            kvScratch = try Storage(lazyZeroedBytes: 2 * n * c.kvDim * 4)
-        }
+        kNew = try Storage(lazyZeroedBytes: b * c.kvDim * 4)
+        vNew = try Storage(lazyZeroedBytes: b * c.kvDim * 4)
+        kvScratch = kvType == .f32 ? nil : try Storage(lazyZeroedBytes: 2 * n * c.kvDim * 4)
         x = try Storage(lazyZeroedBytes: b * c.dim * 4)
         xn = try Storage(lazyZeroedBytes: b * c.dim * 4)
         q = try Storage(lazyZeroedBytes: b * c.qDim * 4)
@@ -352,11 +349,9 @@ public final class LlamaContext: @unchecked Sendable {
         var ropeTable: RoPETable? { ctx.ropeTable }
 
         func buffers(layer l: Int) -> LlamaBlock.Buffers {
-            let c = ctx.model.config
             let x = ctx.f(ctx.x), xn = ctx.f(ctx.xn), gate = ctx.f(ctx.hGate), tmp = ctx.f(ctx.tmpOut)
-            // f32 cache: k and v are written in place; f16: into kNew/vNew, stored by `attention`.
-            let k = ctx.kNew.map { ctx.f($0) } ?? ctx.f(ctx.kCache[l]) + start * c.kvDim
-            let v = ctx.vNew.map { ctx.f($0) } ?? ctx.f(ctx.vCache[l]) + start * c.kvDim
+            // k and v into kNew/vNew, stored into the cache by `attention`.
+            let k = ctx.f(ctx.kNew), v = ctx.f(ctx.vNew)
             return LlamaBlock.Buffers(x: x, xn1: xn, rstd1: nil, q: ctx.f(ctx.q), k: k, v: v, att: ctx.f(ctx.att), o: tmp,
                                       xMid: x, xn2: xn, rstd2: nil, gate: gate, up: ctx.f(ctx.hUp), h: gate,
                                       down: tmp, xOut: x)
@@ -375,13 +370,22 @@ public final class LlamaContext: @unchecked Sendable {
             let c = ctx.model.config
             let t0 = ctx.tick()
             let kc = ctx.kCache[l].base, vc = ctx.vCache[l].base
-            if ctx.kvType == .f16 {
-                let off = start * c.kvDim * 2
-                quantize(b.k, count: t * c.kvDim, dtype: .f16, into: kc + off)
-                quantize(b.v, count: t * c.kvDim, dtype: .f16, into: vc + off)
+            let D = c.headDim, n = ctx.maxPositions, eb = ctx.kvType.bytes
+            for (src, dst) in [(b.k, kc), (b.v, vc)] {
+                for g in 0..<c.nKVHeads {
+                    let to = dst + (g * n + start) * D * eb
+                    for r in 0..<t {
+                        let from = UnsafePointer(src + r * c.kvDim + g * D)
+                        if ctx.kvType == .f16 {
+                            quantize(from, count: D, dtype: .f16, into: to + r * D * 2)
+                        } else {
+                            (to + r * D * 4).assumingMemoryBound(to: Float.self).update(from: from, count: D)
+                        }
+                    }
+                }
             }
             try Ops.attentionForward(q: b.q, k: UnsafeRawPointer(kc), v: UnsafeRawPointer(vc), type: ctx.kvType,
-                                     out: b.att, rows: t, keys: start + t, heads: c.nHeads, kvHeads: c.nKVHeads,
+                                     layout: .heads(capacity: n, headDim: D), out: b.att, rows: t, keys: start + t, heads: c.nHeads, kvHeads: c.nKVHeads,
                                      headDim: c.headDim, startPos: start, scratch: ctx.kvScratch.map { ctx.f($0) },
                                      pool: ctx.pool)
             ctx.tock(.attention, t0)
