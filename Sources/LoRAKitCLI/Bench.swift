@@ -393,14 +393,22 @@ func decodeProfile(_ ctx: LlamaContext, prompt: [Int32], weightBytes: Int) throw
         logits = try ctx.evaluate(.tokens([next]))
     }
     ctx.profile = nil
+    return profileReport(p, pool: ctx.pool, units: p.tokens, unit: "token", weightBytes: weightBytes,
+                         header: "decode profile: \(p.tokens) tokens after a \(prompt.count)-token prompt")
+}
+
+/// A profile's parts per unit (a decoded token, or a batch step of several sequences), with the weights'
+/// read speed and the estimated cost of the thread hand-outs (an empty hand-out timed on `pool`).
+func profileReport(_ p: DecodeProfile, pool: ThreadPool, units: Int, unit: String, weightBytes: Int,
+                   header: String) -> DecodeProfileReport {
     var hs: [Double] = []
     for _ in 0..<5000 {
         let t0 = monotonicSeconds()
-        ctx.pool.run { _, _ in }
+        pool.run { _, _ in }
         hs.append(monotonicSeconds() - t0)
     }
-    let handOut = ctx.pool.activeCount > 1 ? median(hs) : 0
-    let tokens = Double(max(p.tokens, 1))
+    let handOut = pool.activeCount > 1 ? median(hs) : 0
+    let tokens = Double(max(units, 1))
     let perToken = p.wallSeconds / tokens
     let parts = DecodeProfile.Part.allCases.map { ($0, p.seconds[$0.rawValue] / tokens) }
     let rest = perToken - parts.reduce(0) { $0 + $1.1 }
@@ -412,17 +420,17 @@ func decodeProfile(_ ctx: LlamaContext, prompt: [Int32], weightBytes: Int) throw
     func left(_ s: String, _ n: Int) -> String { s + String(repeating: " ", count: max(0, n - s.count)) }
     func ms(_ s: Double) -> String { pad(fixed(s * 1000, 3), 7) + " ms" }
     func pct(_ s: Double) -> String { pad(fixed(100 * s / perToken, 1), 5) + "%" }
-    var lines = ["decode profile: \(p.tokens) tokens after a \(prompt.count)-token prompt, \(ctx.pool.activeCount) threads: \(fixed(perToken * 1000, 3)) ms/token (\(fixed(1 / perToken, 1)) tok/s)"]
+    var lines = ["\(header), \(pool.activeCount) threads: \(fixed(perToken * 1000, 3)) ms/\(unit) (\(fixed(1 / perToken, 1)) \(unit)s/s)"]
     for (part, s) in parts { lines.append("  \(left(part.label, 20)) \(ms(s))  \(pct(s))") }
     lines.append("  \(left("rest (checks, calls)", 20)) \(ms(rest))  \(pct(rest))")
-    lines.append("  weights read by the mat-vecs and the head: \(fixed(Double(weightBytes) / 1e6, 1)) MB/token at \(fixed(gbps, 2)) GB/s")
-    lines.append("  thread hand-outs: \(fixed(handOutsPerToken, 0)) per token; an empty hand-out takes \(fixed(handOut * 1e6, 2)) µs: ≈ \(fixed(sync * 1000, 3)) ms/token (\(fixed(100 * sync / perToken, 1))%) of synchronisation, inside the parts above")
+    lines.append("  weights read by the mat-vecs and the head: \(fixed(Double(weightBytes) / 1e6, 1)) MB/\(unit) at \(fixed(gbps, 2)) GB/s")
+    lines.append("  thread hand-outs: \(fixed(handOutsPerToken, 0)) per \(unit); an empty hand-out takes \(fixed(handOut * 1e6, 2)) µs: ≈ \(fixed(sync * 1000, 3)) ms/\(unit) (\(fixed(100 * sync / perToken, 1))%) of synchronisation, inside the parts above")
     let json: JSONValue = .object([
-        ("tokens", .number(Double(p.tokens))), ("ms_per_token", .number(perToken * 1000)),
-        ("parts_ms_per_token", .object(parts.map { ("\($0.0)", .number($0.1 * 1000)) } + [("rest", .number(rest * 1000))])),
-        ("weight_bytes_per_token", .number(Double(weightBytes))), ("weight_read_gbps", .number(gbps)),
-        ("hand_outs_per_token", .number(handOutsPerToken)), ("hand_out_seconds", .number(handOut)),
-        ("sync_ms_per_token_estimate", .number(sync * 1000)),
+        ("\(unit)s", .number(Double(units))), ("ms_per_\(unit)", .number(perToken * 1000)),
+        ("parts_ms_per_\(unit)", .object(parts.map { ("\($0.0)", .number($0.1 * 1000)) } + [("rest", .number(rest * 1000))])),
+        ("weight_bytes_per_\(unit)", .number(Double(weightBytes))), ("weight_read_gbps", .number(gbps)),
+        ("hand_outs_per_\(unit)", .number(handOutsPerToken)), ("hand_out_seconds", .number(handOut)),
+        ("sync_ms_per_\(unit)_estimate", .number(sync * 1000)),
     ])
     return DecodeProfileReport(json: json, text: lines.joined(separator: "\n"))
 }

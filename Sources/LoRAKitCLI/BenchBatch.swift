@@ -32,6 +32,8 @@ struct BenchBatch: ParsableCommand {
     @Flag(help: "Print JSON.") var json = false
     @Flag(help: "Time with the process's CPU time instead of the wall clock: with --threads 1 on a shared machine the time slices of other processes do not count (with more threads the pool's waiting would).")
     var cpuTime = false
+    @Flag(help: "After the timed rounds, decode once more with a profile attached to (a)'s context and to (c)'s batch context, and report where a token's (a) and a step's (c) time goes.")
+    var profile = false
 
     func run() throws {
         try runReporting {
@@ -117,6 +119,26 @@ struct BenchBatch: ParsableCommand {
                 }
             }
             let ma = median(a), mb = median(b), mc = median(cc), mp1 = median(p1), mpn = median(pn)
+            var profiles: [DecodeProfileReport] = []
+            if profile {
+                let pa = DecodeProfile(), pc = DecodeProfile()
+                single.reset()
+                var logits = try single.evaluate(.tokens(prompts[0]))
+                single.profile = pa
+                for _ in 0..<decode { logits = try single.evaluate(.tokens([Sampler.argmax(logits)])) }
+                single.profile = nil
+                for id in mixedIDs { try mixed.truncate(id, to: 0) }
+                var many = try mixed.step(mixedIDs.enumerated().map { ($1, prompts[$0]) })
+                mixed.profile = pc
+                for _ in 0..<decode { many = try mixed.step(mixedIDs.enumerated().map { ($1, [Sampler.argmax(many[$0])]) }) }
+                mixed.profile = nil
+                profiles.append(profileReport(pa, pool: single.pool, units: pa.evaluations, unit: "token",
+                                              weightBytes: m.weightBytes,
+                                              header: "(a) profile: \(decode) tokens after a \(prompt)-token prompt"))
+                profiles.append(profileReport(pc, pool: mixed.pool, units: pc.evaluations, unit: "step",
+                                              weightBytes: m.weightBytes,
+                                              header: "(c) profile: \(decode) steps of \(n) sequences after \(prompt)-token prompts"))
+            }
             func runs(_ v: [Double]) -> JSONValue { .array(v.map { .number($0) }) }
             if json {
                 printJSON(.object([
@@ -132,7 +154,7 @@ struct BenchBatch: ParsableCommand {
                     ("ratio_prefill_batch_over_single", .number(mpn / mp1)),
                     ("runs", .object([("a", runs(a)), ("b", runs(b)), ("c", runs(cc)), ("prefill_single", runs(p1)),
                                       ("prefill_batch", runs(pn))])),
-                ]))
+                ] + (profiles.isEmpty ? [] : [("profiles", .array(profiles.map(\.json)))])))
             } else {
                 func f(_ x: Double) -> String { "\((x * 10).rounded() / 10)" }
                 func f3(_ x: Double) -> String { "\((x * 1000).rounded() / 1000)" }
@@ -143,6 +165,7 @@ struct BenchBatch: ParsableCommand {
                 print("  (c)/(a) = \(f3(mc / ma))  (issue 13 asks ≥ 4)")
                 print("  (c)/(b) = \(f3(mc / mb))  (issue 13 asks ≥ 0.9)")
                 print("prefill tok/s: single LlamaContext \(prompt) tokens \(f(mp1)); batch of \(n) × \(prompt) tokens \(f(mpn)); batch/single per token = \(f3(mpn / mp1))")
+                for p in profiles { print(p.text) }
             }
         }
     }

@@ -34,6 +34,11 @@ public final class BatchContext: @unchecked Sendable {
     /// How the linear layers quantize their input for quantized weights in small batches (as
     /// `LlamaContext.activations`; same default).
     public var activations: ActivationQuantization = LlamaContext.defaultActivations
+    /// When set, every step adds its time per part (`DecodeProfile`: `tokens` counts the rows of all
+    /// sequences, `evaluations` the steps). Not thread-safe, as the context.
+    public var profile: DecodeProfile?
+    @inline(__always) func tick() -> Double { profile == nil ? 0 : monotonicSeconds() }
+    @inline(__always) func tock(_ part: DecodeProfile.Part, _ t0: Double) { profile?.add(part, t0) }
 
     /// One live sequence.
     struct Sequence {
@@ -259,6 +264,7 @@ public final class BatchContext: @unchecked Sendable {
         }
         let order = inputs.indices.sorted { (groupOf[$0], $0) < (groupOf[$1], $1) }
         let saved = inputs.map { sequences[$0.sequence]!.position }
+        let w0 = tick(), h0 = pool.handOutCount
         var out = [[Float]](repeating: [], count: inputs.count)
         // Passes of up to `batchCapacity` rows; a long input may span several.
         var cursor = 0          // index into `order`
@@ -283,6 +289,12 @@ public final class BatchContext: @unchecked Sendable {
         } catch {
             for (i, input) in inputs.enumerated() { sequences[input.sequence]?.position = saved[i] }
             throw error
+        }
+        if let p = profile {
+            p.wallSeconds += monotonicSeconds() - w0
+            p.tokens += inputs.reduce(0) { $0 + $1.tokens.count }
+            p.evaluations += 1
+            p.handOuts += pool.handOutCount - h0
         }
         return out
     }
@@ -311,11 +323,13 @@ public final class BatchContext: @unchecked Sendable {
                 positions[s.row + r] = Int32(s.start + r)
             }
         }
+        var t0 = tick()
         try ids.withUnsafeBufferPointer { (b: UnsafeBufferPointer<Int32>) throws(LKError) in
             try Ops.embeddingForward(table: UnsafeRawPointer(model.tokenEmbedding.rawPointer),
                                      dtype: model.tokenEmbedding.dtype, vocab: c.vocabSize, dim: c.dim,
                                      ids: b.baseAddress!, rows: t, out: f(x), pool: pool)
         }
+        tock(.embedding, t0)
         let groups = adapterGroups(segs)
         try positions.withUnsafeBufferPointer { (pos: UnsafeBufferPointer<Int32>) throws(LKError) in
             let runner = Runner(ctx: self, positions: pos.baseAddress!, segs: segs, groups: groups)
@@ -326,6 +340,8 @@ public final class BatchContext: @unchecked Sendable {
         // at most 8 rows, the mat-vec kernel's row block, so each row is bitwise a one-row head product.
         let lasts = segs.filter(\.last)
         if lasts.isEmpty { return }
+        t0 = tick()
+        defer { tock(.head, t0) }
         let xg = f(xn), xs = f(tmpOut), xr = f(x)
         for (j, s) in lasts.enumerated() {
             (xg + j * c.dim).update(from: xr + (s.row + s.rows - 1) * c.dim, count: c.dim)
@@ -510,11 +526,18 @@ public final class BatchContext: @unchecked Sendable {
                 return ms.contains { !p.at(l, $0).isEmpty }
             }
             if withPlugins.isEmpty {
+                var t0 = ctx.tick()
                 try Linear.forwardShared(x: x, rows: rows, weights: ms.map { L.weight($0) }, ys: ys, pool: ctx.pool,
                                          activations: ctx.activations)
+                ctx.tock(.baseProducts, t0)
+                t0 = ctx.tick()
                 try ctx.applyAdapters(l, ms, x: x, ys: ys, segs: segs, runs: groups)
+                ctx.tock(.adapters, t0)
                 return
             }
+            // With plugin instances: base products and adapter terms interleave; all of it counts as adapters.
+            let t0 = ctx.tick()
+            defer { ctx.tock(.adapters, t0) }
             let c = ctx.model.config
             let inputPoint = withPlugins.contains { run in
                 ms.contains { PluginAttachments.hasInputPoint(ctx.plugins(run, segs)!.at(l, $0)) }
@@ -568,6 +591,8 @@ public final class BatchContext: @unchecked Sendable {
         /// sequence in one hand-out to the thread pool; each output as `Ops.attentionForward` gives it).
         func attention(_ l: Int, _ b: LlamaBlock.Buffers, rows t: Int) throws(LKError) {
             let c = ctx.model.config
+            let t0 = ctx.tick()
+            defer { ctx.tock(.attention, t0) }
             var seqs: [Ops.AttentionSequence] = []
             seqs.reserveCapacity(segs.count)
             let D = c.headDim, n = ctx.maxPositions
@@ -588,7 +613,14 @@ public final class BatchContext: @unchecked Sendable {
             try Ops.attentionForwardMany(seqs, heads: c.nHeads, kvHeads: c.nKVHeads, headDim: c.headDim, pool: ctx.pool)
         }
 
-        @inline(__always) func tick() -> Double { 0 }
-        @inline(__always) func tock(_ step: LlamaBlock.Step, _ t0: Double) {}
+        @inline(__always) func tick() -> Double { ctx.tick() }
+        @inline(__always) func tock(_ step: LlamaBlock.Step, _ t0: Double) {
+            switch step {
+            case .norm: ctx.tock(.norm, t0)
+            case .rope: ctx.tock(.rope, t0)
+            case .residual: ctx.tock(.residual, t0)
+            case .activation: ctx.tock(.activation, t0)
+            }
+        }
     }
 }
