@@ -90,8 +90,8 @@ public final class LoRAServer: Sendable {
             return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
                             body: ResponseBody(byteBuffer: ByteBuffer(string: text)))
         }
-        router.post("/v1/completions") { [self] req, _ in await completion(req, chat: false) }
-        router.post("/v1/chat/completions") { [self] req, _ in await completion(req, chat: true) }
+        router.post("/v1/completions") { [self] req, _ in await watchingClient(req, chat: false) }
+        router.post("/v1/chat/completions") { [self] req, _ in await watchingClient(req, chat: true) }
         router.post("/v1/load_lora_adapter") { [self] req, _ in await loadAdapter(req) }
         router.post("/v1/unload_lora_adapter") { [self] req, _ in await unloadAdapter(req) }
         return router
@@ -110,9 +110,13 @@ public final class LoRAServer: Sendable {
     }
 
     func readJSON(_ request: Request) async throws(ServeError) -> JSONValue {
+        try await readJSON(request.body)
+    }
+
+    func readJSON(_ body: RequestBody) async throws(ServeError) -> JSONValue {
         let buffer: ByteBuffer
         do {
-            buffer = try await request.body.collect(upTo: options.maxBodyBytes)
+            buffer = try await body.collect(upTo: options.maxBodyBytes)
         } catch {
             throw ServeError(status: 413, message: "the request body is larger than \(options.maxBodyBytes) bytes",
                              type: "invalid_request_error")
@@ -135,10 +139,27 @@ public final class LoRAServer: Sendable {
         return json(.object([("object", .string("list")), ("data", .array(data))]))
     }
 
-    func completion(_ request: Request, chat: Bool) async -> Response {
+    /// A completion request, its connection watched while the handler runs: the client closing it (the
+    /// inbound side ends) before a non-streaming answer cancels the request, which frees its sequence at
+    /// the scheduler's next step (a stream notices at its next failed write). The connection is not reused
+    /// after the response (watching it reads past the request), so a keep-alive client opens a new one
+    /// for its next completion.
+    func watchingClient(_ request: Request, chat: Bool) async -> Response {
+        let watch = ClientWatch()
+        do {
+            return try await request.body.consumeWithInboundCloseHandler({ body in
+                await completion(body, chat: chat, watch: watch)
+            }, onInboundClosed: { watch.closed() })
+        } catch {
+            watch.closed()
+            return fail(ServeError(status: 500, message: "the request could not be read: \(error)", type: "server_error"))
+        }
+    }
+
+    func completion(_ requestBody: RequestBody, chat: Bool, watch: ClientWatch) async -> Response {
         let parsed: CompletionRequest
         do throws(ServeError) {
-            let body = try await readJSON(request)
+            let body = try await readJSON(requestBody)
             let tok = tokenizer, m = model
             parsed = try OpenAIRequest.parse(
                 body, chat: chat, maxPositions: maxPositions, vocabSize: model.config.vocabSize,
@@ -166,6 +187,9 @@ public final class LoRAServer: Sendable {
         if parsed.stream {
             return stream(req, parsed, id: id, created: created)
         }
+        // Watched only here: a stream's response body runs after this handler has returned (and the
+        // watch has ended); its failed writes cancel it.
+        watch.watch(req)
         let (text, finish) = await withTaskCancellationHandler {
             var text = ""
             var finish: ServeEvent? = nil
@@ -331,5 +355,27 @@ struct APIKeyMiddleware: RouterMiddleware {
                            type: "invalid_request_error", code: "invalid_api_key")
         return Response(status: .unauthorized, headers: [.contentType: "application/json"],
                         body: ResponseBody(byteBuffer: ByteBuffer(string: JSON.serialize(e.json))))
+    }
+}
+
+/// The request a connection's completion is running, cancelled when the client closes the connection
+/// (also when that happens before the request is known).
+final class ClientWatch: Sendable {
+    private let state = Locked<(request: ServeRequest?, closed: Bool)>((nil, false))
+
+    func watch(_ req: ServeRequest) {
+        let gone = state.withLock { s in
+            s.request = req
+            return s.closed
+        }
+        if gone { req.cancel() }
+    }
+
+    func closed() {
+        let req = state.withLock { s in
+            s.closed = true
+            return s.request
+        }
+        req?.cancel()
     }
 }

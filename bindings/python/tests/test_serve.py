@@ -375,6 +375,37 @@ def test_queue_full_429_and_disconnect_frees_the_sequence():
         s.stop()
 
 
+def test_disconnect_during_a_non_streaming_request_frees_the_sequence():
+    s = Server("--max-sequences", "1", "--ctx", 1024)
+    try:
+        # A non-streaming request for 1000 tokens; its client goes away while it runs.
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
+        conn.request("POST", "/v1/completions", json.dumps({"model": BASE, "prompt": "Once upon a time", "max_tokens": 1000,
+                                                            "temperature": 0, "ignore_eos": True}),
+                     {"Content-Type": "application/json"})
+        deadline = time.time() + 60
+        while s.metrics()["lorakit_running_sequences"] < 1:
+            assert time.time() < deadline
+            time.sleep(0.02)
+        conn.sock.close()
+        conn.close()
+        # Its sequence is freed at the next step, long before 1000 tokens.
+        while s.metrics()["lorakit_running_sequences"] > 0:
+            assert time.time() < deadline, "the abandoned request kept its sequence"
+            time.sleep(0.02)
+        m = s.metrics()
+        assert m[f'lorakit_requests_finished_total{{model="{BASE}",reason="cancelled"}}'] == 1
+        assert m[f'lorakit_generation_tokens_total{{model="{BASE}"}}'] < 900
+        # A request that stays connected still gets its whole answer (and the server keeps serving).
+        status, body = s.request("POST", "/v1/completions", {"model": BASE, "prompt": "Water boils at", "max_tokens": 8,
+                                                             "temperature": 0})
+        assert status == 200, body
+        assert json.loads(body)["choices"][0]["text"] == generate("Water boils at", max_tokens=8)["text"]
+        assert s.metrics()[f'lorakit_requests_finished_total{{model="{BASE}",reason="length"}}'] == 1
+    finally:
+        s.stop()
+
+
 def test_contexts_engine_gives_the_same_outputs(server, adapters):
     """--engine contexts (one LlamaContext per sequence) answers as the default batch engine does."""
     s = Server("--engine", "contexts", "--adapter", f"alpha={adapters['alpha']}", "--max-sequences", "3", "--ctx", CTX)
