@@ -28,13 +28,7 @@ import Testing
         #expect(p.tokens == prompt.count + 5)
         #expect(p.evaluations == 6)
         #expect(p.handOuts == ctx.pool.handOutCount - h0)
-        for part: DecodeProfile.Part in [.embedding, .baseProducts, .adapters, .attention, .norm, .rope, .residual,
-                                         .activation, .head] {
-            #expect(p.seconds[part.rawValue] > 0, "\(part.label)")
-        }
-        #expect(p.seconds[DecodeProfile.Part.sampling.rawValue] == 0)
-        let parts = p.seconds.reduce(0, +)
-        #expect(parts <= p.wallSeconds, "parts \(parts) s, wall \(p.wallSeconds) s")
+        expectEveryPartButSampling(p)
         // Detached: nothing more is counted.
         ctx.profile = nil
         _ = try ctx.evaluate(.tokens([1]))
@@ -72,6 +66,12 @@ import Testing
         let p = try #require(profile)
         #expect(p.tokens == 9 + 4 * 3)
         #expect(p.evaluations == 5)
+        expectEveryPartButSampling(p)
+    }
+
+    /// Every part of an evaluation has time, sampling none (not sampled inside), and the parts add up to
+    /// at most the wall time.
+    func expectEveryPartButSampling(_ p: DecodeProfile) {
         for part: DecodeProfile.Part in [.embedding, .baseProducts, .adapters, .attention, .norm, .rope, .residual,
                                          .activation, .head] {
             #expect(p.seconds[part.rawValue] > 0, "\(part.label)")

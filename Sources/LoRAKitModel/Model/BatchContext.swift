@@ -614,13 +614,6 @@ public final class BatchContext: @unchecked Sendable {
         }
 
         @inline(__always) func tick() -> Double { ctx.tick() }
-        @inline(__always) func tock(_ step: LlamaBlock.Step, _ t0: Double) {
-            switch step {
-            case .norm: ctx.tock(.norm, t0)
-            case .rope: ctx.tock(.rope, t0)
-            case .residual: ctx.tock(.residual, t0)
-            case .activation: ctx.tock(.activation, t0)
-            }
-        }
+        @inline(__always) func tock(_ step: LlamaBlock.Step, _ t0: Double) { ctx.tock(step.part, t0) }
     }
 }

@@ -53,7 +53,19 @@ package enum LlamaBlock {
     }
 
     /// The steps the block times itself; linear layers and attention are timed by the runner.
-    package enum Step { case norm, rope, residual, activation }
+    package enum Step {
+        case norm, rope, residual, activation
+
+        /// The decode profile's part for this step.
+        package var part: DecodeProfile.Part {
+            switch self {
+            case .norm: return .norm
+            case .rope: return .rope
+            case .residual: return .residual
+            case .activation: return .activation
+            }
+        }
+    }
 
     /// Run layer `layer` on `rows` rows.
     package static func forward<R: LlamaBlockRunner>(_ r: R, layer l: Int, rows t: Int, model: LlamaModel)
