@@ -261,11 +261,12 @@ extension Ops {
         public var headStride: Int
         public var rowStride: Int
         public init(headStride: Int, rowStride: Int) { self.headStride = headStride; self.rowStride = rowStride }
-        /// [S, Hkv·D], a row per position: the layout of training tensors and of `BatchContext`'s caches.
+        /// [S, Hkv·D], a row per position: the layout of training tensors (and the default).
         public static func rows(kvHeads: Int, headDim: Int) -> KVLayout {
             KVLayout(headStride: headDim, rowStride: kvHeads * headDim)
         }
-        /// [Hkv, capacity, D]: each key-value head's rows contiguous (`LlamaContext`'s cache). Decode reads
+        /// [Hkv, capacity, D]: each key-value head's rows contiguous (`LlamaContext`'s and `BatchContext`'s
+        /// caches, filled by `storeKV`). Decode reads
         /// one head's keys as one stream instead of a third of every row (SmolLM2's three key-value heads):
         /// attention over 1.5K positions read its cache at twice the speed this way.
         public static func heads(capacity: Int, headDim: Int) -> KVLayout {
@@ -273,8 +274,26 @@ extension Ops {
         }
     }
 
-    /// `attentionForward` over a KV cache whose keys and values are stored as `type` ([S, Hkv·D] each, at
-    /// `k` and `v`). With f16, decode and short prefills (fewer than `attentionBlockedMinRows` rows) read
+    /// Store `rows` new key (or value) rows ([rows, Hkv·D] f32 at `src`) at positions `position...` of a
+    /// cache laid out as `layout` whose elements are `type` (f16: rounded to nearest even).
+    public static func storeKV(_ src: UnsafePointer<Float>, rows: Int, kvHeads: Int, headDim D: Int,
+                               into cache: UnsafeMutableRawPointer, type: KVCacheType, layout: KVLayout,
+                               position: Int) {
+        let eb = type.bytes
+        for r in 0..<rows {
+            for g in 0..<kvHeads {
+                let from = src + (r * kvHeads + g) * D
+                let to = cache + (g * layout.headStride + (position + r) * layout.rowStride) * eb
+                switch type {
+                case .f32: to.assumingMemoryBound(to: Float.self).update(from: from, count: D)
+                case .f16: quantize(from, count: D, dtype: .f16, into: to)
+                }
+            }
+        }
+    }
+
+    /// `attentionForward` over a KV cache whose keys and values are stored as `type` at `k` and `v`, laid
+    /// out as `layout` (nil: [S, Hkv·D] each). With f16, decode and short prefills (fewer than `attentionBlockedMinRows` rows) read
     /// the f16 rows directly, so a decoded token reads half the cache bytes; longer prefills convert the
     /// `keys` rows they see to f32 in `scratch` (2·keys·Hkv·D floats, required for f16) and run the blocked
     /// kernel. Every score and product is in f32, as with an f32 cache holding the same (f16-rounded) values.
@@ -307,8 +326,8 @@ extension Ops {
                 // The keys' rows converted to f32, each key-value head's [keys, D] contiguous.
                 guard let scratch else { throw .invalidArgument("attentionForward: an f16 KV cache needs scratch for a prefill") }
                 let n = keys * kvHeads * headDim, D = headDim
-                for g in 0..<kvHeads {
-                    for (src, dst) in [(k, scratch), (v, scratch + n)] {
+                func toF32(_ src: UnsafeRawPointer, _ dst: UnsafeMutablePointer<Float>) {
+                    for g in 0..<kvHeads {
                         let from = src + g * lay.headStride * 2, to = dst + g * keys * D
                         if lay.rowStride == D {
                             dequantize(from, dtype: .f16, count: keys * D, into: to)
@@ -317,6 +336,8 @@ extension Ops {
                         }
                     }
                 }
+                toF32(k, scratch)
+                toF32(v, scratch + n)
                 attentionForwardBlocked(q: q, k: scratch, v: scratch + n, layout: .heads(capacity: keys, headDim: D),
                                         out: out, lse: nil, spans: span, heads: heads, kvHeads: kvHeads, headDim: D,
                                         scale: sc, pool: pool)
@@ -383,19 +404,9 @@ extension Ops {
                                         out: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>?,
                                         rows: Int, keys: Int, heads: Int, kvHeads: Int, headDim: Int,
                                         startPos: Int, scale sc: Float, pool: ThreadPool) {
-        attentionForwardRowwise(F32Row.self, q: q, k: UnsafeRawPointer(k), v: UnsafeRawPointer(v), out: out, lse: lse,
-                                rows: rows, keys: keys, heads: heads, kvHeads: kvHeads, headDim: headDim,
-                                startPos: startPos, scale: sc, pool: pool)
-    }
-
-    /// The row-wise forward with keys and values read as `R` (f32, or f16 from an f16 KV cache).
-    static func attentionForwardRowwise<R: FloatRow>(_ kind: R.Type, q: UnsafePointer<Float>, k: UnsafeRawPointer,
-                                                     v: UnsafeRawPointer, out: UnsafeMutablePointer<Float>,
-                                                     lse: UnsafeMutablePointer<Float>?, rows: Int, keys: Int,
-                                                     heads: Int, kvHeads: Int, headDim: Int, startPos: Int,
-                                                     scale sc: Float, pool: ThreadPool) {
-        attentionRowwise(kind, [RowwiseSequence(q: q, k: k, v: v, layout: .rows(kvHeads: kvHeads, headDim: headDim), out: out,
-                                                lse: lse, rows: rows, startPos: startPos)],
+        attentionRowwise(F32Row.self, [RowwiseSequence(q: q, k: UnsafeRawPointer(k), v: UnsafeRawPointer(v),
+                                                       layout: .rows(kvHeads: kvHeads, headDim: headDim), out: out,
+                                                       lse: lse, rows: rows, startPos: startPos)],
                          heads: heads, kvHeads: kvHeads, headDim: headDim, scale: sc, pool: pool)
     }
 
@@ -409,8 +420,8 @@ extension Ops {
     /// 36.6 tok/s at 1 thread f32; at 4096 chunked 22.0 vs 18.3 and 38.0 vs 29.1 at 2 threads).
     static let attentionChunkedMinKeys = 3072
 
-    /// A sequence of the row-wise forward: queries and outputs [rows, H·D], keys and values
-    /// [startPos + rows, Hkv·D] (read as the kernel's `R`), lse [rows, H] or nil.
+    /// A sequence of the row-wise forward: queries and outputs [rows, H·D], keys and values of
+    /// startPos + rows positions laid out as `layout` (read as the kernel's `R`), lse [rows, H] or nil.
     struct RowwiseSequence {
         var q: UnsafePointer<Float>
         var k: UnsafeRawPointer

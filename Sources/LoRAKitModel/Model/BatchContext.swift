@@ -595,20 +595,15 @@ public final class BatchContext: @unchecked Sendable {
             defer { ctx.tock(.attention, t0) }
             var seqs: [Ops.AttentionSequence] = []
             seqs.reserveCapacity(segs.count)
-            let D = c.headDim, n = ctx.maxPositions
+            let layout = Ops.KVLayout.heads(capacity: ctx.maxPositions, headDim: c.headDim)
             for s in segs {
                 let kc = ctx.cacheK(s.slot, l), vc = ctx.cacheV(s.slot, l)
-                for g in 0..<c.nKVHeads {
-                    let at = (g * n + s.start) * D
-                    for r in 0..<s.rows {
-                        let from = (s.row + r) * c.kvDim + g * D
-                        (kc + at + r * D).update(from: b.k + from, count: D)
-                        (vc + at + r * D).update(from: b.v + from, count: D)
-                    }
-                }
-                seqs.append(Ops.AttentionSequence(q: b.q + s.row * c.qDim, k: kc, v: vc,
-                                                  layout: .heads(capacity: n, headDim: D), out: b.att + s.row * c.qDim,
-                                                  rows: s.rows, startPos: s.start))
+                Ops.storeKV(b.k + s.row * c.kvDim, rows: s.rows, kvHeads: c.nKVHeads, headDim: c.headDim, into: kc,
+                            type: .f32, layout: layout, position: s.start)
+                Ops.storeKV(b.v + s.row * c.kvDim, rows: s.rows, kvHeads: c.nKVHeads, headDim: c.headDim, into: vc,
+                            type: .f32, layout: layout, position: s.start)
+                seqs.append(Ops.AttentionSequence(q: b.q + s.row * c.qDim, k: kc, v: vc, layout: layout,
+                                                  out: b.att + s.row * c.qDim, rows: s.rows, startPos: s.start))
             }
             try Ops.attentionForwardMany(seqs, heads: c.nHeads, kvHeads: c.nKVHeads, headDim: c.headDim, pool: ctx.pool)
         }

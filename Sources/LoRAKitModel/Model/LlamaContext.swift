@@ -370,24 +370,15 @@ public final class LlamaContext: @unchecked Sendable {
             let c = ctx.model.config
             let t0 = ctx.tick()
             let kc = ctx.kCache[l].base, vc = ctx.vCache[l].base
-            let D = c.headDim, n = ctx.maxPositions, eb = ctx.kvType.bytes
-            for (src, dst) in [(b.k, kc), (b.v, vc)] {
-                for g in 0..<c.nKVHeads {
-                    let to = dst + (g * n + start) * D * eb
-                    for r in 0..<t {
-                        let from = UnsafePointer(src + r * c.kvDim + g * D)
-                        if ctx.kvType == .f16 {
-                            quantize(from, count: D, dtype: .f16, into: to + r * D * 2)
-                        } else {
-                            (to + r * D * 4).assumingMemoryBound(to: Float.self).update(from: from, count: D)
-                        }
-                    }
-                }
-            }
+            let layout = Ops.KVLayout.heads(capacity: ctx.maxPositions, headDim: c.headDim)
+            Ops.storeKV(b.k, rows: t, kvHeads: c.nKVHeads, headDim: c.headDim, into: kc, type: ctx.kvType, layout: layout,
+                        position: start)
+            Ops.storeKV(b.v, rows: t, kvHeads: c.nKVHeads, headDim: c.headDim, into: vc, type: ctx.kvType, layout: layout,
+                        position: start)
             try Ops.attentionForward(q: b.q, k: UnsafeRawPointer(kc), v: UnsafeRawPointer(vc), type: ctx.kvType,
-                                     layout: .heads(capacity: n, headDim: D), out: b.att, rows: t, keys: start + t, heads: c.nHeads, kvHeads: c.nKVHeads,
-                                     headDim: c.headDim, startPos: start, scratch: ctx.kvScratch.map { ctx.f($0) },
-                                     pool: ctx.pool)
+                                     layout: layout, out: b.att, rows: t, keys: start + t, heads: c.nHeads,
+                                     kvHeads: c.nKVHeads, headDim: c.headDim, startPos: start,
+                                     scratch: ctx.kvScratch.map { ctx.f($0) }, pool: ctx.pool)
             ctx.tock(.attention, t0)
         }
 
