@@ -143,7 +143,8 @@ public final class LoRAServer: Sendable {
     /// inbound side ends) before a non-streaming answer cancels the request, which frees its sequence at
     /// the scheduler's next step (a stream notices at its next failed write). The connection is not reused
     /// after the response (watching it reads past the request), so a keep-alive client opens a new one
-    /// for its next completion.
+    /// for its next completion. `consumeWithInboundCloseHandler` needs the request's body as the
+    /// connection delivered it (it traps on a body a middleware replaced or collected: none of ours does).
     func watchingClient(_ request: Request, chat: Bool) async -> Response {
         let watch = ClientWatch()
         do {
