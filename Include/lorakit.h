@@ -870,6 +870,27 @@ typedef struct lk_batch lk_batch;
  * the model alive. */
 LK_API lk_status lk_batch_new(lk_model *model, int32_t max_sequences, int32_t n_ctx, int32_t n_threads,
                               lk_batch **out);
+
+/* lk_batch_new's settings and more, as a params struct (fields may be appended). */
+typedef struct lk_batch_params {
+    uint32_t struct_size;
+    int32_t max_sequences; /* 1...4096 sequences alive at once; default 8 */
+    int32_t n_ctx;         /* positions per sequence, 0...n_ctx_train; 0 = min(n_ctx_train, 4096) */
+    int32_t n_threads;     /* 0...512; 0 = lk_cpu_count() */
+    lk_dtype kv_type;      /* KV cache element type, as lk_context_params.kv_type: LK_DTYPE_F32 (default)
+                              or LK_DTYPE_F16 (half the cache memory: each sequence's logits then equal
+                              those of an lk_context with kv_type LK_DTYPE_F16, within the same tolerance) */
+} lk_batch_params;
+
+LK_API void lk_batch_params_init_sized(lk_batch_params *p, size_t size);
+LK_API void lk_batch_params_init(lk_batch_params *p);
+#define lk_batch_params_init(p) lk_batch_params_init_sized((p), sizeof(lk_batch_params))
+LK_API int64_t lk_sizeof_batch_params(void);
+
+/* lk_batch_new with a params struct (NULL: all defaults). With kv_type LK_DTYPE_F16 the caches take half
+ * the bytes above, plus 2 · n_ctx · n_head_kv · head_dim · 4 bytes of prefill scratch, made by the first
+ * step that prefills 16 or more tokens of a sequence. */
+LK_API lk_status lk_batch_new_with_params(lk_model *model, const lk_batch_params *params, lk_batch **out);
 LK_API lk_status lk_batch_free(lk_batch *batch);
 
 /* A new empty sequence (position 0, no adapters); its id in *seq. LK_ERR_LIMIT when max_sequences

@@ -35,18 +35,44 @@ func cSequence(_ id: Int) throws -> Int32 {
 public func lk_batch_new(_ model: OpaquePointer?, _ maxSequences: Int32, _ nCtx: Int32, _ nThreads: Int32,
                          _ out: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
     guarded("lk_batch_new") {
-        let o = try requirePointer(out, "out")
-        let box = try modelArg(model)
-        let ctxTrain = box.model.config.contextLength
-        guard maxSequences >= 1, maxSequences <= 4096 else { throw invalid("max_sequences \(maxSequences) must be in 1...4096") }
-        guard nCtx >= 0, Int(nCtx) <= ctxTrain else {
-            throw invalid("n_ctx \(nCtx) must be in 0...\(ctxTrain) (0 = min(model context, 4096); the model's context length is \(ctxTrain))")
-        }
-        guard nThreads >= 0, nThreads <= 512 else { throw invalid("n_threads \(nThreads) must be in 0...512 (0 = lk_cpu_count())") }
-        let b = try BatchContext(model: box.model, maxSequences: Int(maxSequences), maxPositions: nCtx == 0 ? nil : Int(nCtx),
-                                 threads: nThreads == 0 ? nil : Int(nThreads))
-        return Handles.shared.give(BatchBox(b, box), kind: .batch, to: o)
+        var p = lk_batch_params.defaults
+        p.max_sequences = maxSequences
+        p.n_ctx = nCtx
+        p.n_threads = nThreads
+        return try newBatch(model, p, prefix: "", out)
     }
+}
+
+@_cdecl("lk_batch_new_with_params")
+public func lk_batch_new_with_params(_ model: OpaquePointer?, _ params: UnsafePointer<lk_batch_params>?,
+                                     _ out: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
+    guarded("lk_batch_new_with_params") {
+        let p = try lk_batch_params.read(params)
+        return try newBatch(model, p, prefix: "params->", out)
+    }
+}
+
+/// Both constructors: `prefix` names the fields as the caller wrote them ("params->n_ctx" or "n_ctx").
+private func newBatch(_ model: OpaquePointer?, _ p: lk_batch_params, prefix: String,
+                      _ out: UnsafeMutablePointer<OpaquePointer?>?) throws -> Int {
+    let o = try requirePointer(out, "out")
+    let box = try modelArg(model)
+    let ctxTrain = box.model.config.contextLength
+    guard p.max_sequences >= 1, p.max_sequences <= 4096 else {
+        throw invalid("\(prefix)max_sequences \(p.max_sequences) must be in 1...4096")
+    }
+    guard p.n_ctx >= 0, Int(p.n_ctx) <= ctxTrain else {
+        throw invalid("\(prefix)n_ctx \(p.n_ctx) must be in 0...\(ctxTrain) (0 = min(model context, 4096); the model's context length is \(ctxTrain))")
+    }
+    guard p.n_threads >= 0, p.n_threads <= 512 else {
+        throw invalid("\(prefix)n_threads \(p.n_threads) must be in 0...512 (0 = lk_cpu_count())")
+    }
+    let kv = try cEnum(p.kv_type, "\(prefix)kv_type", "LK_DTYPE_F32 or LK_DTYPE_F16",
+                       [LK_DTYPE_F32: KVCacheType.f32, LK_DTYPE_F16: .f16])
+    let b = try BatchContext(model: box.model, maxSequences: Int(p.max_sequences),
+                             maxPositions: p.n_ctx == 0 ? nil : Int(p.n_ctx),
+                             threads: p.n_threads == 0 ? nil : Int(p.n_threads), kvType: kv)
+    return Handles.shared.give(BatchBox(b, box), kind: .batch, to: o)
 }
 
 @_cdecl("lk_batch_free")

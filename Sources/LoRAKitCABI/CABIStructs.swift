@@ -152,6 +152,16 @@ extension lk_lora_params: SizedCStruct {
     }
 }
 
+extension lk_batch_params: SizedCStruct {
+    static let cName = "lk_batch_params"
+    static let firstVersionSize = end(\lk_batch_params.kv_type)
+    static var defaults: Self {
+        var p = Self()
+        p.max_sequences = 8  // n_ctx, n_threads 0: the library's defaults; kv_type 0: LK_DTYPE_F32
+        return p
+    }
+}
+
 // Init, sizeof: the same pair for every params struct.
 
 @_cdecl("lk_model_params_init_sized")
@@ -179,6 +189,11 @@ public func lk_train_params_init_sized(_ p: UnsafeMutablePointer<lk_train_params
 @_cdecl("lk_train_params_init")
 public func lk_train_params_init(_ p: UnsafeMutablePointer<lk_train_params>?) { lk_train_params.initSized(p, UInt(lk_train_params.firstVersionSize)) }
 
+@_cdecl("lk_batch_params_init_sized")
+public func lk_batch_params_init_sized(_ p: UnsafeMutablePointer<lk_batch_params>?, _ size: UInt) { lk_batch_params.initSized(p, size) }
+@_cdecl("lk_batch_params_init")
+public func lk_batch_params_init(_ p: UnsafeMutablePointer<lk_batch_params>?) { lk_batch_params.initSized(p, UInt(lk_batch_params.firstVersionSize)) }
+
 @_cdecl("lk_sizeof_model_params") public func lk_sizeof_model_params() -> Int64 { Int64(lk_model_params.size) }
 @_cdecl("lk_sizeof_model_info") public func lk_sizeof_model_info() -> Int64 { Int64(lk_model_info.size) }
 @_cdecl("lk_sizeof_context_params") public func lk_sizeof_context_params() -> Int64 { Int64(lk_context_params.size) }
@@ -188,4 +203,5 @@ public func lk_train_params_init(_ p: UnsafeMutablePointer<lk_train_params>?) { 
 @_cdecl("lk_sizeof_chat_message") public func lk_sizeof_chat_message() -> Int64 { Int64(MemoryLayout<lk_chat_message>.stride) }
 @_cdecl("lk_sizeof_lora_params") public func lk_sizeof_lora_params() -> Int64 { Int64(lk_lora_params.size) }
 @_cdecl("lk_sizeof_train_params") public func lk_sizeof_train_params() -> Int64 { Int64(lk_train_params.size) }
+@_cdecl("lk_sizeof_batch_params") public func lk_sizeof_batch_params() -> Int64 { Int64(lk_batch_params.size) }
 @_cdecl("lk_sizeof_train_progress") public func lk_sizeof_train_progress() -> Int64 { Int64(lk_train_progress.size) }

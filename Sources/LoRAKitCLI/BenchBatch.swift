@@ -30,6 +30,7 @@ struct BenchBatch: ParsableCommand {
     @Option(help: "Threads (default: all cores).") var threads: Int = ThreadPool.hardwareConcurrency
     @Option(help: "Random seed (prompts, adapters).") var seed: UInt64 = 7
     @Flag(help: "Print JSON.") var json = false
+    @OptionGroup var kv: KVTypeOption
     @Flag(help: "Time with the process's CPU time instead of the wall clock: with --threads 1 on a shared machine the time slices of other processes do not count (with more threads the pool's waiting would).")
     var cpuTime = false
     @Flag(help: "After the timed rounds, decode once more with a profile attached to (a)'s context and to (c)'s batch context, and report where a token's (a) and a step's (c) time goes.")
@@ -57,16 +58,16 @@ struct BenchBatch: ParsableCommand {
             let prompts = (0..<n).map { _ in (0..<prompt).map { _ in Int32(100 + Int(rng.next() % span)) } }
 
             // (a) one sequence, one adapter: a LlamaContext, as one would serve it today.
-            let single = try LlamaContext(model: m, maxPositions: positions, threads: threads)
+            let single = try LlamaContext(model: m, maxPositions: positions, threads: threads, kvType: kv.kvType)
             try single.attach(adapters[n])
             // (b) and (c): batch contexts of n sequences.
-            let plain = try BatchContext(model: m, maxSequences: n, maxPositions: positions, threads: threads)
-            let mixed = try BatchContext(model: m, maxSequences: n, maxPositions: positions, threads: threads)
+            let plain = try BatchContext(model: m, maxSequences: n, maxPositions: positions, threads: threads, kvType: kv.kvType)
+            let mixed = try BatchContext(model: m, maxSequences: n, maxPositions: positions, threads: threads, kvType: kv.kvType)
             let plainIDs = try (0..<n).map { _ throws(LKError) in try plain.addSequence() }
             let mixedIDs = try (0..<n).map { _ throws(LKError) in try mixed.addSequence() }
             for (i, id) in mixedIDs.enumerated() { try mixed.setAdapters([(adapters[i], 1)], for: id) }
             // Prefill comparison: a LlamaContext without adapters and the plain batch.
-            let prefillSingle = try LlamaContext(model: m, maxPositions: positions, threads: threads)
+            let prefillSingle = try LlamaContext(model: m, maxPositions: positions, threads: threads, kvType: kv.kvType)
 
             let useCPU = cpuTime
             func timer() -> Double {
@@ -146,6 +147,7 @@ struct BenchBatch: ParsableCommand {
                     ("sequences", .number(Double(n))), ("rank", .number(Double(rank))), ("targets", .string(targets)),
                     ("prompt_tokens", .number(Double(prompt))), ("decode_steps", .number(Double(decode))),
                     ("rounds", .number(Double(rounds))), ("clock", .string(cpuTime ? "process_cpu" : "wall")),
+                    ("kv_cache_dtype", .string(kv.kvType.rawValue)), ("kernels", .string(KernelPath.summary)),
                     ("decode_single_adapter_tokens_per_s", .number(ma)),
                     ("decode_batch_no_adapter_tokens_per_s", .number(mb)),
                     ("decode_batch_own_adapters_tokens_per_s", .number(mc)),
@@ -158,7 +160,7 @@ struct BenchBatch: ParsableCommand {
             } else {
                 func f(_ x: Double) -> String { "\((x * 10).rounded() / 10)" }
                 func f3(_ x: Double) -> String { "\((x * 1000).rounded() / 1000)" }
-                print("decode, aggregate tok/s (median of \(rounds) rounds, \(decode) steps, \(plain.pool.activeCount) threads\(cpuTime ? ", per CPU second" : "")):")
+                print("decode, aggregate tok/s (median of \(rounds) rounds, \(decode) steps, \(plain.pool.activeCount) threads\(cpuTime ? ", per CPU second" : ""), \(kv.kvType.rawValue) KV cache, \(KernelPath.summary)):")
                 print("  (a) 1 sequence, 1 r=\(rank) \(targets) adapter (LlamaContext): \(f(ma))")
                 print("  (b) \(n) sequences, no adapter (BatchContext):            \(f(mb))")
                 print("  (c) \(n) sequences, each its own r=\(rank) \(targets) adapter:      \(f(mc))")

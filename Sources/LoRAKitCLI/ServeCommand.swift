@@ -35,6 +35,7 @@ struct ServeCommand: ParsableCommand {
     @Option(help: "Address to listen on.") var host: String = "127.0.0.1"
     @Option(help: "Port (0 = any free port; the chosen one is printed).") var port: Int = 8000
     @OptionGroup var threadOpt: ThreadOption
+    @OptionGroup var kv: KVTypeOption
 
     func run() throws {
         try runReporting {
@@ -49,7 +50,7 @@ struct ServeCommand: ParsableCommand {
             opts.host = host
             opts.port = port
             let (eng, engName, positions) = try makeServeEngine(engine, model: m, maxSequences: maxSequences, ctx: ctx,
-                                                                threads: threadOpt.threads)
+                                                                threads: threadOpt.threads, kvType: kv.kvType)
             let server = try LoRAServer(model: m, engine: eng, engineName: engName, maxPositions: positions, options: opts)
             for spec in adapter {
                 guard let eq = spec.firstIndex(of: "=") else {
@@ -67,7 +68,7 @@ struct ServeCommand: ParsableCommand {
             Task.detached {
                 do {
                     try await server.run { h, p in
-                        writeStderr("lorakit serve: listening on http://\(h):\(p) (engine \(engName), \(maxSequences) sequences × \(positions) positions, models: \(served.joined(separator: ", ")))\n")
+                        writeStderr("lorakit serve: listening on http://\(h):\(p) (engine \(engName), \(maxSequences) sequences × \(positions) positions, \(kv.kvType.rawValue) KV cache, models: \(served.joined(separator: ", ")))\n")
                     }
                 } catch {
                     failure = error
@@ -85,15 +86,16 @@ func getenvString(_ name: String) -> String? {
     return String(cString: v)
 }
 
-/// The engine `--engine` names, for `maxSequences` sequences of `ctx` positions.
+/// The engine `--engine` names, for `maxSequences` sequences of `ctx` positions, KV caches of `kvType`.
 func makeServeEngine(_ kind: String, model: LlamaModel, maxSequences: Int, ctx: Int?,
-                     threads: Int) throws(LKError) -> (any SequenceBatchEngine, String, Int) {
+                     threads: Int, kvType: KVCacheType = .f32) throws(LKError) -> (any SequenceBatchEngine, String, Int) {
     switch kind {
     case "batch":
-        let e = try BatchContext(model: model, maxSequences: maxSequences, maxPositions: ctx, threads: threads)
+        let e = try BatchContext(model: model, maxSequences: maxSequences, maxPositions: ctx, threads: threads, kvType: kvType)
         return (e, "batch", e.maxPositions)
     case "contexts":
-        let e = try LlamaContextEngine(model: model, maxSequences: maxSequences, maxPositions: ctx, threads: threads)
+        let e = try LlamaContextEngine(model: model, maxSequences: maxSequences, maxPositions: ctx, threads: threads,
+                                       kvType: kvType)
         return (e, "contexts", e.maxPositions)
     default:
         throw .invalidOption(field: "engine", problem: "\"\(kind)\" must be batch or contexts")

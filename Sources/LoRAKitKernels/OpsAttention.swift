@@ -350,18 +350,20 @@ extension Ops {
     }
 
     /// One sequence of `attentionForwardMany`: its queries and outputs ([rows, H·D]), its keys and values
-    /// (startPos + rows positions laid out as `layout`; nil: [startPos + rows, Hkv·D]), its row count and
-    /// the position of its first row.
+    /// (startPos + rows positions laid out as `layout`; nil: [startPos + rows, Hkv·D]; elements of the
+    /// call's `type`), its row count and the position of its first row.
     public struct AttentionSequence {
         public var q: UnsafePointer<Float>
-        public var k: UnsafePointer<Float>
-        public var v: UnsafePointer<Float>
+        public var k: UnsafeRawPointer
+        public var v: UnsafeRawPointer
         public var layout: KVLayout?
         public var out: UnsafeMutablePointer<Float>
         public var rows: Int
         public var startPos: Int
 
-        public init(q: UnsafePointer<Float>, k: UnsafePointer<Float>, v: UnsafePointer<Float>, layout: KVLayout? = nil,
+        /// Keys and values of any `KVCacheType` (the one given to `attentionForwardMany`; f32 and f16
+        /// pointers convert implicitly).
+        public init(q: UnsafePointer<Float>, k: UnsafeRawPointer, v: UnsafeRawPointer, layout: KVLayout? = nil,
                     out: UnsafeMutablePointer<Float>, rows: Int, startPos: Int) {
             self.q = q; self.k = k; self.v = v; self.layout = layout; self.out = out; self.rows = rows
             self.startPos = startPos
@@ -369,34 +371,51 @@ extension Ops {
     }
 
     /// `attentionForward` (keys = startPos + rows, no lse) for several independent sequences with the same
-    /// head shape, e.g. the decode rows of a batch of sequences: sequences of fewer than
-    /// `attentionBlockedMinRows` rows share one hand-out to the thread pool, their (row, key-value head) items dealt
-    /// round-robin to the participants; longer ones run `attentionForward` one by one. Each output is
-    /// computed exactly as `attentionForward` computes it (bitwise the same).
-    public static func attentionForwardMany(_ seqs: [AttentionSequence], heads: Int, kvHeads: Int, headDim: Int,
+    /// head shape, e.g. the decode rows of a batch of sequences, over caches whose elements are `type`:
+    /// sequences of fewer than `attentionBlockedMinRows` rows share one hand-out to the thread pool, their
+    /// (row, key-value head) items dealt round-robin to the participants; longer ones run the typed
+    /// `attentionForward` one by one (an f16 cache then needs `scratch`: 2·keys·Hkv·D floats for the
+    /// longest such sequence). Each output is computed exactly as `attentionForward` computes it alone
+    /// (bitwise the same).
+    public static func attentionForwardMany(_ seqs: [AttentionSequence], type: KVCacheType = .f32, heads: Int,
+                                            kvHeads: Int, headDim: Int, scratch: UnsafeMutablePointer<Float>? = nil,
                                             scale: Float? = nil, pool: ThreadPool = .shared) throws(LKError) {
         for s in seqs {
             try checkAttention("attentionForwardMany", rows: s.rows, keys: s.startPos + s.rows, heads: heads,
                                kvHeads: kvHeads, headDim: headDim, startPos: s.startPos)
+            if let l = s.layout, l.rowStride < 0 || l.headStride < 0 {
+                throw .invalidArgument("attentionForwardMany: negative KV layout strides \(l.headStride), \(l.rowStride)")
+            }
+        }
+        if type == .f16, seqs.contains(where: { $0.rows >= attentionBlockedMinRows }), scratch == nil {
+            throw .invalidArgument("attentionForwardMany: an f16 KV cache needs scratch for a prefill")
         }
         let sc = scale ?? 1 / Float(headDim).squareRoot()
-        var small: [AttentionSequence] = []
+        var small: [RowwiseSequence] = []
         for s in seqs where s.rows > 0 {
+            let lay = s.layout ?? .rows(kvHeads: kvHeads, headDim: headDim)
             if s.rows >= attentionBlockedMinRows {
-                attentionForwardBlocked(q: s.q, k: s.k, v: s.v, layout: s.layout, out: s.out, lse: nil,
-                                        spans: [AttentionSpan(qRow: 0, kRow: 0, rows: s.rows, start: s.startPos)],
-                                        heads: heads, kvHeads: kvHeads, headDim: headDim, scale: sc, pool: pool)
+                switch type {
+                case .f32:
+                    attentionForwardBlocked(q: s.q, k: s.k.assumingMemoryBound(to: Float.self),
+                                            v: s.v.assumingMemoryBound(to: Float.self), layout: lay, out: s.out, lse: nil,
+                                            spans: [AttentionSpan(qRow: 0, kRow: 0, rows: s.rows, start: s.startPos)],
+                                            heads: heads, kvHeads: kvHeads, headDim: headDim, scale: sc, pool: pool)
+                case .f16:
+                    try attentionForward(q: s.q, k: s.k, v: s.v, type: .f16, layout: lay, out: s.out, rows: s.rows,
+                                         keys: s.startPos + s.rows, heads: heads, kvHeads: kvHeads, headDim: headDim,
+                                         startPos: s.startPos, scratch: scratch, scale: sc, pool: pool)
+                }
             } else {
-                small.append(s)
+                small.append(RowwiseSequence(q: s.q, k: s.k, v: s.v, layout: lay, out: s.out, lse: nil, rows: s.rows,
+                                             startPos: s.startPos))
             }
         }
         if small.isEmpty { return }
-        let rs = small.map {
-            RowwiseSequence(q: $0.q, k: UnsafeRawPointer($0.k), v: UnsafeRawPointer($0.v),
-                            layout: $0.layout ?? .rows(kvHeads: kvHeads, headDim: headDim), out: $0.out, lse: nil, rows: $0.rows,
-                            startPos: $0.startPos)
+        switch type {
+        case .f32: attentionRowwise(F32Row.self, small, heads: heads, kvHeads: kvHeads, headDim: headDim, scale: sc, pool: pool)
+        case .f16: attentionRowwise(F16Row.self, small, heads: heads, kvHeads: kvHeads, headDim: headDim, scale: sc, pool: pool)
         }
-        attentionRowwise(F32Row.self, rs, heads: heads, kvHeads: kvHeads, headDim: headDim, scale: sc, pool: pool)
     }
 
     /// `attentionForward` one (row, key-value head) at a time (decode and short prefills), sizes already validated.

@@ -34,7 +34,7 @@ extension Ops {
     /// Sequences (per-sequence calls or batched) with at least this many rows use the blocked kernels;
     /// decode (1 row) and very short sequences stay on the row-wise ones (faster there: at 16 rows the
     /// blocked kernels are ≈1.3× slower, at 32 rows ≈1.4× faster).
-    static let attentionBlockedMinRows = 16
+    public static let attentionBlockedMinRows = 16
 
     /// Query rows per block: 4·MR (48 with AVX-512, 24 with AVX2 or NEON).
     static var attentionBlockRows: Int { 4 * GEMM.MR }

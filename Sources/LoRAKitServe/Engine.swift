@@ -35,12 +35,13 @@ public final class LlamaContextEngine: SequenceBatchEngine {
     /// The tokens in each slot's cache (to re-evaluate on `fork`).
     private var history: [[Int32]]
 
-    public init(model: LlamaModel, maxSequences: Int, maxPositions: Int? = nil, threads: Int? = nil) throws(LKError) {
+    public init(model: LlamaModel, maxSequences: Int, maxPositions: Int? = nil, threads: Int? = nil,
+                kvType: KVCacheType = .f32) throws(LKError) {
         guard maxSequences >= 1, maxSequences <= 4096 else {
             throw .invalidArgument("maxSequences \(maxSequences) must be in 1...4096")
         }
         var cs: [LlamaContext] = []
-        for _ in 0..<maxSequences { cs.append(try LlamaContext(model: model, maxPositions: maxPositions, threads: threads)) }
+        for _ in 0..<maxSequences { cs.append(try LlamaContext(model: model, maxPositions: maxPositions, threads: threads, kvType: kvType)) }
         self.model = model
         self.contexts = cs
         self.maxPositions = cs[0].maxPositions

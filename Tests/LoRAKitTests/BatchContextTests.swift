@@ -13,8 +13,9 @@ import Testing
     }
 
     /// Replay `ops` on a fresh context; returns (max |Δlogit| over every eval, argmax disagreements).
-    static func replay(_ m: LlamaModel, _ ops: [Op]) throws -> (maxDiff: Float, argmaxMismatches: Int, evals: Int) {
-        let ctx = try LlamaContext(model: m, maxPositions: 128, threads: 2)
+    static func replay(_ m: LlamaModel, _ ops: [Op], kvType: KVCacheType = .f32) throws
+        -> (maxDiff: Float, argmaxMismatches: Int, evals: Int) {
+        let ctx = try LlamaContext(model: m, maxPositions: 128, threads: 2, kvType: kvType)
         var d: Float = 0, mism = 0, evals = 0
         for op in ops {
             switch op {
@@ -37,12 +38,14 @@ import Testing
     /// A mixed run: different prompt lengths; adapters none / one / one shared by two sequences / two
     /// stacked with scales; a prefill joining while others decode; a fork; a truncate; a removal mid-run;
     /// greedy decoding throughout. Returns every sequence's history (ended ones included).
-    static func mixedRun(_ m: LlamaModel, prompts: [[Int32]], decodeSteps: Int) throws -> [[Op]] {
+    static func mixedRun(_ m: LlamaModel, prompts: [[Int32]], decodeSteps: Int,
+                         kvType: KVCacheType = .f32) throws -> [[Op]] {
         let a1 = try LoRATests.randomAdapter(m, targets: [.q, .v], rank: 8, alpha: 16, seed: 1, name: "a1")
         let a2 = try LoRATests.randomAdapter(m, targets: [.q, .v], rank: 8, alpha: 16, seed: 2, name: "a2")
         let a3 = try LoRATests.randomAdapter(m, targets: [.k, .o, .down], rank: 4, alpha: 8, seed: 3, name: "a3")
         let sets: [[(adapter: LoRAAdapter, scale: Float)]] = [[], [(a1, 1)], [(a2, 0.5), (a3, -0.75)], [(a1, 1)], [(a2, 1)]]
-        let b = try BatchContext(model: m, maxSequences: 6, maxPositions: 128, threads: 2)
+        let b = try BatchContext(model: m, maxSequences: 6, maxPositions: 128, threads: 2, kvType: kvType)
+        #expect(b.kvType == kvType)
         var hist: [Int: [Op]] = [:]
         var next: [Int: Int32] = [:]
         var ids: [Int] = []
@@ -120,16 +123,39 @@ import Testing
         }
     }
 
-    @Test func decodeStepIsBitwiseASingleDecode() throws {
+    @Test func f16CacheBatchMatchesF16SingleContexts() throws {
+        // An f16 KV cache: the same mixed run (fork copies f16 rows; a 20-token prompt prefills through
+        // the converted-to-f32 blocked kernel, the others row-wise on the f16 rows) against LlamaContexts
+        // with f16 caches.
+        let m = try LlamaModel(gguf: LoRATests.f32Path)
+        var prompts = BatchContextTests.tinyPrompts
+        prompts[4] = (0..<20).map { Int32(($0 * 37 + 5) % 500) }
+        let hist = try BatchContextTests.mixedRun(m, prompts: prompts, decodeSteps: 8, kvType: .f16)
+        #expect(hist.count == 6)
+        var worstF32: Float = 0
+        for (i, ops) in hist.enumerated() {
+            let r = try BatchContextTests.replay(m, ops, kvType: .f16)
+            #expect(r.maxDiff < 1e-3, "sequence \(i): max |Δlogit| \(r.maxDiff)")
+            #expect(r.argmaxMismatches == 0, "sequence \(i)")
+            #expect(r.evals >= 3)
+            worstF32 = max(worstF32, try BatchContextTests.replay(m, ops, kvType: .f32).maxDiff)
+        }
+        // The cache really holds f16 values: against f32 caches the logits move by more than the
+        // batch's own summation-order differences (and still by little).
+        #expect(worstF32 > 1e-4 && worstF32 < 0.1, "f16 vs f32 cache: max |Δlogit| \(worstF32)")
+    }
+
+    @Test(arguments: [KVCacheType.f32, .f16]) func decodeStepIsBitwiseASingleDecode(kv: KVCacheType) throws {
         // Quantized weights: a decode step of up to 11 rows uses the mat-vec kernels row by row, as a
-        // one-token LlamaContext.evaluate does, so the logits are bitwise equal.
+        // one-token LlamaContext.evaluate does, so the logits are bitwise equal (f16 caches: both read
+        // the same f16 rows with the same row-wise kernel).
         let m = try LlamaModel(gguf: LoRATests.q8Path)
         let a = try LoRATests.randomAdapter(m, targets: [.q, .v], rank: 8, alpha: 16, seed: 5)
-        let b = try BatchContext(model: m, maxSequences: 3, maxPositions: 64, threads: 2)
+        let b = try BatchContext(model: m, maxSequences: 3, maxPositions: 64, threads: 2, kvType: kv)
         let s0 = try b.addSequence(), s1 = try b.addSequence(), s2 = try b.addSequence()
         try b.setAdapters([(a, 1)], for: s1)
         let refs = try [s0, s1, s2].map { id throws -> LlamaContext in
-            let c = try LlamaContext(model: m, maxPositions: 64, threads: 2)
+            let c = try LlamaContext(model: m, maxPositions: 64, threads: 2, kvType: kv)
             if id == s1 { try c.attach(a) }
             return c
         }
@@ -138,7 +164,7 @@ import Testing
             let out = try b.step([(s0, [toks[0]]), (s1, [toks[1]]), (s2, [toks[2]])])
             for j in 0..<3 {
                 let ref = try refs[j].evaluate(.tokens([toks[j]]))
-                #expect(out[j] == ref, "step \(t) sequence \(j)")
+                #expect(out[j] == ref, "\(kv) step \(t) sequence \(j)")
             }
         }
     }

@@ -839,6 +839,16 @@ static void b_batch_new(call *c) {
     SET_I32(c, "n_threads", 1);
     out_handle(c, "out");
 }
+static void b_batch_new_with_params(call *c) {
+    SET_P(c, "model", M);
+    lk_batch_params *p = new_struct(c, "params", "lk_batch_params", 0);
+    p->max_sequences = 2;
+    p->n_ctx = CTX_POSITIONS;
+    p->n_threads = 1;
+    p->kv_type = LK_DTYPE_F16;
+    SET_P(c, "params", p);
+    out_handle(c, "out");
+}
 static void b_batch_free(call *c) { SET_P(c, "batch", victim_batch); }
 static void b_batch_add_sequence(call *c) {
     SET_P(c, "batch", B);
@@ -1239,6 +1249,10 @@ static const spec specs[] = {
     {"lk_sizeof_train_params", b_none, check_sizeof, 0},
     {"lk_sizeof_train_progress", b_none, check_sizeof, 0},
     {"lk_batch_new", b_batch_new, NULL, 0},
+    {"lk_batch_params_init", b_init, check_init, 0},
+    {"lk_batch_params_init_sized", b_init, check_init, 0},
+    {"lk_sizeof_batch_params", b_none, check_sizeof, 0},
+    {"lk_batch_new_with_params", b_batch_new_with_params, NULL, 0},
     {"lk_batch_free", b_batch_free, NULL, 0},
     {"lk_batch_add_sequence", b_batch_add_sequence, NULL, 0},
     {"lk_batch_remove_sequence", b_batch_remove_sequence, NULL, 0},

@@ -31,6 +31,9 @@ public final class BatchContext: @unchecked Sendable {
     /// Rows evaluated per internal pass (a step with more rows is split; results are the same).
     public let batchCapacity: Int
     public let pool: ThreadPool
+    /// Element type of the KV caches (as `LlamaContext.kvType`): f32, or f16 (half the memory per position
+    /// and half the bytes a decoded token reads; keys and values rounded to f16 as they are stored).
+    public let kvType: KVCacheType
     /// How the linear layers quantize their input for quantized weights in small batches (as
     /// `LlamaContext.activations`; same default).
     public var activations: ActivationQuantization = LlamaContext.defaultActivations
@@ -56,10 +59,12 @@ public final class BatchContext: @unchecked Sendable {
     private var freeSlots: [Int]
     private var nextID = 0
 
-    // KV cache per slot: [nLayers, Hkv, P, D] for keys and values (f32, pages touched only when used; each
-    // key-value head's rows contiguous, `Ops.KVLayout.heads`).
+    // KV cache per slot: [nLayers, Hkv, P, D] for keys and values (`kvType`, pages touched only when used;
+    // each key-value head's rows contiguous, `Ops.KVLayout.heads`).
     private let kCache: [Storage]
     private let vCache: [Storage]
+    /// f16 caches: a prefill's keys and values converted to f32 (2·P·KV floats), made on first use.
+    private var kvScratch: Storage?
     // Activations for up to `batchCapacity` rows.
     private let x: Storage        // [T, C] residual stream
     private let xn: Storage       // [T, C] normed
@@ -82,9 +87,10 @@ public final class BatchContext: @unchecked Sendable {
     private let ropeTable: RoPETable
 
     /// Create a context for up to `maxSequences` sequences (1...4096) of `maxPositions` positions each
-    /// (default min(model context, 4096)). The caches are reserved, not touched: memory grows with the
-    /// positions actually used.
-    public init(model: LlamaModel, maxSequences: Int, maxPositions: Int? = nil, threads: Int? = nil) throws(LKError) {
+    /// (default min(model context, 4096)), their KV caches holding `kvType` elements. The caches are
+    /// reserved, not touched: memory grows with the positions actually used.
+    public init(model: LlamaModel, maxSequences: Int, maxPositions: Int? = nil, threads: Int? = nil,
+                kvType: KVCacheType = .f32) throws(LKError) {
         let c = model.config
         guard maxSequences >= 1, maxSequences <= 4096 else {
             throw .invalidArgument("maxSequences \(maxSequences) must be in 1...4096")
@@ -94,11 +100,12 @@ public final class BatchContext: @unchecked Sendable {
             throw .invalidArgument("maxPositions \(n) must be in 1...\(c.contextLength) (the model's context length)")
         }
         if let t = threads, t < 1 || t > 512 { throw .invalidArgument("threads \(t) must be in 1...512") }
-        let perSlot = try checkedProduct([c.nLayers, n, c.kvDim, 4], what: "batch KV cache")
+        let perSlot = try checkedProduct([c.nLayers, n, c.kvDim, kvType.bytes], what: "batch KV cache")
         _ = try checkedProduct([perSlot, 2, maxSequences], what: "batch KV cache")
         self.model = model
         self.maxSequences = maxSequences
         self.maxPositions = n
+        self.kvType = kvType
         self.pool = ThreadPool(threads: threads ?? ThreadPool.hardwareConcurrency)
         self.batchCapacity = 512
         var ks: [Storage] = [], vs: [Storage] = []
@@ -155,11 +162,12 @@ public final class BatchContext: @unchecked Sendable {
         }
         let c = model.config
         if s.position > 0 {
+            let eb = kvType.bytes, bytes = s.position * c.headDim * eb
             for l in 0..<c.nLayers {
                 for g in 0..<c.nKVHeads {
-                    let off = g * maxPositions * c.headDim
-                    (cacheK(slot, l) + off).update(from: cacheK(s.slot, l) + off, count: s.position * c.headDim)
-                    (cacheV(slot, l) + off).update(from: cacheV(s.slot, l) + off, count: s.position * c.headDim)
+                    let off = g * maxPositions * c.headDim * eb
+                    (cacheK(slot, l) + off).copyMemory(from: cacheK(s.slot, l) + off, byteCount: bytes)
+                    (cacheV(slot, l) + off).copyMemory(from: cacheV(s.slot, l) + off, byteCount: bytes)
                 }
             }
         }
@@ -492,12 +500,20 @@ public final class BatchContext: @unchecked Sendable {
         s.base.assumingMemoryBound(to: Float.self)
     }
 
-    fileprivate func cacheK(_ slot: Int, _ layer: Int) -> UnsafeMutablePointer<Float> {
-        f(kCache[slot]) + layer * maxPositions * model.config.kvDim
+    fileprivate func cacheK(_ slot: Int, _ layer: Int) -> UnsafeMutableRawPointer {
+        kCache[slot].base + layer * maxPositions * model.config.kvDim * kvType.bytes
     }
 
-    fileprivate func cacheV(_ slot: Int, _ layer: Int) -> UnsafeMutablePointer<Float> {
-        f(vCache[slot]) + layer * maxPositions * model.config.kvDim
+    fileprivate func cacheV(_ slot: Int, _ layer: Int) -> UnsafeMutableRawPointer {
+        vCache[slot].base + layer * maxPositions * model.config.kvDim * kvType.bytes
+    }
+
+    /// Scratch for an f16 cache's prefills (nil for f32 or when no sequence prefills
+    /// `Ops.attentionBlockedMinRows` rows or more).
+    fileprivate func prefillScratch(_ segs: [Segment]) throws(LKError) -> UnsafeMutablePointer<Float>? {
+        guard kvType == .f16, segs.contains(where: { $0.rows >= Ops.attentionBlockedMinRows }) else { return nil }
+        if kvScratch == nil { kvScratch = try Storage(lazyZeroedBytes: 2 * maxPositions * model.config.kvDim * 4) }
+        return f(kvScratch!)
     }
 
     /// The batch's side of `LlamaBlock`: all rows through each base product at once, adapters per
@@ -599,13 +615,14 @@ public final class BatchContext: @unchecked Sendable {
             for s in segs {
                 let kc = ctx.cacheK(s.slot, l), vc = ctx.cacheV(s.slot, l)
                 Ops.storeKV(b.k + s.row * c.kvDim, rows: s.rows, kvHeads: c.nKVHeads, headDim: c.headDim, into: kc,
-                            type: .f32, layout: layout, position: s.start)
+                            type: ctx.kvType, layout: layout, position: s.start)
                 Ops.storeKV(b.v + s.row * c.kvDim, rows: s.rows, kvHeads: c.nKVHeads, headDim: c.headDim, into: vc,
-                            type: .f32, layout: layout, position: s.start)
+                            type: ctx.kvType, layout: layout, position: s.start)
                 seqs.append(Ops.AttentionSequence(q: b.q + s.row * c.qDim, k: kc, v: vc, layout: layout,
                                                   out: b.att + s.row * c.qDim, rows: s.rows, startPos: s.start))
             }
-            try Ops.attentionForwardMany(seqs, heads: c.nHeads, kvHeads: c.nKVHeads, headDim: c.headDim, pool: ctx.pool)
+            try Ops.attentionForwardMany(seqs, type: ctx.kvType, heads: c.nHeads, kvHeads: c.nKVHeads, headDim: c.headDim,
+                                         scratch: ctx.prefillScratch(segs), pool: ctx.pool)
         }
 
         @inline(__always) func tick() -> Double { ctx.tick() }

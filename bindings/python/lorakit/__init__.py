@@ -1339,22 +1339,27 @@ class BatchContext(_Handle):
     together (lk_batch_*): one step() runs every listed sequence's new tokens as one batch, reading each
     base weight once. Use from one thread at a time.
 
-    BatchContext(model, max_sequences, n_ctx=0, n_threads=0): n_ctx positions per sequence (0 =
-    min(model context, 4096)), n_threads 0 = cpu_count().
+    BatchContext(model, max_sequences, n_ctx=0, n_threads=0, kv_type="f32"): n_ctx positions per sequence
+    (0 = min(model context, 4096)), n_threads 0 = cpu_count(); kv_type "f16" (or DType.F16) keeps the KV
+    caches in f16 (half the memory; logits then match a Context with kv_type "f16").
     """
     __slots__ = ("model", "n_vocab", "max_sequences")
     _kind = "batch context"
     _free = staticmethod(_c.lk_batch_free)
 
-    def __init__(self, model: Model, max_sequences: int, n_ctx: int = 0, n_threads: int = 0):
+    def __init__(self, model: Model, max_sequences: int, n_ctx: int = 0, n_threads: int = 0, kv_type="f32"):
         self._handle = None
         if not isinstance(model, Model):
             raise TypeError(f"model must be a lorakit.Model, got {type(model).__name__}")
         self.model = model
         self.n_vocab = model.info.n_vocab
         self.max_sequences = int(max_sequences)
+        p = _lib.lk_batch_params()
+        _c.lk_batch_params_init_sized(byref(p), ctypes.sizeof(p))
+        p.max_sequences, p.n_ctx, p.n_threads = int(max_sequences), int(n_ctx), int(n_threads)
+        p.kv_type = _dtype_arg(kv_type)
         out = _lib.lk_batch_p()
-        _check(_c.lk_batch_new(model.handle, int(max_sequences), int(n_ctx), int(n_threads), byref(out)))
+        _check(_c.lk_batch_new_with_params(model.handle, byref(p), byref(out)))
         self._handle = out.value
 
     def add_sequence(self) -> int:

@@ -656,6 +656,29 @@ lk_batch_p = c_void_p
 #                        lk_batch **out);
 _fn("lk_batch_new", lk_status, [lk_model_p, c_int32, c_int32, c_int32, POINTER(lk_batch_p)])
 
+
+# typedef struct lk_batch_params {
+#     uint32_t struct_size;
+#     int32_t max_sequences;
+#     int32_t n_ctx;
+#     int32_t n_threads;
+#     lk_dtype kv_type;
+# } lk_batch_params;
+class lk_batch_params(Structure):
+    _fields_ = [("struct_size", c_uint32), ("max_sequences", c_int32), ("n_ctx", c_int32), ("n_threads", c_int32),
+                ("kv_type", lk_dtype)]
+
+
+# void lk_batch_params_init_sized(lk_batch_params *p, size_t size);
+_fn("lk_batch_params_init_sized", None, [POINTER(lk_batch_params), c_size_t])
+# void lk_batch_params_init(lk_batch_params *p);   (the struct's first version; the header's macro of that
+# name calls lk_batch_params_init_sized)
+_fn("lk_batch_params_init", None, [POINTER(lk_batch_params)])
+# int64_t lk_sizeof_batch_params(void);
+_fn("lk_sizeof_batch_params", c_int64, [])
+# lk_status lk_batch_new_with_params(lk_model *model, const lk_batch_params *params, lk_batch **out);
+_fn("lk_batch_new_with_params", lk_status, [lk_model_p, POINTER(lk_batch_params), POINTER(lk_batch_p)])
+
 # lk_status lk_batch_free(lk_batch *batch);
 _fn("lk_batch_free", lk_status, [lk_batch_p])
 
@@ -691,6 +714,7 @@ STRUCTS = {
     "lk_model_params": (lk_model_params, "lk_sizeof_model_params"),
     "lk_model_info": (lk_model_info, "lk_sizeof_model_info"),
     "lk_context_params": (lk_context_params, "lk_sizeof_context_params"),
+    "lk_batch_params": (lk_batch_params, "lk_sizeof_batch_params"),
     "lk_sampler_params": (lk_sampler_params, "lk_sizeof_sampler_params"),
     "lk_generate_params": (lk_generate_params, "lk_sizeof_generate_params"),
     "lk_generate_result": (lk_generate_result, "lk_sizeof_generate_result"),
@@ -724,7 +748,8 @@ FUNCTIONS = (
     "lk_trainer_forward_backward", "lk_trainer_forward_backward_batch", "lk_trainer_optimizer_step", "lk_sizeof_model_params", "lk_sizeof_model_info",
     "lk_sizeof_context_params", "lk_sizeof_sampler_params", "lk_sizeof_generate_params",
     "lk_sizeof_generate_result", "lk_sizeof_chat_message", "lk_sizeof_lora_params", "lk_sizeof_train_params",
-    "lk_sizeof_train_progress", "lk_batch_new", "lk_batch_free", "lk_batch_add_sequence",
+    "lk_sizeof_train_progress", "lk_batch_new", "lk_batch_params_init_sized", "lk_batch_params_init",
+    "lk_sizeof_batch_params", "lk_batch_new_with_params", "lk_batch_free", "lk_batch_add_sequence",
     "lk_batch_remove_sequence", "lk_batch_fork", "lk_batch_truncate", "lk_batch_position", "lk_batch_sequences",
     "lk_batch_set_adapters", "lk_batch_step",
 )

@@ -33,9 +33,9 @@ def expect_error(status, substr, fn, *args, **kw):
     assert substr in str(e.value), e.value
 
 
-def reference(model, adapters, chunks, n_ctx=64):
+def reference(model, adapters, chunks, n_ctx=64, kv_type="f32"):
     """Logits after each chunk, evaluated on a Context with `adapters` attached."""
-    with Context(model, n_ctx=n_ctx, n_threads=2) as c:
+    with Context(model, n_ctx=n_ctx, n_threads=2, kv_type=kv_type) as c:
         for a, s in adapters:
             c.attach(a, s)
         return [c.eval(ch) for ch in chunks]
@@ -73,6 +73,30 @@ def test_mixed_batch_matches_contexts(tiny):
         assert np.max(np.abs(out3[0] - rf)) < 1e-3
         assert np.max(np.abs(out3[1] - r0)) < 1e-3
         assert bc.position(f) == 12 and bc.position(ids[0]) == 5
+
+
+def test_f16_kv_cache_matches_f16_contexts(tiny):
+    a = Adapter.create(tiny, rank=8, targets="q,v", init="random", seed=1)
+    sets = [[], [(a, 1.0)]]
+    prompts = [[5, 77, 300, 2, 511], list(range(3, 60, 3))]  # 5 and 19 tokens (a blocked prefill)
+    with BatchContext(tiny, max_sequences=3, n_ctx=64, n_threads=2, kv_type="f16") as bc:
+        ids = [bc.add_sequence() for _ in sets]
+        for i, s in zip(ids, sets):
+            bc.set_adapters(i, s)
+        out1 = bc.step(list(zip(ids, prompts)))
+        f = bc.fork(ids[1])
+        out2 = bc.step([(ids[0], 11), (ids[1], 12), (f, 13)])
+        for k in range(2):
+            r = reference(tiny, sets[k], [prompts[k], [11 + k]], kv_type="f16")
+            assert np.max(np.abs(out1[k] - r[0])) < 1e-3
+            assert np.max(np.abs(out2[k] - r[1])) < 1e-3
+        rf = reference(tiny, sets[1], [prompts[1], [13]], kv_type="f16")[1]
+        assert np.max(np.abs(out2[2] - rf)) < 1e-3
+        # An f16 cache is not an f32 one: the f32 reference differs by more than the batch does.
+        r32 = reference(tiny, sets[1], [prompts[1], [12]])[1]
+        assert np.max(np.abs(out2[1] - r32)) > np.max(np.abs(out2[1] - reference(tiny, sets[1], [prompts[1], [12]], kv_type="f16")[1]))
+    expect_error(Status.INVALID_ARGUMENT, "params->kv_type", BatchContext, tiny, 2, kv_type="q8_0")
+    expect_error(Status.INVALID_ARGUMENT, "params->n_ctx", BatchContext, tiny, 2, n_ctx=-1)
 
 
 def test_bad_input_changes_nothing(tiny):

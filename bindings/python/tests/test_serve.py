@@ -98,11 +98,11 @@ class Server:
             self.proc.wait()
 
 
-def generate(prompt, adapter=None, chat=False, max_tokens=16, temp=0.0, seed=0, stop=()):
+def generate(prompt, adapter=None, chat=False, max_tokens=16, temp=0.0, seed=0, stop=(), kv_type="f32"):
     """The same request through `lorakit generate` (one context, the adapter attached at scale 1)."""
     args = [CLI, "generate", "--model", MODEL, "--prompt", prompt, "--max-tokens", str(max_tokens), "--temp", str(temp),
             "--top-k", "0", "--top-p", "1", "--min-p", "0", "--seed", str(seed), "--threads", "2", "--ctx", str(CTX),
-            "--json"]
+            "--kv-type", kv_type, "--json"]
     if adapter:
         args += ["--adapter", str(adapter)]
     if chat:
@@ -419,6 +419,23 @@ def test_contexts_engine_gives_the_same_outputs(server, adapters):
         with ThreadPoolExecutor(len(jobs)) as ex:
             got = list(ex.map(lambda j: ask(s, j), jobs))
         assert got == [ask(server, j) for j in jobs]
+    finally:
+        s.stop()
+
+
+def test_f16_kv_cache_serves_what_an_f16_context_generates(adapters):
+    """--kv-type f16: concurrent greedy completions equal `lorakit generate --kv-type f16` of each alone."""
+    s = Server("--kv-type", "f16", "--adapter", f"alpha={adapters['alpha']}", "--max-sequences", "3", "--ctx", CTX)
+    try:
+        jobs = [("alpha", "Water boils at"), (BASE, "The quick brown fox"), ("alpha", "Once upon a time")]
+
+        def ask(job):
+            return s.client().completions.create(model=job[0], prompt=job[1], max_tokens=12, temperature=0).choices[0].text
+        with ThreadPoolExecutor(len(jobs)) as ex:
+            got = list(ex.map(ask, jobs))
+        want = [generate(p, adapter=adapters["alpha"] if m == "alpha" else None, max_tokens=12, kv_type="f16")["text"]
+                for m, p in jobs]
+        assert got == want
     finally:
         s.stop()
 
