@@ -148,6 +148,7 @@ struct BenchBatch: ParsableCommand {
                     ("prompt_tokens", .number(Double(prompt))), ("decode_steps", .number(Double(decode))),
                     ("rounds", .number(Double(rounds))), ("clock", .string(cpuTime ? "process_cpu" : "wall")),
                     ("kv_cache_dtype", .string(kv.kvType.rawValue)), ("kernels", .string(KernelPath.summary)),
+                    ("kv_cache_bytes_per_token", .number(Double(2 * c.nLayers * c.kvDim * kv.kvType.bytes))),
                     ("decode_single_adapter_tokens_per_s", .number(ma)),
                     ("decode_batch_no_adapter_tokens_per_s", .number(mb)),
                     ("decode_batch_own_adapters_tokens_per_s", .number(mc)),
@@ -166,6 +167,7 @@ struct BenchBatch: ParsableCommand {
                 print("  (c) \(n) sequences, each its own r=\(rank) \(targets) adapter:      \(f(mc))")
                 print("  (c)/(a) = \(f3(mc / ma))  (issue 13 asks ≥ 4)")
                 print("  (c)/(b) = \(f3(mc / mb))  (issue 13 asks ≥ 0.9)")
+                print("KV cache: \(2 * c.nLayers * c.kvDim * kv.kvType.bytes / 1024) KiB per position and sequence (\(kv.kvType.rawValue))")
                 print("prefill tok/s: single LlamaContext \(prompt) tokens \(f(mp1)); batch of \(n) × \(prompt) tokens \(f(mpn)); batch/single per token = \(f3(mpn / mp1))")
                 for p in profiles { print(p.text) }
             }

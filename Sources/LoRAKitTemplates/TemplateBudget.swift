@@ -78,6 +78,9 @@ final class JBudget {
     private(set) var iterations = 0
     /// The deepest recursion (statements, expressions, macro calls) reached.
     var peakDepth = 0
+    /// The rendering thread's stack: recursion stops with an error before it runs out, whatever the depth
+    /// limits allow (the budget is made on the thread that renders).
+    let stack = StackGuard()
     private var checkAt: Int
     private let deadline: UInt64
     static let clockInterval = 1 << 12
@@ -98,6 +101,15 @@ final class JBudget {
     /// A structural limit reached (recursion or value depth, loop iterations): `LKError.format`, a template
     /// error as Python's RecursionError is (and as these were before the budget existed).
     func structureError(_ loc: JLoc, _ msg: String) -> LKError { .format("chat template: \(loc.text): \(msg)") }
+
+    /// `structureError` when the rendering thread's stack is nearly used up (checked at every level of
+    /// recursion, with the depth limits).
+    @inline(__always)
+    func checkStack(_ loc: JLoc, _ what: String) throws(LKError) {
+        if stack.exhausted {
+            throw structureError(loc, "\(what) too deep for this thread's stack (a smaller TemplateLimits depth, or a thread with a larger stack, avoids it)")
+        }
+    }
 
     /// Charges `n` steps.
     @inline(__always)

@@ -521,6 +521,7 @@ extension JinjaInterpreter {
         guard level < budget.limits.maxValueDepth else {
             throw budget.structureError(loc, "value nested too deeply: tojson of a value more than \(budget.limits.maxValueDepth) levels deep (TemplateLimits.maxValueDepth)")
         }
+        try budget.checkStack(loc, "tojson of a value nested")
         try budget.step(1, loc)
         func put(_ s: String) throws(LKError) {
             try budget.alloc(s.utf8.count, "tojson", loc)

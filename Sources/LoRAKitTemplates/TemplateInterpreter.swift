@@ -78,6 +78,7 @@ final class JinjaInterpreter {
         if depth > budget.limits.maxRecursionDepth {
             throw budget.structureError(loc, "template recursion too deep: statements, expressions and macro calls nested more than \(budget.limits.maxRecursionDepth) levels (TemplateLimits.maxRecursionDepth)")
         }
+        try budget.checkStack(loc, "template recursion")
     }
 
     // MARK: statements
@@ -335,6 +336,7 @@ final class JinjaInterpreter {
         guard level <= budget.limits.maxValueDepth else {
             throw budget.structureError(loc, "value nested too deeply: repr() of a value more than \(budget.limits.maxValueDepth) levels deep (TemplateLimits.maxValueDepth)")
         }
+        try budget.checkStack(loc, "repr() of a value nested")
         try budget.step(1, loc)
         func put(_ s: String) throws(LKError) {
             try budget.alloc(s.utf8.count, "repr() of a \(pyTypeName(v))", loc)

@@ -12,6 +12,8 @@ struct JinjaParser {
     var i = 0
     var depth = 0
     var loopDepth = 0
+    /// The parsing thread's stack (parsing recursion stops before it runs out).
+    let stack = StackGuard()
     static let maxDepth = 100
 
     static func parse(_ source: String) throws(LKError) -> [JStmt] {
@@ -70,6 +72,7 @@ struct JinjaParser {
     mutating func enter(_ loc: JLoc) throws(LKError) {
         depth += 1
         if depth > JinjaParser.maxDepth { throw fail("template is nested too deeply (limit \(JinjaParser.maxDepth))", loc) }
+        if stack.exhausted { throw fail("template is nested too deeply for this thread's stack", loc) }
     }
 
     // MARK: statements

@@ -475,8 +475,9 @@ let runningUnderSanitizer: Bool = {
 /// The depth limits are capped (TemplateLimits.depthCap) so that no setting lets a template overflow the stack:
 /// at the cap, the deepest macro recursion and the deepest list (built, compared, printed, serialized) render
 /// on a thread with a 1 MiB stack (C hosts' threads have 8 MiB on Linux, 512 KiB+ on macOS). Under a
-/// sanitizer (make test-asan / test-tsan) the frames are several times larger, and the thread gets 8 MiB,
-/// the stack of a Linux host's threads: the check there is that the cap fits a real host thread.
+/// sanitizer (make test-asan / test-tsan) or in a debug build the frames are several times larger, and the
+/// thread gets 8 MiB, the stack of a Linux host's threads: the check there is that the cap fits a real host
+/// thread. (On a smaller stack the render stops with an error: `renderOnASmallStackIsAnErrorNotACrash`.)
 @Test func depthLimitsAtTheCapFitAOneMiBStack() throws {
     var l = TemplateLimits()
     l.maxRecursionDepth = TemplateLimits.depthCap + 1
@@ -499,7 +500,7 @@ let runningUnderSanitizer: Bool = {
         """)
     let capLimits = cap
     let results = Locked<[String]>([])
-    onThread(stackBytes: runningUnderSanitizer ? 8 << 20 : 1 << 20) {
+    onThread(stackBytes: runningUnderSanitizer || debugBuild ? 8 << 20 : 1 << 20) {
         for t in [recursion, nested, shallower] {
             let r: String
             do throws(LKError) { r = try t.render(messages: [], addGenerationPrompt: false, limits: capLimits) } catch { r = "error: \(error.message)" }
@@ -512,6 +513,47 @@ let runningUnderSanitizer: Bool = {
     #expect(r[0].hasPrefix("error: chat template: ") && r[0].contains("nested more than 1000 levels (TemplateLimits.maxRecursionDepth)"), "\(r[0])")
     #expect(r[1].hasPrefix("error: chat template: ") && r[1].contains("more than 1000 levels deep (TemplateLimits.maxValueDepth)"), "\(r[1])")
     #expect(r[2] == "1981 1981 True 1", "\(r[2])")
+}
+
+/// Whether this is a debug build (unoptimized frames are several times a release build's).
+let debugBuild: Bool = {
+    #if DEBUG
+    return true
+    #else
+    return false
+    #endif
+}()
+
+/// On a thread whose stack is too small for the depth limits, deep recursion (macro calls, tojson, repr,
+/// the parser) stops with an error naming the stack instead of overflowing it (`StackGuard`: 128 KiB kept
+/// in reserve), and the same templates still render on a large stack.
+@Test func renderOnASmallStackIsAnErrorNotACrash() throws {
+    var cap = TemplateLimits()
+    cap.maxRecursionDepth = TemplateLimits.depthCap
+    cap.maxValueDepth = TemplateLimits.depthCap
+    let recursion = try ChatTemplate("{% macro f(n) %}{% if n > 0 %}{{ f(n - 1) }}{% else %}bottom{% endif %}{% endmacro %}{{ f(120) }}")
+    let json = try ChatTemplate("""
+        {% set ns = namespace(v=1) %}{% for i in range(990) %}{% set ns.v = [ns.v] %}{% endfor %}{{ ns.v | tojson | length }}
+        """)
+    let capLimits = cap
+    func renderAll(stackBytes: Int) -> [String] {
+        let results = Locked<[String]>([])
+        onThread(stackBytes: stackBytes) {
+            for t in [recursion, json] {
+                let r: String
+                do throws(LKError) { r = try t.render(messages: [], addGenerationPrompt: false, limits: capLimits) } catch { r = "error: \(error.message)" }
+                results.withLock { $0.append(r) }
+            }
+        }
+        return results.withLock { $0 }
+    }
+    let small = renderAll(stackBytes: 160 << 10)
+    #expect(small.count == 2)
+    for r in small {
+        #expect(r.hasPrefix("error: chat template: ") && r.contains("too deep for this thread's stack"), "\(r)")
+    }
+    let large = renderAll(stackBytes: runningUnderSanitizer || debugBuild ? 32 << 20 : 4 << 20)
+    #expect(large == ["bottom", "1981"], "\(large)")
 }
 
 /// The model's limits are read and set one at a time (the C ABI's and the CLI's way): the old value comes
