@@ -546,12 +546,14 @@ def section_generate(cli: str, seconds: float, command: str) -> str:
 _KERNELS: set[str] = set()
 
 
-def _run_pair(cli: str, model: str, prompt: int, gen: int, threads: int, repeats: int) -> tuple[dict | None, dict | None, list[str]]:
+def _run_pair(cli: str, model: str, prompt: int, gen: int, threads: int, repeats: int,
+              extra: tuple[str, ...] = ()) -> tuple[dict | None, dict | None, list[str]]:
     """One LoRAKit run and one llama.cpp run of prompt + gen tokens (each in its own process), the figures
-    of their last repeat (the earlier ones warm the page cache and the allocator)."""
+    of their last repeat (the earlier ones warm the page cache and the allocator). `extra`: more
+    `lorakit bench generate` options."""
     notes = []
     ours, err = run_cli(cli, ["bench", "generate", "--model", model, "--prompt-tokens", str(prompt), "--gen-tokens",
-                              str(gen), "--threads", str(threads), "--repeats", str(repeats), "--json"])
+                              str(gen), "--threads", str(threads), "--repeats", str(repeats), "--json", *extra])
     if ours is None:
         notes.append(f"LoRAKit {Path(model).name} p{prompt}/g{gen} at {threads} threads: {err}")
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "llamacpp_generate.py"), "--model", model,
@@ -665,30 +667,43 @@ def section_context(cli: str, seconds: float, command: str) -> str:
               f"- Method: one process per run and side, the context sized to prompt + generated + 1; prefill = "
               "the prompt evaluated in one call (both sides cut it into batches of 512); decode at position P = "
               "32 tokens generated one at a time after a P-token prompt. Each process runs the work once; "
-              f"{rounds} rounds, LoRAKit then llama.cpp; medians of the rounds.",
+              f"{rounds} rounds, LoRAKit then llama.cpp; medians of the rounds. Decode rows also give LoRAKit "
+              "with an f16 KV cache (`--kv-type f16`, llama.cpp's default), run in the same rounds.",
               "",
-              "| threads | measure | LoRAKit tok/s | llama.cpp tok/s | ratio |",
-              "|---:|---|---:|---:|---:|"]
+              "| threads | measure | LoRAKit tok/s | llama.cpp tok/s | ratio | LoRAKit f16 KV tok/s | ratio |",
+              "|---:|---|---:|---:|---:|---:|---:|"]
     notes = []
     kv = None
     for t in scaling_threads():
         for prompt, gen in CONTEXT_RUNS:
-            ours, peers = [], []
+            ours, peers, halves = [], [], []
             for r in range(rounds):
                 o, p, n = _run_pair(cli, model, prompt, gen, t, 1)
                 ours.append(o); peers.append(p); notes += n
+                if gen:
+                    h, err = run_cli(cli, ["bench", "generate", "--model", model, "--prompt-tokens", str(prompt),
+                                           "--gen-tokens", str(gen), "--threads", str(t), "--repeats", "1", "--json",
+                                           "--kv-type", "f16"])
+                    if h is None:
+                        notes.append(f"LoRAKit f16 KV p{prompt}/g{gen} at {t} threads: {err}")
+                    elif h.get("decode_runs"):
+                        h["decode_last"] = h["decode_runs"][-1]
+                    halves.append(h)
                 if o and kv is None:
                     kv = o.get("kv_cache_bytes_per_token")
             key = "decode_last" if gen else "prefill_last"
             med = lambda xs: _median([d[key] for d in xs if d and d.get(key)])
             a, b = med(ours), med(peers)
             what = f"prefill {prompt} tokens" if not gen else f"decode at position {0 if prompt == 1 else prompt}"
-            lines.append(f"| {t} | {what} | {fmt(a)} | {fmt(b)} | {fmt(a / b, 2) if a and b else 'n/a'} |")
-            print(f"context threads={t} {what}: LoRAKit {fmt(a)}, llama.cpp {fmt(b)} tok/s", file=sys.stderr)
+            c = med(halves) if gen else None
+            lines.append(f"| {t} | {what} | {fmt(a)} | {fmt(b)} | {fmt(a / b, 2) if a and b else 'n/a'} | "
+                         f"{fmt(c) if c else '—'} | {fmt(c / b, 2) if c and b else '—'} |")
+            print(f"context threads={t} {what}: LoRAKit {fmt(a)} (f16 KV {fmt(c) if c else '-'}), llama.cpp {fmt(b)} tok/s",
+                  file=sys.stderr)
     if kv:
-        lines += ["", f"KV cache per token: LoRAKit {kv / 1024:.1f} KiB (f32 keys and values, 30 layers × 192 × 2), "
-                      f"llama.cpp {kv / 2048:.1f} KiB (f16); at 4096 positions {kv * 4096 / 1048576:.0f} MiB "
-                      f"against {kv * 2048 / 1048576:.0f} MiB."]
+        lines += ["", f"KV cache per token: LoRAKit {kv / 1024:.1f} KiB (f32 keys and values, 30 layers × 192 × 2; "
+                      f"{kv / 2048:.1f} KiB with `--kv-type f16`), llama.cpp {kv / 2048:.1f} KiB (f16); at 4096 "
+                      f"positions {kv * 4096 / 1048576:.0f} MiB (f32) or {kv * 2048 / 1048576:.0f} MiB (f16)."]
     lines += ["", f"- LoRAKit kernels: {'; '.join(sorted(_KERNELS)) or '?'}"]
     lines += ["", f"- Load average at the end: {' / '.join(f'{x:.2f}' for x in os.getloadavg()[:2])} (1 / 5 min)"]
     for n in notes:
