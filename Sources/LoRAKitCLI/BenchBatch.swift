@@ -147,7 +147,7 @@ struct BenchBatch: ParsableCommand {
                     ("sequences", .number(Double(n))), ("rank", .number(Double(rank))), ("targets", .string(targets)),
                     ("prompt_tokens", .number(Double(prompt))), ("decode_steps", .number(Double(decode))),
                     ("rounds", .number(Double(rounds))), ("clock", .string(cpuTime ? "process_cpu" : "wall")),
-                    ("kv_cache_dtype", .string(kv.kvType.rawValue)), ("kernels", .string(KernelPath.summary)),
+                    ("kv_cache_dtype", .string(kv.kvType.rawValue)),
                     ("kv_cache_bytes_per_token", .number(Double(2 * c.nLayers * c.kvDim * kv.kvType.bytes))),
                     ("decode_single_adapter_tokens_per_s", .number(ma)),
                     ("decode_batch_no_adapter_tokens_per_s", .number(mb)),
@@ -157,7 +157,7 @@ struct BenchBatch: ParsableCommand {
                     ("ratio_prefill_batch_over_single", .number(mpn / mp1)),
                     ("runs", .object([("a", runs(a)), ("b", runs(b)), ("c", runs(cc)), ("prefill_single", runs(p1)),
                                       ("prefill_batch", runs(pn))])),
-                ] + (profiles.isEmpty ? [] : [("profiles", .array(profiles.map(\.json)))])))
+                ] + kernelPathFields() + (profiles.isEmpty ? [] : [("profiles", .array(profiles.map(\.json)))])))
             } else {
                 func f(_ x: Double) -> String { "\((x * 10).rounded() / 10)" }
                 func f3(_ x: Double) -> String { "\((x * 1000).rounded() / 1000)" }

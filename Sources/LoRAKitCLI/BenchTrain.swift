@@ -132,7 +132,7 @@ struct BenchTrain: ParsableCommand {
                     ("activation_bytes_estimate", .number(Double(act))),
                     ("loss_chunk_rows", .number(Double(trainer.lossChunkRows))),
                     ("loss_vocab_block", .number(Double(trainer.lossVocabBlock))),
-                ] + (profile ? [("profile", .array(parts.map { p in
+                ] + kernelPathFields() + (profile ? [("profile", .array(parts.map { p in
                     .object([("part", .string(p.0)), ("ms_per_step", .number(p.1 * 1000 / Double(steps))),
                              ("share", .number(p.1 / total)),
                              ("gflop_per_s", p.2 > 0 ? .number(p.2 / p.1 / 1e9) : .null)])
@@ -141,7 +141,7 @@ struct BenchTrain: ParsableCommand {
                 print("train \(batch)×\(seq) r=\(rank) \(targets) threads=\(trainer.pool.activeCount): "
                       + "\(format6(tokensPerS)) tokens/s, median step \(format6(median)) ms, "
                       + "loss \(format6(losses.first!)) → \(format6(losses.last!)), peak RSS \(rss / 1_048_576) MiB, "
-                      + "activations ≈ \(act / 1_048_576) MiB")
+                      + "activations ≈ \(act / 1_048_576) MiB; \(KernelPath.summary)")
                 if profile {
                     print(padded("part", 36) + padded("ms/step", 10, left: true) + padded("share", 8, left: true)
                           + padded("GFLOP/s", 9, left: true))
