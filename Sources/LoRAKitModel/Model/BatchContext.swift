@@ -12,8 +12,8 @@ import LoRAKitKernels
 /// rewritten before the one base product of the module, output points and added terms (IA³ on k/v, DoRA)
 /// run on the group's rows after it, and LoRA terms read the rewritten input.
 ///
-/// Results: every row gets the arithmetic a single-sequence `LlamaContext` gives it when that context
-/// evaluates the same number of rows at once; batches of fewer than `Linear.smallRowLimit` rows (decode
+/// Results: every row gets the arithmetic a single-sequence `LlamaContext` (with the same `kvType`) gives it
+/// when that context evaluates the same number of rows at once; batches of fewer than `Linear.smallRowLimit` rows (decode
 /// steps of up to 11 sequences) use the mat-vec kernels, whose rows are bitwise those of a one-token
 /// decode, and larger steps the f32 GEMM, so logits stay within the documented activation-quantization
 /// tolerance of a `LlamaContext` running each sequence alone (`LlamaContext.activations`).
