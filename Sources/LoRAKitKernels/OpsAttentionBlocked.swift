@@ -159,7 +159,7 @@ extension Ops {
                         // Causal softmax numerators E = exp(S − rowmax) (0 past the row's position), lse.
                         for i in 0..<nr {
                             let row = s + i * ldS, n = sp.start + r0 + i + 1
-                            let m = rowMaxF(row, n)
+                            let m = rowMax(row, n)
                             let sum = expRowMasked(row, n, m)
                             let n8 = (n + 7) & ~7
                             if n8 < nk { (row + n8).update(repeating: 0, count: nk - n8) }
@@ -316,16 +316,6 @@ extension Ops {
         var i = 0
         while i + 8 <= n { st8(ld8(x + i) * cv, x + i); i += 8 }
         while i < n { x[i] *= c; i += 1 }
-    }
-
-    /// Row maximum of n ≥ 1 values (compare-and-select: the generic pointwiseMax stays an out-of-line call).
-    @inline(__always) static func rowMaxF(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
-        var mv = SIMD8<Float>(repeating: -.infinity)
-        var i = 0
-        while i + 8 <= n { let v = ld8(x + i); mv.replace(with: v, where: v .> mv); i += 8 }
-        var m = mv.max()
-        while i < n { m = max(m, x[i]); i += 1 }
-        return m
     }
 
     /// Lanes i ≥ `valid` of a vector (to zero the tail of a row's last 8-value chunk).

@@ -62,7 +62,7 @@ extension Ops {
                 let y = Int(targets[t]) - vocabStart
                 if y >= 0 && y < cols { targetLogit[t] = lr[y] }
                 let old = runningMax[t]
-                let newMax = max(old, rowMaxF(lr, cols))
+                let newMax = max(old, rowMax(lr, cols))
                 // Earlier blocks were taken against `old`: bring their sum (and Σ E·W) to `newMax`.
                 if newMax > old && old > -.infinity {
                     let f = scalarExp(old - newMax)

@@ -140,7 +140,8 @@ extension Ops {
     @inline(__always) static func rowMax(_ x: UnsafePointer<Float>, _ n: Int) -> Float {
         var mv = SIMD8<Float>(repeating: -.infinity)
         var i = 0
-        while i + 8 <= n { mv = pointwiseMax(mv, ld8(x + i)); i += 8 }
+        // Compare-and-select: the generic pointwiseMax stays an out-of-line call per vector.
+        while i + 8 <= n { let v = ld8(x + i); mv.replace(with: v, where: v .> mv); i += 8 }
         var m = mv.max()
         while i < n { m = max(m, x[i]); i += 1 }
         return m
