@@ -274,6 +274,13 @@ extension Ops {
         }
     }
 
+    /// A layout's strides must not be negative (`what` names the caller in the error).
+    static func checkKVLayout(_ what: String, _ lay: KVLayout) throws(LKError) {
+        guard lay.rowStride >= 0, lay.headStride >= 0 else {
+            throw .invalidArgument("\(what): negative KV layout strides \(lay.headStride), \(lay.rowStride)")
+        }
+    }
+
     /// Store `rows` new key (or value) rows ([rows, Hkv·D] f32 at `src`) at positions `position...` of a
     /// cache laid out as `layout` whose elements are `type` (f16: rounded to nearest even).
     public static func storeKV(_ src: UnsafePointer<Float>, rows: Int, kvHeads: Int, headDim D: Int,
@@ -305,9 +312,7 @@ extension Ops {
         try checkAttention("attentionForward", rows: rows, keys: keys, heads: heads, kvHeads: kvHeads,
                            headDim: headDim, startPos: startPos)
         let lay = layout ?? .rows(kvHeads: kvHeads, headDim: headDim)
-        guard lay.rowStride >= 0, lay.headStride >= 0 else {
-            throw .invalidArgument("attentionForward: negative KV layout strides \(lay.headStride), \(lay.rowStride)")
-        }
+        try checkKVLayout("attentionForward", lay)
         let sc = scale ?? 1 / Float(headDim).squareRoot()
         let span = [AttentionSpan(qRow: 0, kRow: 0, rows: rows, start: startPos)]
         switch type {
@@ -383,9 +388,7 @@ extension Ops {
         for s in seqs {
             try checkAttention("attentionForwardMany", rows: s.rows, keys: s.startPos + s.rows, heads: heads,
                                kvHeads: kvHeads, headDim: headDim, startPos: s.startPos)
-            if let l = s.layout, l.rowStride < 0 || l.headStride < 0 {
-                throw .invalidArgument("attentionForwardMany: negative KV layout strides \(l.headStride), \(l.rowStride)")
-            }
+            if let l = s.layout { try checkKVLayout("attentionForwardMany", l) }
         }
         if type == .f16, seqs.contains(where: { $0.rows >= attentionBlockedMinRows }), scratch == nil {
             throw .invalidArgument("attentionForwardMany: an f16 KV cache needs scratch for a prefill")
@@ -395,17 +398,9 @@ extension Ops {
         for s in seqs where s.rows > 0 {
             let lay = s.layout ?? .rows(kvHeads: kvHeads, headDim: headDim)
             if s.rows >= attentionBlockedMinRows {
-                switch type {
-                case .f32:
-                    attentionForwardBlocked(q: s.q, k: s.k.assumingMemoryBound(to: Float.self),
-                                            v: s.v.assumingMemoryBound(to: Float.self), layout: lay, out: s.out, lse: nil,
-                                            spans: [AttentionSpan(qRow: 0, kRow: 0, rows: s.rows, start: s.startPos)],
-                                            heads: heads, kvHeads: kvHeads, headDim: headDim, scale: sc, pool: pool)
-                case .f16:
-                    try attentionForward(q: s.q, k: s.k, v: s.v, type: .f16, layout: lay, out: s.out, rows: s.rows,
-                                         keys: s.startPos + s.rows, heads: heads, kvHeads: kvHeads, headDim: headDim,
-                                         startPos: s.startPos, scratch: scratch, scale: sc, pool: pool)
-                }
+                try attentionForward(q: s.q, k: s.k, v: s.v, type: type, layout: lay, out: s.out, rows: s.rows,
+                                     keys: s.startPos + s.rows, heads: heads, kvHeads: kvHeads, headDim: headDim,
+                                     startPos: s.startPos, scratch: scratch, scale: sc, pool: pool)
             } else {
                 small.append(RowwiseSequence(q: s.q, k: s.k, v: s.v, layout: lay, out: s.out, lse: nil, rows: s.rows,
                                              startPos: s.startPos))
