@@ -338,7 +338,7 @@ struct BenchGenerate: ParsableCommand {
                     ("swap_seconds_max", stat(swapSeconds) { $0.max()! }),
                     ("activations", .string("\(ctx.activations)")),
                     // The KV cache holds keys and values for every layer.
-                    ("kv_cache_bytes_per_token", .number(Double(2 * m.config.nLayers * m.config.kvDim * ctx.kvType.bytes))),
+                    ("kv_cache_bytes_per_token", .number(Double(m.config.kvBytesPerPosition(ctx.kvType)))),
                     ("kv_cache_dtype", .string(ctx.kvType.rawValue)),
                 ] + kernelPathFields()
                 if let p = prof { fields.append(("profile", p.json)) }
@@ -377,9 +377,11 @@ struct DecodeProfileReport {
     let text: String
 }
 
-/// Decode `genTokens` tokens after `prompt` (greedy) with a `DecodeProfile` attached, then time empty
-/// thread hand-outs to estimate what the profile's hand-outs cost.
-func decodeProfile(_ ctx: LlamaContext, prompt: [Int32], weightBytes: Int) throws(LKError) -> DecodeProfileReport {
+/// Decode greedily after `prompt` until the context is full, with a `DecodeProfile` attached, then time
+/// empty thread hand-outs to estimate what the profile's hand-outs cost. `header` starts the report (default:
+/// "decode profile: N tokens after a P-token prompt").
+func decodeProfile(_ ctx: LlamaContext, prompt: [Int32], weightBytes: Int,
+                   header: String? = nil) throws(LKError) -> DecodeProfileReport {
     let n = ctx.maxPositions - prompt.count - 1
     ctx.reset()
     var logits = try ctx.evaluate(.tokens(prompt))
@@ -394,7 +396,7 @@ func decodeProfile(_ ctx: LlamaContext, prompt: [Int32], weightBytes: Int) throw
     }
     ctx.profile = nil
     return profileReport(p, pool: ctx.pool, units: p.tokens, unit: "token", weightBytes: weightBytes,
-                         header: "decode profile: \(p.tokens) tokens after a \(prompt.count)-token prompt")
+                         header: header ?? "decode profile: \(p.tokens) tokens after a \(prompt.count)-token prompt")
 }
 
 /// A profile's parts per unit (a decoded token, or a batch step of several sequences), with the weights'

@@ -122,20 +122,15 @@ struct BenchBatch: ParsableCommand {
             let ma = median(a), mb = median(b), mc = median(cc), mp1 = median(p1), mpn = median(pn)
             var profiles: [DecodeProfileReport] = []
             if profile {
-                let pa = DecodeProfile(), pc = DecodeProfile()
-                single.reset()
-                var logits = try single.evaluate(.tokens(prompts[0]))
-                single.profile = pa
-                for _ in 0..<decode { logits = try single.evaluate(.tokens([Sampler.argmax(logits)])) }
-                single.profile = nil
+                // (a): its context holds prompt + decode + 1 positions, so `decodeProfile` decodes `decode` tokens.
+                profiles.append(try decodeProfile(single, prompt: prompts[0], weightBytes: m.weightBytes,
+                                                  header: "(a) profile: \(decode) tokens after a \(prompt)-token prompt"))
+                let pc = DecodeProfile()
                 for id in mixedIDs { try mixed.truncate(id, to: 0) }
                 var many = try mixed.step(mixedIDs.enumerated().map { ($1, prompts[$0]) })
                 mixed.profile = pc
                 for _ in 0..<decode { many = try mixed.step(mixedIDs.enumerated().map { ($1, [Sampler.argmax(many[$0])]) }) }
                 mixed.profile = nil
-                profiles.append(profileReport(pa, pool: single.pool, units: pa.evaluations, unit: "token",
-                                              weightBytes: m.weightBytes,
-                                              header: "(a) profile: \(decode) tokens after a \(prompt)-token prompt"))
                 profiles.append(profileReport(pc, pool: mixed.pool, units: pc.evaluations, unit: "step",
                                               weightBytes: m.weightBytes,
                                               header: "(c) profile: \(decode) steps of \(n) sequences after \(prompt)-token prompts"))
@@ -148,7 +143,7 @@ struct BenchBatch: ParsableCommand {
                     ("prompt_tokens", .number(Double(prompt))), ("decode_steps", .number(Double(decode))),
                     ("rounds", .number(Double(rounds))), ("clock", .string(cpuTime ? "process_cpu" : "wall")),
                     ("kv_cache_dtype", .string(kv.kvType.rawValue)),
-                    ("kv_cache_bytes_per_token", .number(Double(2 * c.nLayers * c.kvDim * kv.kvType.bytes))),
+                    ("kv_cache_bytes_per_token", .number(Double(c.kvBytesPerPosition(kv.kvType)))),
                     ("decode_single_adapter_tokens_per_s", .number(ma)),
                     ("decode_batch_no_adapter_tokens_per_s", .number(mb)),
                     ("decode_batch_own_adapters_tokens_per_s", .number(mc)),
@@ -167,7 +162,7 @@ struct BenchBatch: ParsableCommand {
                 print("  (c) \(n) sequences, each its own r=\(rank) \(targets) adapter:      \(f(mc))")
                 print("  (c)/(a) = \(f3(mc / ma))  (issue 13 asks ≥ 4)")
                 print("  (c)/(b) = \(f3(mc / mb))  (issue 13 asks ≥ 0.9)")
-                print("KV cache: \(2 * c.nLayers * c.kvDim * kv.kvType.bytes / 1024) KiB per position and sequence (\(kv.kvType.rawValue))")
+                print("KV cache: \(c.kvBytesPerPosition(kv.kvType) / 1024) KiB per position and sequence (\(kv.kvType.rawValue))")
                 print("prefill tok/s: single LlamaContext \(prompt) tokens \(f(mp1)); batch of \(n) × \(prompt) tokens \(f(mpn)); batch/single per token = \(f3(mpn / mp1))")
                 for p in profiles { print(p.text) }
             }

@@ -33,6 +33,8 @@ public struct LlamaConfig: Sendable, Equatable {
 
     public var kvDim: Int { nKVHeads * headDim }
     public var qDim: Int { nHeads * headDim }
+    /// Bytes one position takes in a KV cache of `type` (keys and values of every layer).
+    public func kvBytesPerPosition(_ type: KVCacheType) -> Int { 2 * nLayers * kvDim * type.bytes }
 
     /// Checks the numbers fit together; errors name the field.
     public func validate(source: String) throws(LKError) {
