@@ -57,21 +57,12 @@ private func newBatch(_ model: OpaquePointer?, _ p: lk_batch_params, prefix: Str
                       _ out: UnsafeMutablePointer<OpaquePointer?>?) throws -> Int {
     let o = try requirePointer(out, "out")
     let box = try modelArg(model)
-    let ctxTrain = box.model.config.contextLength
     guard p.max_sequences >= 1, p.max_sequences <= 4096 else {
         throw invalid("\(prefix)max_sequences \(p.max_sequences) must be in 1...4096")
     }
-    guard p.n_ctx >= 0, Int(p.n_ctx) <= ctxTrain else {
-        throw invalid("\(prefix)n_ctx \(p.n_ctx) must be in 0...\(ctxTrain) (0 = min(model context, 4096); the model's context length is \(ctxTrain))")
-    }
-    guard p.n_threads >= 0, p.n_threads <= 512 else {
-        throw invalid("\(prefix)n_threads \(p.n_threads) must be in 0...512 (0 = lk_cpu_count())")
-    }
-    let kv = try cEnum(p.kv_type, "\(prefix)kv_type", "LK_DTYPE_F32 or LK_DTYPE_F16",
-                       [LK_DTYPE_F32: KVCacheType.f32, LK_DTYPE_F16: .f16])
-    let b = try BatchContext(model: box.model, maxSequences: Int(p.max_sequences),
-                             maxPositions: p.n_ctx == 0 ? nil : Int(p.n_ctx),
-                             threads: p.n_threads == 0 ? nil : Int(p.n_threads), kvType: kv)
+    let f = try contextFields(nCtx: p.n_ctx, nThreads: p.n_threads, kvType: p.kv_type, model: box.model, prefix: prefix)
+    let b = try BatchContext(model: box.model, maxSequences: Int(p.max_sequences), maxPositions: f.positions,
+                             threads: f.threads, kvType: f.kv)
     return Handles.shared.give(BatchBox(b, box), kind: .batch, to: o)
 }
 

@@ -211,21 +211,30 @@ public func lk_context_new(_ model: OpaquePointer?, _ params: UnsafePointer<lk_c
         let cp = try lk_context_params.read(params)
         // 0 means the default in C; LlamaContext's own messages name its Swift parameters, so the ranges
         // are stated here with the C names.
-        let ctxTrain = box.model.config.contextLength
-        guard cp.n_ctx >= 0, Int(cp.n_ctx) <= ctxTrain else {
-            throw invalid("params->n_ctx \(cp.n_ctx) must be in 0...\(ctxTrain) (0 = min(model context, 4096); the model's context length is \(ctxTrain))")
-        }
+        let f = try contextFields(nCtx: cp.n_ctx, nThreads: cp.n_threads, kvType: cp.kv_type, model: box.model,
+                                  prefix: "params->")
         guard cp.n_batch >= 0, cp.n_batch <= 65536 else { throw invalid("params->n_batch \(cp.n_batch) must be in 0...65536 (0 = 512)") }
-        guard cp.n_threads >= 0, cp.n_threads <= 512 else {
-            throw invalid("params->n_threads \(cp.n_threads) must be in 0...512 (0 = lk_cpu_count())")
-        }
-        let kv = try cEnum(cp.kv_type, "params->kv_type", "LK_DTYPE_F32 or LK_DTYPE_F16",
-                           [LK_DTYPE_F32: KVCacheType.f32, LK_DTYPE_F16: .f16])
-        let ctx = try LlamaContext(model: box.model, maxPositions: cp.n_ctx == 0 ? nil : Int(cp.n_ctx),
-                                   batch: cp.n_batch == 0 ? 512 : Int(cp.n_batch),
-                                   threads: cp.n_threads == 0 ? nil : Int(cp.n_threads), kvType: kv)
+        let ctx = try LlamaContext(model: box.model, maxPositions: f.positions, batch: cp.n_batch == 0 ? 512 : Int(cp.n_batch),
+                                   threads: f.threads, kvType: f.kv)
         return Handles.shared.give(ContextBox(ctx, box), kind: .context, to: o)
     }
+}
+
+/// The fields lk_context_params and lk_batch_params (and lk_batch_new's arguments) share, checked and
+/// turned into the core's values (0 = its default: nil); errors name them as the caller wrote them
+/// (`prefix` "params->" or "").
+func contextFields(nCtx: Int32, nThreads: Int32, kvType: Int32, model: LlamaModel,
+                   prefix: String) throws -> (positions: Int?, threads: Int?, kv: KVCacheType) {
+    let ctxTrain = model.config.contextLength
+    guard nCtx >= 0, Int(nCtx) <= ctxTrain else {
+        throw invalid("\(prefix)n_ctx \(nCtx) must be in 0...\(ctxTrain) (0 = min(model context, 4096); the model's context length is \(ctxTrain))")
+    }
+    guard nThreads >= 0, nThreads <= 512 else {
+        throw invalid("\(prefix)n_threads \(nThreads) must be in 0...512 (0 = lk_cpu_count())")
+    }
+    let kv = try cEnum(kvType, "\(prefix)kv_type", "LK_DTYPE_F32 or LK_DTYPE_F16",
+                       [LK_DTYPE_F32: KVCacheType.f32, LK_DTYPE_F16: .f16])
+    return (nCtx == 0 ? nil : Int(nCtx), nThreads == 0 ? nil : Int(nThreads), kv)
 }
 
 @_cdecl("lk_context_free")
