@@ -709,6 +709,11 @@ typedef struct lk_train_params {
                                       init LK_LORA_INIT_PEFT, format LK_ADAPTER_PEFT; lk_trainer_adapter returns
                                       an adapter of the type. */
     const char *adapter_config;    /* as lk_lora_params.adapter_config (needs adapter_type) */
+    lk_dtype kept_activations;     /* how the activations each layer's backward reads (queries, keys, values,
+                                      attention output, gate and up products, ...) are kept between its forward
+                                      and backward: LK_DTYPE_F32 (default; gradients as PEFT's in f32) or
+                                      LK_DTYPE_F16 (rounded to f16: about half the activation memory, losses
+                                      unchanged, gradients within f16 rounding, relative ~1e-3) */
 } lk_train_params;
 
 /* Fill *p with defaults (and struct_size): see "Params structs" above. The function named

@@ -69,6 +69,8 @@ func trainingOptions(_ params: UnsafePointer<lk_train_params>?) throws -> Traini
     o.logPath = try optionalPath(p.log_path, "params->log_path")
     o.adapterType = try adapterTypeArg(p.adapter_type)
     o.adapterConfig = try adapterConfigArg(p.adapter_config)
+    o.keptActivations = try cEnum(p.kept_activations, "params->kept_activations", "LK_DTYPE_F32 or LK_DTYPE_F16",
+                                  [LK_DTYPE_F32: KeptActivations.f32, LK_DTYPE_F16: .f16])
     return o
 }
 

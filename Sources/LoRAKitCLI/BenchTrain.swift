@@ -30,6 +30,8 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "Rows of the output head and loss computed at once (default: the trainer's).") var lossChunkRows: Int?
     @Option(help: "Vocabulary entries of the output head and loss computed at once; 0 = whole rows (default: the trainer's, \(LoRATrainer.defaultLossVocabBlock)).")
     var lossVocabBlock: Int?
+    @Option(help: "How the activations the backward reads are kept: f32 (default) or f16 (about half the activation memory).")
+    var keepActivations: String = "f32"
     @Flag(help: "Also time every part of the timed steps (forward, backward, head, loss, optimizer) and print where the time goes.")
     var profile = false
     @Flag(help: "Print JSON.") var json = false
@@ -56,6 +58,10 @@ struct BenchTrain: ParsableCommand {
                 guard b >= 0 else { throw LKError.invalidArgument("bench train: loss-vocab-block \(b) must be ≥ 0 (0: whole rows)") }
                 trainer.lossVocabBlock = b
             }
+            guard let kept = KeptActivations(rawValue: keepActivations) else {
+                throw LKError.invalidArgument("bench train: keep-activations '\(keepActivations)' must be f32 or f16")
+            }
+            trainer.keptActivations = kept
             var params: [OptimizerParameter] = []
             for p in trainer.parameters {
                 let (v, g) = try p.tensors()
@@ -103,7 +109,8 @@ struct BenchTrain: ParsableCommand {
             let trainRSS = resetHWM ? vmHWMBytes() : nil
             let act = LoRATrainer.activationBytes(config: c, rows: batch * seq, maxRank: rank,
                                                   adapterModules: trainer.modules.count,
-                                                  chunkRows: trainer.lossChunkRows, vocabBlock: trainer.lossVocabBlock)
+                                                  chunkRows: trainer.lossChunkRows, vocabBlock: trainer.lossVocabBlock,
+                                                  kept: kept)
             let stepMs = stepSeconds.map { $0 * 1000 }
             let median = stepMs.sorted()[stepMs.count / 2]
             // The profile: per part, ms per step, share of the step and GFLOP/s where counted.
@@ -132,6 +139,7 @@ struct BenchTrain: ParsableCommand {
                     ("activation_bytes_estimate", .number(Double(act))),
                     ("loss_chunk_rows", .number(Double(trainer.lossChunkRows))),
                     ("loss_vocab_block", .number(Double(trainer.lossVocabBlock))),
+                    ("kept_activations", .string(kept.rawValue)),
                 ] + kernelPathFields() + (profile ? [("profile", .array(parts.map { p in
                     .object([("part", .string(p.0)), ("ms_per_step", .number(p.1 * 1000 / Double(steps))),
                              ("share", .number(p.1 / total)),
@@ -141,7 +149,7 @@ struct BenchTrain: ParsableCommand {
                 print("train \(batch)×\(seq) r=\(rank) \(targets) threads=\(trainer.pool.activeCount): "
                       + "\(format6(tokensPerS)) tokens/s, median step \(format6(median)) ms, "
                       + "loss \(format6(losses.first!)) → \(format6(losses.last!)), peak RSS \(rss / 1_048_576) MiB, "
-                      + "activations ≈ \(act / 1_048_576) MiB; \(KernelPath.summary)")
+                      + "activations ≈ \(act / 1_048_576) MiB (kept in \(kept.rawValue)); \(KernelPath.summary)")
                 if profile {
                     print(padded("part", 36) + padded("ms/step", 10, left: true) + padded("share", 8, left: true)
                           + padded("GFLOP/s", 9, left: true))

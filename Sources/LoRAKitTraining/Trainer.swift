@@ -62,6 +62,18 @@ public struct TrainPassResult: Sendable {
 
 /// Trains the LoRA modules of one adapter on a frozen model. Not thread-safe: one trainer is used by one
 /// thread at a time (its kernels use its own thread pool).
+/// How a trainer keeps, between a layer's forward and its backward, the activations the backward reads
+/// (queries, keys, values, attention output, the residual after attention, the gate and up products:
+/// most of the activation memory; `LoRATrainer.activationBytes`).
+public enum KeptActivations: String, Sendable, CaseIterable {
+    /// As computed, in f32: gradients as PEFT computes them in f32 (the default, the parity tests' mode).
+    case f32
+    /// Rounded to f16 (nearest even) after each layer's forward and widened back before its backward:
+    /// those buffers take half the memory; the losses are unchanged and the gradients differ from the f32
+    /// ones by the rounding (relative ≈ 1e-3). The forward itself computes in f32 as before.
+    case f16
+}
+
 public final class LoRATrainer: @unchecked Sendable {
     public let model: LlamaModel
     public let pool: ThreadPool
@@ -91,6 +103,9 @@ public final class LoRATrainer: @unchecked Sendable {
     public var lossVocabBlock: Int = LoRATrainer.defaultLossVocabBlock
     /// The default `lossVocabBlock`: 2048 entries (a 512-row chunk's block of logits is 4 MiB).
     public static let defaultLossVocabBlock = 2048
+    /// How the activations each layer's backward reads are kept between the forward and the backward
+    /// (`.f32`, the default, or `.f16`: about half the activation memory; see `KeptActivations`).
+    public var keptActivations: KeptActivations = .f32
     /// When set, every pass adds its time per part (and the GEMM flops) to it.
     public var profile: TrainProfile?
 
@@ -343,7 +358,14 @@ public final class LoRATrainer: @unchecked Sendable {
         for p in pluginModules { try p.module.prepare(pool: pool) }
         tock(.lora, t0)
         let runner = Runner(trainer: self, buf: buf, seqs: seqs, step: step, micro: microBatch)
-        for l in 0..<c.nLayers { try LlamaBlock.forward(runner, layer: l, rows: n, model: model) }
+        for l in 0..<c.nLayers {
+            try LlamaBlock.forward(runner, layer: l, rows: n, model: model)
+            if backward && buf.half {
+                let t1 = tick()
+                buf.layers[l].stash(pool: pool)
+                tock(.elementwise, t1)
+            }
+        }
 
         // Final norm, output head and loss over the predicted rows.
         let xL = buf.xs[c.nLayers]
@@ -422,6 +444,11 @@ public final class LoRATrainer: @unchecked Sendable {
         let stop = inputGradients ? 0 : lowestLayer
         for l in stride(from: c.nLayers - 1, through: stop, by: -1) {
             let needInput = l > stop || inputGradients
+            if buf.half {
+                let t1 = tick()
+                buf.layers[l].unstash(pool: pool)
+                tock(.elementwise, t1)
+            }
             try backwardLayer(l, rows: n, seqs: seqs, buf: buf, needInput: needInput, parameters: gradients, step: step,
                               micro: microBatch)
         }
@@ -707,11 +734,14 @@ public final class LoRATrainer: @unchecked Sendable {
         // Loss chunks never hold more rows than a batch has.
         func chunk(_ cap: Int) -> Int { max(1, min(lossChunkRows, cap)) }
         let block = Self.vocabBlock(lossVocabBlock, vocab: model.config.vocabSize)
-        if let b = buffers, b.capacity >= n, b.chunkRows == chunk(b.capacity), b.vocabBlock == block { return b }
+        let half = keptActivations == .f16
+        if let b = buffers, b.capacity >= n, b.chunkRows == chunk(b.capacity), b.vocabBlock == block, b.half == half {
+            return b
+        }
         let cap = max(n, buffers?.capacity ?? 0)
         buffers = nil
         let b = try TrainBuffers(config: model.config, capacity: cap, chunkRows: chunk(cap), vocabBlock: block,
-                                 maxRank: maxRank, modules: byLayer)
+                                 maxRank: maxRank, modules: byLayer, half: half)
         buffers = b
         return b
     }
@@ -722,12 +752,20 @@ public final class LoRATrainer: @unchecked Sendable {
     /// Bytes of activation memory the trainer holds for batches of up to `rows` rows (`TrainBuffers` and
     /// `LayerActivations`, buffer by buffer; the LoRA workspaces counted as rows × maxRank per module).
     public static func activationBytes(config c: LlamaConfig, rows n: Int, maxRank: Int, adapterModules: Int,
-                                       chunkRows: Int? = nil, vocabBlock: Int? = nil) -> Int {
+                                       chunkRows: Int? = nil, vocabBlock: Int? = nil,
+                                       kept: KeptActivations = .f32) -> Int {
         let rc = max(1, min(chunkRows ?? defaultLossChunkRows(vocab: c.vocabSize), n))
         let vb = Self.vocabBlock(vocabBlock ?? defaultLossVocabBlock, vocab: c.vocabSize)
         let wide = max(c.dim, c.qDim, c.hiddenDim)
-        // Kept per layer: q, k, v, att, attention lse, xMid, gate, up, two rstd (the normed inputs are not).
-        let perLayer = n * (c.dim + 2 * c.qDim + 2 * c.kvDim + 2 * c.hiddenDim + c.nHeads + 2)
+        // Kept per layer: q, k, v, att, xMid, gate, up (f32, or f16 with one f32 working set for the layer
+        // being computed), attention lse, two rstd (the normed inputs are not kept).
+        let keptFloats = n * LayerActivations.keptFloatsPerRow(c)
+        if kept == .f16 {
+            let f32 = activationBytes(config: c, rows: n, maxRank: maxRank, adapterModules: adapterModules,
+                                      chunkRows: chunkRows, vocabBlock: vocabBlock, kept: .f32)
+            return f32 - c.nLayers * keptFloats * 2 + keptFloats * 4
+        }
+        let perLayer = keptFloats + n * (c.nHeads + 2)
         // xs, xF, dxF, dX, dxn, xn, rstdF, dAtt, dq, dqr, dk, dkr, dv, dh, dGate, dUp, h, u, xDrop, tmp,
         // positions, the RoPE table; per loss chunk: gather, logits, losses, rowScale, targets, and with
         // vocabulary blocks headAcc, runMax, targetLogit, runSum (f64).
@@ -742,27 +780,78 @@ public final class LoRATrainer: @unchecked Sendable {
 /// xn1, xn2 are not kept: the forward writes them to the shared `TrainBuffers.xn`, and the backward
 /// recomputes them (from x and xMid, kept anyway) only for a layer whose q/k/v or gate/up carry an
 /// adapter (the base products' backward does not read their input).
+///
+/// With f16 keeping (`KeptActivations.f16`) the seven large ones (q, k, v, att, xMid, gate, up) point
+/// into one f32 working set shared by all layers: the forward computes a layer there and `stash` rounds
+/// them into the layer's f16 copy; `unstash` widens them back before the layer's backward.
 final class LayerActivations {
     let storage: [Storage]
     let q, k, v, att, lse, xMid, gate, up, rstd1, rstd2: UnsafeMutablePointer<Float>
     /// t = s · x̃·Aᵀ per module with an adapter ([N, r]): the module's forward workspace.
     let t: [UnsafeMutablePointer<Float>?]
+    /// The f16 copy of q, k, v, att, xMid, gate, up (in that order, contiguous like the working set), or nil.
+    private let half: UnsafeMutablePointer<UInt16>?
+    private let keptFloats: Int
 
-    init(config c: LlamaConfig, capacity n: Int, modules: [TrainableLoRAModule?]) throws(LKError) {
+    /// Floats per row of q, k, v, att, xMid, gate and up.
+    static func keptFloatsPerRow(_ c: LlamaConfig) -> Int { 2 * c.qDim + 2 * c.kvDim + c.dim + 2 * c.hiddenDim }
+
+    /// The f32 working set of f16 keeping for `capacity` rows: q, k, v, att, xMid, gate, up, contiguous.
+    static func workingSet(config c: LlamaConfig, capacity n: Int) throws(LKError) -> Storage {
+        try Storage(lazyZeroedBytes: max(n * keptFloatsPerRow(c), 1) * 4)
+    }
+
+    /// `work`: the working set (f16 keeping) or nil (each layer keeps its own f32 buffers).
+    init(config c: LlamaConfig, capacity n: Int, modules: [TrainableLoRAModule?], work: Storage?) throws(LKError) {
         var st: [Storage] = []
         func alloc(_ floats: Int) throws(LKError) -> UnsafeMutablePointer<Float> {
             let s = try Storage(lazyZeroedBytes: max(floats, 1) * 4)
             st.append(s)
             return s.base.assumingMemoryBound(to: Float.self)
         }
-        q = try alloc(n * c.qDim); k = try alloc(n * c.kvDim); v = try alloc(n * c.kvDim)
-        att = try alloc(n * c.qDim); lse = try alloc(n * c.nHeads); xMid = try alloc(n * c.dim)
-        gate = try alloc(n * c.hiddenDim); up = try alloc(n * c.hiddenDim)
+        keptFloats = n * Self.keptFloatsPerRow(c)
+        let base: UnsafeMutablePointer<Float>
+        if let work {
+            base = work.base.assumingMemoryBound(to: Float.self)
+            let h = try Storage(lazyZeroedBytes: max(keptFloats, 1) * 2)
+            st.append(h)
+            half = h.base.assumingMemoryBound(to: UInt16.self)
+        } else {
+            base = try alloc(keptFloats)
+            half = nil
+        }
+        q = base; k = q + n * c.qDim; v = k + n * c.kvDim; att = v + n * c.kvDim; xMid = att + n * c.qDim
+        gate = xMid + n * c.dim; up = gate + n * c.hiddenDim
+        lse = try alloc(n * c.nHeads)
         rstd1 = try alloc(n); rstd2 = try alloc(n)
         var ts: [UnsafeMutablePointer<Float>?] = []
         for m in modules { ts.append(m == nil ? nil : try alloc(m!.workspaceFloats(rows: n))) }
         t = ts
         storage = st
+    }
+
+    /// f16 keeping: round the working set (this layer's forward) into the layer's f16 copy. Else nothing.
+    func stash(pool: ThreadPool) {
+        guard let half else { return }
+        let src = UnsafePointer(q), count = keptFloats
+        Self.split(count, pool) { a, b in quantize(src + a, count: b - a, dtype: .f16, into: half + a) }
+    }
+
+    /// f16 keeping: widen the layer's f16 copy into the working set (before its backward). Else nothing.
+    func unstash(pool: ThreadPool) {
+        guard let half else { return }
+        let dst = q, count = keptFloats
+        Self.split(count, pool) { a, b in dequantize(UnsafeRawPointer(half + a), dtype: .f16, count: b - a, into: dst + a) }
+    }
+
+    /// body(start, end) over `count` elements cut into one range per task (starts multiples of 64).
+    private static func split(_ count: Int, _ pool: ThreadPool, _ body: (Int, Int) -> Void) {
+        let tasks = max(1, min(pool.threadCount, count / 65536))
+        pool.run(maxTasks: tasks) { idx, cnt in
+            let per = (count / cnt + 63) & ~63
+            let a = min(count, idx * per), b = idx == cnt - 1 ? count : min(count, a + per)
+            if a < b { body(a, b) }
+        }
     }
 }
 
@@ -772,6 +861,8 @@ final class TrainBuffers {
     let chunkRows: Int
     /// Vocabulary entries of the loss per block (0: whole rows).
     let vocabBlock: Int
+    /// The layers keep their large activations in f16 (`KeptActivations.f16`).
+    let half: Bool
     let layers: [LayerActivations]
     /// Residual stream at the input of each layer and after the last: nLayers + 1 of [N, C].
     let xs: [UnsafeMutablePointer<Float>]
@@ -788,10 +879,11 @@ final class TrainBuffers {
     private var storage: [Storage] = []
 
     init(config c: LlamaConfig, capacity n: Int, chunkRows rc: Int, vocabBlock vb: Int, maxRank: Int,
-         modules: [[TrainableLoRAModule?]]) throws(LKError) {
+         modules: [[TrainableLoRAModule?]], half: Bool) throws(LKError) {
         capacity = n
         chunkRows = rc
         vocabBlock = vb
+        self.half = half
         rope = try RoPETable(nRot: c.ropeDims, base: c.ropeBase, positions: min(n, c.contextLength))
         var st: [Storage] = []
         func alloc(_ floats: Int) throws(LKError) -> UnsafeMutablePointer<Float> {
@@ -799,8 +891,12 @@ final class TrainBuffers {
             st.append(s)
             return s.base.assumingMemoryBound(to: Float.self)
         }
+        let work = half ? try LayerActivations.workingSet(config: c, capacity: n) : nil
+        if let work { st.append(work) }
         var ls: [LayerActivations] = []
-        for l in 0..<c.nLayers { ls.append(try LayerActivations(config: c, capacity: n, modules: modules[l])) }
+        for l in 0..<c.nLayers {
+            ls.append(try LayerActivations(config: c, capacity: n, modules: modules[l], work: work))
+        }
         layers = ls
         var x: [UnsafeMutablePointer<Float>] = []
         for _ in 0...c.nLayers { x.append(try alloc(n * c.dim)) }

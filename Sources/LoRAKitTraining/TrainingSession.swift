@@ -70,6 +70,9 @@ public struct TrainingOptions: Sendable {
     /// PEFT config fields for `adapterType` (a JSON object, e.g. `{"feedforward_modules": ["down_proj"]}`),
     /// set over those derived from `lora` [`adapter_config`].
     public var adapterConfig: JSONValue? = nil
+    /// How the activations each layer's backward reads are kept: f32 (default) or f16, about half the
+    /// activation memory with gradients within f16 rounding (`KeptActivations`) [`kept_activations`].
+    public var keptActivations: KeptActivations = .f32
 
     public init() {}
 
@@ -177,6 +180,7 @@ public struct TrainingOptions: Sendable {
         for p in projector?.parameters ?? [] {
             params.append(try OptimizerParameter(name: TrainingSession.projectorPrefix + p.name, value: p.value, grad: p.grad))
         }
+        trainer.keptActivations = options.keptActivations
         return (trainer, try AdamW(parameters: params, config: options.optimizer))
     }
 
@@ -199,6 +203,7 @@ public struct TrainingOptions: Sendable {
         if lrMinRatio != 0 { o.append(("lr_min_ratio", .number(lrMinRatio))) }
         if let t = adapterType { o.append(("adapter_type", .string(t))) }
         if let c = adapterConfig { o.append(("adapter_config", c)) }
+        if keptActivations != .f32 { o.append(("kept_activations", .string(keptActivations.rawValue))) }
         return .object(o)
     }
 }

@@ -1157,6 +1157,53 @@ static void test_low_level_bad_input(void) {
     lk_model_free(m);
 }
 
+/* kept_activations: LK_DTYPE_F16 rounds the activations the backward reads to f16. The loss is the f32
+ * one bit for bit, the input gradient within f16 rounding of it (and not equal: the rounding happens); an
+ * unknown value is refused naming the field; a struct that ends before the field keeps f32. */
+static void test_kept_activations(void) {
+    lk_model *m = load_model();
+    char init[4300];
+    snprintf(init, sizeof init, "%s/text_all/init", fx);
+    int32_t ids[24];
+    for (int i = 0; i < 24; i++) ids[i] = (int32_t)((i * 37 + 11) % 500);
+    static float g[3][24 * 64];
+    double sum[3] = {0};
+    for (int k = 0; k < 3; k++) {
+        lk_train_params p;
+        lk_train_params_init(&p);
+        CHECK(p.kept_activations == LK_DTYPE_F32);
+        p.init_adapter = init;
+        p.threads = 2;
+        if (k == 1) p.kept_activations = LK_DTYPE_F16;
+        if (k == 2) {  /* a program built before the field: whatever is there is not read */
+            p.kept_activations = 7;
+            p.struct_size = (uint32_t)offsetof(lk_train_params, kept_activations);
+        }
+        lk_trainer *t = manual_trainer(m, &p);
+        int64_t predicted = 0;
+        EXPECT_OK(lk_trainer_zero_grad(t));
+        EXPECT_OK(lk_trainer_forward_backward(t, ids, NULL, 24, NULL, 0, 1.0f / 23, &sum[k], &predicted, g[k], 24 * 64));
+        CHECK(predicted == 23);
+        lk_trainer_free(t);
+    }
+    CHECKF(sum[1] == sum[0], "f16 keeping changed the loss: %.17g vs %.17g", sum[1], sum[0]);
+    CHECK(sum[2] == sum[0] && memcmp(g[2], g[0], sizeof g[0]) == 0);
+    float worst = 0, scale = 0;
+    for (int i = 0; i < 24 * 64; i++) {
+        worst = fmaxf(worst, fabsf(g[1][i] - g[0][i]));
+        scale = fmaxf(scale, fabsf(g[0][i]));
+    }
+    printf("    f16 kept activations: input gradient max |Δ| %.3g (max |g| %.4f)\n", worst, scale);
+    CHECKF(worst > 0 && worst <= 1e-2f * scale, "input gradient max |Δ| %g (max |g| %g)", worst, scale);
+    lk_train_params p;
+    lk_train_params_init(&p);
+    p.kept_activations = 2;
+    lk_trainer *t = NULL;
+    EXPECT_STATUS(lk_trainer_create(m, NULL, NULL, &p, &t), LK_ERR_INVALID_ARGUMENT, "params->kept_activations");
+    CHECK(t == NULL);
+    lk_model_free(m);
+}
+
 LKT_MAIN("test_train", setup,
          TESTCASE(test_params_defaults_and_sizes),
          TESTCASE(test_training_reduces_loss),
@@ -1165,6 +1212,7 @@ LKT_MAIN("test_train", setup,
          TESTCASE(test_nonfinite_loss_keeps_checkpoint),
          TESTCASE(test_bad_params),
          TESTCASE(test_lr_min_ratio),
+         TESTCASE(test_kept_activations),
          TESTCASE(test_bad_handles_and_files),
          TESTCASE(test_model_freed_first),
          TESTCASE(test_callback_cannot_use_its_trainer),

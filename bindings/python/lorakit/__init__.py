@@ -1040,7 +1040,8 @@ class Trainer(_Handle):
     "gaussian" / "random", schedule "constant" / "linear" / "cosine", format "peft" / "gguf", truncate
     "cut" / "error", adam_beta1 / adam_beta2 / adam_epsilon as transformers names them (lr_min_ratio:
     its cosine_with_min_lr min_lr_rate), adapter_type "ia3" / "dora" / ... (a plugin type trained instead
-    of LoRA) with adapter_config a dict of PEFT config fields (as Adapter.create), flags as
+    of LoRA) with adapter_config a dict of PEFT config fields (as Adapter.create), kept_activations
+    "f32" / "f16" (or DType; f16: about half the activation memory, gradients within f16 rounding), flags as
     bools, steps None (or 0) = from epochs, paths as str / os.PathLike or None. Nothing is written
     until the first step (or save_checkpoint); with resume_dir the trainer continues from the latest
     checkpoint there.
@@ -1061,7 +1062,7 @@ class Trainer(_Handle):
                  init_adapter=None, log_path=None, adam_beta1: float = 0.9, adam_beta2: float = 0.999,
                  adam_epsilon: float = 1e-8, truncate: str = "cut", lr_min_ratio: float = 0.0,
                  projector: "Optional[Projector]" = None, adapter_type: Optional[str] = None,
-                 adapter_config: Optional[dict] = None):
+                 adapter_config: Optional[dict] = None, kept_activations="f32"):
         self._handle = None
         if not isinstance(model, Model):
             raise TypeError(f"model must be a lorakit.Model, got {type(model).__name__}")
@@ -1096,6 +1097,7 @@ class Trainer(_Handle):
         p.truncate = _TRUNCATIONS[truncate]
         p.lr_min_ratio = float(lr_min_ratio)
         p.adapter_type, p.adapter_config = _adapter_type_args(adapter_type, adapter_config)
+        p.kept_activations = _dtype_arg(kept_activations)
         if projector is not None:
             if not isinstance(projector, Projector):
                 raise TypeError(f"projector must be a lorakit.Projector, got {type(projector).__name__}")

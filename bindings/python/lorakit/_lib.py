@@ -535,7 +535,7 @@ LK_TRUNCATE_ERROR = 1
 #     int32_t save_every; int32_t keep; int32_t valid_every; int32_t format;
 #     const char *out_dir; const char *resume_dir; const char *init_adapter; const char *log_path;
 #     double adam_beta1; double adam_beta2; double adam_epsilon; int32_t truncate; double lr_min_ratio;
-#     lk_projector *projector; const char *adapter_type; const char *adapter_config;
+#     lk_projector *projector; const char *adapter_type; const char *adapter_config; lk_dtype kept_activations;
 # } lk_train_params;
 class lk_train_params(Structure):
     _fields_ = [
@@ -550,6 +550,7 @@ class lk_train_params(Structure):
         ("adam_beta1", c_double), ("adam_beta2", c_double), ("adam_epsilon", c_double), ("truncate", c_int32),
         ("lr_min_ratio", c_double),
         ("projector", lk_projector_p), ("adapter_type", c_char_p), ("adapter_config", c_char_p),
+        ("kept_activations", c_int32),
     ]
 
 

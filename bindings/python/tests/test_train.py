@@ -268,6 +268,22 @@ def test_peft_loads_the_trained_adapter(model, examples, tmp_path):
     assert effect > 0.05, f"training barely changed the logits ({effect}): the comparison would prove little"
 
 
+def test_kept_activations_f16(model):
+    """kept_activations="f16": the loss is the f32 one exactly, the input gradient within f16 rounding of the
+    f32 one (and not equal: the activations are rounded); a bad value is refused naming the field."""
+    ids = [(i * 37 + 11) % 500 for i in range(24)]
+    out = {}
+    for kept in ("f32", "f16"):
+        with Trainer(model, None, init_adapter=FX / "text_all" / "init", threads=2, kept_activations=kept) as t:
+            t.zero_grad()
+            out[kept] = t.forward_backward(ids, loss_scale=1 / 23, input_grad=True)
+    (s32, n32, g32), (s16, n16, g16) = out["f32"], out["f16"]
+    assert n32 == n16 == 23 and s16 == s32
+    worst, scale = float(np.max(np.abs(g16 - g32))), float(np.max(np.abs(g32)))
+    assert 0 < worst <= 1e-2 * scale, (worst, scale)
+    expect_error(Status.INVALID_ARGUMENT, "params->kept_activations", Trainer, model, None, kept_activations=5)
+
+
 def test_low_level_input_gradient_matches_pytorch(model):
     """A Trainer without training data (train=None), driven by forward_backward / optimizer_step: the loss
     and dLoss/d(inputs_embeds) of PyTorch (reference.json → runs.text_all.embedding_grad_check, with the
