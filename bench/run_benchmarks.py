@@ -25,10 +25,14 @@ Each section measures one thing and owns one block of BENCHMARKS.md between
             llama.cpp on the real model, and the KV cache's bytes per token.
   batch     issue 13: a BatchContext decoding 8 sequences with 8 different r=8 q,v adapters vs one sequence
             with one adapter and 8 sequences without (`lorakit bench batch`), and batch vs single prefill.
+  train-scaling  (only when named) the train table on the random ≈ 0.5B Q4_1 file of `scaling` (3 timed
+            steps, 2 runs per side unless LORAKIT_BENCH_TRAIN_STEPS / _REPEATS say).
   train     LoRA training steps (4 × 128 tokens, r=8 q,v) vs PEFT + PyTorch (bench/peft_train.py):
             tokens/s and peak RSS. Threads from LORAKIT_BENCH_TRAIN_THREADS (default "1,2"), timed
             steps from LORAKIT_BENCH_TRAIN_STEPS (default 5), runs per side from
-            LORAKIT_BENCH_TRAIN_REPEATS (default 3, alternating the two sides; medians reported).
+            LORAKIT_BENCH_TRAIN_REPEATS (default 3, alternating the two sides; medians reported);
+            LORAKIT_BENCH_TRAIN_KEEP=f16 runs LoRAKit with `--keep-activations f16` (pass a
+            --block-suffix so the f32 tables stay).
 
 Method: every figure is "warm up once, then repeat until at least --seconds have passed, report the
 mean time per call" (the CLI does the same internally). numpy runs in a subprocess per measurement, with
@@ -801,20 +805,40 @@ def _merge_runs(runs: list[dict]) -> dict | None:
 
 
 def section_train(cli: str, seconds: float, command: str) -> str:
-    model = model_path()
-    steps = os.environ.get("LORAKIT_BENCH_TRAIN_STEPS", "5")
-    repeats = int(os.environ.get("LORAKIT_BENCH_TRAIN_REPEATS", "3"))
-    lines = ["### LoRA training: LoRAKit vs PEFT on SmolLM2-135M-Instruct Q4_1", ""]
+    return _train_table(cli, command, model_path(), "SmolLM2-135M-Instruct Q4_1",
+                        os.environ.get("LORAKIT_BENCH_TRAIN_STEPS", "5"),
+                        int(os.environ.get("LORAKIT_BENCH_TRAIN_REPEATS", "3")), "≈ 92 MiB")
+
+
+def section_train_scaling(cli: str, seconds: float, command: str) -> str:
+    """Issue 16: the train table on the random ≈ 0.5B Q4_1 file of the scaling section (same shape of
+    batch and adapter; 3 timed steps and 2 runs per side unless LORAKIT_BENCH_TRAIN_STEPS/REPEATS say)."""
+    models = dict(scaled_models())
+    path = next((p for label, p in models.items() if "0.5B" in label and "Q4_1" in label), None)
+    return _train_table(cli, command, path, "a random ≈ 0.5B LLaMA-shaped Q4_1 file",
+                        os.environ.get("LORAKIT_BENCH_TRAIN_STEPS", "3"),
+                        int(os.environ.get("LORAKIT_BENCH_TRAIN_REPEATS", "2")),
+                        f"≈ {Path(path).stat().st_size / 1048576:.0f} MiB" if path else "")
+
+
+def _train_table(cli: str, command: str, model: str | None, title: str, steps: str, repeats: int,
+                 weights: str) -> str:
+    lines = [f"### LoRA training: LoRAKit vs PEFT on {title}", ""]
     lines += [f"- Date: {_dt.datetime.now(_dt.timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC",
               f"- CPU: {cpu_model()}; {load_note()}"]
     if not model:
-        return "\n".join(lines + ["", "n/a: the model could not be fetched (scripts/fetch_model.sh)"])
+        return "\n".join(lines + ["", "n/a: the model could not be fetched (scripts/fetch_model.sh, "
+                                        "scripts/make_scaled_models.py)"])
     shape = " ".join(TRAIN_ARGS) + f" --steps {steps} --warmup-steps 1"
+    keep = os.environ.get("LORAKIT_BENCH_TRAIN_KEEP", "f32")
+    ours_extra = [] if keep == "f32" else ["--keep-activations", keep]
+    if ours_extra:
+        lines[0] += f" (LoRAKit keeping activations in {keep})"
     lines += [f"- Model: `{Path(model).name}`. LoRAKit trains on the quantized weights (dequantized inside its "
               "GEMM panels); the peer is PEFT + PyTorch on the same GGUF loaded by transformers and dequantized "
               "to f32 (`bench/peft_train.py`)",
               f"- Command: `{command}`; each side alone: `lorakit-cli bench train --model M {shape} --threads T "
-              f"--json` and `python3 bench/peft_train.py --model M {shape} --threads T`",
+              f"{' '.join(ours_extra) + ' ' if ours_extra else ''}--json` and `python3 bench/peft_train.py --model M {shape} --threads T`",
               "",
               f"One step = zero gradients + forward + backward + AdamW update on a batch of 4 sequences × 128 "
               f"random tokens (the same tokens on both sides), LoRA r=8, alpha=16 on q,v of every layer. "
@@ -837,7 +861,7 @@ def section_train(cli: str, seconds: float, command: str) -> str:
         args = [*TRAIN_ARGS, "--steps", steps, "--warmup-steps", "1", "--threads", str(t)]
         our_runs, peer_runs = [], []
         for _ in range(repeats):
-            ours, err = run_cli(cli, ["bench", "train", "--model", model, *args, "--json"])
+            ours, err = run_cli(cli, ["bench", "train", "--model", model, *args, *ours_extra, "--json"])
             if ours is None:
                 notes.append(f"LoRAKit at {t} threads: {err}")
             our_runs.append(ours)
@@ -880,7 +904,7 @@ def section_train(cli: str, seconds: float, command: str) -> str:
     if activation and activation[0]:
         notes.append(f"LoRAKit's activation buffers for 512 rows: ≈ {activation[0] / 1048576:.0f} MiB "
                      f"(`LoRATrainer.activationBytes`, loss chunks of {activation[1]} rows); the model's weights "
-                     "stay quantized (≈ 92 MiB).")
+                     f"stay quantized ({weights}).")
     lines.append("")
     lines.append(f"- Load average at the end: {' / '.join(f'{x:.2f}' for x in os.getloadavg()[:2])} (1 / 5 min)")
     for n in notes:
@@ -931,7 +955,8 @@ def section_batch(cli: str, seconds: float, command: str) -> str:
 
 
 SECTIONS = {"gemm": section_gemm, "generate": section_generate, "adapters": section_adapters, "train": section_train,
-            "batch": section_batch, "scaling": section_scaling, "context": section_context}
+            "batch": section_batch, "scaling": section_scaling, "context": section_context,
+            "train-scaling": section_train_scaling}
 # Sections run only when named in --sections (long: model files of 0.4–1.5 GB, contexts of 4096 tokens).
 DEFAULT_SECTIONS = ["gemm", "generate", "adapters", "batch", "train"]
 
