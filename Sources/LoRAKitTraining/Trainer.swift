@@ -60,8 +60,6 @@ public struct TrainPassResult: Sendable {
     public var meanNLL: Double { predicted > 0 ? sumNLL / Double(predicted) : .nan }
 }
 
-/// Trains the LoRA modules of one adapter on a frozen model. Not thread-safe: one trainer is used by one
-/// thread at a time (its kernels use its own thread pool).
 /// How a trainer keeps, between a layer's forward and its backward, the activations the backward reads
 /// (queries, keys, values, attention output, the residual after attention, the gate and up products:
 /// most of the activation memory; `LoRATrainer.activationBytes`).
@@ -70,10 +68,15 @@ public enum KeptActivations: String, Sendable, CaseIterable {
     case f32
     /// Rounded to f16 (nearest even) after each layer's forward and widened back before its backward:
     /// those buffers take half the memory; the losses are unchanged and the gradients differ from the f32
-    /// ones by the rounding (relative ≈ 1e-3). The forward itself computes in f32 as before.
+    /// ones by the rounding (relative ≈ 1e-3). The forward itself computes in f32 as before. A value beyond
+    /// f16's range (|x| > 65504: outliers of the residual stream some large models have) becomes infinite
+    /// and makes the gradients non-finite, which a training step reports as an error without updating the
+    /// adapter; keep f32 for such a model.
     case f16
 }
 
+/// Trains the LoRA modules of one adapter on a frozen model. Not thread-safe: one trainer is used by one
+/// thread at a time (its kernels use its own thread pool).
 public final class LoRATrainer: @unchecked Sendable {
     public let model: LlamaModel
     public let pool: ThreadPool
