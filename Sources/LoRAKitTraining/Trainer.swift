@@ -763,11 +763,6 @@ public final class LoRATrainer: @unchecked Sendable {
         // Kept per layer: q, k, v, att, xMid, gate, up (f32, or f16 with one f32 working set for the layer
         // being computed), attention lse, two rstd (the normed inputs are not kept).
         let keptFloats = n * LayerActivations.keptFloatsPerRow(c)
-        if kept == .f16 {
-            let f32 = activationBytes(config: c, rows: n, maxRank: maxRank, adapterModules: adapterModules,
-                                      chunkRows: chunkRows, vocabBlock: vocabBlock, kept: .f32)
-            return f32 - c.nLayers * keptFloats * 2 + keptFloats * 4
-        }
         let perLayer = keptFloats + n * (c.nHeads + 2)
         // xs, xF, dxF, dX, dxn, xn, rstdF, dAtt, dq, dqr, dk, dkr, dv, dh, dGate, dUp, h, u, xDrop, tmp,
         // positions, the RoPE table; per loss chunk: gather, logits, losses, rowScale, targets, and with
@@ -775,7 +770,9 @@ public final class LoRATrainer: @unchecked Sendable {
         let shared = n * ((c.nLayers + 1) * c.dim + 5 * c.dim + 1 + 3 * c.qDim + 3 * c.kvDim + 4 * c.hiddenDim
                           + maxRank + 2 * wide + 1 + c.ropeDims)
             + rc * ((vb > 0 ? vb : c.vocabSize) + c.dim + 3) + (vb > 0 ? rc * (c.dim + 4) : 0)
-        return 4 * (c.nLayers * perLayer + shared + adapterModules * n * maxRank)
+        // f16 keeping: each layer's kept floats take 2 bytes instead of 4, plus one f32 working set.
+        let f16Saving = kept == .f16 ? c.nLayers * keptFloats * 2 - keptFloats * 4 : 0
+        return 4 * (c.nLayers * perLayer + shared + adapterModules * n * maxRank) - f16Saving
     }
 }
 
@@ -836,24 +833,16 @@ final class LayerActivations {
     /// f16 keeping: round the working set (this layer's forward) into the layer's f16 copy. Else nothing.
     func stash(pool: ThreadPool) {
         guard let half else { return }
-        let src = UnsafePointer(q), count = keptFloats
-        Self.split(count, pool) { a, b in quantize(src + a, count: b - a, dtype: .f16, into: half + a) }
+        let src = UnsafePointer(q)
+        Ops.parallelFlat(keptFloats, pool) { r in quantize(src + r.lowerBound, count: r.count, dtype: .f16, into: half + r.lowerBound) }
     }
 
     /// f16 keeping: widen the layer's f16 copy into the working set (before its backward). Else nothing.
     func unstash(pool: ThreadPool) {
         guard let half else { return }
-        let dst = q, count = keptFloats
-        Self.split(count, pool) { a, b in dequantize(UnsafeRawPointer(half + a), dtype: .f16, count: b - a, into: dst + a) }
-    }
-
-    /// body(start, end) over `count` elements cut into one range per task (starts multiples of 64).
-    private static func split(_ count: Int, _ pool: ThreadPool, _ body: (Int, Int) -> Void) {
-        let tasks = max(1, min(pool.threadCount, count / 65536))
-        pool.run(maxTasks: tasks) { idx, cnt in
-            let per = (count / cnt + 63) & ~63
-            let a = min(count, idx * per), b = idx == cnt - 1 ? count : min(count, a + per)
-            if a < b { body(a, b) }
+        let dst = q
+        Ops.parallelFlat(keptFloats, pool) { r in
+            dequantize(UnsafeRawPointer(half + r.lowerBound), dtype: .f16, count: r.count, into: dst + r.lowerBound)
         }
     }
 }
