@@ -365,7 +365,7 @@ public final class LoRATrainer: @unchecked Sendable {
             try LlamaBlock.forward(runner, layer: l, rows: n, model: model)
             if backward && buf.half {
                 let t1 = tick()
-                buf.layers[l].stash(pool: pool)
+                buf.layers[l].stash(rows: n, pool: pool)
                 tock(.elementwise, t1)
             }
         }
@@ -449,7 +449,7 @@ public final class LoRATrainer: @unchecked Sendable {
             let needInput = l > stop || inputGradients
             if buf.half {
                 let t1 = tick()
-                buf.layers[l].unstash(pool: pool)
+                buf.layers[l].unstash(rows: n, pool: pool)
                 tock(.elementwise, t1)
             }
             try backwardLayer(l, rows: n, seqs: seqs, buf: buf, needInput: needInput, parameters: gradients, step: step,
@@ -791,7 +791,9 @@ final class LayerActivations {
     let t: [UnsafeMutablePointer<Float>?]
     /// The f16 copy of q, k, v, att, xMid, gate, up (in that order, contiguous like the working set), or nil.
     private let half: UnsafeMutablePointer<UInt16>?
-    private let keptFloats: Int
+    /// Where each of q, k, v, att, xMid, gate, up starts in the working set (and the f16 copy), in floats,
+    /// and its floats per row: a pass of n rows converts the first n rows of each.
+    private let segments: [(start: Int, width: Int)]
 
     /// Floats per row of q, k, v, att, xMid, gate and up.
     static func keptFloatsPerRow(_ c: LlamaConfig) -> Int { 2 * c.qDim + 2 * c.kvDim + c.dim + 2 * c.hiddenDim }
@@ -809,7 +811,13 @@ final class LayerActivations {
             st.append(s)
             return s.base.assumingMemoryBound(to: Float.self)
         }
-        keptFloats = n * Self.keptFloatsPerRow(c)
+        let keptFloats = n * Self.keptFloatsPerRow(c)
+        var segs: [(start: Int, width: Int)] = [], start = 0
+        for w in [c.qDim, c.kvDim, c.kvDim, c.qDim, c.dim, c.hiddenDim, c.hiddenDim] {
+            segs.append((start, w))
+            start += n * w
+        }
+        segments = segs
         let base: UnsafeMutablePointer<Float>
         if let work {
             base = work.base.assumingMemoryBound(to: Float.self)
@@ -820,8 +828,8 @@ final class LayerActivations {
             base = try alloc(keptFloats)
             half = nil
         }
-        q = base; k = q + n * c.qDim; v = k + n * c.kvDim; att = v + n * c.kvDim; xMid = att + n * c.qDim
-        gate = xMid + n * c.dim; up = gate + n * c.hiddenDim
+        (q, k, v, att) = (base + segs[0].start, base + segs[1].start, base + segs[2].start, base + segs[3].start)
+        (xMid, gate, up) = (base + segs[4].start, base + segs[5].start, base + segs[6].start)
         lse = try alloc(n * c.nHeads)
         rstd1 = try alloc(n); rstd2 = try alloc(n)
         var ts: [UnsafeMutablePointer<Float>?] = []
@@ -830,19 +838,28 @@ final class LayerActivations {
         storage = st
     }
 
-    /// f16 keeping: round the working set (this layer's forward) into the layer's f16 copy. Else nothing.
-    func stash(pool: ThreadPool) {
+    /// f16 keeping: round the first `rows` rows of the working set (this layer's forward) into the layer's
+    /// f16 copy. Else nothing.
+    func stash(rows n: Int, pool: ThreadPool) {
         guard let half else { return }
         let src = UnsafePointer(q)
-        Ops.parallelFlat(keptFloats, pool) { r in quantize(src + r.lowerBound, count: r.count, dtype: .f16, into: half + r.lowerBound) }
+        for (start, width) in segments {
+            Ops.parallelFlat(n * width, pool) { r in
+                quantize(src + start + r.lowerBound, count: r.count, dtype: .f16, into: half + start + r.lowerBound)
+            }
+        }
     }
 
-    /// f16 keeping: widen the layer's f16 copy into the working set (before its backward). Else nothing.
-    func unstash(pool: ThreadPool) {
+    /// f16 keeping: widen the first `rows` rows of the layer's f16 copy into the working set (before its
+    /// backward). Else nothing.
+    func unstash(rows n: Int, pool: ThreadPool) {
         guard let half else { return }
         let dst = q
-        Ops.parallelFlat(keptFloats, pool) { r in
-            dequantize(UnsafeRawPointer(half + r.lowerBound), dtype: .f16, count: r.count, into: dst + r.lowerBound)
+        for (start, width) in segments {
+            Ops.parallelFlat(n * width, pool) { r in
+                dequantize(UnsafeRawPointer(half + start + r.lowerBound), dtype: .f16, count: r.count,
+                           into: dst + start + r.lowerBound)
+            }
         }
     }
 }

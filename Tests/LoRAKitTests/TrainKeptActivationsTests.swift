@@ -52,6 +52,14 @@ import Foundation
         let h1 = try Self.run(one, b)
         #expect(h1.0 == half.0 && h1.1 == half.1 && h1.2 == half.2, "f16 keeping differs between 1 and 2 threads")
 
+        // A shorter batch on buffers sized for the longer one (only its rows are rounded and widened) gives
+        // what a trainer sized for it gives.
+        let short = Array(b.prefix(1))
+        let fresh = try LoRATrainer(model: model, adapter: adapter, threads: 2)
+        fresh.keptActivations = .f16
+        let want = try Self.run(fresh, short), got = try Self.run(tr, short)
+        #expect(got.0 == want.0 && got.1 == want.1 && got.2 == want.2, "a shorter batch on larger f16 buffers differs")
+
         tr.keptActivations = .f32
         let back = try Self.run(tr, b)
         #expect(back.0 == ref.0 && back.1 == ref.1 && back.2 == ref.2, "back to f32: gradients differ from a fresh f32 trainer")
