@@ -550,32 +550,41 @@ def section_generate(cli: str, seconds: float, command: str) -> str:
 _KERNELS: set[str] = set()
 
 
-def _run_pair(cli: str, model: str, prompt: int, gen: int, threads: int, repeats: int,
-              extra: tuple[str, ...] = ()) -> tuple[dict | None, dict | None, list[str]]:
-    """One LoRAKit run and one llama.cpp run of prompt + gen tokens (each in its own process), the figures
-    of their last repeat (the earlier ones warm the page cache and the allocator). `extra`: more
-    `lorakit bench generate` options."""
-    notes = []
+def _run_ours(cli: str, model: str, prompt: int, gen: int, threads: int, repeats: int,
+              extra: tuple[str, ...] = ()) -> tuple[dict | None, list[str]]:
+    """One LoRAKit `bench generate` run of prompt + gen tokens in its own process (`extra`: more options),
+    with the figures of its last repeat as prefill_last / decode_last."""
     ours, err = run_cli(cli, ["bench", "generate", "--model", model, "--prompt-tokens", str(prompt), "--gen-tokens",
                               str(gen), "--threads", str(threads), "--repeats", str(repeats), "--json", *extra])
     if ours is None:
-        notes.append(f"LoRAKit {Path(model).name} p{prompt}/g{gen} at {threads} threads: {err}")
+        how = f" ({' '.join(extra)})" if extra else ""
+        return None, [f"LoRAKit{how} {Path(model).name} p{prompt}/g{gen} at {threads} threads: {err}"]
+    _KERNELS.add(f"{ours.get('kernel_path', '?')} (GEMM tile {ours.get('gemm_tile', '?')}), quantized mat-vec "
+                 f"{ours.get('qdot_path', '?')}, {ours.get('activations', '?')} activations")
+    _last_runs(ours)
+    return ours, []
+
+
+def _last_runs(d: dict) -> None:
+    d["prefill_last"] = d["prefill_runs"][-1] if d.get("prefill_runs") else None
+    d["decode_last"] = d["decode_runs"][-1] if d.get("decode_runs") else None
+
+
+def _run_pair(cli: str, model: str, prompt: int, gen: int, threads: int,
+              repeats: int) -> tuple[dict | None, dict | None, list[str]]:
+    """One LoRAKit run and one llama.cpp run of prompt + gen tokens (each in its own process), the figures
+    of their last repeat (the earlier ones warm the page cache and the allocator)."""
+    ours, notes = _run_ours(cli, model, prompt, gen, threads, repeats)
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "llamacpp_generate.py"), "--model", model,
                         "--prompt-tokens", str(prompt), "--gen-tokens", str(gen), "--threads", str(threads),
                         "--repeats", str(repeats)], capture_output=True, text=True)
     peer = None
     if r.returncode == 0:
         peer = json.loads(r.stdout.strip().splitlines()[-1])
+        _last_runs(peer)
     else:
         notes.append(f"llama.cpp {Path(model).name} p{prompt}/g{gen} at {threads} threads: exit {r.returncode}: "
                      f"{r.stderr.strip()[-300:]}")
-    if ours:
-        _KERNELS.add(f"{ours.get('kernel_path', '?')} (GEMM tile {ours.get('gemm_tile', '?')}), quantized mat-vec "
-                     f"{ours.get('qdot_path', '?')}, {ours.get('activations', '?')} activations")
-    for d in (ours, peer):
-        if d:
-            d["prefill_last"] = d["prefill_runs"][-1] if d.get("prefill_runs") else None
-            d["decode_last"] = d["decode_runs"][-1] if d.get("decode_runs") else None
     return ours, peer, notes
 
 
@@ -685,14 +694,8 @@ def section_context(cli: str, seconds: float, command: str) -> str:
                 o, p, n = _run_pair(cli, model, prompt, gen, t, 1)
                 ours.append(o); peers.append(p); notes += n
                 if gen:
-                    h, err = run_cli(cli, ["bench", "generate", "--model", model, "--prompt-tokens", str(prompt),
-                                           "--gen-tokens", str(gen), "--threads", str(t), "--repeats", "1", "--json",
-                                           "--kv-type", "f16"])
-                    if h is None:
-                        notes.append(f"LoRAKit f16 KV p{prompt}/g{gen} at {t} threads: {err}")
-                    elif h.get("decode_runs"):
-                        h["decode_last"] = h["decode_runs"][-1]
-                    halves.append(h)
+                    h, n = _run_ours(cli, model, prompt, gen, t, 1, ("--kv-type", "f16"))
+                    halves.append(h); notes += n
                 if o and kv is None:
                     kv = o.get("kv_cache_bytes_per_token")
             key = "decode_last" if gen else "prefill_last"
