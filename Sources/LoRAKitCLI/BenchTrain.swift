@@ -30,8 +30,7 @@ struct BenchTrain: ParsableCommand {
     @Option(help: "Rows of the output head and loss computed at once (default: the trainer's).") var lossChunkRows: Int?
     @Option(help: "Vocabulary entries of the output head and loss computed at once; 0 = whole rows (default: the trainer's, \(LoRATrainer.defaultLossVocabBlock)).")
     var lossVocabBlock: Int?
-    @Option(help: "How the activations the backward reads are kept: f32 (default) or f16 (about half the activation memory).")
-    var keepActivations: String = "f32"
+    @OptionGroup var keptOption: KeepActivationsOption
     @Flag(help: "Also time every part of the timed steps (forward, backward, head, loss, optimizer) and print where the time goes.")
     var profile = false
     @Flag(help: "Print JSON.") var json = false
@@ -58,9 +57,7 @@ struct BenchTrain: ParsableCommand {
                 guard b >= 0 else { throw LKError.invalidArgument("bench train: loss-vocab-block \(b) must be ≥ 0 (0: whole rows)") }
                 trainer.lossVocabBlock = b
             }
-            guard let kept = KeptActivations(rawValue: keepActivations) else {
-                throw LKError.invalidArgument("bench train: keep-activations '\(keepActivations)' must be f32 or f16")
-            }
+            let kept = keptOption.keepActivations
             trainer.keptActivations = kept
             var params: [OptimizerParameter] = []
             for p in trainer.parameters {

@@ -57,6 +57,14 @@ struct KVTypeOption: ParsableArguments {
     var kvType: KVCacheType = .f32
 }
 
+extension KeptActivations: ExpressibleByArgument {}
+
+/// `--keep-activations`: how training keeps the activations its backward reads.
+struct KeepActivationsOption: ParsableArguments {
+    @Option(help: "Keep the activations the backward reads in f32 (default) or f16 (about half the activation memory; gradients within f16 rounding).")
+    var keepActivations: KeptActivations = .f32
+}
+
 /// `--chat-limit NAME=VALUE`: the model's chat-template limits (TemplateLimits), for `generate --chat` and for
 /// training on {"messages"} data.
 struct ChatLimitOptions: ParsableArguments {

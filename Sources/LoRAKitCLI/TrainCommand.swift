@@ -64,8 +64,7 @@ struct TrainCommand: ParsableCommand {
     @Option(help: "Validate every N steps (0: only at the end).") var validEvery: Int = 0
     @Option(help: "Resume from the latest checkpoint in this folder.") var resume: String?
     @Option(help: "Append one JSON line per step to this file.") var log: String?
-    @Option(help: "Keep the activations the backward reads in f32 (default) or f16 (about half the activation memory; gradients within f16 rounding).")
-    var keepActivations: String = "f32"
+    @OptionGroup var kept: KeepActivationsOption
     @Option(help: ArgumentHelp("Loss-curve picture (SVG: training and validation loss, learning rate), redrawn at every checkpoint, validation and at the end; 'none' to skip.",
                                discussion: "Default: next to --log (run/log.jsonl → run/log.svg), else OUT/loss.svg.",
                                valueName: "svg"))
@@ -122,10 +121,7 @@ struct TrainCommand: ParsableCommand {
         o.validEvery = validEvery
         o.resume = resume
         o.logPath = log
-        guard let kept = KeptActivations(rawValue: keepActivations) else {
-            throw .invalidArgument("--keep-activations \(keepActivations): expected f32 or f16")
-        }
-        o.keptActivations = kept
+        o.keptActivations = kept.keepActivations
         return o
     }
 
